@@ -1,0 +1,154 @@
+# ravi's build. Every target that needs tools bootstraps them first, into
+# repo-local ignored folders, from the pins in tools/ (see docs/development.md):
+#   .venv/               Python virtualenv   tools/requirements.txt
+#   tools/node_modules/  npm command lines   tools/package.json + package-lock.json
+#   node_modules/        npm workspaces      package.json + package-lock.json
+#   .tools/bin/          Go command lines    tools/go/go.mod + go.sum
+# Stamp files make a second run install nothing.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TOOLS_BIN := $(CURDIR)/.tools/bin
+BUF := tools/node_modules/.bin/buf
+TSC := node_modules/.bin/tsc
+CONTRACT_RELEASE := proto/releases/ravi-v1.0.0.json
+
+# Go never downloads another toolchain: the machine's Go 1.26 builds everything.
+export GOTOOLCHAIN := local
+export GOFLAGS := -mod=readonly
+
+VENV_STAMP := $(VENV)/.ravi-installed
+NPM_TOOLS_STAMP := tools/node_modules/.ravi-installed
+NPM_STAMP := node_modules/.ravi-installed
+GO_TOOLS_STAMP := .tools/bin/.ravi-installed
+
+GO_MODULES := gen/go interop/go
+
+.PHONY: help
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+# --- bootstrap -------------------------------------------------------------
+
+.PHONY: setup
+setup: $(VENV_STAMP) $(NPM_TOOLS_STAMP) $(NPM_STAMP) $(GO_TOOLS_STAMP) ## Install every pinned tool and dependency (idempotent).
+
+$(VENV_STAMP): tools/requirements.txt python/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r tools/requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable python
+	touch $@
+
+$(NPM_TOOLS_STAMP): tools/package.json tools/package-lock.json
+	npm ci --prefix tools --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(NPM_STAMP): package.json package-lock.json gen/ts/package.json interop/node/package.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(GO_TOOLS_STAMP): tools/go/go.mod tools/go/go.sum
+	cd tools/go && GOBIN=$(TOOLS_BIN) go install tool
+	touch $@
+
+# --- code generation -------------------------------------------------------
+
+.PHONY: gen
+gen: $(VENV_STAMP) $(NPM_TOOLS_STAMP) $(GO_TOOLS_STAMP) ## Generate Python, Go and TypeScript code from proto/ into gen/.
+	rm -rf gen/python/ravi gen/go/ravi gen/ts/ravi
+	$(BUF) generate 2> >(grep -v '^Writing mypy to' >&2)
+	find gen/python/ravi -mindepth 1 -type d -exec touch {}/__init__.py \;
+
+.PHONY: check-gen
+check-gen: gen ## Fail if the committed generated code differs from what `make gen` writes.
+	git diff --exit-code -- gen
+	test -z "$$(git ls-files --others --exclude-standard -- gen)" || { git ls-files --others --exclude-standard -- gen; exit 1; }
+
+.PHONY: vectors
+vectors: setup build-node ## Rewrite the shared protobuf test vectors of every language.
+	RAVI_UPDATE_VECTORS=1 $(PY) -m pytest -q tests/unit/test_vectors.py -k python_encoding
+	cd interop/go && RAVI_UPDATE_VECTORS=1 go test ./vectors -run TestGoEncoding
+	cd interop/node && RAVI_UPDATE_VECTORS=1 node --test dist/test/
+
+.PHONY: release-contract
+release-contract: $(NPM_TOOLS_STAMP) ## Record the contract as released: the image `buf breaking` checks against.
+	mkdir -p $(dir $(CONTRACT_RELEASE))
+	$(BUF) build --exclude-source-info -o $(CONTRACT_RELEASE)
+
+# --- lint ------------------------------------------------------------------
+
+.PHONY: lint
+lint: lint-proto lint-python lint-go lint-node ## Run every linter and type checker.
+
+.PHONY: lint-proto
+lint-proto: $(NPM_TOOLS_STAMP)
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	$(BUF) breaking --against $(CONTRACT_RELEASE)
+
+.PHONY: lint-python
+lint-python: $(VENV_STAMP)
+	$(VENV)/bin/ruff check python tests
+	$(VENV)/bin/ruff format --check python tests
+	$(VENV)/bin/mypy --config-file python/pyproject.toml python/src/ravi
+
+.PHONY: lint-go
+lint-go:
+	test -z "$$(gofmt -l $(GO_MODULES))" || { gofmt -l $(GO_MODULES); exit 1; }
+	for m in $(GO_MODULES); do (cd $$m && go vet ./...); done
+
+.PHONY: lint-node
+lint-node: build-node
+
+# --- build -----------------------------------------------------------------
+
+# Builds gen/ts and interop/node with strict tsc: the TypeScript type check.
+.PHONY: build-node
+build-node: $(NPM_STAMP)
+	$(TSC) -b interop/node
+
+# --- test ------------------------------------------------------------------
+
+.PHONY: test
+test: setup lint check-gen test-unit test-go test-node ## Run every check and test (what CI runs).
+
+.PHONY: test-unit
+test-unit: $(VENV_STAMP)
+	$(PY) -m pytest tests/unit
+
+.PHONY: test-go
+test-go:
+	for m in $(GO_MODULES); do (cd $$m && go test ./...); done
+
+.PHONY: test-node
+test-node: build-node
+	cd interop/node && node --test dist/test/
+
+# --- demo ------------------------------------------------------------------
+
+.PHONY: demo
+demo: setup ## Run the main demo.
+	@echo "The demo arrives with the LocalRuntime issue; for now: ravi --version"
+	$(VENV)/bin/ravi --version
+
+# --- housekeeping ----------------------------------------------------------
+
+.PHONY: lock
+lock: ## Re-resolve tools/requirements.in into the pinned tools/requirements.txt.
+	rm -rf .tools/lock-venv
+	$(PYTHON) -m venv .tools/lock-venv
+	.tools/lock-venv/bin/pip install --quiet pip-tools==7.6.2
+	.tools/lock-venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-find-links \
+	  --output-file tools/requirements.txt tools/requirements.in python/pyproject.toml
+	rm -rf .tools/lock-venv
+
+.PHONY: clean
+clean: ## Remove every bootstrapped folder and build output.
+	rm -rf $(VENV) .tools tools/node_modules node_modules gen/ts/dist interop/node/dist \
+	  .mypy_cache .ruff_cache .pytest_cache .hypothesis python/dist

@@ -1,0 +1,107 @@
+"""The contract's buf rules: lint with COMMENTS, and breaking changes caught.
+
+The breaking check of `make lint` compares proto/ with the image of the last
+released contract; these tests prove it catches a breaking edit by applying
+several to a copy of the contract.
+"""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.paths import BUF, REPO_ROOT
+
+RELEASE = REPO_ROOT / "proto" / "releases" / "ravi-v1.0.0.json"
+
+
+def _buf(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BUF), *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture
+def contract_copy(tmp_path: Path) -> Path:
+    shutil.copytree(REPO_ROOT / "proto", tmp_path / "proto")
+    shutil.copy(REPO_ROOT / "buf.yaml", tmp_path / "buf.yaml")
+    return tmp_path
+
+
+def _edit(root: Path, relative: str, pattern: str, replacement: str) -> None:
+    path = root / "proto" / relative
+    text = path.read_text()
+    edited, count = re.subn(pattern, replacement, text, count=1, flags=re.MULTILINE)
+    assert count == 1, f"pattern {pattern!r} not found in {relative}"
+    path.write_text(edited)
+
+
+def test_current_contract_is_compatible_with_release(contract_copy: Path) -> None:
+    result = _buf("breaking", "--against", str(RELEASE), cwd=contract_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("relative", "pattern", "replacement", "expected"),
+    [
+        (
+            "ravi/mesh/v1/types.proto",
+            r"^  string key = 2;$",
+            "  reserved 2;",
+            'Previously present field "2" with name "key" on message "AgentId" was deleted',
+        ),
+        (
+            "ravi/mesh/v1/types.proto",
+            r"^  bytes data = 3;$",
+            "  string data = 3;",
+            'changed type from "bytes" to "string"',
+        ),
+        (
+            "ravi/mesh/v1/agent_service.proto",
+            r"^  rpc Publish\(PublishRequest\)",
+            "  rpc PublishMessage(PublishRequest)",
+            'Previously present RPC "Publish" on service "AgentService" was deleted',
+        ),
+        (
+            "ravi/mesh/v1/errors.proto",
+            r"ERROR_REASON_NO_HANDLER = 2;",
+            "ERROR_REASON_NO_HANDLER = 12;",
+            'Previously present enum value "2" on enum "ErrorReason" was deleted',
+        ),
+    ],
+    ids=["deleted-field", "changed-type", "renamed-rpc", "renumbered-enum-value"],
+)
+def test_breaking_edit_is_caught(
+    contract_copy: Path, relative: str, pattern: str, replacement: str, expected: str
+) -> None:
+    _edit(contract_copy, relative, pattern, replacement)
+    result = _buf("breaking", "--against", str(RELEASE), cwd=contract_copy)
+    assert result.returncode != 0
+    assert expected in result.stdout
+
+
+def test_undocumented_element_fails_lint(contract_copy: Path) -> None:
+    _edit(
+        contract_copy,
+        "ravi/mesh/v1/types.proto",
+        r"^  // source identifies where the events come from \(for example a conversation\n"
+        r"  // id\); must be non-empty.\n",
+        "",
+    )
+    result = _buf("lint", cwd=contract_copy)
+    assert result.returncode != 0
+    assert 'Field "source" should have a non-empty comment for documentation' in result.stdout
+
+
+def test_comment_ignores_are_disallowed(contract_copy: Path) -> None:
+    _edit(
+        contract_copy,
+        "ravi/mesh/v1/types.proto",
+        r"^  // source identifies where the events come from \(for example a conversation\n"
+        r"  // id\); must be non-empty.\n",
+        "  // buf:lint:ignore COMMENT_FIELD\n",
+    )
+    result = _buf("lint", cwd=contract_copy)
+    assert result.returncode != 0
