@@ -94,8 +94,8 @@ lint-proto: $(NPM_TOOLS_STAMP)
 
 .PHONY: lint-python
 lint-python: $(VENV_STAMP)
-	$(VENV)/bin/ruff check python tests
-	$(VENV)/bin/ruff format --check python tests
+	$(VENV)/bin/ruff check python tests bench
+	$(VENV)/bin/ruff format --check python tests bench
 	$(VENV)/bin/mypy --config-file python/pyproject.toml python/src/ravi
 
 .PHONY: lint-go
@@ -116,11 +116,11 @@ build-node: $(NPM_STAMP)
 # --- test ------------------------------------------------------------------
 
 .PHONY: test
-test: setup lint check-gen test-unit test-go test-node ## Run every check and test (what CI runs).
+test: setup lint check-gen test-python test-go test-node ## Run every check and test (what CI runs).
 
-.PHONY: test-unit
-test-unit: $(VENV_STAMP)
-	$(PY) -m pytest tests/unit
+.PHONY: test-python
+test-python: $(VENV_STAMP)
+	$(PY) -m pytest tests
 
 .PHONY: test-go
 test-go:
@@ -128,14 +128,37 @@ test-go:
 
 .PHONY: test-node
 test-node: build-node
-	cd interop/node && node --test dist/test/
+	cd interop/node && node --test --test-reporter=dot dist/test/
+
+# --- benchmarks ------------------------------------------------------------
+
+# AutoGen Core's side of the workloads comes from the anchors shared with the
+# project (DESIGN.md section 8), run from their own virtualenv.
+AUTOGEN_ANCHORS ?= $(abspath ../shared/anchors/autogen)
+BENCH_AUTOGEN := .tools/bench-autogen
+BENCH_AUTOGEN_STAMP := $(BENCH_AUTOGEN)/.ravi-installed
+BENCH_RUNS ?= 3
+
+$(BENCH_AUTOGEN_STAMP):
+	@if [ -f "$(AUTOGEN_ANCHORS)/requirements-lock.txt" ]; then \
+	  $(PYTHON) -m venv $(BENCH_AUTOGEN) && \
+	  $(BENCH_AUTOGEN)/bin/pip install --quiet -r "$(AUTOGEN_ANCHORS)/requirements-lock.txt" && \
+	  touch $@; \
+	else echo "AutoGen anchors not found at $(AUTOGEN_ANCHORS): benchmarks run without them"; fi
+
+.PHONY: bench
+bench: bench-local ## Run the benchmarks (medians of BENCH_RUNS runs, ratios to the anchors).
+
+.PHONY: bench-local
+bench-local: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
+	$(PY) bench/run.py local --runs $(BENCH_RUNS) --autogen-python $(BENCH_AUTOGEN)/bin/python \
+	  --anchors "$(AUTOGEN_ANCHORS)" --save bench/results/local.json
 
 # --- demo ------------------------------------------------------------------
 
 .PHONY: demo
-demo: setup ## Run the main demo.
-	@echo "The demo arrives with the LocalRuntime issue; for now: ravi --version"
-	$(VENV)/bin/ravi --version
+demo: $(VENV_STAMP) ## Run the main demo: a multi-agent task, its conversation printed.
+	$(VENV)/bin/ravi demo
 
 # --- housekeeping ----------------------------------------------------------
 

@@ -1,0 +1,143 @@
+"""ravi LocalRuntime on the local workloads, the same as AutoGen's anchor scripts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import ClassVar
+
+from _workload import TEXT, Ping, emit, percentile_us
+
+from ravi import (
+    AgentId,
+    BaseAgent,
+    Interceptor,
+    MessageContext,
+    TopicId,
+    TypeSubscription,
+    message_handler,
+)
+from ravi.runtime import LocalRuntime
+
+
+class Start:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+class Echo(BaseAgent):
+    @message_handler
+    async def on_ping(self, message: Ping, ctx: MessageContext) -> Ping:
+        return message
+
+
+class Caller(BaseAgent):
+    latencies_ns: ClassVar[list[int]] = []
+
+    @message_handler
+    async def on_start(self, message: Start, ctx: MessageContext) -> int:
+        echo = AgentId("echo", "default")
+        latencies = Caller.latencies_ns
+        for i in range(message.n):
+            started = time.perf_counter_ns()
+            reply = await self.send_message(Ping(TEXT, i), echo)
+            latencies.append(time.perf_counter_ns() - started)
+            assert reply.seq == i
+        return message.n
+
+
+class Counter:
+    count = 0
+    target = 0
+    done: asyncio.Event
+
+
+class Sub(BaseAgent):
+    @message_handler
+    async def on_ping(self, message: Ping, ctx: MessageContext) -> None:
+        Counter.count += 1
+        if Counter.count == Counter.target:
+            Counter.done.set()
+
+
+def make_runtime(hooks: bool) -> LocalRuntime:
+    return LocalRuntime(interceptors=[Interceptor()] if hooks else [])
+
+
+async def rr(n: int, warmup: int, hooks: bool) -> dict[str, float]:
+    runtime = make_runtime(hooks)
+    await Echo.register(runtime, "echo")
+    await Caller.register(runtime, "caller")
+    async with runtime:
+        caller = AgentId("caller", "default")
+        await runtime.send_message(Start(warmup), caller)
+        Caller.latencies_ns = []
+        t0 = time.perf_counter()
+        await runtime.send_message(Start(n), caller)
+        elapsed = time.perf_counter() - t0
+    latencies = sorted(Caller.latencies_ns)
+    return {
+        "rr_msgs_s": n / elapsed,
+        "rr_p50_us": percentile_us(latencies, 0.5),
+        "rr_p99_us": percentile_us(latencies, 0.99),
+    }
+
+
+async def conc(total: int, width: int, warmup: int, hooks: bool) -> dict[str, float]:
+    runtime = make_runtime(hooks)
+    await Echo.register(runtime, "echo")
+    async with runtime:
+
+        async def caller(i: int, count: int) -> None:
+            target = AgentId("echo", f"k{i}")
+            for s in range(count):
+                await runtime.send_message(Ping(TEXT, s), target)
+
+        await asyncio.gather(*(caller(i, max(1, warmup // width)) for i in range(width)))
+        per = total // width
+        t0 = time.perf_counter()
+        await asyncio.gather(*(caller(i, per) for i in range(width)))
+        elapsed = time.perf_counter() - t0
+    return {"conc_msgs_s": per * width / elapsed}
+
+
+async def fanout(publishes: int, subscribers: int, warmup: int, hooks: bool) -> dict[str, float]:
+    runtime = make_runtime(hooks)
+    for j in range(subscribers):
+        await Sub.register(runtime, f"sub{j}")
+        await runtime.add_subscription(TypeSubscription("fan", f"sub{j}"))
+    async with runtime:
+        topic = TopicId("fan", "default")
+
+        async def run(count: int) -> float:
+            Counter.count, Counter.target, Counter.done = 0, count * subscribers, asyncio.Event()
+            t0 = time.perf_counter()
+            for s in range(count):
+                await runtime.publish_message(Ping(TEXT, s), topic)
+            await Counter.done.wait()
+            return time.perf_counter() - t0
+
+        await run(warmup)
+        elapsed = await run(publishes)
+    return {"fanout_deliveries_s": publishes * subscribers / elapsed}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--total", type=int, default=20000)
+    parser.add_argument("--conc", type=int, default=100)
+    parser.add_argument("--publishes", type=int, default=5000)
+    parser.add_argument("--subs", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=1000)
+    parser.add_argument("--hooks", action="store_true", help="install one pass-through interceptor")
+    args = parser.parse_args()
+    row = await rr(args.n, args.warmup, args.hooks)
+    row |= await conc(args.total, args.conc, args.warmup, args.hooks)
+    row |= await fanout(args.publishes, args.subs, args.warmup // args.subs, args.hooks)
+    emit("ravi_local_hooks" if args.hooks else "ravi_local", row)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

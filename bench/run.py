@@ -1,0 +1,151 @@
+"""Run benchmark scripts side by side and report medians and ratios.
+
+Each script is run `--runs` times in a fresh interpreter, the scripts
+interleaved run by run so that drift on a shared machine hits them alike. Each
+prints one JSON object on its last line; numeric fields are summarised by their
+median. The table compares ravi with the floor and with AutoGen Core measured in
+the same run, and checks the ratios DESIGN.md section 8 sets as targets.
+
+    python bench/run.py local --runs 3 --autogen-python .tools/bench-autogen/bin/python \
+        --anchors ../shared/anchors/autogen --save bench/results/local.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Target:
+    """A DESIGN.md target restated as a ratio to an anchor measured in the same run."""
+
+    metric: str
+    against: str
+    ratio: float
+    higher_is_better: bool
+    source: str
+
+    def check(self, ravi: float, anchor: float) -> tuple[float, bool]:
+        measured = ravi / anchor
+        ok = measured >= self.ratio if self.higher_is_better else measured <= self.ratio
+        return measured, ok
+
+
+# DESIGN.md section 8, local rows: absolute targets divided by the anchors the
+# same table gives, so they can be checked on any machine.
+LOCAL_TARGETS = [
+    Target("rr_msgs_s", "autogen", 60_000 / 4_277, True, ">= 60,000 msg/s vs AutoGen 4,277"),
+    Target("rr_msgs_s", "floor", 60_000 / 155_000, True, ">= 60,000 msg/s vs floor 155k"),
+    Target("rr_p50_us", "floor", 15 / 6, False, "p50 <= 15 us vs floor 6 us"),
+    Target("conc_msgs_s", "autogen", 80_000 / 4_896, True, ">= 80,000 msg/s vs AutoGen 4,896"),
+    Target("fanout_deliveries_s", "autogen", 400_000 / 17_224, True, ">= 400k/s vs AutoGen 17,224"),
+    Target("fanout_deliveries_s", "floor", 400_000 / 1_900_000, True, ">= 400k/s vs floor 1.9M"),
+]
+
+
+def run_once(command: list[str]) -> dict[str, float]:
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    return {k: float(v) for k, v in row.items() if isinstance(v, int | float)}
+
+
+def local_commands(args: argparse.Namespace) -> dict[str, list[str]]:
+    python = sys.executable
+    commands = {
+        "floor": [python, str(BENCH / "local_floor.py")],
+        "ravi": [python, str(BENCH / "local_ravi.py")],
+        "ravi+hook": [python, str(BENCH / "local_ravi.py"), "--hooks"],
+    }
+    script = Path(args.anchors) / "bench_local.py" if args.anchors else None
+    if args.autogen_python and script and script.exists():
+        commands["autogen"] = [args.autogen_python, str(script)]
+    else:
+        print(f"AutoGen anchors not found ({script}); measuring without them", file=sys.stderr)
+    return commands
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("suite", choices=["local"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--autogen-python")
+    parser.add_argument("--anchors")
+    parser.add_argument("--save")
+    args = parser.parse_args()
+
+    commands = local_commands(args)
+    targets = LOCAL_TARGETS
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
+    for i in range(args.runs):
+        for name, command in commands.items():
+            row = run_once(command)
+            runs[name].append(row)
+            print(f"run {i + 1} {name}: {json.dumps(row)}", file=sys.stderr)
+    medians = {
+        name: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        for name, rows in runs.items()
+    }
+
+    names = list(commands)
+    metrics = [k for k in medians["ravi"] if k != "bench"]
+    print(f"\nMedians of {args.runs} runs ({platform.node()}, {os.cpu_count()} cores)\n")
+    print("| metric | " + " | ".join(names) + " | ravi / floor | ravi / autogen |")
+    print("|---|" + "---|" * (len(names) + 2))
+    for metric in metrics:
+        cells = [f"{medians[n].get(metric, float('nan')):,.1f}" for n in names]
+        ratios = [
+            f"{medians['ravi'][metric] / medians[a][metric]:.2f}" if a in medians else "-"
+            for a in ("floor", "autogen")
+        ]
+        print(f"| {metric} | " + " | ".join(cells + ratios) + " |")
+
+    print("\n| target (DESIGN.md section 8) | as a ratio | measured | met |")
+    print("|---|---|---|---|")
+    checks = []
+    for target in targets:
+        if target.against not in medians:
+            continue
+        measured, ok = target.check(
+            medians["ravi"][target.metric], medians[target.against][target.metric]
+        )
+        sign = ">=" if target.higher_is_better else "<="
+        print(
+            f"| {target.metric}: {target.source} | {sign} {target.ratio:.2f} x {target.against} "
+            f"| {measured:.2f} | {'yes' if ok else 'NO'} |"
+        )
+        checks.append({"target": target.source, "measured_ratio": measured, "met": ok})
+
+    if args.save:
+        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.save).write_text(
+            json.dumps(
+                {
+                    "suite": args.suite,
+                    "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+                    "commands": {n: c[1:] for n, c in commands.items()},
+                    "medians": medians,
+                    "runs": runs,
+                    "targets": checks,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()

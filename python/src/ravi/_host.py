@@ -1,0 +1,935 @@
+"""The in-process agent engine shared by LocalRuntime and GrpcRuntime.
+
+An `AgentHost` owns the agent types registered in one process, creates agent
+instances lazily per key, and gives each instance a mailbox served by one
+worker task: messages to one agent are handled one at a time, in order, while
+distinct agents run concurrently. Reentrant agents get a task per message
+instead.
+
+Every direct send has a deadline, enforced by a loop timer; when it passes, or
+the caller is cancelled, the handler is cancelled too (the worker cancels its
+own task and then `uncancel()`s it). Deadlock by re-entry is refused up front:
+each running call knows the chain of non-reentrant agents blocked waiting on it,
+so a send that targets one of them fails with `ReentrantCall` instead of
+hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import heapq
+import itertools
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ravi._agent import BaseAgent, Handler
+from ravi._cancellation import CancellationToken
+from ravi._context import MessageContext
+from ravi._ids import AgentId, TopicId
+from ravi._interceptors import HandleInput, Interceptor, chain
+from ravi._subscriptions import Subscription, TypeSubscription
+from ravi.errors import (
+    AgentTypeNotFound,
+    AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
+    HandlerFailed,
+    MailboxFull,
+    NotFound,
+    RaviError,
+    ReentrantCall,
+    Unavailable,
+)
+
+if TYPE_CHECKING:
+    from ravi.runtime import BaseRuntime
+
+logger = logging.getLogger("ravi")
+
+AgentFactory = Callable[[], BaseAgent | Awaitable[BaseAgent]]
+
+_QUEUED = 0
+_RUNNING = 1
+_DONE = 2
+
+_NO_CHAIN: tuple[tuple[str, str], ...] = ()
+_COMPACT_AT = 1024
+
+_message_ids = itertools.count(1)
+_id_prefix = os.urandom(6).hex()
+
+
+def new_message_id() -> str:
+    """A process-unique message id, cheaper than a UUID on the hot path."""
+    return f"{_id_prefix}-{next(_message_ids)}"
+
+
+@dataclass(frozen=True, slots=True)
+class _AgentRegistration:
+    factory: AgentFactory
+    agent_class: type[BaseAgent]
+
+
+class _Context(MessageContext):
+    """What every handler's context holds: the message and where it comes from."""
+
+    __slots__ = (
+        "_cancellation",
+        "_message_id",
+        "_metadata",
+        "_sender",
+        "host",
+        "message",
+    )
+
+    def __init__(
+        self,
+        host: AgentHost,
+        message: Any,
+        sender: AgentId | None,
+        message_id: str | None,
+        metadata: Mapping[str, str] | None,
+    ) -> None:
+        self.host = host
+        self.message = message
+        self._sender = sender
+        self._message_id = message_id
+        self._metadata = metadata
+        self._cancellation: CancellationToken | None = None
+
+    @property
+    def sender(self) -> AgentId | None:
+        return self._sender
+
+    @property
+    def message_id(self) -> str:
+        if self._message_id is None:
+            self._message_id = new_message_id()
+        return self._message_id
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return self._metadata or {}
+
+    @property
+    def cancellation(self) -> CancellationToken:
+        if self._cancellation is None:
+            self._cancellation = CancellationToken()
+        return self._cancellation
+
+    async def step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        result = fn(*args)
+        if isinstance(result, Awaitable):
+            result = await result
+        return result
+
+    async def wait_for(self, name: str, *, timeout: float | None = None) -> Any:
+        return await self.host.wait_for_promise(name, timeout)
+
+    def idempotency_key(self, step_name: str) -> str:
+        return f"{self.message_id}/{step_name}"
+
+
+class _Publication(_Context):
+    """A published message: one object shared by every subscriber's delivery."""
+
+    __slots__ = ("_topic",)
+
+    def __init__(  # noqa: PLR0917 - positional on the hot path, built in one place
+        self,
+        host: AgentHost,
+        message: Any,
+        sender: AgentId | None,
+        message_id: str,
+        metadata: Mapping[str, str] | None,
+        topic: TopicId,
+    ) -> None:
+        super().__init__(host, message, sender, message_id, metadata)
+        self._topic = topic
+
+    @property
+    def topic(self) -> TopicId | None:
+        return self._topic
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+class _Call(_Context):
+    """One direct send to one agent; also the handler's `MessageContext`."""
+
+    __slots__ = ("chain", "deadline", "future", "key", "mailbox", "state", "task")
+
+    def __init__(  # noqa: PLR0917 - positional on the hot path, built in one place
+        self,
+        host: AgentHost,
+        message: Any,
+        key: tuple[str, str],
+        sender: AgentId | None,
+        message_id: str | None,
+        metadata: Mapping[str, str] | None,
+        deadline: float,
+        chain: tuple[tuple[str, str], ...],
+        future: asyncio.Future[Any],
+    ) -> None:
+        # The base fields are set here rather than through super().__init__():
+        # one Python call less on every send.
+        self.host = host
+        self.message = message
+        self._sender = sender
+        self._message_id = message_id
+        self._metadata = metadata
+        self._cancellation = None
+        self.key = key
+        self.deadline = deadline
+        self.chain = chain
+        self.future = future
+        self.state = _QUEUED
+        self.mailbox: _Mailbox | None = None
+        self.task: asyncio.Task[Any] | None = None
+
+    @property
+    def topic(self) -> TopicId | None:
+        return None
+
+    def time_remaining(self) -> float | None:
+        return max(0.0, self.deadline - self.host.loop.time())
+
+    def blocked_chain(self) -> tuple[tuple[str, str], ...]:
+        """The agents blocked while this call's handler awaits a nested send."""
+        mailbox = self.mailbox
+        if mailbox is None or mailbox.reentrant:
+            return self.chain
+        return (*self.chain, self.key)
+
+    def finish(self, result: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+    def stop(self, error: RaviError) -> None:
+        """End the call early (deadline, caller gone, runtime stopping) with `error`."""
+        state = self.state
+        if state == _DONE:
+            return
+        self.state = _DONE
+        self.fail(error)
+        if self._cancellation is not None:
+            self._cancellation.cancel()
+        if state == _RUNNING:
+            task = self.task
+            # A handler that stops its own call (through a shared token) keeps
+            # running to its end; cancelling the running task would instead leave
+            # a cancel request pending for whatever it awaits next.
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+
+    def expire(self) -> None:
+        self.stop(DeadlineExceeded(f"deadline exceeded sending to {self.key[0]}/{self.key[1]}"))
+
+
+_Frame = _Call | tuple["_Mailbox", _Publication]
+"""What `current_call` holds while a handler runs: the send, or (mailbox, publication)."""
+
+current_call: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar(
+    "ravi_current_call", default=None
+)
+"""The message whose handler is running in this task, if any (for nested sends)."""
+
+
+class _Deadlines:
+    """The deadlines of in-flight sends, enforced by one loop timer.
+
+    A loop timer per send costs a Python TimerHandle, its comparisons and its
+    cancellation on every call; here a send costs one heap push of a tuple.
+    Entries of finished calls stay until the heap is compacted (when it is
+    mostly such entries) or their deadline pops them.
+    """
+
+    __slots__ = ("armed_at", "heap", "live", "loop", "sequence", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.heap: list[tuple[float, int, _Call]] = []
+        self.sequence = itertools.count()
+        self.timer: asyncio.TimerHandle | None = None
+        self.armed_at = math.inf
+        self.live = 0
+
+    def add(self, deadline: float, call: _Call) -> None:
+        heapq.heappush(self.heap, (deadline, next(self.sequence), call))
+        self.live += 1
+        if deadline < self.armed_at:
+            self._arm(deadline)
+
+    def finished(self) -> None:
+        self.live -= 1
+        heap = self.heap
+        if len(heap) > _COMPACT_AT and len(heap) > 4 * self.live:
+            heap[:] = [entry for entry in heap if entry[2].state != _DONE]
+            heapq.heapify(heap)
+            if not heap and self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+                self.armed_at = math.inf
+
+    def _arm(self, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_at(when, self._fire)
+        self.armed_at = when
+
+    def _fire(self) -> None:
+        self.timer = None
+        self.armed_at = math.inf
+        heap = self.heap
+        now = self.loop.time()
+        while heap and heap[0][0] <= now:
+            call = heapq.heappop(heap)[2]
+            if call.state != _DONE:
+                call.expire()
+        if heap:
+            self._arm(heap[0][0])
+
+    def clear(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.heap.clear()
+
+
+class _Mailbox:
+    """The queue of one agent instance and the worker that drains it."""
+
+    __slots__ = (
+        "agent",
+        "agent_id",
+        "busy",
+        "capacity",
+        "dispatch",
+        "handlers",
+        "host",
+        "inflight",
+        "key",
+        "pending",
+        "queue",
+        "reentrant",
+        "task",
+        "waiter",
+    )
+
+    def __init__(self, host: AgentHost, agent: BaseAgent, agent_id: AgentId) -> None:
+        self.host = host
+        self.agent = agent
+        self.agent_id = agent_id
+        self.key = (agent_id.type, agent_id.key)
+        self.capacity = host.mailbox_capacity
+        self.reentrant = type(agent).reentrant
+        self.dispatch = type(agent)._ravi_lookup
+        self.handlers = type(agent)._ravi_dispatch
+        self.queue: deque[_Call | _Publication] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.pending = 0
+        self.task: asyncio.Task[None] | None = None
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.busy: _Call | _Publication | None = None
+        if not self.reentrant:
+            self.task = host.loop.create_task(
+                self._serve(), name=f"ravi-mailbox-{agent_id}", context=contextvars.Context()
+            )
+
+    def idle(self) -> bool:
+        """Whether a send may run in the caller's task without breaking the order."""
+        return self.reentrant or (self.busy is None and not self.queue)
+
+    def put(self, entry: _Call | _Publication) -> None:
+        """Queue a send or a publication (the caller checked the capacity)."""
+        self.pending += 1
+        self.host.outstanding += 1
+        if self.reentrant:
+            if type(entry) is _Publication:
+                task = self.host.loop.create_task(self._deliver_alone(entry))
+            else:
+                assert isinstance(entry, _Call)
+                entry.mailbox = self
+                task = self.host.loop.create_task(self._handle(entry))
+                entry.task = task
+            self.inflight.add(task)
+            task.add_done_callback(self.inflight.discard)
+            return
+        self.queue.append(entry)
+        if self.busy is None:
+            waiter = self.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def full_error(self) -> MailboxFull:
+        return MailboxFull(f"mailbox of {self.agent_id} is full ({self.capacity} messages)")
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def run_inline(self, call: _Call) -> Any:
+        """Handle a send in the caller's own task, which saves two task switches.
+
+        Only for an idle mailbox (or a reentrant agent), so messages keep their
+        order; messages arriving meanwhile queue up for the worker.
+        """
+        call.mailbox = self
+        call.task = asyncio.current_task()
+        if not self.reentrant:
+            self.busy = call
+        inline = self.host.inline
+        inline.add(call)
+        self.pending += 1
+        self.host.outstanding += 1
+        try:
+            await self._handle(call)
+        except asyncio.CancelledError:
+            future = call.future
+            if future.done() and not future.cancelled():
+                future.exception()  # the caller sees CancelledError instead
+            raise
+        finally:
+            inline.discard(call)
+            if not self.reentrant:
+                self.busy = None
+                if self.queue:
+                    self._wake()
+        return call.future.result()
+
+    async def _serve(self) -> None:  # noqa: PLR0912, PLR0915 - the hot loop, inlined on purpose
+        # _handle and _deliver_alone are inlined here: one coroutine less per
+        # message is a measurable share of a delivery (see docs/performance.md).
+        queue = self.queue
+        host = self.host
+        loop = host.loop
+        agent = self.agent
+        handlers = self.handlers
+        dispatch = self.dispatch
+        while not host.stopping:
+            if not queue or self.busy is not None:
+                self.waiter = loop.create_future()
+                await self.waiter
+                self.waiter = None
+                continue
+            entry = queue.popleft()
+            message = entry.message
+            intercepted = host.handle_chain
+            if type(entry) is _Publication:
+                self.busy = entry
+                token = current_call.set((self, entry))
+                try:
+                    if intercepted is None:
+                        handler = handlers.get(type(message)) or dispatch(type(message))
+                        await handler(agent, message, entry)
+                    else:
+                        await intercepted(HandleInput(self.agent_id, message, entry))
+                except Exception as exc:
+                    self._log_failure(entry, exc)
+                finally:
+                    current_call.reset(token)
+                    self.busy = None
+            elif isinstance(entry, _Call) and entry.state == _QUEUED:
+                call = entry
+                self.busy = call
+                call.mailbox = self
+                call.task = self.task
+                call.state = _RUNNING
+                token = current_call.set(call)
+                try:
+                    if intercepted is None:
+                        handler = handlers.get(type(message)) or dispatch(type(message))
+                        result = await handler(agent, message, call)
+                    else:
+                        result = await intercepted(HandleInput(self.agent_id, message, call))
+                except asyncio.CancelledError:
+                    if not self._stopped_early(call):
+                        raise
+                except Exception as exc:
+                    self._failed(call, exc)
+                else:
+                    self._succeeded(call, result)
+                finally:
+                    call.state = _DONE
+                    current_call.reset(token)
+                    self.busy = None
+            self.pending -= 1
+            host.outstanding -= 1
+            if not host.outstanding and host.idle_waiters:
+                host.wake_idle_waiters()
+
+    async def _handle(self, call: _Call) -> None:
+        """Handle a send in the current task (a reentrant agent's task, or inline)."""
+        call.state = _RUNNING
+        token = current_call.set(call)
+        try:
+            intercepted = self.host.handle_chain
+            if intercepted is None:
+                result = await self.dispatch(type(call.message))(self.agent, call.message, call)
+            else:
+                result = await intercepted(HandleInput(self.agent_id, call.message, call))
+        except asyncio.CancelledError:
+            if not self._stopped_early(call):
+                raise
+        except Exception as exc:
+            self._failed(call, exc)
+        else:
+            self._succeeded(call, result)
+        finally:
+            call.state = _DONE
+            current_call.reset(token)
+            self.pending -= 1
+            self.host.call_done()
+
+    async def _deliver_alone(self, publication: _Publication) -> None:
+        """Deliver a publication to a reentrant agent, in its own task."""
+        token = current_call.set((self, publication))
+        try:
+            intercepted = self.host.handle_chain
+            message = publication.message
+            if intercepted is None:
+                await self.dispatch(type(message))(self.agent, message, publication)
+            else:
+                await intercepted(HandleInput(self.agent_id, message, publication))
+        except Exception as exc:
+            self._log_failure(publication, exc)
+        finally:
+            current_call.reset(token)
+            self.pending -= 1
+            self.host.call_done()
+
+    def _log_failure(self, publication: _Publication, exc: Exception) -> None:
+        logger.error(
+            "handler of %s failed on %s published on %s",
+            self.agent_id,
+            type(publication.message).__qualname__,
+            publication.topic,
+            exc_info=exc,
+        )
+
+    def _stopped_early(self, call: _Call) -> bool:
+        """Whether a CancelledError was our own stop of `call`, now taken back.
+
+        `_Call.stop` marks the call done before it cancels the task, so a call
+        still running was cancelled by someone else (the runtime stopping its
+        workers, or the task's owner): it fails with `Cancelled` and the caller
+        re-raises.
+        """
+        if call.state != _DONE:
+            call.state = _DONE
+            call.fail(Cancelled(f"cancelled while {self.agent_id} was handling the message"))
+            return False
+        # The call was stopped (deadline, caller gone) and our own cancel() landed
+        # here: withdraw it so the task serves the next message.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return True
+
+    def _failed(self, call: _Call, exc: Exception) -> None:
+        if isinstance(exc, RaviError):
+            call.fail(exc)
+            return
+        failure = HandlerFailed(
+            f"handler of {self.agent_id} raised {type(exc).__name__}: {exc}",
+            metadata={
+                "exception_type": type(exc).__name__,
+                "exception_message": str(exc),
+                "agent_type": self.key[0],
+            },
+        )
+        failure.__cause__ = exc
+        call.fail(failure)
+
+    @staticmethod
+    def _succeeded(call: _Call, result: Any) -> None:
+        if call.state == _DONE:
+            # Stopped while the handler finished anyway: the cancel request was
+            # never delivered, so withdraw it.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                task.uncancel()
+        call.finish(result)
+
+
+class AgentHost:
+    """The agents hosted by one process: registrations, instances, mailboxes, subscriptions."""
+
+    def __init__(
+        self,
+        runtime: BaseRuntime,
+        *,
+        default_timeout: float,
+        mailbox_capacity: int,
+        interceptors: Sequence[Interceptor] = (),
+    ) -> None:
+        if default_timeout <= 0:
+            raise ValueError("default_timeout must be positive")
+        if mailbox_capacity < 1:
+            raise ValueError("mailbox_capacity must be at least 1")
+        self.runtime = runtime
+        self.default_timeout = default_timeout
+        self.mailbox_capacity = mailbox_capacity
+        self.registrations: dict[str, _AgentRegistration] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+        self._by_topic_type: dict[str, tuple[str, ...]] = {}
+        self._mailboxes: dict[tuple[str, str], _Mailbox] = {}
+        self._activating: dict[tuple[str, str], asyncio.Future[_Mailbox]] = {}
+        self._promises: dict[str, asyncio.Future[Any]] = {}
+        self.idle_waiters: list[asyncio.Future[None]] = []
+        self.inline: set[_Call] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: _Deadlines | None = None
+        self.outstanding = 0
+        self.running = False
+        self.stopping = False
+        self.handle_chain = (
+            chain(interceptors, lambda i: i.handle, self._handle_input) if interceptors else None
+        )
+
+    async def _handle_input(self, input: HandleInput) -> Any:
+        mailbox = self._mailboxes[(input.agent_id.type, input.agent_id.key)]
+        handler: Handler = mailbox.dispatch(type(input.message))
+        return await handler(mailbox.agent, input.message, input.ctx)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            raise Unavailable("the runtime is not started: call `await runtime.start()` first")
+        return loop
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._deadlines = _Deadlines(self._loop)
+        self.running = True
+        self.stopping = False
+
+    async def stop(self) -> None:
+        if not self.running:
+            return
+        self.running = False
+        self.stopping = True
+        mailboxes = list(self._mailboxes.values())
+        for call in list(self.inline):
+            call.stop(Cancelled("runtime stopped while the message was being handled"))
+        tasks: list[asyncio.Task[Any]] = []
+        for mailbox in mailboxes:
+            for entry in mailbox.queue:
+                if isinstance(entry, _Call):
+                    entry.stop(
+                        Cancelled(f"runtime stopped before {mailbox.agent_id} got the message")
+                    )
+            for task in (mailbox.task, *mailbox.inflight):
+                if task is not None:
+                    task.cancel()
+                    tasks.append(task)
+        for future in self._promises.values():
+            if not future.done():
+                future.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for mailbox in mailboxes:
+            await mailbox.agent.close()
+        self._mailboxes.clear()
+        self._promises.clear()
+        if self._deadlines is not None:
+            self._deadlines.clear()
+        self.outstanding = 0
+        self.wake_idle_waiters()
+
+    async def wait_idle(self, timeout: float | None) -> None:
+        if self.outstanding == 0:
+            return
+        waiter = self.loop.create_future()
+        self.idle_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the runtime did not become idle within {timeout} s "
+                f"({self.outstanding} message(s) still queued or running)"
+            ) from None
+        finally:
+            if waiter in self.idle_waiters:
+                self.idle_waiters.remove(waiter)
+
+    def call_done(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding == 0 and self.idle_waiters:
+            self.wake_idle_waiters()
+
+    def wake_idle_waiters(self) -> None:
+        waiters, self.idle_waiters = self.idle_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- registration ------------------------------------------------------
+
+    def register(
+        self, agent_type: str, factory: AgentFactory, agent_class: type[BaseAgent]
+    ) -> None:
+        if agent_type in self.registrations:
+            raise AlreadyExists(f"agent type {agent_type!r} is registered already")
+        if not (isinstance(agent_class, type) and issubclass(agent_class, BaseAgent)):
+            raise TypeError(f"agent_class must be a BaseAgent subclass, got {agent_class!r}")
+        self.registrations[agent_type] = _AgentRegistration(factory, agent_class)
+
+    def hosts(self, agent_type: str) -> bool:
+        return agent_type in self.registrations
+
+    def add_subscription(self, subscription: Subscription) -> None:
+        if subscription.id in self.subscriptions:
+            raise AlreadyExists(f"a subscription with id {subscription.id!r} exists already")
+        self.subscriptions[subscription.id] = subscription
+        self._by_topic_type.clear()
+
+    def remove_subscription(self, subscription_id: str) -> None:
+        if self.subscriptions.pop(subscription_id, None) is None:
+            raise NotFound(f"no subscription with id {subscription_id!r}")
+        self._by_topic_type.clear()
+
+    def subscriber_types(self, topic_type: str) -> tuple[str, ...]:
+        """The agent types subscribed to a topic type, each once, in subscription order."""
+        found = self._by_topic_type.get(topic_type)
+        if found is None:
+            found = tuple(
+                dict.fromkeys(
+                    s.agent_type
+                    for s in self.subscriptions.values()
+                    if (
+                        s.topic_type == topic_type
+                        if isinstance(s, TypeSubscription)
+                        else topic_type.startswith(s.topic_type_prefix)
+                    )
+                )
+            )
+            self._by_topic_type[topic_type] = found
+        return found
+
+    # --- instances ---------------------------------------------------------
+
+    async def mailbox(self, agent_id: AgentId) -> _Mailbox:
+        key = (agent_id.type, agent_id.key)
+        mailbox = self._mailboxes.get(key)
+        if mailbox is not None:
+            return mailbox
+        return await self._activate(key, agent_id)
+
+    async def _activate(self, key: tuple[str, str], agent_id: AgentId) -> _Mailbox:
+        pending = self._activating.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        registration = self.registrations.get(agent_id.type)
+        if registration is None:
+            raise AgentTypeNotFound(f"no agent type {agent_id.type!r} is registered")
+        if not self.running:
+            raise Unavailable("the runtime is not running")
+        future: asyncio.Future[_Mailbox] = self.loop.create_future()
+        self._activating[key] = future
+        try:
+            agent = registration.factory()
+            if isinstance(agent, Awaitable):
+                agent = await agent
+            if not isinstance(agent, registration.agent_class):
+                raise TypeError(
+                    f"the factory of agent type {agent_id.type!r} returned "
+                    f"{type(agent).__qualname__}, not a {registration.agent_class.__qualname__}"
+                )
+            agent._ravi_bind(self.runtime, agent_id)
+            mailbox = _Mailbox(self, agent, agent_id)
+            self._mailboxes[key] = mailbox
+            future.set_result(mailbox)
+            return mailbox
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # a failed activation is reported to its caller, here
+            raise
+        finally:
+            del self._activating[key]
+
+    def agents(self) -> Iterable[_Mailbox]:
+        return self._mailboxes.values()
+
+    # --- messaging ---------------------------------------------------------
+
+    async def send(  # noqa: PLR0912 - the send path, kept in one frame on purpose
+        self,
+        message: Any,
+        recipient: AgentId,
+        *,
+        sender: AgentId | None,
+        timeout: float | None,
+        cancellation: CancellationToken | None,
+        message_id: str | None,
+        metadata: Mapping[str, str] | None,
+    ) -> Any:
+        if not self.running:
+            raise Unavailable("the runtime is not running: call `await runtime.start()` first")
+        mailbox = self._mailboxes.get((recipient.type, recipient.key))
+        if mailbox is None:
+            mailbox = await self._activate((recipient.type, recipient.key), recipient)
+        loop = self.loop
+        deadline = loop.time() + (self.default_timeout if timeout is None else timeout)
+        chain = _NO_CHAIN
+        parent = current_call.get()
+        if parent is not None:
+            if isinstance(parent, _Call):
+                if parent.state == _RUNNING:
+                    deadline = min(deadline, parent.deadline)
+                    chain = parent.blocked_chain()
+            else:
+                handling, publication = parent
+                if handling.busy is publication:
+                    chain = (handling.key,)
+            if not mailbox.reentrant and mailbox.key in chain:
+                raise ReentrantCall(
+                    f"{recipient} is busy waiting on this call "
+                    f"({' -> '.join('/'.join(k) for k in (*chain, mailbox.key))}); "
+                    "the call would deadlock: make the agent reentrant or restructure the calls"
+                )
+        future: asyncio.Future[Any] = loop.create_future()
+        call = _Call(
+            self, message, mailbox.key, sender, message_id, metadata, deadline, chain, future
+        )
+        deadlines = self._deadlines
+        assert deadlines is not None
+        deadlines.add(deadline, call)
+        unlink = cancellation.add_callback(_cancel_call(call)) if cancellation else None
+        try:
+            if mailbox.pending >= mailbox.capacity:
+                raise mailbox.full_error()
+            if mailbox.idle():
+                return await mailbox.run_inline(call)
+            mailbox.put(call)
+            return await future
+        except asyncio.CancelledError:
+            call.stop(Cancelled("the caller cancelled the call"))
+            raise
+        finally:
+            deadlines.finished()
+            if unlink is not None:
+                unlink()
+
+    async def publish(
+        self,
+        message: Any,
+        topic: TopicId,
+        *,
+        sender: AgentId | None,
+        message_id: str | None,
+        metadata: Mapping[str, str] | None,
+        timeout: float | None,
+    ) -> int:
+        """Deliver to every matching local subscriber; returns the number of deliveries."""
+        if not self.running:
+            raise Unavailable("the runtime is not running: call `await runtime.start()` first")
+        agent_types = self.subscriber_types(topic.type)
+        if not agent_types:
+            return 0
+        if message_id is None:
+            message_id = new_message_id()
+        source = topic.source
+        sender_key = (sender.type, sender.key) if sender is not None else None
+        publication = _Publication(self, message, sender, message_id, metadata, topic)
+        deadline: float | None = None
+        delivered = 0
+        for agent_type in agent_types:
+            key = (agent_type, source)
+            if key == sender_key:
+                continue
+            mailbox = self._mailboxes.get(key)
+            if mailbox is None:
+                if agent_type not in self.registrations:
+                    logger.warning(
+                        "a subscription to %r names agent type %r, which is not registered",
+                        topic.type,
+                        agent_type,
+                    )
+                    continue
+                mailbox = await self._activate(key, AgentId(agent_type, source))
+            if mailbox.pending >= mailbox.capacity:
+                if deadline is None:
+                    deadline = self.loop.time() + (
+                        self.default_timeout if timeout is None else timeout
+                    )
+                await self._wait_for_room(mailbox, deadline)
+            mailbox.put(publication)
+            delivered += 1
+        return delivered
+
+    async def _wait_for_room(self, mailbox: _Mailbox, deadline: float) -> None:
+        # Back-pressure for publishers: poll at a short interval instead of adding
+        # a wake-up to every dequeue, which would cost the common case.
+        loop = self.loop
+        delay = 0.0005
+        while mailbox.pending >= mailbox.capacity:
+            if loop.time() >= deadline:
+                raise MailboxFull(
+                    f"mailbox of {mailbox.agent_id} stayed full ({mailbox.capacity} messages) "
+                    "until the publish deadline"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            if not self.running:
+                raise Unavailable("the runtime stopped")
+
+    # --- promises ----------------------------------------------------------
+
+    def _promise(self, name: str) -> asyncio.Future[Any]:
+        future = self._promises.get(name)
+        if future is None:
+            future = self.loop.create_future()
+            self._promises[name] = future
+        return future
+
+    async def wait_for_promise(self, name: str, timeout: float | None) -> Any:
+        future = self._promise(name)
+        if future.done():
+            return future.result()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"promise {name!r} was not resolved within {timeout} s"
+            ) from None
+
+    def resolve_promise(self, name: str, value: Any) -> None:
+        if not self.running:
+            raise Unavailable("the runtime is not running")
+        future = self._promise(name)
+        if future.done():
+            raise AlreadyExists(f"promise {name!r} is resolved already")
+        future.set_result(value)
+
+    # --- state -------------------------------------------------------------
+
+    async def save_agent(self, agent_id: AgentId) -> Mapping[str, Any]:
+        mailbox = await self.mailbox(agent_id)
+        return dict(await mailbox.agent.save_state())
+
+    async def load_agent(self, agent_id: AgentId, state: Mapping[str, Any]) -> None:
+        mailbox = await self.mailbox(agent_id)
+        await mailbox.agent.load_state(state)
+
+
+def _cancel_call(call: _Call) -> Callable[[], None]:
+    def cancel() -> None:
+        call.stop(Cancelled("the call was cancelled through its cancellation token"))
+
+    return cancel

@@ -1,0 +1,103 @@
+"""Interceptors: hooks around sending, handling and publishing messages.
+
+Tracing, metrics, auth propagation and auditing plug in here. Each hook takes
+one dataclass input (so fields can be added without breaking overrides) and
+the next function in the chain. A runtime without interceptors takes a path
+that never builds the inputs, so hooks cost nothing until one is installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ravi._cancellation import CancellationToken
+from ravi._context import MessageContext
+from ravi._ids import AgentId, TopicId
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class SendInput:
+    """SendInput describes a direct send as the caller makes it.
+
+    Interceptors may add entries to `metadata` (for example trace context); they
+    travel with the message to the handler's `ctx.metadata`.
+    """
+
+    message: Any
+    recipient: AgentId
+    sender: AgentId | None
+    message_id: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    cancellation: CancellationToken | None = None
+
+
+@dataclass(slots=True)
+class HandleInput:
+    """HandleInput describes one message about to be handled by one agent."""
+
+    agent_id: AgentId
+    message: Any
+    ctx: MessageContext
+
+
+@dataclass(slots=True)
+class PublishInput:
+    """PublishInput describes a publish as the publisher makes it."""
+
+    message: Any
+    topic: TopicId
+    sender: AgentId | None
+    message_id: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+
+
+class Interceptor:
+    """Interceptor wraps sends, handler calls and publishes; override what you need.
+
+    Each method receives its input and `next`, and must await `next(input)`
+    (possibly with a modified input) unless it means to short-circuit.
+    """
+
+    async def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Any:
+        """Around a direct send, on the caller's side; returns the reply."""
+        return await next(input)
+
+    async def handle(
+        self, input: HandleInput, next: Callable[[HandleInput], Awaitable[Any]]
+    ) -> Any:
+        """Around a handler call, on the agent's side; returns the handler's result."""
+        return await next(input)
+
+    async def publish(
+        self, input: PublishInput, next: Callable[[PublishInput], Awaitable[None]]
+    ) -> None:
+        """Around a publish, on the publisher's side."""
+        await next(input)
+
+
+def chain(
+    interceptors: Sequence[Interceptor],
+    hook: Callable[[Interceptor], Callable[[T, Callable[[T], Awaitable[Any]]], Awaitable[Any]]],
+    terminal: Callable[[T], Awaitable[Any]],
+) -> Callable[[T], Awaitable[Any]]:
+    """Compose `interceptors` around `terminal`, the first interceptor outermost."""
+    call = terminal
+    for interceptor in reversed(interceptors):
+        call = _link(hook(interceptor), call)
+    return call
+
+
+def _link(
+    method: Callable[[T, Callable[[T], Awaitable[Any]]], Awaitable[Any]],
+    next_call: Callable[[T], Awaitable[Any]],
+) -> Callable[[T], Awaitable[Any]]:
+    async def call(input: T) -> Any:
+        return await method(input, next_call)
+
+    return call

@@ -1,0 +1,336 @@
+"""Errors raised by ravi, the same on every runtime.
+
+Every error ravi raises is a `RaviError` carrying a gRPC-style `Code`, an optional
+`ErrorReason` name from the contract (`proto/ravi/mesh/v1/errors.proto`) and a
+`remote` flag that tells an error raised by another node from one raised here.
+A caller can therefore handle a failure the same way whether the agent ran
+in-process, on another node in another language, or on Restate.
+
+    RaviError                      code of the failure (Code), reason, remote flag
+    ├── NotFound                   NOT_FOUND
+    │   └── AgentTypeNotFound      NOT_FOUND            AGENT_TYPE_NOT_FOUND
+    ├── Unimplemented              UNIMPLEMENTED
+    │   └── NoHandler              UNIMPLEMENTED        NO_HANDLER
+    ├── InvalidArgument            INVALID_ARGUMENT
+    │   ├── BadId                  INVALID_ARGUMENT     BAD_ID
+    │   └── BadPayload             INVALID_ARGUMENT     BAD_PAYLOAD
+    ├── HandlerFailed              UNKNOWN (or the code the handler's error had)
+    │                                                   HANDLER_FAILED
+    ├── FailedPrecondition         FAILED_PRECONDITION
+    │   ├── ReentrantCall          FAILED_PRECONDITION  REENTRANT_CALL
+    │   ├── HopLimitExceeded       FAILED_PRECONDITION  HOP_LIMIT_EXCEEDED
+    │   └── ForwardingLoop         FAILED_PRECONDITION  FORWARDING_LOOP
+    ├── AlreadyExists              ALREADY_EXISTS
+    ├── DeadlineExceeded           DEADLINE_EXCEEDED
+    ├── Cancelled                  CANCELLED
+    ├── Unavailable                UNAVAILABLE
+    │   └── PeerUnavailable        UNAVAILABLE          PEER_UNAVAILABLE
+    ├── ResourceExhausted          RESOURCE_EXHAUSTED
+    │   └── MailboxFull            RESOURCE_EXHAUSTED   MAILBOX_FULL
+    ├── Unauthenticated            UNAUTHENTICATED
+    ├── PermissionDenied           PERMISSION_DENIED
+    └── Internal                   INTERNAL
+
+`code_of(exc)` gives the code of any exception (UNKNOWN for non-ravi ones);
+`error_for(code, message, ...)` builds the most specific error for a code and
+reason, which is how errors received from other nodes keep their type.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import ClassVar
+
+__all__ = [
+    "AgentTypeNotFound",
+    "AlreadyExists",
+    "BadId",
+    "BadPayload",
+    "Cancelled",
+    "Code",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "ForwardingLoop",
+    "HandlerFailed",
+    "HopLimitExceeded",
+    "Internal",
+    "InvalidArgument",
+    "MailboxFull",
+    "NoHandler",
+    "NotFound",
+    "PeerUnavailable",
+    "PermissionDenied",
+    "RaviError",
+    "ReentrantCall",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "code_of",
+    "error_for",
+]
+
+ERROR_DOMAIN = "ravi.mesh.v1"
+
+
+class Code(enum.IntEnum):
+    """Code mirrors the gRPC status codes, without OK: a failure always has one."""
+
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+class RaviError(Exception):
+    """RaviError is the root of every error ravi raises.
+
+    Attributes:
+        code: the gRPC-style code of the failure.
+        reason: the contract's `ErrorReason` name (for example "NO_HANDLER"), or
+            None when the code says all there is to say.
+        remote: True when another node raised the error and it travelled here.
+        metadata: string details, as carried by `google.rpc.ErrorInfo.metadata`.
+    """
+
+    default_code: ClassVar[Code] = Code.UNKNOWN
+    default_reason: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: Code | None = None,
+        reason: str | None = None,
+        remote: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else self.default_code
+        self.reason = reason if reason is not None else self.default_reason
+        self.remote = remote
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        where = ", remote" if self.remote else ""
+        return f"{type(self).__name__}({self.message!r}, code={self.code.name}{where})"
+
+
+class NotFound(RaviError):
+    """The thing asked for does not exist."""
+
+    default_code = Code.NOT_FOUND
+
+
+class AgentTypeNotFound(NotFound):
+    """No runtime or node hosts the agent type."""
+
+    default_reason = "AGENT_TYPE_NOT_FOUND"
+
+
+class Unimplemented(RaviError):
+    """The operation is not implemented by the receiver."""
+
+    default_code = Code.UNIMPLEMENTED
+
+
+class NoHandler(Unimplemented):
+    """The agent has no handler for the message type (or more than one matches)."""
+
+    default_reason = "NO_HANDLER"
+
+
+class InvalidArgument(RaviError):
+    """The request is malformed."""
+
+    default_code = Code.INVALID_ARGUMENT
+
+
+class BadId(InvalidArgument):
+    """An agent id or topic id is empty or malformed."""
+
+    default_reason = "BAD_ID"
+
+
+class BadPayload(InvalidArgument):
+    """A payload does not decode, or its type name or content type is unknown."""
+
+    default_reason = "BAD_PAYLOAD"
+
+
+class HandlerFailed(RaviError):
+    """A message handler raised an exception that is not a `RaviError`.
+
+    The original exception's type name and message travel with it (also across
+    nodes and languages); in-process it is chained as `__cause__`.
+    """
+
+    default_reason = "HANDLER_FAILED"
+
+    @property
+    def exception_type(self) -> str:
+        """The name of the exception type the handler raised."""
+        return self.metadata.get("exception_type", "")
+
+    @property
+    def exception_message(self) -> str:
+        """The message of the exception the handler raised."""
+        return self.metadata.get("exception_message", "")
+
+
+class FailedPrecondition(RaviError):
+    """The call cannot be made in the current state."""
+
+    default_code = Code.FAILED_PRECONDITION
+
+
+class ReentrantCall(FailedPrecondition):
+    """The call would deadlock by re-entering a busy, non-reentrant agent."""
+
+    default_reason = "REENTRANT_CALL"
+
+
+class HopLimitExceeded(FailedPrecondition):
+    """Forwarding the request would exceed the hop limit."""
+
+    default_reason = "HOP_LIMIT_EXCEEDED"
+
+
+class ForwardingLoop(FailedPrecondition):
+    """The request already passed through this node."""
+
+    default_reason = "FORWARDING_LOOP"
+
+
+class AlreadyExists(RaviError):
+    """The thing to create exists already (for example a promise already resolved)."""
+
+    default_code = Code.ALREADY_EXISTS
+
+
+class DeadlineExceeded(RaviError):
+    """The call's deadline passed before it completed."""
+
+    default_code = Code.DEADLINE_EXCEEDED
+
+
+class Cancelled(RaviError):
+    """The call was cancelled by its caller or by the runtime stopping."""
+
+    default_code = Code.CANCELLED
+
+
+class Unavailable(RaviError):
+    """The runtime or the service is not available (not started, stopping)."""
+
+    default_code = Code.UNAVAILABLE
+
+
+class PeerUnavailable(Unavailable):
+    """The node hosting the agent could not be reached."""
+
+    default_reason = "PEER_UNAVAILABLE"
+
+
+class ResourceExhausted(RaviError):
+    """A size or queue limit was reached."""
+
+    default_code = Code.RESOURCE_EXHAUSTED
+
+
+class MailboxFull(ResourceExhausted):
+    """The agent's mailbox is at its bound."""
+
+    default_reason = "MAILBOX_FULL"
+
+
+class Unauthenticated(RaviError):
+    """Credentials are missing or invalid."""
+
+    default_code = Code.UNAUTHENTICATED
+
+
+class PermissionDenied(RaviError):
+    """The credentials do not allow the call."""
+
+    default_code = Code.PERMISSION_DENIED
+
+
+class Internal(RaviError):
+    """An invariant of ravi itself broke: a bug to report."""
+
+    default_code = Code.INTERNAL
+
+
+_BY_REASON: dict[str, type[RaviError]] = {
+    cls.default_reason: cls
+    for cls in (
+        AgentTypeNotFound,
+        NoHandler,
+        BadId,
+        BadPayload,
+        HandlerFailed,
+        ReentrantCall,
+        HopLimitExceeded,
+        ForwardingLoop,
+        PeerUnavailable,
+        MailboxFull,
+    )
+    if cls.default_reason is not None
+}
+
+_BY_CODE: dict[Code, type[RaviError]] = {
+    Code.INVALID_ARGUMENT: InvalidArgument,
+    Code.FAILED_PRECONDITION: FailedPrecondition,
+    Code.ALREADY_EXISTS: AlreadyExists,
+    Code.DEADLINE_EXCEEDED: DeadlineExceeded,
+    Code.CANCELLED: Cancelled,
+    Code.UNAVAILABLE: Unavailable,
+    Code.RESOURCE_EXHAUSTED: ResourceExhausted,
+    Code.UNAUTHENTICATED: Unauthenticated,
+    Code.PERMISSION_DENIED: PermissionDenied,
+    Code.INTERNAL: Internal,
+    Code.NOT_FOUND: NotFound,
+    Code.UNIMPLEMENTED: Unimplemented,
+}
+
+
+def code_of(exc: BaseException) -> Code:
+    """Return the code of an exception: its own for a `RaviError`, else UNKNOWN."""
+    if isinstance(exc, RaviError):
+        return exc.code
+    return Code.UNKNOWN
+
+
+def error_for(
+    code: Code,
+    message: str,
+    *,
+    reason: str | None = None,
+    remote: bool = False,
+    metadata: Mapping[str, str] | None = None,
+) -> RaviError:
+    """Build the most specific `RaviError` for a code and an optional reason.
+
+    The reason decides the class when it is a known `ErrorReason` (a handler that
+    raised keeps HandlerFailed whatever its code); otherwise the code does.
+    """
+    cls = _BY_REASON.get(reason or "") or _BY_CODE.get(code, RaviError)
+    return cls(message, code=code, reason=reason, remote=remote, metadata=metadata)

@@ -1,0 +1,186 @@
+"""LocalRuntime: every agent in this process, on asyncio."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from ravi._agent import AgentType, BaseAgent
+from ravi._cancellation import CancellationToken
+from ravi._host import AgentHost, new_message_id
+from ravi._ids import AgentId, TopicId
+from ravi._interceptors import Interceptor, PublishInput, SendInput, chain
+from ravi._subscriptions import Subscription
+from ravi.runtime._base import BaseRuntime
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAILBOX_CAPACITY = 10_000
+
+
+class LocalRuntime(BaseRuntime):
+    """LocalRuntime runs every agent in this process: the zero-infrastructure default.
+
+    Messages are passed by reference (never serialized). Each agent instance has
+    a mailbox of at most `mailbox_capacity` messages: a send to a full mailbox
+    fails at once with `MailboxFull` (RESOURCE_EXHAUSTED), and a publish waits
+    for room until its deadline (back-pressure), so memory stays bounded under
+    overload.
+
+    Args:
+        default_timeout: seconds a send may take when it names no timeout.
+        mailbox_capacity: messages queued or running per agent instance at most.
+        interceptors: hooks around sends, handler calls and publishes (tracing,
+            metrics); the first is outermost.
+    """
+
+    def __init__(
+        self,
+        *,
+        default_timeout: float = DEFAULT_TIMEOUT,
+        mailbox_capacity: int = DEFAULT_MAILBOX_CAPACITY,
+        interceptors: Sequence[Interceptor] = (),
+    ) -> None:
+        self._host = AgentHost(
+            self,
+            default_timeout=default_timeout,
+            mailbox_capacity=mailbox_capacity,
+            interceptors=interceptors,
+        )
+        self._send_chain = (
+            chain(interceptors, lambda i: i.send, self._send_input) if interceptors else None
+        )
+        self._publish_chain = (
+            chain(interceptors, lambda i: i.publish, self._publish_input) if interceptors else None
+        )
+
+    async def start(self) -> None:
+        self._host.start()
+
+    async def stop(self) -> None:
+        await self._host.stop()
+
+    async def stop_when_idle(self, *, timeout: float | None = None) -> None:
+        await self._host.wait_idle(timeout)
+        await self._host.stop()
+
+    async def register_factory(
+        self,
+        agent_type: str,
+        factory: Callable[[], BaseAgent | Awaitable[BaseAgent]],
+        *,
+        agent_class: type[BaseAgent],
+    ) -> AgentType:
+        self._host.register(agent_type, factory, agent_class)
+        return AgentType(agent_type)
+
+    # send_message returns the host's coroutine without an extra await layer (see
+    # BaseAgent.send_message): a round trip is mostly such layers.
+    def send_message(  # type: ignore[override]
+        self,
+        message: Any,
+        recipient: AgentId,
+        *,
+        sender: AgentId | None = None,
+        timeout: float | None = None,
+        cancellation: CancellationToken | None = None,
+        message_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Awaitable[Any]:
+        if self._send_chain is not None:
+            return self._send_chain(
+                SendInput(
+                    message,
+                    recipient,
+                    sender,
+                    message_id or new_message_id(),
+                    dict(metadata or {}),
+                    timeout,
+                    cancellation,
+                )
+            )
+        return self._host.send(
+            message,
+            recipient,
+            sender=sender,
+            timeout=timeout,
+            cancellation=cancellation,
+            message_id=message_id,
+            metadata=metadata,
+        )
+
+    async def _send_input(self, input: SendInput) -> Any:
+        return await self._host.send(
+            input.message,
+            input.recipient,
+            sender=input.sender,
+            timeout=input.timeout,
+            cancellation=input.cancellation,
+            message_id=input.message_id,
+            metadata=input.metadata,
+        )
+
+    async def publish_message(
+        self,
+        message: Any,
+        topic: TopicId,
+        *,
+        sender: AgentId | None = None,
+        message_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        if self._publish_chain is not None:
+            await self._publish_chain(
+                PublishInput(
+                    message,
+                    topic,
+                    sender,
+                    message_id or new_message_id(),
+                    dict(metadata or {}),
+                    timeout,
+                )
+            )
+            return
+        await self._host.publish(
+            message,
+            topic,
+            sender=sender,
+            message_id=message_id,
+            metadata=metadata,
+            timeout=timeout,
+        )
+
+    async def _publish_input(self, input: PublishInput) -> None:
+        await self._host.publish(
+            input.message,
+            input.topic,
+            sender=input.sender,
+            message_id=input.message_id,
+            metadata=input.metadata,
+            timeout=input.timeout,
+        )
+
+    async def add_subscription(self, subscription: Subscription) -> None:
+        self._host.add_subscription(subscription)
+
+    async def remove_subscription(self, subscription_id: str) -> None:
+        self._host.remove_subscription(subscription_id)
+
+    async def resolve_promise(self, name: str, value: Any) -> None:
+        self._host.resolve_promise(name, value)
+
+    async def agent_save_state(self, agent: AgentId) -> Mapping[str, Any]:
+        return await self._host.save_agent(agent)
+
+    async def agent_load_state(self, agent: AgentId, state: Mapping[str, Any]) -> None:
+        await self._host.load_agent(agent, state)
+
+    async def save_state(self) -> Mapping[str, Any]:
+        return {
+            str(mailbox.agent_id): await self._host.save_agent(mailbox.agent_id)
+            for mailbox in list(self._host.agents())
+        }
+
+    async def load_state(self, state: Mapping[str, Any]) -> None:
+        for agent, agent_state in state.items():
+            await self._host.load_agent(AgentId.parse(agent), agent_state)
