@@ -225,8 +225,14 @@ type Envelope struct {
 	// idempotency_key, when set, lets a durable runtime process the message at
 	// most once however often it is delivered; empty means message_id is used.
 	IdempotencyKey string `protobuf:"bytes,5,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// call_chain lists the agents that are blocked waiting for this message's
+	// reply, outermost first: the sender of a nested send and every agent waiting
+	// on it. A node refuses a message whose recipient is in the chain, unless the
+	// recipient is reentrant, with FAILED_PRECONDITION and reason REENTRANT_CALL:
+	// delivering it would deadlock.
+	CallChain     []*AgentId `protobuf:"bytes,6,rep,name=call_chain,json=callChain,proto3" json:"call_chain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Envelope) Reset() {
@@ -292,6 +298,13 @@ func (x *Envelope) GetIdempotencyKey() string {
 		return x.IdempotencyKey
 	}
 	return ""
+}
+
+func (x *Envelope) GetCallChain() []*AgentId {
+	if x != nil {
+		return x.CallChain
+	}
+	return nil
 }
 
 // Route records how a request travelled between nodes, so forwarding is
@@ -689,14 +702,16 @@ const file_ravi_mesh_v1_types_proto_rawDesc = "" +
 	"\aPayload\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12!\n" +
 	"\fcontent_type\x18\x02 \x01(\tR\vcontentType\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\fR\x04data\"\xb1\x02\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"\xe7\x02\n" +
 	"\bEnvelope\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12-\n" +
 	"\x06sender\x18\x02 \x01(\v2\x15.ravi.mesh.v1.AgentIdR\x06sender\x12/\n" +
 	"\apayload\x18\x03 \x01(\v2\x15.ravi.mesh.v1.PayloadR\apayload\x12@\n" +
 	"\bmetadata\x18\x04 \x03(\v2$.ravi.mesh.v1.Envelope.MetadataEntryR\bmetadata\x12'\n" +
-	"\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\x1a;\n" +
+	"\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\x124\n" +
+	"\n" +
+	"call_chain\x18\x06 \x03(\v2\x15.ravi.mesh.v1.AgentIdR\tcallChain\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"N\n" +
@@ -757,14 +772,15 @@ var file_ravi_mesh_v1_types_proto_depIdxs = []int32{
 	0, // 0: ravi.mesh.v1.Envelope.sender:type_name -> ravi.mesh.v1.AgentId
 	2, // 1: ravi.mesh.v1.Envelope.payload:type_name -> ravi.mesh.v1.Payload
 	9, // 2: ravi.mesh.v1.Envelope.metadata:type_name -> ravi.mesh.v1.Envelope.MetadataEntry
-	5, // 3: ravi.mesh.v1.Subscription.filter:type_name -> ravi.mesh.v1.TopicFilter
-	7, // 4: ravi.mesh.v1.NodeInfo.agent_types:type_name -> ravi.mesh.v1.AgentTypeInfo
-	6, // 5: ravi.mesh.v1.NodeInfo.subscriptions:type_name -> ravi.mesh.v1.Subscription
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	0, // 3: ravi.mesh.v1.Envelope.call_chain:type_name -> ravi.mesh.v1.AgentId
+	5, // 4: ravi.mesh.v1.Subscription.filter:type_name -> ravi.mesh.v1.TopicFilter
+	7, // 5: ravi.mesh.v1.NodeInfo.agent_types:type_name -> ravi.mesh.v1.AgentTypeInfo
+	6, // 6: ravi.mesh.v1.NodeInfo.subscriptions:type_name -> ravi.mesh.v1.Subscription
+	7, // [7:7] is the sub-list for method output_type
+	7, // [7:7] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_ravi_mesh_v1_types_proto_init() }

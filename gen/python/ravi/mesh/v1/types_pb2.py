@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ravi/mesh/v1/types.proto\x12\x0cravi.mesh.v1\"/\n\x07\x41gentId\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x10\n\x03key\x18\x02 \x01(\tR\x03key\"5\n\x07TopicId\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n\x06source\x18\x02 \x01(\tR\x06source\"T\n\x07Payload\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12!\n\x0c\x63ontent_type\x18\x02 \x01(\tR\x0b\x63ontentType\x12\x12\n\x04\x64\x61ta\x18\x03 \x01(\x0cR\x04\x64\x61ta\"\xb1\x02\n\x08\x45nvelope\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12-\n\x06sender\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\x06sender\x12/\n\x07payload\x18\x03 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x07payload\x12@\n\x08metadata\x18\x04 \x03(\x0b\x32$.ravi.mesh.v1.Envelope.MetadataEntryR\x08metadata\x12\'\n\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"N\n\x05Route\x12\x1b\n\thop_count\x18\x01 \x01(\rR\x08hopCount\x12(\n\x10visited_node_ids\x18\x02 \x03(\tR\x0evisitedNodeIds\"d\n\x0bTopicFilter\x12\x1f\n\ntopic_type\x18\x01 \x01(\tH\x00R\ttopicType\x12,\n\x11topic_type_prefix\x18\x02 \x01(\tH\x00R\x0ftopicTypePrefixB\x06\n\x04kind\"p\n\x0cSubscription\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n\nagent_type\x18\x02 \x01(\tR\tagentType\x12\x31\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.ravi.mesh.v1.TopicFilterR\x06\x66ilter\"S\n\rAgentTypeInfo\x12\x1d\n\nagent_type\x18\x01 \x01(\tR\tagentType\x12#\n\rhandled_types\x18\x02 \x03(\tR\x0chandledTypes\"\xc2\x02\n\x08NodeInfo\x12\x17\n\x07node_id\x18\x01 \x01(\tR\x06nodeId\x12)\n\x10\x63ontract_version\x18\x02 \x01(\tR\x0f\x63ontractVersion\x12<\n\x0b\x61gent_types\x18\x03 \x03(\x0b\x32\x1b.ravi.mesh.v1.AgentTypeInfoR\nagentTypes\x12@\n\rsubscriptions\x18\x04 \x03(\x0b\x32\x1a.ravi.mesh.v1.SubscriptionR\rsubscriptions\x12\x1a\n\x08language\x18\x05 \x01(\tR\x08language\x12\x18\n\x07\x61\x64\x64ress\x18\x06 \x01(\tR\x07\x61\x64\x64ress\x12 \n\x0bincarnation\x18\x07 \x01(\tR\x0bincarnation\x12\x1a\n\x08revision\x18\x08 \x01(\x04R\x08revisionB6Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ravi/mesh/v1/types.proto\x12\x0cravi.mesh.v1\"/\n\x07\x41gentId\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x10\n\x03key\x18\x02 \x01(\tR\x03key\"5\n\x07TopicId\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n\x06source\x18\x02 \x01(\tR\x06source\"T\n\x07Payload\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12!\n\x0c\x63ontent_type\x18\x02 \x01(\tR\x0b\x63ontentType\x12\x12\n\x04\x64\x61ta\x18\x03 \x01(\x0cR\x04\x64\x61ta\"\xe7\x02\n\x08\x45nvelope\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12-\n\x06sender\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\x06sender\x12/\n\x07payload\x18\x03 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x07payload\x12@\n\x08metadata\x18\x04 \x03(\x0b\x32$.ravi.mesh.v1.Envelope.MetadataEntryR\x08metadata\x12\'\n\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\x12\x34\n\ncall_chain\x18\x06 \x03(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\tcallChain\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"N\n\x05Route\x12\x1b\n\thop_count\x18\x01 \x01(\rR\x08hopCount\x12(\n\x10visited_node_ids\x18\x02 \x03(\tR\x0evisitedNodeIds\"d\n\x0bTopicFilter\x12\x1f\n\ntopic_type\x18\x01 \x01(\tH\x00R\ttopicType\x12,\n\x11topic_type_prefix\x18\x02 \x01(\tH\x00R\x0ftopicTypePrefixB\x06\n\x04kind\"p\n\x0cSubscription\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n\nagent_type\x18\x02 \x01(\tR\tagentType\x12\x31\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.ravi.mesh.v1.TopicFilterR\x06\x66ilter\"S\n\rAgentTypeInfo\x12\x1d\n\nagent_type\x18\x01 \x01(\tR\tagentType\x12#\n\rhandled_types\x18\x02 \x03(\tR\x0chandledTypes\"\xc2\x02\n\x08NodeInfo\x12\x17\n\x07node_id\x18\x01 \x01(\tR\x06nodeId\x12)\n\x10\x63ontract_version\x18\x02 \x01(\tR\x0f\x63ontractVersion\x12<\n\x0b\x61gent_types\x18\x03 \x03(\x0b\x32\x1b.ravi.mesh.v1.AgentTypeInfoR\nagentTypes\x12@\n\rsubscriptions\x18\x04 \x03(\x0b\x32\x1a.ravi.mesh.v1.SubscriptionR\rsubscriptions\x12\x1a\n\x08language\x18\x05 \x01(\tR\x08language\x12\x18\n\x07\x61\x64\x64ress\x18\x06 \x01(\tR\x07\x61\x64\x64ress\x12 \n\x0bincarnation\x18\x07 \x01(\tR\x0bincarnation\x12\x1a\n\x08revision\x18\x08 \x01(\x04R\x08revisionB6Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,17 +41,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYLOAD']._serialized_start=146
   _globals['_PAYLOAD']._serialized_end=230
   _globals['_ENVELOPE']._serialized_start=233
-  _globals['_ENVELOPE']._serialized_end=538
-  _globals['_ENVELOPE_METADATAENTRY']._serialized_start=479
-  _globals['_ENVELOPE_METADATAENTRY']._serialized_end=538
-  _globals['_ROUTE']._serialized_start=540
-  _globals['_ROUTE']._serialized_end=618
-  _globals['_TOPICFILTER']._serialized_start=620
-  _globals['_TOPICFILTER']._serialized_end=720
-  _globals['_SUBSCRIPTION']._serialized_start=722
-  _globals['_SUBSCRIPTION']._serialized_end=834
-  _globals['_AGENTTYPEINFO']._serialized_start=836
-  _globals['_AGENTTYPEINFO']._serialized_end=919
-  _globals['_NODEINFO']._serialized_start=922
-  _globals['_NODEINFO']._serialized_end=1244
+  _globals['_ENVELOPE']._serialized_end=592
+  _globals['_ENVELOPE_METADATAENTRY']._serialized_start=533
+  _globals['_ENVELOPE_METADATAENTRY']._serialized_end=592
+  _globals['_ROUTE']._serialized_start=594
+  _globals['_ROUTE']._serialized_end=672
+  _globals['_TOPICFILTER']._serialized_start=674
+  _globals['_TOPICFILTER']._serialized_end=774
+  _globals['_SUBSCRIPTION']._serialized_start=776
+  _globals['_SUBSCRIPTION']._serialized_end=888
+  _globals['_AGENTTYPEINFO']._serialized_start=890
+  _globals['_AGENTTYPEINFO']._serialized_end=973
+  _globals['_NODEINFO']._serialized_start=976
+  _globals['_NODEINFO']._serialized_end=1298
 # @@protoc_insertion_point(module_scope)

@@ -151,6 +151,7 @@ class Envelope(_message.Message):
     PAYLOAD_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    CALL_CHAIN_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """message_id is unique per message (a UUID is recommended). Receivers use it
     for tracing, deduplication and, on durable runtimes, exactly-once processing.
@@ -176,6 +177,15 @@ class Envelope(_message.Message):
         metadata cannot (events on a Subscribe stream).
         """
 
+    @_builtins.property
+    def call_chain(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentId]:
+        """call_chain lists the agents that are blocked waiting for this message's
+        reply, outermost first: the sender of a nested send and every agent waiting
+        on it. A node refuses a message whose recipient is in the chain, unless the
+        recipient is reentrant, with FAILED_PRECONDITION and reason REENTRANT_CALL:
+        delivering it would deadlock.
+        """
+
     def __init__(
         self,
         *,
@@ -184,10 +194,11 @@ class Envelope(_message.Message):
         payload: Global___Payload | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         idempotency_key: _builtins.str = ...,
+        call_chain: _abc.Iterable[Global___AgentId] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "sender", b"sender"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "message_id", b"message_id", "metadata", b"metadata", "payload", b"payload", "sender", b"sender"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_chain", b"call_chain", "idempotency_key", b"idempotency_key", "message_id", b"message_id", "metadata", b"metadata", "payload", b"payload", "sender", b"sender"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
