@@ -9,6 +9,7 @@ package meshv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -84,7 +85,11 @@ type SendRequest struct {
 	// envelope carries the message.
 	Envelope *Envelope `protobuf:"bytes,2,opt,name=envelope,proto3" json:"envelope,omitempty"`
 	// route records the forwarding so far; unset on the first hop.
-	Route         *Route `protobuf:"bytes,3,opt,name=route,proto3" json:"route,omitempty"`
+	Route *Route `protobuf:"bytes,3,opt,name=route,proto3" json:"route,omitempty"`
+	// topic is set when a node hands a published message to the node hosting a
+	// subscribed agent: the receiver delivers it as a published message (the
+	// handler sees the topic) and returns no result.
+	Topic         *TopicId `protobuf:"bytes,4,opt,name=topic,proto3" json:"topic,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -136,6 +141,13 @@ func (x *SendRequest) GetEnvelope() *Envelope {
 func (x *SendRequest) GetRoute() *Route {
 	if x != nil {
 		return x.Route
+	}
+	return nil
+}
+
+func (x *SendRequest) GetTopic() *TopicId {
+	if x != nil {
+		return x.Topic
 	}
 	return nil
 }
@@ -621,15 +633,293 @@ func (x *DescribeResponse) GetNode() *NodeInfo {
 	return nil
 }
 
+// ResolvePromiseRequest is the request of AgentService.ResolvePromise.
+type ResolvePromiseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the promise name (for example "approval-42").
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// value is what the waiting handler receives: a message payload, or any JSON
+	// value as type "google.protobuf.Value" with content type "application/json".
+	Value         *Payload `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolvePromiseRequest) Reset() {
+	*x = ResolvePromiseRequest{}
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolvePromiseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolvePromiseRequest) ProtoMessage() {}
+
+func (x *ResolvePromiseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolvePromiseRequest.ProtoReflect.Descriptor instead.
+func (*ResolvePromiseRequest) Descriptor() ([]byte, []int) {
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ResolvePromiseRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResolvePromiseRequest) GetValue() *Payload {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+// ResolvePromiseResponse is the response of AgentService.ResolvePromise.
+type ResolvePromiseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// waiting is true when a handler on this node was waiting for the promise.
+	Waiting       bool `protobuf:"varint,1,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolvePromiseResponse) Reset() {
+	*x = ResolvePromiseResponse{}
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolvePromiseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolvePromiseResponse) ProtoMessage() {}
+
+func (x *ResolvePromiseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolvePromiseResponse.ProtoReflect.Descriptor instead.
+func (*ResolvePromiseResponse) Descriptor() ([]byte, []int) {
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ResolvePromiseResponse) GetWaiting() bool {
+	if x != nil {
+		return x.Waiting
+	}
+	return false
+}
+
+// SaveStateRequest is the request of AgentService.SaveState.
+type SaveStateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// agent selects one agent; unset means every agent instance on the node.
+	Agent         *AgentId `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveStateRequest) Reset() {
+	*x = SaveStateRequest{}
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveStateRequest) ProtoMessage() {}
+
+func (x *SaveStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveStateRequest.ProtoReflect.Descriptor instead.
+func (*SaveStateRequest) Descriptor() ([]byte, []int) {
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SaveStateRequest) GetAgent() *AgentId {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+// SaveStateResponse is the response of AgentService.SaveState.
+type SaveStateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// states maps "type/key" to the agent's state.
+	States        map[string]*structpb.Struct `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveStateResponse) Reset() {
+	*x = SaveStateResponse{}
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveStateResponse) ProtoMessage() {}
+
+func (x *SaveStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveStateResponse.ProtoReflect.Descriptor instead.
+func (*SaveStateResponse) Descriptor() ([]byte, []int) {
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SaveStateResponse) GetStates() map[string]*structpb.Struct {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+// LoadStateRequest is the request of AgentService.LoadState.
+type LoadStateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// states maps "type/key" to the state to load into that agent.
+	States        map[string]*structpb.Struct `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadStateRequest) Reset() {
+	*x = LoadStateRequest{}
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadStateRequest) ProtoMessage() {}
+
+func (x *LoadStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadStateRequest.ProtoReflect.Descriptor instead.
+func (*LoadStateRequest) Descriptor() ([]byte, []int) {
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *LoadStateRequest) GetStates() map[string]*structpb.Struct {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+// LoadStateResponse is the response of AgentService.LoadState.
+type LoadStateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadStateResponse) Reset() {
+	*x = LoadStateResponse{}
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadStateResponse) ProtoMessage() {}
+
+func (x *LoadStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadStateResponse.ProtoReflect.Descriptor instead.
+func (*LoadStateResponse) Descriptor() ([]byte, []int) {
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{14}
+}
+
 var File_ravi_mesh_v1_agent_service_proto protoreflect.FileDescriptor
 
 const file_ravi_mesh_v1_agent_service_proto_rawDesc = "" +
 	"\n" +
-	" ravi/mesh/v1/agent_service.proto\x12\fravi.mesh.v1\x1a\x18ravi/mesh/v1/types.proto\"\xa1\x01\n" +
+	" ravi/mesh/v1/agent_service.proto\x12\fravi.mesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18ravi/mesh/v1/types.proto\"\xce\x01\n" +
 	"\vSendRequest\x123\n" +
 	"\trecipient\x18\x01 \x01(\v2\x15.ravi.mesh.v1.AgentIdR\trecipient\x122\n" +
 	"\benvelope\x18\x02 \x01(\v2\x16.ravi.mesh.v1.EnvelopeR\benvelope\x12)\n" +
-	"\x05route\x18\x03 \x01(\v2\x13.ravi.mesh.v1.RouteR\x05route\"V\n" +
+	"\x05route\x18\x03 \x01(\v2\x13.ravi.mesh.v1.RouteR\x05route\x12+\n" +
+	"\x05topic\x18\x04 \x01(\v2\x15.ravi.mesh.v1.TopicIdR\x05topic\"V\n" +
 	"\fSendResponse\x12-\n" +
 	"\x06result\x18\x01 \x01(\v2\x15.ravi.mesh.v1.PayloadR\x06result\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"\xa3\x01\n" +
@@ -654,16 +944,37 @@ const file_ravi_mesh_v1_agent_service_proto_rawDesc = "" +
 	"\x0fDescribeRequest\x12.\n" +
 	"\x06caller\x18\x01 \x01(\v2\x16.ravi.mesh.v1.NodeInfoR\x06caller\">\n" +
 	"\x10DescribeResponse\x12*\n" +
-	"\x04node\x18\x01 \x01(\v2\x16.ravi.mesh.v1.NodeInfoR\x04node*]\n" +
+	"\x04node\x18\x01 \x01(\v2\x16.ravi.mesh.v1.NodeInfoR\x04node\"X\n" +
+	"\x15ResolvePromiseRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12+\n" +
+	"\x05value\x18\x02 \x01(\v2\x15.ravi.mesh.v1.PayloadR\x05value\"2\n" +
+	"\x16ResolvePromiseResponse\x12\x18\n" +
+	"\awaiting\x18\x01 \x01(\bR\awaiting\"?\n" +
+	"\x10SaveStateRequest\x12+\n" +
+	"\x05agent\x18\x01 \x01(\v2\x15.ravi.mesh.v1.AgentIdR\x05agent\"\xac\x01\n" +
+	"\x11SaveStateResponse\x12C\n" +
+	"\x06states\x18\x01 \x03(\v2+.ravi.mesh.v1.SaveStateResponse.StatesEntryR\x06states\x1aR\n" +
+	"\vStatesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
+	"\x05value\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x05value:\x028\x01\"\xaa\x01\n" +
+	"\x10LoadStateRequest\x12B\n" +
+	"\x06states\x18\x01 \x03(\v2*.ravi.mesh.v1.LoadStateRequest.StatesEntryR\x06states\x1aR\n" +
+	"\vStatesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
+	"\x05value\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x05value:\x028\x01\"\x13\n" +
+	"\x11LoadStateResponse*]\n" +
 	"\fPublishScope\x12\x1d\n" +
 	"\x19PUBLISH_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12PUBLISH_SCOPE_MESH\x10\x01\x12\x16\n" +
-	"\x12PUBLISH_SCOPE_NODE\x10\x022\xb5\x02\n" +
+	"\x12PUBLISH_SCOPE_NODE\x10\x022\xae\x04\n" +
 	"\fAgentService\x12=\n" +
 	"\x04Send\x12\x19.ravi.mesh.v1.SendRequest\x1a\x1a.ravi.mesh.v1.SendResponse\x12F\n" +
 	"\aPublish\x12\x1c.ravi.mesh.v1.PublishRequest\x1a\x1d.ravi.mesh.v1.PublishResponse\x12N\n" +
 	"\tSubscribe\x12\x1e.ravi.mesh.v1.SubscribeRequest\x1a\x1f.ravi.mesh.v1.SubscribeResponse0\x01\x12N\n" +
-	"\bDescribe\x12\x1d.ravi.mesh.v1.DescribeRequest\x1a\x1e.ravi.mesh.v1.DescribeResponse\"\x03\x90\x02\x01B6Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3"
+	"\bDescribe\x12\x1d.ravi.mesh.v1.DescribeRequest\x1a\x1e.ravi.mesh.v1.DescribeResponse\"\x03\x90\x02\x01\x12[\n" +
+	"\x0eResolvePromise\x12#.ravi.mesh.v1.ResolvePromiseRequest\x1a$.ravi.mesh.v1.ResolvePromiseResponse\x12L\n" +
+	"\tSaveState\x12\x1e.ravi.mesh.v1.SaveStateRequest\x1a\x1f.ravi.mesh.v1.SaveStateResponse\x12L\n" +
+	"\tLoadState\x12\x1e.ravi.mesh.v1.LoadStateRequest\x1a\x1f.ravi.mesh.v1.LoadStateResponseB6Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_ravi_mesh_v1_agent_service_proto_rawDescOnce sync.Once
@@ -678,54 +989,76 @@ func file_ravi_mesh_v1_agent_service_proto_rawDescGZIP() []byte {
 }
 
 var file_ravi_mesh_v1_agent_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ravi_mesh_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_ravi_mesh_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_ravi_mesh_v1_agent_service_proto_goTypes = []any{
-	(PublishScope)(0),         // 0: ravi.mesh.v1.PublishScope
-	(*SendRequest)(nil),       // 1: ravi.mesh.v1.SendRequest
-	(*SendResponse)(nil),      // 2: ravi.mesh.v1.SendResponse
-	(*PublishRequest)(nil),    // 3: ravi.mesh.v1.PublishRequest
-	(*PublishResponse)(nil),   // 4: ravi.mesh.v1.PublishResponse
-	(*SubscribeRequest)(nil),  // 5: ravi.mesh.v1.SubscribeRequest
-	(*Event)(nil),             // 6: ravi.mesh.v1.Event
-	(*SubscribeResponse)(nil), // 7: ravi.mesh.v1.SubscribeResponse
-	(*DescribeRequest)(nil),   // 8: ravi.mesh.v1.DescribeRequest
-	(*DescribeResponse)(nil),  // 9: ravi.mesh.v1.DescribeResponse
-	(*AgentId)(nil),           // 10: ravi.mesh.v1.AgentId
-	(*Envelope)(nil),          // 11: ravi.mesh.v1.Envelope
-	(*Route)(nil),             // 12: ravi.mesh.v1.Route
-	(*Payload)(nil),           // 13: ravi.mesh.v1.Payload
-	(*TopicId)(nil),           // 14: ravi.mesh.v1.TopicId
-	(*TopicFilter)(nil),       // 15: ravi.mesh.v1.TopicFilter
-	(*NodeInfo)(nil),          // 16: ravi.mesh.v1.NodeInfo
+	(PublishScope)(0),              // 0: ravi.mesh.v1.PublishScope
+	(*SendRequest)(nil),            // 1: ravi.mesh.v1.SendRequest
+	(*SendResponse)(nil),           // 2: ravi.mesh.v1.SendResponse
+	(*PublishRequest)(nil),         // 3: ravi.mesh.v1.PublishRequest
+	(*PublishResponse)(nil),        // 4: ravi.mesh.v1.PublishResponse
+	(*SubscribeRequest)(nil),       // 5: ravi.mesh.v1.SubscribeRequest
+	(*Event)(nil),                  // 6: ravi.mesh.v1.Event
+	(*SubscribeResponse)(nil),      // 7: ravi.mesh.v1.SubscribeResponse
+	(*DescribeRequest)(nil),        // 8: ravi.mesh.v1.DescribeRequest
+	(*DescribeResponse)(nil),       // 9: ravi.mesh.v1.DescribeResponse
+	(*ResolvePromiseRequest)(nil),  // 10: ravi.mesh.v1.ResolvePromiseRequest
+	(*ResolvePromiseResponse)(nil), // 11: ravi.mesh.v1.ResolvePromiseResponse
+	(*SaveStateRequest)(nil),       // 12: ravi.mesh.v1.SaveStateRequest
+	(*SaveStateResponse)(nil),      // 13: ravi.mesh.v1.SaveStateResponse
+	(*LoadStateRequest)(nil),       // 14: ravi.mesh.v1.LoadStateRequest
+	(*LoadStateResponse)(nil),      // 15: ravi.mesh.v1.LoadStateResponse
+	nil,                            // 16: ravi.mesh.v1.SaveStateResponse.StatesEntry
+	nil,                            // 17: ravi.mesh.v1.LoadStateRequest.StatesEntry
+	(*AgentId)(nil),                // 18: ravi.mesh.v1.AgentId
+	(*Envelope)(nil),               // 19: ravi.mesh.v1.Envelope
+	(*Route)(nil),                  // 20: ravi.mesh.v1.Route
+	(*TopicId)(nil),                // 21: ravi.mesh.v1.TopicId
+	(*Payload)(nil),                // 22: ravi.mesh.v1.Payload
+	(*TopicFilter)(nil),            // 23: ravi.mesh.v1.TopicFilter
+	(*NodeInfo)(nil),               // 24: ravi.mesh.v1.NodeInfo
+	(*structpb.Struct)(nil),        // 25: google.protobuf.Struct
 }
 var file_ravi_mesh_v1_agent_service_proto_depIdxs = []int32{
-	10, // 0: ravi.mesh.v1.SendRequest.recipient:type_name -> ravi.mesh.v1.AgentId
-	11, // 1: ravi.mesh.v1.SendRequest.envelope:type_name -> ravi.mesh.v1.Envelope
-	12, // 2: ravi.mesh.v1.SendRequest.route:type_name -> ravi.mesh.v1.Route
-	13, // 3: ravi.mesh.v1.SendResponse.result:type_name -> ravi.mesh.v1.Payload
-	14, // 4: ravi.mesh.v1.PublishRequest.topic:type_name -> ravi.mesh.v1.TopicId
-	11, // 5: ravi.mesh.v1.PublishRequest.envelope:type_name -> ravi.mesh.v1.Envelope
-	0,  // 6: ravi.mesh.v1.PublishRequest.scope:type_name -> ravi.mesh.v1.PublishScope
-	15, // 7: ravi.mesh.v1.SubscribeRequest.filters:type_name -> ravi.mesh.v1.TopicFilter
-	14, // 8: ravi.mesh.v1.Event.topic:type_name -> ravi.mesh.v1.TopicId
-	11, // 9: ravi.mesh.v1.Event.envelope:type_name -> ravi.mesh.v1.Envelope
-	16, // 10: ravi.mesh.v1.SubscribeResponse.node:type_name -> ravi.mesh.v1.NodeInfo
-	6,  // 11: ravi.mesh.v1.SubscribeResponse.event:type_name -> ravi.mesh.v1.Event
-	16, // 12: ravi.mesh.v1.DescribeRequest.caller:type_name -> ravi.mesh.v1.NodeInfo
-	16, // 13: ravi.mesh.v1.DescribeResponse.node:type_name -> ravi.mesh.v1.NodeInfo
-	1,  // 14: ravi.mesh.v1.AgentService.Send:input_type -> ravi.mesh.v1.SendRequest
-	3,  // 15: ravi.mesh.v1.AgentService.Publish:input_type -> ravi.mesh.v1.PublishRequest
-	5,  // 16: ravi.mesh.v1.AgentService.Subscribe:input_type -> ravi.mesh.v1.SubscribeRequest
-	8,  // 17: ravi.mesh.v1.AgentService.Describe:input_type -> ravi.mesh.v1.DescribeRequest
-	2,  // 18: ravi.mesh.v1.AgentService.Send:output_type -> ravi.mesh.v1.SendResponse
-	4,  // 19: ravi.mesh.v1.AgentService.Publish:output_type -> ravi.mesh.v1.PublishResponse
-	7,  // 20: ravi.mesh.v1.AgentService.Subscribe:output_type -> ravi.mesh.v1.SubscribeResponse
-	9,  // 21: ravi.mesh.v1.AgentService.Describe:output_type -> ravi.mesh.v1.DescribeResponse
-	18, // [18:22] is the sub-list for method output_type
-	14, // [14:18] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	18, // 0: ravi.mesh.v1.SendRequest.recipient:type_name -> ravi.mesh.v1.AgentId
+	19, // 1: ravi.mesh.v1.SendRequest.envelope:type_name -> ravi.mesh.v1.Envelope
+	20, // 2: ravi.mesh.v1.SendRequest.route:type_name -> ravi.mesh.v1.Route
+	21, // 3: ravi.mesh.v1.SendRequest.topic:type_name -> ravi.mesh.v1.TopicId
+	22, // 4: ravi.mesh.v1.SendResponse.result:type_name -> ravi.mesh.v1.Payload
+	21, // 5: ravi.mesh.v1.PublishRequest.topic:type_name -> ravi.mesh.v1.TopicId
+	19, // 6: ravi.mesh.v1.PublishRequest.envelope:type_name -> ravi.mesh.v1.Envelope
+	0,  // 7: ravi.mesh.v1.PublishRequest.scope:type_name -> ravi.mesh.v1.PublishScope
+	23, // 8: ravi.mesh.v1.SubscribeRequest.filters:type_name -> ravi.mesh.v1.TopicFilter
+	21, // 9: ravi.mesh.v1.Event.topic:type_name -> ravi.mesh.v1.TopicId
+	19, // 10: ravi.mesh.v1.Event.envelope:type_name -> ravi.mesh.v1.Envelope
+	24, // 11: ravi.mesh.v1.SubscribeResponse.node:type_name -> ravi.mesh.v1.NodeInfo
+	6,  // 12: ravi.mesh.v1.SubscribeResponse.event:type_name -> ravi.mesh.v1.Event
+	24, // 13: ravi.mesh.v1.DescribeRequest.caller:type_name -> ravi.mesh.v1.NodeInfo
+	24, // 14: ravi.mesh.v1.DescribeResponse.node:type_name -> ravi.mesh.v1.NodeInfo
+	22, // 15: ravi.mesh.v1.ResolvePromiseRequest.value:type_name -> ravi.mesh.v1.Payload
+	18, // 16: ravi.mesh.v1.SaveStateRequest.agent:type_name -> ravi.mesh.v1.AgentId
+	16, // 17: ravi.mesh.v1.SaveStateResponse.states:type_name -> ravi.mesh.v1.SaveStateResponse.StatesEntry
+	17, // 18: ravi.mesh.v1.LoadStateRequest.states:type_name -> ravi.mesh.v1.LoadStateRequest.StatesEntry
+	25, // 19: ravi.mesh.v1.SaveStateResponse.StatesEntry.value:type_name -> google.protobuf.Struct
+	25, // 20: ravi.mesh.v1.LoadStateRequest.StatesEntry.value:type_name -> google.protobuf.Struct
+	1,  // 21: ravi.mesh.v1.AgentService.Send:input_type -> ravi.mesh.v1.SendRequest
+	3,  // 22: ravi.mesh.v1.AgentService.Publish:input_type -> ravi.mesh.v1.PublishRequest
+	5,  // 23: ravi.mesh.v1.AgentService.Subscribe:input_type -> ravi.mesh.v1.SubscribeRequest
+	8,  // 24: ravi.mesh.v1.AgentService.Describe:input_type -> ravi.mesh.v1.DescribeRequest
+	10, // 25: ravi.mesh.v1.AgentService.ResolvePromise:input_type -> ravi.mesh.v1.ResolvePromiseRequest
+	12, // 26: ravi.mesh.v1.AgentService.SaveState:input_type -> ravi.mesh.v1.SaveStateRequest
+	14, // 27: ravi.mesh.v1.AgentService.LoadState:input_type -> ravi.mesh.v1.LoadStateRequest
+	2,  // 28: ravi.mesh.v1.AgentService.Send:output_type -> ravi.mesh.v1.SendResponse
+	4,  // 29: ravi.mesh.v1.AgentService.Publish:output_type -> ravi.mesh.v1.PublishResponse
+	7,  // 30: ravi.mesh.v1.AgentService.Subscribe:output_type -> ravi.mesh.v1.SubscribeResponse
+	9,  // 31: ravi.mesh.v1.AgentService.Describe:output_type -> ravi.mesh.v1.DescribeResponse
+	11, // 32: ravi.mesh.v1.AgentService.ResolvePromise:output_type -> ravi.mesh.v1.ResolvePromiseResponse
+	13, // 33: ravi.mesh.v1.AgentService.SaveState:output_type -> ravi.mesh.v1.SaveStateResponse
+	15, // 34: ravi.mesh.v1.AgentService.LoadState:output_type -> ravi.mesh.v1.LoadStateResponse
+	28, // [28:35] is the sub-list for method output_type
+	21, // [21:28] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_ravi_mesh_v1_agent_service_proto_init() }
@@ -744,7 +1077,7 @@ func file_ravi_mesh_v1_agent_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ravi_mesh_v1_agent_service_proto_rawDesc), len(file_ravi_mesh_v1_agent_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,10 +19,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AgentService_Send_FullMethodName      = "/ravi.mesh.v1.AgentService/Send"
-	AgentService_Publish_FullMethodName   = "/ravi.mesh.v1.AgentService/Publish"
-	AgentService_Subscribe_FullMethodName = "/ravi.mesh.v1.AgentService/Subscribe"
-	AgentService_Describe_FullMethodName  = "/ravi.mesh.v1.AgentService/Describe"
+	AgentService_Send_FullMethodName           = "/ravi.mesh.v1.AgentService/Send"
+	AgentService_Publish_FullMethodName        = "/ravi.mesh.v1.AgentService/Publish"
+	AgentService_Subscribe_FullMethodName      = "/ravi.mesh.v1.AgentService/Subscribe"
+	AgentService_Describe_FullMethodName       = "/ravi.mesh.v1.AgentService/Describe"
+	AgentService_ResolvePromise_FullMethodName = "/ravi.mesh.v1.AgentService/ResolvePromise"
+	AgentService_SaveState_FullMethodName      = "/ravi.mesh.v1.AgentService/SaveState"
+	AgentService_LoadState_FullMethodName      = "/ravi.mesh.v1.AgentService/LoadState"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -57,6 +60,17 @@ type AgentServiceClient interface {
 	// Describe returns the node's id, contract version, hosted agent types with
 	// the message types each handles, and subscriptions.
 	Describe(ctx context.Context, in *DescribeRequest, opts ...grpc.CallOption) (*DescribeResponse, error)
+	// ResolvePromise resolves a named promise on this node: a handler waiting
+	// for it (ctx.wait_for) resumes with the value, and a handler that waits for
+	// it later gets the value at once. A runtime resolving a promise asks every
+	// node it knows, since it cannot tell which one holds the waiting handler.
+	ResolvePromise(ctx context.Context, in *ResolvePromiseRequest, opts ...grpc.CallOption) (*ResolvePromiseResponse, error)
+	// SaveState returns the state of agents hosted on this node, as their
+	// save_state returns it: one agent, or every instance the node holds.
+	SaveState(ctx context.Context, in *SaveStateRequest, opts ...grpc.CallOption) (*SaveStateResponse, error)
+	// LoadState loads state into agents hosted on this node, creating instances
+	// as needed.
+	LoadState(ctx context.Context, in *LoadStateRequest, opts ...grpc.CallOption) (*LoadStateResponse, error)
 }
 
 type agentServiceClient struct {
@@ -116,6 +130,36 @@ func (c *agentServiceClient) Describe(ctx context.Context, in *DescribeRequest, 
 	return out, nil
 }
 
+func (c *agentServiceClient) ResolvePromise(ctx context.Context, in *ResolvePromiseRequest, opts ...grpc.CallOption) (*ResolvePromiseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResolvePromiseResponse)
+	err := c.cc.Invoke(ctx, AgentService_ResolvePromise_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) SaveState(ctx context.Context, in *SaveStateRequest, opts ...grpc.CallOption) (*SaveStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SaveStateResponse)
+	err := c.cc.Invoke(ctx, AgentService_SaveState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) LoadState(ctx context.Context, in *LoadStateRequest, opts ...grpc.CallOption) (*LoadStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LoadStateResponse)
+	err := c.cc.Invoke(ctx, AgentService_LoadState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -148,6 +192,17 @@ type AgentServiceServer interface {
 	// Describe returns the node's id, contract version, hosted agent types with
 	// the message types each handles, and subscriptions.
 	Describe(context.Context, *DescribeRequest) (*DescribeResponse, error)
+	// ResolvePromise resolves a named promise on this node: a handler waiting
+	// for it (ctx.wait_for) resumes with the value, and a handler that waits for
+	// it later gets the value at once. A runtime resolving a promise asks every
+	// node it knows, since it cannot tell which one holds the waiting handler.
+	ResolvePromise(context.Context, *ResolvePromiseRequest) (*ResolvePromiseResponse, error)
+	// SaveState returns the state of agents hosted on this node, as their
+	// save_state returns it: one agent, or every instance the node holds.
+	SaveState(context.Context, *SaveStateRequest) (*SaveStateResponse, error)
+	// LoadState loads state into agents hosted on this node, creating instances
+	// as needed.
+	LoadState(context.Context, *LoadStateRequest) (*LoadStateResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -169,6 +224,15 @@ func (UnimplementedAgentServiceServer) Subscribe(*SubscribeRequest, grpc.ServerS
 }
 func (UnimplementedAgentServiceServer) Describe(context.Context, *DescribeRequest) (*DescribeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Describe not implemented")
+}
+func (UnimplementedAgentServiceServer) ResolvePromise(context.Context, *ResolvePromiseRequest) (*ResolvePromiseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResolvePromise not implemented")
+}
+func (UnimplementedAgentServiceServer) SaveState(context.Context, *SaveStateRequest) (*SaveStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SaveState not implemented")
+}
+func (UnimplementedAgentServiceServer) LoadState(context.Context, *LoadStateRequest) (*LoadStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LoadState not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -256,6 +320,60 @@ func _AgentService_Describe_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_ResolvePromise_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResolvePromiseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).ResolvePromise(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_ResolvePromise_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).ResolvePromise(ctx, req.(*ResolvePromiseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_SaveState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SaveStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).SaveState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_SaveState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).SaveState(ctx, req.(*SaveStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_LoadState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LoadStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).LoadState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_LoadState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).LoadState(ctx, req.(*LoadStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -274,6 +392,18 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Describe",
 			Handler:    _AgentService_Describe_Handler,
+		},
+		{
+			MethodName: "ResolvePromise",
+			Handler:    _AgentService_ResolvePromise_Handler,
+		},
+		{
+			MethodName: "SaveState",
+			Handler:    _AgentService_SaveState_Handler,
+		},
+		{
+			MethodName: "LoadState",
+			Handler:    _AgentService_LoadState_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -65,6 +65,21 @@ class AgentServiceStub:
                 request_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.DescribeResponse.FromString,
                 _registered_method=True)
+        self.ResolvePromise = channel.unary_unary(
+                '/ravi.mesh.v1.AgentService/ResolvePromise',
+                request_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ResolvePromiseRequest.SerializeToString,
+                response_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ResolvePromiseResponse.FromString,
+                _registered_method=True)
+        self.SaveState = channel.unary_unary(
+                '/ravi.mesh.v1.AgentService/SaveState',
+                request_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.SaveStateRequest.SerializeToString,
+                response_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.SaveStateResponse.FromString,
+                _registered_method=True)
+        self.LoadState = channel.unary_unary(
+                '/ravi.mesh.v1.AgentService/LoadState',
+                request_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateRequest.SerializeToString,
+                response_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -117,6 +132,32 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolvePromise(self, request, context):
+        """ResolvePromise resolves a named promise on this node: a handler waiting
+        for it (ctx.wait_for) resumes with the value, and a handler that waits for
+        it later gets the value at once. A runtime resolving a promise asks every
+        node it knows, since it cannot tell which one holds the waiting handler.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveState(self, request, context):
+        """SaveState returns the state of agents hosted on this node, as their
+        save_state returns it: one agent, or every instance the node holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadState(self, request, context):
+        """LoadState loads state into agents hosted on this node, creating instances
+        as needed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +180,21 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.DescribeRequest.FromString,
                     response_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.DescribeResponse.SerializeToString,
+            ),
+            'ResolvePromise': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolvePromise,
+                    request_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ResolvePromiseRequest.FromString,
+                    response_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ResolvePromiseResponse.SerializeToString,
+            ),
+            'SaveState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveState,
+                    request_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.SaveStateRequest.FromString,
+                    response_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.SaveStateResponse.SerializeToString,
+            ),
+            'LoadState': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadState,
+                    request_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateRequest.FromString,
+                    response_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +316,87 @@ class AgentService:
             '/ravi.mesh.v1.AgentService/Describe',
             ravi_dot_mesh_dot_v1_dot_agent__service__pb2.DescribeRequest.SerializeToString,
             ravi_dot_mesh_dot_v1_dot_agent__service__pb2.DescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolvePromise(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ravi.mesh.v1.AgentService/ResolvePromise',
+            ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ResolvePromiseRequest.SerializeToString,
+            ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ResolvePromiseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ravi.mesh.v1.AgentService/SaveState',
+            ravi_dot_mesh_dot_v1_dot_agent__service__pb2.SaveStateRequest.SerializeToString,
+            ravi_dot_mesh_dot_v1_dot_agent__service__pb2.SaveStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ravi.mesh.v1.AgentService/LoadState',
+            ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateRequest.SerializeToString,
+            ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,20 @@ class AgentServiceStub:
     """Describe returns the node's id, contract version, hosted agent types with
     the message types each handles, and subscriptions.
     """
+    ResolvePromise: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ResolvePromiseRequest, _agent_service_pb2.ResolvePromiseResponse]
+    """ResolvePromise resolves a named promise on this node: a handler waiting
+    for it (ctx.wait_for) resumes with the value, and a handler that waits for
+    it later gets the value at once. A runtime resolving a promise asks every
+    node it knows, since it cannot tell which one holds the waiting handler.
+    """
+    SaveState: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.SaveStateRequest, _agent_service_pb2.SaveStateResponse]
+    """SaveState returns the state of agents hosted on this node, as their
+    save_state returns it: one agent, or every instance the node holds.
+    """
+    LoadState: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.LoadStateRequest, _agent_service_pb2.LoadStateResponse]
+    """LoadState loads state into agents hosted on this node, creating instances
+    as needed.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -100,6 +114,20 @@ class AgentServiceAsyncStub(AgentServiceStub):
     Describe: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.DescribeRequest, _agent_service_pb2.DescribeResponse]  # type: ignore[assignment]
     """Describe returns the node's id, contract version, hosted agent types with
     the message types each handles, and subscriptions.
+    """
+    ResolvePromise: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ResolvePromiseRequest, _agent_service_pb2.ResolvePromiseResponse]  # type: ignore[assignment]
+    """ResolvePromise resolves a named promise on this node: a handler waiting
+    for it (ctx.wait_for) resumes with the value, and a handler that waits for
+    it later gets the value at once. A runtime resolving a promise asks every
+    node it knows, since it cannot tell which one holds the waiting handler.
+    """
+    SaveState: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.SaveStateRequest, _agent_service_pb2.SaveStateResponse]  # type: ignore[assignment]
+    """SaveState returns the state of agents hosted on this node, as their
+    save_state returns it: one agent, or every instance the node holds.
+    """
+    LoadState: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.LoadStateRequest, _agent_service_pb2.LoadStateResponse]  # type: ignore[assignment]
+    """LoadState loads state into agents hosted on this node, creating instances
+    as needed.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -158,6 +186,38 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_service_pb2.DescribeResponse, _abc.Awaitable[_agent_service_pb2.DescribeResponse]]:
         """Describe returns the node's id, contract version, hosted agent types with
         the message types each handles, and subscriptions.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolvePromise(
+        self,
+        request: _agent_service_pb2.ResolvePromiseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.ResolvePromiseResponse, _abc.Awaitable[_agent_service_pb2.ResolvePromiseResponse]]:
+        """ResolvePromise resolves a named promise on this node: a handler waiting
+        for it (ctx.wait_for) resumes with the value, and a handler that waits for
+        it later gets the value at once. A runtime resolving a promise asks every
+        node it knows, since it cannot tell which one holds the waiting handler.
+        """
+
+    @_abc_1.abstractmethod
+    def SaveState(
+        self,
+        request: _agent_service_pb2.SaveStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.SaveStateResponse, _abc.Awaitable[_agent_service_pb2.SaveStateResponse]]:
+        """SaveState returns the state of agents hosted on this node, as their
+        save_state returns it: one agent, or every instance the node holds.
+        """
+
+    @_abc_1.abstractmethod
+    def LoadState(
+        self,
+        request: _agent_service_pb2.LoadStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.LoadStateResponse, _abc.Awaitable[_agent_service_pb2.LoadStateResponse]]:
+        """LoadState loads state into agents hosted on this node, creating instances
+        as needed.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,15 +4,16 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
 import type { AgentId, Envelope, NodeInfo, Payload, Route, TopicFilter, TopicId } from "./types_pb.js";
 import { file_ravi_mesh_v1_types } from "./types_pb.js";
-import type { Message } from "@bufbuild/protobuf";
+import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file ravi/mesh/v1/agent_service.proto.
  */
 export const file_ravi_mesh_v1_agent_service: GenFile = /*@__PURE__*/
-  fileDesc("CiByYXZpL21lc2gvdjEvYWdlbnRfc2VydmljZS5wcm90bxIMcmF2aS5tZXNoLnYxIoUBCgtTZW5kUmVxdWVzdBIoCglyZWNpcGllbnQYASABKAsyFS5yYXZpLm1lc2gudjEuQWdlbnRJZBIoCghlbnZlbG9wZRgCIAEoCzIWLnJhdmkubWVzaC52MS5FbnZlbG9wZRIiCgVyb3V0ZRgDIAEoCzITLnJhdmkubWVzaC52MS5Sb3V0ZSJGCgxTZW5kUmVzcG9uc2USJQoGcmVzdWx0GAEgASgLMhUucmF2aS5tZXNoLnYxLlBheWxvYWQSDwoHbm9kZV9pZBgCIAEoCSKLAQoOUHVibGlzaFJlcXVlc3QSJAoFdG9waWMYASABKAsyFS5yYXZpLm1lc2gudjEuVG9waWNJZBIoCghlbnZlbG9wZRgCIAEoCzIWLnJhdmkubWVzaC52MS5FbnZlbG9wZRIpCgVzY29wZRgDIAEoDjIaLnJhdmkubWVzaC52MS5QdWJsaXNoU2NvcGUiRgoPUHVibGlzaFJlc3BvbnNlEhgKEGxvY2FsX2RlbGl2ZXJpZXMYASABKA0SGQoRc3RyZWFtX2RlbGl2ZXJpZXMYAiABKA0iVQoQU3Vic2NyaWJlUmVxdWVzdBIqCgdmaWx0ZXJzGAEgAygLMhkucmF2aS5tZXNoLnYxLlRvcGljRmlsdGVyEhUKDXN1YnNjcmliZXJfaWQYAiABKAkibwoFRXZlbnQSJAoFdG9waWMYASABKAsyFS5yYXZpLm1lc2gudjEuVG9waWNJZBIoCghlbnZlbG9wZRgCIAEoCzIWLnJhdmkubWVzaC52MS5FbnZlbG9wZRIWCg5vcmlnaW5fbm9kZV9pZBgDIAEoCSJpChFTdWJzY3JpYmVSZXNwb25zZRImCgRub2RlGAEgASgLMhYucmF2aS5tZXNoLnYxLk5vZGVJbmZvSAASJAoFZXZlbnQYAiABKAsyEy5yYXZpLm1lc2gudjEuRXZlbnRIAEIGCgRraW5kIjkKD0Rlc2NyaWJlUmVxdWVzdBImCgZjYWxsZXIYASABKAsyFi5yYXZpLm1lc2gudjEuTm9kZUluZm8iOAoQRGVzY3JpYmVSZXNwb25zZRIkCgRub2RlGAEgASgLMhYucmF2aS5tZXNoLnYxLk5vZGVJbmZvKl0KDFB1Ymxpc2hTY29wZRIdChlQVUJMSVNIX1NDT1BFX1VOU1BFQ0lGSUVEEAASFgoSUFVCTElTSF9TQ09QRV9NRVNIEAESFgoSUFVCTElTSF9TQ09QRV9OT0RFEAIytQIKDEFnZW50U2VydmljZRI9CgRTZW5kEhkucmF2aS5tZXNoLnYxLlNlbmRSZXF1ZXN0GhoucmF2aS5tZXNoLnYxLlNlbmRSZXNwb25zZRJGCgdQdWJsaXNoEhwucmF2aS5tZXNoLnYxLlB1Ymxpc2hSZXF1ZXN0Gh0ucmF2aS5tZXNoLnYxLlB1Ymxpc2hSZXNwb25zZRJOCglTdWJzY3JpYmUSHi5yYXZpLm1lc2gudjEuU3Vic2NyaWJlUmVxdWVzdBofLnJhdmkubWVzaC52MS5TdWJzY3JpYmVSZXNwb25zZTABEk4KCERlc2NyaWJlEh0ucmF2aS5tZXNoLnYxLkRlc2NyaWJlUmVxdWVzdBoeLnJhdmkubWVzaC52MS5EZXNjcmliZVJlc3BvbnNlIgOQAgFCNlo0Z2l0aHViLmNvbS9yYXZpLW1lc2gvcmF2aS9nZW4vZ28vcmF2aS9tZXNoL3YxO21lc2h2MWIGcHJvdG8z", [file_ravi_mesh_v1_types]);
+  fileDesc("CiByYXZpL21lc2gvdjEvYWdlbnRfc2VydmljZS5wcm90bxIMcmF2aS5tZXNoLnYxIqsBCgtTZW5kUmVxdWVzdBIoCglyZWNpcGllbnQYASABKAsyFS5yYXZpLm1lc2gudjEuQWdlbnRJZBIoCghlbnZlbG9wZRgCIAEoCzIWLnJhdmkubWVzaC52MS5FbnZlbG9wZRIiCgVyb3V0ZRgDIAEoCzITLnJhdmkubWVzaC52MS5Sb3V0ZRIkCgV0b3BpYxgEIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkIkYKDFNlbmRSZXNwb25zZRIlCgZyZXN1bHQYASABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZBIPCgdub2RlX2lkGAIgASgJIosBCg5QdWJsaXNoUmVxdWVzdBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEikKBXNjb3BlGAMgASgOMhoucmF2aS5tZXNoLnYxLlB1Ymxpc2hTY29wZSJGCg9QdWJsaXNoUmVzcG9uc2USGAoQbG9jYWxfZGVsaXZlcmllcxgBIAEoDRIZChFzdHJlYW1fZGVsaXZlcmllcxgCIAEoDSJVChBTdWJzY3JpYmVSZXF1ZXN0EioKB2ZpbHRlcnMYASADKAsyGS5yYXZpLm1lc2gudjEuVG9waWNGaWx0ZXISFQoNc3Vic2NyaWJlcl9pZBgCIAEoCSJvCgVFdmVudBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEhYKDm9yaWdpbl9ub2RlX2lkGAMgASgJImkKEVN1YnNjcmliZVJlc3BvbnNlEiYKBG5vZGUYASABKAsyFi5yYXZpLm1lc2gudjEuTm9kZUluZm9IABIkCgVldmVudBgCIAEoCzITLnJhdmkubWVzaC52MS5FdmVudEgAQgYKBGtpbmQiOQoPRGVzY3JpYmVSZXF1ZXN0EiYKBmNhbGxlchgBIAEoCzIWLnJhdmkubWVzaC52MS5Ob2RlSW5mbyI4ChBEZXNjcmliZVJlc3BvbnNlEiQKBG5vZGUYASABKAsyFi5yYXZpLm1lc2gudjEuTm9kZUluZm8iSwoVUmVzb2x2ZVByb21pc2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSJAoFdmFsdWUYAiABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZCIpChZSZXNvbHZlUHJvbWlzZVJlc3BvbnNlEg8KB3dhaXRpbmcYASABKAgiOAoQU2F2ZVN0YXRlUmVxdWVzdBIkCgVhZ2VudBgBIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkIpgBChFTYXZlU3RhdGVSZXNwb25zZRI7CgZzdGF0ZXMYASADKAsyKy5yYXZpLm1lc2gudjEuU2F2ZVN0YXRlUmVzcG9uc2UuU3RhdGVzRW50cnkaRgoLU3RhdGVzRW50cnkSCwoDa2V5GAEgASgJEiYKBXZhbHVlGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdDoCOAEilgEKEExvYWRTdGF0ZVJlcXVlc3QSOgoGc3RhdGVzGAEgAygLMioucmF2aS5tZXNoLnYxLkxvYWRTdGF0ZVJlcXVlc3QuU3RhdGVzRW50cnkaRgoLU3RhdGVzRW50cnkSCwoDa2V5GAEgASgJEiYKBXZhbHVlGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdDoCOAEiEwoRTG9hZFN0YXRlUmVzcG9uc2UqXQoMUHVibGlzaFNjb3BlEh0KGVBVQkxJU0hfU0NPUEVfVU5TUEVDSUZJRUQQABIWChJQVUJMSVNIX1NDT1BFX01FU0gQARIWChJQVUJMSVNIX1NDT1BFX05PREUQAjKuBAoMQWdlbnRTZXJ2aWNlEj0KBFNlbmQSGS5yYXZpLm1lc2gudjEuU2VuZFJlcXVlc3QaGi5yYXZpLm1lc2gudjEuU2VuZFJlc3BvbnNlEkYKB1B1Ymxpc2gSHC5yYXZpLm1lc2gudjEuUHVibGlzaFJlcXVlc3QaHS5yYXZpLm1lc2gudjEuUHVibGlzaFJlc3BvbnNlEk4KCVN1YnNjcmliZRIeLnJhdmkubWVzaC52MS5TdWJzY3JpYmVSZXF1ZXN0Gh8ucmF2aS5tZXNoLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESTgoIRGVzY3JpYmUSHS5yYXZpLm1lc2gudjEuRGVzY3JpYmVSZXF1ZXN0Gh4ucmF2aS5tZXNoLnYxLkRlc2NyaWJlUmVzcG9uc2UiA5ACARJbCg5SZXNvbHZlUHJvbWlzZRIjLnJhdmkubWVzaC52MS5SZXNvbHZlUHJvbWlzZVJlcXVlc3QaJC5yYXZpLm1lc2gudjEuUmVzb2x2ZVByb21pc2VSZXNwb25zZRJMCglTYXZlU3RhdGUSHi5yYXZpLm1lc2gudjEuU2F2ZVN0YXRlUmVxdWVzdBofLnJhdmkubWVzaC52MS5TYXZlU3RhdGVSZXNwb25zZRJMCglMb2FkU3RhdGUSHi5yYXZpLm1lc2gudjEuTG9hZFN0YXRlUmVxdWVzdBofLnJhdmkubWVzaC52MS5Mb2FkU3RhdGVSZXNwb25zZUI2WjRnaXRodWIuY29tL3JhdmktbWVzaC9yYXZpL2dlbi9nby9yYXZpL21lc2gvdjE7bWVzaHYxYgZwcm90bzM", [file_google_protobuf_struct, file_ravi_mesh_v1_types]);
 
 /**
  * SendRequest is the request of AgentService.Send.
@@ -40,6 +41,15 @@ export type SendRequest = Message<"ravi.mesh.v1.SendRequest"> & {
    * @generated from field: ravi.mesh.v1.Route route = 3;
    */
   route?: Route | undefined;
+
+  /**
+   * topic is set when a node hands a published message to the node hosting a
+   * subscribed agent: the receiver delivers it as a published message (the
+   * handler sees the topic) and returns no result.
+   *
+   * @generated from field: ravi.mesh.v1.TopicId topic = 4;
+   */
+  topic?: TopicId | undefined;
 };
 
 /**
@@ -292,6 +302,134 @@ export const DescribeResponseSchema: GenMessage<DescribeResponse> = /*@__PURE__*
   messageDesc(file_ravi_mesh_v1_agent_service, 8);
 
 /**
+ * ResolvePromiseRequest is the request of AgentService.ResolvePromise.
+ *
+ * @generated from message ravi.mesh.v1.ResolvePromiseRequest
+ */
+export type ResolvePromiseRequest = Message<"ravi.mesh.v1.ResolvePromiseRequest"> & {
+  /**
+   * name is the promise name (for example "approval-42").
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * value is what the waiting handler receives: a message payload, or any JSON
+   * value as type "google.protobuf.Value" with content type "application/json".
+   *
+   * @generated from field: ravi.mesh.v1.Payload value = 2;
+   */
+  value?: Payload | undefined;
+};
+
+/**
+ * Describes the message ravi.mesh.v1.ResolvePromiseRequest.
+ * Use `create(ResolvePromiseRequestSchema)` to create a new message.
+ */
+export const ResolvePromiseRequestSchema: GenMessage<ResolvePromiseRequest> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 9);
+
+/**
+ * ResolvePromiseResponse is the response of AgentService.ResolvePromise.
+ *
+ * @generated from message ravi.mesh.v1.ResolvePromiseResponse
+ */
+export type ResolvePromiseResponse = Message<"ravi.mesh.v1.ResolvePromiseResponse"> & {
+  /**
+   * waiting is true when a handler on this node was waiting for the promise.
+   *
+   * @generated from field: bool waiting = 1;
+   */
+  waiting: boolean;
+};
+
+/**
+ * Describes the message ravi.mesh.v1.ResolvePromiseResponse.
+ * Use `create(ResolvePromiseResponseSchema)` to create a new message.
+ */
+export const ResolvePromiseResponseSchema: GenMessage<ResolvePromiseResponse> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 10);
+
+/**
+ * SaveStateRequest is the request of AgentService.SaveState.
+ *
+ * @generated from message ravi.mesh.v1.SaveStateRequest
+ */
+export type SaveStateRequest = Message<"ravi.mesh.v1.SaveStateRequest"> & {
+  /**
+   * agent selects one agent; unset means every agent instance on the node.
+   *
+   * @generated from field: ravi.mesh.v1.AgentId agent = 1;
+   */
+  agent?: AgentId | undefined;
+};
+
+/**
+ * Describes the message ravi.mesh.v1.SaveStateRequest.
+ * Use `create(SaveStateRequestSchema)` to create a new message.
+ */
+export const SaveStateRequestSchema: GenMessage<SaveStateRequest> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 11);
+
+/**
+ * SaveStateResponse is the response of AgentService.SaveState.
+ *
+ * @generated from message ravi.mesh.v1.SaveStateResponse
+ */
+export type SaveStateResponse = Message<"ravi.mesh.v1.SaveStateResponse"> & {
+  /**
+   * states maps "type/key" to the agent's state.
+   *
+   * @generated from field: map<string, google.protobuf.Struct> states = 1;
+   */
+  states: { [key: string]: JsonObject };
+};
+
+/**
+ * Describes the message ravi.mesh.v1.SaveStateResponse.
+ * Use `create(SaveStateResponseSchema)` to create a new message.
+ */
+export const SaveStateResponseSchema: GenMessage<SaveStateResponse> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 12);
+
+/**
+ * LoadStateRequest is the request of AgentService.LoadState.
+ *
+ * @generated from message ravi.mesh.v1.LoadStateRequest
+ */
+export type LoadStateRequest = Message<"ravi.mesh.v1.LoadStateRequest"> & {
+  /**
+   * states maps "type/key" to the state to load into that agent.
+   *
+   * @generated from field: map<string, google.protobuf.Struct> states = 1;
+   */
+  states: { [key: string]: JsonObject };
+};
+
+/**
+ * Describes the message ravi.mesh.v1.LoadStateRequest.
+ * Use `create(LoadStateRequestSchema)` to create a new message.
+ */
+export const LoadStateRequestSchema: GenMessage<LoadStateRequest> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 13);
+
+/**
+ * LoadStateResponse is the response of AgentService.LoadState.
+ *
+ * @generated from message ravi.mesh.v1.LoadStateResponse
+ */
+export type LoadStateResponse = Message<"ravi.mesh.v1.LoadStateResponse"> & {
+};
+
+/**
+ * Describes the message ravi.mesh.v1.LoadStateResponse.
+ * Use `create(LoadStateResponseSchema)` to create a new message.
+ */
+export const LoadStateResponseSchema: GenMessage<LoadStateResponse> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 14);
+
+/**
  * PublishScope says how far a node propagates a published message.
  *
  * @generated from enum ravi.mesh.v1.PublishScope
@@ -390,6 +528,41 @@ export const AgentService: GenService<{
     methodKind: "unary";
     input: typeof DescribeRequestSchema;
     output: typeof DescribeResponseSchema;
+  },
+  /**
+   * ResolvePromise resolves a named promise on this node: a handler waiting
+   * for it (ctx.wait_for) resumes with the value, and a handler that waits for
+   * it later gets the value at once. A runtime resolving a promise asks every
+   * node it knows, since it cannot tell which one holds the waiting handler.
+   *
+   * @generated from rpc ravi.mesh.v1.AgentService.ResolvePromise
+   */
+  resolvePromise: {
+    methodKind: "unary";
+    input: typeof ResolvePromiseRequestSchema;
+    output: typeof ResolvePromiseResponseSchema;
+  },
+  /**
+   * SaveState returns the state of agents hosted on this node, as their
+   * save_state returns it: one agent, or every instance the node holds.
+   *
+   * @generated from rpc ravi.mesh.v1.AgentService.SaveState
+   */
+  saveState: {
+    methodKind: "unary";
+    input: typeof SaveStateRequestSchema;
+    output: typeof SaveStateResponseSchema;
+  },
+  /**
+   * LoadState loads state into agents hosted on this node, creating instances
+   * as needed.
+   *
+   * @generated from rpc ravi.mesh.v1.AgentService.LoadState
+   */
+  loadState: {
+    methodKind: "unary";
+    input: typeof LoadStateRequestSchema;
+    output: typeof LoadStateResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ravi_mesh_v1_agent_service, 0);
