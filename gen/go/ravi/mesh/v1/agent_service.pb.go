@@ -9,7 +9,6 @@ package meshv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
-	structpb "google.golang.org/protobuf/types/known/structpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -784,8 +783,10 @@ func (x *SaveStateRequest) GetAgent() *AgentId {
 // SaveStateResponse is the response of AgentService.SaveState.
 type SaveStateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// states maps "type/key" to the agent's state.
-	States        map[string]*structpb.Struct `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// states maps "type/key" to the agent's state: a JSON object, as type
+	// "google.protobuf.Struct" with content type "application/json" (plain JSON,
+	// so integers stay integers).
+	States        map[string]*Payload `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -820,7 +821,7 @@ func (*SaveStateResponse) Descriptor() ([]byte, []int) {
 	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{12}
 }
 
-func (x *SaveStateResponse) GetStates() map[string]*structpb.Struct {
+func (x *SaveStateResponse) GetStates() map[string]*Payload {
 	if x != nil {
 		return x.States
 	}
@@ -830,8 +831,9 @@ func (x *SaveStateResponse) GetStates() map[string]*structpb.Struct {
 // LoadStateRequest is the request of AgentService.LoadState.
 type LoadStateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// states maps "type/key" to the state to load into that agent.
-	States        map[string]*structpb.Struct `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// states maps "type/key" to the state to load into that agent, encoded as in
+	// SaveStateResponse.
+	States        map[string]*Payload `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -866,7 +868,7 @@ func (*LoadStateRequest) Descriptor() ([]byte, []int) {
 	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{13}
 }
 
-func (x *LoadStateRequest) GetStates() map[string]*structpb.Struct {
+func (x *LoadStateRequest) GetStates() map[string]*Payload {
 	if x != nil {
 		return x.States
 	}
@@ -914,7 +916,7 @@ var File_ravi_mesh_v1_agent_service_proto protoreflect.FileDescriptor
 
 const file_ravi_mesh_v1_agent_service_proto_rawDesc = "" +
 	"\n" +
-	" ravi/mesh/v1/agent_service.proto\x12\fravi.mesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18ravi/mesh/v1/types.proto\"\xce\x01\n" +
+	" ravi/mesh/v1/agent_service.proto\x12\fravi.mesh.v1\x1a\x18ravi/mesh/v1/types.proto\"\xce\x01\n" +
 	"\vSendRequest\x123\n" +
 	"\trecipient\x18\x01 \x01(\v2\x15.ravi.mesh.v1.AgentIdR\trecipient\x122\n" +
 	"\benvelope\x18\x02 \x01(\v2\x16.ravi.mesh.v1.EnvelopeR\benvelope\x12)\n" +
@@ -951,17 +953,17 @@ const file_ravi_mesh_v1_agent_service_proto_rawDesc = "" +
 	"\x16ResolvePromiseResponse\x12\x18\n" +
 	"\awaiting\x18\x01 \x01(\bR\awaiting\"?\n" +
 	"\x10SaveStateRequest\x12+\n" +
-	"\x05agent\x18\x01 \x01(\v2\x15.ravi.mesh.v1.AgentIdR\x05agent\"\xac\x01\n" +
+	"\x05agent\x18\x01 \x01(\v2\x15.ravi.mesh.v1.AgentIdR\x05agent\"\xaa\x01\n" +
 	"\x11SaveStateResponse\x12C\n" +
-	"\x06states\x18\x01 \x03(\v2+.ravi.mesh.v1.SaveStateResponse.StatesEntryR\x06states\x1aR\n" +
+	"\x06states\x18\x01 \x03(\v2+.ravi.mesh.v1.SaveStateResponse.StatesEntryR\x06states\x1aP\n" +
 	"\vStatesEntry\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
-	"\x05value\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x05value:\x028\x01\"\xaa\x01\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
+	"\x05value\x18\x02 \x01(\v2\x15.ravi.mesh.v1.PayloadR\x05value:\x028\x01\"\xa8\x01\n" +
 	"\x10LoadStateRequest\x12B\n" +
-	"\x06states\x18\x01 \x03(\v2*.ravi.mesh.v1.LoadStateRequest.StatesEntryR\x06states\x1aR\n" +
+	"\x06states\x18\x01 \x03(\v2*.ravi.mesh.v1.LoadStateRequest.StatesEntryR\x06states\x1aP\n" +
 	"\vStatesEntry\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
-	"\x05value\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x05value:\x028\x01\"\x13\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
+	"\x05value\x18\x02 \x01(\v2\x15.ravi.mesh.v1.PayloadR\x05value:\x028\x01\"\x13\n" +
 	"\x11LoadStateResponse*]\n" +
 	"\fPublishScope\x12\x1d\n" +
 	"\x19PUBLISH_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n" +
@@ -1016,7 +1018,6 @@ var file_ravi_mesh_v1_agent_service_proto_goTypes = []any{
 	(*Payload)(nil),                // 22: ravi.mesh.v1.Payload
 	(*TopicFilter)(nil),            // 23: ravi.mesh.v1.TopicFilter
 	(*NodeInfo)(nil),               // 24: ravi.mesh.v1.NodeInfo
-	(*structpb.Struct)(nil),        // 25: google.protobuf.Struct
 }
 var file_ravi_mesh_v1_agent_service_proto_depIdxs = []int32{
 	18, // 0: ravi.mesh.v1.SendRequest.recipient:type_name -> ravi.mesh.v1.AgentId
@@ -1038,8 +1039,8 @@ var file_ravi_mesh_v1_agent_service_proto_depIdxs = []int32{
 	18, // 16: ravi.mesh.v1.SaveStateRequest.agent:type_name -> ravi.mesh.v1.AgentId
 	16, // 17: ravi.mesh.v1.SaveStateResponse.states:type_name -> ravi.mesh.v1.SaveStateResponse.StatesEntry
 	17, // 18: ravi.mesh.v1.LoadStateRequest.states:type_name -> ravi.mesh.v1.LoadStateRequest.StatesEntry
-	25, // 19: ravi.mesh.v1.SaveStateResponse.StatesEntry.value:type_name -> google.protobuf.Struct
-	25, // 20: ravi.mesh.v1.LoadStateRequest.StatesEntry.value:type_name -> google.protobuf.Struct
+	22, // 19: ravi.mesh.v1.SaveStateResponse.StatesEntry.value:type_name -> ravi.mesh.v1.Payload
+	22, // 20: ravi.mesh.v1.LoadStateRequest.StatesEntry.value:type_name -> ravi.mesh.v1.Payload
 	1,  // 21: ravi.mesh.v1.AgentService.Send:input_type -> ravi.mesh.v1.SendRequest
 	3,  // 22: ravi.mesh.v1.AgentService.Publish:input_type -> ravi.mesh.v1.PublishRequest
 	5,  // 23: ravi.mesh.v1.AgentService.Subscribe:input_type -> ravi.mesh.v1.SubscribeRequest

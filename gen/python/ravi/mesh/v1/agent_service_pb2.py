@@ -22,11 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from ravi.mesh.v1 import types_pb2 as ravi_dot_mesh_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ravi/mesh/v1/agent_service.proto\x12\x0cravi.mesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18ravi/mesh/v1/types.proto\"\xce\x01\n\x0bSendRequest\x12\x33\n\trecipient\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\trecipient\x12\x32\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x16.ravi.mesh.v1.EnvelopeR\x08\x65nvelope\x12)\n\x05route\x18\x03 \x01(\x0b\x32\x13.ravi.mesh.v1.RouteR\x05route\x12+\n\x05topic\x18\x04 \x01(\x0b\x32\x15.ravi.mesh.v1.TopicIdR\x05topic\"V\n\x0cSendResponse\x12-\n\x06result\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x06result\x12\x17\n\x07node_id\x18\x02 \x01(\tR\x06nodeId\"\xa3\x01\n\x0ePublishRequest\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.TopicIdR\x05topic\x12\x32\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x16.ravi.mesh.v1.EnvelopeR\x08\x65nvelope\x12\x30\n\x05scope\x18\x03 \x01(\x0e\x32\x1a.ravi.mesh.v1.PublishScopeR\x05scope\"i\n\x0fPublishResponse\x12)\n\x10local_deliveries\x18\x01 \x01(\rR\x0flocalDeliveries\x12+\n\x11stream_deliveries\x18\x02 \x01(\rR\x10streamDeliveries\"l\n\x10SubscribeRequest\x12\x33\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x19.ravi.mesh.v1.TopicFilterR\x07\x66ilters\x12#\n\rsubscriber_id\x18\x02 \x01(\tR\x0csubscriberId\"\x8e\x01\n\x05\x45vent\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.TopicIdR\x05topic\x12\x32\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x16.ravi.mesh.v1.EnvelopeR\x08\x65nvelope\x12$\n\x0eorigin_node_id\x18\x03 \x01(\tR\x0coriginNodeId\"v\n\x11SubscribeResponse\x12,\n\x04node\x18\x01 \x01(\x0b\x32\x16.ravi.mesh.v1.NodeInfoH\x00R\x04node\x12+\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x13.ravi.mesh.v1.EventH\x00R\x05\x65ventB\x06\n\x04kind\"A\n\x0f\x44\x65scribeRequest\x12.\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x16.ravi.mesh.v1.NodeInfoR\x06\x63\x61ller\">\n\x10\x44\x65scribeResponse\x12*\n\x04node\x18\x01 \x01(\x0b\x32\x16.ravi.mesh.v1.NodeInfoR\x04node\"X\n\x15ResolvePromiseRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x05value\"2\n\x16ResolvePromiseResponse\x12\x18\n\x07waiting\x18\x01 \x01(\x08R\x07waiting\"?\n\x10SaveStateRequest\x12+\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\x05\x61gent\"\xac\x01\n\x11SaveStateResponse\x12\x43\n\x06states\x18\x01 \x03(\x0b\x32+.ravi.mesh.v1.SaveStateResponse.StatesEntryR\x06states\x1aR\n\x0bStatesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructR\x05value:\x02\x38\x01\"\xaa\x01\n\x10LoadStateRequest\x12\x42\n\x06states\x18\x01 \x03(\x0b\x32*.ravi.mesh.v1.LoadStateRequest.StatesEntryR\x06states\x1aR\n\x0bStatesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructR\x05value:\x02\x38\x01\"\x13\n\x11LoadStateResponse*]\n\x0cPublishScope\x12\x1d\n\x19PUBLISH_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12PUBLISH_SCOPE_MESH\x10\x01\x12\x16\n\x12PUBLISH_SCOPE_NODE\x10\x02\x32\xae\x04\n\x0c\x41gentService\x12=\n\x04Send\x12\x19.ravi.mesh.v1.SendRequest\x1a\x1a.ravi.mesh.v1.SendResponse\x12\x46\n\x07Publish\x12\x1c.ravi.mesh.v1.PublishRequest\x1a\x1d.ravi.mesh.v1.PublishResponse\x12N\n\tSubscribe\x12\x1e.ravi.mesh.v1.SubscribeRequest\x1a\x1f.ravi.mesh.v1.SubscribeResponse0\x01\x12N\n\x08\x44\x65scribe\x12\x1d.ravi.mesh.v1.DescribeRequest\x1a\x1e.ravi.mesh.v1.DescribeResponse\"\x03\x90\x02\x01\x12[\n\x0eResolvePromise\x12#.ravi.mesh.v1.ResolvePromiseRequest\x1a$.ravi.mesh.v1.ResolvePromiseResponse\x12L\n\tSaveState\x12\x1e.ravi.mesh.v1.SaveStateRequest\x1a\x1f.ravi.mesh.v1.SaveStateResponse\x12L\n\tLoadState\x12\x1e.ravi.mesh.v1.LoadStateRequest\x1a\x1f.ravi.mesh.v1.LoadStateResponseB6Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ravi/mesh/v1/agent_service.proto\x12\x0cravi.mesh.v1\x1a\x18ravi/mesh/v1/types.proto\"\xce\x01\n\x0bSendRequest\x12\x33\n\trecipient\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\trecipient\x12\x32\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x16.ravi.mesh.v1.EnvelopeR\x08\x65nvelope\x12)\n\x05route\x18\x03 \x01(\x0b\x32\x13.ravi.mesh.v1.RouteR\x05route\x12+\n\x05topic\x18\x04 \x01(\x0b\x32\x15.ravi.mesh.v1.TopicIdR\x05topic\"V\n\x0cSendResponse\x12-\n\x06result\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x06result\x12\x17\n\x07node_id\x18\x02 \x01(\tR\x06nodeId\"\xa3\x01\n\x0ePublishRequest\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.TopicIdR\x05topic\x12\x32\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x16.ravi.mesh.v1.EnvelopeR\x08\x65nvelope\x12\x30\n\x05scope\x18\x03 \x01(\x0e\x32\x1a.ravi.mesh.v1.PublishScopeR\x05scope\"i\n\x0fPublishResponse\x12)\n\x10local_deliveries\x18\x01 \x01(\rR\x0flocalDeliveries\x12+\n\x11stream_deliveries\x18\x02 \x01(\rR\x10streamDeliveries\"l\n\x10SubscribeRequest\x12\x33\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x19.ravi.mesh.v1.TopicFilterR\x07\x66ilters\x12#\n\rsubscriber_id\x18\x02 \x01(\tR\x0csubscriberId\"\x8e\x01\n\x05\x45vent\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.TopicIdR\x05topic\x12\x32\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x16.ravi.mesh.v1.EnvelopeR\x08\x65nvelope\x12$\n\x0eorigin_node_id\x18\x03 \x01(\tR\x0coriginNodeId\"v\n\x11SubscribeResponse\x12,\n\x04node\x18\x01 \x01(\x0b\x32\x16.ravi.mesh.v1.NodeInfoH\x00R\x04node\x12+\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x13.ravi.mesh.v1.EventH\x00R\x05\x65ventB\x06\n\x04kind\"A\n\x0f\x44\x65scribeRequest\x12.\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x16.ravi.mesh.v1.NodeInfoR\x06\x63\x61ller\">\n\x10\x44\x65scribeResponse\x12*\n\x04node\x18\x01 \x01(\x0b\x32\x16.ravi.mesh.v1.NodeInfoR\x04node\"X\n\x15ResolvePromiseRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x05value\"2\n\x16ResolvePromiseResponse\x12\x18\n\x07waiting\x18\x01 \x01(\x08R\x07waiting\"?\n\x10SaveStateRequest\x12+\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\x05\x61gent\"\xaa\x01\n\x11SaveStateResponse\x12\x43\n\x06states\x18\x01 \x03(\x0b\x32+.ravi.mesh.v1.SaveStateResponse.StatesEntryR\x06states\x1aP\n\x0bStatesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x05value:\x02\x38\x01\"\xa8\x01\n\x10LoadStateRequest\x12\x42\n\x06states\x18\x01 \x03(\x0b\x32*.ravi.mesh.v1.LoadStateRequest.StatesEntryR\x06states\x1aP\n\x0bStatesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x05value:\x02\x38\x01\"\x13\n\x11LoadStateResponse*]\n\x0cPublishScope\x12\x1d\n\x19PUBLISH_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12PUBLISH_SCOPE_MESH\x10\x01\x12\x16\n\x12PUBLISH_SCOPE_NODE\x10\x02\x32\xae\x04\n\x0c\x41gentService\x12=\n\x04Send\x12\x19.ravi.mesh.v1.SendRequest\x1a\x1a.ravi.mesh.v1.SendResponse\x12\x46\n\x07Publish\x12\x1c.ravi.mesh.v1.PublishRequest\x1a\x1d.ravi.mesh.v1.PublishResponse\x12N\n\tSubscribe\x12\x1e.ravi.mesh.v1.SubscribeRequest\x1a\x1f.ravi.mesh.v1.SubscribeResponse0\x01\x12N\n\x08\x44\x65scribe\x12\x1d.ravi.mesh.v1.DescribeRequest\x1a\x1e.ravi.mesh.v1.DescribeResponse\"\x03\x90\x02\x01\x12[\n\x0eResolvePromise\x12#.ravi.mesh.v1.ResolvePromiseRequest\x1a$.ravi.mesh.v1.ResolvePromiseResponse\x12L\n\tSaveState\x12\x1e.ravi.mesh.v1.SaveStateRequest\x1a\x1f.ravi.mesh.v1.SaveStateResponse\x12L\n\tLoadState\x12\x1e.ravi.mesh.v1.LoadStateRequest\x1a\x1f.ravi.mesh.v1.LoadStateResponseB6Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,42 +39,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADSTATEREQUEST_STATESENTRY']._serialized_options = b'8\001'
   _globals['_AGENTSERVICE'].methods_by_name['Describe']._loaded_options = None
   _globals['_AGENTSERVICE'].methods_by_name['Describe']._serialized_options = b'\220\002\001'
-  _globals['_PUBLISHSCOPE']._serialized_start=1758
-  _globals['_PUBLISHSCOPE']._serialized_end=1851
-  _globals['_SENDREQUEST']._serialized_start=107
-  _globals['_SENDREQUEST']._serialized_end=313
-  _globals['_SENDRESPONSE']._serialized_start=315
-  _globals['_SENDRESPONSE']._serialized_end=401
-  _globals['_PUBLISHREQUEST']._serialized_start=404
-  _globals['_PUBLISHREQUEST']._serialized_end=567
-  _globals['_PUBLISHRESPONSE']._serialized_start=569
-  _globals['_PUBLISHRESPONSE']._serialized_end=674
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=676
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=784
-  _globals['_EVENT']._serialized_start=787
-  _globals['_EVENT']._serialized_end=929
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=931
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1049
-  _globals['_DESCRIBEREQUEST']._serialized_start=1051
-  _globals['_DESCRIBEREQUEST']._serialized_end=1116
-  _globals['_DESCRIBERESPONSE']._serialized_start=1118
-  _globals['_DESCRIBERESPONSE']._serialized_end=1180
-  _globals['_RESOLVEPROMISEREQUEST']._serialized_start=1182
-  _globals['_RESOLVEPROMISEREQUEST']._serialized_end=1270
-  _globals['_RESOLVEPROMISERESPONSE']._serialized_start=1272
-  _globals['_RESOLVEPROMISERESPONSE']._serialized_end=1322
-  _globals['_SAVESTATEREQUEST']._serialized_start=1324
-  _globals['_SAVESTATEREQUEST']._serialized_end=1387
-  _globals['_SAVESTATERESPONSE']._serialized_start=1390
-  _globals['_SAVESTATERESPONSE']._serialized_end=1562
-  _globals['_SAVESTATERESPONSE_STATESENTRY']._serialized_start=1480
-  _globals['_SAVESTATERESPONSE_STATESENTRY']._serialized_end=1562
-  _globals['_LOADSTATEREQUEST']._serialized_start=1565
-  _globals['_LOADSTATEREQUEST']._serialized_end=1735
-  _globals['_LOADSTATEREQUEST_STATESENTRY']._serialized_start=1480
-  _globals['_LOADSTATEREQUEST_STATESENTRY']._serialized_end=1562
-  _globals['_LOADSTATERESPONSE']._serialized_start=1737
-  _globals['_LOADSTATERESPONSE']._serialized_end=1756
-  _globals['_AGENTSERVICE']._serialized_start=1854
-  _globals['_AGENTSERVICE']._serialized_end=2412
+  _globals['_PUBLISHSCOPE']._serialized_start=1724
+  _globals['_PUBLISHSCOPE']._serialized_end=1817
+  _globals['_SENDREQUEST']._serialized_start=77
+  _globals['_SENDREQUEST']._serialized_end=283
+  _globals['_SENDRESPONSE']._serialized_start=285
+  _globals['_SENDRESPONSE']._serialized_end=371
+  _globals['_PUBLISHREQUEST']._serialized_start=374
+  _globals['_PUBLISHREQUEST']._serialized_end=537
+  _globals['_PUBLISHRESPONSE']._serialized_start=539
+  _globals['_PUBLISHRESPONSE']._serialized_end=644
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=646
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=754
+  _globals['_EVENT']._serialized_start=757
+  _globals['_EVENT']._serialized_end=899
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=901
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1019
+  _globals['_DESCRIBEREQUEST']._serialized_start=1021
+  _globals['_DESCRIBEREQUEST']._serialized_end=1086
+  _globals['_DESCRIBERESPONSE']._serialized_start=1088
+  _globals['_DESCRIBERESPONSE']._serialized_end=1150
+  _globals['_RESOLVEPROMISEREQUEST']._serialized_start=1152
+  _globals['_RESOLVEPROMISEREQUEST']._serialized_end=1240
+  _globals['_RESOLVEPROMISERESPONSE']._serialized_start=1242
+  _globals['_RESOLVEPROMISERESPONSE']._serialized_end=1292
+  _globals['_SAVESTATEREQUEST']._serialized_start=1294
+  _globals['_SAVESTATEREQUEST']._serialized_end=1357
+  _globals['_SAVESTATERESPONSE']._serialized_start=1360
+  _globals['_SAVESTATERESPONSE']._serialized_end=1530
+  _globals['_SAVESTATERESPONSE_STATESENTRY']._serialized_start=1450
+  _globals['_SAVESTATERESPONSE_STATESENTRY']._serialized_end=1530
+  _globals['_LOADSTATEREQUEST']._serialized_start=1533
+  _globals['_LOADSTATEREQUEST']._serialized_end=1701
+  _globals['_LOADSTATEREQUEST_STATESENTRY']._serialized_start=1450
+  _globals['_LOADSTATEREQUEST_STATESENTRY']._serialized_end=1530
+  _globals['_LOADSTATERESPONSE']._serialized_start=1703
+  _globals['_LOADSTATERESPONSE']._serialized_end=1722
+  _globals['_AGENTSERVICE']._serialized_start=1820
+  _globals['_AGENTSERVICE']._serialized_end=2378
 # @@protoc_insertion_point(module_scope)

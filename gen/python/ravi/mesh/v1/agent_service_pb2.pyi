@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from ravi.mesh.v1 import types_pb2 as _types_pb2
@@ -435,12 +434,12 @@ class SaveStateResponse(_message.Message):
         VALUE_FIELD_NUMBER: _builtins.int
         key: _builtins.str
         @_builtins.property
-        def value(self) -> _struct_pb2.Struct: ...
+        def value(self) -> _types_pb2.Payload: ...
         def __init__(
             self,
             *,
             key: _builtins.str = ...,
-            value: _struct_pb2.Struct | None = ...,
+            value: _types_pb2.Payload | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -450,13 +449,16 @@ class SaveStateResponse(_message.Message):
 
     STATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def states(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Struct]:
-        """states maps "type/key" to the agent's state."""
+    def states(self) -> _containers.MessageMap[_builtins.str, _types_pb2.Payload]:
+        """states maps "type/key" to the agent's state: a JSON object, as type
+        "google.protobuf.Struct" with content type "application/json" (plain JSON,
+        so integers stay integers).
+        """
 
     def __init__(
         self,
         *,
-        states: _abc.Mapping[_builtins.str, _struct_pb2.Struct] | None = ...,
+        states: _abc.Mapping[_builtins.str, _types_pb2.Payload] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -480,12 +482,12 @@ class LoadStateRequest(_message.Message):
         VALUE_FIELD_NUMBER: _builtins.int
         key: _builtins.str
         @_builtins.property
-        def value(self) -> _struct_pb2.Struct: ...
+        def value(self) -> _types_pb2.Payload: ...
         def __init__(
             self,
             *,
             key: _builtins.str = ...,
-            value: _struct_pb2.Struct | None = ...,
+            value: _types_pb2.Payload | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -495,13 +497,15 @@ class LoadStateRequest(_message.Message):
 
     STATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def states(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Struct]:
-        """states maps "type/key" to the state to load into that agent."""
+    def states(self) -> _containers.MessageMap[_builtins.str, _types_pb2.Payload]:
+        """states maps "type/key" to the state to load into that agent, encoded as in
+        SaveStateResponse.
+        """
 
     def __init__(
         self,
         *,
-        states: _abc.Mapping[_builtins.str, _struct_pb2.Struct] | None = ...,
+        states: _abc.Mapping[_builtins.str, _types_pb2.Payload] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
