@@ -1,51 +1,77 @@
 """Runtime contract suite fixtures: one `runtime` per runtime kind, with the suite's agents.
 
 Every kind gets the same agents (tests/contract/agents.py) and subscriptions;
-tests talk to them only through the BaseRuntime interface.
+tests talk to them only through the BaseRuntime interface. On "grpc" the agents
+live in two `ravi node` processes and the test's runtime is a client of both.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
-from ravi import Interceptor, TypePrefixSubscription, TypeSubscription
+from ravi import AgentId, Interceptor
+from ravi.errors import AgentTypeNotFound
+from ravi.integrations.runtime.grpc import GrpcRuntime
 from ravi.runtime import BaseRuntime, LocalRuntime
-from tests.contract.agents import AGENT_TYPES
+from ravi.testing import eventually, ravi_command, running_node
+from tests.contract.agents import Call
+from tests.contract.harness import NODE_A_TYPES, NODE_B_TYPES, register
+from tests.paths import REPO_ROOT
 
-SUBSCRIPTIONS = (
-    TypeSubscription("fan", "recorder"),
-    TypeSubscription("fan", "other"),
-    TypeSubscription("fan", "flaky"),
-    TypePrefixSubscription("alerts.", "third"),
-)
 MAILBOX_CAPACITY = 50
 DEFAULT_TIMEOUT = 10.0
 
-RUNTIME_KINDS = ["local", "local-intercepted"]
+RUNTIME_KINDS = ["local", "local-intercepted", "grpc"]
 
 
 class PassThrough(Interceptor):
     """Takes the intercepted paths without changing anything, to prove they keep the contract."""
 
 
-async def setup_agents(runtime: BaseRuntime) -> None:
-    for agent_type, cls in AGENT_TYPES.items():
-        await cls.register(runtime, agent_type)
-    for subscription in SUBSCRIPTIONS:
-        await runtime.add_subscription(subscription)
+def node_command(node_id: str, setup: str, *peers: str) -> list[str]:
+    command = [*ravi_command(), "node", "--listen", "127.0.0.1:0", "--node-id", node_id]
+    command += ["--setup", setup, "--app-dir", str(REPO_ROOT)]
+    command += ["--mailbox-capacity", str(MAILBOX_CAPACITY)]
+    command += ["--default-timeout", str(DEFAULT_TIMEOUT)]
+    for peer in peers:
+        command += ["--peer", peer]
+    return command
 
 
 @pytest_asyncio.fixture(params=RUNTIME_KINDS)
 async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[BaseRuntime]:
+    if request.param == "grpc":
+        async with running_node(node_command("node-a", "tests.contract.harness:node_a")) as a:
+            command = node_command("node-b", "tests.contract.harness:node_b", f"a={a.address}")
+            async with running_node(command) as b:
+                client = GrpcRuntime(
+                    remote_peers={"node-a": a.address, "node-b": b.address},
+                    default_timeout=DEFAULT_TIMEOUT,
+                )
+                async with client:
+                    await asyncio.gather(
+                        *(client.wait_for_route(t) for t in NODE_A_TYPES + NODE_B_TYPES)
+                    )
+                    # node-a learns node-b when node-b describes it: wait until a
+                    # call from node-a reaches node-b.
+                    await eventually(
+                        lambda: client.send_message(
+                            Call("other", "probe"), AgentId("recorder", "probe")
+                        ),
+                        retry_on=(AgentTypeNotFound,),
+                    )
+                    yield client
+        return
     interceptors = [PassThrough()] if request.param == "local-intercepted" else []
     local = LocalRuntime(
         default_timeout=DEFAULT_TIMEOUT,
         mailbox_capacity=MAILBOX_CAPACITY,
         interceptors=interceptors,
     )
-    await setup_agents(local)
+    await register(local, NODE_A_TYPES + NODE_B_TYPES)
     async with local:
         yield local

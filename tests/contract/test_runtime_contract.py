@@ -174,8 +174,10 @@ async def test_reentrant_agent_handles_messages_concurrently(runtime: BaseRuntim
 
 async def test_full_mailbox_is_resource_exhausted(runtime: BaseRuntime) -> None:
     agent = AgentId("recorder", "busy")
+    blocker = asyncio.ensure_future(runtime.send_message(Sleep(1.0, "blocker"), agent))
+    await asyncio.sleep(0.1)
     sends = [
-        asyncio.ensure_future(runtime.send_message(Sleep(0.02, f"s{i}"), agent))
+        asyncio.ensure_future(runtime.send_message(Sleep(0, f"s{i}"), agent))
         for i in range(MAILBOX_CAPACITY + 10)
     ]
     results = await asyncio.gather(*sends, return_exceptions=True)
@@ -184,6 +186,7 @@ async def test_full_mailbox_is_resource_exhausted(runtime: BaseRuntime) -> None:
     assert len(full) >= 10
     assert len(full) + len(handled) == len(results)
     assert all(r.code is Code.RESOURCE_EXHAUSTED and r.reason == "MAILBOX_FULL" for r in full)
+    assert await blocker == "blocker"
     # The agent keeps serving once its mailbox drains.
     assert (await runtime.send_message(Ping("later"), agent)).text == "later@recorder/busy"
 

@@ -32,7 +32,13 @@ def test_exported_names() -> None:
         "type_subscription",
     ]
     assert ravi.runtime.__all__ == ["BaseRuntime", "LocalRuntime"]
-    assert ravi.testing.__all__ == ["eventually"]
+    assert ravi.testing.__all__ == [
+        "NodeProcess",
+        "eventually",
+        "ravi_command",
+        "running_node",
+        "start_node",
+    ]
     assert sorted(ravi.errors.__all__) == ravi.errors.__all__
     for module in (ravi, ravi.runtime, ravi.testing, ravi.errors):
         for name in module.__all__:

@@ -152,3 +152,26 @@ def test_encoding_something_that_is_not_a_message_is_bad_payload() -> None:
         MessageRegistry().encode(object())
     with pytest.raises(BadPayload, match="travels as application/json"):
         MessageRegistry().encode(Order(sku="a", quantity=1), PROTOBUF)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+        max_leaves=8,
+    )
+)
+def test_plain_json_values_round_trip_as_protobuf_value(value: object) -> None:
+    if value is None:
+        return
+    registry = MessageRegistry()
+    encoded = registry.encode(value)
+    assert (encoded.type, encoded.content_type) == ("google.protobuf.Value", JSON)
+    assert registry.decode(encoded.type, encoded.content_type, encoded.data) == value
+
+
+def test_values_that_are_not_plain_json_are_bad_payload() -> None:
+    with pytest.raises(BadPayload, match="list value is not plain JSON"):
+        MessageRegistry().encode([object()])
+    with pytest.raises(BadPayload, match=r"cannot decode google\.protobuf\.Value"):
+        MessageRegistry().decode("google.protobuf.Value", JSON, b"{nope")

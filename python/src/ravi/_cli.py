@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -16,6 +18,19 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+T = TypeVar("T")
+
+Address = Annotated[str, typer.Option("--addr", help="The node to talk to, HOST:PORT.")]
+Token = Annotated[
+    str | None,
+    typer.Option(help="Bearer token for the node (or RAVI_TOKEN).", envvar="RAVI_TOKEN"),
+]
+Timeout = Annotated[float, typer.Option(help="Seconds before the call's deadline.")]
+CaFile = Annotated[str | None, typer.Option("--tls-ca", help="Dial with TLS, trusting this CA.")]
+TypeName = Annotated[
+    str, typer.Option("--type", help="The message type's full name, e.g. ravi.examples.v1.Task.")
+]
+JsonBody = Annotated[str, typer.Option("--json", help="The message as JSON.")]
 
 
 def _print_version(value: bool) -> None:
@@ -36,6 +51,17 @@ def _root(
     """ravi: a polyglot agent runtime."""
 
 
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    # Imported here so that `ravi --version` and `--help` stay fast.
+    from ravi._mesh_cli import UsageError  # noqa: PLC0415
+
+    try:
+        return asyncio.run(coroutine)
+    except UsageError as error:
+        typer.echo(f"ravi: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def demo(
     task: Annotated[
@@ -46,7 +72,6 @@ def demo(
     ] = Path("docs"),
 ) -> None:
     """Run the demo: an orchestrator asks a searcher, a writer and a reviewer."""
-    # Imported here so that `ravi --version` and `--help` stay fast.
     from ravi._demo.run import DEFAULT_TASK, run_local  # noqa: PLC0415
 
     if not docs.is_dir():
@@ -54,6 +79,158 @@ def demo(
     asyncio.run(run_local(task or DEFAULT_TASK, docs))
 
 
+@app.command()
+def node(
+    config: Annotated[Path | None, typer.Option(help="A TOML file with these settings.")] = None,
+    listen: Annotated[str | None, typer.Option(help="HOST:PORT to serve on.")] = None,
+    node_id: Annotated[str | None, typer.Option(help="This node's id in the mesh.")] = None,
+    advertise: Annotated[str | None, typer.Option(help="The address peers dial.")] = None,
+    peer: Annotated[list[str] | None, typer.Option(help="A peer, NAME=HOST:PORT.")] = None,
+    agent: Annotated[
+        list[str] | None, typer.Option(help="Host an agent class, TYPE=module:Class.")
+    ] = None,
+    setup: Annotated[
+        list[str] | None, typer.Option(help="Call module:function(runtime) to register agents.")
+    ] = None,
+    subscribe: Annotated[
+        list[str] | None, typer.Option(help="Subscribe an agent type, TOPIC_TYPE=AGENT_TYPE.")
+    ] = None,
+    token: Token = None,
+    health_without_auth: Annotated[
+        bool, typer.Option(help="Answer health checks without a token.")
+    ] = False,
+    tls_cert: Annotated[str | None, typer.Option(help="Serve TLS with this certificate.")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="The TLS private key.")] = None,
+    tls_client_ca: Annotated[
+        str | None, typer.Option(help="Require client certificates from this CA (mTLS).")
+    ] = None,
+    peer_tls_ca: Annotated[str | None, typer.Option(help="Dial peers with TLS.")] = None,
+    max_message_bytes: Annotated[int | None, typer.Option(help="Largest message.")] = None,
+    mailbox_capacity: Annotated[
+        int | None, typer.Option(help="Messages queued per agent instance at most.")
+    ] = None,
+    default_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a send may take by default.")
+    ] = None,
+    app_dir: Annotated[
+        str | None, typer.Option(help="Where to import agents from (default: here).")
+    ] = None,
+) -> None:
+    """Run a node of the mesh hosting the given agents, until SIGTERM or SIGINT."""
+    from ravi._mesh_cli import (  # noqa: PLC0415
+        NodeConfig,
+        UsageError,
+        pairs,
+        run_node,
+        use_app_dir,
+    )
+
+    try:
+        settings = NodeConfig.load(config) if config else NodeConfig()
+        overrides: dict[str, Any] = {
+            "listen": listen,
+            "node_id": node_id,
+            "advertise": advertise,
+            "token": token,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+            "tls_client_ca": tls_client_ca,
+            "peer_tls_ca": peer_tls_ca,
+            "max_message_bytes": max_message_bytes,
+            "mailbox_capacity": mailbox_capacity,
+            "default_timeout": default_timeout,
+            "app_dir": app_dir,
+        }
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(settings, key, value)
+        settings.health_without_auth = settings.health_without_auth or health_without_auth
+        settings.peers.update(pairs(peer or [], "--peer"))
+        settings.agents.update(pairs(agent or [], "--agent"))
+        settings.subscriptions.update(pairs(subscribe or [], "--subscribe"))
+        settings.setup.extend(setup or [])
+    except UsageError as error:
+        typer.echo(f"ravi: {error}", err=True)
+        raise typer.Exit(2) from None
+    use_app_dir(settings)
+    _run(run_node(settings, announce=typer.echo))
+
+
+@app.command()
+def send(
+    addr: Address,
+    to: Annotated[str, typer.Option(help="The recipient, TYPE/KEY.")],
+    type_name: TypeName,
+    json_body: JsonBody,
+    token: Token = None,
+    timeout: Timeout = 10.0,
+    tls_ca: CaFile = None,
+) -> None:
+    """Send a message to an agent through a node and print the reply."""
+    from ravi._mesh_cli import print_json, send  # noqa: PLC0415
+
+    print_json(_run(send(addr, to, type_name, json_body, token=token, timeout=timeout, ca=tls_ca)))
+
+
+@app.command()
+def publish(
+    addr: Address,
+    topic: Annotated[str, typer.Option(help="The topic, TYPE/SOURCE.")],
+    type_name: TypeName,
+    json_body: JsonBody,
+    token: Token = None,
+    timeout: Timeout = 10.0,
+    tls_ca: CaFile = None,
+) -> None:
+    """Publish a message on a topic through a node."""
+    from ravi._mesh_cli import print_json, publish  # noqa: PLC0415
+
+    print_json(
+        _run(publish(addr, topic, type_name, json_body, token=token, timeout=timeout, ca=tls_ca))
+    )
+
+
+@app.command()
+def subscribe(
+    addr: Address,
+    topic_type: Annotated[
+        list[str] | None, typer.Option(help="Receive topics of this type.")
+    ] = None,
+    prefix: Annotated[
+        list[str] | None, typer.Option(help="Receive topic types with this prefix.")
+    ] = None,
+    count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    token: Token = None,
+    timeout: Timeout = 60.0,
+    tls_ca: CaFile = None,
+) -> None:
+    """Print a node's description, then the events published on it, as JSON lines."""
+    from ravi._mesh_cli import print_json, subscribe  # noqa: PLC0415
+    from ravi.mesh.v1 import types_pb2  # noqa: PLC0415
+
+    filters = [types_pb2.TopicFilter(topic_type=t) for t in topic_type or []]
+    filters += [types_pb2.TopicFilter(topic_type_prefix=p) for p in prefix or []]
+    _run(
+        subscribe(
+            addr, filters, count=count, token=token, timeout=timeout, ca=tls_ca, emit=print_json
+        )
+    )
+
+
+@app.command()
+def describe(
+    addr: Address,
+    token: Token = None,
+    timeout: Timeout = 10.0,
+    tls_ca: CaFile = None,
+) -> None:
+    """Print a node's description: id, contract version, agent types, subscriptions."""
+    from ravi._mesh_cli import describe, print_json  # noqa: PLC0415
+
+    print_json(_run(describe(addr, token=token, timeout=timeout, ca=tls_ca)))
+
+
 def main() -> None:
     """Run the `ravi` command line."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     app()

@@ -768,7 +768,7 @@ class AgentHost:
 
     # --- messaging ---------------------------------------------------------
 
-    async def send(  # noqa: PLR0912 - the send path, kept in one frame on purpose
+    async def send(
         self,
         message: Any,
         recipient: AgentId,
@@ -778,7 +778,13 @@ class AgentHost:
         cancellation: CancellationToken | None,
         message_id: str | None,
         metadata: Mapping[str, str] | None,
+        call_chain: tuple[tuple[str, str], ...] = _NO_CHAIN,
     ) -> Any:
+        """Deliver a send to a local agent and return the reply.
+
+        `call_chain` is the chain of blocked agents a send from another node
+        carries; a send from a local handler takes its chain from the handler.
+        """
         if not self.running:
             raise Unavailable("the runtime is not running: call `await runtime.start()` first")
         mailbox = self._mailboxes.get((recipient.type, recipient.key))
@@ -786,23 +792,20 @@ class AgentHost:
             mailbox = await self._activate((recipient.type, recipient.key), recipient)
         loop = self.loop
         deadline = loop.time() + (self.default_timeout if timeout is None else timeout)
-        chain = _NO_CHAIN
+        chain = call_chain
         parent = current_call.get()
         if parent is not None:
-            if isinstance(parent, _Call):
-                if parent.state == _RUNNING:
-                    deadline = min(deadline, parent.deadline)
-                    chain = parent.blocked_chain()
-            else:
-                handling, publication = parent
-                if handling.busy is publication:
-                    chain = (handling.key,)
-            if not mailbox.reentrant and mailbox.key in chain:
-                raise ReentrantCall(
-                    f"{recipient} is busy waiting on this call "
-                    f"({' -> '.join('/'.join(k) for k in (*chain, mailbox.key))}); "
-                    "the call would deadlock: make the agent reentrant or restructure the calls"
-                )
+            inherited = _inherited(parent)
+            if inherited is not None:
+                parent_deadline, chain = inherited
+                if parent_deadline is not None:
+                    deadline = min(deadline, parent_deadline)
+        if chain and not mailbox.reentrant and mailbox.key in chain:
+            raise ReentrantCall(
+                f"{recipient} is busy waiting on this call "
+                f"({' -> '.join('/'.join(k) for k in (*chain, mailbox.key))}); "
+                "the call would deadlock: make the agent reentrant or restructure the calls"
+            )
         future: asyncio.Future[Any] = loop.create_future()
         call = _Call(
             self, message, mailbox.key, sender, message_id, metadata, deadline, chain, future
@@ -835,11 +838,19 @@ class AgentHost:
         message_id: str | None,
         metadata: Mapping[str, str] | None,
         timeout: float | None,
+        remote: Callable[[str, _Publication], None] | None = None,
+        agent_types: tuple[str, ...] | None = None,
     ) -> int:
-        """Deliver to every matching local subscriber; returns the number of deliveries."""
+        """Deliver to every matching subscriber hosted here; returns the number of deliveries.
+
+        A subscription naming an agent type not registered here goes to `remote`
+        (GrpcRuntime sends it on to the node hosting the type), or is logged.
+        `agent_types` delivers to those agent types instead of the subscribed ones.
+        """
         if not self.running:
             raise Unavailable("the runtime is not running: call `await runtime.start()` first")
-        agent_types = self.subscriber_types(topic.type)
+        if agent_types is None:
+            agent_types = self.subscriber_types(topic.type)
         if not agent_types:
             return 0
         if message_id is None:
@@ -856,6 +867,9 @@ class AgentHost:
             mailbox = self._mailboxes.get(key)
             if mailbox is None:
                 if agent_type not in self.registrations:
+                    if remote is not None:
+                        remote(agent_type, publication)
+                        continue
                     logger.warning(
                         "a subscription to %r names agent type %r, which is not registered",
                         topic.type,
@@ -909,6 +923,11 @@ class AgentHost:
                 f"promise {name!r} was not resolved within {timeout} s"
             ) from None
 
+    def promise_awaited(self, name: str) -> bool:
+        """Whether a handler waits for the promise and it is not resolved yet."""
+        future = self._promises.get(name)
+        return future is not None and not future.done()
+
     def resolve_promise(self, name: str, value: Any) -> None:
         if not self.running:
             raise Unavailable("the runtime is not running")
@@ -926,6 +945,28 @@ class AgentHost:
     async def load_agent(self, agent_id: AgentId, state: Mapping[str, Any]) -> None:
         mailbox = await self.mailbox(agent_id)
         await mailbox.agent.load_state(state)
+
+
+def _inherited(parent: _Frame) -> tuple[float | None, tuple[tuple[str, str], ...]] | None:
+    """What a send made by a running handler inherits: its deadline and call chain.
+
+    None when the handler has finished (a task it spawned is sending later).
+    """
+    if isinstance(parent, _Call):
+        if parent.state != _RUNNING:
+            return None
+        return parent.deadline, parent.blocked_chain()
+    handling, publication = parent
+    if handling.busy is not publication and not handling.reentrant:
+        return None
+    return None, () if handling.reentrant else (handling.key,)
+
+
+def nested_call() -> tuple[float | None, tuple[tuple[str, str], ...]]:
+    """The deadline (loop time) and call chain a send made now inherits, if any."""
+    parent = current_call.get()
+    inherited = _inherited(parent) if parent is not None else None
+    return inherited if inherited is not None else (None, _NO_CHAIN)
 
 
 def _cancel_call(call: _Call) -> Callable[[], None]:

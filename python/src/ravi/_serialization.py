@@ -5,12 +5,15 @@ bytes. Protobuf messages use their full protobuf name and travel as binary
 protobuf (or canonical protobuf JSON); dataclasses and pydantic models travel as
 JSON under a name registered once, explicitly with `message_type("name")` or
 else as "module.QualifiedName". Names never collide: registering a second class
-under a taken name is an error.
+under a taken name is an error. Plain JSON values (strings, numbers, booleans,
+lists and dicts of them) travel as "google.protobuf.Value" in its JSON form,
+which every language can read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -26,6 +29,8 @@ from ravi.errors import BadPayload
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+JSON_VALUE = "google.protobuf.Value"
+_JSON_NATIVE = frozenset({str, int, float, bool, list, dict})
 
 C = TypeVar("C", bound=type)
 
@@ -188,6 +193,8 @@ class MessageRegistry:
     def encode(self, message: Any, content_type: str | None = None) -> EncodedMessage:
         """Encode a message; `content_type` None picks the type's native encoding."""
         cls = type(message)
+        if cls in _JSON_NATIVE:
+            return _encode_json_value(message, content_type)
         codec = self._by_class.get(cls)
         if codec is None:
             try:
@@ -204,6 +211,8 @@ class MessageRegistry:
             BadPayload: the name is unknown, the content type is not supported, or
                 the data does not decode.
         """
+        if type_name == JSON_VALUE:
+            return _decode_json_value(content_type, data)
         codec = self._by_name.get(type_name) or self._protobuf_codec(type_name)
         if codec is None:
             raise BadPayload(f"unknown message type {type_name!r}")
@@ -221,6 +230,25 @@ class MessageRegistry:
         """The class registered under `type_name`, if any."""
         codec = self._by_name.get(type_name) or self._protobuf_codec(type_name)
         return codec.cls if codec is not None else None
+
+
+def _encode_json_value(value: Any, content_type: str | None) -> EncodedMessage:
+    if content_type not in (None, JSON):
+        raise BadPayload(f"plain values travel as {JSON}, not {content_type!r}")
+    try:
+        data = json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise BadPayload(f"{type(value).__name__} value is not plain JSON: {exc}") from exc
+    return EncodedMessage(JSON_VALUE, JSON, data)
+
+
+def _decode_json_value(content_type: str, data: bytes) -> Any:
+    if content_type != JSON:
+        raise BadPayload(f"{JSON_VALUE} travels as {JSON}, not {content_type!r}")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadPayload(f"cannot decode {JSON_VALUE} from {JSON}: {exc}") from exc
 
 
 def _in_protobuf_pool(name: str) -> bool:

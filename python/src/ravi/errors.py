@@ -34,13 +34,18 @@ in-process, on another node in another language, or on Restate.
 `code_of(exc)` gives the code of any exception (UNKNOWN for non-ravi ones);
 `error_for(code, message, ...)` builds the most specific error for a code and
 reason, which is how errors received from other nodes keep their type.
+`to_grpc_status(exc)` and `from_grpc_error(error)` are the one place that maps
+errors to and from gRPC status with `google.rpc.ErrorInfo` details.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
+
+if TYPE_CHECKING:
+    import grpc.aio
 
 __all__ = [
     "AgentTypeNotFound",
@@ -69,6 +74,8 @@ __all__ = [
     "Unimplemented",
     "code_of",
     "error_for",
+    "from_grpc_error",
+    "to_grpc_status",
 ]
 
 ERROR_DOMAIN = "ravi.mesh.v1"
@@ -334,3 +341,57 @@ def error_for(
     """
     cls = _BY_REASON.get(reason or "") or _BY_CODE.get(code, RaviError)
     return cls(message, code=code, reason=reason, remote=remote, metadata=metadata)
+
+
+def to_grpc_status(exc: BaseException) -> grpc.Status:
+    """The gRPC status for an exception, with an ErrorInfo detail when it has a reason.
+
+    A `RaviError` keeps its code, message, reason and metadata; any other
+    exception becomes UNKNOWN with reason HANDLER_FAILED and its type and message.
+    """
+    from google.protobuf import any_pb2  # noqa: PLC0415 - keeps `import ravi` free of gRPC
+    from google.rpc import error_details_pb2, status_pb2  # noqa: PLC0415
+    from grpc_status import rpc_status  # noqa: PLC0415
+
+    if not isinstance(exc, RaviError):
+        exc = HandlerFailed(
+            f"{type(exc).__name__}: {exc}",
+            metadata={"exception_type": type(exc).__name__, "exception_message": str(exc)},
+        )
+    status = status_pb2.Status(code=exc.code.value, message=exc.message)
+    if exc.reason is not None:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.ErrorInfo(
+                reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata
+            )
+        )
+        status.details.append(detail)
+    return rpc_status.to_status(status)
+
+
+def from_grpc_error(error: grpc.aio.AioRpcError) -> RaviError:
+    """The `RaviError` for a failed gRPC call, flagged as remote.
+
+    The ErrorInfo detail, when present, decides the class (so a handler failure
+    on a Go node is `HandlerFailed` here too); otherwise the status code does.
+    """
+    from google.rpc import error_details_pb2, status_pb2  # noqa: PLC0415
+
+    number = error.code().value[0]
+    code = Code(number) if number in Code._value2member_map_ else Code.UNKNOWN
+    message = error.details() or error.code().name
+    reason: str | None = None
+    metadata: dict[str, str] = {}
+    # The stubs type the trailers as RpcError's; on grpc.aio they are Metadata.
+    trailers = cast("grpc.aio.Metadata", error.trailing_metadata())
+    for value in trailers.get_all("grpc-status-details-bin") if trailers else ():
+        if not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+                reason = info.reason or None
+                metadata = dict(info.metadata)
+    return error_for(code, message, reason=reason, remote=True, metadata=metadata)

@@ -1,5 +1,6 @@
 """Helpers for testing agents and runtimes, the same ones ravi's own tests use."""
 
 from ravi.testing._helpers import eventually
+from ravi.testing._processes import NodeProcess, ravi_command, running_node, start_node
 
-__all__ = ["eventually"]
+__all__ = ["NodeProcess", "eventually", "ravi_command", "running_node", "start_node"]

@@ -1,0 +1,5 @@
+"""`python -m ravi` runs the `ravi` command line."""
+
+from ravi._cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Integrations of ravi with other systems: the networked and durable runtimes."""

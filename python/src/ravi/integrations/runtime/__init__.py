@@ -1,0 +1,1 @@
+"""Runtimes that need infrastructure: GrpcRuntime (a gRPC mesh) and RestateRuntime."""

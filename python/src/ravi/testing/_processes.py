@@ -1,0 +1,130 @@
+"""Node processes for tests: start a real `ravi node` (or any node program) and stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_SERVING = re.compile(rb"node (?P<node>\S+) serving on (?P<address>\S+)")
+
+
+@dataclass
+class NodeProcess:
+    """A node program running as a child process, with the address it announced."""
+
+    process: asyncio.subprocess.Process
+    node_id: str
+    address: str
+    output: list[str] = field(default_factory=list)
+    _drain: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    async def stop(self, *, timeout: float = 10.0) -> int:
+        """Stop gracefully with SIGTERM (SIGKILL after `timeout`); returns the exit code."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        await self._finish()
+        assert self.process.returncode is not None
+        return self.process.returncode
+
+    async def kill(self) -> None:
+        """Kill at once (SIGKILL), as a crash would."""
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        await self._finish()
+
+    async def _finish(self) -> None:
+        if self._drain is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._drain, 5)
+
+
+async def start_node(
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 30.0,
+) -> NodeProcess:
+    """Start a node program and wait for its "node ID serving on ADDR" line.
+
+    Works for `ravi node`, `ravi-go node` and `ravi-node node`: each prints that
+    line once it serves. The child's output is kept in `NodeProcess.output`.
+
+    Raises:
+        RuntimeError: the program exited, or did not announce itself in time.
+    """
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+    assert process.stdout is not None
+    output: list[str] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await process.stdout.readline()
+                if not line:
+                    await process.wait()
+                    raise RuntimeError(
+                        f"{command[0]} exited with {process.returncode} before serving:\n"
+                        + "".join(output)
+                    )
+                output.append(line.decode(errors="replace"))
+                found = _SERVING.search(line)
+                if found:
+                    break
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
+    node = NodeProcess(process, found["node"].decode(), found["address"].decode(), output=output)
+    node._drain = asyncio.get_running_loop().create_task(_collect(process, output))
+    return node
+
+
+async def _collect(process: asyncio.subprocess.Process, output: list[str]) -> None:
+    assert process.stdout is not None
+    async for line in process.stdout:
+        output.append(line.decode(errors="replace"))  # noqa: PERF401 - kept as it arrives
+
+
+@contextlib.asynccontextmanager
+async def running_node(
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 30.0,
+) -> AsyncIterator[NodeProcess]:
+    """`start_node` as a context manager that always stops the node."""
+    node = await start_node(command, env=env, cwd=cwd, timeout=timeout)
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
+def ravi_command() -> list[str]:
+    """The command that runs this interpreter's `ravi` command line."""
+    return [sys.executable, "-m", "ravi"]
