@@ -912,6 +912,322 @@ func (*LoadStateResponse) Descriptor() ([]byte, []int) {
 	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{14}
 }
 
+// ConnectRequest is one frame a caller writes on an AgentService.Connect stream.
+type ConnectRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// call_id identifies the call on this stream; the caller keeps it unique
+	// among its calls in flight.
+	CallId uint64 `protobuf:"varint,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// kind is what the frame asks for.
+	//
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*ConnectRequest_Send
+	//	*ConnectRequest_Cancel
+	Kind isConnectRequest_Kind `protobuf_oneof:"kind"`
+	// timeout_millis is the call's deadline, counted from when the node reads the
+	// frame; 0 means the node's default timeout.
+	TimeoutMillis uint32 `protobuf:"varint,4,opt,name=timeout_millis,json=timeoutMillis,proto3" json:"timeout_millis,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectRequest) Reset() {
+	*x = ConnectRequest{}
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectRequest) ProtoMessage() {}
+
+func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectRequest.ProtoReflect.Descriptor instead.
+func (*ConnectRequest) Descriptor() ([]byte, []int) {
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ConnectRequest) GetCallId() uint64 {
+	if x != nil {
+		return x.CallId
+	}
+	return 0
+}
+
+func (x *ConnectRequest) GetKind() isConnectRequest_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetSend() *SendRequest {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectRequest_Send); ok {
+			return x.Send
+		}
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetCancel() *CancelCall {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectRequest_Cancel); ok {
+			return x.Cancel
+		}
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetTimeoutMillis() uint32 {
+	if x != nil {
+		return x.TimeoutMillis
+	}
+	return 0
+}
+
+type isConnectRequest_Kind interface {
+	isConnectRequest_Kind()
+}
+
+type ConnectRequest_Send struct {
+	// send starts a call, exactly as AgentService.Send would handle it.
+	Send *SendRequest `protobuf:"bytes,2,opt,name=send,proto3,oneof"`
+}
+
+type ConnectRequest_Cancel struct {
+	// cancel cancels the call call_id: its handler is cancelled and no
+	// response frame follows.
+	Cancel *CancelCall `protobuf:"bytes,3,opt,name=cancel,proto3,oneof"`
+}
+
+func (*ConnectRequest_Send) isConnectRequest_Kind() {}
+
+func (*ConnectRequest_Cancel) isConnectRequest_Kind() {}
+
+// CancelCall asks the node to cancel a call started on the same stream.
+type CancelCall struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelCall) Reset() {
+	*x = CancelCall{}
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelCall) ProtoMessage() {}
+
+func (x *CancelCall) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelCall.ProtoReflect.Descriptor instead.
+func (*CancelCall) Descriptor() ([]byte, []int) {
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{16}
+}
+
+// ConnectResponse is one frame a node writes on an AgentService.Connect stream.
+type ConnectResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// call_id is the call this frame answers.
+	CallId uint64 `protobuf:"varint,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// outcome is how the call ended.
+	//
+	// Types that are valid to be assigned to Outcome:
+	//
+	//	*ConnectResponse_Result
+	//	*ConnectResponse_Failure
+	Outcome       isConnectResponse_Outcome `protobuf_oneof:"outcome"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectResponse) Reset() {
+	*x = ConnectResponse{}
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectResponse) ProtoMessage() {}
+
+func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
+func (*ConnectResponse) Descriptor() ([]byte, []int) {
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ConnectResponse) GetCallId() uint64 {
+	if x != nil {
+		return x.CallId
+	}
+	return 0
+}
+
+func (x *ConnectResponse) GetOutcome() isConnectResponse_Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return nil
+}
+
+func (x *ConnectResponse) GetResult() *SendResponse {
+	if x != nil {
+		if x, ok := x.Outcome.(*ConnectResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+func (x *ConnectResponse) GetFailure() *CallFailure {
+	if x != nil {
+		if x, ok := x.Outcome.(*ConnectResponse_Failure); ok {
+			return x.Failure
+		}
+	}
+	return nil
+}
+
+type isConnectResponse_Outcome interface {
+	isConnectResponse_Outcome()
+}
+
+type ConnectResponse_Result struct {
+	// result is the response a unary Send would have returned.
+	Result *SendResponse `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+}
+
+type ConnectResponse_Failure struct {
+	// failure is the status a unary Send would have failed with.
+	Failure *CallFailure `protobuf:"bytes,3,opt,name=failure,proto3,oneof"`
+}
+
+func (*ConnectResponse_Result) isConnectResponse_Outcome() {}
+
+func (*ConnectResponse_Failure) isConnectResponse_Outcome() {}
+
+// CallFailure is a failed call on a Connect stream: the gRPC status code,
+// message and ErrorInfo reason and metadata a unary Send would carry.
+type CallFailure struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// code is the gRPC status code.
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// message is the status message.
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// reason is the ErrorInfo reason (an ErrorReason name without its prefix), if
+	// any.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// metadata is the ErrorInfo metadata.
+	Metadata      map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallFailure) Reset() {
+	*x = CallFailure{}
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallFailure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallFailure) ProtoMessage() {}
+
+func (x *CallFailure) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallFailure.ProtoReflect.Descriptor instead.
+func (*CallFailure) Descriptor() ([]byte, []int) {
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CallFailure) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CallFailure) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *CallFailure) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CallFailure) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
 var File_ravi_mesh_v1_agent_service_proto protoreflect.FileDescriptor
 
 const file_ravi_mesh_v1_agent_service_proto_rawDesc = "" +
@@ -964,11 +1280,32 @@ const file_ravi_mesh_v1_agent_service_proto_rawDesc = "" +
 	"\vStatesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
 	"\x05value\x18\x02 \x01(\v2\x15.ravi.mesh.v1.PayloadR\x05value:\x028\x01\"\x13\n" +
-	"\x11LoadStateResponse*]\n" +
+	"\x11LoadStateResponse\"\xbd\x01\n" +
+	"\x0eConnectRequest\x12\x17\n" +
+	"\acall_id\x18\x01 \x01(\x04R\x06callId\x12/\n" +
+	"\x04send\x18\x02 \x01(\v2\x19.ravi.mesh.v1.SendRequestH\x00R\x04send\x122\n" +
+	"\x06cancel\x18\x03 \x01(\v2\x18.ravi.mesh.v1.CancelCallH\x00R\x06cancel\x12%\n" +
+	"\x0etimeout_millis\x18\x04 \x01(\rR\rtimeoutMillisB\x06\n" +
+	"\x04kind\"\f\n" +
+	"\n" +
+	"CancelCall\"\xa2\x01\n" +
+	"\x0fConnectResponse\x12\x17\n" +
+	"\acall_id\x18\x01 \x01(\x04R\x06callId\x124\n" +
+	"\x06result\x18\x02 \x01(\v2\x1a.ravi.mesh.v1.SendResponseH\x00R\x06result\x125\n" +
+	"\afailure\x18\x03 \x01(\v2\x19.ravi.mesh.v1.CallFailureH\x00R\afailureB\t\n" +
+	"\aoutcome\"\xd5\x01\n" +
+	"\vCallFailure\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12C\n" +
+	"\bmetadata\x18\x04 \x03(\v2'.ravi.mesh.v1.CallFailure.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*]\n" +
 	"\fPublishScope\x12\x1d\n" +
 	"\x19PUBLISH_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12PUBLISH_SCOPE_MESH\x10\x01\x12\x16\n" +
-	"\x12PUBLISH_SCOPE_NODE\x10\x022\xae\x04\n" +
+	"\x12PUBLISH_SCOPE_NODE\x10\x022\xfa\x04\n" +
 	"\fAgentService\x12=\n" +
 	"\x04Send\x12\x19.ravi.mesh.v1.SendRequest\x1a\x1a.ravi.mesh.v1.SendResponse\x12F\n" +
 	"\aPublish\x12\x1c.ravi.mesh.v1.PublishRequest\x1a\x1d.ravi.mesh.v1.PublishResponse\x12N\n" +
@@ -976,7 +1313,8 @@ const file_ravi_mesh_v1_agent_service_proto_rawDesc = "" +
 	"\bDescribe\x12\x1d.ravi.mesh.v1.DescribeRequest\x1a\x1e.ravi.mesh.v1.DescribeResponse\"\x03\x90\x02\x01\x12[\n" +
 	"\x0eResolvePromise\x12#.ravi.mesh.v1.ResolvePromiseRequest\x1a$.ravi.mesh.v1.ResolvePromiseResponse\x12L\n" +
 	"\tSaveState\x12\x1e.ravi.mesh.v1.SaveStateRequest\x1a\x1f.ravi.mesh.v1.SaveStateResponse\x12L\n" +
-	"\tLoadState\x12\x1e.ravi.mesh.v1.LoadStateRequest\x1a\x1f.ravi.mesh.v1.LoadStateResponseB6Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3"
+	"\tLoadState\x12\x1e.ravi.mesh.v1.LoadStateRequest\x1a\x1f.ravi.mesh.v1.LoadStateResponse\x12J\n" +
+	"\aConnect\x12\x1c.ravi.mesh.v1.ConnectRequest\x1a\x1d.ravi.mesh.v1.ConnectResponse(\x010\x01B6Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_ravi_mesh_v1_agent_service_proto_rawDescOnce sync.Once
@@ -991,7 +1329,7 @@ func file_ravi_mesh_v1_agent_service_proto_rawDescGZIP() []byte {
 }
 
 var file_ravi_mesh_v1_agent_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ravi_mesh_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_ravi_mesh_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_ravi_mesh_v1_agent_service_proto_goTypes = []any{
 	(PublishScope)(0),              // 0: ravi.mesh.v1.PublishScope
 	(*SendRequest)(nil),            // 1: ravi.mesh.v1.SendRequest
@@ -1009,57 +1347,69 @@ var file_ravi_mesh_v1_agent_service_proto_goTypes = []any{
 	(*SaveStateResponse)(nil),      // 13: ravi.mesh.v1.SaveStateResponse
 	(*LoadStateRequest)(nil),       // 14: ravi.mesh.v1.LoadStateRequest
 	(*LoadStateResponse)(nil),      // 15: ravi.mesh.v1.LoadStateResponse
-	nil,                            // 16: ravi.mesh.v1.SaveStateResponse.StatesEntry
-	nil,                            // 17: ravi.mesh.v1.LoadStateRequest.StatesEntry
-	(*AgentId)(nil),                // 18: ravi.mesh.v1.AgentId
-	(*Envelope)(nil),               // 19: ravi.mesh.v1.Envelope
-	(*Route)(nil),                  // 20: ravi.mesh.v1.Route
-	(*TopicId)(nil),                // 21: ravi.mesh.v1.TopicId
-	(*Payload)(nil),                // 22: ravi.mesh.v1.Payload
-	(*TopicFilter)(nil),            // 23: ravi.mesh.v1.TopicFilter
-	(*NodeInfo)(nil),               // 24: ravi.mesh.v1.NodeInfo
+	(*ConnectRequest)(nil),         // 16: ravi.mesh.v1.ConnectRequest
+	(*CancelCall)(nil),             // 17: ravi.mesh.v1.CancelCall
+	(*ConnectResponse)(nil),        // 18: ravi.mesh.v1.ConnectResponse
+	(*CallFailure)(nil),            // 19: ravi.mesh.v1.CallFailure
+	nil,                            // 20: ravi.mesh.v1.SaveStateResponse.StatesEntry
+	nil,                            // 21: ravi.mesh.v1.LoadStateRequest.StatesEntry
+	nil,                            // 22: ravi.mesh.v1.CallFailure.MetadataEntry
+	(*AgentId)(nil),                // 23: ravi.mesh.v1.AgentId
+	(*Envelope)(nil),               // 24: ravi.mesh.v1.Envelope
+	(*Route)(nil),                  // 25: ravi.mesh.v1.Route
+	(*TopicId)(nil),                // 26: ravi.mesh.v1.TopicId
+	(*Payload)(nil),                // 27: ravi.mesh.v1.Payload
+	(*TopicFilter)(nil),            // 28: ravi.mesh.v1.TopicFilter
+	(*NodeInfo)(nil),               // 29: ravi.mesh.v1.NodeInfo
 }
 var file_ravi_mesh_v1_agent_service_proto_depIdxs = []int32{
-	18, // 0: ravi.mesh.v1.SendRequest.recipient:type_name -> ravi.mesh.v1.AgentId
-	19, // 1: ravi.mesh.v1.SendRequest.envelope:type_name -> ravi.mesh.v1.Envelope
-	20, // 2: ravi.mesh.v1.SendRequest.route:type_name -> ravi.mesh.v1.Route
-	21, // 3: ravi.mesh.v1.SendRequest.topic:type_name -> ravi.mesh.v1.TopicId
-	22, // 4: ravi.mesh.v1.SendResponse.result:type_name -> ravi.mesh.v1.Payload
-	21, // 5: ravi.mesh.v1.PublishRequest.topic:type_name -> ravi.mesh.v1.TopicId
-	19, // 6: ravi.mesh.v1.PublishRequest.envelope:type_name -> ravi.mesh.v1.Envelope
+	23, // 0: ravi.mesh.v1.SendRequest.recipient:type_name -> ravi.mesh.v1.AgentId
+	24, // 1: ravi.mesh.v1.SendRequest.envelope:type_name -> ravi.mesh.v1.Envelope
+	25, // 2: ravi.mesh.v1.SendRequest.route:type_name -> ravi.mesh.v1.Route
+	26, // 3: ravi.mesh.v1.SendRequest.topic:type_name -> ravi.mesh.v1.TopicId
+	27, // 4: ravi.mesh.v1.SendResponse.result:type_name -> ravi.mesh.v1.Payload
+	26, // 5: ravi.mesh.v1.PublishRequest.topic:type_name -> ravi.mesh.v1.TopicId
+	24, // 6: ravi.mesh.v1.PublishRequest.envelope:type_name -> ravi.mesh.v1.Envelope
 	0,  // 7: ravi.mesh.v1.PublishRequest.scope:type_name -> ravi.mesh.v1.PublishScope
-	23, // 8: ravi.mesh.v1.SubscribeRequest.filters:type_name -> ravi.mesh.v1.TopicFilter
-	21, // 9: ravi.mesh.v1.Event.topic:type_name -> ravi.mesh.v1.TopicId
-	19, // 10: ravi.mesh.v1.Event.envelope:type_name -> ravi.mesh.v1.Envelope
-	24, // 11: ravi.mesh.v1.SubscribeResponse.node:type_name -> ravi.mesh.v1.NodeInfo
+	28, // 8: ravi.mesh.v1.SubscribeRequest.filters:type_name -> ravi.mesh.v1.TopicFilter
+	26, // 9: ravi.mesh.v1.Event.topic:type_name -> ravi.mesh.v1.TopicId
+	24, // 10: ravi.mesh.v1.Event.envelope:type_name -> ravi.mesh.v1.Envelope
+	29, // 11: ravi.mesh.v1.SubscribeResponse.node:type_name -> ravi.mesh.v1.NodeInfo
 	6,  // 12: ravi.mesh.v1.SubscribeResponse.event:type_name -> ravi.mesh.v1.Event
-	24, // 13: ravi.mesh.v1.DescribeRequest.caller:type_name -> ravi.mesh.v1.NodeInfo
-	24, // 14: ravi.mesh.v1.DescribeResponse.node:type_name -> ravi.mesh.v1.NodeInfo
-	22, // 15: ravi.mesh.v1.ResolvePromiseRequest.value:type_name -> ravi.mesh.v1.Payload
-	18, // 16: ravi.mesh.v1.SaveStateRequest.agent:type_name -> ravi.mesh.v1.AgentId
-	16, // 17: ravi.mesh.v1.SaveStateResponse.states:type_name -> ravi.mesh.v1.SaveStateResponse.StatesEntry
-	17, // 18: ravi.mesh.v1.LoadStateRequest.states:type_name -> ravi.mesh.v1.LoadStateRequest.StatesEntry
-	22, // 19: ravi.mesh.v1.SaveStateResponse.StatesEntry.value:type_name -> ravi.mesh.v1.Payload
-	22, // 20: ravi.mesh.v1.LoadStateRequest.StatesEntry.value:type_name -> ravi.mesh.v1.Payload
-	1,  // 21: ravi.mesh.v1.AgentService.Send:input_type -> ravi.mesh.v1.SendRequest
-	3,  // 22: ravi.mesh.v1.AgentService.Publish:input_type -> ravi.mesh.v1.PublishRequest
-	5,  // 23: ravi.mesh.v1.AgentService.Subscribe:input_type -> ravi.mesh.v1.SubscribeRequest
-	8,  // 24: ravi.mesh.v1.AgentService.Describe:input_type -> ravi.mesh.v1.DescribeRequest
-	10, // 25: ravi.mesh.v1.AgentService.ResolvePromise:input_type -> ravi.mesh.v1.ResolvePromiseRequest
-	12, // 26: ravi.mesh.v1.AgentService.SaveState:input_type -> ravi.mesh.v1.SaveStateRequest
-	14, // 27: ravi.mesh.v1.AgentService.LoadState:input_type -> ravi.mesh.v1.LoadStateRequest
-	2,  // 28: ravi.mesh.v1.AgentService.Send:output_type -> ravi.mesh.v1.SendResponse
-	4,  // 29: ravi.mesh.v1.AgentService.Publish:output_type -> ravi.mesh.v1.PublishResponse
-	7,  // 30: ravi.mesh.v1.AgentService.Subscribe:output_type -> ravi.mesh.v1.SubscribeResponse
-	9,  // 31: ravi.mesh.v1.AgentService.Describe:output_type -> ravi.mesh.v1.DescribeResponse
-	11, // 32: ravi.mesh.v1.AgentService.ResolvePromise:output_type -> ravi.mesh.v1.ResolvePromiseResponse
-	13, // 33: ravi.mesh.v1.AgentService.SaveState:output_type -> ravi.mesh.v1.SaveStateResponse
-	15, // 34: ravi.mesh.v1.AgentService.LoadState:output_type -> ravi.mesh.v1.LoadStateResponse
-	28, // [28:35] is the sub-list for method output_type
-	21, // [21:28] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	29, // 13: ravi.mesh.v1.DescribeRequest.caller:type_name -> ravi.mesh.v1.NodeInfo
+	29, // 14: ravi.mesh.v1.DescribeResponse.node:type_name -> ravi.mesh.v1.NodeInfo
+	27, // 15: ravi.mesh.v1.ResolvePromiseRequest.value:type_name -> ravi.mesh.v1.Payload
+	23, // 16: ravi.mesh.v1.SaveStateRequest.agent:type_name -> ravi.mesh.v1.AgentId
+	20, // 17: ravi.mesh.v1.SaveStateResponse.states:type_name -> ravi.mesh.v1.SaveStateResponse.StatesEntry
+	21, // 18: ravi.mesh.v1.LoadStateRequest.states:type_name -> ravi.mesh.v1.LoadStateRequest.StatesEntry
+	1,  // 19: ravi.mesh.v1.ConnectRequest.send:type_name -> ravi.mesh.v1.SendRequest
+	17, // 20: ravi.mesh.v1.ConnectRequest.cancel:type_name -> ravi.mesh.v1.CancelCall
+	2,  // 21: ravi.mesh.v1.ConnectResponse.result:type_name -> ravi.mesh.v1.SendResponse
+	19, // 22: ravi.mesh.v1.ConnectResponse.failure:type_name -> ravi.mesh.v1.CallFailure
+	22, // 23: ravi.mesh.v1.CallFailure.metadata:type_name -> ravi.mesh.v1.CallFailure.MetadataEntry
+	27, // 24: ravi.mesh.v1.SaveStateResponse.StatesEntry.value:type_name -> ravi.mesh.v1.Payload
+	27, // 25: ravi.mesh.v1.LoadStateRequest.StatesEntry.value:type_name -> ravi.mesh.v1.Payload
+	1,  // 26: ravi.mesh.v1.AgentService.Send:input_type -> ravi.mesh.v1.SendRequest
+	3,  // 27: ravi.mesh.v1.AgentService.Publish:input_type -> ravi.mesh.v1.PublishRequest
+	5,  // 28: ravi.mesh.v1.AgentService.Subscribe:input_type -> ravi.mesh.v1.SubscribeRequest
+	8,  // 29: ravi.mesh.v1.AgentService.Describe:input_type -> ravi.mesh.v1.DescribeRequest
+	10, // 30: ravi.mesh.v1.AgentService.ResolvePromise:input_type -> ravi.mesh.v1.ResolvePromiseRequest
+	12, // 31: ravi.mesh.v1.AgentService.SaveState:input_type -> ravi.mesh.v1.SaveStateRequest
+	14, // 32: ravi.mesh.v1.AgentService.LoadState:input_type -> ravi.mesh.v1.LoadStateRequest
+	16, // 33: ravi.mesh.v1.AgentService.Connect:input_type -> ravi.mesh.v1.ConnectRequest
+	2,  // 34: ravi.mesh.v1.AgentService.Send:output_type -> ravi.mesh.v1.SendResponse
+	4,  // 35: ravi.mesh.v1.AgentService.Publish:output_type -> ravi.mesh.v1.PublishResponse
+	7,  // 36: ravi.mesh.v1.AgentService.Subscribe:output_type -> ravi.mesh.v1.SubscribeResponse
+	9,  // 37: ravi.mesh.v1.AgentService.Describe:output_type -> ravi.mesh.v1.DescribeResponse
+	11, // 38: ravi.mesh.v1.AgentService.ResolvePromise:output_type -> ravi.mesh.v1.ResolvePromiseResponse
+	13, // 39: ravi.mesh.v1.AgentService.SaveState:output_type -> ravi.mesh.v1.SaveStateResponse
+	15, // 40: ravi.mesh.v1.AgentService.LoadState:output_type -> ravi.mesh.v1.LoadStateResponse
+	18, // 41: ravi.mesh.v1.AgentService.Connect:output_type -> ravi.mesh.v1.ConnectResponse
+	34, // [34:42] is the sub-list for method output_type
+	26, // [26:34] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_ravi_mesh_v1_agent_service_proto_init() }
@@ -1072,13 +1422,21 @@ func file_ravi_mesh_v1_agent_service_proto_init() {
 		(*SubscribeResponse_Node)(nil),
 		(*SubscribeResponse_Event)(nil),
 	}
+	file_ravi_mesh_v1_agent_service_proto_msgTypes[15].OneofWrappers = []any{
+		(*ConnectRequest_Send)(nil),
+		(*ConnectRequest_Cancel)(nil),
+	}
+	file_ravi_mesh_v1_agent_service_proto_msgTypes[17].OneofWrappers = []any{
+		(*ConnectResponse_Result)(nil),
+		(*ConnectResponse_Failure)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ravi_mesh_v1_agent_service_proto_rawDesc), len(file_ravi_mesh_v1_agent_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	AgentService_ResolvePromise_FullMethodName = "/ravi.mesh.v1.AgentService/ResolvePromise"
 	AgentService_SaveState_FullMethodName      = "/ravi.mesh.v1.AgentService/SaveState"
 	AgentService_LoadState_FullMethodName      = "/ravi.mesh.v1.AgentService/LoadState"
+	AgentService_Connect_FullMethodName        = "/ravi.mesh.v1.AgentService/Connect"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -71,6 +72,12 @@ type AgentServiceClient interface {
 	// LoadState loads state into agents hosted on this node, creating instances
 	// as needed.
 	LoadState(ctx context.Context, in *LoadStateRequest, opts ...grpc.CallOption) (*LoadStateResponse, error)
+	// Connect carries many Send calls over one bidirectional stream, which costs
+	// far less per call than a unary RPC: nodes use it between themselves. Each
+	// request frame names a call id that its response frame repeats; calls
+	// complete in any order and each has its own deadline. A node that does not
+	// implement Connect answers UNIMPLEMENTED, and callers use Send instead.
+	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error)
 }
 
 type agentServiceClient struct {
@@ -160,6 +167,19 @@ func (c *agentServiceClient) LoadState(ctx context.Context, in *LoadStateRequest
 	return out, nil
 }
 
+func (c *agentServiceClient) Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[1], AgentService_Connect_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ConnectRequest, ConnectResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_ConnectClient = grpc.BidiStreamingClient[ConnectRequest, ConnectResponse]
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -203,6 +223,12 @@ type AgentServiceServer interface {
 	// LoadState loads state into agents hosted on this node, creating instances
 	// as needed.
 	LoadState(context.Context, *LoadStateRequest) (*LoadStateResponse, error)
+	// Connect carries many Send calls over one bidirectional stream, which costs
+	// far less per call than a unary RPC: nodes use it between themselves. Each
+	// request frame names a call id that its response frame repeats; calls
+	// complete in any order and each has its own deadline. A node that does not
+	// implement Connect answers UNIMPLEMENTED, and callers use Send instead.
+	Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -233,6 +259,9 @@ func (UnimplementedAgentServiceServer) SaveState(context.Context, *SaveStateRequ
 }
 func (UnimplementedAgentServiceServer) LoadState(context.Context, *LoadStateRequest) (*LoadStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method LoadState not implemented")
+}
+func (UnimplementedAgentServiceServer) Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error {
+	return status.Error(codes.Unimplemented, "method Connect not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -374,6 +403,13 @@ func _AgentService_LoadState_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_Connect_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AgentServiceServer).Connect(&grpc.GenericServerStream[ConnectRequest, ConnectResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_ConnectServer = grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -411,6 +447,12 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Subscribe",
 			Handler:       _AgentService_Subscribe_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Connect",
+			Handler:       _AgentService_Connect_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "ravi/mesh/v1/agent_service.proto",

@@ -80,6 +80,11 @@ class AgentServiceStub:
                 request_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateRequest.SerializeToString,
                 response_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateResponse.FromString,
                 _registered_method=True)
+        self.Connect = channel.stream_stream(
+                '/ravi.mesh.v1.AgentService/Connect',
+                request_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ConnectRequest.SerializeToString,
+                response_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ConnectResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -158,6 +163,17 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Connect(self, request_iterator, context):
+        """Connect carries many Send calls over one bidirectional stream, which costs
+        far less per call than a unary RPC: nodes use it between themselves. Each
+        request frame names a call id that its response frame repeats; calls
+        complete in any order and each has its own deadline. A node that does not
+        implement Connect answers UNIMPLEMENTED, and callers use Send instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +211,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.LoadState,
                     request_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateRequest.FromString,
                     response_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateResponse.SerializeToString,
+            ),
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ConnectRequest.FromString,
+                    response_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ConnectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -397,6 +418,33 @@ class AgentService:
             '/ravi.mesh.v1.AgentService/LoadState',
             ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateRequest.SerializeToString,
             ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ravi.mesh.v1.AgentService/Connect',
+            ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ConnectRequest.SerializeToString,
+            ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ConnectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,13 @@ class AgentServiceStub:
     """LoadState loads state into agents hosted on this node, creating instances
     as needed.
     """
+    Connect: _grpc.StreamStreamMultiCallable[_agent_service_pb2.ConnectRequest, _agent_service_pb2.ConnectResponse]
+    """Connect carries many Send calls over one bidirectional stream, which costs
+    far less per call than a unary RPC: nodes use it between themselves. Each
+    request frame names a call id that its response frame repeats; calls
+    complete in any order and each has its own deadline. A node that does not
+    implement Connect answers UNIMPLEMENTED, and callers use Send instead.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -128,6 +135,13 @@ class AgentServiceAsyncStub(AgentServiceStub):
     LoadState: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.LoadStateRequest, _agent_service_pb2.LoadStateResponse]  # type: ignore[assignment]
     """LoadState loads state into agents hosted on this node, creating instances
     as needed.
+    """
+    Connect: _aio.StreamStreamMultiCallable[_agent_service_pb2.ConnectRequest, _agent_service_pb2.ConnectResponse]  # type: ignore[assignment]
+    """Connect carries many Send calls over one bidirectional stream, which costs
+    far less per call than a unary RPC: nodes use it between themselves. Each
+    request frame names a call id that its response frame repeats; calls
+    complete in any order and each has its own deadline. A node that does not
+    implement Connect answers UNIMPLEMENTED, and callers use Send instead.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -218,6 +232,19 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_service_pb2.LoadStateResponse, _abc.Awaitable[_agent_service_pb2.LoadStateResponse]]:
         """LoadState loads state into agents hosted on this node, creating instances
         as needed.
+        """
+
+    @_abc_1.abstractmethod
+    def Connect(
+        self,
+        request_iterator: _MaybeAsyncIterator[_agent_service_pb2.ConnectRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_service_pb2.ConnectResponse], _abc.AsyncIterator[_agent_service_pb2.ConnectResponse]]:
+        """Connect carries many Send calls over one bidirectional stream, which costs
+        far less per call than a unary RPC: nodes use it between themselves. Each
+        request frame names a call id that its response frame repeats; calls
+        complete in any order and each has its own deadline. A node that does not
+        implement Connect answers UNIMPLEMENTED, and callers use Send instead.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

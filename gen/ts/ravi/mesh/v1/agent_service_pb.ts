@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ravi/mesh/v1/agent_service.proto.
  */
 export const file_ravi_mesh_v1_agent_service: GenFile = /*@__PURE__*/
-  fileDesc("CiByYXZpL21lc2gvdjEvYWdlbnRfc2VydmljZS5wcm90bxIMcmF2aS5tZXNoLnYxIqsBCgtTZW5kUmVxdWVzdBIoCglyZWNpcGllbnQYASABKAsyFS5yYXZpLm1lc2gudjEuQWdlbnRJZBIoCghlbnZlbG9wZRgCIAEoCzIWLnJhdmkubWVzaC52MS5FbnZlbG9wZRIiCgVyb3V0ZRgDIAEoCzITLnJhdmkubWVzaC52MS5Sb3V0ZRIkCgV0b3BpYxgEIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkIkYKDFNlbmRSZXNwb25zZRIlCgZyZXN1bHQYASABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZBIPCgdub2RlX2lkGAIgASgJIosBCg5QdWJsaXNoUmVxdWVzdBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEikKBXNjb3BlGAMgASgOMhoucmF2aS5tZXNoLnYxLlB1Ymxpc2hTY29wZSJGCg9QdWJsaXNoUmVzcG9uc2USGAoQbG9jYWxfZGVsaXZlcmllcxgBIAEoDRIZChFzdHJlYW1fZGVsaXZlcmllcxgCIAEoDSJVChBTdWJzY3JpYmVSZXF1ZXN0EioKB2ZpbHRlcnMYASADKAsyGS5yYXZpLm1lc2gudjEuVG9waWNGaWx0ZXISFQoNc3Vic2NyaWJlcl9pZBgCIAEoCSJvCgVFdmVudBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEhYKDm9yaWdpbl9ub2RlX2lkGAMgASgJImkKEVN1YnNjcmliZVJlc3BvbnNlEiYKBG5vZGUYASABKAsyFi5yYXZpLm1lc2gudjEuTm9kZUluZm9IABIkCgVldmVudBgCIAEoCzITLnJhdmkubWVzaC52MS5FdmVudEgAQgYKBGtpbmQiOQoPRGVzY3JpYmVSZXF1ZXN0EiYKBmNhbGxlchgBIAEoCzIWLnJhdmkubWVzaC52MS5Ob2RlSW5mbyI4ChBEZXNjcmliZVJlc3BvbnNlEiQKBG5vZGUYASABKAsyFi5yYXZpLm1lc2gudjEuTm9kZUluZm8iSwoVUmVzb2x2ZVByb21pc2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSJAoFdmFsdWUYAiABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZCIpChZSZXNvbHZlUHJvbWlzZVJlc3BvbnNlEg8KB3dhaXRpbmcYASABKAgiOAoQU2F2ZVN0YXRlUmVxdWVzdBIkCgVhZ2VudBgBIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkIpYBChFTYXZlU3RhdGVSZXNwb25zZRI7CgZzdGF0ZXMYASADKAsyKy5yYXZpLm1lc2gudjEuU2F2ZVN0YXRlUmVzcG9uc2UuU3RhdGVzRW50cnkaRAoLU3RhdGVzRW50cnkSCwoDa2V5GAEgASgJEiQKBXZhbHVlGAIgASgLMhUucmF2aS5tZXNoLnYxLlBheWxvYWQ6AjgBIpQBChBMb2FkU3RhdGVSZXF1ZXN0EjoKBnN0YXRlcxgBIAMoCzIqLnJhdmkubWVzaC52MS5Mb2FkU3RhdGVSZXF1ZXN0LlN0YXRlc0VudHJ5GkQKC1N0YXRlc0VudHJ5EgsKA2tleRgBIAEoCRIkCgV2YWx1ZRgCIAEoCzIVLnJhdmkubWVzaC52MS5QYXlsb2FkOgI4ASITChFMb2FkU3RhdGVSZXNwb25zZSpdCgxQdWJsaXNoU2NvcGUSHQoZUFVCTElTSF9TQ09QRV9VTlNQRUNJRklFRBAAEhYKElBVQkxJU0hfU0NPUEVfTUVTSBABEhYKElBVQkxJU0hfU0NPUEVfTk9ERRACMq4ECgxBZ2VudFNlcnZpY2USPQoEU2VuZBIZLnJhdmkubWVzaC52MS5TZW5kUmVxdWVzdBoaLnJhdmkubWVzaC52MS5TZW5kUmVzcG9uc2USRgoHUHVibGlzaBIcLnJhdmkubWVzaC52MS5QdWJsaXNoUmVxdWVzdBodLnJhdmkubWVzaC52MS5QdWJsaXNoUmVzcG9uc2USTgoJU3Vic2NyaWJlEh4ucmF2aS5tZXNoLnYxLlN1YnNjcmliZVJlcXVlc3QaHy5yYXZpLm1lc2gudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJOCghEZXNjcmliZRIdLnJhdmkubWVzaC52MS5EZXNjcmliZVJlcXVlc3QaHi5yYXZpLm1lc2gudjEuRGVzY3JpYmVSZXNwb25zZSIDkAIBElsKDlJlc29sdmVQcm9taXNlEiMucmF2aS5tZXNoLnYxLlJlc29sdmVQcm9taXNlUmVxdWVzdBokLnJhdmkubWVzaC52MS5SZXNvbHZlUHJvbWlzZVJlc3BvbnNlEkwKCVNhdmVTdGF0ZRIeLnJhdmkubWVzaC52MS5TYXZlU3RhdGVSZXF1ZXN0Gh8ucmF2aS5tZXNoLnYxLlNhdmVTdGF0ZVJlc3BvbnNlEkwKCUxvYWRTdGF0ZRIeLnJhdmkubWVzaC52MS5Mb2FkU3RhdGVSZXF1ZXN0Gh8ucmF2aS5tZXNoLnYxLkxvYWRTdGF0ZVJlc3BvbnNlQjZaNGdpdGh1Yi5jb20vcmF2aS1tZXNoL3JhdmkvZ2VuL2dvL3JhdmkvbWVzaC92MTttZXNodjFiBnByb3RvMw", [file_ravi_mesh_v1_types]);
+  fileDesc("CiByYXZpL21lc2gvdjEvYWdlbnRfc2VydmljZS5wcm90bxIMcmF2aS5tZXNoLnYxIqsBCgtTZW5kUmVxdWVzdBIoCglyZWNpcGllbnQYASABKAsyFS5yYXZpLm1lc2gudjEuQWdlbnRJZBIoCghlbnZlbG9wZRgCIAEoCzIWLnJhdmkubWVzaC52MS5FbnZlbG9wZRIiCgVyb3V0ZRgDIAEoCzITLnJhdmkubWVzaC52MS5Sb3V0ZRIkCgV0b3BpYxgEIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkIkYKDFNlbmRSZXNwb25zZRIlCgZyZXN1bHQYASABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZBIPCgdub2RlX2lkGAIgASgJIosBCg5QdWJsaXNoUmVxdWVzdBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEikKBXNjb3BlGAMgASgOMhoucmF2aS5tZXNoLnYxLlB1Ymxpc2hTY29wZSJGCg9QdWJsaXNoUmVzcG9uc2USGAoQbG9jYWxfZGVsaXZlcmllcxgBIAEoDRIZChFzdHJlYW1fZGVsaXZlcmllcxgCIAEoDSJVChBTdWJzY3JpYmVSZXF1ZXN0EioKB2ZpbHRlcnMYASADKAsyGS5yYXZpLm1lc2gudjEuVG9waWNGaWx0ZXISFQoNc3Vic2NyaWJlcl9pZBgCIAEoCSJvCgVFdmVudBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEhYKDm9yaWdpbl9ub2RlX2lkGAMgASgJImkKEVN1YnNjcmliZVJlc3BvbnNlEiYKBG5vZGUYASABKAsyFi5yYXZpLm1lc2gudjEuTm9kZUluZm9IABIkCgVldmVudBgCIAEoCzITLnJhdmkubWVzaC52MS5FdmVudEgAQgYKBGtpbmQiOQoPRGVzY3JpYmVSZXF1ZXN0EiYKBmNhbGxlchgBIAEoCzIWLnJhdmkubWVzaC52MS5Ob2RlSW5mbyI4ChBEZXNjcmliZVJlc3BvbnNlEiQKBG5vZGUYASABKAsyFi5yYXZpLm1lc2gudjEuTm9kZUluZm8iSwoVUmVzb2x2ZVByb21pc2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSJAoFdmFsdWUYAiABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZCIpChZSZXNvbHZlUHJvbWlzZVJlc3BvbnNlEg8KB3dhaXRpbmcYASABKAgiOAoQU2F2ZVN0YXRlUmVxdWVzdBIkCgVhZ2VudBgBIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkIpYBChFTYXZlU3RhdGVSZXNwb25zZRI7CgZzdGF0ZXMYASADKAsyKy5yYXZpLm1lc2gudjEuU2F2ZVN0YXRlUmVzcG9uc2UuU3RhdGVzRW50cnkaRAoLU3RhdGVzRW50cnkSCwoDa2V5GAEgASgJEiQKBXZhbHVlGAIgASgLMhUucmF2aS5tZXNoLnYxLlBheWxvYWQ6AjgBIpQBChBMb2FkU3RhdGVSZXF1ZXN0EjoKBnN0YXRlcxgBIAMoCzIqLnJhdmkubWVzaC52MS5Mb2FkU3RhdGVSZXF1ZXN0LlN0YXRlc0VudHJ5GkQKC1N0YXRlc0VudHJ5EgsKA2tleRgBIAEoCRIkCgV2YWx1ZRgCIAEoCzIVLnJhdmkubWVzaC52MS5QYXlsb2FkOgI4ASITChFMb2FkU3RhdGVSZXNwb25zZSKYAQoOQ29ubmVjdFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoBBIpCgRzZW5kGAIgASgLMhkucmF2aS5tZXNoLnYxLlNlbmRSZXF1ZXN0SAASKgoGY2FuY2VsGAMgASgLMhgucmF2aS5tZXNoLnYxLkNhbmNlbENhbGxIABIWCg50aW1lb3V0X21pbGxpcxgEIAEoDUIGCgRraW5kIgwKCkNhbmNlbENhbGwiiQEKD0Nvbm5lY3RSZXNwb25zZRIPCgdjYWxsX2lkGAEgASgEEiwKBnJlc3VsdBgCIAEoCzIaLnJhdmkubWVzaC52MS5TZW5kUmVzcG9uc2VIABIsCgdmYWlsdXJlGAMgASgLMhkucmF2aS5tZXNoLnYxLkNhbGxGYWlsdXJlSABCCQoHb3V0Y29tZSKoAQoLQ2FsbEZhaWx1cmUSDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlYXNvbhgDIAEoCRI5CghtZXRhZGF0YRgEIAMoCzInLnJhdmkubWVzaC52MS5DYWxsRmFpbHVyZS5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASpdCgxQdWJsaXNoU2NvcGUSHQoZUFVCTElTSF9TQ09QRV9VTlNQRUNJRklFRBAAEhYKElBVQkxJU0hfU0NPUEVfTUVTSBABEhYKElBVQkxJU0hfU0NPUEVfTk9ERRACMvoECgxBZ2VudFNlcnZpY2USPQoEU2VuZBIZLnJhdmkubWVzaC52MS5TZW5kUmVxdWVzdBoaLnJhdmkubWVzaC52MS5TZW5kUmVzcG9uc2USRgoHUHVibGlzaBIcLnJhdmkubWVzaC52MS5QdWJsaXNoUmVxdWVzdBodLnJhdmkubWVzaC52MS5QdWJsaXNoUmVzcG9uc2USTgoJU3Vic2NyaWJlEh4ucmF2aS5tZXNoLnYxLlN1YnNjcmliZVJlcXVlc3QaHy5yYXZpLm1lc2gudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJOCghEZXNjcmliZRIdLnJhdmkubWVzaC52MS5EZXNjcmliZVJlcXVlc3QaHi5yYXZpLm1lc2gudjEuRGVzY3JpYmVSZXNwb25zZSIDkAIBElsKDlJlc29sdmVQcm9taXNlEiMucmF2aS5tZXNoLnYxLlJlc29sdmVQcm9taXNlUmVxdWVzdBokLnJhdmkubWVzaC52MS5SZXNvbHZlUHJvbWlzZVJlc3BvbnNlEkwKCVNhdmVTdGF0ZRIeLnJhdmkubWVzaC52MS5TYXZlU3RhdGVSZXF1ZXN0Gh8ucmF2aS5tZXNoLnYxLlNhdmVTdGF0ZVJlc3BvbnNlEkwKCUxvYWRTdGF0ZRIeLnJhdmkubWVzaC52MS5Mb2FkU3RhdGVSZXF1ZXN0Gh8ucmF2aS5tZXNoLnYxLkxvYWRTdGF0ZVJlc3BvbnNlEkoKB0Nvbm5lY3QSHC5yYXZpLm1lc2gudjEuQ29ubmVjdFJlcXVlc3QaHS5yYXZpLm1lc2gudjEuQ29ubmVjdFJlc3BvbnNlKAEwAUI2WjRnaXRodWIuY29tL3JhdmktbWVzaC9yYXZpL2dlbi9nby9yYXZpL21lc2gvdjE7bWVzaHYxYgZwcm90bzM", [file_ravi_mesh_v1_types]);
 
 /**
  * SendRequest is the request of AgentService.Send.
@@ -432,6 +432,163 @@ export const LoadStateResponseSchema: GenMessage<LoadStateResponse> = /*@__PURE_
   messageDesc(file_ravi_mesh_v1_agent_service, 14);
 
 /**
+ * ConnectRequest is one frame a caller writes on an AgentService.Connect stream.
+ *
+ * @generated from message ravi.mesh.v1.ConnectRequest
+ */
+export type ConnectRequest = Message<"ravi.mesh.v1.ConnectRequest"> & {
+  /**
+   * call_id identifies the call on this stream; the caller keeps it unique
+   * among its calls in flight.
+   *
+   * @generated from field: uint64 call_id = 1;
+   */
+  callId: bigint;
+
+  /**
+   * kind is what the frame asks for.
+   *
+   * @generated from oneof ravi.mesh.v1.ConnectRequest.kind
+   */
+  kind: {
+    /**
+     * send starts a call, exactly as AgentService.Send would handle it.
+     *
+     * @generated from field: ravi.mesh.v1.SendRequest send = 2;
+     */
+    value: SendRequest;
+    case: "send";
+  } | {
+    /**
+     * cancel cancels the call call_id: its handler is cancelled and no
+     * response frame follows.
+     *
+     * @generated from field: ravi.mesh.v1.CancelCall cancel = 3;
+     */
+    value: CancelCall;
+    case: "cancel";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * timeout_millis is the call's deadline, counted from when the node reads the
+   * frame; 0 means the node's default timeout.
+   *
+   * @generated from field: uint32 timeout_millis = 4;
+   */
+  timeoutMillis: number;
+};
+
+/**
+ * Describes the message ravi.mesh.v1.ConnectRequest.
+ * Use `create(ConnectRequestSchema)` to create a new message.
+ */
+export const ConnectRequestSchema: GenMessage<ConnectRequest> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 15);
+
+/**
+ * CancelCall asks the node to cancel a call started on the same stream.
+ *
+ * @generated from message ravi.mesh.v1.CancelCall
+ */
+export type CancelCall = Message<"ravi.mesh.v1.CancelCall"> & {
+};
+
+/**
+ * Describes the message ravi.mesh.v1.CancelCall.
+ * Use `create(CancelCallSchema)` to create a new message.
+ */
+export const CancelCallSchema: GenMessage<CancelCall> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 16);
+
+/**
+ * ConnectResponse is one frame a node writes on an AgentService.Connect stream.
+ *
+ * @generated from message ravi.mesh.v1.ConnectResponse
+ */
+export type ConnectResponse = Message<"ravi.mesh.v1.ConnectResponse"> & {
+  /**
+   * call_id is the call this frame answers.
+   *
+   * @generated from field: uint64 call_id = 1;
+   */
+  callId: bigint;
+
+  /**
+   * outcome is how the call ended.
+   *
+   * @generated from oneof ravi.mesh.v1.ConnectResponse.outcome
+   */
+  outcome: {
+    /**
+     * result is the response a unary Send would have returned.
+     *
+     * @generated from field: ravi.mesh.v1.SendResponse result = 2;
+     */
+    value: SendResponse;
+    case: "result";
+  } | {
+    /**
+     * failure is the status a unary Send would have failed with.
+     *
+     * @generated from field: ravi.mesh.v1.CallFailure failure = 3;
+     */
+    value: CallFailure;
+    case: "failure";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message ravi.mesh.v1.ConnectResponse.
+ * Use `create(ConnectResponseSchema)` to create a new message.
+ */
+export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 17);
+
+/**
+ * CallFailure is a failed call on a Connect stream: the gRPC status code,
+ * message and ErrorInfo reason and metadata a unary Send would carry.
+ *
+ * @generated from message ravi.mesh.v1.CallFailure
+ */
+export type CallFailure = Message<"ravi.mesh.v1.CallFailure"> & {
+  /**
+   * code is the gRPC status code.
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * message is the status message.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+
+  /**
+   * reason is the ErrorInfo reason (an ErrorReason name without its prefix), if
+   * any.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * metadata is the ErrorInfo metadata.
+   *
+   * @generated from field: map<string, string> metadata = 4;
+   */
+  metadata: { [key: string]: string };
+};
+
+/**
+ * Describes the message ravi.mesh.v1.CallFailure.
+ * Use `create(CallFailureSchema)` to create a new message.
+ */
+export const CallFailureSchema: GenMessage<CallFailure> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 18);
+
+/**
  * PublishScope says how far a node propagates a published message.
  *
  * @generated from enum ravi.mesh.v1.PublishScope
@@ -565,6 +722,20 @@ export const AgentService: GenService<{
     methodKind: "unary";
     input: typeof LoadStateRequestSchema;
     output: typeof LoadStateResponseSchema;
+  },
+  /**
+   * Connect carries many Send calls over one bidirectional stream, which costs
+   * far less per call than a unary RPC: nodes use it between themselves. Each
+   * request frame names a call id that its response frame repeats; calls
+   * complete in any order and each has its own deadline. A node that does not
+   * implement Connect answers UNIMPLEMENTED, and callers use Send instead.
+   *
+   * @generated from rpc ravi.mesh.v1.AgentService.Connect
+   */
+  connect: {
+    methodKind: "bidi_streaming";
+    input: typeof ConnectRequestSchema;
+    output: typeof ConnectResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ravi_mesh_v1_agent_service, 0);
