@@ -33,7 +33,9 @@ def test_exported_names() -> None:
     ]
     assert ravi.runtime.__all__ == ["BaseRuntime", "LocalRuntime"]
     assert ravi.testing.__all__ == [
+        "ConformanceAgent",
         "NodeProcess",
+        "conformance_setup",
         "eventually",
         "ravi_command",
         "running_node",

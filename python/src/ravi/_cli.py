@@ -92,6 +92,9 @@ def node(
     setup: Annotated[
         list[str] | None, typer.Option(help="Call module:function(runtime) to register agents.")
     ] = None,
+    setup_arg: Annotated[
+        list[str] | None, typer.Option(help="A keyword argument for the setup functions, K=V.")
+    ] = None,
     subscribe: Annotated[
         list[str] | None, typer.Option(help="Subscribe an agent type, TOPIC_TYPE=AGENT_TYPE.")
     ] = None,
@@ -149,6 +152,7 @@ def node(
         settings.agents.update(pairs(agent or [], "--agent"))
         settings.subscriptions.update(pairs(subscribe or [], "--subscribe"))
         settings.setup.extend(setup or [])
+        settings.setup_args.update(pairs(setup_arg or [], "--setup-arg"))
     except UsageError as error:
         typer.echo(f"ravi: {error}", err=True)
         raise typer.Exit(2) from None

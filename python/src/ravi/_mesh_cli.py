@@ -46,6 +46,7 @@ class NodeConfig:
     peers: dict[str, str] = field(default_factory=dict)
     agents: dict[str, str] = field(default_factory=dict)
     setup: list[str] = field(default_factory=list)
+    setup_args: dict[str, str] = field(default_factory=dict)
     subscriptions: dict[str, str] = field(default_factory=dict)
     imports: list[str] = field(default_factory=list)
     token: str | None = None
@@ -118,11 +119,20 @@ async def _setup(runtime: BaseRuntime, config: NodeConfig) -> None:
         await cls.register(runtime, agent_type)
     for path in config.setup:
         function = _import(path)
-        result = function(runtime)
+        result = function(runtime, **_accepted(function, config.setup_args))
         if inspect.isawaitable(result):
             await result
     for topic_type, agent_type in config.subscriptions.items():
         await runtime.add_subscription(TypeSubscription(topic_type, agent_type))
+
+
+def _accepted(function: Callable[..., Any], arguments: dict[str, str]) -> dict[str, str]:
+    """The --setup-arg values a setup function takes (every one with **kwargs)."""
+    parameters = inspect.signature(function).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return arguments
+    names = {p.name for p in parameters}
+    return {k: v for k, v in arguments.items() if k in names}
 
 
 def _tls(cert: str | None, key: str | None, ca: str | None) -> TlsConfig | None:

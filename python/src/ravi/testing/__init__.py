@@ -1,6 +1,15 @@
 """Helpers for testing agents and runtimes, the same ones ravi's own tests use."""
 
+from ravi.testing._conformance import ConformanceAgent, conformance_setup
 from ravi.testing._helpers import eventually
 from ravi.testing._processes import NodeProcess, ravi_command, running_node, start_node
 
-__all__ = ["NodeProcess", "eventually", "ravi_command", "running_node", "start_node"]
+__all__ = [
+    "ConformanceAgent",
+    "NodeProcess",
+    "conformance_setup",
+    "eventually",
+    "ravi_command",
+    "running_node",
+    "start_node",
+]

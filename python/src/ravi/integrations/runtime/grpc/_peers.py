@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
@@ -10,6 +12,7 @@ from typing import Protocol
 import grpc
 import grpc.aio
 
+from ravi.errors import DeadlineExceeded, PeerUnavailable
 from ravi.integrations.runtime.grpc._wire import rendezvous_score
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
 
@@ -33,14 +36,155 @@ class Owner(Protocol):
     async def deliver_event(self, event: agent_service_pb2.Event) -> None: ...
 
 
+class UseUnary(Exception):
+    """The peer does not implement Connect: send this call as a unary Send."""
+
+
+class Connection:
+    """Send calls to one peer multiplexed over a Connect stream (docs/protocol.md).
+
+    Opened on first use and again after it breaks; calls in flight when it
+    breaks fail with PeerUnavailable. A peer answering UNIMPLEMENTED is
+    remembered, and its calls go unary from then on.
+    """
+
+    def __init__(self, peer: Peer, metadata: Sequence[tuple[str, str]]) -> None:
+        self._peer = peer
+        self._metadata = metadata
+        self._call: (
+            grpc.aio.StreamStreamCall[
+                agent_service_pb2.ConnectRequest, agent_service_pb2.ConnectResponse
+            ]
+            | None
+        ) = None
+        self._pending: dict[int, asyncio.Future[agent_service_pb2.ConnectResponse]] = {}
+        self._ids = itertools.count(1)
+        self._writing = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self.unsupported = False
+
+    async def send(
+        self, request: agent_service_pb2.SendRequest, timeout: float
+    ) -> agent_service_pb2.ConnectResponse:
+        """Make one call; the caller converts a failure frame to its error."""
+        if self.unsupported:
+            raise UseUnary
+        call_id = next(self._ids)
+        future: asyncio.Future[agent_service_pb2.ConnectResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending[call_id] = future
+        frame = agent_service_pb2.ConnectRequest(
+            call_id=call_id, send=request, timeout_millis=max(1, int(timeout * 1000))
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._writing:
+                    stream = self._open()
+                    await stream.write(frame)
+                return await future
+        except TimeoutError:
+            self._cancel(call_id)
+            raise DeadlineExceeded(
+                f"deadline exceeded calling {request.recipient.type}/{request.recipient.key} "
+                f"on {self._peer.node_id or self._peer.address}"
+            ) from None
+        except asyncio.CancelledError:
+            self._cancel(call_id)
+            raise
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.UNIMPLEMENTED:
+                self.unsupported = True
+                raise UseUnary from None
+            raise
+        finally:
+            self._pending.pop(call_id, None)
+
+    def _open(
+        self,
+    ) -> grpc.aio.StreamStreamCall[
+        agent_service_pb2.ConnectRequest, agent_service_pb2.ConnectResponse
+    ]:
+        if self._call is None:
+            # No request iterator: frames go out through write(), which the
+            # stubs do not model.
+            self._call = self._peer.stub.Connect(metadata=self._metadata)  # type: ignore[call-arg]
+            self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
+        return self._call
+
+    def _cancel(self, call_id: int) -> None:
+        stream = self._call
+        if stream is None or stream.done():
+            return
+        frame = agent_service_pb2.ConnectRequest(
+            call_id=call_id, cancel=agent_service_pb2.CancelCall()
+        )
+        task = asyncio.get_running_loop().create_task(self._write_quietly(stream, frame))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _write_quietly(
+        self,
+        stream: grpc.aio.StreamStreamCall[
+            agent_service_pb2.ConnectRequest, agent_service_pb2.ConnectResponse
+        ],
+        frame: agent_service_pb2.ConnectRequest,
+    ) -> None:
+        async with self._writing:
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+                await stream.write(frame)
+
+    async def _read(
+        self,
+        stream: grpc.aio.StreamStreamCall[
+            agent_service_pb2.ConnectRequest, agent_service_pb2.ConnectResponse
+        ],
+    ) -> None:
+        error: BaseException = PeerUnavailable(
+            f"the stream to {self._peer.node_id or self._peer.address} ended"
+        )
+        try:
+            async for frame in stream:
+                future = self._pending.get(frame.call_id)
+                if future is not None and not future.done():
+                    future.set_result(frame)
+        except grpc.aio.AioRpcError as failure:
+            if failure.code() is grpc.StatusCode.UNIMPLEMENTED:
+                self.unsupported = True
+                error = UseUnary()
+            else:
+                error = PeerUnavailable(
+                    f"the stream to {self._peer.node_id or self._peer.address} broke: "
+                    f"{failure.code().name} {failure.details()}",
+                    remote=True,
+                )
+        finally:
+            if self._call is stream:
+                self._call = None
+            pending, self._pending = self._pending, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(error)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
 class Peer:
     """One other node: its channel, what it last said it hosts, and its stream."""
 
-    def __init__(self, name: str, address: str, channel: grpc.aio.Channel) -> None:
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        channel: grpc.aio.Channel,
+        metadata: Sequence[tuple[str, str]],
+    ) -> None:
         self.name = name
         self.address = address
         self.channel = channel
         self.stub = agent_service_pb2_grpc.AgentServiceStub(channel)
+        self.connection = Connection(self, metadata)
         self.info: types_pb2.NodeInfo | None = None
         self.types: frozenset[str] = frozenset()
         self.wake = asyncio.Event()
@@ -88,7 +232,7 @@ class Peers:
         for peer in self._peers.values():
             if peer.address == address:
                 return peer
-        peer = Peer(name, address, self._make_channel(address))
+        peer = Peer(name, address, self._make_channel(address), self.metadata)
         self._peers[name if name not in self._peers else address] = peer
         if self._running:
             self._launch(peer)
@@ -165,6 +309,9 @@ class Peers:
             )
 
     def _update(self, peer: Peer, info: types_pb2.NodeInfo | None) -> None:
+        # Calls in flight on the peer's Connect stream are not failed here: a
+        # peer that stops gracefully still answers them; one that died breaks
+        # that stream too, which fails them.
         peer.info = info
         peer.types = frozenset(t.agent_type for t in info.agent_types) if info else frozenset()
         for listener in self._listeners:

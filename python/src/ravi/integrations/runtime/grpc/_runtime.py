@@ -40,9 +40,9 @@ from ravi.errors import (
     from_grpc_error,
 )
 from ravi.integrations.runtime.grpc import _wire
-from ravi.integrations.runtime.grpc._peers import Peer, Peers
+from ravi.integrations.runtime.grpc._peers import Peer, Peers, UseUnary
 from ravi.integrations.runtime.grpc._security import BearerAuth, TlsConfig
-from ravi.integrations.runtime.grpc._service import AgentService, Context, Streams
+from ravi.integrations.runtime.grpc._service import AgentService, Streams
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
 from ravi.runtime import BaseRuntime
 from ravi.runtime._local import DEFAULT_MAILBOX_CAPACITY, DEFAULT_TIMEOUT
@@ -146,6 +146,7 @@ class GrpcRuntime(BaseRuntime):
             self._peers.add(name, address)
         self._streams = Streams()
         self._server: grpc.aio.Server | None = None
+        self._service: AgentService | None = None
         self._health: HealthServicer | None = None
         self._incarnation = uuid.uuid4().hex[:12]
         self._revision = 0
@@ -255,9 +256,8 @@ class GrpcRuntime(BaseRuntime):
             else []
         )
         server = grpc.aio.server(options=options, interceptors=interceptors)
-        agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentService(self, self._streams), server
-        )
+        self._service = AgentService(self, self._streams)
+        agent_service_pb2_grpc.add_AgentServiceServicer_to_server(self._service, server)
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (
@@ -303,6 +303,8 @@ class GrpcRuntime(BaseRuntime):
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         self._streams.end_all()
+        if self._service is not None:
+            self._service.drain()
         if self._server is not None:
             await self._server.stop(self._grace_period)
             self._server = None
@@ -456,6 +458,15 @@ class GrpcRuntime(BaseRuntime):
                 f"no node hosts agent type {recipient.type!r} "
                 f"(this node is {self.node_id}; {len(self._peers.connected())} peer(s) connected)"
             )
+        if cancellation is None and not peer.connection.unsupported:
+            try:
+                frame = await peer.connection.send(request, remaining)
+            except UseUnary:
+                pass
+            else:
+                if frame.HasField("failure"):
+                    raise _wire.error_of(frame.failure)
+                return frame.result
         call = peer.stub.Send(
             request, timeout=remaining, metadata=self._outgoing_metadata(request.envelope)
         )
@@ -620,19 +631,20 @@ class GrpcRuntime(BaseRuntime):
 
     # --- serving ---------------------------------------------------------------------
 
-    def _incoming_metadata(self, envelope: types_pb2.Envelope, context: Context) -> dict[str, str]:
-        metadata = dict(envelope.metadata)
-        for key, value in context.invocation_metadata() or ():
-            if key in _TRACE_KEYS and key not in metadata and isinstance(value, str):
-                metadata[key] = value
-        return metadata
-
     async def serve_send(
-        self, request: agent_service_pb2.SendRequest, context: Context
+        self,
+        request: agent_service_pb2.SendRequest,
+        remaining: float | None,
+        trace: Mapping[str, str],
     ) -> agent_service_pb2.SendResponse:
-        """Handle a Send from another node or a client (docs/protocol.md, in that order)."""
+        """Handle a Send from another node or a client (docs/protocol.md, in that order).
+
+        Args:
+            request: the Send, from a unary call or a Connect frame.
+            remaining: seconds left before the caller's deadline, if it has one.
+            trace: the trace context of the call's gRPC metadata.
+        """
         recipient = _wire.agent_id_from_wire(request.recipient, "recipient")
-        remaining = context.time_remaining()
         if not self._host.hosts(recipient.type):
             return await self._forward(request, remaining)
         envelope = request.envelope
@@ -642,7 +654,7 @@ class GrpcRuntime(BaseRuntime):
             if envelope.HasField("sender")
             else None
         )
-        metadata = self._incoming_metadata(envelope, context)
+        metadata = {**trace, **envelope.metadata}
         if request.HasField("topic"):
             await self._host.publish(
                 message,
@@ -691,7 +703,10 @@ class GrpcRuntime(BaseRuntime):
         return await self._call_peer(forwarded, timeout, visited | {self.node_id})
 
     async def serve_publish(
-        self, request: agent_service_pb2.PublishRequest, context: Context
+        self,
+        request: agent_service_pb2.PublishRequest,
+        remaining: float | None,
+        trace: Mapping[str, str],
     ) -> agent_service_pb2.PublishResponse:
         topic = _wire.topic_from_wire(request.topic)
         envelope = request.envelope
@@ -701,14 +716,14 @@ class GrpcRuntime(BaseRuntime):
             if envelope.HasField("sender")
             else None
         )
-        metadata = self._incoming_metadata(envelope, context)
+        metadata = {**trace, **envelope.metadata}
         local = await self._host.publish(
             message,
             topic,
             sender=sender,
             message_id=envelope.message_id or None,
             metadata=metadata,
-            timeout=context.time_remaining(),
+            timeout=remaining,
             remote=self._deliver_remote,
         )
         streamed = 0

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 import grpc.aio
 
-from ravi.errors import RaviError, to_grpc_status
-from ravi.integrations.runtime.grpc._wire import matches
+from ravi.errors import RaviError, Unavailable, to_grpc_status
+from ravi.integrations.runtime.grpc._wire import failure_of, matches
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
 
 if TYPE_CHECKING:
@@ -23,6 +23,19 @@ logger = logging.getLogger("ravi.grpc")
 
 STREAM_QUEUE = 10_000
 """Events queued per Subscribe stream before the subscriber counts as too slow."""
+
+
+_TRACE_KEYS = ("traceparent", "tracestate")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def trace_context(context: Context) -> dict[str, str]:
+    """The W3C trace context a unary call or stream carries in its gRPC metadata."""
+    return {
+        key: value
+        for key, value in context.invocation_metadata() or ()
+        if key in _TRACE_KEYS and isinstance(value, str)
+    }
 
 
 class _Subscriber:
@@ -84,9 +97,88 @@ class Streams:
                 subscriber.queue.put_nowait(None)
 
 
+class _ConnectSession:
+    """One Connect stream: Send calls in flight, answered in any order."""
+
+    def __init__(self, runtime: GrpcRuntime, trace: dict[str, str], draining: bool) -> None:
+        self._runtime = runtime
+        self._trace = trace
+        self._responses: asyncio.Queue[agent_service_pb2.ConnectResponse | None] = asyncio.Queue()
+        self._calls: dict[int, asyncio.Task[None]] = {}
+        self._draining = draining
+
+    async def run(
+        self, frames: AsyncIterator[agent_service_pb2.ConnectRequest]
+    ) -> AsyncIterator[agent_service_pb2.ConnectResponse]:
+        reader = asyncio.get_running_loop().create_task(self._read(frames))
+        try:
+            while (response := await self._responses.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()
+            for task in list(self._calls.values()):
+                task.cancel()
+
+    def drain(self) -> None:
+        self._draining = True
+        asyncio.get_running_loop().create_task(self._end_when_done())
+
+    async def _end_when_done(self) -> None:
+        await asyncio.gather(*self._calls.values(), return_exceptions=True)
+        self._responses.put_nowait(None)
+
+    async def _read(self, frames: AsyncIterator[agent_service_pb2.ConnectRequest]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async for frame in frames:
+                if frame.HasField("send"):
+                    if self._draining:
+                        self._answer(frame.call_id, error=Unavailable("the node is stopping"))
+                        continue
+                    timeout = frame.timeout_millis / 1000 if frame.timeout_millis else None
+                    task = loop.create_task(self._serve(frame.call_id, frame.send, timeout))
+                    self._calls[frame.call_id] = task
+                    task.add_done_callback(self._forget(frame.call_id))
+                elif frame.HasField("cancel"):
+                    cancelled = self._calls.pop(frame.call_id, None)
+                    if cancelled is not None:
+                        cancelled.cancel()
+            await asyncio.gather(*self._calls.values(), return_exceptions=True)
+        finally:
+            self._responses.put_nowait(None)
+
+    def _forget(self, call_id: int) -> Callable[[asyncio.Task[None]], None]:
+        def done(_task: asyncio.Task[None]) -> None:
+            self._calls.pop(call_id, None)
+
+        return done
+
+    async def _serve(
+        self, call_id: int, request: agent_service_pb2.SendRequest, timeout: float | None
+    ) -> None:
+        try:
+            response = await self._runtime.serve_send(request, timeout, self._trace)
+        except RaviError as error:
+            self._answer(call_id, error=error)
+        else:
+            self._answer(call_id, result=response)
+
+    def _answer(
+        self,
+        call_id: int,
+        *,
+        result: agent_service_pb2.SendResponse | None = None,
+        error: RaviError | None = None,
+    ) -> None:
+        if error is not None:
+            frame = agent_service_pb2.ConnectResponse(call_id=call_id, failure=failure_of(error))
+        else:
+            frame = agent_service_pb2.ConnectResponse(call_id=call_id, result=result)
+        self._responses.put_nowait(frame)
+
+
 Request = TypeVar("Request")
 Response = TypeVar("Response")
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _statuses(
@@ -112,18 +204,43 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
     def __init__(self, runtime: GrpcRuntime, streams: Streams) -> None:
         self._runtime = runtime
         self._streams = streams
+        self._sessions: set[_ConnectSession] = set()
+        self._draining = False
 
     @_statuses
     async def Send(
         self, request: agent_service_pb2.SendRequest, context: Context
     ) -> agent_service_pb2.SendResponse:
-        return await self._runtime.serve_send(request, context)
+        return await self._runtime.serve_send(
+            request, context.time_remaining(), trace_context(context)
+        )
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[agent_service_pb2.ConnectRequest],
+        context: Context,
+    ) -> AsyncIterator[agent_service_pb2.ConnectResponse]:
+        session = _ConnectSession(self._runtime, trace_context(context), self._draining)
+        self._sessions.add(session)
+        try:
+            async for response in session.run(request_iterator):
+                yield response
+        finally:
+            self._sessions.discard(session)
+
+    def drain(self) -> None:
+        """Stop taking calls on Connect streams; end each once its calls are done."""
+        self._draining = True
+        for session in self._sessions:
+            session.drain()
 
     @_statuses
     async def Publish(
         self, request: agent_service_pb2.PublishRequest, context: Context
     ) -> agent_service_pb2.PublishResponse:
-        return await self._runtime.serve_publish(request, context)
+        return await self._runtime.serve_publish(
+            request, context.time_remaining(), trace_context(context)
+        )
 
     async def Subscribe(
         self,

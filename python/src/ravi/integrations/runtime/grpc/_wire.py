@@ -9,8 +9,8 @@ from typing import Any
 from ravi._ids import AgentId, TopicId
 from ravi._serialization import MessageRegistry
 from ravi._subscriptions import Subscription, TypeSubscription
-from ravi.errors import BadId, BadPayload
-from ravi.mesh.v1 import types_pb2
+from ravi.errors import BadId, BadPayload, Code, RaviError, error_for
+from ravi.mesh.v1 import agent_service_pb2, types_pb2
 
 CONTRACT_VERSION = "1.1.0"
 LANGUAGE = "python"
@@ -82,3 +82,25 @@ def rendezvous_score(node_id: str, agent_type: str, key: str) -> int:
     """The node's score for an agent id: the highest score hosts it (docs/protocol.md)."""
     digest = hashlib.sha256(f"{node_id}\0{agent_type}\0{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
+
+
+def failure_of(error: RaviError) -> agent_service_pb2.CallFailure:
+    """A failed call as a Connect frame carries it."""
+    return agent_service_pb2.CallFailure(
+        code=error.code.value,
+        message=error.message,
+        reason=error.reason or "",
+        metadata=error.metadata,
+    )
+
+
+def error_of(failure: agent_service_pb2.CallFailure) -> RaviError:
+    """The error a Connect frame's failure stands for, flagged remote."""
+    code = Code(failure.code) if failure.code in Code._value2member_map_ else Code.UNKNOWN
+    return error_for(
+        code,
+        failure.message,
+        reason=failure.reason or None,
+        remote=True,
+        metadata=dict(failure.metadata),
+    )

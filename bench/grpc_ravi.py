@@ -1,0 +1,93 @@
+"""ravi GrpcRuntime on the gRPC workloads, as AutoGen's anchor script runs them.
+
+Node B is a `ravi node` process hosting echo, sub (subscribed to "fan") and ctl;
+the driver A is a GrpcRuntime node in this process, peered with B. Sends go A ->
+B (a Connect stream); publishes go out on B's Subscribe stream to A.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from _workload import TEXT, emit, percentile_us
+from grpc_agents import Arm, Done, Ping, Wait
+
+from ravi import AgentId, Interceptor, TopicId
+from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.testing import ravi_command, running_node
+
+BENCH = Path(__file__).resolve().parent
+
+
+async def drive(a: GrpcRuntime, args: argparse.Namespace) -> dict[str, float]:
+    row: dict[str, float] = {}
+    echo = AgentId("echo", "default")
+    for i in range(args.warmup):
+        await a.send_message(Ping(TEXT, i), echo)
+    latencies: list[int] = []
+    t0 = time.perf_counter()
+    for i in range(args.n):
+        started = time.perf_counter_ns()
+        reply = await a.send_message(Ping(TEXT, i), echo)
+        latencies.append(time.perf_counter_ns() - started)
+        assert reply.seq == i
+    row["rr_msgs_s"] = args.n / (time.perf_counter() - t0)
+    latencies.sort()
+    row["rr_p50_us"] = percentile_us(latencies, 0.5)
+    row["rr_p99_us"] = percentile_us(latencies, 0.99)
+
+    async def worker(i: int, count: int) -> None:
+        target = AgentId("echo", f"k{i}")
+        for s in range(count):
+            await a.send_message(Ping(TEXT, s), target)
+
+    await asyncio.gather(*(worker(i, 2) for i in range(args.conc)))
+    per = args.total // args.conc
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(i, per) for i in range(args.conc)))
+    row["conc_msgs_s"] = per * args.conc / (time.perf_counter() - t0)
+
+    ctl, topic = AgentId("ctl", "default"), TopicId("fan", "default")
+    for count in (args.warmup, args.publishes):
+        await a.send_message(Arm(count), ctl)
+        started = time.monotonic()
+        for s in range(count):
+            await a.publish_message(Ping(TEXT, s), topic)
+        done = await a.send_message(Wait(), ctl, timeout=120)
+        assert isinstance(done, Done)
+        assert done.count == count
+    row["pub_deliveries_s"] = args.publishes / (done.t_last - started)
+    return row
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--total", type=int, default=6400)
+    parser.add_argument("--conc", type=int, default=64)
+    parser.add_argument("--publishes", type=int, default=5000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--hooks", action="store_true", help="one pass-through interceptor")
+    args = parser.parse_args()
+    command = [*ravi_command(), "node", "--node-id", "b", "--listen", "127.0.0.1:0"]
+    command += ["--app-dir", str(BENCH), "--setup", "grpc_agents:setup"]
+    async with running_node(command) as b:
+        a = GrpcRuntime(
+            port=0,
+            node_id="a",
+            remote_peers={"b": b.address},
+            interceptors=[Interceptor()] if args.hooks else [],
+        )
+        async with a:
+            await a.wait_for_route("echo")
+            await asyncio.sleep(0.5)  # b subscribes to a's stream once a described it
+            row = await drive(a, args)
+    emit("ravi_grpc_hooks" if args.hooks else "ravi_grpc", row)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
