@@ -108,6 +108,17 @@ lint-node: build-node
 
 # --- build -----------------------------------------------------------------
 
+.PHONY: build
+build: build-go build-node ## Build the Go and Node members of the mesh.
+
+# The ravi-go command line, rebuilt whenever Go sources change.
+GO_SOURCES := $(shell find interop/go gen/go -name '*.go' -o -name go.mod -o -name go.sum 2>/dev/null)
+$(TOOLS_BIN)/ravi-go: $(GO_SOURCES)
+	cd interop/go && go build -o $(TOOLS_BIN)/ravi-go ./cmd/ravi-go
+
+.PHONY: build-go
+build-go: $(TOOLS_BIN)/ravi-go
+
 # Builds gen/ts and interop/node with strict tsc: the TypeScript type check.
 .PHONY: build-node
 build-node: $(NPM_STAMP)
@@ -119,7 +130,7 @@ build-node: $(NPM_STAMP)
 test: setup lint check-gen test-python test-go test-node ## Run every check and test (what CI runs).
 
 .PHONY: test-python
-test-python: $(VENV_STAMP)
+test-python: $(VENV_STAMP) $(GO_TOOLS_STAMP) build
 	$(PY) -m pytest tests
 
 .PHONY: test-go
@@ -157,8 +168,8 @@ bench-local: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
 # --- demo ------------------------------------------------------------------
 
 .PHONY: demo
-demo: $(VENV_STAMP) ## Run the main demo: a multi-agent task, its conversation printed.
-	$(VENV)/bin/ravi demo
+demo: $(VENV_STAMP) ## Run the main demo: a multi-agent task on a mesh of nodes, its conversation printed.
+	$(VENV)/bin/ravi demo --mesh
 
 # --- housekeeping ----------------------------------------------------------
 

@@ -23,7 +23,7 @@ from tests.paths import REPO_ROOT
 TOKEN = "conformance-secret"
 MAX_MESSAGE_BYTES = 1024 * 1024
 EXCLUSIONS = tomllib.loads((Path(__file__).parent / "exclusions.toml").read_text())
-GO_BINARY = REPO_ROOT / "interop" / "go" / "bin" / "ravi-go"
+GO_BINARY = REPO_ROOT / ".tools" / "bin" / "ravi-go"
 NODE_CLI = REPO_ROOT / "interop" / "node" / "dist" / "src" / "cli.js"
 IMPLEMENTATIONS = ("python", "go", "node")
 

@@ -2,23 +2,45 @@
 
 import subprocess
 
+import pytest
+
 from tests.paths import REPO_ROOT, VENV_PYTHON
 
 
-def test_demo_prints_the_conversation_and_an_approved_answer() -> None:
+def run_demo(*args: str) -> str:
     result = subprocess.run(
-        [str(VENV_PYTHON.parent / "ravi"), "demo"],
+        [str(VENV_PYTHON.parent / "ravi"), "demo", *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=True,
         cwd=REPO_ROOT,
     )
-    out = result.stdout
+    return result.stdout
+
+
+def stages(out: str) -> list[str]:
+    return [line.split("]")[0].strip(" [") for line in out.splitlines() if line.startswith("  [")]
+
+
+def test_demo_prints_the_conversation_and_an_approved_answer() -> None:
+    out = run_demo()
     assert "ravi demo on LocalRuntime" in out
-    stages = [line.split("]")[0].strip(" [") for line in out.splitlines() if "] " in line]
-    assert stages == ["search", "search", "write", "review", "write", "review", "done"]
-    assert "changes requested by reviewer/default (python): cite the sources" in out
-    assert "approved by reviewer/default (python)" in out
+    assert stages(out) == ["search", "search", "write", "review", "write", "review", "done"]
+    assert "changes requested: cite the sources you used  <- reviewer/default (python)" in out
+    assert "approved: clear, sourced and short: approved  <- reviewer/default (python)" in out
     assert "Sources: concepts.md:" in out
     assert "answer (5 hops" in out
+
+
+@pytest.mark.integration
+def test_mesh_demo_crosses_nodes_and_reports_each_hop() -> None:
+    out = run_demo("--mesh")
+    assert stages(out) == ["search", "search", "write", "review", "write", "review", "done"]
+    assert "<- searcher/docs on node-a (python)" in out
+    assert "<- writer/demo-1 on node-b (python)" in out
+    assert "<- reviewer/default on node-b (python)" in out
+    assert "stopped node-a (exit 0)" in out
+    assert "stopped node-b (exit 0)" in out
+    table = out.split("per-hop latency")[1].splitlines()[3:]
+    assert len([row for row in table if row.strip()]) == 5

@@ -70,13 +70,17 @@ def demo(
     docs: Annotated[
         Path, typer.Option(help="The folder of Markdown files the searcher agent searches.")
     ] = Path("docs"),
+    mesh: Annotated[
+        bool, typer.Option(help="Run the agents on ravi node processes instead of in-process.")
+    ] = False,
 ) -> None:
     """Run the demo: an orchestrator asks a searcher, a writer and a reviewer."""
-    from ravi._demo.run import DEFAULT_TASK, run_local  # noqa: PLC0415
+    from ravi._demo.run import DEFAULT_TASK, run_local, run_mesh  # noqa: PLC0415
 
     if not docs.is_dir():
         raise typer.BadParameter(f"{docs} is not a folder of Markdown files", param_hint="--docs")
-    asyncio.run(run_local(task or DEFAULT_TASK, docs))
+    run = run_mesh if mesh else run_local
+    asyncio.run(run(task or DEFAULT_TASK, docs.resolve()))
 
 
 @app.command()
@@ -115,6 +119,10 @@ def node(
     default_timeout: Annotated[
         float | None, typer.Option(help="Seconds a send may take by default.")
     ] = None,
+    wait_for_peers: Annotated[
+        float | None,
+        typer.Option(help="Announce readiness once every peer is connected (give up after S s)."),
+    ] = None,
     app_dir: Annotated[
         str | None, typer.Option(help="Where to import agents from (default: here).")
     ] = None,
@@ -143,6 +151,7 @@ def node(
             "mailbox_capacity": mailbox_capacity,
             "default_timeout": default_timeout,
             "app_dir": app_dir,
+            "wait_for_peers": wait_for_peers,
         }
         for key, value in overrides.items():
             if value is not None:

@@ -63,6 +63,7 @@ class NodeConfig:
     default_timeout: float = 60.0
     grace_period: float = 5.0
     app_dir: str = "."
+    wait_for_peers: float = 0.0
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -176,6 +177,14 @@ async def run_node(config: NodeConfig, *, announce: Callable[[str], None]) -> No
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     await runtime.start()
+    if config.wait_for_peers > 0:
+        try:
+            await runtime.wait_for_peers(timeout=config.wait_for_peers)
+        except TimeoutError:
+            down = [p.name for p in runtime.peers() if not p.connected]
+            raise UsageError(
+                f"peers not reachable after {config.wait_for_peers} s: {down}"
+            ) from None
     announce(f"ravi node {runtime.node_id} serving on {runtime.address}")
     try:
         await stopping.wait()

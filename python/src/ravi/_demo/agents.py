@@ -8,6 +8,7 @@ demo's conversation is the same on every run.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -82,7 +83,7 @@ class SearchAgent(BaseAgent):
             for score, p in scored[: query.limit or 3]
             if score > 0
         ]
-        return SearchResult(query=query.query, hits=hits)
+        return SearchResult(query=query.query, hits=hits, searcher=who(self))
 
 
 def _paragraphs(markdown: str) -> list[tuple[int, str]]:
@@ -136,7 +137,7 @@ class WriterAgent(BaseAgent):
         if any("cite" in f for f in request.feedback):
             sources = sorted({m.group(1) for n in request.notes for m in [_SOURCE.search(n)] if m})
             lines.append(f"Sources: {', '.join(sources)}")
-        return Draft(text="\n".join(lines), revision=self.revisions)
+        return Draft(text="\n".join(lines), revision=self.revisions, author=who(self))
 
 
 _SOURCE = re.compile(r"\[([^\]]+)\]$")
@@ -156,7 +157,7 @@ class ReviewAgent(BaseAgent):
         return ReviewVerdict(
             approved=not comments,
             comments=comments or ["clear, sourced and short: approved"],
-            reviewer=f"{self.id} (python)",
+            reviewer=who(self),
         )
 
 
@@ -168,9 +169,16 @@ class OrchestratorAgent(BaseAgent):
         topic = TopicId(PROGRESS, task.thread_id)
         steps = 0
 
-        async def progress(stage: str, detail: str) -> None:
+        async def progress(
+            stage: str, detail: str, handled_by: str = "", millis: float = 0
+        ) -> None:
             event = ProgressEvent(
-                thread_id=task.thread_id, stage=stage, detail=detail, agent=str(self.id)
+                thread_id=task.thread_id,
+                stage=stage,
+                detail=detail,
+                agent=str(self.id),
+                handled_by=handled_by,
+                millis=millis,
             )
             await self.publish_message(event, topic)
 
@@ -180,12 +188,11 @@ class OrchestratorAgent(BaseAgent):
             SearchQuery(query=task.content, limit=3), AgentId("searcher", "docs")
         )
         steps += 1
-        await progress("search", f"{len(found.hits)} passages in {_ms(started)}")
+        await progress("search", f"{len(found.hits)} passages", found.searcher, _ms_since(started))
         notes = [f"{hit.snippet} [{hit.source}]" for hit in found.hits]
 
         feedback: list[str] = []
         draft = Draft()
-        verdict = ReviewVerdict()
         for _ in range(MAX_REVISIONS):
             started = time.perf_counter()
             draft = await self.send_message(
@@ -193,7 +200,7 @@ class OrchestratorAgent(BaseAgent):
                 AgentId("writer", task.thread_id),
             )
             steps += 1
-            await progress("write", f"draft {draft.revision} in {_ms(started)}")
+            await progress("write", f"draft {draft.revision}", draft.author, _ms_since(started))
             started = time.perf_counter()
             verdict = await self.send_message(
                 ReviewRequest(draft=draft, criteria=["cites sources", "at most 160 words"]),
@@ -203,7 +210,9 @@ class OrchestratorAgent(BaseAgent):
             outcome = "approved" if verdict.approved else "changes requested"
             await progress(
                 "review",
-                f"{outcome} by {verdict.reviewer}: {'; '.join(verdict.comments)} in {_ms(started)}",
+                f"{outcome}: {'; '.join(verdict.comments)}",
+                verdict.reviewer,
+                _ms_since(started),
             )
             if verdict.approved:
                 break
@@ -217,12 +226,26 @@ class ProgressPrinter(BaseAgent):
 
     lines: ClassVar[list[str]] = []
 
+    events: ClassVar[list[ProgressEvent]] = []
+    finished: ClassVar[asyncio.Event] = asyncio.Event()
+
     @message_handler
     async def on_progress(self, event: ProgressEvent, ctx: MessageContext) -> None:
-        line = f"  [{event.stage:<6}] {event.agent:<24} {event.detail}"
+        ProgressPrinter.events.append(event)
+        if event.stage == "done":
+            ProgressPrinter.finished.set()
+        line = f"  [{event.stage:<6}] {event.detail}"
+        if event.handled_by:
+            line += f"  <- {event.handled_by}, {event.millis:.2f} ms"
         ProgressPrinter.lines.append(line)
         print(line, flush=True)
 
 
-def _ms(started: float) -> str:
-    return f"{(time.perf_counter() - started) * 1000:.2f} ms"
+def who(agent: BaseAgent) -> str:
+    """How the demo names an agent in its transcript: id, node and language."""
+    node = getattr(agent.runtime, "node_id", None)
+    return f"{agent.id} on {node} (python)" if node else f"{agent.id} (python)"
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

@@ -266,7 +266,9 @@ type SearchResult struct {
 	// query is the query that was answered.
 	Query string `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`
 	// hits are the passages found, best first.
-	Hits          []*SearchHit `protobuf:"bytes,2,rep,name=hits,proto3" json:"hits,omitempty"`
+	Hits []*SearchHit `protobuf:"bytes,2,rep,name=hits,proto3" json:"hits,omitempty"`
+	// searcher names who searched (an agent id, its node and language).
+	Searcher      string `protobuf:"bytes,3,opt,name=searcher,proto3" json:"searcher,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -313,6 +315,13 @@ func (x *SearchResult) GetHits() []*SearchHit {
 		return x.Hits
 	}
 	return nil
+}
+
+func (x *SearchResult) GetSearcher() string {
+	if x != nil {
+		return x.Searcher
+	}
+	return ""
 }
 
 // WriteRequest asks a writer agent for a draft on a topic, from source notes.
@@ -385,7 +394,9 @@ type Draft struct {
 	// text is the draft's body.
 	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
 	// revision counts the drafts written for the same request, from 1.
-	Revision      uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// author names who wrote it (an agent id, its node and language).
+	Author        string `protobuf:"bytes,3,opt,name=author,proto3" json:"author,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -432,6 +443,13 @@ func (x *Draft) GetRevision() uint32 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *Draft) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
 }
 
 // ReviewRequest asks a reviewer agent to judge a draft.
@@ -674,7 +692,12 @@ type ProgressEvent struct {
 	// detail describes the step in one line.
 	Detail string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
 	// agent names the agent that took the step.
-	Agent         string `protobuf:"bytes,4,opt,name=agent,proto3" json:"agent,omitempty"`
+	Agent string `protobuf:"bytes,4,opt,name=agent,proto3" json:"agent,omitempty"`
+	// handled_by names the agent the step called (its id, node and language),
+	// when the step was a call to another agent.
+	HandledBy string `protobuf:"bytes,5,opt,name=handled_by,json=handledBy,proto3" json:"handled_by,omitempty"`
+	// millis is how long that call took, as the caller measured it.
+	Millis        float64 `protobuf:"fixed64,6,opt,name=millis,proto3" json:"millis,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -737,6 +760,20 @@ func (x *ProgressEvent) GetAgent() string {
 	return ""
 }
 
+func (x *ProgressEvent) GetHandledBy() string {
+	if x != nil {
+		return x.HandledBy
+	}
+	return ""
+}
+
+func (x *ProgressEvent) GetMillis() float64 {
+	if x != nil {
+		return x.Millis
+	}
+	return 0
+}
+
 var File_ravi_examples_v1_examples_proto protoreflect.FileDescriptor
 
 const file_ravi_examples_v1_examples_proto_rawDesc = "" +
@@ -756,17 +793,19 @@ const file_ravi_examples_v1_examples_proto_rawDesc = "" +
 	"\tSearchHit\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x18\n" +
 	"\asnippet\x18\x02 \x01(\tR\asnippet\x12\x14\n" +
-	"\x05score\x18\x03 \x01(\x01R\x05score\"U\n" +
+	"\x05score\x18\x03 \x01(\x01R\x05score\"q\n" +
 	"\fSearchResult\x12\x14\n" +
 	"\x05query\x18\x01 \x01(\tR\x05query\x12/\n" +
-	"\x04hits\x18\x02 \x03(\v2\x1b.ravi.examples.v1.SearchHitR\x04hits\"V\n" +
+	"\x04hits\x18\x02 \x03(\v2\x1b.ravi.examples.v1.SearchHitR\x04hits\x12\x1a\n" +
+	"\bsearcher\x18\x03 \x01(\tR\bsearcher\"V\n" +
 	"\fWriteRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05notes\x18\x02 \x03(\tR\x05notes\x12\x1a\n" +
-	"\bfeedback\x18\x03 \x03(\tR\bfeedback\"7\n" +
+	"\bfeedback\x18\x03 \x03(\tR\bfeedback\"O\n" +
 	"\x05Draft\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\rR\brevision\"Z\n" +
+	"\brevision\x18\x02 \x01(\rR\brevision\x12\x16\n" +
+	"\x06author\x18\x03 \x01(\tR\x06author\"Z\n" +
 	"\rReviewRequest\x12-\n" +
 	"\x05draft\x18\x01 \x01(\v2\x17.ravi.examples.v1.DraftR\x05draft\x12\x1a\n" +
 	"\bcriteria\x18\x02 \x03(\tR\bcriteria\"c\n" +
@@ -779,12 +818,15 @@ const file_ravi_examples_v1_examples_proto_rawDesc = "" +
 	"\x05style\x18\x02 \x01(\tR\x05style\"A\n" +
 	"\rFormattedText\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1c\n" +
-	"\tformatter\x18\x02 \x01(\tR\tformatter\"p\n" +
+	"\tformatter\x18\x02 \x01(\tR\tformatter\"\xa7\x01\n" +
 	"\rProgressEvent\x12\x1b\n" +
 	"\tthread_id\x18\x01 \x01(\tR\bthreadId\x12\x14\n" +
 	"\x05stage\x18\x02 \x01(\tR\x05stage\x12\x16\n" +
 	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x14\n" +
-	"\x05agent\x18\x04 \x01(\tR\x05agentB>Z<github.com/ravi-mesh/ravi/gen/go/ravi/examples/v1;examplesv1b\x06proto3"
+	"\x05agent\x18\x04 \x01(\tR\x05agent\x12\x1d\n" +
+	"\n" +
+	"handled_by\x18\x05 \x01(\tR\thandledBy\x12\x16\n" +
+	"\x06millis\x18\x06 \x01(\x01R\x06millisB>Z<github.com/ravi-mesh/ravi/gen/go/ravi/examples/v1;examplesv1b\x06proto3"
 
 var (
 	file_ravi_examples_v1_examples_proto_rawDescOnce sync.Once

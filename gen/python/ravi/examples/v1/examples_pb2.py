@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fravi/examples/v1/examples.proto\x12\x10ravi.examples.v1\"=\n\x04Task\x12\x1b\n\tthread_id\x18\x01 \x01(\tR\x08threadId\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"Y\n\nTaskResult\x12\x1b\n\tthread_id\x18\x01 \x01(\tR\x08threadId\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\x12\x14\n\x05steps\x18\x03 \x01(\rR\x05steps\"9\n\x0bSearchQuery\x12\x14\n\x05query\x18\x01 \x01(\tR\x05query\x12\x14\n\x05limit\x18\x02 \x01(\rR\x05limit\"S\n\tSearchHit\x12\x16\n\x06source\x18\x01 \x01(\tR\x06source\x12\x18\n\x07snippet\x18\x02 \x01(\tR\x07snippet\x12\x14\n\x05score\x18\x03 \x01(\x01R\x05score\"U\n\x0cSearchResult\x12\x14\n\x05query\x18\x01 \x01(\tR\x05query\x12/\n\x04hits\x18\x02 \x03(\x0b\x32\x1b.ravi.examples.v1.SearchHitR\x04hits\"V\n\x0cWriteRequest\x12\x14\n\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n\x05notes\x18\x02 \x03(\tR\x05notes\x12\x1a\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x03 \x03(\tR\x08\x66\x65\x65\x64\x62\x61\x63k\"7\n\x05\x44raft\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1a\n\x08revision\x18\x02 \x01(\rR\x08revision\"Z\n\rReviewRequest\x12-\n\x05\x64raft\x18\x01 \x01(\x0b\x32\x17.ravi.examples.v1.DraftR\x05\x64raft\x12\x1a\n\x08\x63riteria\x18\x02 \x03(\tR\x08\x63riteria\"c\n\rReviewVerdict\x12\x1a\n\x08\x61pproved\x18\x01 \x01(\x08R\x08\x61pproved\x12\x1a\n\x08\x63omments\x18\x02 \x03(\tR\x08\x63omments\x12\x1a\n\x08reviewer\x18\x03 \x01(\tR\x08reviewer\"9\n\rFormatRequest\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x14\n\x05style\x18\x02 \x01(\tR\x05style\"A\n\rFormattedText\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1c\n\tformatter\x18\x02 \x01(\tR\tformatter\"p\n\rProgressEvent\x12\x1b\n\tthread_id\x18\x01 \x01(\tR\x08threadId\x12\x14\n\x05stage\x18\x02 \x01(\tR\x05stage\x12\x16\n\x06\x64\x65tail\x18\x03 \x01(\tR\x06\x64\x65tail\x12\x14\n\x05\x61gent\x18\x04 \x01(\tR\x05\x61gentB>Z<github.com/ravi-mesh/ravi/gen/go/ravi/examples/v1;examplesv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fravi/examples/v1/examples.proto\x12\x10ravi.examples.v1\"=\n\x04Task\x12\x1b\n\tthread_id\x18\x01 \x01(\tR\x08threadId\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"Y\n\nTaskResult\x12\x1b\n\tthread_id\x18\x01 \x01(\tR\x08threadId\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\x12\x14\n\x05steps\x18\x03 \x01(\rR\x05steps\"9\n\x0bSearchQuery\x12\x14\n\x05query\x18\x01 \x01(\tR\x05query\x12\x14\n\x05limit\x18\x02 \x01(\rR\x05limit\"S\n\tSearchHit\x12\x16\n\x06source\x18\x01 \x01(\tR\x06source\x12\x18\n\x07snippet\x18\x02 \x01(\tR\x07snippet\x12\x14\n\x05score\x18\x03 \x01(\x01R\x05score\"q\n\x0cSearchResult\x12\x14\n\x05query\x18\x01 \x01(\tR\x05query\x12/\n\x04hits\x18\x02 \x03(\x0b\x32\x1b.ravi.examples.v1.SearchHitR\x04hits\x12\x1a\n\x08searcher\x18\x03 \x01(\tR\x08searcher\"V\n\x0cWriteRequest\x12\x14\n\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n\x05notes\x18\x02 \x03(\tR\x05notes\x12\x1a\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x03 \x03(\tR\x08\x66\x65\x65\x64\x62\x61\x63k\"O\n\x05\x44raft\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1a\n\x08revision\x18\x02 \x01(\rR\x08revision\x12\x16\n\x06\x61uthor\x18\x03 \x01(\tR\x06\x61uthor\"Z\n\rReviewRequest\x12-\n\x05\x64raft\x18\x01 \x01(\x0b\x32\x17.ravi.examples.v1.DraftR\x05\x64raft\x12\x1a\n\x08\x63riteria\x18\x02 \x03(\tR\x08\x63riteria\"c\n\rReviewVerdict\x12\x1a\n\x08\x61pproved\x18\x01 \x01(\x08R\x08\x61pproved\x12\x1a\n\x08\x63omments\x18\x02 \x03(\tR\x08\x63omments\x12\x1a\n\x08reviewer\x18\x03 \x01(\tR\x08reviewer\"9\n\rFormatRequest\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x14\n\x05style\x18\x02 \x01(\tR\x05style\"A\n\rFormattedText\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1c\n\tformatter\x18\x02 \x01(\tR\tformatter\"\xa7\x01\n\rProgressEvent\x12\x1b\n\tthread_id\x18\x01 \x01(\tR\x08threadId\x12\x14\n\x05stage\x18\x02 \x01(\tR\x05stage\x12\x16\n\x06\x64\x65tail\x18\x03 \x01(\tR\x06\x64\x65tail\x12\x14\n\x05\x61gent\x18\x04 \x01(\tR\x05\x61gent\x12\x1d\n\nhandled_by\x18\x05 \x01(\tR\thandledBy\x12\x16\n\x06millis\x18\x06 \x01(\x01R\x06millisB>Z<github.com/ravi-mesh/ravi/gen/go/ravi/examples/v1;examplesv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,19 +41,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHHIT']._serialized_start=266
   _globals['_SEARCHHIT']._serialized_end=349
   _globals['_SEARCHRESULT']._serialized_start=351
-  _globals['_SEARCHRESULT']._serialized_end=436
-  _globals['_WRITEREQUEST']._serialized_start=438
-  _globals['_WRITEREQUEST']._serialized_end=524
-  _globals['_DRAFT']._serialized_start=526
-  _globals['_DRAFT']._serialized_end=581
-  _globals['_REVIEWREQUEST']._serialized_start=583
-  _globals['_REVIEWREQUEST']._serialized_end=673
-  _globals['_REVIEWVERDICT']._serialized_start=675
-  _globals['_REVIEWVERDICT']._serialized_end=774
-  _globals['_FORMATREQUEST']._serialized_start=776
-  _globals['_FORMATREQUEST']._serialized_end=833
-  _globals['_FORMATTEDTEXT']._serialized_start=835
-  _globals['_FORMATTEDTEXT']._serialized_end=900
-  _globals['_PROGRESSEVENT']._serialized_start=902
-  _globals['_PROGRESSEVENT']._serialized_end=1014
+  _globals['_SEARCHRESULT']._serialized_end=464
+  _globals['_WRITEREQUEST']._serialized_start=466
+  _globals['_WRITEREQUEST']._serialized_end=552
+  _globals['_DRAFT']._serialized_start=554
+  _globals['_DRAFT']._serialized_end=633
+  _globals['_REVIEWREQUEST']._serialized_start=635
+  _globals['_REVIEWREQUEST']._serialized_end=725
+  _globals['_REVIEWVERDICT']._serialized_start=727
+  _globals['_REVIEWVERDICT']._serialized_end=826
+  _globals['_FORMATREQUEST']._serialized_start=828
+  _globals['_FORMATREQUEST']._serialized_end=885
+  _globals['_FORMATTEDTEXT']._serialized_start=887
+  _globals['_FORMATTEDTEXT']._serialized_end=952
+  _globals['_PROGRESSEVENT']._serialized_start=955
+  _globals['_PROGRESSEVENT']._serialized_end=1122
 # @@protoc_insertion_point(module_scope)

@@ -140,8 +140,11 @@ class SearchResult(_message.Message):
 
     QUERY_FIELD_NUMBER: _builtins.int
     HITS_FIELD_NUMBER: _builtins.int
+    SEARCHER_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """query is the query that was answered."""
+    searcher: _builtins.str
+    """searcher names who searched (an agent id, its node and language)."""
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]:
         """hits are the passages found, best first."""
@@ -151,10 +154,11 @@ class SearchResult(_message.Message):
         *,
         query: _builtins.str = ...,
         hits: _abc.Iterable[Global___SearchHit] | None = ...,
+        searcher: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "query", b"query", "searcher", b"searcher"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -202,19 +206,23 @@ class Draft(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """text is the draft's body."""
     revision: _builtins.int
     """revision counts the drafts written for the same request, from 1."""
+    author: _builtins.str
+    """author names who wrote it (an agent id, its node and language)."""
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         revision: _builtins.int = ...,
+        author: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "revision", b"revision", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -346,6 +354,8 @@ class ProgressEvent(_message.Message):
     STAGE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
+    HANDLED_BY_FIELD_NUMBER: _builtins.int
+    MILLIS_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.str
     """thread_id is the conversation the step belongs to."""
     stage: _builtins.str
@@ -354,6 +364,12 @@ class ProgressEvent(_message.Message):
     """detail describes the step in one line."""
     agent: _builtins.str
     """agent names the agent that took the step."""
+    handled_by: _builtins.str
+    """handled_by names the agent the step called (its id, node and language),
+    when the step was a call to another agent.
+    """
+    millis: _builtins.float
+    """millis is how long that call took, as the caller measured it."""
     def __init__(
         self,
         *,
@@ -361,10 +377,12 @@ class ProgressEvent(_message.Message):
         stage: _builtins.str = ...,
         detail: _builtins.str = ...,
         agent: _builtins.str = ...,
+        handled_by: _builtins.str = ...,
+        millis: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "detail", b"detail", "stage", b"stage", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "detail", b"detail", "handled_by", b"handled_by", "millis", b"millis", "stage", b"stage", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

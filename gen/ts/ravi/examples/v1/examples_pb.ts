@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ravi/examples/v1/examples.proto.
  */
 export const file_ravi_examples_v1_examples: GenFile = /*@__PURE__*/
-  fileDesc("Ch9yYXZpL2V4YW1wbGVzL3YxL2V4YW1wbGVzLnByb3RvEhByYXZpLmV4YW1wbGVzLnYxIioKBFRhc2sSEQoJdGhyZWFkX2lkGAEgASgJEg8KB2NvbnRlbnQYAiABKAkiPwoKVGFza1Jlc3VsdBIRCgl0aHJlYWRfaWQYASABKAkSDwoHY29udGVudBgCIAEoCRINCgVzdGVwcxgDIAEoDSIrCgtTZWFyY2hRdWVyeRINCgVxdWVyeRgBIAEoCRINCgVsaW1pdBgCIAEoDSI7CglTZWFyY2hIaXQSDgoGc291cmNlGAEgASgJEg8KB3NuaXBwZXQYAiABKAkSDQoFc2NvcmUYAyABKAEiSAoMU2VhcmNoUmVzdWx0Eg0KBXF1ZXJ5GAEgASgJEikKBGhpdHMYAiADKAsyGy5yYXZpLmV4YW1wbGVzLnYxLlNlYXJjaEhpdCI+CgxXcml0ZVJlcXVlc3QSDQoFdG9waWMYASABKAkSDQoFbm90ZXMYAiADKAkSEAoIZmVlZGJhY2sYAyADKAkiJwoFRHJhZnQSDAoEdGV4dBgBIAEoCRIQCghyZXZpc2lvbhgCIAEoDSJJCg1SZXZpZXdSZXF1ZXN0EiYKBWRyYWZ0GAEgASgLMhcucmF2aS5leGFtcGxlcy52MS5EcmFmdBIQCghjcml0ZXJpYRgCIAMoCSJFCg1SZXZpZXdWZXJkaWN0EhAKCGFwcHJvdmVkGAEgASgIEhAKCGNvbW1lbnRzGAIgAygJEhAKCHJldmlld2VyGAMgASgJIiwKDUZvcm1hdFJlcXVlc3QSDAoEdGV4dBgBIAEoCRINCgVzdHlsZRgCIAEoCSIwCg1Gb3JtYXR0ZWRUZXh0EgwKBHRleHQYASABKAkSEQoJZm9ybWF0dGVyGAIgASgJIlAKDVByb2dyZXNzRXZlbnQSEQoJdGhyZWFkX2lkGAEgASgJEg0KBXN0YWdlGAIgASgJEg4KBmRldGFpbBgDIAEoCRINCgVhZ2VudBgEIAEoCUI+WjxnaXRodWIuY29tL3JhdmktbWVzaC9yYXZpL2dlbi9nby9yYXZpL2V4YW1wbGVzL3YxO2V4YW1wbGVzdjFiBnByb3RvMw");
+  fileDesc("Ch9yYXZpL2V4YW1wbGVzL3YxL2V4YW1wbGVzLnByb3RvEhByYXZpLmV4YW1wbGVzLnYxIioKBFRhc2sSEQoJdGhyZWFkX2lkGAEgASgJEg8KB2NvbnRlbnQYAiABKAkiPwoKVGFza1Jlc3VsdBIRCgl0aHJlYWRfaWQYASABKAkSDwoHY29udGVudBgCIAEoCRINCgVzdGVwcxgDIAEoDSIrCgtTZWFyY2hRdWVyeRINCgVxdWVyeRgBIAEoCRINCgVsaW1pdBgCIAEoDSI7CglTZWFyY2hIaXQSDgoGc291cmNlGAEgASgJEg8KB3NuaXBwZXQYAiABKAkSDQoFc2NvcmUYAyABKAEiWgoMU2VhcmNoUmVzdWx0Eg0KBXF1ZXJ5GAEgASgJEikKBGhpdHMYAiADKAsyGy5yYXZpLmV4YW1wbGVzLnYxLlNlYXJjaEhpdBIQCghzZWFyY2hlchgDIAEoCSI+CgxXcml0ZVJlcXVlc3QSDQoFdG9waWMYASABKAkSDQoFbm90ZXMYAiADKAkSEAoIZmVlZGJhY2sYAyADKAkiNwoFRHJhZnQSDAoEdGV4dBgBIAEoCRIQCghyZXZpc2lvbhgCIAEoDRIOCgZhdXRob3IYAyABKAkiSQoNUmV2aWV3UmVxdWVzdBImCgVkcmFmdBgBIAEoCzIXLnJhdmkuZXhhbXBsZXMudjEuRHJhZnQSEAoIY3JpdGVyaWEYAiADKAkiRQoNUmV2aWV3VmVyZGljdBIQCghhcHByb3ZlZBgBIAEoCBIQCghjb21tZW50cxgCIAMoCRIQCghyZXZpZXdlchgDIAEoCSIsCg1Gb3JtYXRSZXF1ZXN0EgwKBHRleHQYASABKAkSDQoFc3R5bGUYAiABKAkiMAoNRm9ybWF0dGVkVGV4dBIMCgR0ZXh0GAEgASgJEhEKCWZvcm1hdHRlchgCIAEoCSJ0Cg1Qcm9ncmVzc0V2ZW50EhEKCXRocmVhZF9pZBgBIAEoCRINCgVzdGFnZRgCIAEoCRIOCgZkZXRhaWwYAyABKAkSDQoFYWdlbnQYBCABKAkSEgoKaGFuZGxlZF9ieRgFIAEoCRIOCgZtaWxsaXMYBiABKAFCPlo8Z2l0aHViLmNvbS9yYXZpLW1lc2gvcmF2aS9nZW4vZ28vcmF2aS9leGFtcGxlcy92MTtleGFtcGxlc3YxYgZwcm90bzM");
 
 /**
  * Task asks an agent to carry out a piece of work for a conversation.
@@ -158,6 +158,13 @@ export type SearchResult = Message<"ravi.examples.v1.SearchResult"> & {
    * @generated from field: repeated ravi.examples.v1.SearchHit hits = 2;
    */
   hits: SearchHit[];
+
+  /**
+   * searcher names who searched (an agent id, its node and language).
+   *
+   * @generated from field: string searcher = 3;
+   */
+  searcher: string;
 };
 
 /**
@@ -221,6 +228,13 @@ export type Draft = Message<"ravi.examples.v1.Draft"> & {
    * @generated from field: uint32 revision = 2;
    */
   revision: number;
+
+  /**
+   * author names who wrote it (an agent id, its node and language).
+   *
+   * @generated from field: string author = 3;
+   */
+  author: string;
 };
 
 /**
@@ -383,6 +397,21 @@ export type ProgressEvent = Message<"ravi.examples.v1.ProgressEvent"> & {
    * @generated from field: string agent = 4;
    */
   agent: string;
+
+  /**
+   * handled_by names the agent the step called (its id, node and language),
+   * when the step was a call to another agent.
+   *
+   * @generated from field: string handled_by = 5;
+   */
+  handledBy: string;
+
+  /**
+   * millis is how long that call took, as the caller measured it.
+   *
+   * @generated from field: double millis = 6;
+   */
+  millis: number;
 };
 
 /**

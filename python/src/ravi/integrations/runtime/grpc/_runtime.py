@@ -230,6 +230,14 @@ class GrpcRuntime(BaseRuntime):
                 event.clear()
                 await event.wait()
 
+    async def wait_for_peers(self, *, timeout: float = 10.0) -> None:
+        """Wait until every configured peer is connected (and described)."""
+        event = self._routes_changed_event = self._routes_changed_event or asyncio.Event()
+        async with asyncio.timeout(timeout):
+            while not all(peer.connected for peer in self._peers.all()):
+                event.clear()
+                await event.wait()
+
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:

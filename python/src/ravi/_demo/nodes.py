@@ -1,0 +1,21 @@
+"""What each node of the demo mesh hosts (`ravi node --setup ravi._demo.nodes:...`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ravi._demo.agents import OrchestratorAgent, ReviewAgent, SearchAgent, WriterAgent
+from ravi.runtime import BaseRuntime
+
+
+async def node_a(runtime: BaseRuntime, docs: str = "docs") -> None:
+    """Node A: the orchestrator and the searcher (over a folder of Markdown files)."""
+    corpus = Path(docs)
+    await OrchestratorAgent.register(runtime, "orchestrator")
+    await SearchAgent.register(runtime, "searcher", lambda: SearchAgent(corpus))
+
+
+async def node_b(runtime: BaseRuntime) -> None:
+    """Node B: the writer and the reviewer."""
+    await WriterAgent.register(runtime, "writer")
+    await ReviewAgent.register(runtime, "reviewer")
