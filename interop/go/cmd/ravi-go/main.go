@@ -1,0 +1,497 @@
+// Command ravi-go runs a Go ravi node (hosting the reviewer and the
+// conformance agent) and calls any ravi node: send, publish, subscribe,
+// describe.
+//
+//	ravi-go node --listen 127.0.0.1:50061 --node-id go-1 [--peer name=addr]... [--token T]
+//	ravi-go send --addr A --to type/key --type FULL.PROTO.NAME --json '{...}'
+//	ravi-go publish --addr A --topic type/source --type FULL.PROTO.NAME --json '{...}'
+//	ravi-go subscribe --addr A --topic-type T [--prefix P] [--count N] [--timeout D]
+//	ravi-go describe --addr A
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
+	"github.com/ravi-mesh/ravi/interop/go/agents"
+	"github.com/ravi-mesh/ravi/interop/go/ravi"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
+	// The message types a node and the CLI know by name.
+	_ "github.com/ravi-mesh/ravi/gen/go/ravi/conformance/v1"
+	_ "github.com/ravi-mesh/ravi/gen/go/ravi/examples/v1"
+)
+
+const usage = `usage: ravi-go <command> [flags]
+
+commands:
+  node       run a node hosting the reviewer and the conformance agent
+  send       send a message to an agent and print the reply
+  publish    publish a message on a topic
+  subscribe  print the events of a node's topics as JSON lines
+  describe   print a node's description
+
+Run "ravi-go <command> -h" for the flags of a command.
+`
+
+// exitError carries the exit status of a failed command.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	commands := map[string]func([]string, io.Writer, io.Writer) error{
+		"node":      runNode,
+		"send":      runSend,
+		"publish":   runPublish,
+		"subscribe": runSubscribe,
+		"describe":  runDescribe,
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		fmt.Fprintf(stderr, "ravi-go: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+	err := cmd(args[1:], stdout, stderr)
+	var ee exitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ee):
+		return ee.code
+	}
+	var re *ravi.Error
+	if errors.As(err, &re) {
+		reason := re.Reason
+		if reason == "" {
+			reason = "-"
+		}
+		fmt.Fprintf(stderr, "ravi-go %s: %s %s: %s\n", args[0], ravi.CodeName(ravi.CodeOf(re)), reason, re.Message)
+		for _, k := range []string{"exception_type", "exception_message"} {
+			if v, ok := re.Metadata[k]; ok {
+				fmt.Fprintf(stderr, "  %s: %s\n", k, v)
+			}
+		}
+		return 1
+	}
+	fmt.Fprintf(stderr, "ravi-go %s: %v\n", args[0], err)
+	return 1
+}
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("ravi-go "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return exitError{2}
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "unexpected arguments: %v\n", fs.Args())
+		return exitError{2}
+	}
+	return nil
+}
+
+type peerFlags map[string]string
+
+func (p peerFlags) String() string { return fmt.Sprint(map[string]string(p)) }
+
+func (p peerFlags) Set(v string) error {
+	name, addr, ok := strings.Cut(v, "=")
+	if !ok || name == "" || addr == "" {
+		return fmt.Errorf("want name=host:port, got %q", v)
+	}
+	p[name] = addr
+	return nil
+}
+
+func runNode(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("node", stderr)
+	listen := fs.String("listen", ravi.DefaultListenAddr, "address to listen on (port 0: any free port)")
+	advertise := fs.String("advertise", "", "address peers dial to reach this node (default: the listen address)")
+	nodeID := fs.String("node-id", "", "node id, unique in the mesh (default: go-<random>)")
+	peers := peerFlags{}
+	fs.Var(peers, "peer", "a peer as name=host:port (repeatable)")
+	token := fs.String("token", os.Getenv("RAVI_TOKEN"), "bearer token required of callers and sent to peers (default $RAVI_TOKEN)")
+	healthWithoutAuth := fs.Bool("health-without-auth", false, "serve health checks without the token")
+	maxBytes := fs.Int("max-message-bytes", ravi.DefaultMaxMessageBytes, "largest message accepted or sent")
+	confType := fs.String("conformance-type", agents.ConformanceType, "agent type of the conformance agent")
+	formatWith := fs.String("format-with", "", "agent type of a formatter the reviewer sends approved drafts to")
+	grace := fs.Duration("grace", ravi.DefaultGracePeriod, "how long in-flight calls may drain on shutdown")
+	verbose := fs.Bool("v", false, "debug logging")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	node, err := ravi.NewNode(ravi.Options{
+		NodeID:            *nodeID,
+		ListenAddr:        *listen,
+		AdvertiseAddr:     *advertise,
+		Peers:             peers,
+		Token:             *token,
+		HealthWithoutAuth: *healthWithoutAuth,
+		MaxMessageBytes:   *maxBytes,
+		GracePeriod:       *grace,
+		Logger:            logger,
+	})
+	if err != nil {
+		return err
+	}
+	reviewer := &agents.ReviewAgent{FormatWith: *formatWith}
+	if err := node.Register(reviewer.AgentType()); err != nil {
+		return err
+	}
+	if err := node.Register(agents.ConformanceAgentType(*confType)); err != nil {
+		return err
+	}
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(signals)
+	if err := node.Start(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "ravi-go node %s serving on %s\n", node.ID(), node.Addr())
+	if f, ok := stdout.(interface{ Sync() error }); ok {
+		_ = f.Sync()
+	}
+	served := make(chan error, 1)
+	go func() { served <- node.Wait() }()
+	select {
+	case sig := <-signals:
+		logger.Info("stopping", "signal", sig.String())
+		if err := node.Stop(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		return nil
+	case err := <-served:
+		if err == nil {
+			err = errors.New("the server stopped")
+		}
+		return err
+	}
+}
+
+type clientFlags struct {
+	addr    *string
+	token   *string
+	timeout *time.Duration
+}
+
+func addClientFlags(fs *flag.FlagSet) clientFlags {
+	return clientFlags{
+		addr:    fs.String("addr", "127.0.0.1:50051", "address of the node"),
+		token:   fs.String("token", os.Getenv("RAVI_TOKEN"), "bearer token (default $RAVI_TOKEN)"),
+		timeout: fs.Duration("timeout", 5*time.Second, "deadline of the call"),
+	}
+}
+
+func (c clientFlags) dial() (*ravi.Client, error) {
+	var opts []ravi.ClientOption
+	if *c.token != "" {
+		opts = append(opts, ravi.WithToken(*c.token))
+	}
+	return ravi.Dial(*c.addr, opts...)
+}
+
+// payloadFlags build a payload from --type and --json: a protobuf type this
+// program knows is validated and sent as binary protobuf; any other type name
+// is sent as the JSON given (application/json), for the node to decode.
+type payloadFlags struct {
+	typeName *string
+	json     *string
+	asJSON   *bool
+}
+
+func addPayloadFlags(fs *flag.FlagSet) payloadFlags {
+	return payloadFlags{
+		typeName: fs.String("type", "", "full name of the message type (for example ravi.examples.v1.ReviewRequest)"),
+		json:     fs.String("json", "{}", "the message, as protobuf JSON"),
+		asJSON:   fs.Bool("send-json", false, "send the payload as application/json even for a known protobuf type"),
+	}
+}
+
+func (p payloadFlags) payload() (*meshv1.Payload, error) {
+	if *p.typeName == "" {
+		return nil, errors.New("--type is required")
+	}
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(protoreflect.FullName(*p.typeName))
+	if err != nil {
+		if !json.Valid([]byte(*p.json)) {
+			return nil, fmt.Errorf("--json is not valid JSON: %s", *p.json)
+		}
+		return &meshv1.Payload{Type: *p.typeName, ContentType: ravi.ContentTypeJSON, Data: []byte(*p.json)}, nil
+	}
+	msg := mt.New().Interface()
+	if err := protojson.Unmarshal([]byte(*p.json), msg); err != nil {
+		return nil, fmt.Errorf("--json is not a %s: %v", *p.typeName, err)
+	}
+	if *p.asJSON {
+		return ravi.EncodePayloadJSON(msg)
+	}
+	return ravi.EncodePayload(msg)
+}
+
+func runSend(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("send", stderr)
+	cf := addClientFlags(fs)
+	to := fs.String("to", "", "recipient as type/key")
+	pf := addPayloadFlags(fs)
+	metadata := fs.String("metadata", "", "envelope metadata as k=v,k=v")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	recipient, err := ravi.ParseAgentID(*to)
+	if err != nil {
+		return err
+	}
+	payload, err := pf.payload()
+	if err != nil {
+		return err
+	}
+	client, err := cf.dial()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	opts := []ravi.CallOption{ravi.WithTimeout(*cf.timeout)}
+	if md := parseMetadata(*metadata); md != nil {
+		opts = append(opts, ravi.WithMetadata(md))
+	}
+	resp, err := client.SendPayload(context.Background(), recipient, payload, opts...)
+	if err != nil {
+		return err
+	}
+	out := map[string]any{"nodeId": resp.GetNodeId()}
+	if r := resp.GetResult(); r != nil {
+		out["type"] = r.GetType()
+		out["result"] = payloadJSON(r)
+	}
+	return printJSON(stdout, out)
+}
+
+func runPublish(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("publish", stderr)
+	cf := addClientFlags(fs)
+	topicFlag := fs.String("topic", "", "topic as type/source")
+	pf := addPayloadFlags(fs)
+	nodeScope := fs.Bool("node-scope", false, "publish with PUBLISH_SCOPE_NODE (the node's own subscribers only)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	topic, err := ravi.ParseTopicID(*topicFlag)
+	if err != nil {
+		return err
+	}
+	payload, err := pf.payload()
+	if err != nil {
+		return err
+	}
+	client, err := cf.dial()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	opts := []ravi.CallOption{ravi.WithTimeout(*cf.timeout)}
+	if *nodeScope {
+		opts = append(opts, ravi.WithScope(meshv1.PublishScope_PUBLISH_SCOPE_NODE))
+	}
+	resp, err := client.PublishPayload(context.Background(), topic, payload, opts...)
+	if err != nil {
+		return err
+	}
+	return printProto(stdout, resp)
+}
+
+func runSubscribe(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("subscribe", stderr)
+	cf := addClientFlags(fs)
+	*cf.timeout = 0
+	fs.Lookup("timeout").Usage = "stop after this long (0: never); with --count, fewer events is an error"
+	fs.Lookup("timeout").DefValue = "0s"
+	topicType := fs.String("topic-type", "", "topic type to match exactly")
+	prefix := fs.String("prefix", "", "topic type prefix to match")
+	count := fs.Int("count", 0, "stop after this many events (0: never)")
+	subscriberID := fs.String("subscriber-id", "ravi-go-cli", "subscriber id sent to the node")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var filters []ravi.Filter
+	if *topicType != "" {
+		filters = append(filters, ravi.TopicType(*topicType))
+	}
+	if *prefix != "" {
+		filters = append(filters, ravi.TopicPrefix(*prefix))
+	}
+	if len(filters) == 0 {
+		return errors.New("give --topic-type or --prefix")
+	}
+	client, err := cf.dial()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+	if *cf.timeout > 0 {
+		var cancelT context.CancelFunc
+		ctx, cancelT = context.WithTimeout(ctx, *cf.timeout)
+		defer cancelT()
+	}
+	sub, err := client.Subscribe(ctx, *subscriberID, filters...)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	fmt.Fprintf(stderr, "subscribed to %s (node %s)\n", *cf.addr, sub.Node.GetNodeId())
+	for seen := 0; *count == 0 || seen < *count; seen++ {
+		ev, err := sub.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				if *count > 0 {
+					return &ravi.Error{Code: ravi.CodeOf(ctx.Err()), Message: fmt.Sprintf("got %d of %d events", seen, *count)}
+				}
+				return nil
+			}
+			if errors.Is(err, io.EOF) {
+				if *count > 0 {
+					return fmt.Errorf("the stream ended after %d of %d events", seen, *count)
+				}
+				return nil
+			}
+			return err
+		}
+		env := ev.GetEnvelope()
+		line := map[string]any{
+			"topic":        map[string]string{"type": ev.GetTopic().GetType(), "source": ev.GetTopic().GetSource()},
+			"originNodeId": ev.GetOriginNodeId(),
+			"messageId":    env.GetMessageId(),
+			"type":         env.GetPayload().GetType(),
+			"message":      payloadJSON(env.GetPayload()),
+		}
+		if s := env.GetSender(); s != nil {
+			line["sender"] = ravi.AgentIDOf(s).String()
+		}
+		if len(env.GetMetadata()) > 0 {
+			line["metadata"] = env.GetMetadata()
+		}
+		if err := printJSON(stdout, line); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func runDescribe(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("describe", stderr)
+	cf := addClientFlags(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	client, err := cf.dial()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), *cf.timeout)
+	defer cancel()
+	info, err := client.Describe(ctx)
+	if err != nil {
+		return err
+	}
+	return printProto(stdout, info)
+}
+
+func parseMetadata(s string) map[string]string {
+	if s == "" {
+		return nil
+	}
+	md := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		md[strings.ToLower(strings.TrimSpace(k))] = v
+	}
+	return md
+}
+
+// payloadJSON renders a payload as JSON: decoded when the type is known, the
+// raw JSON when it is JSON, else base64 of the bytes.
+func payloadJSON(p *meshv1.Payload) any {
+	if m, err := ravi.DecodePayload(p); err == nil {
+		return protoJSON(m)
+	}
+	if json.Valid(p.GetData()) {
+		return json.RawMessage(p.GetData())
+	}
+	return map[string]string{"contentType": p.GetContentType(), "base64": base64.StdEncoding.EncodeToString(p.GetData())}
+}
+
+func protoJSON(m proto.Message) json.RawMessage {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return json.RawMessage(`null`)
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, b); err != nil {
+		return json.RawMessage(b)
+	}
+	return buf.Bytes()
+}
+
+func printProto(w io.Writer, m proto.Message) error {
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, protoJSON(m), "", "  "); err != nil {
+		return err
+	}
+	buf.WriteByte('\n')
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+func printJSON(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}

@@ -1,0 +1,280 @@
+package ravi
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+)
+
+// traceContext is the W3C trace context of a call.
+type traceContext struct {
+	traceparent string
+	tracestate  string
+}
+
+func incomingTrace(ctx context.Context) traceContext {
+	md, _ := metadata.FromIncomingContext(ctx)
+	first := func(k string) string {
+		if v := md.Get(k); len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	return traceContext{traceparent: first("traceparent"), tracestate: first("tracestate")}
+}
+
+// merge returns the metadata a handler sees: the envelope's, plus the trace
+// context of the call where the envelope has none.
+func (t traceContext) merge(md map[string]string) map[string]string {
+	if t.traceparent == "" && t.tracestate == "" {
+		return md
+	}
+	out := make(map[string]string, len(md)+2)
+	if t.traceparent != "" {
+		out["traceparent"] = t.traceparent
+	}
+	if t.tracestate != "" {
+		out["tracestate"] = t.tracestate
+	}
+	maps.Copy(out, md)
+	return out
+}
+
+func (t traceContext) outgoing(ctx context.Context) context.Context {
+	if t.traceparent == "" {
+		return ctx
+	}
+	kv := []string{"traceparent", t.traceparent}
+	if t.tracestate != "" {
+		kv = append(kv, "tracestate", t.tracestate)
+	}
+	return metadata.AppendToOutgoingContext(ctx, kv...)
+}
+
+// handleSend handles a Send, from a caller or from one of the node's agents,
+// following the ordered checks of docs/protocol.md.
+func (n *Node) handleSend(ctx context.Context, req *meshv1.SendRequest, tc traceContext) (*meshv1.SendResponse, error) {
+	to := AgentIDOf(req.GetRecipient())
+	if err := to.Validate(); err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	at := n.agentTypes[to.Type]
+	n.mu.Unlock()
+	if at == nil {
+		return n.forward(ctx, req, tc)
+	}
+	env := req.GetEnvelope()
+	msg, err := decodePayload(n.types, env.GetPayload())
+	if err != nil {
+		return nil, err
+	}
+	metadata := tc.merge(env.GetMetadata())
+	if req.GetTopic() != nil {
+		return n.handleTopicSend(ctx, at, req, msg, metadata)
+	}
+	if !at.reentrant && slices.ContainsFunc(env.GetCallChain(), func(id *meshv1.AgentId) bool { return AgentIDOf(id) == to }) {
+		return nil, reasonError(codes.FailedPrecondition, ReasonReentrantCall,
+			fmt.Sprintf("%s is waiting on this call (call chain %s); delivering it would deadlock", to, chainString(env.GetCallChain(), to)),
+			map[string]string{"agent_type": to.Type, "node_id": n.id})
+	}
+	msgType := TypeName(msg)
+	h, ok := at.handlers[msgType]
+	if !ok {
+		return nil, reasonError(codes.Unimplemented, ReasonNoHandler,
+			fmt.Sprintf("agent type %q has no handler for %s", to.Type, msgType),
+			map[string]string{"agent_type": to.Type, "message_type": msgType, "node_id": n.id})
+	}
+	messageID := env.GetMessageId()
+	if messageID == "" {
+		messageID = newMessageID()
+	}
+	inst := n.instance(at, to)
+	call := &Call{
+		node:        n,
+		agent:       to,
+		sender:      env.GetSender(),
+		messageID:   messageID,
+		metadata:    metadata,
+		chain:       env.GetCallChain(),
+		traceparent: tc.traceparent,
+		tracestate:  tc.tracestate,
+		state:       inst.state,
+	}
+	if call.traceparent == "" {
+		call.traceparent, call.tracestate = metadata["traceparent"], metadata["tracestate"]
+	}
+	call.deadline, _ = ctx.Deadline()
+	d := &delivery{ctx: ctx, call: call, msg: msg, handler: h, done: make(chan outcome, 1)}
+	if err := n.enqueue(inst, d); err != nil {
+		return nil, err
+	}
+	select {
+	case o := <-d.done:
+		if err := ctx.Err(); err != nil {
+			// The handler ended because the call did: report the call's end.
+			return nil, FromError(err)
+		}
+		if o.err != nil {
+			return nil, o.err
+		}
+		resp := &meshv1.SendResponse{NodeId: n.id}
+		if o.reply != nil {
+			if resp.Result, err = EncodePayload(o.reply); err != nil {
+				return nil, err
+			}
+		}
+		return resp, nil
+	case <-ctx.Done():
+		return nil, FromError(ctx.Err())
+	}
+}
+
+func chainString(chain []*meshv1.AgentId, to AgentID) string {
+	s := ""
+	for _, id := range chain {
+		s += AgentIDOf(id).String() + " -> "
+	}
+	return s + to.String()
+}
+
+// handleTopicSend delivers a Send with a topic: a published message handed
+// over by the node where it was published, for the subscribed agent type this
+// node hosts. It answers at once, with no result.
+func (n *Node) handleTopicSend(ctx context.Context, at *agentType, req *meshv1.SendRequest, msg proto.Message, metadata map[string]string) (*meshv1.SendResponse, error) {
+	topic := TopicIDOf(req.GetTopic())
+	if err := topic.Validate(); err != nil {
+		return nil, err
+	}
+	env := proto.CloneOf(req.GetEnvelope())
+	env.Metadata = metadata
+	if env.GetMessageId() == "" {
+		env.MessageId = newMessageID()
+	}
+	if _, err := n.deliverLocal(ctx, topic, req.GetTopic(), env, msg, []string{at.name}, false); err != nil {
+		return nil, err
+	}
+	return &meshv1.SendResponse{NodeId: n.id}, nil
+}
+
+// forward sends req on to the peer chosen for its recipient, refusing a loop
+// or a request that was forwarded too often.
+func (n *Node) forward(ctx context.Context, req *meshv1.SendRequest, tc traceContext) (*meshv1.SendResponse, error) {
+	to := AgentIDOf(req.GetRecipient())
+	route := req.GetRoute()
+	if slices.Contains(route.GetVisitedNodeIds(), n.id) {
+		return nil, reasonError(codes.FailedPrecondition, ReasonForwardingLoop,
+			fmt.Sprintf("the send to %s already passed through node %s (route %s)", to, n.id, strings.Join(route.GetVisitedNodeIds(), " -> ")),
+			map[string]string{"node_id": n.id, "agent_type": to.Type})
+	}
+	if route.GetHopCount() >= HopLimit {
+		return nil, reasonError(codes.FailedPrecondition, ReasonHopLimitExceeded,
+			fmt.Sprintf("the send to %s was forwarded %d times (limit %d)", to, route.GetHopCount(), HopLimit),
+			map[string]string{"node_id": n.id, "agent_type": to.Type})
+	}
+	p, peerID := n.choosePeer(to, route.GetVisitedNodeIds())
+	if p == nil {
+		return nil, reasonError(codes.NotFound, ReasonAgentTypeNotFound,
+			fmt.Sprintf("no node hosts agent type %q (asked node %s)", to.Type, n.id),
+			map[string]string{"agent_type": to.Type, "node_id": n.id})
+	}
+	if tc.traceparent == "" {
+		md := req.GetEnvelope().GetMetadata()
+		tc = traceContext{traceparent: md["traceparent"], tracestate: md["tracestate"]}
+	}
+	fwd := proto.CloneOf(req)
+	fwd.Route = &meshv1.Route{
+		HopCount:       route.GetHopCount() + 1,
+		VisitedNodeIds: append(slices.Clone(route.GetVisitedNodeIds()), n.id),
+	}
+	resp, err := p.client.svc.Send(tc.outgoing(ctx), fwd)
+	if err != nil {
+		return nil, peerError(p, peerID, err)
+	}
+	return resp, nil
+}
+
+// peerError maps a failed call to a peer: the peer's own ravi errors pass
+// through; a transport failure is UNAVAILABLE / PEER_UNAVAILABLE.
+func peerError(p *peer, nodeID string, err error) error {
+	e := FromError(err)
+	if e.Code == codes.Unavailable && e.Reason == "" {
+		return reasonError(codes.Unavailable, ReasonPeerUnavailable,
+			fmt.Sprintf("peer %s (%s) is unavailable: %s", p.name, p.address, e.Message),
+			map[string]string{"node_id": nodeID})
+	}
+	return e
+}
+
+// send sends msg to an agent as from's agent (nil: from outside any agent).
+func (n *Node) send(ctx context.Context, from *Call, to AgentID, msg proto.Message, opts []CallOption) (*Reply, error) {
+	o := collect(opts)
+	payload, err := o.encode(msg)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := n.callContext(ctx, o)
+	defer cancel()
+	if from != nil && !from.deadline.IsZero() {
+		var cancelHandling context.CancelFunc
+		ctx, cancelHandling = context.WithDeadline(ctx, from.deadline)
+		defer cancelHandling()
+	}
+	env := &meshv1.Envelope{
+		MessageId:      o.messageID,
+		Payload:        payload,
+		Metadata:       o.metadata,
+		IdempotencyKey: o.idempotencyKey,
+	}
+	if env.MessageId == "" {
+		env.MessageId = newMessageID()
+	}
+	tc := traceContext{traceparent: o.traceparent}
+	if from != nil {
+		env.Sender = from.agent.Proto()
+		env.CallChain = from.outgoingChain()
+		tc = traceContext{traceparent: from.traceparent, tracestate: from.tracestate}
+	}
+	resp, err := n.handleSend(ctx, &meshv1.SendRequest{Recipient: to.Proto(), Envelope: env}, tc)
+	if err != nil {
+		return nil, FromError(err)
+	}
+	return decodeReply(n.types, resp)
+}
+
+func decodeReply(types TypeResolver, resp *meshv1.SendResponse) (*Reply, error) {
+	reply := &Reply{NodeID: resp.GetNodeId(), Payload: resp.GetResult()}
+	if resp.GetResult() == nil {
+		return reply, nil
+	}
+	m, err := decodePayload(types, resp.GetResult())
+	if err != nil {
+		return nil, err
+	}
+	reply.Message = m
+	return reply, nil
+}
+
+// callContext applies the call's timeout, or the default one when ctx has no
+// deadline.
+func (n *Node) callContext(ctx context.Context, o callOptions) (context.Context, context.CancelFunc) {
+	return withTimeout(ctx, o.timeout, n.opts.DefaultTimeout)
+}
+
+func withTimeout(ctx context.Context, timeout, fallback time.Duration) (context.Context, context.CancelFunc) {
+	if timeout > 0 {
+		return context.WithTimeout(ctx, timeout)
+	}
+	if _, ok := ctx.Deadline(); !ok && fallback > 0 {
+		return context.WithTimeout(ctx, fallback)
+	}
+	return context.WithCancel(ctx)
+}
