@@ -61,9 +61,12 @@ $(GO_TOOLS_STAMP): tools/go/go.mod tools/go/go.sum
 
 .PHONY: gen
 gen: $(VENV_STAMP) $(NPM_TOOLS_STAMP) $(GO_TOOLS_STAMP) ## Generate Python, Go and TypeScript code from proto/ into gen/.
-	rm -rf gen/python/ravi gen/go/ravi gen/ts/ravi
+	rm -rf gen/python/ravi gen/go/ravi gen/ts/ravi gen/ts/grpc gen/ts/google
 	$(BUF) generate 2> >(grep -v '^Writing mypy to' >&2)
 	find gen/python/ravi -mindepth 1 -type d -exec touch {}/__init__.py \;
+	# TypeScript for the standard gRPC protos the Node member serves (health,
+	# reflection, google.rpc status details), vendored in third_party/proto.
+	$(BUF) generate --template third_party/buf.gen.ts.yaml
 
 .PHONY: check-gen
 check-gen: gen ## Fail if the committed generated code differs from what `make gen` writes.
@@ -158,12 +161,17 @@ $(BENCH_AUTOGEN_STAMP):
 	else echo "AutoGen anchors not found at $(AUTOGEN_ANCHORS): benchmarks run without them"; fi
 
 .PHONY: bench
-bench: bench-local ## Run the benchmarks (medians of BENCH_RUNS runs, ratios to the anchors).
+bench: bench-local bench-grpc ## Run the benchmarks (medians of BENCH_RUNS runs, ratios to the anchors).
 
 .PHONY: bench-local
 bench-local: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
 	$(PY) bench/run.py local --runs $(BENCH_RUNS) --autogen-python $(BENCH_AUTOGEN)/bin/python \
 	  --anchors "$(AUTOGEN_ANCHORS)" --save bench/results/local.json
+
+.PHONY: bench-grpc
+bench-grpc: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
+	$(PY) bench/run.py grpc --runs $(BENCH_RUNS) --autogen-python $(BENCH_AUTOGEN)/bin/python \
+	  --anchors "$(AUTOGEN_ANCHORS)" --save bench/results/grpc.json
 
 # --- demo ------------------------------------------------------------------
 

@@ -1,0 +1,390 @@
+#!/usr/bin/env node
+// ravi-node: run a Node node of the ravi mesh, or call one.
+//
+//   ravi-node node --listen 127.0.0.1:PORT --node-id ID [--peer name=addr]... [--token T]
+//                  [--health-without-auth] [--max-message-bytes N] [--conformance-type NAME]
+//   ravi-node send --addr A [--token T] [--timeout-ms N] --to type/key --type FULL.NAME --json '{...}'
+//   ravi-node publish --addr A [--token T] [--timeout-ms N] --topic type/source --type NAME --json '{...}'
+//                     [--scope mesh|node]
+//   ravi-node subscribe --addr A [--token T] --topic-type T [--prefix P] [--count N] [--timeout-ms N]
+//   ravi-node describe --addr A [--token T] [--timeout-ms N]
+import { create, createRegistry, fromBinary, fromJson, toBinary, toJson, type JsonValue, type Registry } from "@bufbuild/protobuf";
+import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
+import { file_ravi_conformance_v1_conformance } from "@ravi-mesh/contract/ravi/conformance/v1/conformance_pb";
+import { file_ravi_examples_v1_examples } from "@ravi-mesh/contract/ravi/examples/v1/examples_pb";
+import { file_ravi_mesh_v1_agent_service } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
+import {
+  NodeInfoSchema,
+  PayloadSchema,
+  type Payload,
+  file_ravi_mesh_v1_types,
+} from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
+import { parseArgs } from "node:util";
+
+import { RaviClient, PublishScope, type TopicFilterSpec } from "./client.js";
+import { CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, encodeJsonPayload } from "./codec.js";
+import { asRaviError, Code, RaviError } from "./errors.js";
+import { parseAgentId, parseTopicId } from "./ids.js";
+import { RaviNode, stderrLogger } from "./node.js";
+import { formatterAgent } from "./agents/formatter.js";
+import { CONFORMANCE_TYPE, registerConformance } from "./agents/conformance.js";
+
+const USAGE = `usage:
+  ravi-node node --listen HOST:PORT --node-id ID [--peer NAME=ADDR]... [--token T]
+                 [--health-without-auth] [--max-message-bytes N] [--conformance-type NAME] [--verbose]
+  ravi-node send --addr ADDR [--token T] [--timeout-ms N] --to TYPE/KEY --type FULL.NAME --json JSON
+                 [--encoding proto|json]
+  ravi-node publish --addr ADDR [--token T] [--timeout-ms N] --topic TYPE/SOURCE --type FULL.NAME --json JSON
+                    [--scope mesh|node] [--encoding proto|json]
+  ravi-node subscribe --addr ADDR [--token T] [--topic-type T]... [--prefix P]... [--count N] [--timeout-ms N]
+                      [--subscriber-id ID]
+  ravi-node describe --addr ADDR [--token T] [--timeout-ms N]
+`;
+
+/** The message types the command line can encode and print. */
+const registry: Registry = createRegistry(
+  file_ravi_examples_v1_examples,
+  file_ravi_conformance_v1_conformance,
+  file_ravi_mesh_v1_types,
+  file_ravi_mesh_v1_agent_service,
+  file_google_protobuf_struct,
+);
+
+class UsageError extends Error {
+  override name = "UsageError";
+}
+
+function required(value: string | undefined, flag: string): string {
+  if (value === undefined || value === "") {
+    throw new UsageError(`${flag} is required`);
+  }
+  return value;
+}
+
+function integer(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) {
+    return undefined;
+  }
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) {
+    throw new UsageError(`${flag} must be a non-negative integer, got ${JSON.stringify(value)}`);
+  }
+  return n;
+}
+
+/** Splits "host:port" or "[v6]:port". */
+function hostPort(text: string, flag: string): { host: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text);
+  const port = Number(match?.[3]);
+  const host = match?.[1] ?? match?.[2];
+  if (host === undefined || !Number.isInteger(port) || port > 65535) {
+    throw new UsageError(`${flag} must be HOST:PORT, got ${JSON.stringify(text)}`);
+  }
+  return { host, port };
+}
+
+/** Encodes --json as a payload of --type: binary protobuf when the type is known here, else JSON. */
+function payloadOf(typeName: string, json: string, encoding: string | undefined): Payload {
+  let parsed: JsonValue;
+  try {
+    parsed = JSON.parse(json) as JsonValue;
+  } catch (error) {
+    throw new UsageError(`--json is not JSON: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  const schema = registry.getMessage(typeName);
+  const wanted = encoding ?? (schema === undefined ? "json" : "proto");
+  if (wanted === "json") {
+    return encodeJsonPayload(typeName, json);
+  }
+  if (wanted !== "proto") {
+    throw new UsageError(`--encoding must be proto or json, got ${JSON.stringify(wanted)}`);
+  }
+  if (schema === undefined) {
+    throw new UsageError(`unknown message type ${typeName}: use --encoding json`);
+  }
+  try {
+    const message = fromJson(schema, parsed, { registry });
+    return create(PayloadSchema, { type: typeName, contentType: CONTENT_TYPE_PROTOBUF, data: toBinary(schema, message) });
+  } catch (error) {
+    throw new UsageError(`--json is not a ${typeName}: ${error instanceof Error ? error.message : String(error)}`);
+  }
+}
+
+/** A payload as JSON for printing: the decoded message when the type is known. */
+function printable(payload: Payload): JsonValue {
+  const schema = registry.getMessage(payload.type);
+  const media = (payload.contentType.split(";")[0] ?? "").trim().toLowerCase();
+  try {
+    if (media === CONTENT_TYPE_JSON) {
+      return JSON.parse(new TextDecoder().decode(payload.data)) as JsonValue;
+    }
+    if (schema !== undefined && media === CONTENT_TYPE_PROTOBUF) {
+      return toJson(schema, fromBinary(schema, payload.data), { registry });
+    }
+  } catch {
+    // fall through to the raw form
+  }
+  return { contentType: payload.contentType, data: Buffer.from(payload.data).toString("base64") };
+}
+
+function print(value: JsonValue): void {
+  process.stdout.write(`${JSON.stringify(value)}\n`);
+}
+
+const clientOptions = {
+  addr: { type: "string" },
+  token: { type: "string" },
+  "timeout-ms": { type: "string" },
+} as const;
+
+function client(values: { addr?: string | undefined; token?: string | undefined; "timeout-ms"?: string | undefined }): {
+  client: RaviClient;
+  timeoutMs: number | undefined;
+} {
+  const address = required(values.addr, "--addr");
+  hostPort(address, "--addr");
+  const timeoutMs = integer(values["timeout-ms"], "--timeout-ms");
+  return { client: new RaviClient({ address, token: values.token, timeoutMs }), timeoutMs };
+}
+
+async function runNode(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    options: {
+      listen: { type: "string" },
+      "node-id": { type: "string" },
+      peer: { type: "string", multiple: true },
+      token: { type: "string" },
+      "health-without-auth": { type: "boolean" },
+      "max-message-bytes": { type: "string" },
+      "conformance-type": { type: "string" },
+      verbose: { type: "boolean" },
+    },
+  });
+  const { host, port } = hostPort(required(values.listen, "--listen"), "--listen");
+  const nodeId = required(values["node-id"], "--node-id");
+  const peers: Record<string, string> = {};
+  for (const spec of values.peer ?? []) {
+    const eq = spec.indexOf("=");
+    if (eq <= 0) {
+      throw new UsageError(`--peer must be NAME=HOST:PORT, got ${JSON.stringify(spec)}`);
+    }
+    const address = spec.slice(eq + 1);
+    hostPort(address, "--peer");
+    peers[spec.slice(0, eq)] = address;
+  }
+  const node = new RaviNode({
+    nodeId,
+    host,
+    port,
+    peers,
+    token: values.token,
+    healthWithoutAuth: values["health-without-auth"] ?? false,
+    maxMessageBytes: integer(values["max-message-bytes"], "--max-message-bytes"),
+    logger: stderrLogger(nodeId, values.verbose ?? false),
+  });
+  node.register("formatter", formatterAgent());
+  registerConformance(node, values["conformance-type"] ?? CONFORMANCE_TYPE);
+  const address = await node.start();
+  process.stdout.write(`ravi-node node ${nodeId} serving on ${address}\n`);
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off("SIGTERM", stop);
+      process.off("SIGINT", stop);
+      resolve();
+    };
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
+  });
+  await node.stop();
+  return 0;
+}
+
+async function runSend(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    options: {
+      ...clientOptions,
+      to: { type: "string" },
+      type: { type: "string" },
+      json: { type: "string" },
+      encoding: { type: "string" },
+    },
+  });
+  const to = parseAgentId(required(values.to, "--to"));
+  const payload = payloadOf(required(values.type, "--type"), required(values.json, "--json"), values.encoding);
+  const { client: c, timeoutMs } = client(values);
+  try {
+    const reply = await c.sendPayload(to, payload, timeoutMs === undefined ? {} : { timeoutMs });
+    print({
+      nodeId: reply.nodeId,
+      type: reply.payload?.type ?? null,
+      result: reply.payload === undefined ? null : printable(reply.payload),
+    });
+    return 0;
+  } finally {
+    c.close();
+  }
+}
+
+async function runPublish(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    options: {
+      ...clientOptions,
+      topic: { type: "string" },
+      type: { type: "string" },
+      json: { type: "string" },
+      scope: { type: "string" },
+      encoding: { type: "string" },
+    },
+  });
+  const topic = parseTopicId(required(values.topic, "--topic"));
+  const payload = payloadOf(required(values.type, "--type"), required(values.json, "--json"), values.encoding);
+  const scope = values.scope ?? "mesh";
+  if (scope !== "mesh" && scope !== "node") {
+    throw new UsageError(`--scope must be mesh or node, got ${JSON.stringify(scope)}`);
+  }
+  const { client: c, timeoutMs } = client(values);
+  try {
+    const result = await c.publishPayload(topic, payload, {
+      scope: scope === "node" ? PublishScope.NODE : PublishScope.MESH,
+      timeoutMs,
+    });
+    print({ localDeliveries: result.localDeliveries, streamDeliveries: result.streamDeliveries });
+    return 0;
+  } finally {
+    c.close();
+  }
+}
+
+async function runSubscribe(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    options: {
+      addr: { type: "string" },
+      token: { type: "string" },
+      "timeout-ms": { type: "string" },
+      "topic-type": { type: "string", multiple: true },
+      prefix: { type: "string", multiple: true },
+      count: { type: "string" },
+      "subscriber-id": { type: "string" },
+    },
+  });
+  const filters: TopicFilterSpec[] = [
+    ...(values["topic-type"] ?? []).map((t) => ({ topicType: t })),
+    ...(values.prefix ?? []).map((p) => ({ topicTypePrefix: p })),
+  ];
+  if (filters.length === 0) {
+    throw new UsageError("--topic-type or --prefix is required");
+  }
+  const count = integer(values.count, "--count");
+  const address = required(values.addr, "--addr");
+  hostPort(address, "--addr");
+  const timeoutMs = integer(values["timeout-ms"], "--timeout-ms");
+  const c = new RaviClient({ address, token: values.token });
+  const controller = new AbortController();
+  const onSignal = (): void => controller.abort();
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  let events = 0;
+  try {
+    const stream = c.subscribe(filters, {
+      subscriberId: values["subscriber-id"] ?? `ravi-node-cli-${process.pid}`,
+      signal: controller.signal,
+      timeoutMs,
+    });
+    for await (const message of stream) {
+      if (message.kind.case === "node") {
+        print({ node: toJson(NodeInfoSchema, message.kind.value) });
+      } else if (message.kind.case === "event") {
+        const event = message.kind.value;
+        const payload = event.envelope?.payload;
+        print({
+          event: {
+            topic: { type: event.topic?.type ?? "", source: event.topic?.source ?? "" },
+            originNodeId: event.originNodeId,
+            sender: event.envelope?.sender === undefined ? null : `${event.envelope.sender.type}/${event.envelope.sender.key}`,
+            type: payload?.type ?? null,
+            message: payload === undefined ? null : printable(payload),
+          },
+        });
+        events += 1;
+        if (count !== undefined && events >= count) {
+          controller.abort();
+        }
+      }
+    }
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    c.close();
+  }
+  if (count !== undefined && events < count) {
+    throw new RaviError(Code.DeadlineExceeded, `the stream ended after ${events} of ${count} events`);
+  }
+  return 0;
+}
+
+async function runDescribe(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, strict: true, options: { ...clientOptions } });
+  const { client: c, timeoutMs } = client(values);
+  try {
+    const info = await c.describe(undefined, timeoutMs === undefined ? undefined : { timeoutMs });
+    print(toJson(NodeInfoSchema, info));
+    return 0;
+  } finally {
+    c.close();
+  }
+}
+
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
+  node: runNode,
+  send: runSend,
+  publish: runPublish,
+  subscribe: runSubscribe,
+  describe: runDescribe,
+};
+
+/** Runs the command line; resolves with the exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === "-h" || command === "--help" || command === "help") {
+    process.stdout.write(USAGE);
+    return command === undefined ? 2 : 0;
+  }
+  const run = COMMANDS[command];
+  if (run === undefined) {
+    process.stderr.write(`ravi-node: unknown command ${JSON.stringify(command)}\n${USAGE}`);
+    return 2;
+  }
+  try {
+    return await run(rest);
+  } catch (error) {
+    if (error instanceof UsageError || (error instanceof TypeError && "code" in error && String(error.code).startsWith("ERR_PARSE_ARGS"))) {
+      process.stderr.write(`ravi-node ${command}: ${error.message}\n${USAGE}`);
+      return 2;
+    }
+    const failure = asRaviError(error);
+    process.stderr.write(`error: ${failure.describe()}\n`);
+    const details = Object.entries(failure.metadata);
+    if (details.length > 0) {
+      process.stderr.write(`  ${details.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ")}\n`);
+    }
+    return 1;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    process.stderr.write(`ravi-node: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,415 @@
+// The in-process agent engine of a node: per-AgentId state and mailboxes,
+// handler calls under a deadline, and named promises.
+import type { DescMessage, JsonObject, Message, MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Envelope, Payload } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
+
+import type { AgentContext, AgentDefinition, PublishOptions, PublishResult, SendOptions, SendResult } from "./agent.js";
+import { encodePayload } from "./codec.js";
+import { errors, handlerFailure, RaviError } from "./errors.js";
+import { formatAgentId, type AgentAddress, type TopicAddress } from "./ids.js";
+import { MAX_TIMER_MS } from "./util.js";
+
+/** W3C trace context of a call. */
+export interface TraceContext {
+  readonly traceparent?: string | undefined;
+  readonly tracestate?: string | undefined;
+}
+
+/** The gRPC metadata that carries a trace context. */
+export function traceHeaders(trace: TraceContext): Record<string, string> | undefined {
+  const headers: Record<string, string> = {};
+  if (trace.traceparent !== undefined) {
+    headers["traceparent"] = trace.traceparent;
+  }
+  if (trace.tracestate !== undefined) {
+    headers["tracestate"] = trace.tracestate;
+  }
+  return Object.keys(headers).length === 0 ? undefined : headers;
+}
+
+/** Maps an abort reason to the failure of the call it aborted. */
+export function failureOf(reason: unknown, what: string): RaviError {
+  if (reason instanceof RaviError) {
+    return reason;
+  }
+  if (reason instanceof ConnectError && reason.code === Code.DeadlineExceeded) {
+    return errors.deadlineExceeded(what);
+  }
+  return errors.cancelled(what);
+}
+
+/** CallScope aborts its signal when the deadline passes or the parent signal aborts. */
+export class CallScope {
+  readonly deadline: number;
+  private readonly controller = new AbortController();
+  private readonly timer: NodeJS.Timeout | undefined;
+  private readonly parent: AbortSignal | undefined;
+  private readonly onParentAbort: () => void;
+
+  constructor(deadline: number, parent: AbortSignal | undefined, what: string) {
+    this.deadline = deadline;
+    this.parent = parent;
+    this.onParentAbort = (): void => this.abort(failureOf(parent?.reason, what));
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) {
+      this.controller.abort(errors.deadlineExceeded(what));
+    } else {
+      this.timer = setTimeout(() => this.abort(errors.deadlineExceeded(what)), Math.min(remaining, MAX_TIMER_MS));
+    }
+    if (parent?.aborted === true) {
+      this.onParentAbort();
+    } else if (!this.controller.signal.aborted) {
+      parent?.addEventListener("abort", this.onParentAbort, { once: true });
+    }
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  private abort(reason: RaviError): void {
+    this.controller.abort(reason);
+    this.dispose();
+  }
+
+  dispose(): void {
+    clearTimeout(this.timer);
+    this.parent?.removeEventListener("abort", this.onParentAbort);
+  }
+}
+
+/** Resolves with the promise's value, or rejects with the reason the signal aborts with. */
+export function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    promise.catch(() => undefined);
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
+interface Job {
+  readonly signal: AbortSignal;
+  /** Runs the handler; resolves once it settled (or the abort grace passed). Never rejects. */
+  run(): Promise<void>;
+}
+
+/** Mailbox delivers one agent's messages one at a time, in order. */
+class Mailbox {
+  private readonly queue: Job[] = [];
+  private busy = false;
+  private readonly capacity: number;
+  private readonly agent: string;
+
+  constructor(agent: string, capacity: number) {
+    this.agent = agent;
+    this.capacity = capacity;
+  }
+
+  get idle(): boolean {
+    return !this.busy && this.queue.length === 0;
+  }
+
+  /** Queues a job (synchronously); throws MAILBOX_FULL at capacity. */
+  push(job: Job): void {
+    if (this.queue.length >= this.capacity) {
+      throw errors.mailboxFull(this.agent, this.capacity);
+    }
+    this.queue.push(job);
+    if (!this.busy) {
+      void this.drain();
+    }
+  }
+
+  private async drain(): Promise<void> {
+    this.busy = true;
+    try {
+      for (let job = this.queue.shift(); job !== undefined; job = this.queue.shift()) {
+        if (!job.signal.aborted) {
+          await job.run();
+        }
+      }
+    } finally {
+      this.busy = false;
+    }
+  }
+}
+
+/** What a delivery needs besides the message. */
+export interface Delivery {
+  readonly envelope: Envelope;
+  /** The metadata the handler sees: the envelope's, plus the call's trace context. */
+  readonly metadata: Readonly<Record<string, string>>;
+  readonly topic: TopicAddress | undefined;
+  readonly deadline: number;
+  readonly signal: AbortSignal | undefined;
+  readonly trace: TraceContext;
+}
+
+/** Where a handler's nested sends come from. */
+export interface Origin {
+  readonly agent: AgentAddress | undefined;
+  readonly callChain: readonly AgentAddress[];
+  readonly deadline: number | undefined;
+  readonly signal: AbortSignal | undefined;
+  readonly trace: TraceContext;
+}
+
+/** Everything a registration needs from its node. */
+export interface RegistrationHost {
+  readonly nodeId: string;
+  readonly mailboxCapacity: number;
+  readonly abortGraceMs: number;
+  readonly promises: PromiseStore;
+  sendFrom(origin: Origin, to: AgentAddress, payload: Payload, options: SendOptions): Promise<SendResult>;
+  publishFrom(
+    sender: AgentAddress | undefined,
+    trace: TraceContext,
+    topic: TopicAddress,
+    payload: Payload,
+    options: PublishOptions,
+  ): PublishResult;
+}
+
+/** A registered agent type with its state type erased. */
+export interface Registration {
+  readonly type: string;
+  readonly reentrant: boolean;
+  handledTypes(): string[];
+  hasHandler(typeName: string): boolean;
+  /** Runs the handler in the agent's mailbox; resolves with the encoded reply, if any. */
+  deliver(key: string, typeName: string, message: Message, delivery: Delivery): Promise<Payload | undefined>;
+  /** The keys of the instances created so far. */
+  keys(): string[];
+  /** The state of one instance (created if needed) as a JSON object. */
+  saveState(key: string): JsonObject;
+  /** Loads a JSON object into one instance (created if needed). */
+  loadState(key: string, saved: JsonObject): void;
+  /** True when no instance has a message queued or running. */
+  idle(): boolean;
+}
+
+/** Builds the Registration of an agent definition under a type name. */
+export function makeRegistration<S>(host: RegistrationHost, type: string, definition: AgentDefinition<S>): Registration {
+  interface Instance {
+    readonly id: AgentAddress;
+    state: S;
+    readonly mailbox: Mailbox;
+  }
+  const instances = new Map<string, Instance>();
+  const instance = (key: string): Instance => {
+    let found = instances.get(key);
+    if (found === undefined) {
+      const id = { type, key };
+      found = { id, state: definition.createState(id), mailbox: new Mailbox(formatAgentId(id), host.mailboxCapacity) };
+      instances.set(key, found);
+    }
+    return found;
+  };
+
+  const context = (target: Instance, scope: CallScope, delivery: Delivery): AgentContext<S> => {
+    const envelope = delivery.envelope;
+    const sender = envelope.sender === undefined ? undefined : { type: envelope.sender.type, key: envelope.sender.key };
+    const callChain = envelope.callChain.map((a) => ({ type: a.type, key: a.key }));
+    // A message delivered through a subscription has nobody waiting on it.
+    const nestedChain = delivery.topic === undefined ? [...callChain, target.id] : [target.id];
+    const ctx: AgentContext<S> = {
+      id: target.id,
+      state: target.state,
+      nodeId: host.nodeId,
+      sender,
+      messageId: envelope.messageId,
+      metadata: delivery.metadata,
+      topic: delivery.topic,
+      callChain,
+      traceparent: delivery.trace.traceparent,
+      signal: scope.signal,
+      deadline: delivery.deadline,
+      remainingMs: () => Math.max(0, delivery.deadline - Date.now()),
+      send: (to, schema, msg, options) =>
+        host.sendFrom(
+          {
+            agent: target.id,
+            callChain: nestedChain,
+            deadline: delivery.deadline,
+            signal: scope.signal,
+            trace: delivery.trace,
+          },
+          to,
+          encodePayload(schema, msg),
+          options ?? {},
+        ),
+      call: async (to, schema, msg, reply, options) => (await ctx.send(to, schema, msg, options)).decode(reply),
+      waitFor: (name, options) => {
+        const deadline = Math.min(delivery.deadline, Date.now() + (options?.timeoutMs ?? MAX_TIMER_MS));
+        const wait = new CallScope(deadline, scope.signal, `while waiting for promise "${name}"`);
+        return host.promises.wait(name, wait.signal).finally(() => wait.dispose());
+      },
+      publish: async (topic, schema, msg, options) =>
+        host.publishFrom(target.id, delivery.trace, topic, encodePayload(schema, msg), options ?? {}),
+    };
+    return ctx;
+  };
+
+  const deliver = (key: string, typeName: string, message: Message, delivery: Delivery): Promise<Payload | undefined> => {
+    const entry = definition.handler(typeName);
+    if (entry === undefined) {
+      return Promise.reject(errors.noHandler(type, typeName));
+    }
+    const target = instance(key);
+    const scope = new CallScope(delivery.deadline, delivery.signal, `while ${formatAgentId(target.id)} handled ${typeName}`);
+    return new Promise<Payload | undefined>((resolve, reject) => {
+      const onAbort = (): void => reject(scope.signal.reason);
+      scope.signal.addEventListener("abort", onAbort, { once: true });
+      const job: Job = {
+        signal: scope.signal,
+        run: async () => {
+          if (scope.signal.aborted) {
+            return;
+          }
+          const settled = (async () => {
+            try {
+              const value = await entry.fn(message, context(target, scope, delivery));
+              if (entry.output !== undefined && value !== undefined && value !== null) {
+                resolve(encodePayload(entry.output, value as MessageInitShape<DescMessage>));
+              } else {
+                resolve(undefined);
+              }
+            } catch (error) {
+              reject(scope.signal.aborted ? scope.signal.reason : handlerFailure(error, type));
+            }
+          })();
+          // A cancelled handler that ignores its signal holds the mailbox for
+          // abortGraceMs at most.
+          let graceTimer: NodeJS.Timeout | undefined;
+          const grace = new Promise<void>((done) => {
+            const start = (): void => {
+              graceTimer = setTimeout(done, host.abortGraceMs);
+            };
+            if (scope.signal.aborted) {
+              start();
+            } else {
+              scope.signal.addEventListener("abort", start, { once: true });
+              void settled.then(() => scope.signal.removeEventListener("abort", start));
+            }
+          });
+          await Promise.race([settled, grace]);
+          clearTimeout(graceTimer);
+          scope.signal.removeEventListener("abort", onAbort);
+          scope.dispose();
+        },
+      };
+      try {
+        if (definition.reentrant) {
+          void job.run();
+        } else {
+          target.mailbox.push(job);
+        }
+      } catch (error) {
+        scope.dispose();
+        reject(error);
+      }
+    });
+  };
+
+  return {
+    type,
+    reentrant: definition.reentrant,
+    handledTypes: () => definition.handlers().map((h) => h.input.typeName),
+    hasHandler: (typeName) => definition.handler(typeName) !== undefined,
+    deliver,
+    keys: () => [...instances.keys()],
+    saveState: (key) => {
+      const target = instance(key);
+      return definition.saveState(target.state, target.id);
+    },
+    loadState: (key, saved) => {
+      const target = instance(key);
+      target.state = definition.loadState(saved, target.state, target.id);
+    },
+    idle: () => [...instances.values()].every((i) => i.mailbox.idle),
+  };
+}
+
+/**
+ * PromiseStore keeps named promises: handlers wait for them, ResolvePromise
+ * resolves them once (a second resolution is ALREADY_EXISTS), and a value
+ * resolved before anyone waits is kept for the first waiter.
+ */
+export class PromiseStore {
+  private readonly entries = new Map<
+    string,
+    { value: Payload | undefined; waiters: Set<(value: Payload) => void> }
+  >();
+
+  private entry(name: string): { value: Payload | undefined; waiters: Set<(value: Payload) => void> } {
+    let found = this.entries.get(name);
+    if (found === undefined) {
+      found = { value: undefined, waiters: new Set() };
+      this.entries.set(name, found);
+    }
+    return found;
+  }
+
+  /** True when a handler waits for the promise and it is not resolved yet. */
+  awaited(name: string): boolean {
+    const found = this.entries.get(name);
+    return found !== undefined && found.value === undefined && found.waiters.size > 0;
+  }
+
+  /** True when the promise was resolved. */
+  resolved(name: string): boolean {
+    return this.entries.get(name)?.value !== undefined;
+  }
+
+  /** Resolves the promise; throws ALREADY_EXISTS when it was resolved already. Returns whether anyone waited. */
+  resolve(name: string, value: Payload): boolean {
+    const found = this.entry(name);
+    if (found.value !== undefined) {
+      throw new RaviError(Code.AlreadyExists, `promise "${name}" is resolved already`);
+    }
+    found.value = value;
+    const waited = found.waiters.size > 0;
+    for (const waiter of found.waiters) {
+      waiter(value);
+    }
+    found.waiters.clear();
+    return waited;
+  }
+
+  /** Waits for the promise's value; rejects with the signal's reason when it aborts first. */
+  wait(name: string, signal: AbortSignal): Promise<Payload> {
+    const found = this.entry(name);
+    if (found.value !== undefined) {
+      return Promise.resolve(found.value);
+    }
+    if (signal.aborted) {
+      return Promise.reject(signal.reason);
+    }
+    return new Promise<Payload>((resolve, reject) => {
+      const onAbort = (): void => {
+        found.waiters.delete(waiter);
+        reject(signal.reason);
+      };
+      const waiter = (value: Payload): void => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      };
+      found.waiters.add(waiter);
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+}

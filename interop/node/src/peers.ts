@@ -1,0 +1,155 @@
+// PeerLink: one node's connection to one peer. It calls Describe with the
+// node's own description, opens a Subscribe stream with the node's filters,
+// feeds the routing table from every NodeInfo, and reconnects with backoff
+// (100 ms doubling to 2 s) when the stream ends.
+import type { Event } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
+import type { NodeInfo } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
+
+import { RaviClient, type TopicFilterSpec } from "./client.js";
+import { sleep } from "./util.js";
+
+export const BACKOFF_INITIAL_MS = 100;
+export const BACKOFF_MAX_MS = 2_000;
+const DESCRIBE_TIMEOUT_MS = 5_000;
+
+/** Receives log lines; the node's default writes warnings and errors to stderr. */
+export interface Logger {
+  debug(message: string): void;
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+}
+
+/** What a PeerLink needs from its node. */
+export interface PeerHost {
+  readonly nodeId: string;
+  readonly logger: Logger;
+  peerClient(address: string): RaviClient;
+  selfInfo(): NodeInfo;
+  streamFilters(): TopicFilterSpec[];
+  onPeerInfo(link: PeerLink, info: NodeInfo): void;
+  onPeerDown(link: PeerLink): void;
+  onPeerEvent(link: PeerLink, event: Event): void;
+}
+
+const REFILTER = Symbol("refilter");
+
+export class PeerLink {
+  readonly address: string;
+  /** The name the peer was configured under, or the node id it was learned as. */
+  readonly label: string;
+  /** The peer's node id, once it answered Describe. */
+  nodeId: string | undefined;
+  /** The peer's incarnation, from its last NodeInfo. */
+  incarnation: string | undefined;
+  /** The client of the current connection. */
+  client: RaviClient | undefined;
+  /** Connections made so far (1 after the first successful Subscribe). */
+  connections = 0;
+  private readonly host: PeerHost;
+  private readonly stopController = new AbortController();
+  private streamController: AbortController | undefined;
+  private wakeController = new AbortController();
+  private running: Promise<void> | undefined;
+
+  constructor(host: PeerHost, label: string, address: string) {
+    this.host = host;
+    this.label = label;
+    this.address = address;
+  }
+
+  get stopped(): boolean {
+    return this.stopController.signal.aborted;
+  }
+
+  start(): void {
+    this.running ??= this.loop();
+  }
+
+  /** Reopens the Subscribe stream (the node's subscriptions changed), keeping the routes meanwhile. */
+  refilter(): void {
+    this.streamController?.abort(REFILTER);
+  }
+
+  /** Cuts a reconnect backoff short (the peer called us: it is back). */
+  wake(): void {
+    this.wakeController.abort();
+  }
+
+  async stop(): Promise<void> {
+    this.stopController.abort();
+    this.client?.close();
+    await this.running;
+  }
+
+  private async loop(): Promise<void> {
+    const log = this.host.logger;
+    let backoff = BACKOFF_INITIAL_MS;
+    while (!this.stopped) {
+      const client = this.host.peerClient(this.address);
+      this.client = client;
+      const streamController = new AbortController();
+      this.streamController = streamController;
+      let established = false;
+      try {
+        const info = await client.describe(this.host.selfInfo(), {
+          timeoutMs: DESCRIBE_TIMEOUT_MS,
+          signal: this.stopController.signal,
+        });
+        if (info.nodeId === this.host.nodeId) {
+          log.warn(`peer ${this.label} at ${this.address} is this node itself: ignored`);
+          this.stopController.abort();
+          break;
+        }
+        this.host.onPeerInfo(this, info);
+        const stream = client.subscribe(this.host.streamFilters(), {
+          subscriberId: this.host.nodeId,
+          signal: AbortSignal.any([this.stopController.signal, streamController.signal]),
+        });
+        for await (const message of stream) {
+          if (message.kind.case === "node") {
+            if (!established) {
+              established = true;
+              this.connections += 1;
+              log.debug(`peer ${this.label} (${message.kind.value.nodeId}) connected at ${this.address}`);
+            }
+            this.host.onPeerInfo(this, message.kind.value);
+          } else if (message.kind.case === "event") {
+            this.host.onPeerEvent(this, message.kind.value);
+          }
+        }
+        if (!this.stopped && !streamController.signal.aborted) {
+          log.debug(`peer ${this.label} at ${this.address} ended its stream`);
+        }
+      } catch (error) {
+        if (!this.stopped) {
+          log.debug(`peer ${this.label} at ${this.address}: ${error instanceof Error ? error.message : String(error)}`);
+        }
+      }
+      const refilter = streamController.signal.reason === REFILTER && !this.stopped;
+      if (!refilter) {
+        this.host.onPeerDown(this);
+      }
+      client.close();
+      if (this.stopped) {
+        break;
+      }
+      if (refilter) {
+        continue;
+      }
+      if (established) {
+        backoff = BACKOFF_INITIAL_MS;
+      }
+      try {
+        await sleep(backoff, AbortSignal.any([this.stopController.signal, this.wakeController.signal]));
+        backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
+      } catch {
+        if (this.stopped) {
+          break;
+        }
+      }
+      this.wakeController = new AbortController();
+    }
+    this.host.onPeerDown(this);
+  }
+}

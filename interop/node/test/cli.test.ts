@@ -1,0 +1,176 @@
+// The ravi-node command line, run as child processes.
+import { strict as assert } from "node:assert";
+import { spawn, type ChildProcess } from "node:child_process";
+import { dirname, join } from "node:path";
+import { after, describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { createInterface } from "node:readline";
+
+import { toMarkdown } from "../src/agents/formatter.js";
+
+const CLI = join(dirname(fileURLToPath(import.meta.url)), "..", "src", "cli.js");
+const T = { timeout: 30_000 };
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a client subcommand to completion (killed after 10 s). */
+function run(args: string[]): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+    child.on("error", reject);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** Starts `ravi-node node ...` and resolves with its process and address once it printed its line. */
+function startNode(args: string[]): Promise<{ child: ChildProcess; address: string; line: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, "node", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    let stderr = "";
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`node did not start: ${stderr}`));
+    }, 10_000);
+    child.on("exit", (code) => reject(new Error(`node exited with ${code}: ${stderr}`)));
+    const lines = createInterface({ input: child.stdout! });
+    lines.once("line", (line) => {
+      clearTimeout(timer);
+      const address = line.split(" ").pop() ?? "";
+      resolve({ child, address, line });
+    });
+  });
+}
+
+function stop(child: ChildProcess): Promise<number | null> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null) {
+      resolve(child.exitCode);
+      return;
+    }
+    const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
+    child.removeAllListeners("exit");
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      resolve(code);
+    });
+    child.kill("SIGTERM");
+  });
+}
+
+test("the formatter lays out a draft as Markdown", () => {
+  const draft = "Rendezvous hashing:\n- nodes score each key\n- the highest score wins\nSources: routing.md:3, paper.md:1";
+  assert.equal(
+    toMarkdown(draft),
+    "## Rendezvous hashing\n\n- nodes score each key\n- the highest score wins\n\n_Sources: routing.md:3, paper.md:1_",
+  );
+  assert.equal(toMarkdown("Title:\n- one"), "## Title\n\n- one");
+});
+
+describe("ravi-node command line", T, () => {
+  const children: ChildProcess[] = [];
+  after(async () => {
+    await Promise.all(children.map(stop));
+  });
+
+  test("node, send, describe, publish, subscribe, errors and SIGTERM", async () => {
+    const a = await startNode(["--listen", "127.0.0.1:0", "--node-id", "cli-a"]);
+    children.push(a.child);
+    assert.match(a.line, /^ravi-node node cli-a serving on 127\.0\.0\.1:\d+$/);
+    assert.notEqual(a.address, "127.0.0.1:0");
+
+    const b = await startNode(["--listen", "127.0.0.1:0", "--node-id", "cli-b", "--peer", `a=${a.address}`, "--conformance-type", "conformance-b"]);
+    children.push(b.child);
+
+    const described = await run(["describe", "--addr", a.address]);
+    assert.equal(described.code, 0, described.stderr);
+    const info = JSON.parse(described.stdout) as { nodeId: string; language: string; contractVersion: string; agentTypes: { agentType: string }[] };
+    assert.equal(info.nodeId, "cli-a");
+    assert.equal(info.language, "node");
+    assert.equal(info.contractVersion, "1.1.0");
+    assert.deepEqual(info.agentTypes.map((t) => t.agentType).sort(), ["conformance", "formatter"]);
+
+    const formatted = await run([
+      "send", "--addr", a.address, "--timeout-ms", "5000", "--to", "formatter/default",
+      "--type", "ravi.examples.v1.FormatRequest", "--json", JSON.stringify({ text: "Title:\n- a\nSources: s.md", style: "markdown" }),
+    ]);
+    assert.equal(formatted.code, 0, formatted.stderr);
+    assert.deepEqual(JSON.parse(formatted.stdout), {
+      nodeId: "cli-a",
+      type: "ravi.examples.v1.FormattedText",
+      result: { text: "## Title\n\n- a\n\n_Sources: s.md_", formatter: "formatter/default (node)" },
+    });
+
+    // b peers with a, and a learned b: a routes conformance-b to b (as JSON payload).
+    let routed: Run | undefined;
+    for (let i = 0; i < 50; i += 1) {
+      routed = await run([
+        "send", "--addr", a.address, "--to", "conformance-b/k", "--type", "ravi.conformance.v1.Echo", "--json", '{"text":"hop"}', "--encoding", "json",
+      ]);
+      if (routed.code === 0) {
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(routed?.code, 0, routed?.stderr);
+    assert.equal((JSON.parse(routed?.stdout ?? "{}") as { nodeId: string }).nodeId, "cli-b");
+
+    const failed = await run(["send", "--addr", a.address, "--to", "conformance/k", "--type", "ravi.conformance.v1.Fail", "--json", '{"code":0,"message":"boom"}']);
+    assert.equal(failed.code, 1);
+    assert.match(failed.stderr, /^error: UNKNOWN HANDLER_FAILED: .*boom/m);
+    assert.match(failed.stderr, /exception_type="Error"/);
+
+    const missing = await run(["send", "--addr", a.address, "--to", "nobody/k", "--type", "ravi.conformance.v1.Echo", "--json", "{}"]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /^error: NOT_FOUND AGENT_TYPE_NOT_FOUND: /m);
+
+    const late = await run(["send", "--addr", a.address, "--timeout-ms", "100", "--to", "conformance/k", "--type", "ravi.conformance.v1.Sleep", "--json", '{"millis":3000,"tag":"t"}']);
+    assert.equal(late.code, 1);
+    assert.match(late.stderr, /^error: DEADLINE_EXCEEDED/m);
+
+    const usage = await run(["send", "--addr", a.address]);
+    assert.equal(usage.code, 2);
+
+    // A CLI subscriber on a sees an event published on a (as does b, over its stream).
+    const subscriber = spawn(process.execPath, [CLI, "subscribe", "--addr", a.address, "--topic-type", "conformance.events", "--count", "1", "--timeout-ms", "8000"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    children.push(subscriber);
+    const lines: string[] = [];
+    createInterface({ input: subscriber.stdout }).on("line", (line) => lines.push(line));
+    const exited = new Promise<number | null>((resolve) => subscriber.on("exit", resolve));
+    for (let i = 0; i < 50 && lines.length === 0; i += 1) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const published = await run(["publish", "--addr", a.address, "--topic", "conformance.events/s", "--type", "ravi.conformance.v1.Echo", "--json", '{"text":"news"}']);
+    assert.equal(published.code, 0, published.stderr);
+    const counts = JSON.parse(published.stdout) as { localDeliveries: number; streamDeliveries: number };
+    assert.equal(counts.localDeliveries, 1);
+    assert.ok(counts.streamDeliveries >= 2, `streams: ${counts.streamDeliveries}`); // b's and the CLI's
+    assert.equal(await exited, 0);
+    assert.equal(lines.length, 2);
+    assert.equal((JSON.parse(lines[0] ?? "{}") as { node: { nodeId: string } }).node.nodeId, "cli-a");
+    const event = (JSON.parse(lines[1] ?? "{}") as { event: { topic: { type: string; source: string }; originNodeId: string; type: string; message: unknown } }).event;
+    assert.deepEqual(event.topic, { type: "conformance.events", source: "s" });
+    assert.equal(event.originNodeId, "cli-a");
+    assert.deepEqual(event.message, { text: "news" });
+
+    const report = await run(["send", "--addr", a.address, "--to", "conformance/s", "--type", "ravi.conformance.v1.Report", "--json", "{}"]);
+    assert.deepEqual((JSON.parse(report.stdout) as { result: unknown }).result, { events: ["news"] });
+
+    assert.equal(await stop(b.child), 0);
+    assert.equal(await stop(a.child), 0);
+  });
+});
