@@ -35,9 +35,12 @@ class Target:
     ratio: float
     higher_is_better: bool
     source: str
+    anchor_metric: str | None = None
 
-    def check(self, ravi: float, anchor: float) -> tuple[float, bool]:
-        measured = ravi / anchor
+    def check(self, medians: dict[str, dict[str, float]]) -> tuple[float, bool]:
+        measured = (
+            medians["ravi"][self.metric] / medians[self.against][self.anchor_metric or self.metric]
+        )
         ok = measured >= self.ratio if self.higher_is_better else measured <= self.ratio
         return measured, ok
 
@@ -51,6 +54,25 @@ LOCAL_TARGETS = [
     Target("conc_msgs_s", "autogen", 80_000 / 4_896, True, ">= 80,000 msg/s vs AutoGen 4,896"),
     Target("fanout_deliveries_s", "autogen", 400_000 / 17_224, True, ">= 400k/s vs AutoGen 17,224"),
     Target("fanout_deliveries_s", "floor", 400_000 / 1_900_000, True, ">= 400k/s vs floor 1.9M"),
+]
+
+
+# DESIGN.md section 8, gRPC rows: the ratios it sets, to anchors measured in
+# the same run (bare grpc.aio between two processes, AutoGen's gRPC runtime).
+GRPC_TARGETS = [
+    Target("rr_p50_us", "floor", 1.15, False, "sequential p50 <= 1.15 x bare unary"),
+    Target("conc_msgs_s", "floor", 2.0, True, "64 in flight >= 2 x bare unary"),
+    Target(
+        "pub_deliveries_s",
+        "floor",
+        10_000 / 11_600,
+        True,
+        ">= 10,000/s publish vs bare stream 11.6k",
+        anchor_metric="stream_msgs_s",
+    ),
+    Target("rr_msgs_s", "autogen", 1.0, True, "sequential faster than AutoGen's gRPC runtime"),
+    Target("conc_msgs_s", "autogen", 1.0, True, "64 in flight faster than AutoGen"),
+    Target("pub_deliveries_s", "autogen", 10_000 / 2_473, True, ">= 10,000/s vs AutoGen 2,473"),
 ]
 
 
@@ -77,17 +99,34 @@ def local_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     return commands
 
 
+def grpc_commands(args: argparse.Namespace) -> dict[str, list[str]]:
+    python = sys.executable
+    commands = {
+        "floor": [python, str(BENCH / "grpc_bare.py")],
+        "ravi": [python, str(BENCH / "grpc_ravi.py")],
+        "ravi+hook": [python, str(BENCH / "grpc_ravi.py"), "--hooks"],
+    }
+    script = Path(args.anchors) / "bench_grpc.py" if args.anchors else None
+    if args.autogen_python and script and script.exists():
+        commands["autogen"] = [args.autogen_python, str(script)]
+    else:
+        print(f"AutoGen anchors not found ({script}); measuring without them", file=sys.stderr)
+    return commands
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", choices=["local"])
+    parser.add_argument("suite", choices=["local", "grpc"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--autogen-python")
     parser.add_argument("--anchors")
     parser.add_argument("--save")
     args = parser.parse_args()
 
-    commands = local_commands(args)
-    targets = LOCAL_TARGETS
+    if args.suite == "local":
+        commands, targets = local_commands(args), LOCAL_TARGETS
+    else:
+        commands, targets = grpc_commands(args), GRPC_TARGETS
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
     for i in range(args.runs):
         for name, command in commands.items():
@@ -100,14 +139,16 @@ def main() -> None:
     }
 
     names = list(commands)
-    metrics = [k for k in medians["ravi"] if k != "bench"]
+    metrics = sorted({k for row in medians.values() for k in row})
     print(f"\nMedians of {args.runs} runs ({platform.node()}, {os.cpu_count()} cores)\n")
     print("| metric | " + " | ".join(names) + " | ravi / floor | ravi / autogen |")
     print("|---|" + "---|" * (len(names) + 2))
     for metric in metrics:
-        cells = [f"{medians[n].get(metric, float('nan')):,.1f}" for n in names]
+        cells = [f"{medians[n][metric]:,.1f}" if metric in medians[n] else "-" for n in names]
         ratios = [
-            f"{medians['ravi'][metric] / medians[a][metric]:.2f}" if a in medians else "-"
+            f"{medians['ravi'][metric] / medians[a][metric]:.2f}"
+            if a in medians and metric in medians[a] and metric in medians["ravi"]
+            else "-"
             for a in ("floor", "autogen")
         ]
         print(f"| {metric} | " + " | ".join(cells + ratios) + " |")
@@ -118,9 +159,7 @@ def main() -> None:
     for target in targets:
         if target.against not in medians:
             continue
-        measured, ok = target.check(
-            medians["ravi"][target.metric], medians[target.against][target.metric]
-        )
+        measured, ok = target.check(medians)
         sign = ">=" if target.higher_is_better else "<="
         print(
             f"| {target.metric}: {target.source} | {sign} {target.ratio:.2f} x {target.against} "
