@@ -10,9 +10,10 @@ import (
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
 )
 
-// Connect serves Send calls multiplexed over one stream: each frame is
-// handled exactly as a unary Send, with its own deadline, and answered with
-// the same call id; a cancel frame cancels a call, which then gets no answer.
+// Connect serves Send calls multiplexed over one stream: each call frame of a
+// ConnectRequest is handled exactly as a unary Send, with its own deadline,
+// and answered with an outcome carrying the same call id; a cancel frame
+// cancels a call, which then gets no answer.
 func (s *service) Connect(stream meshv1.AgentService_ConnectServer) error {
 	n := s.n
 	ctx := stream.Context()
@@ -24,11 +25,11 @@ func (s *service) Connect(stream meshv1.AgentService_ConnectServer) error {
 		calls  = map[uint64]*inflight{}
 		wg     sync.WaitGroup
 	)
-	reply := func(resp *meshv1.ConnectResponse) {
+	reply := func(outcome *meshv1.CallOutcome) {
 		sendMu.Lock()
 		defer sendMu.Unlock()
-		if err := stream.Send(resp); err != nil {
-			n.log.Debug("connect: cannot answer", "call_id", resp.GetCallId(), "err", err)
+		if err := stream.Send(&meshv1.ConnectResponse{Calls: []*meshv1.CallOutcome{outcome}}); err != nil {
+			n.log.Debug("connect: cannot answer", "call_id", outcome.GetCallId(), "err", err)
 		}
 	}
 	defer func() {
@@ -40,7 +41,7 @@ func (s *service) Connect(stream meshv1.AgentService_ConnectServer) error {
 		wg.Wait()
 	}()
 	for {
-		frame, err := stream.Recv()
+		request, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
 			// The caller sent all its calls: answer those in flight, then end.
 			wg.Wait()
@@ -49,50 +50,52 @@ func (s *service) Connect(stream meshv1.AgentService_ConnectServer) error {
 		if err != nil {
 			return err
 		}
-		id := frame.GetCallId()
-		switch kind := frame.GetKind().(type) {
-		case *meshv1.ConnectRequest_Send:
-			timeout := n.opts.DefaultTimeout
-			if ms := frame.GetTimeoutMillis(); ms > 0 {
-				timeout = time.Duration(ms) * time.Millisecond
-			}
-			cctx, cancel := context.WithTimeout(ctx, timeout)
-			call := &inflight{cancel: cancel}
-			mu.Lock()
-			if prev := calls[id]; prev != nil {
-				prev.cancel()
-			}
-			calls[id] = call
-			mu.Unlock()
-			n.inflight.Add(1)
-			wg.Add(1)
-			go func(req *meshv1.SendRequest) {
-				defer wg.Done()
-				defer n.inflight.Add(-1)
-				resp, err := n.handleSend(cctx, req, tc)
+		for _, frame := range request.GetCalls() {
+			id := frame.GetCallId()
+			switch kind := frame.GetKind().(type) {
+			case *meshv1.CallFrame_Send:
+				timeout := n.opts.DefaultTimeout
+				if ms := frame.GetTimeoutMillis(); ms > 0 {
+					timeout = time.Duration(ms) * time.Millisecond
+				}
+				cctx, cancel := context.WithTimeout(ctx, timeout)
+				call := &inflight{cancel: cancel}
 				mu.Lock()
-				mine := calls[id] == call
-				if mine {
+				if prev := calls[id]; prev != nil {
+					prev.cancel()
+				}
+				calls[id] = call
+				mu.Unlock()
+				n.inflight.Add(1)
+				wg.Add(1)
+				go func(id uint64, req *meshv1.SendRequest) {
+					defer wg.Done()
+					defer n.inflight.Add(-1)
+					resp, err := n.handleSend(cctx, req, tc)
+					mu.Lock()
+					mine := calls[id] == call
+					if mine {
+						delete(calls, id)
+					}
+					mu.Unlock()
+					cancel()
+					if !mine {
+						return // cancelled by the caller: no answer
+					}
+					if err != nil {
+						reply(&meshv1.CallOutcome{CallId: id, Outcome: &meshv1.CallOutcome_Failure{Failure: failureOf(err)}})
+						return
+					}
+					reply(&meshv1.CallOutcome{CallId: id, Outcome: &meshv1.CallOutcome_Result{Result: resp}})
+				}(id, kind.Send)
+			case *meshv1.CallFrame_Cancel:
+				mu.Lock()
+				if c := calls[id]; c != nil {
 					delete(calls, id)
+					c.cancel()
 				}
 				mu.Unlock()
-				cancel()
-				if !mine {
-					return // cancelled by the caller: no answer
-				}
-				if err != nil {
-					reply(&meshv1.ConnectResponse{CallId: id, Outcome: &meshv1.ConnectResponse_Failure{Failure: failureOf(err)}})
-					return
-				}
-				reply(&meshv1.ConnectResponse{CallId: id, Outcome: &meshv1.ConnectResponse_Result{Result: resp}})
-			}(kind.Send)
-		case *meshv1.ConnectRequest_Cancel:
-			mu.Lock()
-			if c := calls[id]; c != nil {
-				delete(calls, id)
-				c.cancel()
 			}
-			mu.Unlock()
 		}
 	}
 }

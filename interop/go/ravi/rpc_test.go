@@ -74,33 +74,35 @@ func TestConnectMultiplexesSends(t *testing.T) {
 	conf := &meshv1.AgentId{Type: "conformance", Key: "k"}
 	sendFrame := func(id uint64, m proto.Message, timeoutMillis uint32) {
 		t.Helper()
-		err := stream.Send(&meshv1.ConnectRequest{CallId: id, TimeoutMillis: timeoutMillis, Kind: &meshv1.ConnectRequest_Send{Send: &meshv1.SendRequest{
+		err := stream.Send(&meshv1.ConnectRequest{Calls: []*meshv1.CallFrame{{CallId: id, TimeoutMillis: timeoutMillis, Kind: &meshv1.CallFrame_Send{Send: &meshv1.SendRequest{
 			Recipient: conf, Envelope: &meshv1.Envelope{MessageId: "m", Payload: payloadOf(t, m)},
-		}}})
+		}}}}})
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
 	// A long sleep on its own key, cancelled by a cancel frame.
 	sleeper := &meshv1.AgentId{Type: "conformance", Key: "sleeper"}
-	if err := stream.Send(&meshv1.ConnectRequest{CallId: 1, Kind: &meshv1.ConnectRequest_Send{Send: &meshv1.SendRequest{
+	if err := stream.Send(&meshv1.ConnectRequest{Calls: []*meshv1.CallFrame{{CallId: 1, Kind: &meshv1.CallFrame_Send{Send: &meshv1.SendRequest{
 		Recipient: sleeper, Envelope: &meshv1.Envelope{Payload: payloadOf(t, &conformancev1.Sleep{Millis: 10000, Tag: "cancelled"})},
-	}}}); err != nil {
+	}}}}}); err != nil {
 		t.Fatal(err)
 	}
 	sendFrame(2, &conformancev1.Echo{Text: "one"}, 0)
 	sendFrame(3, &conformancev1.Fail{Message: "boom"}, 0)
 	sendFrame(4, &conformancev1.Sleep{Millis: 10000, Tag: "timed out"}, 50)
 	sendFrame(5, &conformancev1.Unhandled{}, 0)
-	got := map[uint64]*meshv1.ConnectResponse{}
+	got := map[uint64]*meshv1.CallOutcome{}
 	for len(got) < 4 {
 		resp, err := stream.Recv()
 		if err != nil {
 			t.Fatal(err)
 		}
-		got[resp.GetCallId()] = resp
+		for _, outcome := range resp.GetCalls() {
+			got[outcome.GetCallId()] = outcome
+		}
 	}
-	if err := stream.Send(&meshv1.ConnectRequest{CallId: 1, Kind: &meshv1.ConnectRequest_Cancel{Cancel: &meshv1.CancelCall{}}}); err != nil {
+	if err := stream.Send(&meshv1.ConnectRequest{Calls: []*meshv1.CallFrame{{CallId: 1, Kind: &meshv1.CallFrame_Cancel{Cancel: &meshv1.CancelCall{}}}}}); err != nil {
 		t.Fatal(err)
 	}
 	echoed := &conformancev1.Echoed{}

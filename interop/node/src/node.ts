@@ -25,6 +25,7 @@ import {
   SendRequestSchema,
   SendResponseSchema,
   type ConnectRequest,
+  type CallOutcomeSchema,
   type ConnectResponseSchema,
   type Event,
   type LoadStateRequest,
@@ -723,9 +724,9 @@ export class RaviNode implements PeerHost, RegistrationHost {
   }
 
   /**
-   * Connect: Send calls multiplexed on one stream. Each frame is handled
-   * exactly as a unary Send; its outcome goes back with the same call id, in
-   * completion order. A cancel frame cancels the call and suppresses its
+   * Connect: Send calls multiplexed on one stream. Each call frame of a
+   * ConnectRequest is handled exactly as a unary Send; its outcome goes back
+   * with the same call id, in completion order. A cancel frame cancels the call and suppresses its
    * response. The stream ends once the caller's side ended and every call
    * finished.
    */
@@ -735,7 +736,7 @@ export class RaviNode implements PeerHost, RegistrationHost {
   ): AsyncGenerator<MessageInitShape<typeof ConnectResponseSchema>> {
     this.refuseWhenStopping();
     const trace = traceOf(ctx);
-    const out = new AsyncQueue<MessageInitShape<typeof ConnectResponseSchema>>();
+    const out = new AsyncQueue<MessageInitShape<typeof CallOutcomeSchema>>();
     const calls = new Map<bigint, AbortController>();
     const pending = new Set<Promise<void>>();
     const start = (callId: bigint, request: SendRequest, timeoutMillis: number): void => {
@@ -784,12 +785,14 @@ export class RaviNode implements PeerHost, RegistrationHost {
     };
     const reading = (async () => {
       try {
-        for await (const frame of requests) {
-          if (frame.kind.case === "send") {
-            start(frame.callId, frame.kind.value, frame.timeoutMillis);
-          } else if (frame.kind.case === "cancel") {
-            calls.get(frame.callId)?.abort(errors.cancelled("by the caller's cancel frame"));
-            calls.delete(frame.callId);
+        for await (const request of requests) {
+          for (const frame of request.calls) {
+            if (frame.kind.case === "send") {
+              start(frame.callId, frame.kind.value, frame.timeoutMillis);
+            } else if (frame.kind.case === "cancel") {
+              calls.get(frame.callId)?.abort(errors.cancelled("by the caller's cancel frame"));
+              calls.delete(frame.callId);
+            }
           }
         }
         while (pending.size > 0) {
@@ -801,7 +804,9 @@ export class RaviNode implements PeerHost, RegistrationHost {
       }
     })();
     try {
-      yield* out.iterate(ctx.signal);
+      for await (const outcome of out.iterate(ctx.signal)) {
+        yield { calls: [outcome] };
+      }
     } finally {
       for (const controller of calls.values()) {
         controller.abort(errors.cancelled("the Connect stream ended"));

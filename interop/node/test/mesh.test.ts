@@ -16,7 +16,12 @@ import {
   SleepSchema,
 } from "@ravi-mesh/contract/ravi/conformance/v1/conformance_pb";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { AgentService, PublishScope, type ConnectRequestSchema } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
+import {
+  AgentService,
+  PublishScope,
+  type CallFrameSchema,
+  type ConnectRequestSchema,
+} from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
 import type { Payload } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 
 import { conformanceAgent, registerConformance } from "../src/agents/conformance.js";
@@ -26,7 +31,8 @@ import { Code, eventually, Fixture, rejectsWith } from "../test-support/helpers.
 
 const T = { timeout: 20_000 };
 
-type Frame = MessageInitShape<typeof ConnectRequestSchema>;
+type Frame = MessageInitShape<typeof CallFrameSchema>;
+type Request = MessageInitShape<typeof ConnectRequestSchema>;
 
 test("rendezvous scores are the first 8 bytes of SHA-256, big-endian", () => {
   // The same values as Python's ravi.integrations.runtime.grpc._wire.rendezvous_score.
@@ -236,23 +242,30 @@ describe("Connect stream", T, () => {
       kind: { case: "send", value: { recipient, envelope: { payload } } },
       timeoutMillis,
     });
-    async function* frames(): AsyncGenerator<Frame> {
-      yield send(1n, { type: "conformance", key: "slow" }, encodePayload(SleepSchema, { millis: 300, tag: "slow" }), 5_000);
-      yield send(2n, to, encodePayload(EchoSchema, { text: "fast" }));
-      yield send(3n, { type: "nobody", key: "k" }, encodePayload(EchoSchema, { text: "x" }));
-      yield send(4n, { type: "conformance", key: "cancelled" }, encodePayload(SleepSchema, { millis: 5_000, tag: "cx" }));
+    async function* frames(): AsyncGenerator<Request> {
+      // The first request batches three calls; the rest come one per request.
+      yield {
+        calls: [
+          send(1n, { type: "conformance", key: "slow" }, encodePayload(SleepSchema, { millis: 300, tag: "slow" }), 5_000),
+          send(2n, to, encodePayload(EchoSchema, { text: "fast" })),
+          send(3n, { type: "nobody", key: "k" }, encodePayload(EchoSchema, { text: "x" })),
+        ],
+      };
+      yield { calls: [send(4n, { type: "conformance", key: "cancelled" }, encodePayload(SleepSchema, { millis: 5_000, tag: "cx" }))] };
       await new Promise((r) => setTimeout(r, 50));
-      yield { callId: 4n, kind: { case: "cancel", value: {} } };
+      yield { calls: [{ callId: 4n, kind: { case: "cancel", value: {} } }] };
       await hold;
     }
     const outcomes: string[] = [];
     for await (const response of client.agentService.connect(frames(), { timeoutMs: 5_000 })) {
-      const outcome = response.outcome;
-      outcomes.push(
-        outcome.case === "result"
-          ? `${response.callId}:ok:${outcome.value.nodeId}`
-          : `${response.callId}:${outcome.case === "failure" ? `${outcome.value.code}:${outcome.value.reason}` : "?"}`,
-      );
+      for (const call of response.calls) {
+        const outcome = call.outcome;
+        outcomes.push(
+          outcome.case === "result"
+            ? `${call.callId}:ok:${outcome.value.nodeId}`
+            : `${call.callId}:${outcome.case === "failure" ? `${outcome.value.code}:${outcome.value.reason}` : "?"}`,
+        );
+      }
       if (outcomes.length === 3) {
         release();
       }

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import heapq
 import itertools
 import logging
-import math
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -31,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ravi._agent import BaseAgent, Handler
 from ravi._cancellation import CancellationToken
 from ravi._context import MessageContext
+from ravi._deadlines import Deadlines
 from ravi._ids import AgentId, TopicId
 from ravi._interceptors import HandleInput, Interceptor, chain
 from ravi._subscriptions import Subscription, TypeSubscription
@@ -59,7 +58,6 @@ _RUNNING = 1
 _DONE = 2
 
 _NO_CHAIN: tuple[tuple[str, str], ...] = ()
-_COMPACT_AT = 1024
 
 _message_ids = itertools.count(1)
 _id_prefix = os.urandom(6).hex()
@@ -233,6 +231,10 @@ class _Call(_Context):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
 
+    @property
+    def pending(self) -> bool:
+        return self.state != _DONE
+
     def expire(self) -> None:
         self.stop(DeadlineExceeded(f"deadline exceeded sending to {self.key[0]}/{self.key[1]}"))
 
@@ -244,66 +246,6 @@ current_call: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar(
     "ravi_current_call", default=None
 )
 """The message whose handler is running in this task, if any (for nested sends)."""
-
-
-class _Deadlines:
-    """The deadlines of in-flight sends, enforced by one loop timer.
-
-    A loop timer per send costs a Python TimerHandle, its comparisons and its
-    cancellation on every call; here a send costs one heap push of a tuple.
-    Entries of finished calls stay until the heap is compacted (when it is
-    mostly such entries) or their deadline pops them.
-    """
-
-    __slots__ = ("armed_at", "heap", "live", "loop", "sequence", "timer")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.heap: list[tuple[float, int, _Call]] = []
-        self.sequence = itertools.count()
-        self.timer: asyncio.TimerHandle | None = None
-        self.armed_at = math.inf
-        self.live = 0
-
-    def add(self, deadline: float, call: _Call) -> None:
-        heapq.heappush(self.heap, (deadline, next(self.sequence), call))
-        self.live += 1
-        if deadline < self.armed_at:
-            self._arm(deadline)
-
-    def finished(self) -> None:
-        self.live -= 1
-        heap = self.heap
-        if len(heap) > _COMPACT_AT and len(heap) > 4 * self.live:
-            heap[:] = [entry for entry in heap if entry[2].state != _DONE]
-            heapq.heapify(heap)
-            if not heap and self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
-                self.armed_at = math.inf
-
-    def _arm(self, when: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_at(when, self._fire)
-        self.armed_at = when
-
-    def _fire(self) -> None:
-        self.timer = None
-        self.armed_at = math.inf
-        heap = self.heap
-        now = self.loop.time()
-        while heap and heap[0][0] <= now:
-            call = heapq.heappop(heap)[2]
-            if call.state != _DONE:
-                call.expire()
-        if heap:
-            self._arm(heap[0][0])
-
-    def clear(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.heap.clear()
 
 
 class _Mailbox:
@@ -590,7 +532,7 @@ class AgentHost:
         self.idle_waiters: list[asyncio.Future[None]] = []
         self.inline: set[_Call] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._deadlines: _Deadlines | None = None
+        self._deadlines: Deadlines | None = None
         self.outstanding = 0
         self.running = False
         self.stopping = False
@@ -602,6 +544,14 @@ class AgentHost:
         mailbox = self._mailboxes[(input.agent_id.type, input.agent_id.key)]
         handler: Handler = mailbox.dispatch(type(input.message))
         return await handler(mailbox.agent, input.message, input.ctx)
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """The deadline heap of this host's sends (and of the remote calls it makes)."""
+        deadlines = self._deadlines
+        if deadlines is None:
+            raise Unavailable("the runtime is not started: call `await runtime.start()` first")
+        return deadlines
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -616,7 +566,7 @@ class AgentHost:
         if self.running:
             return
         self._loop = asyncio.get_running_loop()
-        self._deadlines = _Deadlines(self._loop)
+        self._deadlines = Deadlines(self._loop)
         self.running = True
         self.stopping = False
 

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from ravi import AgentId, BaseAgent, MessageContext, TopicId, message_handler
+from ravi.errors import AgentTypeNotFound
 from ravi.examples.v1.examples_pb2 import (
     Draft,
+    FormatRequest,
     ProgressEvent,
     ReviewRequest,
     ReviewVerdict,
@@ -217,8 +219,21 @@ class OrchestratorAgent(BaseAgent):
             if verdict.approved:
                 break
             feedback = list(verdict.comments)
+        answer = draft.text
+        started = time.perf_counter()
+        try:
+            formatted = await self.send_message(
+                FormatRequest(text=draft.text, style="markdown"),
+                AgentId("formatter", task.thread_id),
+            )
+        except AgentTypeNotFound:
+            pass  # no formatter in this deployment: the draft is the answer
+        else:
+            steps += 1
+            answer = formatted.text
+            await progress("format", "as markdown", formatted.formatter, _ms_since(started))
         await progress("done", f"answer ready after {steps} hops")
-        return TaskResult(thread_id=task.thread_id, content=draft.text, steps=steps)
+        return TaskResult(thread_id=task.thread_id, content=answer, steps=steps)
 
 
 class ProgressPrinter(BaseAgent):

@@ -337,7 +337,11 @@ type SubscribeRequest struct {
 	Filters []*TopicFilter `protobuf:"bytes,1,rep,name=filters,proto3" json:"filters,omitempty"`
 	// subscriber_id names the subscriber (a node id or a client name), for
 	// diagnostics and so that a node never echoes a peer's own events back.
-	SubscriberId  string `protobuf:"bytes,2,opt,name=subscriber_id,json=subscriberId,proto3" json:"subscriber_id,omitempty"`
+	SubscriberId string `protobuf:"bytes,2,opt,name=subscriber_id,json=subscriberId,proto3" json:"subscriber_id,omitempty"`
+	// accept_batches says the subscriber understands SubscribeResponse.events:
+	// the node may then send events that are ready together as one message,
+	// which saves a stream write per event. Without it, every event comes alone.
+	AcceptBatches bool `protobuf:"varint,3,opt,name=accept_batches,json=acceptBatches,proto3" json:"accept_batches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -384,6 +388,13 @@ func (x *SubscribeRequest) GetSubscriberId() string {
 		return x.SubscriberId
 	}
 	return ""
+}
+
+func (x *SubscribeRequest) GetAcceptBatches() bool {
+	if x != nil {
+		return x.AcceptBatches
+	}
+	return false
 }
 
 // Event is one message published on a topic, as delivered to a subscriber.
@@ -460,6 +471,7 @@ type SubscribeResponse struct {
 	//
 	//	*SubscribeResponse_Node
 	//	*SubscribeResponse_Event
+	//	*SubscribeResponse_Events
 	Kind          isSubscribeResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -520,6 +532,15 @@ func (x *SubscribeResponse) GetEvent() *Event {
 	return nil
 }
 
+func (x *SubscribeResponse) GetEvents() *EventBatch {
+	if x != nil {
+		if x, ok := x.Kind.(*SubscribeResponse_Events); ok {
+			return x.Events
+		}
+	}
+	return nil
+}
+
 type isSubscribeResponse_Kind interface {
 	isSubscribeResponse_Kind()
 }
@@ -535,9 +556,63 @@ type SubscribeResponse_Event struct {
 	Event *Event `protobuf:"bytes,2,opt,name=event,proto3,oneof"`
 }
 
+type SubscribeResponse_Events struct {
+	// events are published messages that matched and were ready together, in
+	// order; only for subscribers that set accept_batches.
+	Events *EventBatch `protobuf:"bytes,3,opt,name=events,proto3,oneof"`
+}
+
 func (*SubscribeResponse_Node) isSubscribeResponse_Kind() {}
 
 func (*SubscribeResponse_Event) isSubscribeResponse_Kind() {}
+
+func (*SubscribeResponse_Events) isSubscribeResponse_Kind() {}
+
+// EventBatch is a run of events sent as one Subscribe stream message.
+type EventBatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// events are the events, in publication order.
+	Events        []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventBatch) Reset() {
+	*x = EventBatch{}
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventBatch) ProtoMessage() {}
+
+func (x *EventBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventBatch.ProtoReflect.Descriptor instead.
+func (*EventBatch) Descriptor() ([]byte, []int) {
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *EventBatch) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
 
 // DescribeRequest is the request of AgentService.Describe.
 type DescribeRequest struct {
@@ -551,7 +626,7 @@ type DescribeRequest struct {
 
 func (x *DescribeRequest) Reset() {
 	*x = DescribeRequest{}
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[7]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +638,7 @@ func (x *DescribeRequest) String() string {
 func (*DescribeRequest) ProtoMessage() {}
 
 func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[7]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +651,7 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
-	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{7}
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DescribeRequest) GetCaller() *NodeInfo {
@@ -597,7 +672,7 @@ type DescribeResponse struct {
 
 func (x *DescribeResponse) Reset() {
 	*x = DescribeResponse{}
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[8]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -609,7 +684,7 @@ func (x *DescribeResponse) String() string {
 func (*DescribeResponse) ProtoMessage() {}
 
 func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[8]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -622,7 +697,7 @@ func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeResponse.ProtoReflect.Descriptor instead.
 func (*DescribeResponse) Descriptor() ([]byte, []int) {
-	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{8}
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DescribeResponse) GetNode() *NodeInfo {
@@ -646,7 +721,7 @@ type ResolvePromiseRequest struct {
 
 func (x *ResolvePromiseRequest) Reset() {
 	*x = ResolvePromiseRequest{}
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[9]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -658,7 +733,7 @@ func (x *ResolvePromiseRequest) String() string {
 func (*ResolvePromiseRequest) ProtoMessage() {}
 
 func (x *ResolvePromiseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[9]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -671,7 +746,7 @@ func (x *ResolvePromiseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvePromiseRequest.ProtoReflect.Descriptor instead.
 func (*ResolvePromiseRequest) Descriptor() ([]byte, []int) {
-	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{9}
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ResolvePromiseRequest) GetName() string {
@@ -699,7 +774,7 @@ type ResolvePromiseResponse struct {
 
 func (x *ResolvePromiseResponse) Reset() {
 	*x = ResolvePromiseResponse{}
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[10]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +786,7 @@ func (x *ResolvePromiseResponse) String() string {
 func (*ResolvePromiseResponse) ProtoMessage() {}
 
 func (x *ResolvePromiseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[10]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +799,7 @@ func (x *ResolvePromiseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvePromiseResponse.ProtoReflect.Descriptor instead.
 func (*ResolvePromiseResponse) Descriptor() ([]byte, []int) {
-	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{10}
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ResolvePromiseResponse) GetWaiting() bool {
@@ -745,7 +820,7 @@ type SaveStateRequest struct {
 
 func (x *SaveStateRequest) Reset() {
 	*x = SaveStateRequest{}
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[11]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +832,7 @@ func (x *SaveStateRequest) String() string {
 func (*SaveStateRequest) ProtoMessage() {}
 
 func (x *SaveStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[11]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +845,7 @@ func (x *SaveStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveStateRequest.ProtoReflect.Descriptor instead.
 func (*SaveStateRequest) Descriptor() ([]byte, []int) {
-	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{11}
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SaveStateRequest) GetAgent() *AgentId {
@@ -793,7 +868,7 @@ type SaveStateResponse struct {
 
 func (x *SaveStateResponse) Reset() {
 	*x = SaveStateResponse{}
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[12]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +880,7 @@ func (x *SaveStateResponse) String() string {
 func (*SaveStateResponse) ProtoMessage() {}
 
 func (x *SaveStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[12]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +893,7 @@ func (x *SaveStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveStateResponse.ProtoReflect.Descriptor instead.
 func (*SaveStateResponse) Descriptor() ([]byte, []int) {
-	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{12}
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SaveStateResponse) GetStates() map[string]*Payload {
@@ -840,7 +915,7 @@ type LoadStateRequest struct {
 
 func (x *LoadStateRequest) Reset() {
 	*x = LoadStateRequest{}
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[13]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -852,7 +927,7 @@ func (x *LoadStateRequest) String() string {
 func (*LoadStateRequest) ProtoMessage() {}
 
 func (x *LoadStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[13]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -865,7 +940,7 @@ func (x *LoadStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadStateRequest.ProtoReflect.Descriptor instead.
 func (*LoadStateRequest) Descriptor() ([]byte, []int) {
-	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{13}
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LoadStateRequest) GetStates() map[string]*Payload {
@@ -884,7 +959,7 @@ type LoadStateResponse struct {
 
 func (x *LoadStateResponse) Reset() {
 	*x = LoadStateResponse{}
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[14]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -896,7 +971,7 @@ func (x *LoadStateResponse) String() string {
 func (*LoadStateResponse) ProtoMessage() {}
 
 func (x *LoadStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[14]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -909,32 +984,23 @@ func (x *LoadStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadStateResponse.ProtoReflect.Descriptor instead.
 func (*LoadStateResponse) Descriptor() ([]byte, []int) {
-	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{14}
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{15}
 }
 
-// ConnectRequest is one frame a caller writes on an AgentService.Connect stream.
+// ConnectRequest is one message a caller writes on an AgentService.Connect
+// stream: the call frames that were ready together. Batching frames saves a
+// write per call when many calls are in flight.
 type ConnectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// call_id identifies the call on this stream; the caller keeps it unique
-	// among its calls in flight.
-	CallId uint64 `protobuf:"varint,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
-	// kind is what the frame asks for.
-	//
-	// Types that are valid to be assigned to Kind:
-	//
-	//	*ConnectRequest_Send
-	//	*ConnectRequest_Cancel
-	Kind isConnectRequest_Kind `protobuf_oneof:"kind"`
-	// timeout_millis is the call's deadline, counted from when the node reads the
-	// frame; 0 means the node's default timeout.
-	TimeoutMillis uint32 `protobuf:"varint,4,opt,name=timeout_millis,json=timeoutMillis,proto3" json:"timeout_millis,omitempty"`
+	// calls are the frames, handled in order.
+	Calls         []*CallFrame `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConnectRequest) Reset() {
 	*x = ConnectRequest{}
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[15]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1012,7 @@ func (x *ConnectRequest) String() string {
 func (*ConnectRequest) ProtoMessage() {}
 
 func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[15]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,66 +1025,123 @@ func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectRequest.ProtoReflect.Descriptor instead.
 func (*ConnectRequest) Descriptor() ([]byte, []int) {
-	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{15}
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{16}
 }
 
-func (x *ConnectRequest) GetCallId() uint64 {
+func (x *ConnectRequest) GetCalls() []*CallFrame {
+	if x != nil {
+		return x.Calls
+	}
+	return nil
+}
+
+// CallFrame starts or cancels one call on a Connect stream.
+type CallFrame struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// call_id identifies the call on this stream; the caller keeps it unique
+	// among its calls in flight.
+	CallId uint64 `protobuf:"varint,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// kind is what the frame asks for.
+	//
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*CallFrame_Send
+	//	*CallFrame_Cancel
+	Kind isCallFrame_Kind `protobuf_oneof:"kind"`
+	// timeout_millis is the call's deadline, counted from when the node reads the
+	// frame; 0 means the node's default timeout.
+	TimeoutMillis uint32 `protobuf:"varint,4,opt,name=timeout_millis,json=timeoutMillis,proto3" json:"timeout_millis,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallFrame) Reset() {
+	*x = CallFrame{}
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallFrame) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallFrame) ProtoMessage() {}
+
+func (x *CallFrame) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallFrame.ProtoReflect.Descriptor instead.
+func (*CallFrame) Descriptor() ([]byte, []int) {
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *CallFrame) GetCallId() uint64 {
 	if x != nil {
 		return x.CallId
 	}
 	return 0
 }
 
-func (x *ConnectRequest) GetKind() isConnectRequest_Kind {
+func (x *CallFrame) GetKind() isCallFrame_Kind {
 	if x != nil {
 		return x.Kind
 	}
 	return nil
 }
 
-func (x *ConnectRequest) GetSend() *SendRequest {
+func (x *CallFrame) GetSend() *SendRequest {
 	if x != nil {
-		if x, ok := x.Kind.(*ConnectRequest_Send); ok {
+		if x, ok := x.Kind.(*CallFrame_Send); ok {
 			return x.Send
 		}
 	}
 	return nil
 }
 
-func (x *ConnectRequest) GetCancel() *CancelCall {
+func (x *CallFrame) GetCancel() *CancelCall {
 	if x != nil {
-		if x, ok := x.Kind.(*ConnectRequest_Cancel); ok {
+		if x, ok := x.Kind.(*CallFrame_Cancel); ok {
 			return x.Cancel
 		}
 	}
 	return nil
 }
 
-func (x *ConnectRequest) GetTimeoutMillis() uint32 {
+func (x *CallFrame) GetTimeoutMillis() uint32 {
 	if x != nil {
 		return x.TimeoutMillis
 	}
 	return 0
 }
 
-type isConnectRequest_Kind interface {
-	isConnectRequest_Kind()
+type isCallFrame_Kind interface {
+	isCallFrame_Kind()
 }
 
-type ConnectRequest_Send struct {
+type CallFrame_Send struct {
 	// send starts a call, exactly as AgentService.Send would handle it.
 	Send *SendRequest `protobuf:"bytes,2,opt,name=send,proto3,oneof"`
 }
 
-type ConnectRequest_Cancel struct {
-	// cancel cancels the call call_id: its handler is cancelled and no
-	// response frame follows.
+type CallFrame_Cancel struct {
+	// cancel cancels the call call_id: its handler is cancelled and no outcome
+	// follows.
 	Cancel *CancelCall `protobuf:"bytes,3,opt,name=cancel,proto3,oneof"`
 }
 
-func (*ConnectRequest_Send) isConnectRequest_Kind() {}
+func (*CallFrame_Send) isCallFrame_Kind() {}
 
-func (*ConnectRequest_Cancel) isConnectRequest_Kind() {}
+func (*CallFrame_Cancel) isCallFrame_Kind() {}
 
 // CancelCall asks the node to cancel a call started on the same stream.
 type CancelCall struct {
@@ -1029,7 +1152,7 @@ type CancelCall struct {
 
 func (x *CancelCall) Reset() {
 	*x = CancelCall{}
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[16]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1164,7 @@ func (x *CancelCall) String() string {
 func (*CancelCall) ProtoMessage() {}
 
 func (x *CancelCall) ProtoReflect() protoreflect.Message {
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[16]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,28 +1177,22 @@ func (x *CancelCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelCall.ProtoReflect.Descriptor instead.
 func (*CancelCall) Descriptor() ([]byte, []int) {
-	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{16}
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{18}
 }
 
-// ConnectResponse is one frame a node writes on an AgentService.Connect stream.
+// ConnectResponse is one message a node writes on an AgentService.Connect
+// stream: the outcomes of calls that ended together.
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// call_id is the call this frame answers.
-	CallId uint64 `protobuf:"varint,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
-	// outcome is how the call ended.
-	//
-	// Types that are valid to be assigned to Outcome:
-	//
-	//	*ConnectResponse_Result
-	//	*ConnectResponse_Failure
-	Outcome       isConnectResponse_Outcome `protobuf_oneof:"outcome"`
+	// calls are the outcomes.
+	Calls         []*CallOutcome `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[17]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1087,7 +1204,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[17]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1100,58 +1217,111 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{17}
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{19}
 }
 
-func (x *ConnectResponse) GetCallId() uint64 {
+func (x *ConnectResponse) GetCalls() []*CallOutcome {
+	if x != nil {
+		return x.Calls
+	}
+	return nil
+}
+
+// CallOutcome is how one call on a Connect stream ended.
+type CallOutcome struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// call_id is the call this outcome answers.
+	CallId uint64 `protobuf:"varint,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// outcome is the result or the failure.
+	//
+	// Types that are valid to be assigned to Outcome:
+	//
+	//	*CallOutcome_Result
+	//	*CallOutcome_Failure
+	Outcome       isCallOutcome_Outcome `protobuf_oneof:"outcome"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallOutcome) Reset() {
+	*x = CallOutcome{}
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallOutcome) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallOutcome) ProtoMessage() {}
+
+func (x *CallOutcome) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallOutcome.ProtoReflect.Descriptor instead.
+func (*CallOutcome) Descriptor() ([]byte, []int) {
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CallOutcome) GetCallId() uint64 {
 	if x != nil {
 		return x.CallId
 	}
 	return 0
 }
 
-func (x *ConnectResponse) GetOutcome() isConnectResponse_Outcome {
+func (x *CallOutcome) GetOutcome() isCallOutcome_Outcome {
 	if x != nil {
 		return x.Outcome
 	}
 	return nil
 }
 
-func (x *ConnectResponse) GetResult() *SendResponse {
+func (x *CallOutcome) GetResult() *SendResponse {
 	if x != nil {
-		if x, ok := x.Outcome.(*ConnectResponse_Result); ok {
+		if x, ok := x.Outcome.(*CallOutcome_Result); ok {
 			return x.Result
 		}
 	}
 	return nil
 }
 
-func (x *ConnectResponse) GetFailure() *CallFailure {
+func (x *CallOutcome) GetFailure() *CallFailure {
 	if x != nil {
-		if x, ok := x.Outcome.(*ConnectResponse_Failure); ok {
+		if x, ok := x.Outcome.(*CallOutcome_Failure); ok {
 			return x.Failure
 		}
 	}
 	return nil
 }
 
-type isConnectResponse_Outcome interface {
-	isConnectResponse_Outcome()
+type isCallOutcome_Outcome interface {
+	isCallOutcome_Outcome()
 }
 
-type ConnectResponse_Result struct {
+type CallOutcome_Result struct {
 	// result is the response a unary Send would have returned.
 	Result *SendResponse `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
 }
 
-type ConnectResponse_Failure struct {
+type CallOutcome_Failure struct {
 	// failure is the status a unary Send would have failed with.
 	Failure *CallFailure `protobuf:"bytes,3,opt,name=failure,proto3,oneof"`
 }
 
-func (*ConnectResponse_Result) isConnectResponse_Outcome() {}
+func (*CallOutcome_Result) isCallOutcome_Outcome() {}
 
-func (*ConnectResponse_Failure) isConnectResponse_Outcome() {}
+func (*CallOutcome_Failure) isCallOutcome_Outcome() {}
 
 // CallFailure is a failed call on a Connect stream: the gRPC status code,
 // message and ErrorInfo reason and metadata a unary Send would carry.
@@ -1172,7 +1342,7 @@ type CallFailure struct {
 
 func (x *CallFailure) Reset() {
 	*x = CallFailure{}
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[18]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1354,7 @@ func (x *CallFailure) String() string {
 func (*CallFailure) ProtoMessage() {}
 
 func (x *CallFailure) ProtoReflect() protoreflect.Message {
-	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[18]
+	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1367,7 @@ func (x *CallFailure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallFailure.ProtoReflect.Descriptor instead.
 func (*CallFailure) Descriptor() ([]byte, []int) {
-	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{18}
+	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CallFailure) GetCode() int32 {
@@ -1247,18 +1417,23 @@ const file_ravi_mesh_v1_agent_service_proto_rawDesc = "" +
 	"\x05scope\x18\x03 \x01(\x0e2\x1a.ravi.mesh.v1.PublishScopeR\x05scope\"i\n" +
 	"\x0fPublishResponse\x12)\n" +
 	"\x10local_deliveries\x18\x01 \x01(\rR\x0flocalDeliveries\x12+\n" +
-	"\x11stream_deliveries\x18\x02 \x01(\rR\x10streamDeliveries\"l\n" +
+	"\x11stream_deliveries\x18\x02 \x01(\rR\x10streamDeliveries\"\x93\x01\n" +
 	"\x10SubscribeRequest\x123\n" +
 	"\afilters\x18\x01 \x03(\v2\x19.ravi.mesh.v1.TopicFilterR\afilters\x12#\n" +
-	"\rsubscriber_id\x18\x02 \x01(\tR\fsubscriberId\"\x8e\x01\n" +
+	"\rsubscriber_id\x18\x02 \x01(\tR\fsubscriberId\x12%\n" +
+	"\x0eaccept_batches\x18\x03 \x01(\bR\racceptBatches\"\x8e\x01\n" +
 	"\x05Event\x12+\n" +
 	"\x05topic\x18\x01 \x01(\v2\x15.ravi.mesh.v1.TopicIdR\x05topic\x122\n" +
 	"\benvelope\x18\x02 \x01(\v2\x16.ravi.mesh.v1.EnvelopeR\benvelope\x12$\n" +
-	"\x0eorigin_node_id\x18\x03 \x01(\tR\foriginNodeId\"v\n" +
+	"\x0eorigin_node_id\x18\x03 \x01(\tR\foriginNodeId\"\xaa\x01\n" +
 	"\x11SubscribeResponse\x12,\n" +
 	"\x04node\x18\x01 \x01(\v2\x16.ravi.mesh.v1.NodeInfoH\x00R\x04node\x12+\n" +
-	"\x05event\x18\x02 \x01(\v2\x13.ravi.mesh.v1.EventH\x00R\x05eventB\x06\n" +
-	"\x04kind\"A\n" +
+	"\x05event\x18\x02 \x01(\v2\x13.ravi.mesh.v1.EventH\x00R\x05event\x122\n" +
+	"\x06events\x18\x03 \x01(\v2\x18.ravi.mesh.v1.EventBatchH\x00R\x06eventsB\x06\n" +
+	"\x04kind\"9\n" +
+	"\n" +
+	"EventBatch\x12+\n" +
+	"\x06events\x18\x01 \x03(\v2\x13.ravi.mesh.v1.EventR\x06events\"A\n" +
 	"\x0fDescribeRequest\x12.\n" +
 	"\x06caller\x18\x01 \x01(\v2\x16.ravi.mesh.v1.NodeInfoR\x06caller\">\n" +
 	"\x10DescribeResponse\x12*\n" +
@@ -1280,16 +1455,20 @@ const file_ravi_mesh_v1_agent_service_proto_rawDesc = "" +
 	"\vStatesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
 	"\x05value\x18\x02 \x01(\v2\x15.ravi.mesh.v1.PayloadR\x05value:\x028\x01\"\x13\n" +
-	"\x11LoadStateResponse\"\xbd\x01\n" +
-	"\x0eConnectRequest\x12\x17\n" +
+	"\x11LoadStateResponse\"?\n" +
+	"\x0eConnectRequest\x12-\n" +
+	"\x05calls\x18\x01 \x03(\v2\x17.ravi.mesh.v1.CallFrameR\x05calls\"\xb8\x01\n" +
+	"\tCallFrame\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\x04R\x06callId\x12/\n" +
 	"\x04send\x18\x02 \x01(\v2\x19.ravi.mesh.v1.SendRequestH\x00R\x04send\x122\n" +
 	"\x06cancel\x18\x03 \x01(\v2\x18.ravi.mesh.v1.CancelCallH\x00R\x06cancel\x12%\n" +
 	"\x0etimeout_millis\x18\x04 \x01(\rR\rtimeoutMillisB\x06\n" +
 	"\x04kind\"\f\n" +
 	"\n" +
-	"CancelCall\"\xa2\x01\n" +
-	"\x0fConnectResponse\x12\x17\n" +
+	"CancelCall\"B\n" +
+	"\x0fConnectResponse\x12/\n" +
+	"\x05calls\x18\x01 \x03(\v2\x19.ravi.mesh.v1.CallOutcomeR\x05calls\"\x9e\x01\n" +
+	"\vCallOutcome\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\x04R\x06callId\x124\n" +
 	"\x06result\x18\x02 \x01(\v2\x1a.ravi.mesh.v1.SendResponseH\x00R\x06result\x125\n" +
 	"\afailure\x18\x03 \x01(\v2\x19.ravi.mesh.v1.CallFailureH\x00R\afailureB\t\n" +
@@ -1329,7 +1508,7 @@ func file_ravi_mesh_v1_agent_service_proto_rawDescGZIP() []byte {
 }
 
 var file_ravi_mesh_v1_agent_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ravi_mesh_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_ravi_mesh_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_ravi_mesh_v1_agent_service_proto_goTypes = []any{
 	(PublishScope)(0),              // 0: ravi.mesh.v1.PublishScope
 	(*SendRequest)(nil),            // 1: ravi.mesh.v1.SendRequest
@@ -1339,77 +1518,84 @@ var file_ravi_mesh_v1_agent_service_proto_goTypes = []any{
 	(*SubscribeRequest)(nil),       // 5: ravi.mesh.v1.SubscribeRequest
 	(*Event)(nil),                  // 6: ravi.mesh.v1.Event
 	(*SubscribeResponse)(nil),      // 7: ravi.mesh.v1.SubscribeResponse
-	(*DescribeRequest)(nil),        // 8: ravi.mesh.v1.DescribeRequest
-	(*DescribeResponse)(nil),       // 9: ravi.mesh.v1.DescribeResponse
-	(*ResolvePromiseRequest)(nil),  // 10: ravi.mesh.v1.ResolvePromiseRequest
-	(*ResolvePromiseResponse)(nil), // 11: ravi.mesh.v1.ResolvePromiseResponse
-	(*SaveStateRequest)(nil),       // 12: ravi.mesh.v1.SaveStateRequest
-	(*SaveStateResponse)(nil),      // 13: ravi.mesh.v1.SaveStateResponse
-	(*LoadStateRequest)(nil),       // 14: ravi.mesh.v1.LoadStateRequest
-	(*LoadStateResponse)(nil),      // 15: ravi.mesh.v1.LoadStateResponse
-	(*ConnectRequest)(nil),         // 16: ravi.mesh.v1.ConnectRequest
-	(*CancelCall)(nil),             // 17: ravi.mesh.v1.CancelCall
-	(*ConnectResponse)(nil),        // 18: ravi.mesh.v1.ConnectResponse
-	(*CallFailure)(nil),            // 19: ravi.mesh.v1.CallFailure
-	nil,                            // 20: ravi.mesh.v1.SaveStateResponse.StatesEntry
-	nil,                            // 21: ravi.mesh.v1.LoadStateRequest.StatesEntry
-	nil,                            // 22: ravi.mesh.v1.CallFailure.MetadataEntry
-	(*AgentId)(nil),                // 23: ravi.mesh.v1.AgentId
-	(*Envelope)(nil),               // 24: ravi.mesh.v1.Envelope
-	(*Route)(nil),                  // 25: ravi.mesh.v1.Route
-	(*TopicId)(nil),                // 26: ravi.mesh.v1.TopicId
-	(*Payload)(nil),                // 27: ravi.mesh.v1.Payload
-	(*TopicFilter)(nil),            // 28: ravi.mesh.v1.TopicFilter
-	(*NodeInfo)(nil),               // 29: ravi.mesh.v1.NodeInfo
+	(*EventBatch)(nil),             // 8: ravi.mesh.v1.EventBatch
+	(*DescribeRequest)(nil),        // 9: ravi.mesh.v1.DescribeRequest
+	(*DescribeResponse)(nil),       // 10: ravi.mesh.v1.DescribeResponse
+	(*ResolvePromiseRequest)(nil),  // 11: ravi.mesh.v1.ResolvePromiseRequest
+	(*ResolvePromiseResponse)(nil), // 12: ravi.mesh.v1.ResolvePromiseResponse
+	(*SaveStateRequest)(nil),       // 13: ravi.mesh.v1.SaveStateRequest
+	(*SaveStateResponse)(nil),      // 14: ravi.mesh.v1.SaveStateResponse
+	(*LoadStateRequest)(nil),       // 15: ravi.mesh.v1.LoadStateRequest
+	(*LoadStateResponse)(nil),      // 16: ravi.mesh.v1.LoadStateResponse
+	(*ConnectRequest)(nil),         // 17: ravi.mesh.v1.ConnectRequest
+	(*CallFrame)(nil),              // 18: ravi.mesh.v1.CallFrame
+	(*CancelCall)(nil),             // 19: ravi.mesh.v1.CancelCall
+	(*ConnectResponse)(nil),        // 20: ravi.mesh.v1.ConnectResponse
+	(*CallOutcome)(nil),            // 21: ravi.mesh.v1.CallOutcome
+	(*CallFailure)(nil),            // 22: ravi.mesh.v1.CallFailure
+	nil,                            // 23: ravi.mesh.v1.SaveStateResponse.StatesEntry
+	nil,                            // 24: ravi.mesh.v1.LoadStateRequest.StatesEntry
+	nil,                            // 25: ravi.mesh.v1.CallFailure.MetadataEntry
+	(*AgentId)(nil),                // 26: ravi.mesh.v1.AgentId
+	(*Envelope)(nil),               // 27: ravi.mesh.v1.Envelope
+	(*Route)(nil),                  // 28: ravi.mesh.v1.Route
+	(*TopicId)(nil),                // 29: ravi.mesh.v1.TopicId
+	(*Payload)(nil),                // 30: ravi.mesh.v1.Payload
+	(*TopicFilter)(nil),            // 31: ravi.mesh.v1.TopicFilter
+	(*NodeInfo)(nil),               // 32: ravi.mesh.v1.NodeInfo
 }
 var file_ravi_mesh_v1_agent_service_proto_depIdxs = []int32{
-	23, // 0: ravi.mesh.v1.SendRequest.recipient:type_name -> ravi.mesh.v1.AgentId
-	24, // 1: ravi.mesh.v1.SendRequest.envelope:type_name -> ravi.mesh.v1.Envelope
-	25, // 2: ravi.mesh.v1.SendRequest.route:type_name -> ravi.mesh.v1.Route
-	26, // 3: ravi.mesh.v1.SendRequest.topic:type_name -> ravi.mesh.v1.TopicId
-	27, // 4: ravi.mesh.v1.SendResponse.result:type_name -> ravi.mesh.v1.Payload
-	26, // 5: ravi.mesh.v1.PublishRequest.topic:type_name -> ravi.mesh.v1.TopicId
-	24, // 6: ravi.mesh.v1.PublishRequest.envelope:type_name -> ravi.mesh.v1.Envelope
+	26, // 0: ravi.mesh.v1.SendRequest.recipient:type_name -> ravi.mesh.v1.AgentId
+	27, // 1: ravi.mesh.v1.SendRequest.envelope:type_name -> ravi.mesh.v1.Envelope
+	28, // 2: ravi.mesh.v1.SendRequest.route:type_name -> ravi.mesh.v1.Route
+	29, // 3: ravi.mesh.v1.SendRequest.topic:type_name -> ravi.mesh.v1.TopicId
+	30, // 4: ravi.mesh.v1.SendResponse.result:type_name -> ravi.mesh.v1.Payload
+	29, // 5: ravi.mesh.v1.PublishRequest.topic:type_name -> ravi.mesh.v1.TopicId
+	27, // 6: ravi.mesh.v1.PublishRequest.envelope:type_name -> ravi.mesh.v1.Envelope
 	0,  // 7: ravi.mesh.v1.PublishRequest.scope:type_name -> ravi.mesh.v1.PublishScope
-	28, // 8: ravi.mesh.v1.SubscribeRequest.filters:type_name -> ravi.mesh.v1.TopicFilter
-	26, // 9: ravi.mesh.v1.Event.topic:type_name -> ravi.mesh.v1.TopicId
-	24, // 10: ravi.mesh.v1.Event.envelope:type_name -> ravi.mesh.v1.Envelope
-	29, // 11: ravi.mesh.v1.SubscribeResponse.node:type_name -> ravi.mesh.v1.NodeInfo
+	31, // 8: ravi.mesh.v1.SubscribeRequest.filters:type_name -> ravi.mesh.v1.TopicFilter
+	29, // 9: ravi.mesh.v1.Event.topic:type_name -> ravi.mesh.v1.TopicId
+	27, // 10: ravi.mesh.v1.Event.envelope:type_name -> ravi.mesh.v1.Envelope
+	32, // 11: ravi.mesh.v1.SubscribeResponse.node:type_name -> ravi.mesh.v1.NodeInfo
 	6,  // 12: ravi.mesh.v1.SubscribeResponse.event:type_name -> ravi.mesh.v1.Event
-	29, // 13: ravi.mesh.v1.DescribeRequest.caller:type_name -> ravi.mesh.v1.NodeInfo
-	29, // 14: ravi.mesh.v1.DescribeResponse.node:type_name -> ravi.mesh.v1.NodeInfo
-	27, // 15: ravi.mesh.v1.ResolvePromiseRequest.value:type_name -> ravi.mesh.v1.Payload
-	23, // 16: ravi.mesh.v1.SaveStateRequest.agent:type_name -> ravi.mesh.v1.AgentId
-	20, // 17: ravi.mesh.v1.SaveStateResponse.states:type_name -> ravi.mesh.v1.SaveStateResponse.StatesEntry
-	21, // 18: ravi.mesh.v1.LoadStateRequest.states:type_name -> ravi.mesh.v1.LoadStateRequest.StatesEntry
-	1,  // 19: ravi.mesh.v1.ConnectRequest.send:type_name -> ravi.mesh.v1.SendRequest
-	17, // 20: ravi.mesh.v1.ConnectRequest.cancel:type_name -> ravi.mesh.v1.CancelCall
-	2,  // 21: ravi.mesh.v1.ConnectResponse.result:type_name -> ravi.mesh.v1.SendResponse
-	19, // 22: ravi.mesh.v1.ConnectResponse.failure:type_name -> ravi.mesh.v1.CallFailure
-	22, // 23: ravi.mesh.v1.CallFailure.metadata:type_name -> ravi.mesh.v1.CallFailure.MetadataEntry
-	27, // 24: ravi.mesh.v1.SaveStateResponse.StatesEntry.value:type_name -> ravi.mesh.v1.Payload
-	27, // 25: ravi.mesh.v1.LoadStateRequest.StatesEntry.value:type_name -> ravi.mesh.v1.Payload
-	1,  // 26: ravi.mesh.v1.AgentService.Send:input_type -> ravi.mesh.v1.SendRequest
-	3,  // 27: ravi.mesh.v1.AgentService.Publish:input_type -> ravi.mesh.v1.PublishRequest
-	5,  // 28: ravi.mesh.v1.AgentService.Subscribe:input_type -> ravi.mesh.v1.SubscribeRequest
-	8,  // 29: ravi.mesh.v1.AgentService.Describe:input_type -> ravi.mesh.v1.DescribeRequest
-	10, // 30: ravi.mesh.v1.AgentService.ResolvePromise:input_type -> ravi.mesh.v1.ResolvePromiseRequest
-	12, // 31: ravi.mesh.v1.AgentService.SaveState:input_type -> ravi.mesh.v1.SaveStateRequest
-	14, // 32: ravi.mesh.v1.AgentService.LoadState:input_type -> ravi.mesh.v1.LoadStateRequest
-	16, // 33: ravi.mesh.v1.AgentService.Connect:input_type -> ravi.mesh.v1.ConnectRequest
-	2,  // 34: ravi.mesh.v1.AgentService.Send:output_type -> ravi.mesh.v1.SendResponse
-	4,  // 35: ravi.mesh.v1.AgentService.Publish:output_type -> ravi.mesh.v1.PublishResponse
-	7,  // 36: ravi.mesh.v1.AgentService.Subscribe:output_type -> ravi.mesh.v1.SubscribeResponse
-	9,  // 37: ravi.mesh.v1.AgentService.Describe:output_type -> ravi.mesh.v1.DescribeResponse
-	11, // 38: ravi.mesh.v1.AgentService.ResolvePromise:output_type -> ravi.mesh.v1.ResolvePromiseResponse
-	13, // 39: ravi.mesh.v1.AgentService.SaveState:output_type -> ravi.mesh.v1.SaveStateResponse
-	15, // 40: ravi.mesh.v1.AgentService.LoadState:output_type -> ravi.mesh.v1.LoadStateResponse
-	18, // 41: ravi.mesh.v1.AgentService.Connect:output_type -> ravi.mesh.v1.ConnectResponse
-	34, // [34:42] is the sub-list for method output_type
-	26, // [26:34] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	8,  // 13: ravi.mesh.v1.SubscribeResponse.events:type_name -> ravi.mesh.v1.EventBatch
+	6,  // 14: ravi.mesh.v1.EventBatch.events:type_name -> ravi.mesh.v1.Event
+	32, // 15: ravi.mesh.v1.DescribeRequest.caller:type_name -> ravi.mesh.v1.NodeInfo
+	32, // 16: ravi.mesh.v1.DescribeResponse.node:type_name -> ravi.mesh.v1.NodeInfo
+	30, // 17: ravi.mesh.v1.ResolvePromiseRequest.value:type_name -> ravi.mesh.v1.Payload
+	26, // 18: ravi.mesh.v1.SaveStateRequest.agent:type_name -> ravi.mesh.v1.AgentId
+	23, // 19: ravi.mesh.v1.SaveStateResponse.states:type_name -> ravi.mesh.v1.SaveStateResponse.StatesEntry
+	24, // 20: ravi.mesh.v1.LoadStateRequest.states:type_name -> ravi.mesh.v1.LoadStateRequest.StatesEntry
+	18, // 21: ravi.mesh.v1.ConnectRequest.calls:type_name -> ravi.mesh.v1.CallFrame
+	1,  // 22: ravi.mesh.v1.CallFrame.send:type_name -> ravi.mesh.v1.SendRequest
+	19, // 23: ravi.mesh.v1.CallFrame.cancel:type_name -> ravi.mesh.v1.CancelCall
+	21, // 24: ravi.mesh.v1.ConnectResponse.calls:type_name -> ravi.mesh.v1.CallOutcome
+	2,  // 25: ravi.mesh.v1.CallOutcome.result:type_name -> ravi.mesh.v1.SendResponse
+	22, // 26: ravi.mesh.v1.CallOutcome.failure:type_name -> ravi.mesh.v1.CallFailure
+	25, // 27: ravi.mesh.v1.CallFailure.metadata:type_name -> ravi.mesh.v1.CallFailure.MetadataEntry
+	30, // 28: ravi.mesh.v1.SaveStateResponse.StatesEntry.value:type_name -> ravi.mesh.v1.Payload
+	30, // 29: ravi.mesh.v1.LoadStateRequest.StatesEntry.value:type_name -> ravi.mesh.v1.Payload
+	1,  // 30: ravi.mesh.v1.AgentService.Send:input_type -> ravi.mesh.v1.SendRequest
+	3,  // 31: ravi.mesh.v1.AgentService.Publish:input_type -> ravi.mesh.v1.PublishRequest
+	5,  // 32: ravi.mesh.v1.AgentService.Subscribe:input_type -> ravi.mesh.v1.SubscribeRequest
+	9,  // 33: ravi.mesh.v1.AgentService.Describe:input_type -> ravi.mesh.v1.DescribeRequest
+	11, // 34: ravi.mesh.v1.AgentService.ResolvePromise:input_type -> ravi.mesh.v1.ResolvePromiseRequest
+	13, // 35: ravi.mesh.v1.AgentService.SaveState:input_type -> ravi.mesh.v1.SaveStateRequest
+	15, // 36: ravi.mesh.v1.AgentService.LoadState:input_type -> ravi.mesh.v1.LoadStateRequest
+	17, // 37: ravi.mesh.v1.AgentService.Connect:input_type -> ravi.mesh.v1.ConnectRequest
+	2,  // 38: ravi.mesh.v1.AgentService.Send:output_type -> ravi.mesh.v1.SendResponse
+	4,  // 39: ravi.mesh.v1.AgentService.Publish:output_type -> ravi.mesh.v1.PublishResponse
+	7,  // 40: ravi.mesh.v1.AgentService.Subscribe:output_type -> ravi.mesh.v1.SubscribeResponse
+	10, // 41: ravi.mesh.v1.AgentService.Describe:output_type -> ravi.mesh.v1.DescribeResponse
+	12, // 42: ravi.mesh.v1.AgentService.ResolvePromise:output_type -> ravi.mesh.v1.ResolvePromiseResponse
+	14, // 43: ravi.mesh.v1.AgentService.SaveState:output_type -> ravi.mesh.v1.SaveStateResponse
+	16, // 44: ravi.mesh.v1.AgentService.LoadState:output_type -> ravi.mesh.v1.LoadStateResponse
+	20, // 45: ravi.mesh.v1.AgentService.Connect:output_type -> ravi.mesh.v1.ConnectResponse
+	38, // [38:46] is the sub-list for method output_type
+	30, // [30:38] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_ravi_mesh_v1_agent_service_proto_init() }
@@ -1421,14 +1607,15 @@ func file_ravi_mesh_v1_agent_service_proto_init() {
 	file_ravi_mesh_v1_agent_service_proto_msgTypes[6].OneofWrappers = []any{
 		(*SubscribeResponse_Node)(nil),
 		(*SubscribeResponse_Event)(nil),
-	}
-	file_ravi_mesh_v1_agent_service_proto_msgTypes[15].OneofWrappers = []any{
-		(*ConnectRequest_Send)(nil),
-		(*ConnectRequest_Cancel)(nil),
+		(*SubscribeResponse_Events)(nil),
 	}
 	file_ravi_mesh_v1_agent_service_proto_msgTypes[17].OneofWrappers = []any{
-		(*ConnectResponse_Result)(nil),
-		(*ConnectResponse_Failure)(nil),
+		(*CallFrame_Send)(nil),
+		(*CallFrame_Cancel)(nil),
+	}
+	file_ravi_mesh_v1_agent_service_proto_msgTypes[20].OneofWrappers = []any{
+		(*CallOutcome_Result)(nil),
+		(*CallOutcome_Failure)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1436,7 +1623,7 @@ func file_ravi_mesh_v1_agent_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ravi_mesh_v1_agent_service_proto_rawDesc), len(file_ravi_mesh_v1_agent_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

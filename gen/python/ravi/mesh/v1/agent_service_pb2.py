@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ravi.mesh.v1 import types_pb2 as ravi_dot_mesh_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ravi/mesh/v1/agent_service.proto\x12\x0cravi.mesh.v1\x1a\x18ravi/mesh/v1/types.proto\"\xce\x01\n\x0bSendRequest\x12\x33\n\trecipient\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\trecipient\x12\x32\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x16.ravi.mesh.v1.EnvelopeR\x08\x65nvelope\x12)\n\x05route\x18\x03 \x01(\x0b\x32\x13.ravi.mesh.v1.RouteR\x05route\x12+\n\x05topic\x18\x04 \x01(\x0b\x32\x15.ravi.mesh.v1.TopicIdR\x05topic\"V\n\x0cSendResponse\x12-\n\x06result\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x06result\x12\x17\n\x07node_id\x18\x02 \x01(\tR\x06nodeId\"\xa3\x01\n\x0ePublishRequest\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.TopicIdR\x05topic\x12\x32\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x16.ravi.mesh.v1.EnvelopeR\x08\x65nvelope\x12\x30\n\x05scope\x18\x03 \x01(\x0e\x32\x1a.ravi.mesh.v1.PublishScopeR\x05scope\"i\n\x0fPublishResponse\x12)\n\x10local_deliveries\x18\x01 \x01(\rR\x0flocalDeliveries\x12+\n\x11stream_deliveries\x18\x02 \x01(\rR\x10streamDeliveries\"l\n\x10SubscribeRequest\x12\x33\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x19.ravi.mesh.v1.TopicFilterR\x07\x66ilters\x12#\n\rsubscriber_id\x18\x02 \x01(\tR\x0csubscriberId\"\x8e\x01\n\x05\x45vent\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.TopicIdR\x05topic\x12\x32\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x16.ravi.mesh.v1.EnvelopeR\x08\x65nvelope\x12$\n\x0eorigin_node_id\x18\x03 \x01(\tR\x0coriginNodeId\"v\n\x11SubscribeResponse\x12,\n\x04node\x18\x01 \x01(\x0b\x32\x16.ravi.mesh.v1.NodeInfoH\x00R\x04node\x12+\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x13.ravi.mesh.v1.EventH\x00R\x05\x65ventB\x06\n\x04kind\"A\n\x0f\x44\x65scribeRequest\x12.\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x16.ravi.mesh.v1.NodeInfoR\x06\x63\x61ller\">\n\x10\x44\x65scribeResponse\x12*\n\x04node\x18\x01 \x01(\x0b\x32\x16.ravi.mesh.v1.NodeInfoR\x04node\"X\n\x15ResolvePromiseRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x05value\"2\n\x16ResolvePromiseResponse\x12\x18\n\x07waiting\x18\x01 \x01(\x08R\x07waiting\"?\n\x10SaveStateRequest\x12+\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\x05\x61gent\"\xaa\x01\n\x11SaveStateResponse\x12\x43\n\x06states\x18\x01 \x03(\x0b\x32+.ravi.mesh.v1.SaveStateResponse.StatesEntryR\x06states\x1aP\n\x0bStatesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x05value:\x02\x38\x01\"\xa8\x01\n\x10LoadStateRequest\x12\x42\n\x06states\x18\x01 \x03(\x0b\x32*.ravi.mesh.v1.LoadStateRequest.StatesEntryR\x06states\x1aP\n\x0bStatesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x05value:\x02\x38\x01\"\x13\n\x11LoadStateResponse\"\xbd\x01\n\x0e\x43onnectRequest\x12\x17\n\x07\x63\x61ll_id\x18\x01 \x01(\x04R\x06\x63\x61llId\x12/\n\x04send\x18\x02 \x01(\x0b\x32\x19.ravi.mesh.v1.SendRequestH\x00R\x04send\x12\x32\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x18.ravi.mesh.v1.CancelCallH\x00R\x06\x63\x61ncel\x12%\n\x0etimeout_millis\x18\x04 \x01(\rR\rtimeoutMillisB\x06\n\x04kind\"\x0c\n\nCancelCall\"\xa2\x01\n\x0f\x43onnectResponse\x12\x17\n\x07\x63\x61ll_id\x18\x01 \x01(\x04R\x06\x63\x61llId\x12\x34\n\x06result\x18\x02 \x01(\x0b\x32\x1a.ravi.mesh.v1.SendResponseH\x00R\x06result\x12\x35\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x19.ravi.mesh.v1.CallFailureH\x00R\x07\x66\x61ilureB\t\n\x07outcome\"\xd5\x01\n\x0b\x43\x61llFailure\x12\x12\n\x04\x63ode\x18\x01 \x01(\x05R\x04\x63ode\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12\x43\n\x08metadata\x18\x04 \x03(\x0b\x32\'.ravi.mesh.v1.CallFailure.MetadataEntryR\x08metadata\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01*]\n\x0cPublishScope\x12\x1d\n\x19PUBLISH_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12PUBLISH_SCOPE_MESH\x10\x01\x12\x16\n\x12PUBLISH_SCOPE_NODE\x10\x02\x32\xfa\x04\n\x0c\x41gentService\x12=\n\x04Send\x12\x19.ravi.mesh.v1.SendRequest\x1a\x1a.ravi.mesh.v1.SendResponse\x12\x46\n\x07Publish\x12\x1c.ravi.mesh.v1.PublishRequest\x1a\x1d.ravi.mesh.v1.PublishResponse\x12N\n\tSubscribe\x12\x1e.ravi.mesh.v1.SubscribeRequest\x1a\x1f.ravi.mesh.v1.SubscribeResponse0\x01\x12N\n\x08\x44\x65scribe\x12\x1d.ravi.mesh.v1.DescribeRequest\x1a\x1e.ravi.mesh.v1.DescribeResponse\"\x03\x90\x02\x01\x12[\n\x0eResolvePromise\x12#.ravi.mesh.v1.ResolvePromiseRequest\x1a$.ravi.mesh.v1.ResolvePromiseResponse\x12L\n\tSaveState\x12\x1e.ravi.mesh.v1.SaveStateRequest\x1a\x1f.ravi.mesh.v1.SaveStateResponse\x12L\n\tLoadState\x12\x1e.ravi.mesh.v1.LoadStateRequest\x1a\x1f.ravi.mesh.v1.LoadStateResponse\x12J\n\x07\x43onnect\x12\x1c.ravi.mesh.v1.ConnectRequest\x1a\x1d.ravi.mesh.v1.ConnectResponse(\x01\x30\x01\x42\x36Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ravi/mesh/v1/agent_service.proto\x12\x0cravi.mesh.v1\x1a\x18ravi/mesh/v1/types.proto\"\xce\x01\n\x0bSendRequest\x12\x33\n\trecipient\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\trecipient\x12\x32\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x16.ravi.mesh.v1.EnvelopeR\x08\x65nvelope\x12)\n\x05route\x18\x03 \x01(\x0b\x32\x13.ravi.mesh.v1.RouteR\x05route\x12+\n\x05topic\x18\x04 \x01(\x0b\x32\x15.ravi.mesh.v1.TopicIdR\x05topic\"V\n\x0cSendResponse\x12-\n\x06result\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x06result\x12\x17\n\x07node_id\x18\x02 \x01(\tR\x06nodeId\"\xa3\x01\n\x0ePublishRequest\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.TopicIdR\x05topic\x12\x32\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x16.ravi.mesh.v1.EnvelopeR\x08\x65nvelope\x12\x30\n\x05scope\x18\x03 \x01(\x0e\x32\x1a.ravi.mesh.v1.PublishScopeR\x05scope\"i\n\x0fPublishResponse\x12)\n\x10local_deliveries\x18\x01 \x01(\rR\x0flocalDeliveries\x12+\n\x11stream_deliveries\x18\x02 \x01(\rR\x10streamDeliveries\"\x93\x01\n\x10SubscribeRequest\x12\x33\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x19.ravi.mesh.v1.TopicFilterR\x07\x66ilters\x12#\n\rsubscriber_id\x18\x02 \x01(\tR\x0csubscriberId\x12%\n\x0e\x61\x63\x63\x65pt_batches\x18\x03 \x01(\x08R\racceptBatches\"\x8e\x01\n\x05\x45vent\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.TopicIdR\x05topic\x12\x32\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x16.ravi.mesh.v1.EnvelopeR\x08\x65nvelope\x12$\n\x0eorigin_node_id\x18\x03 \x01(\tR\x0coriginNodeId\"\xaa\x01\n\x11SubscribeResponse\x12,\n\x04node\x18\x01 \x01(\x0b\x32\x16.ravi.mesh.v1.NodeInfoH\x00R\x04node\x12+\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x13.ravi.mesh.v1.EventH\x00R\x05\x65vent\x12\x32\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x18.ravi.mesh.v1.EventBatchH\x00R\x06\x65ventsB\x06\n\x04kind\"9\n\nEventBatch\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.ravi.mesh.v1.EventR\x06\x65vents\"A\n\x0f\x44\x65scribeRequest\x12.\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x16.ravi.mesh.v1.NodeInfoR\x06\x63\x61ller\">\n\x10\x44\x65scribeResponse\x12*\n\x04node\x18\x01 \x01(\x0b\x32\x16.ravi.mesh.v1.NodeInfoR\x04node\"X\n\x15ResolvePromiseRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x05value\"2\n\x16ResolvePromiseResponse\x12\x18\n\x07waiting\x18\x01 \x01(\x08R\x07waiting\"?\n\x10SaveStateRequest\x12+\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\x05\x61gent\"\xaa\x01\n\x11SaveStateResponse\x12\x43\n\x06states\x18\x01 \x03(\x0b\x32+.ravi.mesh.v1.SaveStateResponse.StatesEntryR\x06states\x1aP\n\x0bStatesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x05value:\x02\x38\x01\"\xa8\x01\n\x10LoadStateRequest\x12\x42\n\x06states\x18\x01 \x03(\x0b\x32*.ravi.mesh.v1.LoadStateRequest.StatesEntryR\x06states\x1aP\n\x0bStatesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.PayloadR\x05value:\x02\x38\x01\"\x13\n\x11LoadStateResponse\"?\n\x0e\x43onnectRequest\x12-\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x17.ravi.mesh.v1.CallFrameR\x05\x63\x61lls\"\xb8\x01\n\tCallFrame\x12\x17\n\x07\x63\x61ll_id\x18\x01 \x01(\x04R\x06\x63\x61llId\x12/\n\x04send\x18\x02 \x01(\x0b\x32\x19.ravi.mesh.v1.SendRequestH\x00R\x04send\x12\x32\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x18.ravi.mesh.v1.CancelCallH\x00R\x06\x63\x61ncel\x12%\n\x0etimeout_millis\x18\x04 \x01(\rR\rtimeoutMillisB\x06\n\x04kind\"\x0c\n\nCancelCall\"B\n\x0f\x43onnectResponse\x12/\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x19.ravi.mesh.v1.CallOutcomeR\x05\x63\x61lls\"\x9e\x01\n\x0b\x43\x61llOutcome\x12\x17\n\x07\x63\x61ll_id\x18\x01 \x01(\x04R\x06\x63\x61llId\x12\x34\n\x06result\x18\x02 \x01(\x0b\x32\x1a.ravi.mesh.v1.SendResponseH\x00R\x06result\x12\x35\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x19.ravi.mesh.v1.CallFailureH\x00R\x07\x66\x61ilureB\t\n\x07outcome\"\xd5\x01\n\x0b\x43\x61llFailure\x12\x12\n\x04\x63ode\x18\x01 \x01(\x05R\x04\x63ode\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12\x43\n\x08metadata\x18\x04 \x03(\x0b\x32\'.ravi.mesh.v1.CallFailure.MetadataEntryR\x08metadata\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01*]\n\x0cPublishScope\x12\x1d\n\x19PUBLISH_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12PUBLISH_SCOPE_MESH\x10\x01\x12\x16\n\x12PUBLISH_SCOPE_NODE\x10\x02\x32\xfa\x04\n\x0c\x41gentService\x12=\n\x04Send\x12\x19.ravi.mesh.v1.SendRequest\x1a\x1a.ravi.mesh.v1.SendResponse\x12\x46\n\x07Publish\x12\x1c.ravi.mesh.v1.PublishRequest\x1a\x1d.ravi.mesh.v1.PublishResponse\x12N\n\tSubscribe\x12\x1e.ravi.mesh.v1.SubscribeRequest\x1a\x1f.ravi.mesh.v1.SubscribeResponse0\x01\x12N\n\x08\x44\x65scribe\x12\x1d.ravi.mesh.v1.DescribeRequest\x1a\x1e.ravi.mesh.v1.DescribeResponse\"\x03\x90\x02\x01\x12[\n\x0eResolvePromise\x12#.ravi.mesh.v1.ResolvePromiseRequest\x1a$.ravi.mesh.v1.ResolvePromiseResponse\x12L\n\tSaveState\x12\x1e.ravi.mesh.v1.SaveStateRequest\x1a\x1f.ravi.mesh.v1.SaveStateResponse\x12L\n\tLoadState\x12\x1e.ravi.mesh.v1.LoadStateRequest\x1a\x1f.ravi.mesh.v1.LoadStateResponse\x12J\n\x07\x43onnect\x12\x1c.ravi.mesh.v1.ConnectRequest\x1a\x1d.ravi.mesh.v1.ConnectResponse(\x01\x30\x01\x42\x36Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,8 +41,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLFAILURE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_AGENTSERVICE'].methods_by_name['Describe']._loaded_options = None
   _globals['_AGENTSERVICE'].methods_by_name['Describe']._serialized_options = b'\220\002\001'
-  _globals['_PUBLISHSCOPE']._serialized_start=2311
-  _globals['_PUBLISHSCOPE']._serialized_end=2404
+  _globals['_PUBLISHSCOPE']._serialized_start=2587
+  _globals['_PUBLISHSCOPE']._serialized_end=2680
   _globals['_SENDREQUEST']._serialized_start=77
   _globals['_SENDREQUEST']._serialized_end=283
   _globals['_SENDRESPONSE']._serialized_start=285
@@ -51,42 +51,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHREQUEST']._serialized_end=537
   _globals['_PUBLISHRESPONSE']._serialized_start=539
   _globals['_PUBLISHRESPONSE']._serialized_end=644
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=646
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=754
-  _globals['_EVENT']._serialized_start=757
-  _globals['_EVENT']._serialized_end=899
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=901
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1019
-  _globals['_DESCRIBEREQUEST']._serialized_start=1021
-  _globals['_DESCRIBEREQUEST']._serialized_end=1086
-  _globals['_DESCRIBERESPONSE']._serialized_start=1088
-  _globals['_DESCRIBERESPONSE']._serialized_end=1150
-  _globals['_RESOLVEPROMISEREQUEST']._serialized_start=1152
-  _globals['_RESOLVEPROMISEREQUEST']._serialized_end=1240
-  _globals['_RESOLVEPROMISERESPONSE']._serialized_start=1242
-  _globals['_RESOLVEPROMISERESPONSE']._serialized_end=1292
-  _globals['_SAVESTATEREQUEST']._serialized_start=1294
-  _globals['_SAVESTATEREQUEST']._serialized_end=1357
-  _globals['_SAVESTATERESPONSE']._serialized_start=1360
-  _globals['_SAVESTATERESPONSE']._serialized_end=1530
-  _globals['_SAVESTATERESPONSE_STATESENTRY']._serialized_start=1450
-  _globals['_SAVESTATERESPONSE_STATESENTRY']._serialized_end=1530
-  _globals['_LOADSTATEREQUEST']._serialized_start=1533
-  _globals['_LOADSTATEREQUEST']._serialized_end=1701
-  _globals['_LOADSTATEREQUEST_STATESENTRY']._serialized_start=1450
-  _globals['_LOADSTATEREQUEST_STATESENTRY']._serialized_end=1530
-  _globals['_LOADSTATERESPONSE']._serialized_start=1703
-  _globals['_LOADSTATERESPONSE']._serialized_end=1722
-  _globals['_CONNECTREQUEST']._serialized_start=1725
-  _globals['_CONNECTREQUEST']._serialized_end=1914
-  _globals['_CANCELCALL']._serialized_start=1916
-  _globals['_CANCELCALL']._serialized_end=1928
-  _globals['_CONNECTRESPONSE']._serialized_start=1931
-  _globals['_CONNECTRESPONSE']._serialized_end=2093
-  _globals['_CALLFAILURE']._serialized_start=2096
-  _globals['_CALLFAILURE']._serialized_end=2309
-  _globals['_CALLFAILURE_METADATAENTRY']._serialized_start=2250
-  _globals['_CALLFAILURE_METADATAENTRY']._serialized_end=2309
-  _globals['_AGENTSERVICE']._serialized_start=2407
-  _globals['_AGENTSERVICE']._serialized_end=3041
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=647
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=794
+  _globals['_EVENT']._serialized_start=797
+  _globals['_EVENT']._serialized_end=939
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=942
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1112
+  _globals['_EVENTBATCH']._serialized_start=1114
+  _globals['_EVENTBATCH']._serialized_end=1171
+  _globals['_DESCRIBEREQUEST']._serialized_start=1173
+  _globals['_DESCRIBEREQUEST']._serialized_end=1238
+  _globals['_DESCRIBERESPONSE']._serialized_start=1240
+  _globals['_DESCRIBERESPONSE']._serialized_end=1302
+  _globals['_RESOLVEPROMISEREQUEST']._serialized_start=1304
+  _globals['_RESOLVEPROMISEREQUEST']._serialized_end=1392
+  _globals['_RESOLVEPROMISERESPONSE']._serialized_start=1394
+  _globals['_RESOLVEPROMISERESPONSE']._serialized_end=1444
+  _globals['_SAVESTATEREQUEST']._serialized_start=1446
+  _globals['_SAVESTATEREQUEST']._serialized_end=1509
+  _globals['_SAVESTATERESPONSE']._serialized_start=1512
+  _globals['_SAVESTATERESPONSE']._serialized_end=1682
+  _globals['_SAVESTATERESPONSE_STATESENTRY']._serialized_start=1602
+  _globals['_SAVESTATERESPONSE_STATESENTRY']._serialized_end=1682
+  _globals['_LOADSTATEREQUEST']._serialized_start=1685
+  _globals['_LOADSTATEREQUEST']._serialized_end=1853
+  _globals['_LOADSTATEREQUEST_STATESENTRY']._serialized_start=1602
+  _globals['_LOADSTATEREQUEST_STATESENTRY']._serialized_end=1682
+  _globals['_LOADSTATERESPONSE']._serialized_start=1855
+  _globals['_LOADSTATERESPONSE']._serialized_end=1874
+  _globals['_CONNECTREQUEST']._serialized_start=1876
+  _globals['_CONNECTREQUEST']._serialized_end=1939
+  _globals['_CALLFRAME']._serialized_start=1942
+  _globals['_CALLFRAME']._serialized_end=2126
+  _globals['_CANCELCALL']._serialized_start=2128
+  _globals['_CANCELCALL']._serialized_end=2140
+  _globals['_CONNECTRESPONSE']._serialized_start=2142
+  _globals['_CONNECTRESPONSE']._serialized_end=2208
+  _globals['_CALLOUTCOME']._serialized_start=2211
+  _globals['_CALLOUTCOME']._serialized_end=2369
+  _globals['_CALLFAILURE']._serialized_start=2372
+  _globals['_CALLFAILURE']._serialized_end=2585
+  _globals['_CALLFAILURE_METADATAENTRY']._serialized_start=2526
+  _globals['_CALLFAILURE_METADATAENTRY']._serialized_end=2585
+  _globals['_AGENTSERVICE']._serialized_start=2683
+  _globals['_AGENTSERVICE']._serialized_end=3317
 # @@protoc_insertion_point(module_scope)

@@ -199,9 +199,15 @@ class SubscribeRequest(_message.Message):
 
     FILTERS_FIELD_NUMBER: _builtins.int
     SUBSCRIBER_ID_FIELD_NUMBER: _builtins.int
+    ACCEPT_BATCHES_FIELD_NUMBER: _builtins.int
     subscriber_id: _builtins.str
     """subscriber_id names the subscriber (a node id or a client name), for
     diagnostics and so that a node never echoes a peer's own events back.
+    """
+    accept_batches: _builtins.bool
+    """accept_batches says the subscriber understands SubscribeResponse.events:
+    the node may then send events that are ready together as one message,
+    which saves a stream write per event. Without it, every event comes alone.
     """
     @_builtins.property
     def filters(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.TopicFilter]:
@@ -215,10 +221,11 @@ class SubscribeRequest(_message.Message):
         *,
         filters: _abc.Iterable[_types_pb2.TopicFilter] | None = ...,
         subscriber_id: _builtins.str = ...,
+        accept_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filters", b"filters", "subscriber_id", b"subscriber_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_batches", b"accept_batches", "filters", b"filters", "subscriber_id", b"subscriber_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -268,6 +275,7 @@ class SubscribeResponse(_message.Message):
 
     NODE_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def node(self) -> _types_pb2.NodeInfo:
         """node is the node's description: first once the subscription is active,
@@ -278,21 +286,52 @@ class SubscribeResponse(_message.Message):
     def event(self) -> Global___Event:
         """event is a published message that matches the request's filters."""
 
+    @_builtins.property
+    def events(self) -> Global___EventBatch:
+        """events are published messages that matched and were ready together, in
+        order; only for subscribers that set accept_batches.
+        """
+
     def __init__(
         self,
         *,
         node: _types_pb2.NodeInfo | None = ...,
         event: Global___Event | None = ...,
+        events: Global___EventBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "kind", b"kind", "node", b"node"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "kind", b"kind", "node", b"node"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "kind", b"kind", "node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "kind", b"kind", "node", b"node"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["node", "event"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["node", "event", "events"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
+
+@_typing.final
+class EventBatch(_message.Message):
+    """EventBatch is a run of events sent as one Subscribe stream message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """events are the events, in publication order."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015
 
 @_typing.final
 class DescribeRequest(_message.Message):
@@ -534,7 +573,34 @@ Global___LoadStateResponse: _TypeAlias = LoadStateResponse  # noqa: Y015
 
 @_typing.final
 class ConnectRequest(_message.Message):
-    """ConnectRequest is one frame a caller writes on an AgentService.Connect stream."""
+    """ConnectRequest is one message a caller writes on an AgentService.Connect
+    stream: the call frames that were ready together. Batching frames saves a
+    write per call when many calls are in flight.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallFrame]:
+        """calls are the frames, handled in order."""
+
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___CallFrame] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class CallFrame(_message.Message):
+    """CallFrame starts or cancels one call on a Connect stream."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -556,8 +622,8 @@ class ConnectRequest(_message.Message):
 
     @_builtins.property
     def cancel(self) -> Global___CancelCall:
-        """cancel cancels the call call_id: its handler is cancelled and no
-        response frame follows.
+        """cancel cancels the call call_id: its handler is cancelled and no outcome
+        follows.
         """
 
     def __init__(
@@ -576,7 +642,7 @@ class ConnectRequest(_message.Message):
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
-Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+Global___CallFrame: _TypeAlias = CallFrame  # noqa: Y015
 
 @_typing.final
 class CancelCall(_message.Message):
@@ -597,7 +663,33 @@ Global___CancelCall: _TypeAlias = CancelCall  # noqa: Y015
 
 @_typing.final
 class ConnectResponse(_message.Message):
-    """ConnectResponse is one frame a node writes on an AgentService.Connect stream."""
+    """ConnectResponse is one message a node writes on an AgentService.Connect
+    stream: the outcomes of calls that ended together.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallOutcome]:
+        """calls are the outcomes."""
+
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___CallOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class CallOutcome(_message.Message):
+    """CallOutcome is how one call on a Connect stream ended."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -605,7 +697,7 @@ class ConnectResponse(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
     call_id: _builtins.int
-    """call_id is the call this frame answers."""
+    """call_id is the call this outcome answers."""
     @_builtins.property
     def result(self) -> Global___SendResponse:
         """result is the response a unary Send would have returned."""
@@ -629,7 +721,7 @@ class ConnectResponse(_message.Message):
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
-Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+Global___CallOutcome: _TypeAlias = CallOutcome  # noqa: Y015
 
 @_typing.final
 class CallFailure(_message.Message):

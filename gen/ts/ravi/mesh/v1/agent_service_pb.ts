@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ravi/mesh/v1/agent_service.proto.
  */
 export const file_ravi_mesh_v1_agent_service: GenFile = /*@__PURE__*/
-  fileDesc("CiByYXZpL21lc2gvdjEvYWdlbnRfc2VydmljZS5wcm90bxIMcmF2aS5tZXNoLnYxIqsBCgtTZW5kUmVxdWVzdBIoCglyZWNpcGllbnQYASABKAsyFS5yYXZpLm1lc2gudjEuQWdlbnRJZBIoCghlbnZlbG9wZRgCIAEoCzIWLnJhdmkubWVzaC52MS5FbnZlbG9wZRIiCgVyb3V0ZRgDIAEoCzITLnJhdmkubWVzaC52MS5Sb3V0ZRIkCgV0b3BpYxgEIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkIkYKDFNlbmRSZXNwb25zZRIlCgZyZXN1bHQYASABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZBIPCgdub2RlX2lkGAIgASgJIosBCg5QdWJsaXNoUmVxdWVzdBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEikKBXNjb3BlGAMgASgOMhoucmF2aS5tZXNoLnYxLlB1Ymxpc2hTY29wZSJGCg9QdWJsaXNoUmVzcG9uc2USGAoQbG9jYWxfZGVsaXZlcmllcxgBIAEoDRIZChFzdHJlYW1fZGVsaXZlcmllcxgCIAEoDSJVChBTdWJzY3JpYmVSZXF1ZXN0EioKB2ZpbHRlcnMYASADKAsyGS5yYXZpLm1lc2gudjEuVG9waWNGaWx0ZXISFQoNc3Vic2NyaWJlcl9pZBgCIAEoCSJvCgVFdmVudBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEhYKDm9yaWdpbl9ub2RlX2lkGAMgASgJImkKEVN1YnNjcmliZVJlc3BvbnNlEiYKBG5vZGUYASABKAsyFi5yYXZpLm1lc2gudjEuTm9kZUluZm9IABIkCgVldmVudBgCIAEoCzITLnJhdmkubWVzaC52MS5FdmVudEgAQgYKBGtpbmQiOQoPRGVzY3JpYmVSZXF1ZXN0EiYKBmNhbGxlchgBIAEoCzIWLnJhdmkubWVzaC52MS5Ob2RlSW5mbyI4ChBEZXNjcmliZVJlc3BvbnNlEiQKBG5vZGUYASABKAsyFi5yYXZpLm1lc2gudjEuTm9kZUluZm8iSwoVUmVzb2x2ZVByb21pc2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSJAoFdmFsdWUYAiABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZCIpChZSZXNvbHZlUHJvbWlzZVJlc3BvbnNlEg8KB3dhaXRpbmcYASABKAgiOAoQU2F2ZVN0YXRlUmVxdWVzdBIkCgVhZ2VudBgBIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkIpYBChFTYXZlU3RhdGVSZXNwb25zZRI7CgZzdGF0ZXMYASADKAsyKy5yYXZpLm1lc2gudjEuU2F2ZVN0YXRlUmVzcG9uc2UuU3RhdGVzRW50cnkaRAoLU3RhdGVzRW50cnkSCwoDa2V5GAEgASgJEiQKBXZhbHVlGAIgASgLMhUucmF2aS5tZXNoLnYxLlBheWxvYWQ6AjgBIpQBChBMb2FkU3RhdGVSZXF1ZXN0EjoKBnN0YXRlcxgBIAMoCzIqLnJhdmkubWVzaC52MS5Mb2FkU3RhdGVSZXF1ZXN0LlN0YXRlc0VudHJ5GkQKC1N0YXRlc0VudHJ5EgsKA2tleRgBIAEoCRIkCgV2YWx1ZRgCIAEoCzIVLnJhdmkubWVzaC52MS5QYXlsb2FkOgI4ASITChFMb2FkU3RhdGVSZXNwb25zZSKYAQoOQ29ubmVjdFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoBBIpCgRzZW5kGAIgASgLMhkucmF2aS5tZXNoLnYxLlNlbmRSZXF1ZXN0SAASKgoGY2FuY2VsGAMgASgLMhgucmF2aS5tZXNoLnYxLkNhbmNlbENhbGxIABIWCg50aW1lb3V0X21pbGxpcxgEIAEoDUIGCgRraW5kIgwKCkNhbmNlbENhbGwiiQEKD0Nvbm5lY3RSZXNwb25zZRIPCgdjYWxsX2lkGAEgASgEEiwKBnJlc3VsdBgCIAEoCzIaLnJhdmkubWVzaC52MS5TZW5kUmVzcG9uc2VIABIsCgdmYWlsdXJlGAMgASgLMhkucmF2aS5tZXNoLnYxLkNhbGxGYWlsdXJlSABCCQoHb3V0Y29tZSKoAQoLQ2FsbEZhaWx1cmUSDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlYXNvbhgDIAEoCRI5CghtZXRhZGF0YRgEIAMoCzInLnJhdmkubWVzaC52MS5DYWxsRmFpbHVyZS5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASpdCgxQdWJsaXNoU2NvcGUSHQoZUFVCTElTSF9TQ09QRV9VTlNQRUNJRklFRBAAEhYKElBVQkxJU0hfU0NPUEVfTUVTSBABEhYKElBVQkxJU0hfU0NPUEVfTk9ERRACMvoECgxBZ2VudFNlcnZpY2USPQoEU2VuZBIZLnJhdmkubWVzaC52MS5TZW5kUmVxdWVzdBoaLnJhdmkubWVzaC52MS5TZW5kUmVzcG9uc2USRgoHUHVibGlzaBIcLnJhdmkubWVzaC52MS5QdWJsaXNoUmVxdWVzdBodLnJhdmkubWVzaC52MS5QdWJsaXNoUmVzcG9uc2USTgoJU3Vic2NyaWJlEh4ucmF2aS5tZXNoLnYxLlN1YnNjcmliZVJlcXVlc3QaHy5yYXZpLm1lc2gudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJOCghEZXNjcmliZRIdLnJhdmkubWVzaC52MS5EZXNjcmliZVJlcXVlc3QaHi5yYXZpLm1lc2gudjEuRGVzY3JpYmVSZXNwb25zZSIDkAIBElsKDlJlc29sdmVQcm9taXNlEiMucmF2aS5tZXNoLnYxLlJlc29sdmVQcm9taXNlUmVxdWVzdBokLnJhdmkubWVzaC52MS5SZXNvbHZlUHJvbWlzZVJlc3BvbnNlEkwKCVNhdmVTdGF0ZRIeLnJhdmkubWVzaC52MS5TYXZlU3RhdGVSZXF1ZXN0Gh8ucmF2aS5tZXNoLnYxLlNhdmVTdGF0ZVJlc3BvbnNlEkwKCUxvYWRTdGF0ZRIeLnJhdmkubWVzaC52MS5Mb2FkU3RhdGVSZXF1ZXN0Gh8ucmF2aS5tZXNoLnYxLkxvYWRTdGF0ZVJlc3BvbnNlEkoKB0Nvbm5lY3QSHC5yYXZpLm1lc2gudjEuQ29ubmVjdFJlcXVlc3QaHS5yYXZpLm1lc2gudjEuQ29ubmVjdFJlc3BvbnNlKAEwAUI2WjRnaXRodWIuY29tL3JhdmktbWVzaC9yYXZpL2dlbi9nby9yYXZpL21lc2gvdjE7bWVzaHYxYgZwcm90bzM", [file_ravi_mesh_v1_types]);
+  fileDesc("CiByYXZpL21lc2gvdjEvYWdlbnRfc2VydmljZS5wcm90bxIMcmF2aS5tZXNoLnYxIqsBCgtTZW5kUmVxdWVzdBIoCglyZWNpcGllbnQYASABKAsyFS5yYXZpLm1lc2gudjEuQWdlbnRJZBIoCghlbnZlbG9wZRgCIAEoCzIWLnJhdmkubWVzaC52MS5FbnZlbG9wZRIiCgVyb3V0ZRgDIAEoCzITLnJhdmkubWVzaC52MS5Sb3V0ZRIkCgV0b3BpYxgEIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkIkYKDFNlbmRSZXNwb25zZRIlCgZyZXN1bHQYASABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZBIPCgdub2RlX2lkGAIgASgJIosBCg5QdWJsaXNoUmVxdWVzdBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEikKBXNjb3BlGAMgASgOMhoucmF2aS5tZXNoLnYxLlB1Ymxpc2hTY29wZSJGCg9QdWJsaXNoUmVzcG9uc2USGAoQbG9jYWxfZGVsaXZlcmllcxgBIAEoDRIZChFzdHJlYW1fZGVsaXZlcmllcxgCIAEoDSJtChBTdWJzY3JpYmVSZXF1ZXN0EioKB2ZpbHRlcnMYASADKAsyGS5yYXZpLm1lc2gudjEuVG9waWNGaWx0ZXISFQoNc3Vic2NyaWJlcl9pZBgCIAEoCRIWCg5hY2NlcHRfYmF0Y2hlcxgDIAEoCCJvCgVFdmVudBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEhYKDm9yaWdpbl9ub2RlX2lkGAMgASgJIpUBChFTdWJzY3JpYmVSZXNwb25zZRImCgRub2RlGAEgASgLMhYucmF2aS5tZXNoLnYxLk5vZGVJbmZvSAASJAoFZXZlbnQYAiABKAsyEy5yYXZpLm1lc2gudjEuRXZlbnRIABIqCgZldmVudHMYAyABKAsyGC5yYXZpLm1lc2gudjEuRXZlbnRCYXRjaEgAQgYKBGtpbmQiMQoKRXZlbnRCYXRjaBIjCgZldmVudHMYASADKAsyEy5yYXZpLm1lc2gudjEuRXZlbnQiOQoPRGVzY3JpYmVSZXF1ZXN0EiYKBmNhbGxlchgBIAEoCzIWLnJhdmkubWVzaC52MS5Ob2RlSW5mbyI4ChBEZXNjcmliZVJlc3BvbnNlEiQKBG5vZGUYASABKAsyFi5yYXZpLm1lc2gudjEuTm9kZUluZm8iSwoVUmVzb2x2ZVByb21pc2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSJAoFdmFsdWUYAiABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZCIpChZSZXNvbHZlUHJvbWlzZVJlc3BvbnNlEg8KB3dhaXRpbmcYASABKAgiOAoQU2F2ZVN0YXRlUmVxdWVzdBIkCgVhZ2VudBgBIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkIpYBChFTYXZlU3RhdGVSZXNwb25zZRI7CgZzdGF0ZXMYASADKAsyKy5yYXZpLm1lc2gudjEuU2F2ZVN0YXRlUmVzcG9uc2UuU3RhdGVzRW50cnkaRAoLU3RhdGVzRW50cnkSCwoDa2V5GAEgASgJEiQKBXZhbHVlGAIgASgLMhUucmF2aS5tZXNoLnYxLlBheWxvYWQ6AjgBIpQBChBMb2FkU3RhdGVSZXF1ZXN0EjoKBnN0YXRlcxgBIAMoCzIqLnJhdmkubWVzaC52MS5Mb2FkU3RhdGVSZXF1ZXN0LlN0YXRlc0VudHJ5GkQKC1N0YXRlc0VudHJ5EgsKA2tleRgBIAEoCRIkCgV2YWx1ZRgCIAEoCzIVLnJhdmkubWVzaC52MS5QYXlsb2FkOgI4ASITChFMb2FkU3RhdGVSZXNwb25zZSI4Cg5Db25uZWN0UmVxdWVzdBImCgVjYWxscxgBIAMoCzIXLnJhdmkubWVzaC52MS5DYWxsRnJhbWUikwEKCUNhbGxGcmFtZRIPCgdjYWxsX2lkGAEgASgEEikKBHNlbmQYAiABKAsyGS5yYXZpLm1lc2gudjEuU2VuZFJlcXVlc3RIABIqCgZjYW5jZWwYAyABKAsyGC5yYXZpLm1lc2gudjEuQ2FuY2VsQ2FsbEgAEhYKDnRpbWVvdXRfbWlsbGlzGAQgASgNQgYKBGtpbmQiDAoKQ2FuY2VsQ2FsbCI7Cg9Db25uZWN0UmVzcG9uc2USKAoFY2FsbHMYASADKAsyGS5yYXZpLm1lc2gudjEuQ2FsbE91dGNvbWUihQEKC0NhbGxPdXRjb21lEg8KB2NhbGxfaWQYASABKAQSLAoGcmVzdWx0GAIgASgLMhoucmF2aS5tZXNoLnYxLlNlbmRSZXNwb25zZUgAEiwKB2ZhaWx1cmUYAyABKAsyGS5yYXZpLm1lc2gudjEuQ2FsbEZhaWx1cmVIAEIJCgdvdXRjb21lIqgBCgtDYWxsRmFpbHVyZRIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkSDgoGcmVhc29uGAMgASgJEjkKCG1ldGFkYXRhGAQgAygLMicucmF2aS5tZXNoLnYxLkNhbGxGYWlsdXJlLk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBKl0KDFB1Ymxpc2hTY29wZRIdChlQVUJMSVNIX1NDT1BFX1VOU1BFQ0lGSUVEEAASFgoSUFVCTElTSF9TQ09QRV9NRVNIEAESFgoSUFVCTElTSF9TQ09QRV9OT0RFEAIy+gQKDEFnZW50U2VydmljZRI9CgRTZW5kEhkucmF2aS5tZXNoLnYxLlNlbmRSZXF1ZXN0GhoucmF2aS5tZXNoLnYxLlNlbmRSZXNwb25zZRJGCgdQdWJsaXNoEhwucmF2aS5tZXNoLnYxLlB1Ymxpc2hSZXF1ZXN0Gh0ucmF2aS5tZXNoLnYxLlB1Ymxpc2hSZXNwb25zZRJOCglTdWJzY3JpYmUSHi5yYXZpLm1lc2gudjEuU3Vic2NyaWJlUmVxdWVzdBofLnJhdmkubWVzaC52MS5TdWJzY3JpYmVSZXNwb25zZTABEk4KCERlc2NyaWJlEh0ucmF2aS5tZXNoLnYxLkRlc2NyaWJlUmVxdWVzdBoeLnJhdmkubWVzaC52MS5EZXNjcmliZVJlc3BvbnNlIgOQAgESWwoOUmVzb2x2ZVByb21pc2USIy5yYXZpLm1lc2gudjEuUmVzb2x2ZVByb21pc2VSZXF1ZXN0GiQucmF2aS5tZXNoLnYxLlJlc29sdmVQcm9taXNlUmVzcG9uc2USTAoJU2F2ZVN0YXRlEh4ucmF2aS5tZXNoLnYxLlNhdmVTdGF0ZVJlcXVlc3QaHy5yYXZpLm1lc2gudjEuU2F2ZVN0YXRlUmVzcG9uc2USTAoJTG9hZFN0YXRlEh4ucmF2aS5tZXNoLnYxLkxvYWRTdGF0ZVJlcXVlc3QaHy5yYXZpLm1lc2gudjEuTG9hZFN0YXRlUmVzcG9uc2USSgoHQ29ubmVjdBIcLnJhdmkubWVzaC52MS5Db25uZWN0UmVxdWVzdBodLnJhdmkubWVzaC52MS5Db25uZWN0UmVzcG9uc2UoATABQjZaNGdpdGh1Yi5jb20vcmF2aS1tZXNoL3JhdmkvZ2VuL2dvL3JhdmkvbWVzaC92MTttZXNodjFiBnByb3RvMw", [file_ravi_mesh_v1_types]);
 
 /**
  * SendRequest is the request of AgentService.Send.
@@ -174,6 +174,15 @@ export type SubscribeRequest = Message<"ravi.mesh.v1.SubscribeRequest"> & {
    * @generated from field: string subscriber_id = 2;
    */
   subscriberId: string;
+
+  /**
+   * accept_batches says the subscriber understands SubscribeResponse.events:
+   * the node may then send events that are ready together as one message,
+   * which saves a stream write per event. Without it, every event comes alone.
+   *
+   * @generated from field: bool accept_batches = 3;
+   */
+  acceptBatches: boolean;
 };
 
 /**
@@ -247,6 +256,15 @@ export type SubscribeResponse = Message<"ravi.mesh.v1.SubscribeResponse"> & {
      */
     value: Event;
     case: "event";
+  } | {
+    /**
+     * events are published messages that matched and were ready together, in
+     * order; only for subscribers that set accept_batches.
+     *
+     * @generated from field: ravi.mesh.v1.EventBatch events = 3;
+     */
+    value: EventBatch;
+    case: "events";
   } | { case: undefined; value?: undefined };
 };
 
@@ -256,6 +274,27 @@ export type SubscribeResponse = Message<"ravi.mesh.v1.SubscribeResponse"> & {
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
   messageDesc(file_ravi_mesh_v1_agent_service, 6);
+
+/**
+ * EventBatch is a run of events sent as one Subscribe stream message.
+ *
+ * @generated from message ravi.mesh.v1.EventBatch
+ */
+export type EventBatch = Message<"ravi.mesh.v1.EventBatch"> & {
+  /**
+   * events are the events, in publication order.
+   *
+   * @generated from field: repeated ravi.mesh.v1.Event events = 1;
+   */
+  events: Event[];
+};
+
+/**
+ * Describes the message ravi.mesh.v1.EventBatch.
+ * Use `create(EventBatchSchema)` to create a new message.
+ */
+export const EventBatchSchema: GenMessage<EventBatch> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 7);
 
 /**
  * DescribeRequest is the request of AgentService.Describe.
@@ -277,7 +316,7 @@ export type DescribeRequest = Message<"ravi.mesh.v1.DescribeRequest"> & {
  * Use `create(DescribeRequestSchema)` to create a new message.
  */
 export const DescribeRequestSchema: GenMessage<DescribeRequest> = /*@__PURE__*/
-  messageDesc(file_ravi_mesh_v1_agent_service, 7);
+  messageDesc(file_ravi_mesh_v1_agent_service, 8);
 
 /**
  * DescribeResponse is the response of AgentService.Describe.
@@ -298,7 +337,7 @@ export type DescribeResponse = Message<"ravi.mesh.v1.DescribeResponse"> & {
  * Use `create(DescribeResponseSchema)` to create a new message.
  */
 export const DescribeResponseSchema: GenMessage<DescribeResponse> = /*@__PURE__*/
-  messageDesc(file_ravi_mesh_v1_agent_service, 8);
+  messageDesc(file_ravi_mesh_v1_agent_service, 9);
 
 /**
  * ResolvePromiseRequest is the request of AgentService.ResolvePromise.
@@ -327,7 +366,7 @@ export type ResolvePromiseRequest = Message<"ravi.mesh.v1.ResolvePromiseRequest"
  * Use `create(ResolvePromiseRequestSchema)` to create a new message.
  */
 export const ResolvePromiseRequestSchema: GenMessage<ResolvePromiseRequest> = /*@__PURE__*/
-  messageDesc(file_ravi_mesh_v1_agent_service, 9);
+  messageDesc(file_ravi_mesh_v1_agent_service, 10);
 
 /**
  * ResolvePromiseResponse is the response of AgentService.ResolvePromise.
@@ -348,7 +387,7 @@ export type ResolvePromiseResponse = Message<"ravi.mesh.v1.ResolvePromiseRespons
  * Use `create(ResolvePromiseResponseSchema)` to create a new message.
  */
 export const ResolvePromiseResponseSchema: GenMessage<ResolvePromiseResponse> = /*@__PURE__*/
-  messageDesc(file_ravi_mesh_v1_agent_service, 10);
+  messageDesc(file_ravi_mesh_v1_agent_service, 11);
 
 /**
  * SaveStateRequest is the request of AgentService.SaveState.
@@ -369,7 +408,7 @@ export type SaveStateRequest = Message<"ravi.mesh.v1.SaveStateRequest"> & {
  * Use `create(SaveStateRequestSchema)` to create a new message.
  */
 export const SaveStateRequestSchema: GenMessage<SaveStateRequest> = /*@__PURE__*/
-  messageDesc(file_ravi_mesh_v1_agent_service, 11);
+  messageDesc(file_ravi_mesh_v1_agent_service, 12);
 
 /**
  * SaveStateResponse is the response of AgentService.SaveState.
@@ -392,7 +431,7 @@ export type SaveStateResponse = Message<"ravi.mesh.v1.SaveStateResponse"> & {
  * Use `create(SaveStateResponseSchema)` to create a new message.
  */
 export const SaveStateResponseSchema: GenMessage<SaveStateResponse> = /*@__PURE__*/
-  messageDesc(file_ravi_mesh_v1_agent_service, 12);
+  messageDesc(file_ravi_mesh_v1_agent_service, 13);
 
 /**
  * LoadStateRequest is the request of AgentService.LoadState.
@@ -414,7 +453,7 @@ export type LoadStateRequest = Message<"ravi.mesh.v1.LoadStateRequest"> & {
  * Use `create(LoadStateRequestSchema)` to create a new message.
  */
 export const LoadStateRequestSchema: GenMessage<LoadStateRequest> = /*@__PURE__*/
-  messageDesc(file_ravi_mesh_v1_agent_service, 13);
+  messageDesc(file_ravi_mesh_v1_agent_service, 14);
 
 /**
  * LoadStateResponse is the response of AgentService.LoadState.
@@ -429,14 +468,37 @@ export type LoadStateResponse = Message<"ravi.mesh.v1.LoadStateResponse"> & {
  * Use `create(LoadStateResponseSchema)` to create a new message.
  */
 export const LoadStateResponseSchema: GenMessage<LoadStateResponse> = /*@__PURE__*/
-  messageDesc(file_ravi_mesh_v1_agent_service, 14);
+  messageDesc(file_ravi_mesh_v1_agent_service, 15);
 
 /**
- * ConnectRequest is one frame a caller writes on an AgentService.Connect stream.
+ * ConnectRequest is one message a caller writes on an AgentService.Connect
+ * stream: the call frames that were ready together. Batching frames saves a
+ * write per call when many calls are in flight.
  *
  * @generated from message ravi.mesh.v1.ConnectRequest
  */
 export type ConnectRequest = Message<"ravi.mesh.v1.ConnectRequest"> & {
+  /**
+   * calls are the frames, handled in order.
+   *
+   * @generated from field: repeated ravi.mesh.v1.CallFrame calls = 1;
+   */
+  calls: CallFrame[];
+};
+
+/**
+ * Describes the message ravi.mesh.v1.ConnectRequest.
+ * Use `create(ConnectRequestSchema)` to create a new message.
+ */
+export const ConnectRequestSchema: GenMessage<ConnectRequest> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 16);
+
+/**
+ * CallFrame starts or cancels one call on a Connect stream.
+ *
+ * @generated from message ravi.mesh.v1.CallFrame
+ */
+export type CallFrame = Message<"ravi.mesh.v1.CallFrame"> & {
   /**
    * call_id identifies the call on this stream; the caller keeps it unique
    * among its calls in flight.
@@ -448,7 +510,7 @@ export type ConnectRequest = Message<"ravi.mesh.v1.ConnectRequest"> & {
   /**
    * kind is what the frame asks for.
    *
-   * @generated from oneof ravi.mesh.v1.ConnectRequest.kind
+   * @generated from oneof ravi.mesh.v1.CallFrame.kind
    */
   kind: {
     /**
@@ -460,8 +522,8 @@ export type ConnectRequest = Message<"ravi.mesh.v1.ConnectRequest"> & {
     case: "send";
   } | {
     /**
-     * cancel cancels the call call_id: its handler is cancelled and no
-     * response frame follows.
+     * cancel cancels the call call_id: its handler is cancelled and no outcome
+     * follows.
      *
      * @generated from field: ravi.mesh.v1.CancelCall cancel = 3;
      */
@@ -479,11 +541,11 @@ export type ConnectRequest = Message<"ravi.mesh.v1.ConnectRequest"> & {
 };
 
 /**
- * Describes the message ravi.mesh.v1.ConnectRequest.
- * Use `create(ConnectRequestSchema)` to create a new message.
+ * Describes the message ravi.mesh.v1.CallFrame.
+ * Use `create(CallFrameSchema)` to create a new message.
  */
-export const ConnectRequestSchema: GenMessage<ConnectRequest> = /*@__PURE__*/
-  messageDesc(file_ravi_mesh_v1_agent_service, 15);
+export const CallFrameSchema: GenMessage<CallFrame> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 17);
 
 /**
  * CancelCall asks the node to cancel a call started on the same stream.
@@ -498,25 +560,47 @@ export type CancelCall = Message<"ravi.mesh.v1.CancelCall"> & {
  * Use `create(CancelCallSchema)` to create a new message.
  */
 export const CancelCallSchema: GenMessage<CancelCall> = /*@__PURE__*/
-  messageDesc(file_ravi_mesh_v1_agent_service, 16);
+  messageDesc(file_ravi_mesh_v1_agent_service, 18);
 
 /**
- * ConnectResponse is one frame a node writes on an AgentService.Connect stream.
+ * ConnectResponse is one message a node writes on an AgentService.Connect
+ * stream: the outcomes of calls that ended together.
  *
  * @generated from message ravi.mesh.v1.ConnectResponse
  */
 export type ConnectResponse = Message<"ravi.mesh.v1.ConnectResponse"> & {
   /**
-   * call_id is the call this frame answers.
+   * calls are the outcomes.
+   *
+   * @generated from field: repeated ravi.mesh.v1.CallOutcome calls = 1;
+   */
+  calls: CallOutcome[];
+};
+
+/**
+ * Describes the message ravi.mesh.v1.ConnectResponse.
+ * Use `create(ConnectResponseSchema)` to create a new message.
+ */
+export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 19);
+
+/**
+ * CallOutcome is how one call on a Connect stream ended.
+ *
+ * @generated from message ravi.mesh.v1.CallOutcome
+ */
+export type CallOutcome = Message<"ravi.mesh.v1.CallOutcome"> & {
+  /**
+   * call_id is the call this outcome answers.
    *
    * @generated from field: uint64 call_id = 1;
    */
   callId: bigint;
 
   /**
-   * outcome is how the call ended.
+   * outcome is the result or the failure.
    *
-   * @generated from oneof ravi.mesh.v1.ConnectResponse.outcome
+   * @generated from oneof ravi.mesh.v1.CallOutcome.outcome
    */
   outcome: {
     /**
@@ -538,11 +622,11 @@ export type ConnectResponse = Message<"ravi.mesh.v1.ConnectResponse"> & {
 };
 
 /**
- * Describes the message ravi.mesh.v1.ConnectResponse.
- * Use `create(ConnectResponseSchema)` to create a new message.
+ * Describes the message ravi.mesh.v1.CallOutcome.
+ * Use `create(CallOutcomeSchema)` to create a new message.
  */
-export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
-  messageDesc(file_ravi_mesh_v1_agent_service, 17);
+export const CallOutcomeSchema: GenMessage<CallOutcome> = /*@__PURE__*/
+  messageDesc(file_ravi_mesh_v1_agent_service, 20);
 
 /**
  * CallFailure is a failed call on a Connect stream: the gRPC status code,
@@ -586,7 +670,7 @@ export type CallFailure = Message<"ravi.mesh.v1.CallFailure"> & {
  * Use `create(CallFailureSchema)` to create a new message.
  */
 export const CallFailureSchema: GenMessage<CallFailure> = /*@__PURE__*/
-  messageDesc(file_ravi_mesh_v1_agent_service, 18);
+  messageDesc(file_ravi_mesh_v1_agent_service, 21);
 
 /**
  * PublishScope says how far a node propagates a published message.

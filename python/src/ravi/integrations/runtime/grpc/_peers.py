@@ -12,6 +12,7 @@ from typing import Protocol
 import grpc
 import grpc.aio
 
+from ravi._deadlines import Deadlines
 from ravi.errors import DeadlineExceeded, PeerUnavailable
 from ravi.integrations.runtime.grpc._wire import rendezvous_score
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
@@ -44,110 +45,89 @@ class Connection:
     """Send calls to one peer multiplexed over a Connect stream (docs/protocol.md).
 
     Opened on first use and again after it breaks; calls in flight when it
-    breaks fail with PeerUnavailable. A peer answering UNIMPLEMENTED is
-    remembered, and its calls go unary from then on.
+    breaks fail with PeerUnavailable. A writer task sends the frames that are
+    ready together as one message, so many calls in flight cost few writes. A
+    peer answering UNIMPLEMENTED is remembered, and its calls go unary from then
+    on.
     """
 
     def __init__(self, peer: Peer, metadata: Sequence[tuple[str, str]]) -> None:
         self._peer = peer
         self._metadata = metadata
-        self._call: (
-            grpc.aio.StreamStreamCall[
-                agent_service_pb2.ConnectRequest, agent_service_pb2.ConnectResponse
-            ]
-            | None
-        ) = None
-        self._pending: dict[int, asyncio.Future[agent_service_pb2.ConnectResponse]] = {}
+        self._call: _ConnectCall | None = None
+        self._pending: dict[int, asyncio.Future[agent_service_pb2.CallOutcome]] = {}
         self._ids = itertools.count(1)
-        self._writing = asyncio.Lock()
-        self._reader: asyncio.Task[None] | None = None
+        self._outbox: list[agent_service_pb2.CallFrame] = []
+        self._ready = asyncio.Event()
         self.unsupported = False
 
     async def send(
-        self, request: agent_service_pb2.SendRequest, timeout: float
-    ) -> agent_service_pb2.ConnectResponse:
-        """Make one call; the caller converts a failure frame to its error."""
+        self, request: agent_service_pb2.SendRequest, timeout: float, deadlines: Deadlines
+    ) -> agent_service_pb2.CallOutcome:
+        """Make one call; the caller converts a failure outcome to its error."""
         if self.unsupported:
             raise UseUnary
         call_id = next(self._ids)
-        future: asyncio.Future[agent_service_pb2.ConnectResponse] = (
-            asyncio.get_running_loop().create_future()
-        )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[agent_service_pb2.CallOutcome] = loop.create_future()
         self._pending[call_id] = future
-        frame = agent_service_pb2.ConnectRequest(
-            call_id=call_id, send=request, timeout_millis=max(1, int(timeout * 1000))
+        self._enqueue(
+            agent_service_pb2.CallFrame(
+                call_id=call_id, send=request, timeout_millis=max(1, int(timeout * 1000))
+            )
         )
+        deadlines.add(loop.time() + timeout, _RemoteCall(self, call_id, future, request))
         try:
-            async with asyncio.timeout(timeout):
-                async with self._writing:
-                    stream = self._open()
-                    await stream.write(frame)
-                return await future
-        except TimeoutError:
-            self._cancel(call_id)
-            raise DeadlineExceeded(
-                f"deadline exceeded calling {request.recipient.type}/{request.recipient.key} "
-                f"on {self._peer.node_id or self._peer.address}"
-            ) from None
+            return await future
         except asyncio.CancelledError:
             self._cancel(call_id)
             raise
-        except grpc.aio.AioRpcError as error:
-            if error.code() is grpc.StatusCode.UNIMPLEMENTED:
-                self.unsupported = True
-                raise UseUnary from None
-            raise
         finally:
+            deadlines.finished()
             self._pending.pop(call_id, None)
 
-    def _open(
-        self,
-    ) -> grpc.aio.StreamStreamCall[
-        agent_service_pb2.ConnectRequest, agent_service_pb2.ConnectResponse
-    ]:
+    def _enqueue(self, frame: agent_service_pb2.CallFrame) -> None:
         if self._call is None:
-            # No request iterator: frames go out through write(), which the
-            # stubs do not model.
-            self._call = self._peer.stub.Connect(metadata=self._metadata)  # type: ignore[call-arg]
-            self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
-        return self._call
+            stream: _ConnectCall = self._peer.stub.Connect(metadata=self._metadata)  # type: ignore[call-arg]  # frames go out through write(), which the stubs do not model
+            self._call = stream
+            loop = asyncio.get_running_loop()
+            for work in (self._write(stream), self._read(stream)):
+                task = loop.create_task(work)
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+        self._outbox.append(frame)
+        self._ready.set()
 
     def _cancel(self, call_id: int) -> None:
-        stream = self._call
-        if stream is None or stream.done():
-            return
-        frame = agent_service_pb2.ConnectRequest(
-            call_id=call_id, cancel=agent_service_pb2.CancelCall()
-        )
-        task = asyncio.get_running_loop().create_task(self._write_quietly(stream, frame))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        if self._call is not None:
+            self._enqueue(
+                agent_service_pb2.CallFrame(call_id=call_id, cancel=agent_service_pb2.CancelCall())
+            )
 
-    async def _write_quietly(
-        self,
-        stream: grpc.aio.StreamStreamCall[
-            agent_service_pb2.ConnectRequest, agent_service_pb2.ConnectResponse
-        ],
-        frame: agent_service_pb2.ConnectRequest,
-    ) -> None:
-        async with self._writing:
-            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
-                await stream.write(frame)
+    async def _write(self, stream: _ConnectCall) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+            while self._call is stream:
+                await self._ready.wait()
+                self._ready.clear()
+                while self._outbox and self._call is stream:
+                    batch, self._outbox = self._outbox, []
+                    await stream.write(agent_service_pb2.ConnectRequest(calls=batch))
 
-    async def _read(
-        self,
-        stream: grpc.aio.StreamStreamCall[
-            agent_service_pb2.ConnectRequest, agent_service_pb2.ConnectResponse
-        ],
-    ) -> None:
+    async def _read(self, stream: _ConnectCall) -> None:
         error: BaseException = PeerUnavailable(
             f"the stream to {self._peer.node_id or self._peer.address} ended"
         )
         try:
-            async for frame in stream:
-                future = self._pending.get(frame.call_id)
-                if future is not None and not future.done():
-                    future.set_result(frame)
+            async for response in stream:
+                for index, outcome in enumerate(response.calls, start=1):
+                    future = self._pending.get(outcome.call_id)
+                    if future is not None and not future.done():
+                        future.set_result(outcome)
+                    if index % _CHUNK == 0:
+                        # Let the callers resumed so far run and their next calls
+                        # go out while the rest are resolved: the two nodes then
+                        # work at the same time instead of in turn.
+                        await asyncio.sleep(0)
         except grpc.aio.AioRpcError as failure:
             if failure.code() is grpc.StatusCode.UNIMPLEMENTED:
                 self.unsupported = True
@@ -161,13 +141,53 @@ class Connection:
         finally:
             if self._call is stream:
                 self._call = None
+                self._outbox.clear()
+                self._ready.set()  # lets the writer see the stream is gone
             pending, self._pending = self._pending, {}
             for future in pending.values():
                 if not future.done():
                     future.set_exception(error)
 
 
+class _RemoteCall:
+    """A call in flight on a Connect stream, as its deadline sees it."""
+
+    __slots__ = ("call_id", "connection", "future", "request")
+
+    def __init__(
+        self,
+        connection: Connection,
+        call_id: int,
+        future: asyncio.Future[agent_service_pb2.CallOutcome],
+        request: agent_service_pb2.SendRequest,
+    ) -> None:
+        self.connection = connection
+        self.call_id = call_id
+        self.future = future
+        self.request = request
+
+    @property
+    def pending(self) -> bool:
+        return not self.future.done()
+
+    def expire(self) -> None:
+        recipient = self.request.recipient
+        peer = self.connection._peer
+        self.future.set_exception(
+            DeadlineExceeded(
+                f"deadline exceeded calling {recipient.type}/{recipient.key} "
+                f"on {peer.node_id or peer.address}"
+            )
+        )
+        self.connection._cancel(self.call_id)
+
+
+_ConnectCall = grpc.aio.StreamStreamCall[
+    agent_service_pb2.ConnectRequest, agent_service_pb2.ConnectResponse
+]
 _background: set[asyncio.Task[None]] = set()
+_CHUNK = 16
+"""Frames or outcomes handled before yielding to the loop, to pipeline big batches."""
 
 
 class Peer:
@@ -358,17 +378,23 @@ class Peers:
         self._update(peer, described.node)
         stream = peer.stub.Subscribe(
             agent_service_pb2.SubscribeRequest(
-                filters=self._owner.subscription_filters(), subscriber_id=self._owner.node_id
+                filters=self._owner.subscription_filters(),
+                subscriber_id=self._owner.node_id,
+                accept_batches=True,
             ),
             metadata=self.metadata,
         )
         peer.stream = stream
         deliver: Callable[[agent_service_pb2.Event], Awaitable[None]] = self._owner.deliver_event
         async for item in stream:
-            if item.HasField("node"):
-                self._update(peer, item.node)
-            elif item.HasField("event"):
+            kind = item.WhichOneof("kind")
+            if kind == "event":
                 await deliver(item.event)
+            elif kind == "events":
+                for event in item.events.events:
+                    await deliver(event)
+            elif kind == "node":
+                self._update(peer, item.node)
         return True
 
 

@@ -468,13 +468,13 @@ class GrpcRuntime(BaseRuntime):
             )
         if cancellation is None and not peer.connection.unsupported:
             try:
-                frame = await peer.connection.send(request, remaining)
+                outcome = await peer.connection.send(request, remaining, self._host.deadlines)
             except UseUnary:
                 pass
             else:
-                if frame.HasField("failure"):
-                    raise _wire.error_of(frame.failure)
-                return frame.result
+                if outcome.HasField("failure"):
+                    raise _wire.error_of(outcome.failure)
+                return outcome.result
         call = peer.stub.Send(
             request, timeout=remaining, metadata=self._outgoing_metadata(request.envelope)
         )
@@ -684,10 +684,11 @@ class GrpcRuntime(BaseRuntime):
             metadata=metadata,
             call_chain=_wire.chain_from_wire(envelope.call_chain),
         )
-        response = agent_service_pb2.SendResponse(node_id=self.node_id)
-        if result is not None:
-            response.result.CopyFrom(_wire.encode(self._registry, result))
-        return response
+        if result is None:
+            return agent_service_pb2.SendResponse(node_id=self.node_id)
+        return agent_service_pb2.SendResponse(
+            result=_wire.encode(self._registry, result), node_id=self.node_id
+        )
 
     async def _forward(
         self, request: agent_service_pb2.SendRequest, remaining: float | None

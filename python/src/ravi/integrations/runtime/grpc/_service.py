@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ravi.grpc")
 
+_CHUNK = 16
 STREAM_QUEUE = 10_000
 """Events queued per Subscribe stream before the subscriber counts as too slow."""
 
@@ -38,31 +39,75 @@ def trace_context(context: Context) -> dict[str, str]:
     }
 
 
-class _Subscriber:
-    __slots__ = ("filters", "overflowed", "queue", "subscriber_id")
+_Item = agent_service_pb2.Event | types_pb2.NodeInfo | None
+_MAX_BATCH = 256
 
-    def __init__(self, filters: list[types_pb2.TopicFilter], subscriber_id: str) -> None:
+
+class _Subscriber:
+    """One Subscribe stream's queue: events and node updates waiting to be sent."""
+
+    __slots__ = ("batches", "filters", "items", "overflowed", "ready", "subscriber_id")
+
+    def __init__(
+        self, filters: list[types_pb2.TopicFilter], subscriber_id: str, batches: bool
+    ) -> None:
         self.filters = filters
         self.subscriber_id = subscriber_id
-        self.queue: asyncio.Queue[agent_service_pb2.SubscribeResponse | None] = asyncio.Queue(
-            STREAM_QUEUE
-        )
+        self.batches = batches
+        self.items: deque[_Item] = deque()
+        self.ready = asyncio.Event()
         self.overflowed = False
 
     def wants(self, topic_type: str) -> bool:
         return any(matches(f, topic_type) for f in self.filters)
 
-    def offer(self, item: agent_service_pb2.SubscribeResponse | None) -> bool:
+    def offer(self, item: _Item) -> bool:
         if self.overflowed:
             return False
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self.items) >= STREAM_QUEUE:
             # A stream that cannot keep up ends with RESOURCE_EXHAUSTED; the
             # subscriber reconnects and knows it missed events.
             self.overflowed = True
+            self.ready.set()
             return False
+        self.items.append(item)
+        self.ready.set()
         return True
+
+    def end(self) -> None:
+        self.items.append(None)
+        self.ready.set()
+
+    async def responses(self) -> AsyncIterator[agent_service_pb2.SubscribeResponse]:
+        """What goes out on the stream, until the node ends it."""
+        items = self.items
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            while items:
+                item = items.popleft()
+                if item is None:
+                    return
+                if isinstance(item, types_pb2.NodeInfo):
+                    yield agent_service_pb2.SubscribeResponse(node=item)
+                elif not self.batches or not items:
+                    yield agent_service_pb2.SubscribeResponse(event=item)
+                else:
+                    # Events that are ready together go out as one message.
+                    batch = [item]
+                    while (
+                        items
+                        and len(batch) < _MAX_BATCH
+                        and isinstance(items[0], agent_service_pb2.Event)
+                    ):
+                        event = items.popleft()
+                        assert isinstance(event, agent_service_pb2.Event)
+                        batch.append(event)
+                    yield agent_service_pb2.SubscribeResponse(
+                        events=agent_service_pb2.EventBatch(events=batch)
+                    )
+            if self.overflowed:
+                return
 
 
 class Streams:
@@ -71,8 +116,10 @@ class Streams:
     def __init__(self) -> None:
         self._subscribers: set[_Subscriber] = set()
 
-    def open(self, filters: list[types_pb2.TopicFilter], subscriber_id: str) -> _Subscriber:
-        subscriber = _Subscriber(filters, subscriber_id)
+    def open(
+        self, filters: list[types_pb2.TopicFilter], subscriber_id: str, batches: bool
+    ) -> _Subscriber:
+        subscriber = _Subscriber(filters, subscriber_id, batches)
         self._subscribers.add(subscriber)
         return subscriber
 
@@ -83,18 +130,15 @@ class Streams:
         return [s for s in self._subscribers if s.subscriber_id != origin and s.wants(topic_type)]
 
     def push(self, subscribers: list[_Subscriber], event: agent_service_pb2.Event) -> int:
-        item = agent_service_pb2.SubscribeResponse(event=event)
-        return sum(subscriber.offer(item) for subscriber in subscribers)
+        return sum(subscriber.offer(event) for subscriber in subscribers)
 
     def node_changed(self, info: types_pb2.NodeInfo) -> None:
-        item = agent_service_pb2.SubscribeResponse(node=info)
         for subscriber in self._subscribers:
-            subscriber.offer(item)
+            subscriber.offer(info)
 
     def end_all(self) -> None:
         for subscriber in self._subscribers:
-            with contextlib.suppress(asyncio.QueueFull):
-                subscriber.queue.put_nowait(None)
+            subscriber.end()
 
 
 class _ConnectSession:
@@ -103,17 +147,26 @@ class _ConnectSession:
     def __init__(self, runtime: GrpcRuntime, trace: dict[str, str], draining: bool) -> None:
         self._runtime = runtime
         self._trace = trace
-        self._responses: asyncio.Queue[agent_service_pb2.ConnectResponse | None] = asyncio.Queue()
+        self._outcomes: list[agent_service_pb2.CallOutcome] = []
+        self._ready = asyncio.Event()
+        self._ended = False
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._draining = draining
 
     async def run(
-        self, frames: AsyncIterator[agent_service_pb2.ConnectRequest]
+        self, requests: AsyncIterator[agent_service_pb2.ConnectRequest]
     ) -> AsyncIterator[agent_service_pb2.ConnectResponse]:
-        reader = asyncio.get_running_loop().create_task(self._read(frames))
+        reader = asyncio.get_running_loop().create_task(self._read(requests))
         try:
-            while (response := await self._responses.get()) is not None:
-                yield response
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                if self._outcomes:
+                    # Outcomes that are ready together go out as one message.
+                    batch, self._outcomes = self._outcomes, []
+                    yield agent_service_pb2.ConnectResponse(calls=batch)
+                if self._ended and not self._outcomes:
+                    return
         finally:
             reader.cancel()
             for task in list(self._calls.values()):
@@ -125,27 +178,36 @@ class _ConnectSession:
 
     async def _end_when_done(self) -> None:
         await asyncio.gather(*self._calls.values(), return_exceptions=True)
-        self._responses.put_nowait(None)
+        self._end()
 
-    async def _read(self, frames: AsyncIterator[agent_service_pb2.ConnectRequest]) -> None:
+    def _end(self) -> None:
+        self._ended = True
+        self._ready.set()
+
+    async def _read(self, requests: AsyncIterator[agent_service_pb2.ConnectRequest]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            async for frame in frames:
-                if frame.HasField("send"):
-                    if self._draining:
-                        self._answer(frame.call_id, error=Unavailable("the node is stopping"))
-                        continue
-                    timeout = frame.timeout_millis / 1000 if frame.timeout_millis else None
-                    task = loop.create_task(self._serve(frame.call_id, frame.send, timeout))
-                    self._calls[frame.call_id] = task
-                    task.add_done_callback(self._forget(frame.call_id))
-                elif frame.HasField("cancel"):
-                    cancelled = self._calls.pop(frame.call_id, None)
-                    if cancelled is not None:
-                        cancelled.cancel()
+            async for request in requests:
+                for index, frame in enumerate(request.calls, start=1):
+                    if index % _CHUNK == 0:
+                        # Let the calls started so far finish and be answered
+                        # while the rest of a big batch is read.
+                        await asyncio.sleep(0)
+                    if frame.HasField("send"):
+                        if self._draining:
+                            self._answer(frame.call_id, error=Unavailable("the node is stopping"))
+                            continue
+                        timeout = frame.timeout_millis / 1000 if frame.timeout_millis else None
+                        task = loop.create_task(self._serve(frame.call_id, frame.send, timeout))
+                        self._calls[frame.call_id] = task
+                        task.add_done_callback(self._forget(frame.call_id))
+                    elif frame.HasField("cancel"):
+                        cancelled = self._calls.pop(frame.call_id, None)
+                        if cancelled is not None:
+                            cancelled.cancel()
             await asyncio.gather(*self._calls.values(), return_exceptions=True)
         finally:
-            self._responses.put_nowait(None)
+            self._end()
 
     def _forget(self, call_id: int) -> Callable[[asyncio.Task[None]], None]:
         def done(_task: asyncio.Task[None]) -> None:
@@ -171,10 +233,11 @@ class _ConnectSession:
         error: RaviError | None = None,
     ) -> None:
         if error is not None:
-            frame = agent_service_pb2.ConnectResponse(call_id=call_id, failure=failure_of(error))
+            outcome = agent_service_pb2.CallOutcome(call_id=call_id, failure=failure_of(error))
         else:
-            frame = agent_service_pb2.ConnectResponse(call_id=call_id, result=result)
-        self._responses.put_nowait(frame)
+            outcome = agent_service_pb2.CallOutcome(call_id=call_id, result=result)
+        self._outcomes.append(outcome)
+        self._ready.set()
 
 
 Request = TypeVar("Request")
@@ -247,20 +310,19 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
         request: agent_service_pb2.SubscribeRequest,
         context: Context,
     ) -> AsyncIterator[agent_service_pb2.SubscribeResponse]:
-        subscriber = self._streams.open(list(request.filters), request.subscriber_id)
+        subscriber = self._streams.open(
+            list(request.filters), request.subscriber_id, request.accept_batches
+        )
         try:
             yield agent_service_pb2.SubscribeResponse(node=self._runtime.node_info())
-            while True:
-                item = await subscriber.queue.get()
-                if item is None:
-                    return
-                yield item
-                if subscriber.overflowed and subscriber.queue.empty():
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"subscriber {request.subscriber_id or '(anonymous)'} fell more than "
-                        f"{STREAM_QUEUE} events behind; events were dropped",
-                    )
+            async for response in subscriber.responses():
+                yield response
+            if subscriber.overflowed:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"subscriber {request.subscriber_id or '(anonymous)'} fell more than "
+                    f"{STREAM_QUEUE} events behind; events were dropped",
+                )
         finally:
             self._streams.close(subscriber)
 
