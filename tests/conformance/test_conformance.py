@@ -262,6 +262,7 @@ async def test_ravi_error_from_handler_keeps_its_code(node: NodeProcess, code: C
         node, send_request(conf.Fail(code=code.value, message=f"chose {code.name}"), "k")
     )
     assert error.code is code
+    assert error.reason is None  # a ravi error keeps its own (here: no) reason
     assert f"chose {code.name}" in error.message
 
 
@@ -472,3 +473,53 @@ async def test_node_is_healthy_after_the_bad_inputs(node: NodeProcess) -> None:
     assert echoed(await send(node, send_request(conf.Echo(text="still here"), "end"))).text == (
         "still here"
     )
+
+
+# --- Connect: calls multiplexed on one stream ----------------------------------------
+
+
+async def test_connect_answers_batched_calls_by_call_id(node: NodeProcess) -> None:
+    def frame(call_id: int, message: Message, key: str, timeout_millis: int = 0) -> svc.CallFrame:
+        return svc.CallFrame(
+            call_id=call_id,
+            send=send_request(message, key),
+            timeout_millis=timeout_millis,
+        )
+
+    async with stub_for(node) as stub:
+        stream = stub.Connect(timeout=20)
+        await stream.write(
+            svc.ConnectRequest(
+                calls=[
+                    frame(1, conf.Echo(text="first"), "mux-a"),
+                    frame(2, conf.Unhandled(), "mux-b"),
+                    frame(3, conf.Sleep(millis=5000, tag="short"), "mux-c", timeout_millis=200),
+                    frame(4, conf.Sleep(millis=5000, tag="dropped"), "mux-d"),
+                ]
+            )
+        )
+        await stream.write(
+            svc.ConnectRequest(calls=[svc.CallFrame(call_id=4, cancel=svc.CancelCall())])
+        )
+        outcomes: dict[int, svc.CallOutcome] = {}
+        while len(outcomes) < 3:
+            response = await asyncio.wait_for(stream.read(), 10)
+            outcomes.update({o.call_id: o for o in response.calls})
+        await stream.done_writing()
+        remaining = []
+        while (response := await asyncio.wait_for(stream.read(), 10)) != grpc.aio.EOF:
+            remaining.extend(response.calls)
+    assert remaining == []  # the cancelled call is not answered
+    assert conf.Echoed.FromString(outcomes[1].result.result.data).text == "first"
+    assert outcomes[1].result.node_id == node.node_id
+    assert (outcomes[2].failure.code, outcomes[2].failure.reason) == (
+        Code.UNIMPLEMENTED.value,
+        "NO_HANDLER",
+    )
+    assert outcomes[3].failure.code == Code.DEADLINE_EXCEEDED.value
+
+    async def both_cancelled() -> None:
+        assert list((await report(node, "mux-c")).cancelled) == ["short"]
+        assert list((await report(node, "mux-d")).cancelled) == ["dropped"]
+
+    await eventually(both_cancelled)

@@ -67,23 +67,14 @@ export class RaviError extends Error {
   }
 }
 
-/** Builds the RaviError a handler's thrown value becomes (HANDLER_FAILED unless it has a reason). */
+/**
+ * Builds the RaviError a handler's thrown value becomes: a RaviError keeps its
+ * code and reason (none if it has none), anything else is UNKNOWN with reason
+ * HANDLER_FAILED, as errors.proto says.
+ */
 export function handlerFailure(error: unknown, agentType: string): RaviError {
   if (error instanceof RaviError) {
-    if (error.reason !== undefined) {
-      return error;
-    }
-    return new RaviError(error.code, error.message, {
-      reason: "HANDLER_FAILED",
-      metadata: {
-        ...error.metadata,
-        exception_type: errorTypeName(error),
-        exception_message: error.message,
-        agent_type: agentType,
-      },
-      remote: error.remote,
-      cause: error,
-    });
+    return error;
   }
   if (error instanceof ConnectError) {
     return handlerFailure(fromConnectError(error), agentType);

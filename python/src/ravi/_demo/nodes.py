@@ -17,5 +17,10 @@ async def node_a(runtime: BaseRuntime, docs: str = "docs") -> None:
 
 async def node_b(runtime: BaseRuntime) -> None:
     """Node B: the writer and the reviewer."""
-    await WriterAgent.register(runtime, "writer")
+    await writer(runtime)
     await ReviewAgent.register(runtime, "reviewer")
+
+
+async def writer(runtime: BaseRuntime) -> None:
+    """The writer alone, for a mesh whose reviewer is the Go one."""
+    await WriterAgent.register(runtime, "writer")

@@ -46,9 +46,10 @@ const (
 	// ERROR_REASON_BAD_ID: an agent id or topic id is empty or malformed (status
 	// INVALID_ARGUMENT).
 	ErrorReason_ERROR_REASON_BAD_ID ErrorReason = 4
-	// ERROR_REASON_HANDLER_FAILED: the handler raised; ErrorInfo.metadata carries
-	// "exception_type" and "exception_message" (status UNKNOWN, or the code of
-	// the ravi error the handler raised).
+	// ERROR_REASON_HANDLER_FAILED: the handler raised an error that is not a ravi
+	// error; ErrorInfo.metadata carries "exception_type" and "exception_message"
+	// (status UNKNOWN). A ravi error raised by a handler keeps its own code and
+	// reason instead (no ErrorInfo when it has no reason).
 	ErrorReason_ERROR_REASON_HANDLER_FAILED ErrorReason = 5
 	// ERROR_REASON_REENTRANT_CALL: the call would deadlock by re-entering a busy,
 	// non-reentrant agent (status FAILED_PRECONDITION).

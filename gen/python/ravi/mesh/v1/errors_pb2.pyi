@@ -44,9 +44,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     INVALID_ARGUMENT).
     """
     ERROR_REASON_HANDLER_FAILED: _ErrorReason.ValueType  # 5
-    """ERROR_REASON_HANDLER_FAILED: the handler raised; ErrorInfo.metadata carries
-    "exception_type" and "exception_message" (status UNKNOWN, or the code of
-    the ravi error the handler raised).
+    """ERROR_REASON_HANDLER_FAILED: the handler raised an error that is not a ravi
+    error; ErrorInfo.metadata carries "exception_type" and "exception_message"
+    (status UNKNOWN). A ravi error raised by a handler keeps its own code and
+    reason instead (no ErrorInfo when it has no reason).
     """
     ERROR_REASON_REENTRANT_CALL: _ErrorReason.ValueType  # 6
     """ERROR_REASON_REENTRANT_CALL: the call would deadlock by re-entering a busy,
@@ -100,9 +101,10 @@ ERROR_REASON_BAD_ID: ErrorReason.ValueType  # 4
 INVALID_ARGUMENT).
 """
 ERROR_REASON_HANDLER_FAILED: ErrorReason.ValueType  # 5
-"""ERROR_REASON_HANDLER_FAILED: the handler raised; ErrorInfo.metadata carries
-"exception_type" and "exception_message" (status UNKNOWN, or the code of
-the ravi error the handler raised).
+"""ERROR_REASON_HANDLER_FAILED: the handler raised an error that is not a ravi
+error; ErrorInfo.metadata carries "exception_type" and "exception_message"
+(status UNKNOWN). A ravi error raised by a handler keeps its own code and
+reason instead (no ErrorInfo when it has no reason).
 """
 ERROR_REASON_REENTRANT_CALL: ErrorReason.ValueType  # 6
 """ERROR_REASON_REENTRANT_CALL: the call would deadlock by re-entering a busy,

@@ -64,9 +64,10 @@ export enum ErrorReason {
   BAD_ID = 4,
 
   /**
-   * ERROR_REASON_HANDLER_FAILED: the handler raised; ErrorInfo.metadata carries
-   * "exception_type" and "exception_message" (status UNKNOWN, or the code of
-   * the ravi error the handler raised).
+   * ERROR_REASON_HANDLER_FAILED: the handler raised an error that is not a ravi
+   * error; ErrorInfo.metadata carries "exception_type" and "exception_message"
+   * (status UNKNOWN). A ravi error raised by a handler keeps its own code and
+   * reason instead (no ErrorInfo when it has no reason).
    *
    * @generated from enum value: ERROR_REASON_HANDLER_FAILED = 5;
    */
