@@ -176,7 +176,7 @@ bench-grpc: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
 # --- demo ------------------------------------------------------------------
 
 .PHONY: demo
-demo: $(VENV_STAMP) ## Run the main demo: a multi-agent task on a mesh of nodes, its conversation printed.
+demo: $(VENV_STAMP) build ## Run the main demo: a task through Python, Go and Node agents on a mesh.
 	$(VENV)/bin/ravi demo --mesh
 
 # --- housekeeping ----------------------------------------------------------

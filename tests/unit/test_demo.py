@@ -34,13 +34,18 @@ def test_demo_prints_the_conversation_and_an_approved_answer() -> None:
 
 
 @pytest.mark.integration
-def test_mesh_demo_crosses_nodes_and_reports_each_hop() -> None:
+def test_mesh_demo_crosses_nodes_and_languages_and_reports_each_hop() -> None:
     out = run_demo("--mesh")
-    assert stages(out) == ["search", "search", "write", "review", "write", "review", "done"]
+    assert stages(out) == [
+        "search", "search", "write", "review", "write", "review", "format", "done",
+    ]  # fmt: skip
     assert "<- searcher/docs on node-a (python)" in out
     assert "<- writer/demo-1 on node-b (python)" in out
-    assert "<- reviewer/default on node-b (python)" in out
-    assert "stopped node-a (exit 0)" in out
-    assert "stopped node-b (exit 0)" in out
+    assert "<- reviewer/default (go)" in out
+    assert "formatted by formatter/default (node)  <- reviewer/default (go)" in out
+    assert "as markdown  <- formatter/demo-1 (node)" in out
+    for node in ("node-a", "node-b", "node-go", "node-js"):
+        assert f"stopped {node} (exit 0)" in out
+    assert "## How does ravi keep the messages of one agent in order" in out
     table = out.split("per-hop latency")[1].splitlines()[3:]
-    assert len([row for row in table if row.strip()]) == 5
+    assert len([row for row in table if row.strip()]) == 6

@@ -75,12 +75,19 @@ def demo(
     ] = False,
 ) -> None:
     """Run the demo: an orchestrator asks a searcher, a writer and a reviewer."""
-    from ravi._demo.run import DEFAULT_TASK, run_local, run_mesh  # noqa: PLC0415
+    from ravi._demo.run import (  # noqa: PLC0415
+        DEFAULT_TASK,
+        polyglot_available,
+        run_local,
+        run_mesh,
+    )
 
     if not docs.is_dir():
         raise typer.BadParameter(f"{docs} is not a folder of Markdown files", param_hint="--docs")
-    run = run_mesh if mesh else run_local
-    asyncio.run(run(task or DEFAULT_TASK, docs.resolve()))
+    if mesh:
+        asyncio.run(run_mesh(task or DEFAULT_TASK, docs.resolve(), polyglot=polyglot_available()))
+    else:
+        asyncio.run(run_local(task or DEFAULT_TASK, docs.resolve()))
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -53,38 +54,94 @@ def _report(result: object, elapsed: float) -> TaskResult:
     return result
 
 
-async def run_mesh(task_text: str, corpus: Path) -> TaskResult:
-    """Run the demo on a mesh: two `ravi node` processes and this process as a client.
+GO_NODE = Path(".tools/bin/ravi-go")
+NODE_CLI = Path("interop/node/dist/src/cli.js")
 
+
+def polyglot_available() -> bool:
+    """Whether the Go and Node nodes are built here (`make build`)."""
+    return GO_NODE.exists() and NODE_CLI.exists()
+
+
+async def run_mesh(task_text: str, corpus: Path, *, polyglot: bool) -> TaskResult:
+    """Run the demo on a mesh of node processes, this process a client.
+
+    Python nodes host the orchestrator and searcher (node-a) and the writer
+    (node-b); with `polyglot`, the Go node built from interop/go reviews and asks
+    the Node node built from interop/node to format; without, a Python reviewer
+    stands in and nothing is formatted.
     `corpus` must be an absolute path: the nodes run it from their own directory.
     """
-    print("ravi demo on a mesh: two ravi node processes on loopback, this process a client\n")
-    command = [*ravi_command(), "node", "--listen", "127.0.0.1:0", "--wait-for-peers", "10"]
-    node_b = [*command, "--node-id", "node-b", "--setup", "ravi._demo.nodes:node_b"]
-    async with running_node(node_b) as b:
-        node_a = [*command, "--node-id", "node-a", "--peer", f"node-b={b.address}"]
-        node_a += ["--setup", "ravi._demo.nodes:node_a", "--setup-arg", f"docs={corpus}"]
-        async with running_node(node_a) as a:
-            print(f"  node-a {a.address}: orchestrator, searcher (python)")
-            print(f"  node-b {b.address}: writer, reviewer (python)\n")
-            print(f"task: {task_text}\n")
-            client = GrpcRuntime(
-                node_id="demo-client", remote_peers={"a": a.address, "b": b.address}
-            )
-            await ProgressPrinter.register(client, "progress_printer")
-            await client.add_subscription(TypeSubscription(PROGRESS, "progress_printer"))
-            async with client:
-                await client.wait_for_peers(timeout=10)
-                started = time.perf_counter()
-                result = await client.send_message(
-                    Task(thread_id="demo-1", content=task_text),
-                    AgentId("orchestrator", "demo-1"),
-                    timeout=30,
+    print("ravi demo on a mesh: node processes on loopback, this process a client\n")
+    python = [*ravi_command(), "node", "--listen", "127.0.0.1:0", "--wait-for-peers", "10"]
+    async with contextlib.AsyncExitStack() as stack:
+        node_b = [*python, "--node-id", "node-b", "--setup", "ravi._demo.nodes:writer"]
+        if not polyglot:
+            node_b[-1] = "ravi._demo.nodes:node_b"
+        b = await stack.enter_async_context(running_node(node_b))
+        nodes = {"node-b": (b, "writer" if polyglot else "writer, reviewer", "python")}
+        peers = [f"node-b={b.address}"]
+        if polyglot:
+            formatter = await stack.enter_async_context(
+                running_node(
+                    [
+                        "node",
+                        str(NODE_CLI),
+                        "node",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--node-id",
+                        "node-js",
+                        *_peer_flags(peers),
+                    ]
                 )
-                elapsed = time.perf_counter() - started
-                await _progress_done()
-        print(f"\n  stopped node-a (exit {await a.stop()})")
-    print(f"  stopped node-b (exit {await b.stop()})")
+            )
+            nodes["node-js"] = (formatter, "formatter", "node")
+            peers.append(f"node-js={formatter.address}")
+            reviewer = await stack.enter_async_context(
+                running_node(
+                    [
+                        str(GO_NODE),
+                        "node",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--node-id",
+                        "node-go",
+                        "--format-with",
+                        "formatter",
+                        *_peer_flags(peers),
+                    ]
+                )
+            )
+            nodes["node-go"] = (reviewer, "reviewer", "go")
+            peers.append(f"node-go={reviewer.address}")
+        node_a = [*python, "--node-id", "node-a", *_peer_flags(peers)]
+        node_a += ["--setup", "ravi._demo.nodes:node_a", "--setup-arg", f"docs={corpus}"]
+        a = await stack.enter_async_context(running_node(node_a))
+        nodes = {"node-a": (a, "orchestrator, searcher", "python"), **nodes}
+        for name, (node, hosts, language) in nodes.items():
+            print(f"  {name:<8} {node.address:<16} {language:<7} {hosts}")
+        if not polyglot:
+            print("  (run `make build` to add the Go reviewer and the Node formatter)")
+        print(f"\ntask: {task_text}\n")
+        client = GrpcRuntime(
+            node_id="demo-client", remote_peers={n: p.address for n, (p, _, _) in nodes.items()}
+        )
+        await ProgressPrinter.register(client, "progress_printer")
+        await client.add_subscription(TypeSubscription(PROGRESS, "progress_printer"))
+        async with client:
+            await client.wait_for_peers(timeout=10)
+            started = time.perf_counter()
+            result = await client.send_message(
+                Task(thread_id="demo-1", content=task_text),
+                AgentId("orchestrator", "demo-1"),
+                timeout=30,
+            )
+            elapsed = time.perf_counter() - started
+            await _progress_done()
+        print()
+        for name, (node, _, _) in reversed(nodes.items()):
+            print(f"  stopped {name} (exit {await node.stop()})")
     report = _report(result, elapsed)
     hops = [e for e in ProgressPrinter.events if e.handled_by]
     print("\nper-hop latency, as the orchestrator on node-a measured each call:\n")
@@ -92,6 +149,10 @@ async def run_mesh(task_text: str, corpus: Path) -> TaskResult:
     for event in hops:
         print(f"  {event.stage:<8} {event.handled_by:<44} {event.millis:>8.2f}")
     return report
+
+
+def _peer_flags(peers: list[str]) -> list[str]:
+    return [flag for peer in peers for flag in ("--peer", peer)]
 
 
 async def _progress_done() -> None:
