@@ -25,3 +25,20 @@ def test_python_examples_run(page: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+GO_OR_TS = re.compile(r"^```(?:go|ts)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+SOURCES = [
+    "interop/go/agents/reviewer.go",
+    "interop/go/cmd/ravi-go/main.go",
+    "interop/node/src/agents/formatter.ts",
+    "interop/node/src/cli.ts",
+]
+
+
+def test_go_and_node_examples_are_the_code_the_tests_build() -> None:
+    sources = "\n".join((REPO_ROOT / path).read_text() for path in SOURCES)
+    blocks = GO_OR_TS.findall((REPO_ROOT / "docs" / "interop.md").read_text())
+    assert len(blocks) == 4
+    for block in blocks:
+        assert block in sources, f"docs/interop.md shows code that is not in {SOURCES}:\n{block}"

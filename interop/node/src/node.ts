@@ -51,6 +51,7 @@ import {
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import { EventEmitter } from "node:events";
 import * as http2 from "node:http2";
+import type { Socket } from "node:net";
 import type { AddressInfo } from "node:net";
 
 import type { AgentDefinition, PublishOptions, PublishResult, SendOptions } from "./agent.js";
@@ -504,6 +505,9 @@ export class RaviNode implements PeerHost, RegistrationHost {
       interceptors: [...(this.options.interceptors ?? []), ...this.serverInterceptors()],
     });
     const server = http2.createServer({}, handler);
+    // Nagle's algorithm holds small frames back for an ACK; gRPC servers in
+    // other languages turn it off, and so do we.
+    server.on("connection", (socket: Socket) => socket.setNoDelay(true));
     server.on("session", (session) => {
       this.sessions.add(session);
       session.on("close", () => this.sessions.delete(session));
