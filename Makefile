@@ -27,6 +27,7 @@ VENV_STAMP := $(VENV)/.ravi-installed
 NPM_TOOLS_STAMP := tools/node_modules/.ravi-installed
 NPM_STAMP := node_modules/.ravi-installed
 GO_TOOLS_STAMP := .tools/bin/.ravi-installed
+JAEGER := $(TOOLS_BIN)/jaeger
 
 GO_MODULES := gen/go interop/go
 
@@ -37,7 +38,7 @@ help: ## List the targets.
 # --- bootstrap -------------------------------------------------------------
 
 .PHONY: setup
-setup: $(VENV_STAMP) $(NPM_TOOLS_STAMP) $(NPM_STAMP) $(GO_TOOLS_STAMP) ## Install every pinned tool and dependency (idempotent).
+setup: $(VENV_STAMP) $(NPM_TOOLS_STAMP) $(NPM_STAMP) $(GO_TOOLS_STAMP) $(JAEGER) ## Install every pinned tool and dependency (idempotent).
 
 $(VENV_STAMP): tools/requirements.txt python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +57,11 @@ $(NPM_STAMP): package.json package-lock.json gen/ts/package.json interop/node/pa
 $(GO_TOOLS_STAMP): tools/go/go.mod tools/go/go.sum
 	cd tools/go && GOBIN=$(TOOLS_BIN) go install tool
 	touch $@
+
+# Jaeger v2 from the Go module proxy: `go install ...@v1.76.0` fails on that
+# tag's replace directives, so a tools module pins it (tools/jaeger/go.mod).
+$(JAEGER): tools/jaeger/go.mod tools/jaeger/go.sum
+	cd tools/jaeger && go build -o $(JAEGER) github.com/jaegertracing/jaeger/cmd/jaeger
 
 # --- code generation -------------------------------------------------------
 
@@ -133,7 +139,7 @@ build-node: $(NPM_STAMP)
 test: setup lint check-gen test-python test-go test-node ## Run every check and test (what CI runs).
 
 .PHONY: test-python
-test-python: $(VENV_STAMP) $(GO_TOOLS_STAMP) build
+test-python: $(VENV_STAMP) $(GO_TOOLS_STAMP) $(JAEGER) build
 	$(PY) -m pytest tests
 
 .PHONY: test-go
@@ -176,8 +182,8 @@ bench-grpc: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
 # --- demo ------------------------------------------------------------------
 
 .PHONY: demo
-demo: $(VENV_STAMP) build ## Run the main demo: a task through Python, Go and Node agents on a mesh.
-	$(VENV)/bin/ravi demo --mesh
+demo: $(VENV_STAMP) $(JAEGER) build ## Run the main demo (TRACE=1: traced into Jaeger, trace printed).
+	$(VENV)/bin/ravi demo $(if $(TRACE),--trace,--mesh)
 
 # --- housekeeping ----------------------------------------------------------
 

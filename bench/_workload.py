@@ -7,8 +7,13 @@ returns it. Every benchmark script prints one JSON object on its last line.
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
 
 TEXT = "x" * 100
 
@@ -27,5 +32,26 @@ def emit(bench: str, row: dict[str, float]) -> None:
     print(json.dumps({"bench": bench, **{k: round(v, 1) for k, v in row.items()}}))
 
 
-def now_ns() -> int:
-    return time.perf_counter_ns()
+@asynccontextmanager
+async def tracing(node_id: str, enabled: bool) -> AsyncIterator[tuple[Any, str | None]]:
+    """With `enabled`, a real Jaeger on loopback and telemetry exporting to it, sampled 100%.
+
+    Yields the installed telemetry (None when disabled) and Jaeger's OTLP
+    endpoint, for other nodes of the benchmark to export to. The spans are
+    flushed before Jaeger stops, outside the measured part.
+    """
+    if not enabled:
+        yield None, None
+        return
+    # Imported here: the floor scripts share this module and need no ravi.
+    from ravi.telemetry import configure
+    from ravi.testing import running_jaeger
+
+    jaeger_bin, config = REPO / ".tools/bin/jaeger", REPO / "tools/jaeger.yaml"
+    async with running_jaeger(jaeger_bin, config) as jaeger:
+        telemetry = configure(node_id, endpoint=jaeger.otlp_endpoint)
+        try:
+            yield telemetry, jaeger.otlp_endpoint
+        finally:
+            assert telemetry is not None
+            telemetry.shutdown()

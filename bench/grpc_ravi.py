@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from _workload import TEXT, emit, percentile_us
+from _workload import TEXT, emit, percentile_us, tracing
 from grpc_agents import Arm, Done, Ping, Wait
 
 from ravi import AgentId, Interceptor, TopicId
@@ -71,22 +71,30 @@ async def main() -> None:
     parser.add_argument("--conc", type=int, default=64)
     parser.add_argument("--publishes", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--hooks", action="store_true", help="one pass-through interceptor")
+    variant = parser.add_mutually_exclusive_group()
+    variant.add_argument("--hooks", action="store_true", help="one pass-through interceptor")
+    variant.add_argument("--tracing", action="store_true", help="both nodes trace to a Jaeger")
     args = parser.parse_args()
     command = [*ravi_command(), "node", "--node-id", "b", "--listen", "127.0.0.1:0"]
     command += ["--app-dir", str(BENCH), "--setup", "grpc_agents:setup"]
-    async with running_node(command) as b:
-        a = GrpcRuntime(
-            port=0,
-            node_id="a",
-            remote_peers={"b": b.address},
-            interceptors=[Interceptor()] if args.hooks else [],
-        )
-        async with a:
-            await a.wait_for_route("echo")
-            await asyncio.sleep(0.5)  # b subscribes to a's stream once a described it
-            row = await drive(a, args)
-    emit("ravi_grpc_hooks" if args.hooks else "ravi_grpc", row)
+    async with tracing("a", args.tracing) as (telemetry, endpoint):
+        interceptors = telemetry.interceptors if telemetry else []
+        if args.hooks:
+            interceptors = [Interceptor()]
+        if endpoint:
+            command += ["--otlp-endpoint", endpoint]
+        async with running_node(command) as b:
+            a = GrpcRuntime(
+                port=0, node_id="a", remote_peers={"b": b.address}, interceptors=interceptors
+            )
+            async with a:
+                await a.wait_for_route("echo")
+                await asyncio.sleep(0.5)  # b subscribes to a's stream once a described it
+                row = await drive(a, args)
+    emit(
+        "ravi_grpc_hooks" if args.hooks else "ravi_grpc_tracing" if args.tracing else "ravi_grpc",
+        row,
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import ClassVar
 
-from _workload import TEXT, Ping, emit, percentile_us
+from _workload import TEXT, Ping, emit, percentile_us, tracing
 
 from ravi import (
     AgentId,
@@ -61,12 +61,8 @@ class Sub(BaseAgent):
             Counter.done.set()
 
 
-def make_runtime(hooks: bool) -> LocalRuntime:
-    return LocalRuntime(interceptors=[Interceptor()] if hooks else [])
-
-
-async def rr(n: int, warmup: int, hooks: bool) -> dict[str, float]:
-    runtime = make_runtime(hooks)
+async def rr(n: int, warmup: int, interceptors: list[Interceptor]) -> dict[str, float]:
+    runtime = LocalRuntime(interceptors=interceptors)
     await Echo.register(runtime, "echo")
     await Caller.register(runtime, "caller")
     async with runtime:
@@ -84,8 +80,10 @@ async def rr(n: int, warmup: int, hooks: bool) -> dict[str, float]:
     }
 
 
-async def conc(total: int, width: int, warmup: int, hooks: bool) -> dict[str, float]:
-    runtime = make_runtime(hooks)
+async def conc(
+    total: int, width: int, warmup: int, interceptors: list[Interceptor]
+) -> dict[str, float]:
+    runtime = LocalRuntime(interceptors=interceptors)
     await Echo.register(runtime, "echo")
     async with runtime:
 
@@ -102,8 +100,10 @@ async def conc(total: int, width: int, warmup: int, hooks: bool) -> dict[str, fl
     return {"conc_msgs_s": per * width / elapsed}
 
 
-async def fanout(publishes: int, subscribers: int, warmup: int, hooks: bool) -> dict[str, float]:
-    runtime = make_runtime(hooks)
+async def fanout(
+    publishes: int, subscribers: int, warmup: int, interceptors: list[Interceptor]
+) -> dict[str, float]:
+    runtime = LocalRuntime(interceptors=interceptors)
     for j in range(subscribers):
         await Sub.register(runtime, f"sub{j}")
         await runtime.add_subscription(TypeSubscription("fan", f"sub{j}"))
@@ -131,12 +131,21 @@ async def main() -> None:
     parser.add_argument("--publishes", type=int, default=5000)
     parser.add_argument("--subs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=1000)
-    parser.add_argument("--hooks", action="store_true", help="install one pass-through interceptor")
+    variant = parser.add_mutually_exclusive_group()
+    variant.add_argument("--hooks", action="store_true", help="one pass-through interceptor")
+    variant.add_argument("--tracing", action="store_true", help="traces to a real Jaeger")
     args = parser.parse_args()
-    row = await rr(args.n, args.warmup, args.hooks)
-    row |= await conc(args.total, args.conc, args.warmup, args.hooks)
-    row |= await fanout(args.publishes, args.subs, args.warmup // args.subs, args.hooks)
-    emit("ravi_local_hooks" if args.hooks else "ravi_local", row)
+    async with tracing("bench", args.tracing) as (telemetry, _):
+        interceptors = telemetry.interceptors if telemetry else []
+        if args.hooks:
+            interceptors = [Interceptor()]
+        row = await rr(args.n, args.warmup, interceptors)
+        row |= await conc(args.total, args.conc, args.warmup, interceptors)
+        row |= await fanout(args.publishes, args.subs, args.warmup // args.subs, interceptors)
+    name = (
+        "ravi_local_hooks" if args.hooks else "ravi_local_tracing" if args.tracing else "ravi_local"
+    )
+    emit(name, row)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ GRPC_TARGETS = [
 ]
 
 
+TRACED_COUNTS = ["--n", "5000", "--total", "5000", "--publishes", "1000"]
+
+
 def run_once(command: list[str]) -> dict[str, float]:
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
     if result.returncode != 0:
@@ -90,6 +93,8 @@ def local_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         "floor": [python, str(BENCH / "local_floor.py")],
         "ravi": [python, str(BENCH / "local_ravi.py")],
         "ravi+hook": [python, str(BENCH / "local_ravi.py"), "--hooks"],
+        # Rates do not depend on the count; fewer messages keep the traced run short.
+        "ravi+tracing": [python, str(BENCH / "local_ravi.py"), "--tracing", *TRACED_COUNTS],
     }
     script = Path(args.anchors) / "bench_local.py" if args.anchors else None
     if args.autogen_python and script and script.exists():
@@ -105,6 +110,7 @@ def grpc_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         "floor": [python, str(BENCH / "grpc_bare.py")],
         "ravi": [python, str(BENCH / "grpc_ravi.py")],
         "ravi+hook": [python, str(BENCH / "grpc_ravi.py"), "--hooks"],
+        "ravi+tracing": [python, str(BENCH / "grpc_ravi.py"), "--tracing"],
     }
     script = Path(args.anchors) / "bench_grpc.py" if args.anchors else None
     if args.autogen_python and script and script.exists():
@@ -152,6 +158,13 @@ def main() -> None:
             for a in ("floor", "autogen")
         ]
         print(f"| {metric} | " + " | ".join(cells + ratios) + " |")
+
+    variants = [n for n in names if n.startswith("ravi+")]
+    print("\n| metric | " + " | ".join(f"{v} / ravi" for v in variants) + " |")
+    print("|---|" + "---|" * len(variants))
+    for metric in sorted(medians["ravi"]):
+        cells = [f"{medians[v][metric] / medians['ravi'][metric]:.2f}" for v in variants]
+        print(f"| {metric} | " + " | ".join(cells) + " |")
 
     print("\n| target (DESIGN.md section 8) | as a ratio | measured | met |")
     print("|---|---|---|---|")

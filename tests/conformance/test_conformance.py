@@ -498,13 +498,15 @@ async def test_connect_answers_batched_calls_by_call_id(node: NodeProcess) -> No
                 ]
             )
         )
-        await stream.write(
-            svc.ConnectRequest(calls=[svc.CallFrame(call_id=4, cancel=svc.CancelCall())])
-        )
         outcomes: dict[int, svc.CallOutcome] = {}
         while len(outcomes) < 3:
             response = await asyncio.wait_for(stream.read(), 10)
             outcomes.update({o.call_id: o for o in response.calls})
+        # Call 3 timed out after 200 ms, so call 4's handler, sent with it, is running:
+        # cancelling now cancels a handler, not a delivery still waiting in a mailbox.
+        await stream.write(
+            svc.ConnectRequest(calls=[svc.CallFrame(call_id=4, cancel=svc.CancelCall())])
+        )
         await stream.done_writing()
         remaining = []
         while (response := await asyncio.wait_for(stream.read(), 10)) != grpc.aio.EOF:

@@ -12,6 +12,7 @@ def test_exported_names() -> None:
         "AgentType",
         "BaseAgent",
         "CancellationToken",
+        "ForwardInput",
         "HandleInput",
         "Interceptor",
         "MessageContext",
@@ -34,10 +35,12 @@ def test_exported_names() -> None:
     assert ravi.runtime.__all__ == ["BaseRuntime", "LocalRuntime"]
     assert ravi.testing.__all__ == [
         "ConformanceAgent",
+        "Jaeger",
         "NodeProcess",
         "conformance_setup",
         "eventually",
         "ravi_command",
+        "running_jaeger",
         "running_node",
         "start_node",
     ]

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -114,7 +115,7 @@ type Call struct {
 	metadata    map[string]string
 	chain       []*meshv1.AgentId
 	traceparent string
-	tracestate  string
+	spanCtx     trace.SpanContext // of the handle or deliver span
 	state       any
 	deadline    time.Time // of the handling; zero when none
 }
@@ -158,7 +159,9 @@ func (c *Call) CallChain() []AgentID {
 	return out
 }
 
-// Traceparent is the W3C trace context of the call, if any.
+// Traceparent is the W3C trace context the message arrived with, if any. The
+// handler's ctx carries the node's span around the handler (handle or
+// deliver), which parents the sends and publishes the handler makes.
 func (c *Call) Traceparent() string { return c.traceparent }
 
 // State is the instance state created by AgentType.NewState (nil without).
@@ -166,7 +169,8 @@ func (c *Call) State() any { return c.state }
 
 // Send sends msg to another agent as this agent and waits for the reply. The
 // send carries ctx's deadline (pass the handler's ctx; the handling's own
-// deadline bounds it in any case), the call's traceparent and the call chain
+// deadline bounds it in any case), the trace context of its send span (a
+// child of ctx's span, else of the handler's span) and the call chain
 // extended with this agent.
 func (c *Call) Send(ctx context.Context, to AgentID, msg proto.Message, opts ...CallOption) (*Reply, error) {
 	return c.node.send(ctx, c, to, msg, opts)
@@ -261,8 +265,9 @@ func WithIdempotencyKey(k string) CallOption { return func(o *callOptions) { o.i
 // of binary protobuf.
 func WithJSON() CallOption { return func(o *callOptions) { o.json = true } }
 
-// WithTraceparent sets the W3C traceparent of a call made from outside any
-// handler (a handler's calls carry its own).
+// WithTraceparent sets the W3C traceparent of a call: the parent of a node's
+// send or publish span (instead of ctx's span or the handler's), or what a
+// Client's call carries (instead of ctx's span).
 func WithTraceparent(tp string) CallOption { return func(o *callOptions) { o.traceparent = tp } }
 
 // WithScope sets the scope of a Publish made through a Client or a Node

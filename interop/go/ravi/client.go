@@ -65,6 +65,7 @@ func Dial(addr string, opts ...ClientOption) (*Client, error) {
 	if o.token != "" {
 		dial = append(dial, grpc.WithPerRPCCredentials(bearer(o.token)))
 	}
+	dial = append(dial, grpc.WithChainUnaryInterceptor(traceUnary))
 	dial = append(dial, o.dial...)
 	conn, err := grpc.NewClient(addr, dial...)
 	if err != nil {
@@ -82,9 +83,16 @@ func (c *Client) Service() meshv1.AgentServiceClient { return c.svc }
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
 
-func (c *Client) unaryContext(ctx context.Context, o callOptions) (context.Context, context.CancelFunc) {
+// unaryContext applies the call's timeout and puts its trace context (that of
+// WithTraceparent, else of ctx's span) in the gRPC metadata; it returns that
+// trace context for the envelope.
+func (c *Client) unaryContext(ctx context.Context, o callOptions) (context.Context, context.CancelFunc, traceContext) {
 	ctx, cancel := withTimeout(ctx, o.timeout, c.timeout)
-	return traceContext{traceparent: o.traceparent}.outgoing(ctx), cancel
+	tc := traceContext{traceparent: o.traceparent}
+	if tc.traceparent == "" {
+		tc = traceOf(ctx)
+	}
+	return tc.outgoing(ctx), cancel, tc
 }
 
 // Send sends msg to the agent to, from outside any agent, and waits for the
@@ -106,9 +114,9 @@ func (c *Client) Send(ctx context.Context, to AgentID, msg proto.Message, opts .
 // this program does not know) and returns the raw response.
 func (c *Client) SendPayload(ctx context.Context, to AgentID, payload *meshv1.Payload, opts ...CallOption) (*meshv1.SendResponse, error) {
 	o := collect(opts)
-	ctx, cancel := c.unaryContext(ctx, o)
+	ctx, cancel, tc := c.unaryContext(ctx, o)
 	defer cancel()
-	resp, err := c.svc.Send(ctx, &meshv1.SendRequest{Recipient: to.Proto(), Envelope: o.envelope(payload)})
+	resp, err := c.svc.Send(ctx, &meshv1.SendRequest{Recipient: to.Proto(), Envelope: o.envelope(payload, tc)})
 	if err != nil {
 		return nil, FromError(err)
 	}
@@ -129,9 +137,9 @@ func (c *Client) Publish(ctx context.Context, topic TopicID, msg proto.Message, 
 // PublishPayload publishes an already encoded payload.
 func (c *Client) PublishPayload(ctx context.Context, topic TopicID, payload *meshv1.Payload, opts ...CallOption) (*meshv1.PublishResponse, error) {
 	o := collect(opts)
-	ctx, cancel := c.unaryContext(ctx, o)
+	ctx, cancel, tc := c.unaryContext(ctx, o)
 	defer cancel()
-	resp, err := c.svc.Publish(ctx, &meshv1.PublishRequest{Topic: topic.Proto(), Envelope: o.envelope(payload), Scope: o.scope})
+	resp, err := c.svc.Publish(ctx, &meshv1.PublishRequest{Topic: topic.Proto(), Envelope: o.envelope(payload, tc), Scope: o.scope})
 	if err != nil {
 		return nil, FromError(err)
 	}
@@ -140,7 +148,7 @@ func (c *Client) PublishPayload(ctx context.Context, topic TopicID, payload *mes
 
 // Describe returns the node's description.
 func (c *Client) Describe(ctx context.Context) (*meshv1.NodeInfo, error) {
-	ctx, cancel := c.unaryContext(ctx, callOptions{})
+	ctx, cancel, _ := c.unaryContext(ctx, callOptions{})
 	defer cancel()
 	resp, err := c.svc.Describe(ctx, &meshv1.DescribeRequest{})
 	if err != nil {
@@ -219,10 +227,15 @@ func (s *Subscription) Recv() (*meshv1.SubscribeResponse, error) {
 // Close ends the stream.
 func (s *Subscription) Close() { s.cancel() }
 
-func (o callOptions) envelope(payload *meshv1.Payload) *meshv1.Envelope {
+// envelope builds the envelope of a Client's call; it carries tc unless the
+// metadata has a traceparent already.
+func (o callOptions) envelope(payload *meshv1.Payload, tc traceContext) *meshv1.Envelope {
 	env := &meshv1.Envelope{MessageId: o.messageID, Payload: payload, Metadata: o.metadata, IdempotencyKey: o.idempotencyKey}
 	if env.MessageId == "" {
 		env.MessageId = newMessageID()
+	}
+	if tc.traceparent != "" && o.metadata["traceparent"] == "" {
+		env.Metadata = tc.merge(o.metadata)
 	}
 	return env
 }

@@ -71,7 +71,7 @@ func (s *service) Connect(stream meshv1.AgentService_ConnectServer) error {
 				go func(id uint64, req *meshv1.SendRequest) {
 					defer wg.Done()
 					defer n.inflight.Add(-1)
-					resp, err := n.handleSend(cctx, req, tc)
+					resp, err := n.handleSend(cctx, req, tc, true)
 					mu.Lock()
 					mine := calls[id] == call
 					if mine {

@@ -35,6 +35,13 @@
 // SaveState/LoadState (agent state implementing StateSaver/StateLoader). It
 // calls its peers with unary Send, which the contract allows.
 //
+// A Node traces with OpenTelemetry as docs/operations.md ("Tracing") says:
+// spans "send", "handle", "publish", "deliver" and "forward" from
+// Options.TracerProvider (default the global provider, a no-op unless one is
+// installed), with the W3C trace context of each send and publish carried in
+// Envelope.metadata and in the gRPC metadata of unary calls. A handler's ctx
+// carries its handle or deliver span.
+//
 // gRPC server and dial options (Options.ServerOptions, Options.DialOptions,
 // WithDialOptions) are passed through, so instrumentation such as OpenTelemetry's
 // otelgrpc stats handlers can be added without changing this package.

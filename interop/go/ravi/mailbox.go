@@ -6,6 +6,8 @@ import (
 	"runtime/debug"
 	"sync"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 )
@@ -132,6 +134,14 @@ func (n *Node) run(inst *instance, d *delivery) {
 		}
 		return
 	}
+	ctx := d.ctx
+	var span trace.Span
+	if d.done == nil {
+		// A published message: the deliver span, a child of the event's
+		// span and linked to it, parents what the handler does.
+		ctx, span = n.startDeliver(ctx, d.call, d.msg)
+		defer span.End()
+	}
 	reply, err := func() (reply proto.Message, err error) {
 		defer func() {
 			if v := recover(); v != nil {
@@ -139,10 +149,13 @@ func (n *Node) run(inst *instance, d *delivery) {
 				err = panicError{value: v}
 			}
 		}()
-		return d.handler.fn(d.ctx, d.call, d.msg)
+		return d.handler.fn(ctx, d.call, d.msg)
 	}()
 	if err != nil {
 		err = handlerFailure(inst.id, err)
+		if span != nil {
+			fail(span, err)
+		}
 	}
 	if d.done != nil {
 		d.done <- outcome{reply: reply, err: err}
@@ -152,4 +165,27 @@ func (n *Node) run(inst *instance, d *delivery) {
 		topic, _ := d.call.Topic()
 		n.log.Error("subscriber failed", "agent", inst.id.String(), "topic", topic.String(), "message_type", TypeName(d.msg), "err", err)
 	}
+}
+
+// startDeliver starts the deliver span of a published message's handler.
+func (n *Node) startDeliver(ctx context.Context, call *Call, msg proto.Message) (context.Context, trace.Span) {
+	var opts []trace.SpanStartOption
+	if parent := remoteSpanContext(call.metadata); parent.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: parent}))
+	}
+	ctx, span := n.tr.start(ctx, "deliver "+call.agent.Type, trace.SpanKindConsumer, func() []attribute.KeyValue {
+		topic, _ := call.Topic()
+		return []attribute.KeyValue{
+			attrOperation.String("process"),
+			attrAgentType.String(call.agent.Type),
+			attrAgentKey.String(call.agent.Key),
+			attrTopicType.String(topic.Type),
+			attrTopicSource.String(topic.Source),
+			attrMessageType.String(TypeName(msg)),
+			attrMessageID.String(call.messageID),
+		}
+	}, opts...)
+	call.spanCtx = span.SpanContext()
+	return ctx, span
 }

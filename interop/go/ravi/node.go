@@ -15,6 +15,7 @@ import (
 	"time"
 
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -90,6 +91,12 @@ type Options struct {
 	DialOptions []grpc.DialOption
 	// Logger receives the node's logs; default slog.Default().
 	Logger *slog.Logger
+	// TracerProvider makes the node's OpenTelemetry spans (send, handle,
+	// publish, deliver, forward; see docs/operations.md, "Tracing"); default
+	// the global provider, which records nothing unless one was installed
+	// with otel.SetTracerProvider. The W3C trace context travels in
+	// Envelope.metadata and in the gRPC metadata of unary calls either way.
+	TracerProvider trace.TracerProvider
 }
 
 // Node hosts agent types and serves ravi.mesh.v1.AgentService, health and
@@ -100,6 +107,7 @@ type Node struct {
 	incarnation string
 	log         *slog.Logger
 	types       TypeResolver
+	tr          nodeTracer
 
 	mu         sync.Mutex
 	agentTypes map[string]*agentType
@@ -183,6 +191,7 @@ func NewNode(opts Options) (*Node, error) {
 		incarnation: randomHex(8),
 		log:         opts.Logger.With("node", opts.NodeID),
 		types:       opts.Types,
+		tr:          newNodeTracer(opts.TracerProvider, opts.NodeID),
 		agentTypes:  map[string]*agentType{},
 		instances:   map[AgentID]*instance{},
 		peers:       map[string]*peer{},

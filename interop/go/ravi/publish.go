@@ -10,6 +10,8 @@ import (
 	"time"
 
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 )
@@ -64,33 +66,48 @@ func (s *outStream) offer(ev *meshv1.Event) bool {
 }
 
 // publishFrom publishes msg on topic as from's agent (nil: from outside any
-// agent).
+// agent), in a publish span.
 func (n *Node) publishFrom(ctx context.Context, from *Call, topic TopicID, msg proto.Message, opts []CallOption) (*meshv1.PublishResponse, error) {
 	o := collect(opts)
+	ctx, cancel := n.callContext(ctx, o)
+	defer cancel()
+	messageID := o.messageID
+	if messageID == "" {
+		messageID = newMessageID()
+	}
+	ctx, span := n.tr.start(parentContext(ctx, from, o), "publish "+topic.Type, trace.SpanKindProducer, func() []attribute.KeyValue {
+		attrs := []attribute.KeyValue{
+			attrOperation.String("publish"),
+			attrDestination.String(topic.Type),
+			attrTopicSource.String(topic.Source),
+			attrMessageID.String(messageID),
+		}
+		if msg != nil {
+			attrs = append(attrs, attrMessageType.String(TypeName(msg)))
+		}
+		return attrs
+	})
+	defer span.End()
 	payload, err := o.encode(msg)
 	if err != nil {
+		fail(span, err)
 		return nil, err
 	}
 	env := &meshv1.Envelope{
-		MessageId:      o.messageID,
+		MessageId:      messageID,
 		Payload:        payload,
 		Metadata:       maps.Clone(o.metadata),
 		IdempotencyKey: o.idempotencyKey,
 	}
-	if env.MessageId == "" {
-		env.MessageId = newMessageID()
-	}
-	tc := traceContext{traceparent: o.traceparent}
+	env.Metadata = injectInto(ctx, env.Metadata)
 	if from != nil {
 		env.Sender = from.agent.Proto()
-		tc = traceContext{traceparent: from.traceparent, tracestate: from.tracestate}
 	}
-	env.Metadata = tc.merge(env.Metadata)
-	ctx, cancel := n.callContext(ctx, o)
-	defer cancel()
 	resp, err := n.publish(ctx, topic.Proto(), env, o.scope, false)
 	if err != nil {
-		return nil, FromError(err)
+		e := FromError(err)
+		fail(span, e)
+		return nil, e
 	}
 	return resp, nil
 }
@@ -188,7 +205,6 @@ func (n *Node) deliverLocal(ctx context.Context, topic TopicID, topicP *meshv1.T
 			messageID:   env.GetMessageId(),
 			metadata:    env.GetMetadata(),
 			traceparent: env.GetMetadata()["traceparent"],
-			tracestate:  env.GetMetadata()["tracestate"],
 			state:       inst.state,
 		}
 		call.deadline, _ = dctx.Deadline()
@@ -229,7 +245,9 @@ func (n *Node) deliverRemote(id AgentID, topicP *meshv1.TopicId, env *meshv1.Env
 	ctx, cancel := context.WithTimeout(n.baseCtx, n.opts.DefaultTimeout)
 	defer cancel()
 	req := &meshv1.SendRequest{Recipient: id.Proto(), Envelope: env, Topic: topicP}
-	if _, err := n.forward(ctx, req, traceContext{}); err != nil {
+	// The event's trace context goes on in the envelope and the gRPC metadata.
+	ctx = extractParent(ctx, env.GetMetadata(), traceContext{})
+	if _, err := n.sendToPeer(ctx, req, nil); err != nil {
 		n.log.Warn("could not deliver a published message", "agent", id.String(), "topic", TopicIDOf(topicP).String(), "message_type", env.GetPayload().GetType(), "err", err)
 	}
 }

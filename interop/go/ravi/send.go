@@ -9,6 +9,8 @@ import (
 	"time"
 
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
@@ -59,9 +61,12 @@ func (t traceContext) outgoing(ctx context.Context) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, kv...)
 }
 
-// handleSend handles a Send, from a caller or from one of the node's agents,
-// following the ordered checks of docs/protocol.md.
-func (n *Node) handleSend(ctx context.Context, req *meshv1.SendRequest, tc traceContext) (*meshv1.SendResponse, error) {
+// handleSend handles a Send, from a caller (received: a unary Send or a
+// Connect frame, forwarded when the type is not hosted here) or from one of
+// the node's agents or its Send method (routed to the peer hosting the type),
+// following the ordered checks of docs/protocol.md. tc is the trace context of
+// the gRPC call, used where the envelope carries none.
+func (n *Node) handleSend(ctx context.Context, req *meshv1.SendRequest, tc traceContext, received bool) (*meshv1.SendResponse, error) {
 	to := AgentIDOf(req.GetRecipient())
 	if err := to.Validate(); err != nil {
 		return nil, err
@@ -70,16 +75,48 @@ func (n *Node) handleSend(ctx context.Context, req *meshv1.SendRequest, tc trace
 	at := n.agentTypes[to.Type]
 	n.mu.Unlock()
 	if at == nil {
-		return n.forward(ctx, req, tc)
+		if received {
+			return n.forward(ctx, req, tc)
+		}
+		return n.sendToPeer(ctx, req, nil)
 	}
+	env := req.GetEnvelope()
+	if req.GetTopic() != nil {
+		msg, err := decodePayload(n.types, env.GetPayload())
+		if err != nil {
+			return nil, err
+		}
+		return n.handleTopicSend(ctx, at, req, msg, tc.merge(env.GetMetadata()))
+	}
+	messageID := env.GetMessageId()
+	if messageID == "" {
+		messageID = newMessageID()
+	}
+	ctx, span := n.tr.start(extractParent(ctx, env.GetMetadata(), tc), "handle "+to.Type, trace.SpanKindServer, func() []attribute.KeyValue {
+		attrs := []attribute.KeyValue{
+			attrOperation.String("process"),
+			attrAgentType.String(to.Type),
+			attrAgentKey.String(to.Key),
+			attrMessageType.String(env.GetPayload().GetType()),
+			attrMessageID.String(messageID),
+		}
+		if s := env.GetSender(); s != nil {
+			attrs = append(attrs, attrSender.String(AgentIDOf(s).String()))
+		}
+		return attrs
+	})
+	defer span.End()
+	resp, err := n.handleLocal(ctx, at, to, req, tc, messageID, span.SpanContext())
+	fail(span, err)
+	return resp, err
+}
+
+// handleLocal runs the handler of a Send to an agent type hosted here.
+func (n *Node) handleLocal(ctx context.Context, at *agentType, to AgentID, req *meshv1.SendRequest, tc traceContext, messageID string, spanCtx trace.SpanContext) (*meshv1.SendResponse, error) {
 	env := req.GetEnvelope()
 	msg, err := decodePayload(n.types, env.GetPayload())
 	if err != nil {
 		return nil, err
-	}
-	metadata := tc.merge(env.GetMetadata())
-	if req.GetTopic() != nil {
-		return n.handleTopicSend(ctx, at, req, msg, metadata)
 	}
 	if !at.reentrant && slices.ContainsFunc(env.GetCallChain(), func(id *meshv1.AgentId) bool { return AgentIDOf(id) == to }) {
 		return nil, reasonError(codes.FailedPrecondition, ReasonReentrantCall,
@@ -93,10 +130,7 @@ func (n *Node) handleSend(ctx context.Context, req *meshv1.SendRequest, tc trace
 			fmt.Sprintf("agent type %q has no handler for %s", to.Type, msgType),
 			map[string]string{"agent_type": to.Type, "message_type": msgType, "node_id": n.id})
 	}
-	messageID := env.GetMessageId()
-	if messageID == "" {
-		messageID = newMessageID()
-	}
+	metadata := tc.merge(env.GetMetadata())
 	inst := n.instance(at, to)
 	call := &Call{
 		node:        n,
@@ -105,12 +139,9 @@ func (n *Node) handleSend(ctx context.Context, req *meshv1.SendRequest, tc trace
 		messageID:   messageID,
 		metadata:    metadata,
 		chain:       env.GetCallChain(),
-		traceparent: tc.traceparent,
-		tracestate:  tc.tracestate,
+		traceparent: metadata["traceparent"], // the envelope's, else the gRPC metadata's
+		spanCtx:     spanCtx,
 		state:       inst.state,
-	}
-	if call.traceparent == "" {
-		call.traceparent, call.tracestate = metadata["traceparent"], metadata["tracestate"]
 	}
 	call.deadline, _ = ctx.Deadline()
 	d := &delivery{ctx: ctx, call: call, msg: msg, handler: h, done: make(chan outcome, 1)}
@@ -165,9 +196,24 @@ func (n *Node) handleTopicSend(ctx context.Context, at *agentType, req *meshv1.S
 	return &meshv1.SendResponse{NodeId: n.id}, nil
 }
 
-// forward sends req on to the peer chosen for its recipient, refusing a loop
-// or a request that was forwarded too often.
+// forward sends req, received by this node for a type it does not host, on
+// to the peer chosen for its recipient, in a forward span.
 func (n *Node) forward(ctx context.Context, req *meshv1.SendRequest, tc traceContext) (*meshv1.SendResponse, error) {
+	hops := int64(req.GetRoute().GetHopCount()) + 1
+	ctx, span := n.tr.start(extractParent(ctx, req.GetEnvelope().GetMetadata(), tc), "forward "+req.GetRecipient().GetType(), trace.SpanKindInternal, func() []attribute.KeyValue {
+		return []attribute.KeyValue{attrRouteHopCount.Int64(hops)}
+	})
+	defer span.End()
+	resp, err := n.sendToPeer(ctx, req, span)
+	fail(span, err)
+	return resp, err
+}
+
+// sendToPeer sends req to the peer chosen for its recipient, refusing a loop
+// or a request that was forwarded too often. The request carries the trace
+// context of ctx's span (in its envelope and in the gRPC metadata); span,
+// when set, learns the peer chosen.
+func (n *Node) sendToPeer(ctx context.Context, req *meshv1.SendRequest, span trace.Span) (*meshv1.SendResponse, error) {
 	to := AgentIDOf(req.GetRecipient())
 	route := req.GetRoute()
 	if slices.Contains(route.GetVisitedNodeIds(), n.id) {
@@ -186,16 +232,19 @@ func (n *Node) forward(ctx context.Context, req *meshv1.SendRequest, tc traceCon
 			fmt.Sprintf("no node hosts agent type %q (asked node %s)", to.Type, n.id),
 			map[string]string{"agent_type": to.Type, "node_id": n.id})
 	}
-	if tc.traceparent == "" {
-		md := req.GetEnvelope().GetMetadata()
-		tc = traceContext{traceparent: md["traceparent"], tracestate: md["tracestate"]}
+	if span != nil && span.IsRecording() {
+		span.SetAttributes(attrRouteNextNode.String(peerID))
 	}
 	fwd := proto.CloneOf(req)
 	fwd.Route = &meshv1.Route{
 		HopCount:       route.GetHopCount() + 1,
 		VisitedNodeIds: append(slices.Clone(route.GetVisitedNodeIds()), n.id),
 	}
-	resp, err := p.client.svc.Send(tc.outgoing(ctx), fwd)
+	if fwd.Envelope != nil {
+		fwd.Envelope.Metadata = injectInto(ctx, fwd.Envelope.Metadata)
+	}
+	// The client's interceptor puts ctx's trace context in the gRPC metadata.
+	resp, err := p.client.svc.Send(ctx, fwd)
 	if err != nil {
 		return nil, peerError(p, peerID, err)
 	}
@@ -214,13 +263,10 @@ func peerError(p *peer, nodeID string, err error) error {
 	return e
 }
 
-// send sends msg to an agent as from's agent (nil: from outside any agent).
+// send sends msg to an agent as from's agent (nil: from outside any agent),
+// in a send span.
 func (n *Node) send(ctx context.Context, from *Call, to AgentID, msg proto.Message, opts []CallOption) (*Reply, error) {
 	o := collect(opts)
-	payload, err := o.encode(msg)
-	if err != nil {
-		return nil, err
-	}
 	ctx, cancel := n.callContext(ctx, o)
 	defer cancel()
 	if from != nil && !from.deadline.IsZero() {
@@ -228,26 +274,56 @@ func (n *Node) send(ctx context.Context, from *Call, to AgentID, msg proto.Messa
 		ctx, cancelHandling = context.WithDeadline(ctx, from.deadline)
 		defer cancelHandling()
 	}
+	messageID := o.messageID
+	if messageID == "" {
+		messageID = newMessageID()
+	}
+	ctx, span := n.tr.start(parentContext(ctx, from, o), "send "+to.Type, trace.SpanKindClient, func() []attribute.KeyValue {
+		attrs := []attribute.KeyValue{
+			attrOperation.String("send"),
+			attrDestination.String(to.Type),
+			attrAgentType.String(to.Type),
+			attrAgentKey.String(to.Key),
+			attrMessageID.String(messageID),
+		}
+		if msg != nil {
+			attrs = append(attrs, attrMessageType.String(TypeName(msg)))
+		}
+		return attrs
+	})
+	defer span.End()
+	reply, err := n.sendTraced(ctx, from, to, msg, o, messageID)
+	if err != nil {
+		fail(span, err)
+		return nil, err
+	}
+	return reply, nil
+}
+
+func (n *Node) sendTraced(ctx context.Context, from *Call, to AgentID, msg proto.Message, o callOptions, messageID string) (*Reply, error) {
+	payload, err := o.encode(msg)
+	if err != nil {
+		return nil, err
+	}
 	env := &meshv1.Envelope{
-		MessageId:      o.messageID,
+		MessageId:      messageID,
 		Payload:        payload,
-		Metadata:       o.metadata,
+		Metadata:       injectInto(ctx, o.metadata),
 		IdempotencyKey: o.idempotencyKey,
 	}
-	if env.MessageId == "" {
-		env.MessageId = newMessageID()
-	}
-	tc := traceContext{traceparent: o.traceparent}
 	if from != nil {
 		env.Sender = from.agent.Proto()
 		env.CallChain = from.outgoingChain()
-		tc = traceContext{traceparent: from.traceparent, tracestate: from.tracestate}
 	}
-	resp, err := n.handleSend(ctx, &meshv1.SendRequest{Recipient: to.Proto(), Envelope: env}, tc)
+	resp, err := n.handleSend(ctx, &meshv1.SendRequest{Recipient: to.Proto(), Envelope: env}, traceContext{}, false)
 	if err != nil {
 		return nil, FromError(err)
 	}
-	return decodeReply(n.types, resp)
+	reply, err := decodeReply(n.types, resp)
+	if err != nil {
+		return nil, FromError(err)
+	}
+	return reply, nil
 }
 
 func decodeReply(types TypeResolver, resp *meshv1.SendResponse) (*Reply, error) {

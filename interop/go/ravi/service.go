@@ -18,7 +18,7 @@ type service struct {
 func (s *service) Send(ctx context.Context, req *meshv1.SendRequest) (*meshv1.SendResponse, error) {
 	ctx, cancel := withTimeout(ctx, 0, s.n.opts.DefaultTimeout)
 	defer cancel()
-	resp, err := s.n.handleSend(ctx, req, incomingTrace(ctx))
+	resp, err := s.n.handleSend(ctx, req, incomingTrace(ctx), true)
 	return resp, toStatusError(err)
 }
 

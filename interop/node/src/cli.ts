@@ -3,6 +3,7 @@
 //
 //   ravi-node node --listen 127.0.0.1:PORT --node-id ID [--peer name=addr]... [--token T]
 //                  [--health-without-auth] [--max-message-bytes N] [--conformance-type NAME]
+//                  [--otlp-endpoint URL]
 //   ravi-node send --addr A [--token T] [--timeout-ms N] --to type/key --type FULL.NAME --json '{...}'
 //   ravi-node publish --addr A [--token T] [--timeout-ms N] --topic type/source --type NAME --json '{...}'
 //                     [--scope mesh|node]
@@ -26,12 +27,16 @@ import { CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, encodeJsonPayload } from "./c
 import { asRaviError, Code, RaviError } from "./errors.js";
 import { parseAgentId, parseTopicId } from "./ids.js";
 import { RaviNode, stderrLogger } from "./node.js";
+import { setupTracing } from "./telemetry.js";
 import { formatterAgent } from "./agents/formatter.js";
 import { CONFORMANCE_TYPE, registerConformance } from "./agents/conformance.js";
 
 const USAGE = `usage:
   ravi-node node --listen HOST:PORT --node-id ID [--peer NAME=ADDR]... [--token T]
                  [--health-without-auth] [--max-message-bytes N] [--conformance-type NAME] [--verbose]
+                 [--otlp-endpoint URL]
+  (node traces over OTLP/gRPC when --otlp-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT or
+   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set; service.name is the node id unless OTEL_SERVICE_NAME is set)
   ravi-node send --addr ADDR [--token T] [--timeout-ms N] --to TYPE/KEY --type FULL.NAME --json JSON
                  [--encoding proto|json]
   ravi-node publish --addr ADDR [--token T] [--timeout-ms N] --topic TYPE/SOURCE --type FULL.NAME --json JSON
@@ -160,6 +165,7 @@ async function runNode(args: string[]): Promise<number> {
       "max-message-bytes": { type: "string" },
       "conformance-type": { type: "string" },
       verbose: { type: "boolean" },
+      "otlp-endpoint": { type: "string" },
     },
   });
   const { host, port } = hostPort(required(values.listen, "--listen"), "--listen");
@@ -174,19 +180,33 @@ async function runNode(args: string[]): Promise<number> {
     hostPort(address, "--peer");
     peers[spec.slice(0, eq)] = address;
   }
-  const node = new RaviNode({
-    nodeId,
-    host,
-    port,
-    peers,
-    token: values.token,
-    healthWithoutAuth: values["health-without-auth"] ?? false,
-    maxMessageBytes: integer(values["max-message-bytes"], "--max-message-bytes"),
-    logger: stderrLogger(nodeId, values.verbose ?? false),
-  });
-  node.register("formatter", formatterAgent());
-  registerConformance(node, values["conformance-type"] ?? CONFORMANCE_TYPE);
-  const address = await node.start();
+  const otlpEndpoint = values["otlp-endpoint"];
+  if (otlpEndpoint !== undefined && !/^https?:\/\/[^/]+\/?$/.test(otlpEndpoint)) {
+    throw new UsageError(`--otlp-endpoint must be http://HOST:PORT or https://HOST:PORT, got ${JSON.stringify(otlpEndpoint)}`);
+  }
+  // An SDK provider exporting over OTLP/gRPC, only when an endpoint is configured.
+  const tracing = await setupTracing({ nodeId, endpoint: otlpEndpoint });
+  let node: RaviNode;
+  let address: string;
+  try {
+    node = new RaviNode({
+      nodeId,
+      host,
+      port,
+      peers,
+      token: values.token,
+      healthWithoutAuth: values["health-without-auth"] ?? false,
+      maxMessageBytes: integer(values["max-message-bytes"], "--max-message-bytes"),
+      logger: stderrLogger(nodeId, values.verbose ?? false),
+      tracerProvider: tracing?.tracerProvider,
+    });
+    node.register("formatter", formatterAgent());
+    registerConformance(node, values["conformance-type"] ?? CONFORMANCE_TYPE);
+    address = await node.start();
+  } catch (error) {
+    await tracing?.shutdown();
+    throw error;
+  }
   process.stdout.write(`ravi-node node ${nodeId} serving on ${address}\n`);
   await new Promise<void>((resolve) => {
     const stop = (): void => {
@@ -198,6 +218,10 @@ async function runNode(args: string[]): Promise<number> {
     process.on("SIGINT", stop);
   });
   await node.stop();
+  // After the node stopped, so the spans of its last calls are flushed too.
+  if (tracing !== undefined && !(await tracing.shutdown())) {
+    process.stderr.write(`ravi-node ${nodeId} warn: the spans still buffered could not be exported in time\n`);
+  }
   return 0;
 }
 

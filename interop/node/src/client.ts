@@ -30,6 +30,7 @@ import type { PublishResult, SendOptions, SendResult } from "./agent.js";
 import { decodeAs, encodePayload } from "./codec.js";
 import { asRaviError, RaviError } from "./errors.js";
 import { checkAgentId, checkTopicId, type AgentAddress, type TopicAddress } from "./ids.js";
+import { injectActive } from "./tracing.js";
 
 export { PublishScope, ServingStatus };
 
@@ -126,7 +127,26 @@ function authInterceptor(token: string): Interceptor {
   };
 }
 
-/** RaviClient calls one node. Create it once and `close()` it when done. */
+/**
+ * The envelope metadata and gRPC metadata of a call, with the active span's W3C
+ * trace context added where the caller set no traceparent.
+ */
+function withActiveTrace(
+  metadata: Readonly<Record<string, string>> | undefined,
+  headers: Readonly<Record<string, string>> | undefined,
+): { metadata: Record<string, string>; headers: Record<string, string> | undefined } {
+  const outMetadata = { ...(metadata ?? {}) };
+  const outHeaders = { ...(headers ?? {}) };
+  injectActive(outMetadata);
+  injectActive(outHeaders);
+  return { metadata: outMetadata, headers: Object.keys(outHeaders).length === 0 ? undefined : outHeaders };
+}
+
+/**
+ * RaviClient calls one node. Create it once and `close()` it when done. A
+ * Send or Publish made while a span is active carries its W3C trace context
+ * (in the envelope metadata and the gRPC metadata) unless the caller set one.
+ */
 export class RaviClient {
   readonly address: string;
   readonly agentService: Client<typeof AgentService>;
@@ -191,6 +211,7 @@ export class RaviClient {
 
   /** Sends an already-encoded payload to an agent. */
   async sendPayload(to: AgentAddress, payload: Payload, options: ClientSendOptions = {}): Promise<SendReply> {
+    const { metadata, headers } = withActiveTrace(options.metadata, options.headers);
     const response = await this.sendRequest(
       {
         recipient: { type: to.type, key: to.key },
@@ -198,13 +219,13 @@ export class RaviClient {
           messageId: options.messageId ?? randomUUID(),
           ...(options.sender === undefined ? {} : { sender: create(AgentIdSchema, options.sender) }),
           payload,
-          metadata: { ...(options.metadata ?? {}) },
+          metadata,
           idempotencyKey: options.idempotencyKey ?? "",
           callChain: (options.callChain ?? []).map((a) => create(AgentIdSchema, a)),
         },
         ...(options.route === undefined ? {} : { route: options.route }),
       },
-      options,
+      { ...options, headers },
     );
     return new SendReply(response.nodeId, response.result);
   }
@@ -233,18 +254,19 @@ export class RaviClient {
 
   /** Publishes an already-encoded payload. */
   async publishPayload(topic: TopicAddress, payload: Payload, options: ClientPublishOptions = {}): Promise<PublishResult> {
+    const { metadata, headers } = withActiveTrace(options.metadata, options.headers);
     const request: MessageInitShape<typeof PublishRequestSchema> = {
       topic: { type: topic.type, source: topic.source },
       envelope: {
         messageId: options.messageId ?? randomUUID(),
         ...(options.sender === undefined ? {} : { sender: create(AgentIdSchema, options.sender) }),
         payload,
-        metadata: { ...(options.metadata ?? {}) },
+        metadata,
       },
       scope: options.scope ?? PublishScope.MESH,
     };
     try {
-      const response = await this.agentService.publish(request, this.callOptions(options));
+      const response = await this.agentService.publish(request, this.callOptions({ ...options, headers }));
       return { localDeliveries: response.localDeliveries, streamDeliveries: response.streamDeliveries };
     } catch (error) {
       throw asRaviError(error);

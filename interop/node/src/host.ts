@@ -2,6 +2,7 @@
 // handler calls under a deadline, and named promises.
 import type { DescMessage, JsonObject, Message, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { context as otelContext, type Context } from "@opentelemetry/api";
 import type { Envelope, Payload } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 
 import type { AgentContext, AgentDefinition, PublishOptions, PublishResult, SendOptions, SendResult } from "./agent.js";
@@ -156,7 +157,10 @@ export interface Delivery {
   readonly topic: TopicAddress | undefined;
   readonly deadline: number;
   readonly signal: AbortSignal | undefined;
+  /** The trace context the message arrived with. */
   readonly trace: TraceContext;
+  /** The OpenTelemetry context of the handle or deliver span: the handler runs in it. */
+  readonly context: Context;
 }
 
 /** Where a handler's nested sends come from. */
@@ -165,7 +169,8 @@ export interface Origin {
   readonly callChain: readonly AgentAddress[];
   readonly deadline: number | undefined;
   readonly signal: AbortSignal | undefined;
-  readonly trace: TraceContext;
+  /** The parent of the send span (the handler's span); the active context when unset. */
+  readonly context: Context | undefined;
 }
 
 /** Everything a registration needs from its node. */
@@ -177,7 +182,7 @@ export interface RegistrationHost {
   sendFrom(origin: Origin, to: AgentAddress, payload: Payload, options: SendOptions): Promise<SendResult>;
   publishFrom(
     sender: AgentAddress | undefined,
-    trace: TraceContext,
+    parent: Context | undefined,
     topic: TopicAddress,
     payload: Payload,
     options: PublishOptions,
@@ -246,7 +251,7 @@ export function makeRegistration<S>(host: RegistrationHost, type: string, defini
             callChain: nestedChain,
             deadline: delivery.deadline,
             signal: scope.signal,
-            trace: delivery.trace,
+            context: delivery.context,
           },
           to,
           encodePayload(schema, msg),
@@ -259,7 +264,7 @@ export function makeRegistration<S>(host: RegistrationHost, type: string, defini
         return host.promises.wait(name, wait.signal).finally(() => wait.dispose());
       },
       publish: async (topic, schema, msg, options) =>
-        host.publishFrom(target.id, delivery.trace, topic, encodePayload(schema, msg), options ?? {}),
+        host.publishFrom(target.id, delivery.context, topic, encodePayload(schema, msg), options ?? {}),
     };
     return ctx;
   };
@@ -282,7 +287,10 @@ export function makeRegistration<S>(host: RegistrationHost, type: string, defini
           }
           const settled = (async () => {
             try {
-              const value = await entry.fn(message, context(target, scope, delivery));
+              // The handler runs in its span's context: its own spans are children of it.
+              const value = await otelContext.with(delivery.context, () =>
+                entry.fn(message, context(target, scope, delivery)),
+              );
               if (entry.output !== undefined && value !== undefined && value !== null) {
                 resolve(encodePayload(entry.output, value as MessageInitShape<DescMessage>));
               } else {

@@ -75,3 +75,11 @@ export {
   registerConformance,
   type ConformanceState,
 } from "./agents/conformance.js";
+export { TRACER_NAME, extractContext, injectContext } from "./tracing.js";
+export {
+  OTLP_ENDPOINT_VARIABLES,
+  setupTracing,
+  tracingConfigured,
+  type InstalledTracing,
+  type TracingSetupOptions,
+} from "./telemetry.js";

@@ -15,6 +15,7 @@ import {
 import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { context as otelContext, type Context, type TracerProvider } from "@opentelemetry/api";
 import { Health } from "@ravi-mesh/contract/grpc/health/v1/health_pb";
 import * as reflectionV1Pb from "@ravi-mesh/contract/grpc/reflection/v1/reflection_pb";
 import * as reflectionV1alphaPb from "@ravi-mesh/contract/grpc/reflection/v1alpha/reflection_pb";
@@ -90,6 +91,16 @@ import {
 import { PeerLink, type Logger, type PeerHost } from "./peers.js";
 import { ReflectionIndex, reflectionV1, reflectionV1alpha } from "./reflection.js";
 import { rendezvousPick } from "./rendezvous.js";
+import {
+  extractContext,
+  injectContext,
+  NodeTracing,
+  recordFailure,
+  traceOfCarrier,
+  traced,
+  tracedSync,
+  type Started,
+} from "./tracing.js";
 import { AsyncQueue, sleep } from "./util.js";
 
 /** The contract version this node implements. */
@@ -134,6 +145,14 @@ export interface NodeOptions {
   interceptors?: readonly Interceptor[] | undefined;
   /** Interceptors of the node's calls to peers. */
   clientInterceptors?: readonly Interceptor[] | undefined;
+  /**
+   * The OpenTelemetry TracerProvider of the node's spans (docs/operations.md,
+   * "Tracing"); the global one by default, a no-op unless one is registered.
+   * Handler code sees its handle or deliver span as the active context when a
+   * context manager is registered (NodeTracerProvider.register() installs one);
+   * sends and publishes made through the handler's context are its children either way.
+   */
+  tracerProvider?: TracerProvider | undefined;
   /** Extra message types the node can decode (files or messages). */
   types?: readonly (DescFile | DescMessage)[] | undefined;
   /** Where log lines go (default: warnings and errors to stderr). */
@@ -349,6 +368,7 @@ export class RaviNode implements PeerHost, RegistrationHost {
   private readonly events = new EventEmitter();
   private readonly types = new TypeRegistry();
   private readonly health = new HealthState();
+  private readonly tracing: NodeTracing;
   private readonly shutdownController = new AbortController();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly background = new Set<Promise<unknown>>();
@@ -370,6 +390,7 @@ export class RaviNode implements PeerHost, RegistrationHost {
     this.streamQueueCapacity = options.streamQueueCapacity ?? 10_000;
     this.mailboxCapacity = options.mailboxCapacity ?? 1024;
     this.abortGraceMs = options.abortGraceMs ?? 1000;
+    this.tracing = new NodeTracing(options.nodeId, LANGUAGE, options.tracerProvider);
     this.types.add(file_google_protobuf_struct, ...(options.types ?? []));
     this.events.setMaxListeners(0);
     this.health.set("", ServingStatus.NOT_SERVING);
@@ -856,33 +877,43 @@ export class RaviNode implements PeerHost, RegistrationHost {
       return this.forward(request, recipient, call);
     }
     const envelope = request.envelope ?? create(EnvelopeSchema);
-    const { schema, message } = this.types.decode(envelope.payload);
-    const metadata = handlerMetadata(envelope, call.trace);
-    const trace: TraceContext =
-      call.trace.traceparent !== undefined
-        ? call.trace
-        : { traceparent: envelope.metadata["traceparent"], tracestate: envelope.metadata["tracestate"] };
     if (request.topic !== undefined) {
       // A published message handed over by the node where it was published.
+      const { schema, message } = this.types.decode(envelope.payload);
       const topic = checkTopicId(request.topic);
-      this.deliverEvent(registration, recipient.key, schema, message, envelope, topic);
+      this.deliverEvent(registration, recipient.key, schema, message, envelope, topic, call.trace);
       return create(SendResponseSchema, { nodeId: this.nodeId });
     }
-    if (!registration.reentrant && envelope.callChain.some((a) => sameAgent(a, recipient))) {
-      throw errors.reentrantCall(formatAgentId(recipient));
+    // The handle span's parent: the envelope's trace context, else the call's gRPC metadata.
+    const handling = this.tracing.handle(recipient, envelope, extractContext(envelope.metadata, call.trace));
+    // The span ends here rather than in a wrapper: a wrapper would delay every
+    // outcome by a few microtasks and change the order of calls that complete together.
+    try {
+      const { schema, message } = this.types.decode(envelope.payload);
+      const metadata = handlerMetadata(envelope, call.trace);
+      const trace: TraceContext = envelope.metadata["traceparent"] !== undefined ? traceOfCarrier(envelope.metadata) : call.trace;
+      if (!registration.reentrant && envelope.callChain.some((a) => sameAgent(a, recipient))) {
+        throw errors.reentrantCall(formatAgentId(recipient));
+      }
+      if (!registration.hasHandler(schema.typeName)) {
+        throw errors.noHandler(recipient.type, schema.typeName);
+      }
+      const result = await registration.deliver(recipient.key, schema.typeName, message, {
+        envelope,
+        metadata,
+        topic: undefined,
+        deadline: call.deadline,
+        signal: call.signal,
+        trace,
+        context: handling.context,
+      });
+      return create(SendResponseSchema, { nodeId: this.nodeId, ...(result === undefined ? {} : { result }) });
+    } catch (error) {
+      recordFailure(handling.span, error);
+      throw error;
+    } finally {
+      handling.span.end();
     }
-    if (!registration.hasHandler(schema.typeName)) {
-      throw errors.noHandler(recipient.type, schema.typeName);
-    }
-    const result = await registration.deliver(recipient.key, schema.typeName, message, {
-      envelope,
-      metadata,
-      topic: undefined,
-      deadline: call.deadline,
-      signal: call.signal,
-      trace,
-    });
-    return create(SendResponseSchema, { nodeId: this.nodeId, ...(result === undefined ? {} : { result }) });
   }
 
   /** Picks the peer for an agent type and key: the only one, or the rendezvous winner. */
@@ -893,7 +924,32 @@ export class RaviNode implements PeerHost, RegistrationHost {
     return candidates.length <= 1 ? candidates[0] : rendezvousPick(candidates, agentType, key);
   }
 
+  /**
+   * Sends a request for a type this node does not host to the peer hosting
+   * it. A Send received from outside is forwarded under a forward span.
+   */
   private async forward(request: SendRequest, recipient: AgentAddress, call: CallInfo): Promise<SendResponse> {
+    const forwarding = call.received
+      ? this.tracing.forward(recipient, (request.route?.hopCount ?? 0) + 1, extractContext(request.envelope?.metadata, call.trace))
+      : undefined;
+    try {
+      return await this.forwardTo(request, recipient, call, forwarding);
+    } catch (error) {
+      if (forwarding !== undefined) {
+        recordFailure(forwarding.span, error);
+      }
+      throw error;
+    } finally {
+      forwarding?.span.end();
+    }
+  }
+
+  private async forwardTo(
+    request: SendRequest,
+    recipient: AgentAddress,
+    call: CallInfo,
+    forwarding: Started | undefined,
+  ): Promise<SendResponse> {
     const visited = request.route?.visitedNodeIds ?? [];
     const hops = request.route?.hopCount ?? 0;
     if (visited.includes(this.nodeId)) {
@@ -907,10 +963,15 @@ export class RaviNode implements PeerHost, RegistrationHost {
     if (target === undefined || client === undefined) {
       throw errors.agentTypeNotFound(recipient.type, this.nodeId);
     }
+    forwarding?.span.setAttribute("ravi.route.next_node", target);
     const route = call.received ? { hopCount: hops + 1, visitedNodeIds: [...visited, this.nodeId] } : request.route;
     const scope = new CallScope(call.deadline, call.signal, `while forwarding to ${target}`);
     try {
-      const headers = traceHeaders(call.trace);
+      // The envelope travels unchanged, with the message's own trace context, and
+      // the unary call's gRPC metadata carries the same (as Python's nodes do).
+      const headers = traceHeaders(
+        request.envelope?.metadata["traceparent"] !== undefined ? traceOfCarrier(request.envelope.metadata) : call.trace,
+      );
       const pending = client.sendRequest(
         {
           recipient: request.recipient,
@@ -938,15 +999,6 @@ export class RaviNode implements PeerHost, RegistrationHost {
 
   /** Sends from an agent (or from the node itself when origin.agent is unset). */
   async sendFrom(origin: Origin, to: AgentAddress, payload: Payload, options: SendOptions): Promise<SendReply> {
-    const now = Date.now();
-    let deadline = now + (options.timeoutMs ?? (origin.deadline === undefined ? this.defaultTimeoutMs : origin.deadline - now));
-    if (origin.deadline !== undefined) {
-      deadline = Math.min(deadline, origin.deadline);
-    }
-    if (deadline <= now) {
-      throw errors.deadlineExceeded(`before sending to ${formatAgentId(to)}`);
-    }
-    const signals = [origin.signal, options.signal].filter((s): s is AbortSignal => s !== undefined);
     const envelope = create(EnvelopeSchema, {
       messageId: options.messageId ?? randomUUID(),
       ...(origin.agent === undefined ? {} : { sender: create(AgentIdSchema, origin.agent) }),
@@ -955,16 +1007,38 @@ export class RaviNode implements PeerHost, RegistrationHost {
       idempotencyKey: options.idempotencyKey ?? "",
       callChain: origin.callChain.map((a) => create(AgentIdSchema, a)),
     });
-    const response = await this.dispatchSend(create(SendRequestSchema, { recipient: create(AgentIdSchema, to), envelope }), {
-      deadline,
-      signal: signals.length === 0 ? undefined : AbortSignal.any(signals),
-      trace: origin.trace,
-      received: false,
-    });
-    return new SendReply(response.nodeId, response.result, this.types.protobuf);
+    const sending = this.tracing.send(to, envelope, origin.context ?? otelContext.active());
+    try {
+      const now = Date.now();
+      let deadline = now + (options.timeoutMs ?? (origin.deadline === undefined ? this.defaultTimeoutMs : origin.deadline - now));
+      if (origin.deadline !== undefined) {
+        deadline = Math.min(deadline, origin.deadline);
+      }
+      if (deadline <= now) {
+        throw errors.deadlineExceeded(`before sending to ${formatAgentId(to)}`);
+      }
+      const signals = [origin.signal, options.signal].filter((s): s is AbortSignal => s !== undefined);
+      // The send span's W3C context travels in the envelope (and in gRPC metadata to a peer).
+      injectContext(sending.context, envelope.metadata);
+      const response = await this.dispatchSend(create(SendRequestSchema, { recipient: create(AgentIdSchema, to), envelope }), {
+        deadline,
+        signal: signals.length === 0 ? undefined : AbortSignal.any(signals),
+        trace: traceOfCarrier(envelope.metadata),
+        received: false,
+      });
+      return new SendReply(response.nodeId, response.result, this.types.protobuf);
+    } catch (error) {
+      recordFailure(sending.span, error);
+      throw error;
+    } finally {
+      sending.span.end();
+    }
   }
 
-  /** Sends a message from outside any agent (routed like any Send). */
+  /**
+   * Sends a message from outside any agent (routed like any Send). Its send
+   * span is a child of the active span, or of `traceparent` when given.
+   */
   send<I extends DescMessage>(
     to: AgentAddress,
     schema: I,
@@ -972,7 +1046,13 @@ export class RaviNode implements PeerHost, RegistrationHost {
     options: SendOptions & { traceparent?: string } = {},
   ): Promise<SendReply> {
     return this.sendFrom(
-      { agent: undefined, callChain: [], deadline: undefined, signal: undefined, trace: { traceparent: options.traceparent } },
+      {
+        agent: undefined,
+        callChain: [],
+        deadline: undefined,
+        signal: undefined,
+        context: options.traceparent === undefined ? undefined : extractContext({ traceparent: options.traceparent }),
+      },
       to,
       encodePayload(schema, message),
       options,
@@ -985,7 +1065,7 @@ export class RaviNode implements PeerHost, RegistrationHost {
     schema: I,
     message: MessageInitShape<I>,
     reply: O,
-    options: SendOptions = {},
+    options: SendOptions & { traceparent?: string } = {},
   ): Promise<MessageShape<O>> {
     return (await this.send(to, schema, message, options)).decode(reply);
   }
@@ -1000,13 +1080,15 @@ export class RaviNode implements PeerHost, RegistrationHost {
     if (envelope.messageId === "") {
       envelope.messageId = randomUUID();
     }
+    // The caller is the publisher (and made the publish span, if it traces): the
+    // events carry its trace context unchanged, so deliveries are its children.
     return this.publishEnvelope(topic, envelope, request.scope === PublishScope.NODE, true);
   }
 
   /** Publishes as an agent (or as the node): local subscribers and every matching stream. */
   publishFrom(
     sender: AgentAddress | undefined,
-    trace: TraceContext,
+    parent: Context | undefined,
     topic: TopicAddress,
     payload: Payload,
     options: PublishOptions,
@@ -1018,18 +1100,26 @@ export class RaviNode implements PeerHost, RegistrationHost {
       payload,
       metadata: { ...(options.metadata ?? {}) },
     });
-    Object.assign(envelope.metadata, handlerMetadata(envelope, trace));
-    return this.publishEnvelope(topic, envelope, false, true);
+    const publishing = this.tracing.publish(topic, envelope, parent ?? otelContext.active());
+    return tracedSync(publishing.span, () => {
+      // Every event and delivery carries the publish span's W3C context.
+      injectContext(publishing.context, envelope.metadata);
+      return this.publishEnvelope(topic, envelope, false, true);
+    });
   }
 
-  /** Publishes a message from outside any agent. */
+  /**
+   * Publishes a message from outside any agent. Its publish span is a child
+   * of the active span, or of `traceparent` when given.
+   */
   async publish<I extends DescMessage>(
     topic: TopicAddress,
     schema: I,
     message: MessageInitShape<I>,
     options: PublishOptions & { traceparent?: string } = {},
   ): Promise<PublishResult> {
-    return this.publishFrom(undefined, { traceparent: options.traceparent }, topic, encodePayload(schema, message), options);
+    const parent = options.traceparent === undefined ? undefined : extractContext({ traceparent: options.traceparent });
+    return this.publishFrom(undefined, parent, topic, encodePayload(schema, message), options);
   }
 
   private publishEnvelope(
@@ -1120,6 +1210,7 @@ export class RaviNode implements PeerHost, RegistrationHost {
     message: Message,
     envelope: Envelope,
     topic: TopicAddress,
+    fallback?: TraceContext,
   ): boolean {
     const agent = `${registration.type}/${key}`;
     if (envelope.sender !== undefined && sameAgent(envelope.sender, { type: registration.type, key })) {
@@ -1129,19 +1220,23 @@ export class RaviNode implements PeerHost, RegistrationHost {
       this.logger.warn(`${agent} has no handler for ${schema.typeName} published on ${topic.type}/${topic.source}`);
       return false;
     }
-    const trace = { traceparent: envelope.metadata["traceparent"], tracestate: envelope.metadata["tracestate"] };
-    registration
-      .deliver(key, schema.typeName, message, {
+    const trace =
+      envelope.metadata["traceparent"] !== undefined || fallback === undefined ? traceOfCarrier(envelope.metadata) : fallback;
+    // The deliver span's parent is the event's trace context, and it links to it too.
+    const delivering = this.tracing.deliver({ type: registration.type, key }, topic, envelope, extractContext(envelope.metadata, fallback));
+    traced(delivering.span, () =>
+      registration.deliver(key, schema.typeName, message, {
         envelope,
         metadata: { ...envelope.metadata },
         topic,
         deadline: Date.now() + this.eventTimeoutMs,
         signal: undefined,
         trace,
-      })
-      .catch((error: unknown) => {
-        this.logger.warn(`${agent} failed on ${schema.typeName} published on ${topic.type}/${topic.source}: ${asRaviError(error).message}`);
-      });
+        context: delivering.context,
+      }),
+    ).catch((error: unknown) => {
+      this.logger.warn(`${agent} failed on ${schema.typeName} published on ${topic.type}/${topic.source}: ${asRaviError(error).message}`);
+    });
     return true;
   }
 
@@ -1156,11 +1251,13 @@ export class RaviNode implements PeerHost, RegistrationHost {
       envelope,
       topic: create(TopicIdSchema, { type: topic.type, source: topic.source }),
     });
-    const trace = { traceparent: envelope.metadata["traceparent"], tracestate: envelope.metadata["tracestate"] };
+    // The hand-over is part of the publication, not a send of its own (as in Python):
+    // the envelope keeps the publisher's trace context, so the receiving node's
+    // deliver span is the publish span's child.
     const pending = this.forward(request, recipient, {
       deadline: Date.now() + this.eventTimeoutMs,
       signal: undefined,
-      trace,
+      trace: traceOfCarrier(envelope.metadata),
       received: false,
     }).catch((error: unknown) => {
       this.logger.warn(

@@ -1,6 +1,8 @@
 // The ravi-node command line, run as child processes.
 import { strict as assert } from "node:assert";
 import { spawn, type ChildProcess } from "node:child_process";
+import * as http2 from "node:http2";
+import type { AddressInfo } from "node:net";
 import { dirname, join } from "node:path";
 import { after, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -20,7 +22,7 @@ interface Run {
 /** Runs a client subcommand to completion (killed after 10 s). */
 function run(args: string[]): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"], env: childEnv() });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -34,10 +36,21 @@ function run(args: string[]): Promise<Run> {
   });
 }
 
+/** The environment of child nodes: no OTLP endpoint unless a test sets one. */
+function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...extra };
+  for (const name of ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME"]) {
+    if (!(name in extra)) {
+      delete env[name];
+    }
+  }
+  return env;
+}
+
 /** Starts `ravi-node node ...` and resolves with its process and address once it printed its line. */
-function startNode(args: string[]): Promise<{ child: ChildProcess; address: string; line: string }> {
+function startNode(args: string[], env: Record<string, string> = {}): Promise<{ child: ChildProcess; address: string; line: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, "node", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [CLI, "node", ...args], { stdio: ["ignore", "pipe", "pipe"], env: childEnv(env) });
     let stderr = "";
     child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
     const timer = setTimeout(() => {
@@ -52,6 +65,34 @@ function startNode(args: string[]): Promise<{ child: ChildProcess; address: stri
       resolve({ child, address, line });
     });
   });
+}
+
+/**
+ * A stand-in OTLP/gRPC collector on 127.0.0.1: it keeps the body of every
+ * TraceService/Export call and answers each with an empty message and OK.
+ */
+async function fakeCollector(): Promise<{ url: string; exports: Buffer[]; close(): Promise<void> }> {
+  const exports: Buffer[] = [];
+  const server = http2.createServer();
+  server.on("stream", (stream, headers) => {
+    const chunks: Buffer[] = [];
+    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+    stream.on("end", () => {
+      if (headers[":path"] === "/opentelemetry.proto.collector.trace.v1.TraceService/Export") {
+        exports.push(Buffer.concat(chunks));
+      }
+      stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+      stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+      stream.end(Buffer.from([0, 0, 0, 0, 0]));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    exports,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
 }
 
 function stop(child: ChildProcess): Promise<number | null> {
@@ -172,5 +213,57 @@ describe("ravi-node command line", T, () => {
 
     assert.equal(await stop(b.child), 0);
     assert.equal(await stop(a.child), 0);
+  });
+});
+
+describe("ravi-node node exporting spans over OTLP", T, () => {
+  const children: ChildProcess[] = [];
+  after(async () => {
+    await Promise.all(children.map(stop));
+  });
+
+  test("with an endpoint, spans reach the collector when the node stops on SIGTERM", async () => {
+    const collector = await fakeCollector();
+    try {
+      // By the environment; the batch would wait a minute: only the shutdown flushes it.
+      const a = await startNode(["--listen", "127.0.0.1:0", "--node-id", "otel-a"], {
+        OTEL_EXPORTER_OTLP_ENDPOINT: collector.url,
+        OTEL_BSP_SCHEDULE_DELAY: "60000",
+      });
+      children.push(a.child);
+      // By the flag, with the service name from OTEL_SERVICE_NAME.
+      const b = await startNode(["--listen", "127.0.0.1:0", "--node-id", "otel-b", "--otlp-endpoint", collector.url], {
+        OTEL_SERVICE_NAME: "renamed-b",
+        OTEL_BSP_SCHEDULE_DELAY: "60000",
+      });
+      children.push(b.child);
+      for (const node of [a, b]) {
+        const sent = await run([
+          "send", "--addr", node.address, "--to", "formatter/default", "--type", "ravi.examples.v1.FormatRequest",
+          "--json", JSON.stringify({ text: "Title:\n- a", style: "markdown" }),
+        ]);
+        assert.equal(sent.code, 0, sent.stderr);
+      }
+      assert.equal(collector.exports.length, 0, "nothing is exported before the batch is due");
+      assert.equal(await stop(a.child), 0);
+      assert.equal(await stop(b.child), 0);
+      const bodies = collector.exports.map((body) => body.toString("latin1"));
+      const fromA = bodies.find((body) => body.includes("otel-a"));
+      const fromB = bodies.find((body) => body.includes("otel-b"));
+      assert.ok(fromA !== undefined && fromB !== undefined, `exports: ${bodies.length}`);
+      for (const body of [fromA, fromB]) {
+        assert.ok(body.includes("handle formatter"), "the handle span");
+        assert.ok(body.includes("service.name") && body.includes("ravi.node.id") && body.includes("ravi.language"));
+      }
+      assert.ok(fromB.includes("renamed-b"), "OTEL_SERVICE_NAME names the service");
+    } finally {
+      await collector.close();
+    }
+  });
+
+  test("a malformed --otlp-endpoint is a usage error", async () => {
+    const bad = await run(["node", "--listen", "127.0.0.1:0", "--node-id", "otel-bad", "--otlp-endpoint", "127.0.0.1:4317"]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--otlp-endpoint must be/);
   });
 });

@@ -11,7 +11,7 @@ from ravi._agent import AgentType, BaseAgent, message_handler
 from ravi._cancellation import CancellationToken
 from ravi._context import MessageContext
 from ravi._ids import AgentId, TopicId
-from ravi._interceptors import HandleInput, Interceptor, PublishInput, SendInput
+from ravi._interceptors import ForwardInput, HandleInput, Interceptor, PublishInput, SendInput
 from ravi._serialization import MessageRegistry, message_type, registry
 from ravi._subscriptions import (
     Subscription,
@@ -28,6 +28,7 @@ __all__ = [
     "AgentType",
     "BaseAgent",
     "CancellationToken",
+    "ForwardInput",
     "HandleInput",
     "Interceptor",
     "MessageContext",

@@ -73,6 +73,9 @@ def demo(
     mesh: Annotated[
         bool, typer.Option(help="Run the agents on ravi node processes instead of in-process.")
     ] = False,
+    trace: Annotated[
+        bool, typer.Option(help="With --mesh: trace into a Jaeger started here, print the trace.")
+    ] = False,
 ) -> None:
     """Run the demo: an orchestrator asks a searcher, a writer and a reviewer."""
     from ravi._demo.run import (  # noqa: PLC0415
@@ -80,14 +83,18 @@ def demo(
         polyglot_available,
         run_local,
         run_mesh,
+        run_traced,
     )
 
     if not docs.is_dir():
         raise typer.BadParameter(f"{docs} is not a folder of Markdown files", param_hint="--docs")
-    if mesh:
-        asyncio.run(run_mesh(task or DEFAULT_TASK, docs.resolve(), polyglot=polyglot_available()))
+    question, corpus = task or DEFAULT_TASK, docs.resolve()
+    if trace:
+        asyncio.run(run_traced(question, corpus, polyglot=polyglot_available()))
+    elif mesh:
+        asyncio.run(run_mesh(question, corpus, polyglot=polyglot_available()))
     else:
-        asyncio.run(run_local(task or DEFAULT_TASK, docs.resolve()))
+        asyncio.run(run_local(question, corpus))
 
 
 @app.command()
@@ -130,6 +137,10 @@ def node(
         float | None,
         typer.Option(help="Announce readiness once every peer is connected (give up after S s)."),
     ] = None,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(help="Export traces and metrics over OTLP/gRPC to this URL."),
+    ] = None,
     app_dir: Annotated[
         str | None, typer.Option(help="Where to import agents from (default: here).")
     ] = None,
@@ -159,6 +170,7 @@ def node(
             "default_timeout": default_timeout,
             "app_dir": app_dir,
             "wait_for_peers": wait_for_peers,
+            "otlp_endpoint": otlp_endpoint,
         }
         for key, value in overrides.items():
             if value is not None:

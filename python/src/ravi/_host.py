@@ -716,6 +716,13 @@ class AgentHost:
     def agents(self) -> Iterable[_Mailbox]:
         return self._mailboxes.values()
 
+    def depths(self) -> dict[str, int]:
+        """Messages queued or running, per agent type."""
+        totals: dict[str, int] = {}
+        for mailbox in self._mailboxes.values():
+            totals[mailbox.key[0]] = totals.get(mailbox.key[0], 0) + mailbox.pending
+        return totals
+
     # --- messaging ---------------------------------------------------------
 
     async def send(

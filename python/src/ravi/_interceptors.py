@@ -57,6 +57,23 @@ class PublishInput:
     timeout: float | None = None
 
 
+@dataclass(slots=True)
+class ForwardInput:
+    """ForwardInput describes a send this node passes on to a peer (GrpcRuntime only).
+
+    `request` is the `ravi.mesh.v1.SendRequest` as it will go out (its route
+    already counts this hop); `next_node` is filled in once the peer is chosen,
+    before `next` returns.
+    """
+
+    recipient: AgentId
+    hop_count: int
+    request: Any
+    timeout: float
+    metadata: dict[str, str] = field(default_factory=dict)
+    next_node: str = ""
+
+
 class Interceptor:
     """Interceptor wraps sends, handler calls and publishes; override what you need.
 
@@ -79,6 +96,12 @@ class Interceptor:
     ) -> None:
         """Around a publish, on the publisher's side."""
         await next(input)
+
+    async def forward(
+        self, input: ForwardInput, next: Callable[[ForwardInput], Awaitable[Any]]
+    ) -> Any:
+        """Around a send a node forwards to a peer; returns the peer's response."""
+        return await next(input)
 
 
 def chain(

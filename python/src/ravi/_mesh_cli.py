@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -21,12 +21,16 @@ from google.protobuf import json_format
 
 from ravi._agent import BaseAgent
 from ravi._host import new_message_id
+from ravi._interceptors import Interceptor
 from ravi._serialization import JSON, PROTOBUF, registry
 from ravi._subscriptions import TypeSubscription
 from ravi.errors import RaviError, from_grpc_error
 from ravi.integrations.runtime.grpc import GrpcRuntime, TlsConfig
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
 from ravi.runtime import BaseRuntime
+
+if TYPE_CHECKING:
+    from ravi.telemetry import Telemetry
 
 # The packages whose protobuf messages the client commands can print by name.
 _KNOWN_PROTOS = ("ravi.examples.v1.examples_pb2", "ravi.conformance.v1.conformance_pb2")
@@ -64,6 +68,7 @@ class NodeConfig:
     grace_period: float = 5.0
     app_dir: str = "."
     wait_for_peers: float = 0.0
+    otlp_endpoint: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -146,7 +151,7 @@ def _tls(cert: str | None, key: str | None, ca: str | None) -> TlsConfig | None:
     )
 
 
-def build_runtime(config: NodeConfig) -> GrpcRuntime:
+def build_runtime(config: NodeConfig, interceptors: Sequence[Interceptor] = ()) -> GrpcRuntime:
     host, _, port = config.listen.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--listen must be HOST:PORT, got {config.listen!r}")
@@ -165,12 +170,29 @@ def build_runtime(config: NodeConfig) -> GrpcRuntime:
         mailbox_capacity=config.mailbox_capacity,
         max_message_bytes=config.max_message_bytes,
         grace_period=config.grace_period,
+        interceptors=interceptors,
     )
+
+
+def _telemetry(config: NodeConfig) -> Telemetry | None:
+    node_id = config.node_id or f"node-{config.listen}"
+    try:
+        from ravi.telemetry import configure  # noqa: PLC0415 - an optional extra
+    except ImportError as missing:
+        if config.otlp_endpoint:
+            raise UsageError(str(missing)) from None
+        return None
+    return configure(node_id, endpoint=config.otlp_endpoint)
 
 
 async def run_node(config: NodeConfig, *, announce: Callable[[str], None]) -> None:
     """Run a node until SIGTERM or SIGINT, then stop it gracefully."""
-    runtime = build_runtime(config)
+    telemetry = _telemetry(config)
+    runtime = build_runtime(config, telemetry.interceptors if telemetry else ())
+    if telemetry is not None:
+        telemetry.observe(
+            runtime.mailbox_depths, lambda: len([p for p in runtime.peers() if p.connected])
+        )
     await _setup(runtime, config)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -190,6 +212,8 @@ async def run_node(config: NodeConfig, *, announce: Callable[[str], None]) -> No
         await stopping.wait()
     finally:
         await runtime.stop()
+        if telemetry is not None:
+            telemetry.shutdown()
 
 
 # --- clients -------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 // conformance agent) and calls any ravi node: send, publish, subscribe,
 // describe.
 //
-//	ravi-go node --listen 127.0.0.1:50061 --node-id go-1 [--peer name=addr]... [--token T]
+//	ravi-go node --listen 127.0.0.1:50061 --node-id go-1 [--peer name=addr]... [--token T] [--otlp-endpoint URL]
 //	ravi-go send --addr A --to type/key --type FULL.PROTO.NAME --json '{...}'
 //	ravi-go publish --addr A --topic type/source --type FULL.PROTO.NAME --json '{...}'
 //	ravi-go subscribe --addr A --topic-type T [--prefix P] [--count N] [--timeout D]
@@ -12,7 +12,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -155,6 +157,7 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	formatWith := fs.String("format-with", "", "agent type of a formatter the reviewer sends approved drafts to")
 	grace := fs.Duration("grace", ravi.DefaultGracePeriod, "how long in-flight calls may drain on shutdown")
 	verbose := fs.Bool("v", false, "debug logging")
+	otlpEndpoint := fs.String("otlp-endpoint", "", "export traces over OTLP gRPC to this URL, such as http://127.0.0.1:4317 (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or $OTEL_EXPORTER_OTLP_ENDPOINT; neither: no tracing)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -163,7 +166,10 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	node, err := ravi.NewNode(ravi.Options{
+	if *nodeID == "" {
+		*nodeID = "go-" + randomHex(4) // known before the node, for service.name
+	}
+	opts := ravi.Options{
 		NodeID:            *nodeID,
 		ListenAddr:        *listen,
 		AdvertiseAddr:     *advertise,
@@ -173,7 +179,23 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 		MaxMessageBytes:   *maxBytes,
 		GracePeriod:       *grace,
 		Logger:            logger,
-	})
+	}
+	tp, err := newTracerProvider(context.Background(), *nodeID, *otlpEndpoint, logger)
+	if err != nil {
+		return err
+	}
+	if tp != nil {
+		opts.TracerProvider = tp
+		// After the node stopped: flush the spans still batched, then exit.
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := tp.Shutdown(ctx); err != nil {
+				logger.Warn("flushing traces failed", "err", err)
+			}
+		}()
+	}
+	node, err := ravi.NewNode(opts)
 	if err != nil {
 		return err
 	}
@@ -494,4 +516,10 @@ func printJSON(w io.Writer, v any) error {
 	}
 	_, err = fmt.Fprintf(w, "%s\n", b)
 	return err
+}
+
+func randomHex(nbytes int) string {
+	b := make([]byte, nbytes)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }

@@ -50,7 +50,15 @@ var serving = regexp.MustCompile(`^ravi-go node (\S+) serving on (127\.0\.0\.1:\
 
 func startNodeProcess(t *testing.T, nodeID string, args ...string) *nodeProcess {
 	t.Helper()
+	return startNodeProcessEnv(t, nil, nodeID, args...)
+}
+
+// startNodeProcessEnv starts a node with env as its environment (nil: this
+// process's).
+func startNodeProcessEnv(t *testing.T, env []string, nodeID string, args ...string) *nodeProcess {
+	t.Helper()
 	cmd := exec.Command(binary, append([]string{"node", "--listen", "127.0.0.1:0", "--node-id", nodeID}, args...)...)
+	cmd.Env = env
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ravi import AgentId, TypeSubscription
 from ravi._demo.agents import (
@@ -19,7 +21,10 @@ from ravi._demo.agents import (
 from ravi.examples.v1.examples_pb2 import Task, TaskResult
 from ravi.integrations.runtime.grpc import GrpcRuntime
 from ravi.runtime import LocalRuntime
-from ravi.testing import ravi_command, running_node
+from ravi.testing import Jaeger, NodeProcess, ravi_command, running_jaeger, running_node
+
+if TYPE_CHECKING:
+    from ravi.telemetry import Telemetry
 
 DEFAULT_TASK = (
     "How does ravi keep the messages of one agent in order, and what happens on a deadline?"
@@ -56,6 +61,8 @@ def _report(result: object, elapsed: float) -> TaskResult:
 
 GO_NODE = Path(".tools/bin/ravi-go")
 NODE_CLI = Path("interop/node/dist/src/cli.js")
+JAEGER = Path(".tools/bin/jaeger")
+JAEGER_CONFIG = Path("tools/jaeger.yaml")
 
 
 def polyglot_available() -> bool:
@@ -63,92 +70,209 @@ def polyglot_available() -> bool:
     return GO_NODE.exists() and NODE_CLI.exists()
 
 
-async def run_mesh(task_text: str, corpus: Path, *, polyglot: bool) -> TaskResult:
+async def run_mesh(
+    task_text: str, corpus: Path, *, polyglot: bool, jaeger: Jaeger | None = None
+) -> TaskResult:
     """Run the demo on a mesh of node processes, this process a client.
 
     Python nodes host the orchestrator and searcher (node-a) and the writer
     (node-b); with `polyglot`, the Go node built from interop/go reviews and asks
     the Node node built from interop/node to format; without, a Python reviewer
-    stands in and nothing is formatted.
+    stands in and nothing is formatted. With `jaeger`, every node and this
+    client trace into it, and the task's trace is printed as a tree.
     `corpus` must be an absolute path: the nodes run it from their own directory.
     """
     print("ravi demo on a mesh: node processes on loopback, this process a client\n")
-    python = [*ravi_command(), "node", "--listen", "127.0.0.1:0", "--wait-for-peers", "10"]
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint} if jaeger else {}
+    listen = ["--listen", "127.0.0.1:0"]
+    python = [*ravi_command(), "node", *listen, "--wait-for-peers", "10"]
     async with contextlib.AsyncExitStack() as stack:
-        node_b = [*python, "--node-id", "node-b", "--setup", "ravi._demo.nodes:writer"]
-        if not polyglot:
-            node_b[-1] = "ravi._demo.nodes:node_b"
-        b = await stack.enter_async_context(running_node(node_b))
-        nodes = {"node-b": (b, "writer" if polyglot else "writer, reviewer", "python")}
-        peers = [f"node-b={b.address}"]
+
+        async def start(name: str, command: list[str], hosts: str, language: str) -> str:
+            node = await stack.enter_async_context(running_node(command, env=env))
+            nodes[name] = (node, hosts, language)
+            return f"{name}={node.address}"
+
+        nodes: dict[str, tuple[NodeProcess, str, str]] = {}
         if polyglot:
-            formatter = await stack.enter_async_context(
-                running_node(
+            peers = [
+                await start(
+                    "node-b",
+                    [*python, "--node-id", "node-b", "--setup", "ravi._demo.nodes:writer"],
+                    "writer",
+                    "python",
+                )
+            ]
+            peers.append(
+                await start(
+                    "node-js",
                     [
                         "node",
                         str(NODE_CLI),
                         "node",
-                        "--listen",
-                        "127.0.0.1:0",
+                        *listen,
                         "--node-id",
                         "node-js",
                         *_peer_flags(peers),
-                    ]
+                    ],
+                    "formatter",
+                    "node",
                 )
             )
-            nodes["node-js"] = (formatter, "formatter", "node")
-            peers.append(f"node-js={formatter.address}")
-            reviewer = await stack.enter_async_context(
-                running_node(
+            peers.append(
+                await start(
+                    "node-go",
                     [
                         str(GO_NODE),
                         "node",
-                        "--listen",
-                        "127.0.0.1:0",
+                        *listen,
                         "--node-id",
                         "node-go",
                         "--format-with",
                         "formatter",
                         *_peer_flags(peers),
-                    ]
+                    ],
+                    "reviewer",
+                    "go",
                 )
             )
-            nodes["node-go"] = (reviewer, "reviewer", "go")
-            peers.append(f"node-go={reviewer.address}")
-        node_a = [*python, "--node-id", "node-a", *_peer_flags(peers)]
-        node_a += ["--setup", "ravi._demo.nodes:node_a", "--setup-arg", f"docs={corpus}"]
-        a = await stack.enter_async_context(running_node(node_a))
-        nodes = {"node-a": (a, "orchestrator, searcher", "python"), **nodes}
-        for name, (node, hosts, language) in nodes.items():
+        else:
+            peers = [
+                await start(
+                    "node-b",
+                    [*python, "--node-id", "node-b", "--setup", "ravi._demo.nodes:node_b"],
+                    "writer, reviewer",
+                    "python",
+                )
+            ]
+        await start(
+            "node-a",
+            [
+                *python,
+                "--node-id",
+                "node-a",
+                *_peer_flags(peers),
+                "--setup",
+                "ravi._demo.nodes:node_a",
+                "--setup-arg",
+                f"docs={corpus}",
+            ],
+            "orchestrator, searcher",
+            "python",
+        )
+        for name, (node, hosts, language) in sorted(nodes.items()):
             print(f"  {name:<8} {node.address:<16} {language:<7} {hosts}")
         if not polyglot:
             print("  (run `make build` to add the Go reviewer and the Node formatter)")
         print(f"\ntask: {task_text}\n")
+        telemetry = _telemetry(jaeger)
         client = GrpcRuntime(
-            node_id="demo-client", remote_peers={n: p.address for n, (p, _, _) in nodes.items()}
+            node_id="demo-client",
+            remote_peers={n: p.address for n, (p, _, _) in nodes.items()},
+            interceptors=telemetry.interceptors if telemetry else (),
         )
         await ProgressPrinter.register(client, "progress_printer")
         await client.add_subscription(TypeSubscription(PROGRESS, "progress_printer"))
         async with client:
             await client.wait_for_peers(timeout=10)
-            started = time.perf_counter()
-            result = await client.send_message(
-                Task(thread_id="demo-1", content=task_text),
-                AgentId("orchestrator", "demo-1"),
-                timeout=30,
-            )
-            elapsed = time.perf_counter() - started
-            await _progress_done()
+            with _root_span(telemetry) as trace_id:
+                started = time.perf_counter()
+                result = await client.send_message(
+                    Task(thread_id="demo-1", content=task_text),
+                    AgentId("orchestrator", "demo-1"),
+                    timeout=30,
+                )
+                elapsed = time.perf_counter() - started
+                await _progress_done()
         print()
-        for name, (node, _, _) in reversed(nodes.items()):
+        for name, (node, _, _) in sorted(nodes.items(), reverse=True):
             print(f"  stopped {name} (exit {await node.stop()})")
+    if telemetry is not None:
+        telemetry.shutdown()
     report = _report(result, elapsed)
     hops = [e for e in ProgressPrinter.events if e.handled_by]
     print("\nper-hop latency, as the orchestrator on node-a measured each call:\n")
     print(f"  {'step':<8} {'handled by':<44} {'ms':>8}")
     for event in hops:
         print(f"  {event.stage:<8} {event.handled_by:<44} {event.millis:>8.2f}")
+    if jaeger is not None:
+        services = {"demo-client", *nodes}
+        spans = await _fetch_trace(jaeger, trace_id[0], services)
+        print(
+            f"\nthe trace in Jaeger ({len(spans['spans'])} spans from {len(services)} services):\n"
+        )
+        print("\n".join(trace_tree(spans)))
+        print(f"\n  trace id {trace_id[0]}: {jaeger.query_url}/api/traces/{trace_id[0]}")
+        print(f"  (in Jaeger's UI: {jaeger.query_url}/trace/{trace_id[0]})")
     return report
+
+
+def _telemetry(jaeger: Jaeger | None) -> Telemetry | None:
+    if jaeger is None:
+        return None
+    from ravi.telemetry import configure  # noqa: PLC0415 - tracing is an optional extra
+
+    return configure("demo-client", endpoint=jaeger.otlp_endpoint)
+
+
+@contextlib.contextmanager
+def _root_span(telemetry: Telemetry | None) -> Iterator[list[str]]:
+    """The span the demo task runs under, when tracing: it names the trace."""
+    trace_id: list[str] = []
+    if telemetry is None:
+        yield trace_id
+        return
+    tracer = telemetry.tracer_provider.get_tracer("ravi.demo")
+    with tracer.start_as_current_span("demo task") as root:
+        trace_id.append(f"{root.get_span_context().trace_id:032x}")
+        yield trace_id
+
+
+async def _fetch_trace(jaeger: Jaeger, trace_id: str, services: set[str]) -> dict[str, Any]:
+    # Spans reach Jaeger in batches: wait until every service's have arrived.
+    async with asyncio.timeout(20):
+        while True:
+            found = await jaeger.trace(trace_id)
+            if found is not None:
+                seen = {p["serviceName"] for p in found["processes"].values()}
+                if services <= seen:
+                    return found
+            await asyncio.sleep(0.3)
+
+
+def trace_tree(found: Mapping[str, Any]) -> list[str]:
+    """A Jaeger trace as indented lines: operation, service, language, duration."""
+    spans = {span["spanID"]: span for span in found["spans"]}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for span in spans.values():
+        # Jaeger shows a parent that is also linked (a deliver span's publish)
+        # as FOLLOWS_FROM rather than CHILD_OF.
+        parents = [r["spanID"] for r in span.get("references", [])]
+        parent = parents[0] if parents and parents[0] in spans else None
+        children.setdefault(parent, []).append(span)
+    processes = found["processes"]
+    lines: list[str] = []
+
+    def walk(parent: str | None, depth: int) -> None:
+        for span in sorted(children.get(parent, []), key=lambda s: s["startTime"]):
+            tags = {t["key"]: t["value"] for t in span.get("tags", [])}
+            service = processes[span["processID"]]["serviceName"]
+            language = tags.get("ravi.language", "")
+            where = f"{service} ({language})" if language else service
+            error = "  ERROR" if tags.get("otel.status_code") == "ERROR" else ""
+            label = f"{'  ' * depth}{span['operationName']}"
+            lines.append(f"  {label:<44} {where:<22} {span['duration'] / 1000:>8.2f} ms{error}")
+            walk(span["spanID"], depth + 1)
+
+    walk(None, 0)
+    return lines
+
+
+async def run_traced(task_text: str, corpus: Path, *, polyglot: bool) -> TaskResult:
+    """The mesh demo with tracing: Jaeger from .tools/bin (`make setup`) on free ports."""
+    async with running_jaeger(JAEGER, JAEGER_CONFIG) as jaeger:
+        print(f"Jaeger on {jaeger.query_url} (OTLP on {jaeger.otlp_endpoint})\n")
+        return await run_mesh(task_text, corpus, polyglot=polyglot, jaeger=jaeger)
 
 
 def _peer_flags(peers: list[str]) -> list[str]:

@@ -169,6 +169,10 @@ class LocalRuntime(BaseRuntime):
     async def resolve_promise(self, name: str, value: Any) -> None:
         self._host.resolve_promise(name, value)
 
+    def mailbox_depths(self) -> dict[str, int]:
+        """Messages queued or running in this runtime's mailboxes, per agent type."""
+        return self._host.depths()
+
     async def agent_save_state(self, agent: AgentId) -> Mapping[str, Any]:
         return await self._host.save_agent(agent)
 

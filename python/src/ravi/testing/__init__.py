@@ -2,14 +2,17 @@
 
 from ravi.testing._conformance import ConformanceAgent, conformance_setup
 from ravi.testing._helpers import eventually
+from ravi.testing._jaeger import Jaeger, running_jaeger
 from ravi.testing._processes import NodeProcess, ravi_command, running_node, start_node
 
 __all__ = [
     "ConformanceAgent",
+    "Jaeger",
     "NodeProcess",
     "conformance_setup",
     "eventually",
     "ravi_command",
+    "running_jaeger",
     "running_node",
     "start_node",
 ]

@@ -20,7 +20,7 @@ from ravi._agent import AgentType, BaseAgent
 from ravi._cancellation import CancellationToken
 from ravi._host import AgentHost, _Publication, nested_call, new_message_id
 from ravi._ids import AgentId, TopicId
-from ravi._interceptors import Interceptor, PublishInput, SendInput, chain
+from ravi._interceptors import ForwardInput, Interceptor, PublishInput, SendInput, chain
 from ravi._serialization import JSON, MessageRegistry
 from ravi._serialization import registry as default_registry
 from ravi._subscriptions import Subscription
@@ -135,6 +135,9 @@ class GrpcRuntime(BaseRuntime):
         )
         self._publish_chain = (
             chain(interceptors, lambda i: i.publish, self._publish_input) if interceptors else None
+        )
+        self._forward_chain = (
+            chain(interceptors, lambda i: i.forward, self._forward_input) if interceptors else None
         )
         presented = peer_token if peer_token is not None else token
         self._peers = Peers(
@@ -709,7 +712,24 @@ class GrpcRuntime(BaseRuntime):
         forwarded.route.hop_count += 1
         forwarded.route.visited_node_ids.append(self.node_id)
         timeout = self._default_timeout if remaining is None else remaining
-        return await self._call_peer(forwarded, timeout, visited | {self.node_id})
+        if self._forward_chain is None:
+            return await self._call_peer(forwarded, timeout, visited | {self.node_id})
+        hop = ForwardInput(
+            _wire.agent_id_from_wire(request.recipient),
+            forwarded.route.hop_count,
+            forwarded,
+            timeout,
+            dict(request.envelope.metadata),
+        )
+        response: agent_service_pb2.SendResponse = await self._forward_chain(hop)
+        return response
+
+    async def _forward_input(self, hop: ForwardInput) -> agent_service_pb2.SendResponse:
+        forwarded: agent_service_pb2.SendRequest = hop.request
+        exclude = frozenset(forwarded.route.visited_node_ids)
+        peer = self._peers.route(hop.recipient.type, hop.recipient.key, exclude)
+        hop.next_node = peer.node_id if peer is not None else ""
+        return await self._call_peer(forwarded, hop.timeout, exclude)
 
     async def serve_publish(
         self,
@@ -791,6 +811,10 @@ class GrpcRuntime(BaseRuntime):
         return agent_service_pb2.ResolvePromiseResponse(waiting=waiting)
 
     # --- state ---------------------------------------------------------------------------
+
+    def mailbox_depths(self) -> dict[str, int]:
+        """Messages queued or running in this runtime's mailboxes, per agent type."""
+        return self._host.depths()
 
     async def agent_save_state(self, agent: AgentId) -> Mapping[str, Any]:
         if self._host.hosts(agent.type):

@@ -1,0 +1,111 @@
+"""Installing OpenTelemetry for a node from the standard OTEL_* settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from opentelemetry import metrics
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from ravi._interceptors import Interceptor
+from ravi.telemetry._tracing import LANGUAGE, MetricsInterceptor, TracingInterceptor
+
+_ENDPOINTS = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+)
+
+
+@dataclass
+class Telemetry:
+    """Telemetry is what `configure` installed: interceptors for the runtime, and providers.
+
+    Pass `interceptors` to the runtime, call `observe(runtime)` once it exists
+    for its gauges, and `shutdown()` when it stopped, which flushes what is
+    still buffered.
+    """
+
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+    interceptors: list[Interceptor] = field(default_factory=list)
+
+    def observe(
+        self,
+        depths: Callable[[], Mapping[str, int]],
+        peers: Callable[[], int] | None = None,
+    ) -> None:
+        """Report mailbox depths per agent type and connected peers as gauges.
+
+        Args:
+            depths: returns the messages queued or running per agent type
+                (`runtime.mailbox_depths`).
+            peers: returns the number of connected peers, for a GrpcRuntime.
+        """
+        meter = self.meter_provider.get_meter("ravi")
+
+        def depth(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(n, {"ravi.agent.type": t}) for t, n in depths().items()]
+
+        meter.create_observable_gauge("ravi.mailbox.depth", [depth])
+        if peers is not None:
+            count = peers
+
+            def connected(_options: CallbackOptions) -> Iterable[Observation]:
+                return [Observation(count())]
+
+            meter.create_observable_gauge("ravi.peers.connected", [connected])
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporters."""
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+def configure(node_id: str, *, endpoint: str | None = None) -> Telemetry | None:
+    """Install tracing and metrics exported over OTLP/gRPC, if an endpoint is configured.
+
+    The endpoint comes from `endpoint` or from the standard variables
+    (`OTEL_EXPORTER_OTLP_ENDPOINT` and the per-signal ones); the exporters read
+    the other OTEL_* settings themselves. `service.name` is `node_id` unless
+    `OTEL_SERVICE_NAME` is set.
+
+    Returns:
+        The installed telemetry, or None when no endpoint is configured: then
+        nothing is installed and tracing costs nothing.
+    """
+    if endpoint is None and not any(os.environ.get(name) for name in _ENDPOINTS):
+        return None
+    resource = Resource.create(
+        {
+            "service.name": os.environ.get("OTEL_SERVICE_NAME") or node_id,
+            "ravi.node.id": node_id,
+            "ravi.language": LANGUAGE,
+        }
+    )
+    insecure = endpoint.startswith("http://") if endpoint else None
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure))
+    )
+    meter_provider = MeterProvider(
+        resource=resource,
+        metric_readers=[
+            PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint, insecure=insecure))
+        ],
+    )
+    metrics.set_meter_provider(meter_provider)
+    return Telemetry(
+        tracer_provider,
+        meter_provider,
+        [TracingInterceptor(node_id, tracer_provider), MetricsInterceptor(meter_provider)],
+    )

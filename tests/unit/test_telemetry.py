@@ -1,0 +1,140 @@
+"""Tracing: the spans of docs/operations.md, their links, and their error attributes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from ravi import (
+    AgentId,
+    BaseAgent,
+    MessageContext,
+    TopicId,
+    TypeSubscription,
+    message_handler,
+    message_type,
+)
+from ravi.errors import HandlerFailed
+from ravi.runtime import LocalRuntime
+from ravi.telemetry import TracingInterceptor, configure
+
+
+@message_type("telemetry.Ask")
+@dataclass
+class Ask:
+    text: str
+
+
+@message_type("telemetry.News")
+@dataclass
+class News:
+    text: str
+
+
+class Front(BaseAgent):
+    @message_handler
+    async def on_ask(self, message: Ask, ctx: MessageContext) -> str:
+        await self.publish_message(News(message.text), TopicId("news", "t1"))
+        return str(await self.send_message(Ask(message.text), AgentId("back", "b")))
+
+
+class Back(BaseAgent):
+    @message_handler
+    async def on_ask(self, message: Ask, ctx: MessageContext) -> str:
+        if message.text == "fail":
+            raise ValueError("back failed")
+        return f"back saw {message.text}"
+
+    @message_handler
+    async def on_news(self, message: News, ctx: MessageContext) -> None:
+        return None
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    yield exporter
+    exporter.clear()
+
+
+async def run(exporter: InMemorySpanExporter, text: str) -> dict[str, ReadableSpan]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    runtime = LocalRuntime(interceptors=[TracingInterceptor("node-t", provider)])
+    await Front.register(runtime, "front")
+    await Back.register(runtime, "back")
+    await runtime.add_subscription(TypeSubscription("news", "back"))
+    async with runtime:
+        with contextlib.suppress(HandlerFailed):  # the failing case still has spans
+            await runtime.send_message(Ask(text), AgentId("front", "f"))
+        await runtime.stop_when_idle(timeout=5)
+    return {span.name: span for span in exporter.get_finished_spans()}
+
+
+async def test_spans_nest_send_handle_send_handle_in_one_trace(
+    spans: InMemorySpanExporter,
+) -> None:
+    by_name = await run(spans, "hello")
+    outer_send, outer_handle = by_name["send front"], by_name["handle front"]
+    inner_send, inner_handle = by_name["send back"], by_name["handle back"]
+    assert {s.context.trace_id for s in by_name.values()} == {outer_send.context.trace_id}
+    assert outer_handle.parent is not None
+    assert outer_handle.parent.span_id == outer_send.context.span_id
+    assert inner_send.parent is not None
+    assert inner_send.parent.span_id == outer_handle.context.span_id
+    assert inner_handle.parent is not None
+    assert inner_handle.parent.span_id == inner_send.context.span_id
+    assert (outer_send.kind, outer_handle.kind) == (SpanKind.CLIENT, SpanKind.SERVER)
+    assert outer_handle.attributes is not None
+    assert outer_handle.attributes["ravi.agent.type"] == "front"
+    assert outer_handle.attributes["ravi.message.type"] == "telemetry.Ask"
+    assert outer_handle.attributes["ravi.node.id"] == "node-t"
+    assert outer_handle.attributes["ravi.language"] == "python"
+
+
+async def test_a_delivery_is_a_child_of_its_publish_and_links_to_it(
+    spans: InMemorySpanExporter,
+) -> None:
+    by_name = await run(spans, "hello")
+    publish, deliver = by_name["publish news"], by_name["deliver back"]
+    assert (publish.kind, deliver.kind) == (SpanKind.PRODUCER, SpanKind.CONSUMER)
+    assert deliver.parent is not None
+    assert deliver.parent.span_id == publish.context.span_id
+    assert [link.context.span_id for link in deliver.links] == [publish.context.span_id]
+    assert deliver.attributes is not None
+    assert deliver.attributes["ravi.topic.source"] == "t1"
+
+
+async def test_a_failing_handler_marks_its_spans_as_errors(spans: InMemorySpanExporter) -> None:
+    by_name = await run(spans, "fail")
+    failed = by_name["handle back"]
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.attributes is not None
+    assert failed.attributes["ravi.error.code"] == "UNKNOWN"
+    assert failed.attributes["ravi.error.reason"] == "HANDLER_FAILED"
+    assert any(event.name == "exception" for event in failed.events)
+    assert by_name["send back"].status.status_code is StatusCode.ERROR
+
+
+def test_nothing_is_installed_without_an_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    assert configure("node-x") is None
+    installed = configure("node-x", endpoint="http://127.0.0.1:1")
+    assert installed is not None
+    assert [type(i).__name__ for i in installed.interceptors] == [
+        "TracingInterceptor",
+        "MetricsInterceptor",
+    ]
+    installed.shutdown()
