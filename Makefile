@@ -28,6 +28,7 @@ NPM_TOOLS_STAMP := tools/node_modules/.ravi-installed
 NPM_STAMP := node_modules/.ravi-installed
 GO_TOOLS_STAMP := .tools/bin/.ravi-installed
 JAEGER := $(TOOLS_BIN)/jaeger
+CHROMIUM := /usr/bin/chromium
 
 GO_MODULES := gen/go interop/go
 
@@ -38,7 +39,7 @@ help: ## List the targets.
 # --- bootstrap -------------------------------------------------------------
 
 .PHONY: setup
-setup: $(VENV_STAMP) $(NPM_TOOLS_STAMP) $(NPM_STAMP) $(GO_TOOLS_STAMP) $(JAEGER) ## Install every pinned tool and dependency (idempotent).
+setup: $(VENV_STAMP) $(NPM_TOOLS_STAMP) $(NPM_STAMP) $(GO_TOOLS_STAMP) $(JAEGER) $(CHROMIUM) ## Install every pinned tool and dependency (idempotent).
 
 $(VENV_STAMP): tools/requirements.txt python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +63,18 @@ $(GO_TOOLS_STAMP): tools/go/go.mod tools/go/go.sum
 # tag's replace directives, so a tools module pins it (tools/jaeger/go.mod).
 $(JAEGER): tools/jaeger/go.mod tools/jaeger/go.sum
 	cd tools/jaeger && go build -o $(JAEGER) github.com/jaegertracing/jaeger/cmd/jaeger
+
+# Debian's Chromium, for the browser tests of the server's page (Playwright
+# drives it; it never downloads a browser of its own). Installed with apt,
+# through sudo when not root.
+$(CHROMIUM):
+	@if [ "$$(id -u)" -eq 0 ]; then as_root=; \
+	elif command -v sudo >/dev/null; then as_root=sudo; \
+	else echo "$(CHROMIUM) is missing: install Debian's chromium package as root (apt-get install chromium), or install sudo" >&2; exit 1; fi; \
+	set -x; \
+	$$as_root apt-get update; \
+	$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+	test -x $(CHROMIUM)
 
 # --- code generation -------------------------------------------------------
 
@@ -139,7 +152,7 @@ build-node: $(NPM_STAMP)
 test: setup lint check-gen test-python test-go test-node ## Run every check and test (what CI runs).
 
 .PHONY: test-python
-test-python: $(VENV_STAMP) $(GO_TOOLS_STAMP) $(JAEGER) build
+test-python: $(VENV_STAMP) $(GO_TOOLS_STAMP) $(JAEGER) $(CHROMIUM) build
 	$(PY) -m pytest tests
 
 .PHONY: test-go

@@ -9,8 +9,16 @@ from typing import ClassVar
 
 import pytest
 
-from ravi import AgentId, BaseAgent, MessageContext, TopicId, TypeSubscription, message_handler
-from ravi.errors import Cancelled, DeadlineExceeded, MailboxFull, Unavailable
+from ravi import (
+    AgentId,
+    BaseAgent,
+    MessageContext,
+    TopicId,
+    TypeSubscription,
+    _host,
+    message_handler,
+)
+from ravi.errors import AlreadyExists, Cancelled, DeadlineExceeded, MailboxFull, Unavailable
 from ravi.runtime import LocalRuntime
 
 
@@ -143,3 +151,17 @@ async def test_deadline_bookkeeping_stays_bounded() -> None:
         assert deadlines is not None
         assert deadlines.live == 0
         assert len(deadlines.heap) <= 1025
+
+
+async def test_resolved_promises_are_remembered_up_to_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_host, "MAX_RESOLVED_PROMISES", 3)
+    runtime = LocalRuntime()
+    async with runtime:
+        for i in range(5):
+            await runtime.resolve_promise(f"p{i}", i)
+        with pytest.raises(AlreadyExists):
+            await runtime.resolve_promise("p4", "again")
+        assert len(runtime._host._promises) == 3
+        await runtime.resolve_promise("p0", "forgotten, so accepted")

@@ -1,9 +1,14 @@
 """The public API, pinned: a change to these names shows up in review."""
 
 import ravi
+import ravi.agents
 import ravi.errors
+import ravi.models
 import ravi.runtime
+import ravi.server
+import ravi.telemetry
 import ravi.testing
+import ravi.tools
 
 
 def test_exported_names() -> None:
@@ -44,7 +49,44 @@ def test_exported_names() -> None:
         "running_node",
         "start_node",
     ]
+    assert ravi.agents.__all__ == [
+        "DEFAULT_SYSTEM_PROMPT",
+        "EVENTS_TOPIC",
+        "ApprovalAnswer",
+        "ApprovalDecision",
+        "ApprovalRequest",
+        "ModelStep",
+        "ReActAgent",
+        "Result",
+        "RunEvent",
+        "RunFailed",
+        "RunStarted",
+        "Task",
+        "ToolResult",
+        "approval_answer",
+    ]
+    assert ravi.models.__all__ == [
+        "ChatMessage",
+        "ChatModel",
+        "OpenAIChatModel",
+        "Role",
+        "ScriptStep",
+        "ScriptedModel",
+        "ToolCall",
+        "ToolSpec",
+        "call",
+        "say",
+    ]
+    assert ravi.tools.__all__ == ["Tool", "ToolContext", "render", "tool"]
+    assert ravi.server.__all__ == ["RaviServer", "demo_model", "demo_setup"]
+    assert ravi.telemetry.__all__ == [
+        "MetricsInterceptor",
+        "Telemetry",
+        "TracingInterceptor",
+        "configure",
+    ]
     assert sorted(ravi.errors.__all__) == ravi.errors.__all__
-    for module in (ravi, ravi.runtime, ravi.testing, ravi.errors):
+    modules = (ravi, ravi.runtime, ravi.testing, ravi.errors, ravi.agents, ravi.models)
+    for module in (*modules, ravi.tools, ravi.server, ravi.telemetry):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

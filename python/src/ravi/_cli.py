@@ -189,6 +189,78 @@ def node(
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="The bearer token clients must send (or RAVI_SERVER_TOKEN); "
+            "a random one is made and printed when absent.",
+            envvar="RAVI_SERVER_TOKEN",
+        ),
+    ] = None,
+    runtime: Annotated[
+        str, typer.Option(help="local: host the agents here; grpc: join a mesh as a client.")
+    ] = "local",
+    peer: Annotated[
+        list[str] | None, typer.Option(help="A mesh node, NAME=HOST:PORT (--runtime grpc).")
+    ] = None,
+    peer_token: Annotated[
+        str | None, typer.Option(help="Bearer token for the mesh nodes.", envvar="RAVI_TOKEN")
+    ] = None,
+    agent_type: Annotated[str, typer.Option(help="The ReAct agent type to run tasks on.")] = (
+        "assistant"
+    ),
+    setup: Annotated[
+        list[str] | None,
+        typer.Option(help="Call module:function(runtime) to register agents (not the demo)."),
+    ] = None,
+    setup_arg: Annotated[
+        list[str] | None, typer.Option(help="A keyword argument for the setup functions, K=V.")
+    ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="The demo assistant's model: demo (a ScriptedModel) or openai:MODEL_NAME "
+            "(OPENAI_API_KEY, OPENAI_BASE_URL)."
+        ),
+    ] = "demo",
+    base_url: Annotated[
+        str | None, typer.Option(help="The OpenAI-compatible endpoint, ending in /v1.")
+    ] = None,
+    run_timeout: Annotated[
+        float, typer.Option(help="Seconds a run may take, waiting for approvals included.")
+    ] = 3600.0,
+    app_dir: Annotated[str, typer.Option(help="Where to import setup functions from.")] = ".",
+) -> None:
+    """Serve ReAct agents over HTTP: a web page, Server-Sent Events, and approvals."""
+    from ravi._mesh_cli import NodeConfig, UsageError, pairs, use_app_dir  # noqa: PLC0415
+    from ravi.server._serve import ServeConfig, run_server  # noqa: PLC0415
+
+    try:
+        config = ServeConfig(
+            host=host,
+            port=port,
+            token=token,
+            runtime=runtime,
+            peers=pairs(peer or [], "--peer"),
+            peer_token=peer_token,
+            agent_type=agent_type,
+            setup=setup or [],
+            setup_args=pairs(setup_arg or [], "--setup-arg"),
+            model=model,
+            base_url=base_url,
+            run_timeout=run_timeout,
+        )
+    except UsageError as error:
+        typer.echo(f"ravi: {error}", err=True)
+        raise typer.Exit(2) from None
+    use_app_dir(NodeConfig(app_dir=app_dir))
+    _run(run_server(config, announce=typer.echo))
+
+
+@app.command()
 def send(
     addr: Address,
     to: Annotated[str, typer.Option(help="The recipient, TYPE/KEY.")],

@@ -21,7 +21,7 @@ import contextvars
 import itertools
 import logging
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -58,6 +58,9 @@ _RUNNING = 1
 _DONE = 2
 
 _NO_CHAIN: tuple[tuple[str, str], ...] = ()
+
+# Resolved promises a host remembers (to refuse a second answer) at most.
+MAX_RESOLVED_PROMISES = 100_000
 
 _message_ids = itertools.count(1)
 _id_prefix = os.urandom(6).hex()
@@ -529,6 +532,9 @@ class AgentHost:
         self._mailboxes: dict[tuple[str, str], _Mailbox] = {}
         self._activating: dict[tuple[str, str], asyncio.Future[_Mailbox]] = {}
         self._promises: dict[str, asyncio.Future[Any]] = {}
+        # Resolved promises, oldest first: kept to refuse a second answer, up
+        # to a bound, so that a long-running node does not grow without end.
+        self._resolved: OrderedDict[str, None] = OrderedDict()
         self.idle_waiters: list[asyncio.Future[None]] = []
         self.inline: set[_Call] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -597,6 +603,7 @@ class AgentHost:
             await mailbox.agent.close()
         self._mailboxes.clear()
         self._promises.clear()
+        self._resolved.clear()
         if self._deadlines is not None:
             self._deadlines.clear()
         self.outstanding = 0
@@ -892,6 +899,10 @@ class AgentHost:
         if future.done():
             raise AlreadyExists(f"promise {name!r} is resolved already")
         future.set_result(value)
+        self._resolved[name] = None
+        while len(self._resolved) > MAX_RESOLVED_PROMISES:
+            oldest, _ = self._resolved.popitem(last=False)
+            self._promises.pop(oldest, None)
 
     # --- state -------------------------------------------------------------
 

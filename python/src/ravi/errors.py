@@ -13,7 +13,9 @@ in-process, on another node in another language, or on Restate.
     │   └── NoHandler              UNIMPLEMENTED        NO_HANDLER
     ├── InvalidArgument            INVALID_ARGUMENT
     │   ├── BadId                  INVALID_ARGUMENT     BAD_ID
-    │   └── BadPayload             INVALID_ARGUMENT     BAD_PAYLOAD
+    │   ├── BadPayload             INVALID_ARGUMENT     BAD_PAYLOAD
+    │   └── InvalidToolCall        INVALID_ARGUMENT     (a model's tool call: no such
+    │                                                   tool, or bad arguments)
     ├── HandlerFailed              UNKNOWN (or the code the handler's error had)
     │                                                   HANDLER_FAILED
     ├── FailedPrecondition         FAILED_PRECONDITION
@@ -61,6 +63,7 @@ __all__ = [
     "HopLimitExceeded",
     "Internal",
     "InvalidArgument",
+    "InvalidToolCall",
     "MailboxFull",
     "NoHandler",
     "NotFound",
@@ -180,6 +183,13 @@ class BadPayload(InvalidArgument):
     """A payload does not decode, or its type name or content type is unknown."""
 
     default_reason = "BAD_PAYLOAD"
+
+
+class InvalidToolCall(InvalidArgument):
+    """A model asked for a tool that does not exist, or with arguments that do not validate.
+
+    A ReAct agent tells the model (so it can correct itself) instead of failing.
+    """
 
 
 class HandlerFailed(RaviError):

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_SERVING = re.compile(rb"node (?P<node>\S+) serving on (?P<address>\S+)")
+_SERVING = re.compile(rb"(?:node|server) (?P<node>\S+) serving on (?P<address>\S+)")
 
 
 @dataclass
@@ -65,7 +65,8 @@ async def start_node(
     """Start a node program and wait for its "node ID serving on ADDR" line.
 
     Works for `ravi node`, `ravi-go node` and `ravi-node node`: each prints that
-    line once it serves. The child's output is kept in `NodeProcess.output`.
+    line once it serves; and for `ravi serve` ("server TYPE serving on ADDR").
+    The child's output is kept in `NodeProcess.output`.
 
     Raises:
         RuntimeError: the program exited, or did not announce itself in time.

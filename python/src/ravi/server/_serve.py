@@ -1,0 +1,103 @@
+"""`ravi serve`: the server on uvicorn, over a LocalRuntime or as a client node of a mesh."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from ravi._mesh_cli import NodeConfig, UsageError, _setup
+from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.models import ChatModel
+from ravi.runtime import BaseRuntime, LocalRuntime
+from ravi.server._app import RaviServer
+from ravi.server._demo import demo_setup
+
+
+@dataclass
+class ServeConfig:
+    """What `ravi serve` needs."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    runtime: str = "local"
+    peers: dict[str, str] = field(default_factory=dict)
+    peer_token: str | None = None
+    agent_type: str = "assistant"
+    setup: list[str] = field(default_factory=list)
+    setup_args: dict[str, str] = field(default_factory=dict)
+    model: str = "demo"
+    base_url: str | None = None
+    run_timeout: float = 3600.0
+    log_level: str = "warning"
+
+
+def _model(config: ServeConfig) -> ChatModel | None:
+    if config.model == "demo":
+        return None
+    provider, _, name = config.model.partition(":")
+    if provider != "openai" or not name:
+        raise UsageError(f"--model must be demo or openai:MODEL_NAME, got {config.model!r}")
+    from ravi.models import OpenAIChatModel  # noqa: PLC0415 - needs the openai extra
+
+    return OpenAIChatModel(name, base_url=config.base_url)
+
+
+async def _runtime(config: ServeConfig) -> BaseRuntime:
+    if config.runtime == "local":
+        runtime: BaseRuntime = LocalRuntime(default_timeout=config.run_timeout)
+        if not config.setup:
+            await demo_setup(runtime, config.agent_type, _model(config))
+    elif config.runtime == "grpc":
+        if not config.peers:
+            raise UsageError("--runtime grpc needs at least one --peer NAME=HOST:PORT")
+        runtime = GrpcRuntime(
+            remote_peers=config.peers,
+            node_id=f"ravi-server-{secrets.token_hex(3)}",
+            peer_token=config.peer_token,
+            default_timeout=config.run_timeout,
+        )
+    else:
+        raise UsageError(f"--runtime must be local or grpc, got {config.runtime!r}")
+    await _setup(runtime, NodeConfig(setup=config.setup, setup_args=config.setup_args))
+    return runtime
+
+
+async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) -> None:
+    """Serve until SIGTERM or SIGINT (uvicorn's handlers), then stop the runtime."""
+    token = config.token or secrets.token_urlsafe(24)
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((config.host, config.port))
+    except OSError as error:
+        raise UsageError(f"cannot listen on {config.host}:{config.port}: {error}") from None
+    # Listening now queues early connections until uvicorn accepts them, so the
+    # address can be announced as soon as the runtime has started.
+    listener.listen(128)
+    host, port = listener.getsockname()[:2]
+    address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+
+    def ready() -> None:
+        announce(f"ravi server {config.agent_type} serving on {address}")
+        if not config.token:
+            announce(f"open http://{address}/?token={token}")
+
+    server = RaviServer(
+        await _runtime(config),
+        token=token,
+        agent_type=config.agent_type,
+        run_timeout=config.run_timeout,
+        on_ready=ready,
+    )
+    web = uvicorn.Server(
+        uvicorn.Config(
+            server.app, log_level=config.log_level, lifespan="on", timeout_graceful_shutdown=5
+        )
+    )
+    await web.serve(sockets=[listener])

@@ -1,0 +1,258 @@
+"""The server's web page in a real browser (Debian's Chromium, driven by Playwright).
+
+`ravi serve` runs the demo assistant (a scripted model): a task streams its
+steps over Server-Sent Events, the page shows an approval card for the risky
+tool, and approving, rejecting or editing the call decides the final answer.
+Screenshots go to test-output/server-ui/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Page, Route, async_playwright, expect
+
+from ravi.testing import NodeProcess, ravi_command, running_node
+from tests.paths import REPO_ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+TOKEN = "e2e-page-token"
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = REPO_ROOT / "test-output" / "server-ui"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TIMEOUT_MS = 10_000
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[NodeProcess]:
+    async with running_node([*ravi_command(), "serve", "--port", "0", "--token", TOKEN]) as node:
+        yield node
+
+
+@pytest.fixture
+async def api(server: NodeProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=f"http://{server.address}", headers=AUTH, timeout=10
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def page(server: NodeProcess, chromium: Path) -> AsyncIterator[Page]:
+    """A 1280x800 browser page; the test fails if the page throws."""
+    errors: list[str] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(chromium), headless=True)
+        async with browser:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
+            yield page
+    assert not errors, f"the page threw: {errors}"
+
+
+def url(server: NodeProcess, fragment: str = "") -> str:
+    return f"http://{server.address}/?token={TOKEN}{fragment}"
+
+
+def screenshot_path(name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS / name
+
+
+async def screenshot(page: Page, name: str) -> Path:
+    path = screenshot_path(name)
+    await page.screenshot(path=path, full_page=False)
+    print(f"screenshot: {path}")
+    return path
+
+
+async def thread_summary(api: httpx.AsyncClient, thread_id: str) -> dict[str, Any]:
+    response = await api.get(f"/threads/{thread_id}")
+    response.raise_for_status()
+    summary: dict[str, Any] = response.json()
+    return summary
+
+
+async def until_waiting(api: httpx.AsyncClient, thread_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        while True:
+            summary = await thread_summary(api, thread_id)
+            if summary["status"] == "waiting_for_approval":
+                return summary
+            await asyncio.sleep(0.05)
+
+
+async def test_page_needs_the_token(server: NodeProcess) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{server.address}", timeout=10) as client:
+        assert (await client.get("/")).status_code == 401
+        assert (await client.get("/", params={"token": "wrong"})).status_code == 401
+        assert (await client.get("/threads", params={"token": TOKEN})).status_code == 401
+        page = await client.get("/", params={"token": TOKEN})
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert page.headers["cache-control"] == "no-store"
+        assert 'data-testid="task-input"' in page.text
+
+
+async def test_approve_then_reject_a_follow_up(server: NodeProcess, page: Page) -> None:
+    await page.goto(url(server))
+    await expect(page.get_by_test_id("agent-type")).to_have_text("assistant")
+    await expect(page.get_by_test_id("error-banner")).to_be_hidden()
+
+    await page.get_by_test_id("task-input").fill("How do approvals work in ravi?")
+    await page.get_by_test_id("task-submit").click()
+
+    card = page.get_by_test_id("approval-card")
+    await expect(card).to_be_visible()
+    await expect(card).to_contain_text("send_report")
+    await expect(card).to_contain_text("E-mail a report to someone")
+    await expect(card.get_by_test_id("approval-arguments")).to_contain_text("team@example.com")
+    await expect(page.get_by_test_id("model-name")).to_have_text(
+        "ScriptedModel (deterministic demo script)"
+    )
+    await expect(page.get_by_test_id("user-task")).to_contain_text("How do approvals work")
+    # look_up's model step and result, send_report's model step, the card: once each.
+    await expect(page.get_by_test_id("step")).to_have_count(4)
+    await expect(page.get_by_test_id("tool-status").first).to_have_text("ok")
+    await expect(page.get_by_test_id("thread-item")).to_have_count(1)
+    await screenshot(page, "approval.png")
+
+    await card.get_by_test_id("approve").click()
+    answer = page.get_by_test_id("final-answer")
+    await expect(answer).to_contain_text("Report sent to team@example.com")
+    await expect(card.get_by_test_id("approval-status")).to_contain_text("Approved by web page")
+    await expect(card.get_by_test_id("approve")).to_be_hidden()
+    await expect(page.get_by_test_id("thread-status")).to_have_text("completed")
+    await screenshot(page, "final.png")
+
+    # A follow-up on the same thread: the agent asks again; reject it with a reason.
+    await page.get_by_test_id("followup-input").fill("And how does the gRPC runtime work?")
+    await page.get_by_test_id("followup-submit").click()
+    second = card.nth(1)
+    await expect(second).to_be_visible()
+    await expect(page.get_by_test_id("user-task")).to_have_count(2)
+    await second.get_by_test_id("reject-reason").fill("not before the review")
+    await second.get_by_test_id("reject").click()
+    rejected = answer.nth(1)
+    await expect(rejected).to_contain_text("I did not send the report")
+    await expect(rejected).to_contain_text("not before the review")
+    await expect(second.get_by_test_id("approval-status")).to_contain_text("Rejected")
+    await expect(page.get_by_test_id("tool-status").last).to_have_text("rejected")
+    await screenshot(page, "rejected.png")
+
+
+async def test_edit_the_call(server: NodeProcess, page: Page, api: httpx.AsyncClient) -> None:
+    await page.goto(url(server))
+    await page.get_by_test_id("task-input").fill("Tell me about the local runtime")
+    await page.get_by_test_id("task-submit").click()
+    card = page.get_by_test_id("approval-card")
+    await expect(card).to_be_visible()
+    thread_id = await page.get_by_test_id("thread-item").first.get_attribute("data-thread-id")
+    assert thread_id
+
+    await card.get_by_test_id("edit").click()
+    editor = card.get_by_test_id("edit-arguments")
+    assert json.loads(await editor.input_value())["to"] == "team@example.com"
+    await editor.fill('{"to": "boss@example.com", ')
+    await card.get_by_test_id("edit-submit").click()
+    await expect(card.get_by_test_id("edit-error")).to_contain_text("Not valid JSON")
+    await screenshot(page, "edit-invalid.png")
+    summary = await thread_summary(api, thread_id)  # nothing was sent
+    assert summary["status"] == "waiting_for_approval"
+    assert len(summary["pending_approvals"]) == 1
+
+    await editor.fill(json.dumps({"to": "boss@example.com", "summary": "Local runtime notes"}))
+    await expect(card.get_by_test_id("edit-error")).to_be_hidden()
+    await card.get_by_test_id("edit-submit").click()
+    answer = page.get_by_test_id("final-answer")
+    await expect(answer).to_contain_text("Report sent to boss@example.com")
+    await expect(card.get_by_test_id("approval-status")).to_contain_text("Edited")
+    await expect(page.locator('[data-kind="approval_decision"]')).to_contain_text(
+        "boss@example.com"
+    )
+    await screenshot(page, "edited.png")
+
+
+async def test_an_answer_that_comes_too_late(
+    server: NodeProcess, page: Page, api: httpx.AsyncClient
+) -> None:
+    """Someone else answers first: the page's answer gets a 409, shown as already answered."""
+    started = await api.post("/threads", json={"content": "Notes on restate"})
+    assert started.status_code == 202
+    thread_id = started.json()["thread_id"]
+    request_id = (await until_waiting(api, thread_id))["pending_approvals"][0]["approval_request"][
+        "request_id"
+    ]
+
+    async def answer_first(route: Route) -> None:
+        first = await api.post(
+            f"/respond/{request_id}", json={"action": "approve", "answered_by": "someone else"}
+        )
+        assert first.status_code == 200
+        await route.continue_()
+
+    await page.route("**/respond/**", answer_first)
+    await page.goto(url(server, f"#thread={thread_id}"))
+    card = page.get_by_test_id("approval-card")
+    await card.get_by_test_id("reject").click()
+    await expect(card.get_by_test_id("approval-status")).to_contain_text(
+        "already answered", ignore_case=True
+    )
+    await expect(card.get_by_test_id("approval-status")).to_contain_text("by someone else")
+    await expect(page.get_by_test_id("final-answer")).to_contain_text("Report sent")
+    await expect(page.get_by_test_id("error-banner")).to_be_hidden()
+
+
+async def test_the_page_resumes_a_dropped_stream(
+    server: NodeProcess, page: Page, api: httpx.AsyncClient
+) -> None:
+    """The first event stream ends after 3 events; the page reconnects with Last-Event-ID: 3."""
+    started = await api.post("/threads", json={"content": "Notes on approval"})
+    thread_id = started.json()["thread_id"]
+    await until_waiting(api, thread_id)
+    # The server's own frames (CRLF line ends) for events 1 to 3, and a ping comment.
+    raw = b""
+    async with api.stream("GET", f"/threads/{thread_id}/events") as stream:
+        async for chunk in stream.aiter_bytes():
+            raw += chunk
+            if b"id: 4\r\n" in raw:
+                break
+    first_three = raw[: raw.index(b"id: 4\r\n")] + b": ping\r\n\r\n"
+    assert first_three.count(b"\r\n\r\n") == 4
+
+    seen: list[str | None] = []
+
+    async def drop_the_first(route: Route) -> None:
+        seen.append((await route.request.all_headers()).get("last-event-id"))
+        if len(seen) == 1:
+            await route.fulfill(
+                status=200, headers={"Content-Type": "text/event-stream"}, body=first_three
+            )
+        else:
+            await route.continue_()
+
+    await page.route("**/events", drop_the_first)
+    await page.goto(url(server, f"#thread={thread_id}"))
+    card = page.get_by_test_id("approval-card")
+    await expect(card).to_be_visible()
+    assert seen[:2] == [None, "3"]
+    await expect(page.get_by_test_id("step")).to_have_count(4)  # none twice
+    await expect(page.get_by_test_id("connection")).to_have_text("live")
+    await card.get_by_test_id("approve").click()
+    await expect(page.get_by_test_id("final-answer")).to_contain_text("Report sent")

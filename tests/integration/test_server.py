@@ -1,0 +1,212 @@
+"""The ravi server over HTTP: its API, its errors, 50 threads at once, and over a mesh."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from ravi.testing import NodeProcess, ravi_command, running_node
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+TOKEN = "test-token-1234"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def serve_command(*extra: str) -> list[str]:
+    return [*ravi_command(), "serve", "--port", "0", "--token", TOKEN, *extra]
+
+
+def client_for(server: NodeProcess) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=f"http://{server.address}",
+        headers=AUTH,
+        timeout=30,
+        limits=httpx.Limits(max_connections=200),
+    )
+
+
+async def events(
+    client: httpx.AsyncClient, thread: str, after: int = 0
+) -> AsyncIterator[dict[str, Any]]:
+    """The thread's Server-Sent Events, parsed; checks each frame's id and event name."""
+    headers = {"Last-Event-ID": str(after)} if after else {}
+    async with client.stream("GET", f"/threads/{thread}/events", headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        frame: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line.startswith(":"):
+                continue
+            if line:
+                name, _, value = line.partition(":")
+                frame[name] = value.removeprefix(" ")
+                continue
+            if "data" in frame:
+                event = json.loads(frame["data"])
+                assert frame["id"] == str(event["seq"])
+                assert frame["event"] == event["kind"]
+                yield event
+            frame = {}
+
+
+async def run_thread(client: httpx.AsyncClient, index: int) -> list[dict[str, Any]]:
+    """One thread from task to final answer, answering its approval by index: approve,
+    edit or reject."""
+    thread = f"th-{index}"
+    response = await client.post("/threads", json={"thread_id": thread, "content": f"grpc {index}"})
+    assert response.status_code == 202, response.text
+    seen: list[dict[str, Any]] = []
+    async for event in events(client, thread):
+        seen.append(event)
+        if event["kind"] == "approval_request":
+            request_id = event["approval_request"]["request_id"]
+            answer: dict[str, Any] = [
+                {"action": "approve"},
+                {"action": "edit", "arguments": {"to": f"user{index}@example.com", "summary": "s"}},
+                {"action": "reject", "reason": f"not now {index}"},
+            ][index % 3]
+            answered = await client.post(f"/respond/{request_id}", json=answer)
+            assert answered.status_code == 200, answered.text
+        if event["kind"] in ("final", "failed"):
+            break
+    return seen
+
+
+async def test_fifty_threads_with_approvals_all_complete_without_cross_talk() -> None:
+    async with running_node(serve_command()) as server, client_for(server) as client:
+        runs = await asyncio.wait_for(
+            asyncio.gather(*(run_thread(client, i) for i in range(50))), 90
+        )
+        for index, seen in enumerate(runs):
+            thread = f"th-{index}"
+            assert {e["thread_id"] for e in seen} == {thread}
+            assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
+            assert seen[0]["started"]["content"] == f"grpc {index}"
+            final = seen[-1]["final"]["content"]
+            if index % 3 == 0:
+                assert final.startswith("Done. Report sent to team@example.com")
+            elif index % 3 == 1:
+                assert final.startswith(f"Done. Report sent to user{index}@example.com")
+            else:
+                assert final.endswith(f"the tool did not run: not now {index}")
+            status = (await client.get(f"/threads/{thread}")).json()
+            assert status["status"] == "completed"
+            assert status["result"]["content"] == final
+        listed = (await client.get("/threads")).json()["threads"]
+        assert len(listed) == 50
+
+
+async def test_every_endpoint_needs_the_token() -> None:
+    async with (
+        running_node(serve_command()) as server,
+        httpx.AsyncClient(base_url=f"http://{server.address}") as anonymous,
+    ):
+        for method, path in [
+            ("GET", "/"),
+            ("GET", "/info"),
+            ("GET", "/threads"),
+            ("POST", "/threads"),
+            ("GET", "/threads/x/events"),
+            ("POST", "/respond/x"),
+        ]:
+            response = await anonymous.request(method, path)
+            assert response.status_code == 401, path
+            assert response.headers["www-authenticate"].startswith("Bearer")
+        wrong = await anonymous.get("/threads", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert (await anonymous.get(f"/?token={TOKEN}")).status_code == 200
+        assert (await anonymous.get("/threads", params={"token": TOKEN})).status_code == 401
+
+
+async def test_bad_requests_get_clear_errors_and_the_server_keeps_serving() -> None:
+    async with running_node(serve_command()) as server, client_for(server) as client:
+        not_json = await client.post("/threads", content=b"{nope")
+        assert (not_json.status_code, "not JSON" in not_json.text) == (422, True)
+        for body in [
+            {},
+            {"content": ""},
+            {"content": "x", "extra": 1},
+            {"content": "x", "thread_id": "a\nb"},
+        ]:
+            assert (await client.post("/threads", json=body)).status_code == 422, body
+        assert (await client.get("/threads/missing")).status_code == 404
+        assert (await client.get("/threads/missing/events")).status_code == 404
+        assert (
+            await client.post("/threads/missing/tasks", json={"content": "x"})
+        ).status_code == 404
+        unknown = await client.post("/respond/missing", json={"action": "approve"})
+        assert unknown.status_code == 404
+        assert "no approval request 'missing'" in unknown.json()["error"]
+
+        started = await client.post("/threads", json={"thread_id": "busy", "content": "grpc"})
+        assert started.status_code == 202
+        request_id = ""
+        async for event in events(client, "busy"):
+            if event["kind"] == "approval_request":
+                request_id = event["approval_request"]["request_id"]
+                break
+        busy = await client.post("/threads", json={"thread_id": "busy", "content": "again"})
+        assert busy.status_code == 409
+        status = (await client.get("/threads/busy")).json()
+        assert status["status"] == "waiting_for_approval"
+        assert [p["approval_request"]["request_id"] for p in status["pending_approvals"]] == [
+            request_id
+        ]
+        for body in [{"action": "maybe"}, {"action": "edit"}, {"action": "approve", "x": 1}]:
+            assert (await client.post(f"/respond/{request_id}", json=body)).status_code == 422
+        assert (
+            await client.post(f"/respond/{request_id}", json={"action": "approve"})
+        ).status_code == 200
+        again = await client.post(f"/respond/{request_id}", json={"action": "reject"})
+        assert again.status_code == 409
+        assert "answered already" in again.json()["error"]
+
+        async for event in events(client, "busy", after=5):
+            assert event["seq"] > 5
+            if event["kind"] == "final":
+                break
+        follow_up = await client.post("/threads/busy/tasks", json={"content": "restate"})
+        assert follow_up.status_code == 202
+        assert follow_up.json()["runs"] == 2
+        bad_resume = await client.get("/threads/busy/events", headers={"Last-Event-ID": "x"})
+        assert bad_resume.status_code == 422
+        assert (await client.get("/info")).json()["agent_type"] == "assistant"
+
+
+async def test_the_server_joins_a_mesh_where_the_agent_runs() -> None:
+    node_command = [*ravi_command(), "node", "--listen", "127.0.0.1:0", "--node-id", "agents"]
+    node_command += ["--setup", "ravi.server:demo_setup"]
+    async with running_node(node_command) as node:
+        command = serve_command("--runtime", "grpc", "--peer", f"agents={node.address}")
+        async with running_node(command) as server, client_for(server) as client:
+            seen = await run_thread(client, 0)
+    assert seen[0]["started"]["model"] == "scripted:demo"
+    assert seen[-1]["final"]["content"].startswith("Done. Report sent to team@example.com")
+
+
+async def test_an_approval_whose_run_ended_is_refused() -> None:
+    async with (
+        running_node(serve_command("--run-timeout", "1")) as server,
+        client_for(server) as client,
+    ):
+        await client.post("/threads", json={"thread_id": "late", "content": "grpc"})
+        request_id, failed = "", {}
+        async for event in events(client, "late"):
+            if event["kind"] == "approval_request":
+                request_id = event["approval_request"]["request_id"]
+            if event["kind"] == "failed":
+                failed = event["failed"]
+                break
+        assert failed["code"] == "DEADLINE_EXCEEDED"
+        status = (await client.get("/threads/late")).json()
+        assert (status["status"], status["error"]["code"]) == ("failed", "DEADLINE_EXCEEDED")
+        assert status["title"] == "grpc"
+        late = await client.post(f"/respond/{request_id}", json={"action": "approve"})
+        assert late.status_code == 409
+        assert "no longer pending" in late.json()["error"]
