@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -16,16 +17,17 @@ import pytest_asyncio
 from ravi import AgentId, Interceptor
 from ravi.errors import AgentTypeNotFound
 from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.restate import RestateRuntime
 from ravi.runtime import BaseRuntime, LocalRuntime
-from ravi.testing import eventually, ravi_command, running_node
+from ravi.testing import eventually, ravi_command, running_node, running_restate
 from tests.contract.agents import Call
 from tests.contract.harness import NODE_A_TYPES, NODE_B_TYPES, register
-from tests.paths import REPO_ROOT
+from tests.paths import REPO_ROOT, RESTATE_SERVER
 
 MAILBOX_CAPACITY = 50
 DEFAULT_TIMEOUT = 10.0
 
-RUNTIME_KINDS = ["local", "local-intercepted", "grpc"]
+RUNTIME_KINDS = ["local", "local-intercepted", "grpc", "restate"]
 
 
 class PassThrough(Interceptor):
@@ -43,7 +45,20 @@ def node_command(node_id: str, setup: str, *peers: str) -> list[str]:
 
 
 @pytest_asyncio.fixture(params=RUNTIME_KINDS)
-async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[BaseRuntime]:
+async def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BaseRuntime]:
+    if request.param == "restate":
+        # A fresh server per test: object state and journals start empty.
+        async with running_restate(RESTATE_SERVER, tmp_path / "restate") as server:
+            durable = RestateRuntime(
+                server.ingress_url,
+                server.admin_url,
+                listen="127.0.0.1:0",
+                default_timeout=DEFAULT_TIMEOUT,
+            )
+            await register(durable, NODE_A_TYPES + NODE_B_TYPES)
+            async with durable:
+                yield durable
+        return
     if request.param == "grpc":
         async with running_node(node_command("node-a", "tests.contract.harness:node_a")) as a:
             command = node_command("node-b", "tests.contract.harness:node_b", f"a={a.address}")

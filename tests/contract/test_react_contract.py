@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -20,11 +21,12 @@ from ravi import AgentId, BaseAgent, MessageContext, TypeSubscription, message_h
 from ravi.agents import EVENTS_TOPIC, ApprovalAnswer, Result, RunEvent, Task
 from ravi.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.restate import RestateRuntime
 from ravi.react.v1 import react_pb2 as pb
 from ravi.runtime import BaseRuntime, LocalRuntime
-from ravi.testing import eventually, ravi_command, running_node
+from ravi.testing import eventually, ravi_command, running_node, running_restate
 from tests.contract import react_harness
-from tests.paths import REPO_ROOT
+from tests.paths import REPO_ROOT, RESTATE_SERVER
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,9 +41,18 @@ class Events(BaseAgent):
         Events.by_thread[event.thread_id].append(event)
 
 
-@pytest_asyncio.fixture(params=["local", "grpc"])
-async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[BaseRuntime]:
+@pytest_asyncio.fixture(params=["local", "grpc", "restate"])
+async def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BaseRuntime]:
     Events.by_thread.clear()
+    if request.param == "restate":
+        async with running_restate(RESTATE_SERVER, tmp_path / "restate") as server:
+            durable = RestateRuntime(server.ingress_url, server.admin_url, listen="127.0.0.1:0")
+            await react_harness.setup(durable)
+            await Events.register(durable, "events")
+            await durable.add_subscription(TypeSubscription(EVENTS_TOPIC, "events"))
+            async with durable:
+                yield durable
+        return
     if request.param == "local":
         local = LocalRuntime(default_timeout=20)
         await react_harness.setup(local)

@@ -42,11 +42,13 @@ def test_exported_names() -> None:
         "ConformanceAgent",
         "Jaeger",
         "NodeProcess",
+        "RestateServer",
         "conformance_setup",
         "eventually",
         "ravi_command",
         "running_jaeger",
         "running_node",
+        "running_restate",
         "start_node",
     ]
     assert ravi.agents.__all__ == [

@@ -38,12 +38,12 @@ from ravi.errors import (
     AlreadyExists,
     Cancelled,
     DeadlineExceeded,
-    HandlerFailed,
     MailboxFull,
     NotFound,
     RaviError,
     ReentrantCall,
     Unavailable,
+    handler_error,
 )
 
 if TYPE_CHECKING:
@@ -483,19 +483,7 @@ class _Mailbox:
         return True
 
     def _failed(self, call: _Call, exc: Exception) -> None:
-        if isinstance(exc, RaviError):
-            call.fail(exc)
-            return
-        failure = HandlerFailed(
-            f"handler of {self.agent_id} raised {type(exc).__name__}: {exc}",
-            metadata={
-                "exception_type": type(exc).__name__,
-                "exception_message": str(exc),
-                "agent_type": self.key[0],
-            },
-        )
-        failure.__cause__ = exc
-        call.fail(failure)
+        call.fail(handler_error(exc, str(self.agent_id)))
 
     @staticmethod
     def _succeeded(call: _Call, result: Any) -> None:

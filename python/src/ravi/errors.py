@@ -34,6 +34,7 @@ in-process, on another node in another language, or on Restate.
     └── Internal                   INTERNAL
 
 `code_of(exc)` gives the code of any exception (UNKNOWN for non-ravi ones);
+`handler_error(exc, agent)` is what the caller of a handler that raised gets;
 `error_for(code, message, ...)` builds the most specific error for a code and
 reason, which is how errors received from other nodes keep their type.
 `to_grpc_status(exc)` and `from_grpc_error(error)` are the one place that maps
@@ -78,6 +79,7 @@ __all__ = [
     "code_of",
     "error_for",
     "from_grpc_error",
+    "handler_error",
     "to_grpc_status",
 ]
 
@@ -294,6 +296,30 @@ class Internal(RaviError):
     """An invariant of ravi itself broke: a bug to report."""
 
     default_code = Code.INTERNAL
+
+
+def handler_error(exc: Exception, agent: str) -> RaviError:
+    """The error the caller of a handler that raised `exc` gets.
+
+    A RaviError as raised; anything else as HandlerFailed, carrying the
+    exception's type and message.
+
+    Args:
+        exc: what the handler raised.
+        agent: the agent whose handler it was, as "type/key".
+    """
+    if isinstance(exc, RaviError):
+        return exc
+    failure = HandlerFailed(
+        f"handler of {agent} raised {type(exc).__name__}: {exc}",
+        metadata={
+            "exception_type": type(exc).__name__,
+            "exception_message": str(exc),
+            "agent_type": agent.partition("/")[0],
+        },
+    )
+    failure.__cause__ = exc
+    return failure
 
 
 _BY_REASON: dict[str, type[RaviError]] = {

@@ -4,15 +4,18 @@ from ravi.testing._conformance import ConformanceAgent, conformance_setup
 from ravi.testing._helpers import eventually
 from ravi.testing._jaeger import Jaeger, running_jaeger
 from ravi.testing._processes import NodeProcess, ravi_command, running_node, start_node
+from ravi.testing._restate import RestateServer, running_restate
 
 __all__ = [
     "ConformanceAgent",
     "Jaeger",
     "NodeProcess",
+    "RestateServer",
     "conformance_setup",
     "eventually",
     "ravi_command",
     "running_jaeger",
     "running_node",
+    "running_restate",
     "start_node",
 ]

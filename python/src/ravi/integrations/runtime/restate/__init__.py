@@ -1,0 +1,14 @@
+"""RestateRuntime: the same agents on a Restate server, with journaled steps and durable waits.
+
+Needs the `restate` extra: `pip install "ravi[restate]"`. See docs/restate.md.
+"""
+
+try:
+    from ravi.integrations.runtime.restate._runtime import RestateRuntime
+except ImportError as missing:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"RestateRuntime needs restate-sdk, hypercorn and aiohttp ({missing.name} is missing): "
+        'install the extra with `pip install "ravi[restate]"`'
+    ) from missing
+
+__all__ = ["RestateRuntime"]

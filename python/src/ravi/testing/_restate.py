@@ -1,0 +1,131 @@
+"""A real restate-server for tests and `ravi restate dev`: started on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PORTS = ("RESTATE_INGRESS__BIND_PORT", "RESTATE_ADMIN__BIND_PORT", "RESTATE_BIND_PORT")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+@dataclass
+class RestateServer:
+    """A restate-server process on loopback, with its data kept in `base_dir`.
+
+    `kill()` ends it as a crash would (SIGKILL); `start()` brings it back on
+    the same ports and data, as after a restart.
+    """
+
+    binary: Path
+    base_dir: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    process: asyncio.subprocess.Process | None = None
+    log: Path | None = None
+
+    @property
+    def ingress_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['RESTATE_INGRESS__BIND_PORT']}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['RESTATE_ADMIN__BIND_PORT']}"
+
+    async def start(self, *, timeout: float = 30.0) -> None:
+        """Start the server and wait until its admin API and ingress answer."""
+        if not self.ports:
+            self.ports = {name: _free_port() for name in _PORTS}
+        env = {
+            **os.environ,
+            **{name: str(port) for name, port in self.ports.items()},
+            "RESTATE_BIND_IP": "127.0.0.1",
+            "RESTATE_NODE_NAME": "ravi",
+            "RESTATE_DEFAULT_NUM_PARTITIONS": "1",
+            "RESTATE_DISABLE_TELEMETRY": "true",
+            "RESTATE_LOG_FILTER": os.environ.get("RESTATE_LOG_FILTER", "warn"),
+        }
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.log = self.base_dir / "restate-server.log"
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                str(self.binary),
+                "--base-dir",
+                str(self.base_dir),
+                "--no-logo",
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        health = (f"{self.admin_url}/health", f"{self.ingress_url}/restate/health")
+        try:
+            async with asyncio.timeout(timeout):
+                while not all([await asyncio.to_thread(_ok, url) for url in health]):
+                    if self.process.returncode is not None:
+                        raise RuntimeError(
+                            f"restate-server exited with {self.process.returncode}: "
+                            f"{self.log.read_text()[-2000:]}"
+                        )
+                    await asyncio.sleep(0.05)
+        except BaseException:
+            await self.kill()
+            raise
+
+    async def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would."""
+        process = self.process
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+        self.process = None
+
+    async def stop(self, *, timeout: float = 10.0) -> None:
+        """Stop the server gracefully (SIGTERM; SIGKILL after `timeout`)."""
+        process = self.process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        self.process = None
+
+
+@contextlib.asynccontextmanager
+async def running_restate(binary: Path, base_dir: Path) -> AsyncIterator[RestateServer]:
+    """Run restate-server on free loopback ports, with its data in `base_dir`, until the block ends.
+
+    Args:
+        binary: the restate-server executable (`make setup` installs it from npm
+            into tools/node_modules/@restatedev/restate-server-linux-x64/bin/).
+        base_dir: where it keeps its data; a fresh folder gives a fresh server.
+    """
+    server = RestateServer(binary, base_dir)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
