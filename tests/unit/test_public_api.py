@@ -80,7 +80,12 @@ def test_exported_names() -> None:
         "say",
     ]
     assert ravi.tools.__all__ == ["Tool", "ToolContext", "render", "tool"]
-    assert ravi.server.__all__ == ["RaviServer", "demo_model", "demo_setup"]
+    assert ravi.server.__all__ == [
+        "RaviServer",
+        "demo_model",
+        "demo_setup",
+        "demo_workflow_setup",
+    ]
     assert ravi.telemetry.__all__ == [
         "MetricsInterceptor",
         "Telemetry",

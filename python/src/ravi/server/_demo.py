@@ -77,6 +77,21 @@ def demo_model() -> ScriptedModel:
     return ScriptedModel([_look_up, _report, _answer], name="demo")
 
 
+def demo_workflow_setup(runtime: BaseRuntime) -> None:
+    """Serve the durable agent workflow with the demo's model ("demo") and tools.
+
+    For a RestateRuntime worker (`ravi restate worker`); other runtimes have no
+    workflows.
+    """
+    from ravi.integrations.runtime.restate import AgentWorkflow, RestateRuntime  # noqa: PLC0415
+
+    if not isinstance(runtime, RestateRuntime):
+        raise TypeError("the agent workflow runs on a RestateRuntime")
+    runtime.register_workflow(
+        AgentWorkflow(models={"demo": demo_model()}, tools=[look_up, send_report])
+    )
+
+
 async def demo_setup(
     runtime: BaseRuntime, agent_type: str = "assistant", model: ChatModel | None = None
 ) -> None:

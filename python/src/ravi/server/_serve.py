@@ -34,6 +34,10 @@ class ServeConfig:
     base_url: str | None = None
     run_timeout: float = 3600.0
     log_level: str = "warning"
+    restate_ingress: str = "http://127.0.0.1:8080"
+    restate_admin: str = "http://127.0.0.1:9070"
+    restate_listen: str = "127.0.0.1:9081"
+    demo: bool | None = None
 
 
 def _model(config: ServeConfig) -> ChatModel | None:
@@ -48,21 +52,34 @@ def _model(config: ServeConfig) -> ChatModel | None:
 
 
 async def _runtime(config: ServeConfig) -> BaseRuntime:
+    demo = config.demo if config.demo is not None else not config.setup
     if config.runtime == "local":
         runtime: BaseRuntime = LocalRuntime(default_timeout=config.run_timeout)
-        if not config.setup:
-            await demo_setup(runtime, config.agent_type, _model(config))
     elif config.runtime == "grpc":
         if not config.peers:
             raise UsageError("--runtime grpc needs at least one --peer NAME=HOST:PORT")
+        if config.demo:
+            raise UsageError("--runtime grpc runs the agents of the mesh: drop --demo")
+        demo = False
         runtime = GrpcRuntime(
             remote_peers=config.peers,
             node_id=f"ravi-server-{secrets.token_hex(3)}",
             peer_token=config.peer_token,
             default_timeout=config.run_timeout,
         )
+    elif config.runtime == "restate":
+        from ravi.integrations.runtime.restate import RestateRuntime  # noqa: PLC0415 - an extra
+
+        runtime = RestateRuntime(
+            config.restate_ingress,
+            config.restate_admin,
+            listen=config.restate_listen,
+            default_timeout=config.run_timeout,
+        )
     else:
-        raise UsageError(f"--runtime must be local or grpc, got {config.runtime!r}")
+        raise UsageError(f"--runtime must be local, grpc or restate, got {config.runtime!r}")
+    if demo:
+        await demo_setup(runtime, config.agent_type, _model(config))
     await _setup(runtime, NodeConfig(setup=config.setup, setup_args=config.setup_args))
     return runtime
 

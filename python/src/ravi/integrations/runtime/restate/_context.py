@@ -138,19 +138,7 @@ class RestateContext(MessageContext):
             early = await self.restate.generic_call(
                 PROMISES, "wait", awakeable_id.encode(), key=name
             )
-            if early:
-                data = early
-            elif timeout is None:
-                data = await awakeable
-            else:
-                timer = self.restate.sleep(timedelta(seconds=timeout))
-                match await restate.select(value=awakeable, timer=timer):
-                    case ["value", value]:
-                        data = value
-                    case _:
-                        raise DeadlineExceeded(
-                            f"promise {name!r} was not resolved within {timeout} s"
-                        )
+            data = early or await durable_wait(self.restate, awakeable, name, timeout)
         except restate.TerminalError as error:
             raise _terminal(error) from None
         return _wire.decode(self._registry, types_pb2.Payload.FromString(data))
@@ -200,6 +188,22 @@ def _step_error(error: restate.TerminalError) -> RaviError:
     return error_for(
         code, info["message"], reason=info.get("reason"), metadata=info.get("metadata")
     )
+
+
+async def durable_wait(
+    ctx: restate.Context,
+    value: restate.RestateDurableFuture[bytes],
+    name: str,
+    timeout: float | None,
+) -> bytes:
+    """The value of a promise, or DeadlineExceeded after a durable timer of `timeout` seconds."""
+    if timeout is None:
+        return await value
+    match await restate.select(value=value, timer=ctx.sleep(timedelta(seconds=timeout))):
+        case ["value", data]:
+            return typing.cast("bytes", data)
+        case _:
+            raise DeadlineExceeded(f"promise {name!r} was not resolved within {timeout} s")
 
 
 def _terminal(error: restate.TerminalError) -> RaviError:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import restate
@@ -52,10 +52,12 @@ from ravi.integrations.runtime.restate._internal import (
     internal_services,
     subscription_json,
 )
+from ravi.integrations.runtime.restate._workflow import AgentWorkflow
 from ravi.mesh.v1 import agent_service_pb2, types_pb2
 from ravi.runtime._base import BaseRuntime
 
 logger = logging.getLogger("ravi.restate")
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 60.0
 # Envelope metadata carrying the caller's deadline (ms since the epoch) into
@@ -144,6 +146,7 @@ class RestateRuntime(BaseRuntime):
         # Subscription id -> the id Restate keeps it under (an equal one's).
         self._stored_ids: dict[str, str] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._workflows: list[AgentWorkflow] = []
         self._http: aiohttp.ClientSession | None = None
         self._server: asyncio.Task[None] | None = None
         self._shutdown = asyncio.Event()
@@ -182,7 +185,8 @@ class RestateRuntime(BaseRuntime):
         config.bind = [f"fd://{listener.fileno()}"]
         config.accesslog = None
         config.errorlog = logging.getLogger("ravi.restate.deployment")
-        app = restate.app([*self._objects(), *internal_services()])
+        workflows = [w.service(self) for w in self._workflows]
+        app = restate.app([*self._objects(), *workflows, *internal_services()])
         self._shutdown.clear()
         self._server = asyncio.get_running_loop().create_task(
             serve(_without_lifespan(app), config, shutdown_trigger=self._shutdown.wait),
@@ -254,6 +258,29 @@ class RestateRuntime(BaseRuntime):
             )
         self._types[agent_type] = _Entry(factory, agent_class)
         return AgentType(agent_type)
+
+    def register_workflow(self, workflow: AgentWorkflow) -> None:
+        """Serve the durable agent workflow (ravi.AgentWorkflow) from this runtime.
+
+        Raises:
+            AlreadyExists: a workflow is registered already, or the runtime started.
+        """
+        if self._workflows or self._server is not None:
+            raise AlreadyExists("register one agent workflow, before start()")
+        self._workflows.append(workflow)
+
+    @property
+    def message_registry(self) -> MessageRegistry:
+        """Where this runtime looks message types up by name."""
+        return self._registry
+
+    async def running(self, ctx: RestateContext, agent: AgentId, handling: Awaitable[T]) -> T:
+        """Await `handling` as the handler of `agent`: its sends and publishes are durable."""
+        token = _CURRENT.set(_Running(ctx, agent))
+        try:
+            return await handling
+        finally:
+            _CURRENT.reset(token)
 
     def _objects(self) -> list[restate.VirtualObject]:
         return [self._object(name, entry) for name, entry in self._types.items()]
