@@ -152,7 +152,7 @@ build-node: $(NPM_STAMP)
 test: setup lint check-gen test-python test-go test-node ## Run every check and test (what CI runs).
 
 .PHONY: test-python
-test-python: $(VENV_STAMP) $(GO_TOOLS_STAMP) $(JAEGER) $(CHROMIUM) build
+test-python: $(VENV_STAMP) $(GO_TOOLS_STAMP) $(JAEGER) $(CHROMIUM) build $(NPM_TOOLS_STAMP)
 	$(PY) -m pytest tests
 
 .PHONY: test-go
@@ -162,6 +162,14 @@ test-go:
 .PHONY: test-node
 test-node: build-node
 	cd interop/node && node --test --test-reporter=dot dist/test/
+
+# docker-compose.yml against the compose-spec schema (tools/node_modules/dclint),
+# deploy/k8s rendered by kustomize and checked by kubeconform against the
+# Kubernetes schemas of kubernetes-validate (both Go tools from tools/go), and
+# the Dockerfiles. Part of test-python; no container engine or cluster needed.
+.PHONY: validate-deploy
+validate-deploy: $(VENV_STAMP) $(NPM_TOOLS_STAMP) $(GO_TOOLS_STAMP) ## Validate docker-compose.yml, deploy/k8s and the Dockerfiles.
+	$(PY) -m pytest -q tests/unit/test_deploy.py
 
 # --- benchmarks ------------------------------------------------------------
 
@@ -180,7 +188,7 @@ $(BENCH_AUTOGEN_STAMP):
 	else echo "AutoGen anchors not found at $(AUTOGEN_ANCHORS): benchmarks run without them"; fi
 
 .PHONY: bench
-bench: bench-local bench-grpc ## Run the benchmarks (medians of BENCH_RUNS runs, ratios to the anchors).
+bench: bench-local bench-grpc bench-restate ## Run the benchmarks (medians of BENCH_RUNS runs, ratios to the anchors).
 
 .PHONY: bench-local
 bench-local: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
@@ -191,6 +199,11 @@ bench-local: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
 bench-grpc: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
 	$(PY) bench/run.py grpc --runs $(BENCH_RUNS) --autogen-python $(BENCH_AUTOGEN)/bin/python \
 	  --anchors "$(AUTOGEN_ANCHORS)" --save bench/results/grpc.json
+
+# Raw restate-sdk against ravi's RestateRuntime, each on a restate-server of its own.
+.PHONY: bench-restate
+bench-restate: $(VENV_STAMP) $(NPM_TOOLS_STAMP)
+	$(PY) bench/run.py restate --runs $(BENCH_RUNS) --save bench/results/restate.json
 
 # --- demo ------------------------------------------------------------------
 
@@ -213,3 +226,17 @@ lock: ## Re-resolve tools/requirements.in into the pinned tools/requirements.txt
 clean: ## Remove every bootstrapped folder and build output.
 	rm -rf $(VENV) .tools tools/node_modules node_modules gen/ts/dist interop/node/dist \
 	  .mypy_cache .ruff_cache .pytest_cache .hypothesis python/dist
+
+# The Python image's lock (deploy/docker/requirements.txt): ravi's dependencies
+# with the server, telemetry and restate extras, and hatchling, which builds its
+# wheel, at the versions tools/requirements.txt pins. Run it after `make lock`:
+# tests/unit/test_deploy.py fails while the two locks disagree.
+.PHONY: lock-images
+lock-images: ## Re-resolve deploy/docker/requirements.txt from tools/requirements.txt.
+	rm -rf .tools/lock-images-venv
+	$(PYTHON) -m venv .tools/lock-images-venv
+	.tools/lock-images-venv/bin/pip install --quiet pip-tools==7.6.2
+	.tools/lock-images-venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-find-links \
+	  --extra server --extra telemetry --extra restate --constraint tools/requirements.txt \
+	  --output-file deploy/docker/requirements.txt deploy/docker/requirements.in python/pyproject.toml
+	rm -rf .tools/lock-images-venv

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -20,6 +19,7 @@ from ravi.integrations.runtime.grpc import GrpcRuntime, TlsConfig
 from ravi.testing import eventually, running_node, start_node
 from tests.integration.conftest import node_command
 from tests.paths import TOOLS_BIN
+from tests.tls import make_certificates
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -149,27 +149,11 @@ async def test_grpcurl_lists_describes_sends_subscribes_and_checks_health() -> N
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for 127.0.0.1 and a client certificate."""
-    folder = tmp_path_factory.mktemp("tls")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
-        "-out", "ca.pem", "-days", "1", "-subj", "/CN=ravi-test-ca",
-    )  # fmt: skip
-    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
-        openssl(
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-            "-out", f"{name}.csr", "-subj", f"/CN=ravi-test-{name}",
-        )  # fmt: skip
-        extra = ["-extfile", "server.ext"] if name == "server" else []
-        openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", *extra,
-        )  # fmt: skip
-    return folder
+    return make_certificates(
+        tmp_path_factory.mktemp("tls"),
+        server="server",
+        subject_alt_name="IP:127.0.0.1,DNS:localhost",
+    )
 
 
 async def test_mutual_tls_admits_clients_with_a_certificate_only(certificates: Path) -> None:

@@ -32,7 +32,7 @@ import { formatterAgent } from "./agents/formatter.js";
 import { CONFORMANCE_TYPE, registerConformance } from "./agents/conformance.js";
 
 const USAGE = `usage:
-  ravi-node node --listen HOST:PORT --node-id ID [--peer NAME=ADDR]... [--token T]
+  ravi-node node --listen HOST:PORT --node-id ID [--advertise HOST:PORT] [--peer NAME=ADDR]... [--token T]
                  [--health-without-auth] [--max-message-bytes N] [--conformance-type NAME] [--verbose]
                  [--otlp-endpoint URL]
   (node traces over OTLP/gRPC when --otlp-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT or
@@ -159,6 +159,7 @@ async function runNode(args: string[]): Promise<number> {
     options: {
       listen: { type: "string" },
       "node-id": { type: "string" },
+      advertise: { type: "string" },
       peer: { type: "string", multiple: true },
       token: { type: "string" },
       "health-without-auth": { type: "boolean" },
@@ -193,8 +194,10 @@ async function runNode(args: string[]): Promise<number> {
       nodeId,
       host,
       port,
+      advertiseAddress: values.advertise,
       peers,
-      token: values.token,
+      // Like the Python and Go nodes: a token from the environment keeps it out of `ps`.
+      token: values.token ?? process.env["RAVI_TOKEN"],
       healthWithoutAuth: values["health-without-auth"] ?? false,
       maxMessageBytes: integer(values["max-message-bytes"], "--max-message-bytes"),
       logger: stderrLogger(nodeId, values.verbose ?? false),

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from ravi._restate_cli import app as restate_app
 from ravi._version import __version__
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(restate_app, name="restate")
 T = TypeVar("T")
 
 Address = Annotated[str, typer.Option("--addr", help="The node to talk to, HOST:PORT.")]
@@ -103,7 +105,16 @@ def node(
     listen: Annotated[str | None, typer.Option(help="HOST:PORT to serve on.")] = None,
     node_id: Annotated[str | None, typer.Option(help="This node's id in the mesh.")] = None,
     advertise: Annotated[str | None, typer.Option(help="The address peers dial.")] = None,
-    peer: Annotated[list[str] | None, typer.Option(help="A peer, NAME=HOST:PORT.")] = None,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A peer, NAME=HOST:PORT; with NAME=dns:HOST:PORT every address HOST resolves "
+            "to is a peer (a headless Service), re-resolved every --peer-dns-interval seconds."
+        ),
+    ] = None,
+    peer_dns_interval: Annotated[
+        float | None, typer.Option(help="Seconds between two resolutions of dns: peers.")
+    ] = None,
     agent: Annotated[
         list[str] | None, typer.Option(help="Host an agent class, TYPE=module:Class.")
     ] = None,
@@ -126,6 +137,17 @@ def node(
         str | None, typer.Option(help="Require client certificates from this CA (mTLS).")
     ] = None,
     peer_tls_ca: Annotated[str | None, typer.Option(help="Dial peers with TLS.")] = None,
+    peer_tls_cert: Annotated[
+        str | None, typer.Option(help="Present this certificate to peers (mTLS).")
+    ] = None,
+    peer_tls_key: Annotated[str | None, typer.Option(help="The peer certificate's key.")] = None,
+    peer_tls_server_name: Annotated[
+        str | None,
+        typer.Option(
+            help="The name peers' certificates must carry, when it is not the dialled host "
+            "(dns: peers are dialled by IP)."
+        ),
+    ] = None,
     max_message_bytes: Annotated[int | None, typer.Option(help="Largest message.")] = None,
     mailbox_capacity: Annotated[
         int | None, typer.Option(help="Messages queued per agent instance at most.")
@@ -160,11 +182,15 @@ def node(
             "listen": listen,
             "node_id": node_id,
             "advertise": advertise,
+            "peer_dns_interval": peer_dns_interval,
             "token": token,
             "tls_cert": tls_cert,
             "tls_key": tls_key,
             "tls_client_ca": tls_client_ca,
             "peer_tls_ca": peer_tls_ca,
+            "peer_tls_cert": peer_tls_cert,
+            "peer_tls_key": peer_tls_key,
+            "peer_tls_server_name": peer_tls_server_name,
             "max_message_bytes": max_message_bytes,
             "mailbox_capacity": mailbox_capacity,
             "default_timeout": default_timeout,
@@ -201,8 +227,29 @@ def serve(
         ),
     ] = None,
     runtime: Annotated[
-        str, typer.Option(help="local: host the agents here; grpc: join a mesh as a client.")
+        str,
+        typer.Option(
+            help="local: host the agents here; grpc: join a mesh as a client; "
+            "restate: run them durably on a Restate server."
+        ),
     ] = "local",
+    restate_ingress: Annotated[
+        str, typer.Option(help="Restate's ingress (--runtime restate).")
+    ] = "http://127.0.0.1:8080",
+    restate_admin: Annotated[
+        str, typer.Option(help="Restate's admin API (--runtime restate).")
+    ] = "http://127.0.0.1:9070",
+    restate_listen: Annotated[
+        str,
+        typer.Option(help="HOST:PORT of this server's Restate deployment (--runtime restate)."),
+    ] = "127.0.0.1:9081",
+    demo: Annotated[
+        bool | None,
+        typer.Option(
+            help="Host the demo assistant here (default: yes for local and restate "
+            "without --setup)."
+        ),
+    ] = None,
     peer: Annotated[
         list[str] | None, typer.Option(help="A mesh node, NAME=HOST:PORT (--runtime grpc).")
     ] = None,
@@ -252,6 +299,10 @@ def serve(
             model=model,
             base_url=base_url,
             run_timeout=run_timeout,
+            restate_ingress=restate_ingress,
+            restate_admin=restate_admin,
+            restate_listen=restate_listen,
+            demo=demo,
         )
     except UsageError as error:
         typer.echo(f"ravi: {error}", err=True)

@@ -25,7 +25,8 @@ from ravi._interceptors import Interceptor
 from ravi._serialization import JSON, PROTOBUF, registry
 from ravi._subscriptions import TypeSubscription
 from ravi.errors import RaviError, from_grpc_error
-from ravi.integrations.runtime.grpc import GrpcRuntime, TlsConfig
+from ravi.integrations.runtime.grpc import GrpcRuntime, PeerDiscovery, TlsConfig
+from ravi.integrations.runtime.grpc._peers import dns_target
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
 from ravi.runtime import BaseRuntime
 
@@ -48,6 +49,7 @@ class NodeConfig:
     node_id: str | None = None
     advertise: str | None = None
     peers: dict[str, str] = field(default_factory=dict)
+    peer_dns_interval: float = 10.0
     agents: dict[str, str] = field(default_factory=dict)
     setup: list[str] = field(default_factory=list)
     setup_args: dict[str, str] = field(default_factory=dict)
@@ -62,6 +64,7 @@ class NodeConfig:
     peer_tls_ca: str | None = None
     peer_tls_cert: str | None = None
     peer_tls_key: str | None = None
+    peer_tls_server_name: str | None = None
     max_message_bytes: int = 4 * 1024 * 1024
     mailbox_capacity: int = 10_000
     default_timeout: float = 60.0
@@ -141,13 +144,16 @@ def _accepted(function: Callable[..., Any], arguments: dict[str, str]) -> dict[s
     return {k: v for k, v in arguments.items() if k in names}
 
 
-def _tls(cert: str | None, key: str | None, ca: str | None) -> TlsConfig | None:
+def _tls(
+    cert: str | None, key: str | None, ca: str | None, server_name: str | None = None
+) -> TlsConfig | None:
     if not (cert or key or ca):
         return None
     return TlsConfig(
         cert_file=Path(cert) if cert else None,
         key_file=Path(key) if key else None,
         ca_file=Path(ca) if ca else None,
+        server_name=server_name,
     )
 
 
@@ -155,6 +161,13 @@ def build_runtime(config: NodeConfig, interceptors: Sequence[Interceptor] = ()) 
     host, _, port = config.listen.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--listen must be HOST:PORT, got {config.listen!r}")
+    for name, address in config.peers.items():
+        try:
+            dns_target(address)
+        except ValueError as exc:
+            raise UsageError(f"--peer {name}: {exc}") from None
+    if config.peer_dns_interval <= 0:
+        raise UsageError(f"--peer-dns-interval must be positive, got {config.peer_dns_interval}")
     return GrpcRuntime(
         host,
         int(port),
@@ -164,13 +177,19 @@ def build_runtime(config: NodeConfig, interceptors: Sequence[Interceptor] = ()) 
         token=config.token,
         peer_token=config.peer_token,
         tls=_tls(config.tls_cert, config.tls_key, config.tls_client_ca),
-        peer_tls=_tls(config.peer_tls_cert, config.peer_tls_key, config.peer_tls_ca),
+        peer_tls=_tls(
+            config.peer_tls_cert,
+            config.peer_tls_key,
+            config.peer_tls_ca,
+            config.peer_tls_server_name,
+        ),
         health_without_auth=config.health_without_auth,
         default_timeout=config.default_timeout,
         mailbox_capacity=config.mailbox_capacity,
         max_message_bytes=config.max_message_bytes,
         grace_period=config.grace_period,
         interceptors=interceptors,
+        discovery=PeerDiscovery(interval=config.peer_dns_interval),
     )
 
 

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -22,6 +24,78 @@ logger = logging.getLogger("ravi.grpc")
 BACKOFF_START = 0.1
 BACKOFF_MAX = 2.0
 DESCRIBE_TIMEOUT = 5.0
+DNS_SCHEME = "dns:"
+RESOLVE_TIMEOUT = 5.0
+
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+"""Resolver maps a peer's DNS name and port to the "host:port" addresses of its nodes."""
+
+
+@dataclass(frozen=True)
+class PeerDiscovery:
+    """PeerDiscovery says how peers named by DNS (`dns:HOST:PORT`) are found and kept current.
+
+    A peer address written `dns:HOST:PORT` (or `dns:///HOST:PORT`) names a pool
+    of nodes, such as a Kubernetes headless Service: each address the name
+    resolves to becomes a peer of its own, so rendezvous hashing places keys
+    across every node of the pool. The name is resolved again every `interval`
+    seconds: new addresses are dialled, and an address that no longer resolves
+    stops receiving new calls at once and is closed once the calls it is
+    handling finished (or after `drain_timeout`). A resolution that fails keeps
+    the addresses of the last one; a name that does not exist (NXDOMAIN, as a
+    headless Service with no ready pod answers) has no address.
+
+    Attributes:
+        interval: seconds between two resolutions of each name.
+        resolver: resolves (host, port) to "host:port" addresses; `resolve_dns`
+            (the event loop's getaddrinfo) when None. Tests pass their own.
+        drain_timeout: seconds the calls in flight to a dropped address get
+            before its channel is closed.
+    """
+
+    interval: float = 10.0
+    resolver: Resolver | None = None
+    drain_timeout: float = 5.0
+
+
+def dns_target(address: str) -> tuple[str, int] | None:
+    """The (host, port) of a `dns:HOST:PORT` peer address; None for a plain HOST:PORT.
+
+    Raises:
+        ValueError: the address starts with `dns:` but names no host and port, or
+            names a DNS server (`dns://SERVER/...`), which is not supported.
+    """
+    if not address.startswith(DNS_SCHEME):
+        return None
+    rest = address[len(DNS_SCHEME) :]
+    if rest.startswith("//"):
+        authority, _, rest = rest[2:].partition("/")
+        if authority:
+            raise ValueError(f"{address!r}: a DNS server in the address is not supported")
+    host, _, port = rest.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit():
+        raise ValueError(f"a DNS peer must be dns:HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+async def resolve_dns(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to now, as sorted "host:port" strings (getaddrinfo)."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        if error.errno in _NO_ADDRESS:
+            return []
+        raise
+    return sorted({_join(str(info[4][0]), port) for info in infos})
+
+
+_NO_ADDRESS = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Owner(Protocol):
@@ -59,6 +133,7 @@ class Connection:
         self._ids = itertools.count(1)
         self._outbox: list[agent_service_pb2.CallFrame] = []
         self._ready = asyncio.Event()
+        self._idle: asyncio.Event | None = None
         self.unsupported = False
 
     async def send(
@@ -85,6 +160,16 @@ class Connection:
         finally:
             deadlines.finished()
             self._pending.pop(call_id, None)
+            if self._idle is not None and not self._pending:
+                self._idle.set()
+
+    async def drained(self, timeout: float) -> None:
+        """Wait until no call is in flight on the stream, `timeout` seconds at most."""
+        if not self._pending:
+            return
+        self._idle = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
 
     def _enqueue(self, frame: agent_service_pb2.CallFrame) -> None:
         if self._call is None:
@@ -147,6 +232,8 @@ class Connection:
             for future in pending.values():
                 if not future.done():
                     future.set_exception(error)
+            if self._idle is not None:
+                self._idle.set()
 
 
 class _RemoteCall:
@@ -199,9 +286,18 @@ class Peer:
         address: str,
         channel: grpc.aio.Channel,
         metadata: Sequence[tuple[str, str]],
+        *,
+        group: str | None = None,
+        learned: bool = False,
     ) -> None:
         self.name = name
         self.address = address
+        self.group = group
+        """The DNS peer name this peer was resolved from, if any."""
+        self.learned = learned
+        """The peer described this node first: no configuration named it."""
+        self.is_self = False
+        """The address turned out to be this node's own (a pool this node belongs to)."""
         self.channel = channel
         self.stub = agent_service_pb2_grpc.AgentServiceStub(channel)
         self.connection = Connection(self, metadata)
@@ -230,6 +326,16 @@ class Peer:
         return f"Peer({self.name} at {self.address}: {state})"
 
 
+class _DnsGroup:
+    """The peers one DNS name resolved to, by address."""
+
+    def __init__(self, name: str, host: str, port: int) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.members: dict[str, Peer] = {}
+
+
 class Peers:
     """The peers of a node, kept connected, with a routing table from their NodeInfo."""
 
@@ -239,6 +345,7 @@ class Peers:
         *,
         make_channel: Callable[[str], grpc.aio.Channel],
         metadata: Sequence[tuple[str, str]],
+        discovery: PeerDiscovery | None = None,
     ) -> None:
         self._owner = owner
         self._make_channel = make_channel
@@ -246,17 +353,87 @@ class Peers:
         self._peers: dict[str, Peer] = {}
         self._running = False
         self._listeners: list[Callable[[], None]] = []
+        self._discovery = discovery or PeerDiscovery()
+        self._resolver: Resolver = self._discovery.resolver or resolve_dns
+        self._groups: dict[str, _DnsGroup] = {}
+        self._refresher: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
-    def add(self, name: str, address: str) -> Peer:
+    def add(
+        self, name: str, address: str, *, group: str | None = None, learned: bool = False
+    ) -> Peer:
         """Add a peer (connecting at once if the node runs); known addresses are kept."""
         for peer in self._peers.values():
             if peer.address == address:
                 return peer
-        peer = Peer(name, address, self._make_channel(address), self.metadata)
+        peer = Peer(
+            name, address, self._make_channel(address), self.metadata, group=group, learned=learned
+        )
         self._peers[name if name not in self._peers else address] = peer
         if self._running:
             self._launch(peer)
         return peer
+
+    def add_dns(self, name: str, host: str, port: int) -> None:
+        """Add a peer name whose every address is a peer, resolved now and then (PeerDiscovery)."""
+        self._groups[name] = _DnsGroup(name, host, port)
+
+    async def resolve(self) -> None:
+        """Resolve every DNS peer name once, adding and dropping peers to match."""
+        await asyncio.gather(*(self._refresh(group) for group in list(self._groups.values())))
+
+    async def _refresh(self, group: _DnsGroup) -> None:
+        try:
+            async with asyncio.timeout(RESOLVE_TIMEOUT):
+                resolved = set(await self._resolver(group.host, group.port))
+        except Exception as error:  # a resolver failing must not stop discovery
+            logger.warning(
+                "resolving peer %s (%s:%d) failed, keeping its %d address(es): %r",
+                group.name,
+                group.host,
+                group.port,
+                len(group.members),
+                error,
+            )
+            return
+        known = set(group.members)
+        for address in sorted(resolved - known):
+            peer = self.add(f"{group.name}/{address}", address, group=group.name)
+            if peer.learned and peer.group is None:
+                peer.group = group.name  # a learned peer the name now accounts for
+            group.members[address] = peer
+            logger.info("peer %s: added %s", group.name, address)
+        for address in sorted(known - resolved):
+            peer = group.members.pop(address)
+            logger.info("peer %s: %s no longer resolves, dropping it", group.name, address)
+            if peer.group == group.name:
+                self._remove(peer)
+
+    async def _refresh_forever(self) -> None:
+        while self._running:
+            await asyncio.sleep(self._discovery.interval)
+            await self.resolve()
+
+    def _remove(self, peer: Peer) -> None:
+        """Route no new call to `peer`; close it once its calls in flight are done."""
+        for key, known in list(self._peers.items()):
+            if known is peer:
+                del self._peers[key]
+        task, peer.task = peer.task, None
+        if task is not None:
+            task.cancel()
+        self._update(peer, None)
+        closing = asyncio.get_running_loop().create_task(self._close(peer, task))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _close(self, peer: Peer, task: asyncio.Task[None] | None) -> None:
+        try:
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+            await peer.connection.drained(self._discovery.drain_timeout)
+        finally:
+            await peer.channel.close(grace=None)
 
     def learn(self, caller: types_pb2.NodeInfo) -> None:
         """Take note of a node that described us: peer with it, or reconnect to it now."""
@@ -268,16 +445,24 @@ class Peers:
                     peer.wake.set()
                 return
         logger.info("learned peer %s at %s", caller.node_id, caller.address)
-        self.add(caller.node_id, caller.address)
+        self.add(caller.node_id, caller.address, learned=True)
 
     def start(self) -> None:
         self._running = True
         for peer in self._peers.values():
             self._launch(peer)
+        if self._groups:
+            self._refresher = asyncio.get_running_loop().create_task(
+                self._refresh_forever(), name="ravi-peer-dns"
+            )
 
     async def stop(self) -> None:
         self._running = False
         tasks = [peer.task for peer in self._peers.values() if peer.task is not None]
+        if self._refresher is not None:
+            tasks.append(self._refresher)
+            self._refresher = None
+        tasks += self._closing
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -349,7 +534,9 @@ class Peers:
                 level = logging.DEBUG if error.code() is grpc.StatusCode.CANCELLED else logging.INFO
                 logger.log(level, "peer %s at %s: %s", peer.name, peer.address, error.code().name)
             except _NotAPeer as reason:
-                logger.warning("not peering with %s at %s: %s", peer.name, peer.address, reason)
+                peer.is_self = True
+                level = logging.DEBUG if peer.group else logging.WARNING
+                logger.log(level, "not peering with %s at %s: %s", peer.name, peer.address, reason)
                 return
             finally:
                 peer.stream = None

@@ -40,7 +40,13 @@ from ravi.errors import (
     from_grpc_error,
 )
 from ravi.integrations.runtime.grpc import _wire
-from ravi.integrations.runtime.grpc._peers import Peer, Peers, UseUnary
+from ravi.integrations.runtime.grpc._peers import (
+    Peer,
+    PeerDiscovery,
+    Peers,
+    UseUnary,
+    dns_target,
+)
 from ravi.integrations.runtime.grpc._security import BearerAuth, TlsConfig
 from ravi.integrations.runtime.grpc._service import AgentService, Streams
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
@@ -70,9 +76,11 @@ class GrpcRuntime(BaseRuntime):
     Args:
         host: the address to listen on (loopback by default).
         port: the port to listen on (0 picks a free one); None for a client only.
-        remote_peers: peer name -> "host:port" of nodes to connect to.
-        node_id: this node's id in the mesh; "host:port" (or a random id for a
-            client) when None.
+        remote_peers: peer name -> "host:port" of nodes to connect to. An
+            address written "dns:HOST:PORT" names a pool of nodes: every
+            address HOST resolves to is a peer, kept current as `discovery` says.
+        node_id: this node's id in the mesh; when None, the advertised address
+            if any, else "host:port" (or a random id for a client).
         advertise: the address peers should dial to reach this node, when it
             differs from host:port (behind NAT, in a pod).
         token: a bearer token every caller of this node must present; also
@@ -88,6 +96,7 @@ class GrpcRuntime(BaseRuntime):
         grace_period: seconds in-flight calls get to finish on `stop()`.
         interceptors: hooks around sends, handler calls and publishes.
         registry: the message registry for payloads (the process-wide one by default).
+        discovery: how "dns:" peers are resolved and how often (every 10 s by default).
     """
 
     def __init__(
@@ -110,6 +119,7 @@ class GrpcRuntime(BaseRuntime):
         grace_period: float = DEFAULT_GRACE_PERIOD,
         interceptors: Sequence[Interceptor] = (),
         registry: MessageRegistry | None = None,
+        discovery: PeerDiscovery | None = None,
     ) -> None:
         self._listen_host = host
         self._port = port
@@ -144,9 +154,14 @@ class GrpcRuntime(BaseRuntime):
             self,
             make_channel=self._channel,
             metadata=[("authorization", f"Bearer {presented}")] if presented else [],
+            discovery=discovery,
         )
         for name, address in (remote_peers or {}).items():
-            self._peers.add(name, address)
+            target = dns_target(address)
+            if target is None:
+                self._peers.add(name, address)
+            else:
+                self._peers.add_dns(name, *target)
         self._streams = Streams()
         self._server: grpc.aio.Server | None = None
         self._service: AgentService | None = None
@@ -165,6 +180,10 @@ class GrpcRuntime(BaseRuntime):
         if self._node_id is None:
             if self._port is None:
                 self._node_id = f"client-{uuid.uuid4().hex[:8]}"
+            elif self._advertise:
+                # Every replica of a pod listens on the same 0.0.0.0:PORT; what
+                # tells them apart is the address each advertises.
+                self._node_id = self._advertise
             elif self._port != 0:
                 self._node_id = f"{self._listen_host}:{self._port}"
             else:
@@ -237,7 +256,7 @@ class GrpcRuntime(BaseRuntime):
         """Wait until every configured peer is connected (and described)."""
         event = self._routes_changed_event = self._routes_changed_event or asyncio.Event()
         async with asyncio.timeout(timeout):
-            while not all(peer.connected for peer in self._peers.all()):
+            while not all(peer.connected or peer.is_self for peer in self._peers.all()):
                 event.clear()
                 await event.wait()
 
@@ -249,6 +268,7 @@ class GrpcRuntime(BaseRuntime):
         self._host.start()
         if self._port is not None:
             await self._serve()
+        await self._peers.resolve()
         self._peers.start()
 
     async def _serve(self) -> None:

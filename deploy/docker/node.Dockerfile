@@ -1,0 +1,52 @@
+# syntax=docker/dockerfile:1
+# ravi-node: the Node node (the demo's formatter and the conformance agent),
+# compiled with tsc from interop/node and the generated contract in gen/ts.
+#
+#   docker build -f deploy/docker/node.Dockerfile -t ravi-node .
+#   docker run ravi-node node --listen 0.0.0.0:50051 --node-id node-js
+#
+# npm packages come from package-lock.json (`npm ci`); grpc-health-probe is the
+# one tools/go/go.mod pins. Pin the base images by digest in production.
+ARG NODE_IMAGE=node:20-bookworm-slim
+ARG GO_IMAGE=golang:1.26-bookworm
+
+FROM ${GO_IMAGE} AS probe
+ENV CGO_ENABLED=0 GOFLAGS=-mod=readonly GOTOOLCHAIN=local
+WORKDIR /src/tools/go
+COPY tools/go/go.mod tools/go/go.sum ./
+RUN go build -trimpath -ldflags="-s -w" -o /out/grpc-health-probe \
+    github.com/grpc-ecosystem/grpc-health-probe
+
+FROM ${NODE_IMAGE} AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+COPY gen/ts/package.json gen/ts/
+COPY interop/node/package.json interop/node/
+RUN npm ci --no-audit --no-fund
+COPY gen/ts gen/ts
+COPY interop/node interop/node
+RUN node_modules/.bin/tsc -b interop/node
+
+# The production dependencies alone: no TypeScript, no type packages.
+FROM ${NODE_IMAGE} AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+COPY gen/ts/package.json gen/ts/
+COPY interop/node/package.json interop/node/
+RUN npm ci --omit=dev --no-audit --no-fund
+
+FROM ${NODE_IMAGE}
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=deps /app/node_modules node_modules
+COPY --from=build /app/package.json ./
+COPY --from=build /app/gen/ts/package.json gen/ts/
+COPY --from=build /app/gen/ts/dist gen/ts/dist
+COPY --from=build /app/interop/node/package.json interop/node/
+COPY --from=build /app/interop/node/dist/src interop/node/dist/src
+COPY --from=probe /out/grpc-health-probe /usr/local/bin/
+# The node image's unprivileged user.
+USER 1000:1000
+EXPOSE 50051
+ENTRYPOINT ["node", "/app/interop/node/dist/src/cli.js"]
+CMD ["node", "--listen", "0.0.0.0:50051", "--node-id", "node-js"]
