@@ -359,6 +359,7 @@ class RestateRuntime(BaseRuntime):
         entry = self._types[agent_type]
         agent = await self._instance(agent_id)
         persistent = not entry.cls.reentrant
+        saved: bytes | None = None
         if persistent:
             saved = await ctx.get("state", serde=BYTES)
             if saved is not None:
@@ -388,7 +389,11 @@ class RestateRuntime(BaseRuntime):
         finally:
             _CURRENT.reset(token)
         if persistent:
-            ctx.set("state", json.dumps(await agent.save_state()).encode(), serde=BYTES)
+            state = json.dumps(await agent.save_state()).encode()
+            # An unchanged state is not written again: a journal entry less per
+            # message for agents that keep none.
+            if state != (saved if saved is not None else b"{}"):
+                ctx.set("state", state, serde=BYTES)
         return outcome
 
     # --- sending -------------------------------------------------------------------
