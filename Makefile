@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 TOOLS_BIN := $(CURDIR)/.tools/bin
 BUF := tools/node_modules/.bin/buf
 TSC := node_modules/.bin/tsc
-CONTRACT_RELEASE := proto/releases/ravi-v1.0.0.json
+CONTRACT_RELEASE := proto/releases/ravi-v1.1.0.json
 
 # Go never downloads another toolchain: the machine's Go 1.26 builds everything.
 export GOTOOLCHAIN := local

@@ -14,7 +14,8 @@ import pytest
 
 from tests.paths import BUF, REPO_ROOT
 
-RELEASE = REPO_ROOT / "proto" / "releases" / "ravi-v1.0.0.json"
+RELEASES = sorted((REPO_ROOT / "proto" / "releases").glob("ravi-v*.json"))
+RELEASE = REPO_ROOT / "proto" / "releases" / "ravi-v1.1.0.json"
 
 
 def _buf(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -38,8 +39,18 @@ def _edit(root: Path, relative: str, pattern: str, replacement: str) -> None:
     path.write_text(edited)
 
 
-def test_current_contract_is_compatible_with_release(contract_copy: Path) -> None:
-    result = _buf("breaking", "--against", str(RELEASE), cwd=contract_copy)
+def test_the_latest_release_is_the_one_make_lint_checks_against() -> None:
+    assert RELEASE in RELEASES
+    assert (
+        f"CONTRACT_RELEASE := proto/releases/{RELEASE.name}" in (REPO_ROOT / "Makefile").read_text()
+    )
+
+
+@pytest.mark.parametrize("release", RELEASES, ids=lambda path: path.stem)
+def test_current_contract_is_compatible_with_every_release(
+    contract_copy: Path, release: Path
+) -> None:
+    result = _buf("breaking", "--against", str(release), cwd=contract_copy)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
