@@ -55,13 +55,9 @@ def _root(
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     # Imported here so that `ravi --version` and `--help` stay fast.
-    from ravi._mesh_cli import UsageError  # noqa: PLC0415
+    from ravi._mesh_cli import run_command  # noqa: PLC0415
 
-    try:
-        return asyncio.run(coroutine)
-    except UsageError as error:
-        typer.echo(f"ravi: {error}", err=True)
-        raise typer.Exit(2) from None
+    return run_command(coroutine)
 
 
 @app.command()

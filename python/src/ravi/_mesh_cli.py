@@ -10,13 +10,14 @@ import json
 import signal
 import sys
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import grpc.aio
+import typer
 from google.protobuf import json_format
 
 from ravi._agent import BaseAgent
@@ -37,8 +38,27 @@ if TYPE_CHECKING:
 _KNOWN_PROTOS = ("ravi.examples.v1.examples_pb2", "ravi.conformance.v1.conformance_pb2")
 
 
+T = TypeVar("T")
+
+
 class UsageError(Exception):
     """A command line or config file that cannot work; printed without a traceback."""
+
+
+def run_command(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine, turning its errors into one line and an exit code.
+
+    A usage error exits 2; a ravi error (a service that cannot be reached, a
+    refused registration) exits 1.
+    """
+    try:
+        return asyncio.run(coroutine)
+    except UsageError as error:
+        typer.echo(f"ravi: {error}", err=True)
+        raise typer.Exit(2) from None
+    except RaviError as error:
+        typer.echo(f"ravi: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 @dataclass

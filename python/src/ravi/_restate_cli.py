@@ -56,13 +56,9 @@ async def _run_worker(
 
 
 def _run(coroutine: Coroutine[Any, Any, None]) -> None:
-    from ravi._mesh_cli import UsageError  # noqa: PLC0415
+    from ravi._mesh_cli import run_command  # noqa: PLC0415
 
-    try:
-        asyncio.run(coroutine)
-    except UsageError as error:
-        typer.echo(f"ravi: {error}", err=True)
-        raise typer.Exit(2) from None
+    run_command(coroutine)
 
 
 @app.command()

@@ -144,6 +144,8 @@ class RaviServer:
         self._events_topic = events_topic
         self._runs: set[asyncio.Task[None]] = set()
         self._on_ready = on_ready
+        self.startup_error: RaviError | None = None
+        """Why the runtime did not start, when it did not (uvicorn only logs it)."""
         self.app: ASGIApp = _BearerAuth(self._starlette(), token)
 
     def _starlette(self) -> Starlette:
@@ -171,7 +173,12 @@ class RaviServer:
         store = self.store
         await EventSink.register(self.runtime, SINK_TYPE, lambda: EventSink(store))
         await self.runtime.add_subscription(TypeSubscription(self._events_topic, SINK_TYPE))
-        async with self.runtime:
+        try:
+            await self.runtime.start()
+        except RaviError as error:
+            self.startup_error = error
+            raise
+        try:
             if isinstance(self.runtime, GrpcRuntime):
                 # A client node learns the mesh's routes once its peers answered.
                 try:
@@ -189,6 +196,8 @@ class RaviServer:
                 for run in list(self._runs):
                     run.cancel()
                 await asyncio.gather(*self._runs, return_exceptions=True)
+        finally:
+            await self.runtime.stop()
 
     # --- endpoints -----------------------------------------------------------------
 

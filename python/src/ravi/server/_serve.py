@@ -117,4 +117,9 @@ async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) ->
             server.app, log_level=config.log_level, lifespan="on", timeout_graceful_shutdown=5
         )
     )
-    await web.serve(sockets=[listener])
+    try:
+        await web.serve(sockets=[listener])
+    except SystemExit:  # how uvicorn reports a failed startup
+        if server.startup_error is not None:
+            raise server.startup_error from None
+        raise

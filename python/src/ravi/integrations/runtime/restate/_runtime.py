@@ -197,18 +197,24 @@ class RestateRuntime(BaseRuntime):
 
     async def _register(self) -> None:
         body = {"uri": self.deployment_uri, "force": self._force}
-        async with self._client().post(f"{self._admin}/deployments", json=body) as response:
-            text = await response.text()
-            if response.status == 409:
-                raise AlreadyExists(
-                    f"Restate has a deployment at {self.deployment_uri} with other services: "
-                    f"{text}; use another address, or force_register=True in development"
-                )
-            if response.status >= 300:
-                raise Unavailable(
-                    f"Restate's admin API at {self._admin} refused the deployment "
-                    f"{self.deployment_uri}: {response.status} {text}"
-                )
+        try:
+            async with self._client().post(f"{self._admin}/deployments", json=body) as response:
+                text, status = await response.text(), response.status
+        except aiohttp.ClientError as error:
+            raise Unavailable(
+                f"Restate's admin API at {self._admin} is unreachable ({error}): "
+                "is restate-server running?"
+            ) from None
+        if status == 409:
+            raise AlreadyExists(
+                f"Restate has a deployment at {self.deployment_uri} with other services: "
+                f"{text}; use another address, or force_register=True in development"
+            )
+        if status >= 300:
+            raise Unavailable(
+                f"Restate's admin API at {self._admin} refused the deployment "
+                f"{self.deployment_uri}: {status} {text}"
+            )
 
     async def stop(self) -> None:
         if self._server is not None:
