@@ -85,9 +85,12 @@ type Options struct {
 	// Types resolves payload type names; default protoregistry.GlobalTypes.
 	Types TypeResolver
 	// ServerOptions are added to the gRPC server's (for example otelgrpc's
-	// stats handler).
+	// stats handler, or grpc.Creds(credentials.NewTLS(cfg)) to serve TLS:
+	// AgentService, health and reflection share the one listener).
 	ServerOptions []grpc.ServerOption
-	// DialOptions are added to the connections to peers.
+	// DialOptions are added to the connections to peers, configured and
+	// learned (for example grpc.WithTransportCredentials(credentials.NewTLS(cfg))
+	// to dial them with TLS: it replaces the default plaintext credentials).
 	DialOptions []grpc.DialOption
 	// Logger receives the node's logs; default slog.Default().
 	Logger *slog.Logger

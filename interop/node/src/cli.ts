@@ -3,12 +3,13 @@
 //
 //   ravi-node node --listen 127.0.0.1:PORT --node-id ID [--peer name=addr]... [--token T]
 //                  [--health-without-auth] [--max-message-bytes N] [--conformance-type NAME]
-//                  [--otlp-endpoint URL]
-//   ravi-node send --addr A [--token T] [--timeout-ms N] --to type/key --type FULL.NAME --json '{...}'
-//   ravi-node publish --addr A [--token T] [--timeout-ms N] --topic type/source --type NAME --json '{...}'
+//                  [--otlp-endpoint URL] [--tls-cert F --tls-key F [--tls-client-ca F]]
+//                  [--peer-tls-ca F] [--peer-tls-cert F --peer-tls-key F] [--peer-tls-server-name N]
+//   ravi-node send --addr A [--token T] [--tls-ca F] [--timeout-ms N] --to type/key --type FULL.NAME --json '{...}'
+//   ravi-node publish --addr A [--token T] [--tls-ca F] [--timeout-ms N] --topic type/source --type NAME --json '{...}'
 //                     [--scope mesh|node]
-//   ravi-node subscribe --addr A [--token T] --topic-type T [--prefix P] [--count N] [--timeout-ms N]
-//   ravi-node describe --addr A [--token T] [--timeout-ms N]
+//   ravi-node subscribe --addr A [--token T] [--tls-ca F] --topic-type T [--prefix P] [--count N] [--timeout-ms N]
+//   ravi-node describe --addr A [--token T] [--tls-ca F] [--timeout-ms N]
 import { create, createRegistry, fromBinary, fromJson, toBinary, toJson, type JsonValue, type Registry } from "@bufbuild/protobuf";
 import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
 import { file_ravi_conformance_v1_conformance } from "@ravi-mesh/contract/ravi/conformance/v1/conformance_pb";
@@ -28,6 +29,7 @@ import { asRaviError, Code, RaviError } from "./errors.js";
 import { parseAgentId, parseTopicId } from "./ids.js";
 import { RaviNode, stderrLogger } from "./node.js";
 import { setupTracing } from "./telemetry.js";
+import type { ClientTlsOptions, ServerTlsOptions } from "./tls.js";
 import { formatterAgent } from "./agents/formatter.js";
 import { CONFORMANCE_TYPE, registerConformance } from "./agents/conformance.js";
 
@@ -35,15 +37,22 @@ const USAGE = `usage:
   ravi-node node --listen HOST:PORT --node-id ID [--advertise HOST:PORT] [--peer NAME=ADDR]... [--token T]
                  [--health-without-auth] [--max-message-bytes N] [--conformance-type NAME] [--verbose]
                  [--otlp-endpoint URL]
+                 [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+                 [--peer-tls-ca FILE] [--peer-tls-cert FILE --peer-tls-key FILE] [--peer-tls-server-name NAME]
+  (--tls-cert/--tls-key: serve TLS with this certificate and key; --tls-client-ca: require client
+   certificates from this CA (mTLS); --peer-tls-ca: dial peers with TLS, trusting this CA;
+   --peer-tls-cert/--peer-tls-key: present this certificate to peers (mTLS); --peer-tls-server-name:
+   the name peers' certificates must carry, when it is not the dialled host)
   (node traces over OTLP/gRPC when --otlp-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT or
    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set; service.name is the node id unless OTEL_SERVICE_NAME is set)
-  ravi-node send --addr ADDR [--token T] [--timeout-ms N] --to TYPE/KEY --type FULL.NAME --json JSON
+  ravi-node send --addr ADDR [--token T] [--tls-ca FILE] [--timeout-ms N] --to TYPE/KEY --type FULL.NAME --json JSON
                  [--encoding proto|json]
-  ravi-node publish --addr ADDR [--token T] [--timeout-ms N] --topic TYPE/SOURCE --type FULL.NAME --json JSON
+  ravi-node publish --addr ADDR [--token T] [--tls-ca FILE] [--timeout-ms N] --topic TYPE/SOURCE --type FULL.NAME --json JSON
                     [--scope mesh|node] [--encoding proto|json]
-  ravi-node subscribe --addr ADDR [--token T] [--topic-type T]... [--prefix P]... [--count N] [--timeout-ms N]
+  ravi-node subscribe --addr ADDR [--token T] [--tls-ca FILE] [--topic-type T]... [--prefix P]... [--count N] [--timeout-ms N]
                       [--subscriber-id ID]
-  ravi-node describe --addr ADDR [--token T] [--timeout-ms N]
+  ravi-node describe --addr ADDR [--token T] [--tls-ca FILE] [--timeout-ms N]
+  (--tls-ca: dial with TLS, trusting this CA)
 `;
 
 /** The message types the command line can encode and print. */
@@ -57,6 +66,59 @@ const registry: Registry = createRegistry(
 
 class UsageError extends Error {
   override name = "UsageError";
+}
+
+/** A bad combination of options: one line on stderr, exit 2, no usage text. */
+class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/** Fails unless `a` and `b` are given together. */
+function together(values: Readonly<Record<string, unknown>>, a: string, b: string): void {
+  const hasA = values[a] !== undefined;
+  const hasB = values[b] !== undefined;
+  if (hasA !== hasB) {
+    throw new ConfigError(hasA ? `--${a} needs --${b}` : `--${b} needs --${a}`);
+  }
+}
+
+/** Fails when `flag` is given without any of `needs`. */
+function needsOneOf(values: Readonly<Record<string, unknown>>, flag: string, needs: readonly string[]): void {
+  if (values[flag] !== undefined && needs.every((n) => values[n] === undefined)) {
+    throw new ConfigError(`--${flag} needs ${needs.map((n) => `--${n}`).join(" or ")}`);
+  }
+}
+
+/** The TLS options of `ravi-node node`, checked like the Python `ravi node` flags. */
+function nodeTls(values: {
+  "tls-cert"?: string | undefined;
+  "tls-key"?: string | undefined;
+  "tls-client-ca"?: string | undefined;
+  "peer-tls-ca"?: string | undefined;
+  "peer-tls-cert"?: string | undefined;
+  "peer-tls-key"?: string | undefined;
+  "peer-tls-server-name"?: string | undefined;
+}): { tls: ServerTlsOptions | undefined; peerTls: ClientTlsOptions | undefined } {
+  together(values, "tls-cert", "tls-key");
+  needsOneOf(values, "tls-client-ca", ["tls-cert"]);
+  together(values, "peer-tls-cert", "peer-tls-key");
+  needsOneOf(values, "peer-tls-server-name", ["peer-tls-ca", "peer-tls-cert"]);
+  const certFile = values["tls-cert"];
+  const keyFile = values["tls-key"];
+  const tls =
+    certFile === undefined || keyFile === undefined
+      ? undefined
+      : { certFile, keyFile, clientCaFile: values["tls-client-ca"] };
+  const peerTls =
+    values["peer-tls-ca"] === undefined && values["peer-tls-cert"] === undefined
+      ? undefined
+      : {
+          caFile: values["peer-tls-ca"],
+          certFile: values["peer-tls-cert"],
+          keyFile: values["peer-tls-key"],
+          serverName: values["peer-tls-server-name"],
+        };
+  return { tls, peerTls };
 }
 
 function required(value: string | undefined, flag: string): string {
@@ -139,17 +201,31 @@ function print(value: JsonValue): void {
 const clientOptions = {
   addr: { type: "string" },
   token: { type: "string" },
+  "tls-ca": { type: "string" },
   "timeout-ms": { type: "string" },
 } as const;
 
-function client(values: { addr?: string | undefined; token?: string | undefined; "timeout-ms"?: string | undefined }): {
+/** --tls-ca: dial with TLS, trusting this CA. */
+function clientTls(caFile: string | undefined): ClientTlsOptions | undefined {
+  return caFile === undefined ? undefined : { caFile };
+}
+
+function client(values: {
+  addr?: string | undefined;
+  token?: string | undefined;
+  "tls-ca"?: string | undefined;
+  "timeout-ms"?: string | undefined;
+}): {
   client: RaviClient;
   timeoutMs: number | undefined;
 } {
   const address = required(values.addr, "--addr");
   hostPort(address, "--addr");
   const timeoutMs = integer(values["timeout-ms"], "--timeout-ms");
-  return { client: new RaviClient({ address, token: values.token, timeoutMs }), timeoutMs };
+  return {
+    client: new RaviClient({ address, token: values.token, timeoutMs, tls: clientTls(values["tls-ca"]) }),
+    timeoutMs,
+  };
 }
 
 async function runNode(args: string[]): Promise<number> {
@@ -167,10 +243,18 @@ async function runNode(args: string[]): Promise<number> {
       "conformance-type": { type: "string" },
       verbose: { type: "boolean" },
       "otlp-endpoint": { type: "string" },
+      "tls-cert": { type: "string" },
+      "tls-key": { type: "string" },
+      "tls-client-ca": { type: "string" },
+      "peer-tls-ca": { type: "string" },
+      "peer-tls-cert": { type: "string" },
+      "peer-tls-key": { type: "string" },
+      "peer-tls-server-name": { type: "string" },
     },
   });
   const { host, port } = hostPort(required(values.listen, "--listen"), "--listen");
   const nodeId = required(values["node-id"], "--node-id");
+  const { tls, peerTls } = nodeTls(values);
   const peers: Record<string, string> = {};
   for (const spec of values.peer ?? []) {
     const eq = spec.indexOf("=");
@@ -199,6 +283,8 @@ async function runNode(args: string[]): Promise<number> {
       // Like the Python and Go nodes: a token from the environment keeps it out of `ps`.
       token: values.token ?? process.env["RAVI_TOKEN"],
       healthWithoutAuth: values["health-without-auth"] ?? false,
+      tls,
+      peerTls,
       maxMessageBytes: integer(values["max-message-bytes"], "--max-message-bytes"),
       logger: stderrLogger(nodeId, values.verbose ?? false),
       tracerProvider: tracing?.tracerProvider,
@@ -295,6 +381,7 @@ async function runSubscribe(args: string[]): Promise<number> {
     options: {
       addr: { type: "string" },
       token: { type: "string" },
+      "tls-ca": { type: "string" },
       "timeout-ms": { type: "string" },
       "topic-type": { type: "string", multiple: true },
       prefix: { type: "string", multiple: true },
@@ -313,7 +400,7 @@ async function runSubscribe(args: string[]): Promise<number> {
   const address = required(values.addr, "--addr");
   hostPort(address, "--addr");
   const timeoutMs = integer(values["timeout-ms"], "--timeout-ms");
-  const c = new RaviClient({ address, token: values.token });
+  const c = new RaviClient({ address, token: values.token, tls: clientTls(values["tls-ca"]) });
   const controller = new AbortController();
   const onSignal = (): void => controller.abort();
   process.on("SIGINT", onSignal);
@@ -392,6 +479,10 @@ export async function main(argv: readonly string[]): Promise<number> {
   try {
     return await run(rest);
   } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`ravi-node ${command}: ${error.message}\n`);
+      return 2;
+    }
     if (error instanceof UsageError || (error instanceof TypeError && "code" in error && String(error.code).startsWith("ERR_PARSE_ARGS"))) {
       process.stderr.write(`ravi-node ${command}: ${error.message}\n${USAGE}`);
       return 2;

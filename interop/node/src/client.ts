@@ -1,5 +1,5 @@
 // RaviClient: Send, Publish, Subscribe and Describe against one node over gRPC
-// (HTTP/2 cleartext), with deadlines and bearer-token auth.
+// (HTTP/2, cleartext or TLS), with deadlines and bearer-token auth.
 import { create, type DescMessage, type MessageInitShape, type MessageShape, type Registry } from "@bufbuild/protobuf";
 import { Code, createClient, ConnectError, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager, type Http2SessionOptions } from "@connectrpc/connect-node";
@@ -30,6 +30,7 @@ import type { PublishResult, SendOptions, SendResult } from "./agent.js";
 import { decodeAs, encodePayload } from "./codec.js";
 import { asRaviError, RaviError } from "./errors.js";
 import { checkAgentId, checkTopicId, type AgentAddress, type TopicAddress } from "./ids.js";
+import { clientTlsMaterial, connectTls, tlsFailures, type ClientTlsOptions } from "./tls.js";
 import { injectActive } from "./tracing.js";
 
 export { PublishScope, ServingStatus };
@@ -52,6 +53,12 @@ export interface ClientOptions {
   maxMessageBytes?: number | undefined;
   /** HTTP/2 keep-alive pings and idle timeout. */
   http2?: Http2SessionOptions | undefined;
+  /**
+   * Dial with TLS (https) instead of cleartext: the CA that signs the node's
+   * certificate, an optional client certificate and key (mutual TLS), and the
+   * name the certificate must carry when it is not the dialled host.
+   */
+  tls?: ClientTlsOptions | undefined;
 }
 
 /** Options of one raw call. */
@@ -157,16 +164,25 @@ export class RaviClient {
   constructor(options: ClientOptions) {
     this.address = options.address;
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    const baseUrl = `http://${options.address}`;
+    // Read (and checked) once: a bad file fails here, not on the first call.
+    const tls = options.tls === undefined ? undefined : clientTlsMaterial(options.tls);
+    const baseUrl = `${tls === undefined ? "http" : "https"}://${options.address}`;
     // Nagle's algorithm would hold small gRPC frames back for an ACK: dial with
-    // it off, as gRPC clients in other languages do.
+    // it off, as gRPC clients in other languages do. (The session manager owns
+    // the connection, so TLS is set up here rather than in the transport's nodeOptions.)
     this.sessions = new Http2SessionManager(baseUrl, options.http2 ?? {}, {
-      createConnection: (authority: URL) =>
-        net.connect({ host: authority.hostname, port: Number(authority.port), noDelay: true }),
+      createConnection: (authority: URL) => {
+        const host = authority.hostname.replace(/^\[(.*)\]$/, "$1");
+        const port = Number(authority.port || (tls === undefined ? 80 : 443));
+        return tls === undefined ? net.connect({ host, port, noDelay: true }) : connectTls(tls, host, port);
+      },
     });
     const interceptors = [...(options.interceptors ?? [])];
     if (options.token !== undefined) {
       interceptors.push(authInterceptor(options.token));
+    }
+    if (tls !== undefined) {
+      interceptors.push(tlsFailures());
     }
     const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     const transport = createGrpcTransport({

@@ -76,6 +76,7 @@ export {
   type ConformanceState,
 } from "./agents/conformance.js";
 export { TRACER_NAME, extractContext, injectContext } from "./tracing.js";
+export { type ClientTlsOptions, type ServerTlsOptions } from "./tls.js";
 export {
   OTLP_ENDPOINT_VARIABLES,
   setupTracing,

@@ -1,6 +1,6 @@
 // RaviNode: hosts agent types and serves ravi.mesh.v1.AgentService, gRPC
-// health and server reflection over gRPC (HTTP/2 cleartext), and joins the
-// mesh through its peers. docs/protocol.md, "Mesh behaviour", is the spec.
+// health and server reflection over gRPC (HTTP/2, cleartext or TLS), and joins
+// the mesh through its peers. docs/protocol.md, "Mesh behaviour", is the spec.
 import {
   create,
   type DescFile,
@@ -54,6 +54,7 @@ import { EventEmitter } from "node:events";
 import * as http2 from "node:http2";
 import type { Socket } from "node:net";
 import type { AddressInfo } from "node:net";
+import type { TlsOptions } from "node:tls";
 
 import type { AgentDefinition, PublishOptions, PublishResult, SendOptions } from "./agent.js";
 import {
@@ -92,6 +93,13 @@ import { PeerLink, type Logger, type PeerHost } from "./peers.js";
 import { ReflectionIndex, reflectionV1, reflectionV1alpha } from "./reflection.js";
 import { rendezvousPick } from "./rendezvous.js";
 import {
+  clientTlsMaterial,
+  serverTlsOptions,
+  type ClientTlsMaterial,
+  type ClientTlsOptions,
+  type ServerTlsOptions,
+} from "./tls.js";
+import {
   extractContext,
   injectContext,
   NodeTracing,
@@ -127,6 +135,21 @@ export interface NodeOptions {
   token?: string | undefined;
   /** Lets health checks through without a token. */
   healthWithoutAuth?: boolean | undefined;
+  /**
+   * Serve TLS with this certificate and key (`--tls-cert`, `--tls-key`);
+   * with `clientCaFile` (`--tls-client-ca`) every client must present a
+   * certificate signed by that CA (mutual TLS). AgentService, health and
+   * reflection are all served on the TLS listener. Cleartext when unset.
+   */
+  tls?: ServerTlsOptions | undefined;
+  /**
+   * Dial peers with TLS (`--peer-tls-ca`, `--peer-tls-cert`, `--peer-tls-key`,
+   * `--peer-tls-server-name`): the CA of the peers' certificates (Node's
+   * built-in roots when unset), a client certificate for peers requiring
+   * mutual TLS, and the name peer certificates must carry when it is not the
+   * dialled host. Cleartext when unset.
+   */
+  peerTls?: ClientTlsOptions | undefined;
   /** The largest request or response (default 4 MiB); larger is RESOURCE_EXHAUSTED. */
   maxMessageBytes?: number | undefined;
   /** The deadline of calls that arrive without one (default 30 s). */
@@ -372,7 +395,9 @@ export class RaviNode implements PeerHost, RegistrationHost {
   private readonly shutdownController = new AbortController();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly background = new Set<Promise<unknown>>();
-  private server: http2.Http2Server | undefined;
+  private server: http2.Http2Server | http2.Http2SecureServer | undefined;
+  private readonly serverTls: TlsOptions | undefined;
+  private readonly peerTls: ClientTlsMaterial | undefined;
   private revision = 0n;
   private advertised = "";
   private inflight = 0;
@@ -392,6 +417,9 @@ export class RaviNode implements PeerHost, RegistrationHost {
     this.abortGraceMs = options.abortGraceMs ?? 1000;
     this.tracing = new NodeTracing(options.nodeId, LANGUAGE, options.tracerProvider);
     this.types.add(file_google_protobuf_struct, ...(options.types ?? []));
+    // Read and checked now: a missing or unusable file fails here, not at the first call.
+    this.serverTls = options.tls === undefined ? undefined : serverTlsOptions(options.tls);
+    this.peerTls = options.peerTls === undefined ? undefined : clientTlsMaterial(options.peerTls);
     this.events.setMaxListeners(0);
     this.health.set("", ServingStatus.NOT_SERVING);
     this.health.set(AGENT_SERVICE_NAME, ServingStatus.NOT_SERVING);
@@ -525,10 +553,14 @@ export class RaviNode implements PeerHost, RegistrationHost {
       shutdownSignal: this.shutdownController.signal,
       interceptors: [...(this.options.interceptors ?? []), ...this.serverInterceptors()],
     });
-    const server = http2.createServer({}, handler);
+    const server =
+      this.serverTls === undefined ? http2.createServer({}, handler) : http2.createSecureServer(this.serverTls, handler);
     // Nagle's algorithm holds small frames back for an ACK; gRPC servers in
     // other languages turn it off, and so do we.
     server.on("connection", (socket: Socket) => socket.setNoDelay(true));
+    // A refused handshake (no client certificate, a cleartext client) only
+    // closes that connection.
+    server.on("tlsClientError", (error: Error) => this.logger.info(`refused a TLS connection: ${error.message}`));
     server.on("session", (session) => {
       this.sessions.add(session);
       session.on("close", () => this.sessions.delete(session));
@@ -1386,6 +1418,7 @@ export class RaviNode implements PeerHost, RegistrationHost {
       interceptors: this.options.clientInterceptors,
       maxMessageBytes: this.maxMessageBytes,
       http2: { pingIntervalMs: 10_000, pingTimeoutMs: 5_000 },
+      tls: this.peerTls,
     });
   }
 

@@ -3,7 +3,8 @@
 // describe.
 //
 //	ravi-go node --listen 127.0.0.1:50061 --node-id go-1 [--peer name=addr]... [--token T] [--otlp-endpoint URL]
-//	ravi-go send --addr A --to type/key --type FULL.PROTO.NAME --json '{...}'
+//	    [--tls-cert F --tls-key F [--tls-client-ca F]] [--peer-tls-ca F [--peer-tls-cert F --peer-tls-key F] [--peer-tls-server-name N]]
+//	ravi-go send --addr A [--tls-ca F [--tls-cert F --tls-key F]] --to type/key --type FULL.PROTO.NAME --json '{...}'
 //	ravi-go publish --addr A --topic type/source --type FULL.PROTO.NAME --json '{...}'
 //	ravi-go subscribe --addr A --topic-type T [--prefix P] [--count N] [--timeout D]
 //	ravi-go describe --addr A
@@ -107,6 +108,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stderr, "ravi-go %s: %v\n", args[0], err)
+	if isUsage(err) {
+		return 2
+	}
 	return 1
 }
 
@@ -158,7 +162,18 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	grace := fs.Duration("grace", ravi.DefaultGracePeriod, "how long in-flight calls may drain on shutdown")
 	verbose := fs.Bool("v", false, "debug logging")
 	otlpEndpoint := fs.String("otlp-endpoint", "", "export traces over OTLP gRPC to this URL, such as http://127.0.0.1:4317 (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or $OTEL_EXPORTER_OTLP_ENDPOINT; neither: no tracing)")
+	serveTLS := addServerTLSFlags(fs)
+	peerTLS := addPeerTLSFlags(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	// TLS files are read now: a bad one fails before anything is served.
+	serverCreds, err := serveTLS.serverOption()
+	if err != nil {
+		return err
+	}
+	peerCreds, err := peerTLS.dialOption()
+	if err != nil {
 		return err
 	}
 	level := slog.LevelInfo
@@ -179,6 +194,13 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 		MaxMessageBytes:   *maxBytes,
 		GracePeriod:       *grace,
 		Logger:            logger,
+	}
+	if serverCreds != nil {
+		// One listener: AgentService, grpc.health.v1 and reflection all over TLS.
+		opts.ServerOptions = append(opts.ServerOptions, serverCreds)
+	}
+	if peerCreds != nil {
+		opts.DialOptions = append(opts.DialOptions, peerCreds)
 	}
 	tp, err := newTracerProvider(context.Background(), *nodeID, *otlpEndpoint, logger)
 	if err != nil {
@@ -237,6 +259,7 @@ type clientFlags struct {
 	addr    *string
 	token   *string
 	timeout *time.Duration
+	tls     dialTLSFlags
 }
 
 func addClientFlags(fs *flag.FlagSet) clientFlags {
@@ -244,6 +267,7 @@ func addClientFlags(fs *flag.FlagSet) clientFlags {
 		addr:    fs.String("addr", "127.0.0.1:50051", "address of the node"),
 		token:   fs.String("token", os.Getenv("RAVI_TOKEN"), "bearer token (default $RAVI_TOKEN)"),
 		timeout: fs.Duration("timeout", 5*time.Second, "deadline of the call"),
+		tls:     addClientTLSFlags(fs),
 	}
 }
 
@@ -251,6 +275,13 @@ func (c clientFlags) dial() (*ravi.Client, error) {
 	var opts []ravi.ClientOption
 	if *c.token != "" {
 		opts = append(opts, ravi.WithToken(*c.token))
+	}
+	creds, err := c.tls.dialOption()
+	if err != nil {
+		return nil, err
+	}
+	if creds != nil {
+		opts = append(opts, ravi.WithDialOptions(creds))
 	}
 	return ravi.Dial(*c.addr, opts...)
 }
