@@ -167,6 +167,14 @@ export const errors = {
       reason: "MAILBOX_FULL",
       metadata: { agent_type: agent.split("/")[0] ?? agent },
     }),
+  // What a publish delivery that waited for room until its deadline fails
+  // with: the same status and reason as a send to a full mailbox (as in Python
+  // and Go), so callers handle both alike.
+  mailboxStayedFull: (agent: string, capacity: number): RaviError =>
+    new RaviError(Code.ResourceExhausted, `mailbox of ${agent} stayed full (${capacity} messages) until the publish deadline`, {
+      reason: "MAILBOX_FULL",
+      metadata: { agent_type: agent.split("/")[0] ?? agent },
+    }),
   deadlineExceeded: (what: string): RaviError => new RaviError(Code.DeadlineExceeded, `deadline exceeded ${what}`),
   cancelled: (what: string): RaviError => new RaviError(Code.Canceled, `cancelled ${what}`),
 } as const;

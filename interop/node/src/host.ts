@@ -108,9 +108,23 @@ interface Job {
   run(): Promise<void>;
 }
 
-/** Mailbox delivers one agent's messages one at a time, in order. */
+/** A publish delivery waiting for room in a full mailbox. */
+interface Waiter {
+  readonly job: Job;
+  /** Called once the job is in the queue. */
+  admitted(): void;
+}
+
+/**
+ * Mailbox delivers one agent's messages one at a time, in order. It holds at
+ * most `capacity` queued messages: a send to a full mailbox fails at once
+ * (push), a publish delivery waits for room (pushWait), first come first
+ * served, so memory stays bounded however fast events arrive.
+ */
 class Mailbox {
   private readonly queue: Job[] = [];
+  /** Publish deliveries waiting for room, oldest first. Non-empty only while the queue is full. */
+  private readonly waiting: Waiter[] = [];
   private busy = false;
   private readonly capacity: number;
   private readonly agent: string;
@@ -121,24 +135,92 @@ class Mailbox {
   }
 
   get idle(): boolean {
-    return !this.busy && this.queue.length === 0;
+    return !this.busy && this.queue.length === 0 && this.waiting.length === 0;
+  }
+
+  /** True when a message pushed now would have to wait (or fail). */
+  private get full(): boolean {
+    // Waiters count too: a newcomer must not overtake a publish that waits.
+    return this.queue.length >= this.capacity || this.waiting.length > 0;
   }
 
   /** Queues a job (synchronously); throws MAILBOX_FULL at capacity. */
   push(job: Job): void {
-    if (this.queue.length >= this.capacity) {
+    if (this.full) {
       throw errors.mailboxFull(this.agent, this.capacity);
     }
+    this.enqueue(job);
+  }
+
+  /**
+   * Queues a job, synchronously when there is room (returns undefined);
+   * otherwise returns a promise that resolves once the job is queued, after
+   * the waiters before it. It rejects with MAILBOX_FULL ("stayed full") when
+   * `room` aborts first, or with the job's abort reason when the job is
+   * cancelled while it waits; the job then never runs.
+   */
+  pushWait(job: Job, room: AbortSignal): Promise<void> | undefined {
+    if (!this.full) {
+      this.enqueue(job);
+      return undefined;
+    }
+    if (room.aborted) {
+      return Promise.reject(errors.mailboxStayedFull(this.agent, this.capacity));
+    }
+    if (job.signal.aborted) {
+      return Promise.reject(job.signal.reason);
+    }
+    return new Promise<void>((resolve, reject) => {
+      const stopListening = (): void => {
+        room.removeEventListener("abort", onAbort);
+        job.signal.removeEventListener("abort", onAbort);
+      };
+      const waiter: Waiter = {
+        job,
+        admitted: () => {
+          stopListening();
+          resolve();
+        },
+      };
+      const onAbort = (): void => {
+        stopListening();
+        const at = this.waiting.indexOf(waiter);
+        if (at >= 0) {
+          this.waiting.splice(at, 1);
+        }
+        reject(room.aborted ? errors.mailboxStayedFull(this.agent, this.capacity) : job.signal.reason);
+      };
+      room.addEventListener("abort", onAbort, { once: true });
+      job.signal.addEventListener("abort", onAbort, { once: true });
+      this.waiting.push(waiter);
+    });
+  }
+
+  private enqueue(job: Job): void {
     this.queue.push(job);
     if (!this.busy) {
       void this.drain();
     }
   }
 
+  /** Takes the next job, moving the oldest waiters into the room it frees. */
+  private take(): Job | undefined {
+    const job = this.queue.shift();
+    while (this.queue.length < this.capacity) {
+      const waiter = this.waiting.shift();
+      if (waiter === undefined) {
+        break;
+      }
+      this.queue.push(waiter.job);
+      waiter.admitted();
+    }
+    return job;
+  }
+
   private async drain(): Promise<void> {
     this.busy = true;
     try {
-      for (let job = this.queue.shift(); job !== undefined; job = this.queue.shift()) {
+      for (let job = this.take(); job !== undefined; job = this.take()) {
         if (!job.signal.aborted) {
           await job.run();
         }
@@ -180,13 +262,15 @@ export interface RegistrationHost {
   readonly abortGraceMs: number;
   readonly promises: PromiseStore;
   sendFrom(origin: Origin, to: AgentAddress, payload: Payload, options: SendOptions): Promise<SendResult>;
+  /** Publishes; waits for room in full local mailboxes until the publish deadline, bounded by `within`. */
   publishFrom(
     sender: AgentAddress | undefined,
     parent: Context | undefined,
     topic: TopicAddress,
     payload: Payload,
     options: PublishOptions,
-  ): PublishResult;
+    within?: { readonly deadline: number; readonly signal: AbortSignal | undefined },
+  ): Promise<PublishResult>;
 }
 
 /** A registered agent type with its state type erased. */
@@ -195,8 +279,25 @@ export interface Registration {
   readonly reentrant: boolean;
   handledTypes(): string[];
   hasHandler(typeName: string): boolean;
-  /** Runs the handler in the agent's mailbox; resolves with the encoded reply, if any. */
+  /**
+   * Runs the handler in the agent's mailbox; resolves with the encoded reply,
+   * if any. A full mailbox fails it at once with MAILBOX_FULL (a send).
+   */
   deliver(key: string, typeName: string, message: Message, delivery: Delivery): Promise<Payload | undefined>;
+  /**
+   * Delivers a published message: like deliver, but a full mailbox makes it
+   * wait for room until `room` aborts (the publish deadline). `waiting` is
+   * undefined when the message was queued at once, else it settles once it is
+   * queued, or rejects with MAILBOX_FULL when `room` aborted first (`done`
+   * then rejects with the same error).
+   */
+  deliverEvent(
+    key: string,
+    typeName: string,
+    message: Message,
+    delivery: Delivery,
+    room: AbortSignal,
+  ): { readonly waiting: Promise<void> | undefined; readonly done: Promise<Payload | undefined> };
   /** The keys of the instances created so far. */
   keys(): string[];
   /** The state of one instance (created if needed) as a JSON object. */
@@ -264,19 +365,31 @@ export function makeRegistration<S>(host: RegistrationHost, type: string, defini
         return host.promises.wait(name, wait.signal).finally(() => wait.dispose());
       },
       publish: async (topic, schema, msg, options) =>
-        host.publishFrom(target.id, delivery.context, topic, encodePayload(schema, msg), options ?? {}),
+        // A handler's publish waits for room no longer than the handler may run.
+        host.publishFrom(target.id, delivery.context, topic, encodePayload(schema, msg), options ?? {}, {
+          deadline: delivery.deadline,
+          signal: scope.signal,
+        }),
     };
     return ctx;
   };
 
-  const deliver = (key: string, typeName: string, message: Message, delivery: Delivery): Promise<Payload | undefined> => {
+  /** Queues a delivery: with `room`, waiting for room in a full mailbox until it aborts; without, failing at once. */
+  const start = (
+    key: string,
+    typeName: string,
+    message: Message,
+    delivery: Delivery,
+    room: AbortSignal | undefined,
+  ): { waiting: Promise<void> | undefined; done: Promise<Payload | undefined> } => {
     const entry = definition.handler(typeName);
     if (entry === undefined) {
-      return Promise.reject(errors.noHandler(type, typeName));
+      return { waiting: undefined, done: Promise.reject(errors.noHandler(type, typeName)) };
     }
     const target = instance(key);
     const scope = new CallScope(delivery.deadline, delivery.signal, `while ${formatAgentId(target.id)} handled ${typeName}`);
-    return new Promise<Payload | undefined>((resolve, reject) => {
+    let waiting: Promise<void> | undefined;
+    const done = new Promise<Payload | undefined>((resolve, reject) => {
       const onAbort = (): void => reject(scope.signal.reason);
       scope.signal.addEventListener("abort", onAbort, { once: true });
       const job: Job = {
@@ -320,18 +433,29 @@ export function makeRegistration<S>(host: RegistrationHost, type: string, defini
           scope.dispose();
         },
       };
+      const unqueued = (error: unknown): void => {
+        scope.signal.removeEventListener("abort", onAbort);
+        scope.dispose();
+        reject(error);
+      };
       try {
         if (definition.reentrant) {
           void job.run();
-        } else {
+        } else if (room === undefined) {
           target.mailbox.push(job);
+        } else {
+          waiting = target.mailbox.pushWait(job, room);
+          waiting?.catch(unqueued);
         }
       } catch (error) {
-        scope.dispose();
-        reject(error);
+        unqueued(error);
       }
     });
+    return { waiting, done };
   };
+
+  const deliver = (key: string, typeName: string, message: Message, delivery: Delivery): Promise<Payload | undefined> =>
+    start(key, typeName, message, delivery, undefined).done;
 
   return {
     type,
@@ -339,6 +463,7 @@ export function makeRegistration<S>(host: RegistrationHost, type: string, defini
     handledTypes: () => definition.handlers().map((h) => h.input.typeName),
     hasHandler: (typeName) => definition.handler(typeName) !== undefined,
     deliver,
+    deliverEvent: start,
     keys: () => [...instances.keys()],
     saveState: (key) => {
       const target = instance(key);

@@ -106,7 +106,6 @@ import {
   recordFailure,
   traceOfCarrier,
   traced,
-  tracedSync,
   type Started,
 } from "./tracing.js";
 import { AsyncQueue, sleep } from "./util.js";
@@ -764,7 +763,7 @@ export class RaviNode implements PeerHost, RegistrationHost {
             received: true,
           }),
         ),
-      publish: (request, ctx) => this.serve(() => this.handlePublish(request, traceOf(ctx))),
+      publish: (request, ctx) => this.serve(() => this.handlePublish(request, ctx)),
       subscribe: (request, ctx) => this.handleSubscribe(request, ctx),
       describe: (request) => {
         const caller = request.caller;
@@ -913,7 +912,11 @@ export class RaviNode implements PeerHost, RegistrationHost {
       // A published message handed over by the node where it was published.
       const { schema, message } = this.types.decode(envelope.payload);
       const topic = checkTopicId(request.topic);
-      this.deliverEvent(registration, recipient.key, schema, message, envelope, topic, call.trace);
+      // A delivery of a publication: it waits for room in a full mailbox
+      // until the Send's deadline and then fails with MAILBOX_FULL, as in Go.
+      await this.withRoom(call.deadline, call.signal, (room) =>
+        this.deliverEvent(registration, recipient.key, schema, message, envelope, topic, room, call.trace),
+      );
       return create(SendResponseSchema, { nodeId: this.nodeId });
     }
     // The handle span's parent: the envelope's trace context, else the call's gRPC metadata.
@@ -1104,17 +1107,39 @@ export class RaviNode implements PeerHost, RegistrationHost {
 
   // --- Publish and Subscribe --------------------------------------------------
 
-  private handlePublish(request: PublishRequest, trace: TraceContext): { localDeliveries: number; streamDeliveries: number } {
+  private handlePublish(request: PublishRequest, ctx: HandlerContext): Promise<PublishResult> {
     const topic = checkTopicId(request.topic);
     const envelope = request.envelope ?? create(EnvelopeSchema);
     checkPayloadShape(envelope.payload);
-    Object.assign(envelope.metadata, handlerMetadata(envelope, trace));
+    Object.assign(envelope.metadata, handlerMetadata(envelope, traceOf(ctx)));
     if (envelope.messageId === "") {
       envelope.messageId = randomUUID();
     }
     // The caller is the publisher (and made the publish span, if it traces): the
     // events carry its trace context unchanged, so deliveries are its children.
-    return this.publishEnvelope(topic, envelope, request.scope === PublishScope.NODE, true);
+    // Full local mailboxes are waited for until the RPC's deadline (as in Go).
+    return this.withRoom(this.deadlineOf(ctx), ctx.signal, (room) =>
+      this.publishEnvelope(topic, envelope, request.scope === PublishScope.NODE, true, room),
+    );
+  }
+
+  /**
+   * Runs a publication with the signal its deliveries wait on for room in a
+   * full mailbox: it aborts at `deadline`, or with `signal`. A wait is never
+   * unbounded, so memory stays bounded and a stuck agent cannot hold a
+   * publisher forever.
+   */
+  private async withRoom<T>(
+    deadline: number,
+    signal: AbortSignal | undefined,
+    body: (room: AbortSignal) => T | Promise<T>,
+  ): Promise<T> {
+    const scope = new CallScope(deadline, signal, "while waiting for room in a mailbox");
+    try {
+      return await body(scope.signal);
+    } finally {
+      scope.dispose();
+    }
   }
 
   /** Publishes as an agent (or as the node): local subscribers and every matching stream. */
@@ -1124,7 +1149,8 @@ export class RaviNode implements PeerHost, RegistrationHost {
     topic: TopicAddress,
     payload: Payload,
     options: PublishOptions,
-  ): PublishResult {
+    within?: { readonly deadline: number; readonly signal: AbortSignal | undefined },
+  ): Promise<PublishResult> {
     checkTopicId(topic);
     const envelope = create(EnvelopeSchema, {
       messageId: options.messageId ?? randomUUID(),
@@ -1133,10 +1159,13 @@ export class RaviNode implements PeerHost, RegistrationHost {
       metadata: { ...(options.metadata ?? {}) },
     });
     const publishing = this.tracing.publish(topic, envelope, parent ?? otelContext.active());
-    return tracedSync(publishing.span, () => {
+    // Full local mailboxes are waited for until the default deadline, or the
+    // publishing handler's own deadline when that comes first.
+    const deadline = Math.min(Date.now() + this.defaultTimeoutMs, within?.deadline ?? Number.POSITIVE_INFINITY);
+    return traced(publishing.span, () => {
       // Every event and delivery carries the publish span's W3C context.
       injectContext(publishing.context, envelope.metadata);
-      return this.publishEnvelope(topic, envelope, false, true);
+      return this.withRoom(deadline, within?.signal, (room) => this.publishEnvelope(topic, envelope, false, true, room));
     });
   }
 
@@ -1154,40 +1183,55 @@ export class RaviNode implements PeerHost, RegistrationHost {
     return this.publishFrom(undefined, parent, topic, encodePayload(schema, message), options);
   }
 
+  /**
+   * Delivers to local subscribers, waiting on `room` for full mailboxes, then
+   * queues the event on every matching stream (unless `nodeOnly`). A local
+   * delivery that got no room fails the publication before any stream sees
+   * it, as in Go. When nothing had to wait, everything happens synchronously,
+   * so publications made in order reach mailboxes and streams in order.
+   */
   private publishEnvelope(
     topic: TopicAddress,
     envelope: Envelope,
     nodeOnly: boolean,
     strict: boolean,
-  ): PublishResult {
-    const localDeliveries = this.deliverLocally(topic, envelope, strict);
+    room: AbortSignal,
+  ): PublishResult | Promise<PublishResult> {
+    const local = this.deliverLocally(topic, envelope, strict, room);
+    const result = (localDeliveries: number): PublishResult => ({
+      localDeliveries,
+      streamDeliveries: nodeOnly ? 0 : this.offerToStreams(topic, envelope),
+    });
+    return typeof local === "number" ? result(local) : local.then(result);
+  }
+
+  /** Queues a published message on every matching Subscribe stream; returns how many took it. */
+  private offerToStreams(topic: TopicAddress, envelope: Envelope): number {
     let streamDeliveries = 0;
-    if (!nodeOnly) {
-      const event = create(EventSchema, {
-        topic: create(TopicIdSchema, { type: topic.type, source: topic.source }),
-        envelope,
-        originNodeId: this.nodeId,
-      });
-      for (const stream of this.streams) {
-        if (!stream.matches(topic.type)) {
-          continue;
-        }
-        if (stream.queued >= this.streamQueueCapacity) {
-          this.logger.warn(`subscriber ${stream.subscriberId} fell ${this.streamQueueCapacity} events behind: its stream is ended`);
-          stream.end(
-            new RaviError(
-              Code.ResourceExhausted,
-              `subscriber ${stream.subscriberId || "(anonymous)"} fell more than ${this.streamQueueCapacity} events behind; events were dropped`,
-            ),
-          );
-          this.streams.delete(stream);
-          continue;
-        }
-        stream.push({ kind: { case: "event", value: event } });
-        streamDeliveries += 1;
+    const event = create(EventSchema, {
+      topic: create(TopicIdSchema, { type: topic.type, source: topic.source }),
+      envelope,
+      originNodeId: this.nodeId,
+    });
+    for (const stream of this.streams) {
+      if (!stream.matches(topic.type)) {
+        continue;
       }
+      if (stream.queued >= this.streamQueueCapacity) {
+        this.logger.warn(`subscriber ${stream.subscriberId} fell ${this.streamQueueCapacity} events behind: its stream is ended`);
+        stream.end(
+          new RaviError(
+            Code.ResourceExhausted,
+            `subscriber ${stream.subscriberId || "(anonymous)"} fell more than ${this.streamQueueCapacity} events behind; events were dropped`,
+          ),
+        );
+        this.streams.delete(stream);
+        continue;
+      }
+      stream.push({ kind: { case: "event", value: event } });
+      streamDeliveries += 1;
     }
-    return { localDeliveries, streamDeliveries };
+    return streamDeliveries;
   }
 
   /**
@@ -1196,16 +1240,24 @@ export class RaviNode implements PeerHost, RegistrationHost {
    * to their mailboxes, other types to the peer hosting them as a Send with
    * the topic set. The payload is decoded only when an agent here needs it:
    * with `strict` a payload it cannot decode is BAD_PAYLOAD, otherwise it is
-   * logged and dropped. Returns the number of deliveries.
+   * logged and dropped. A full mailbox is waited for until `room` aborts;
+   * then the publication fails with MAILBOX_FULL (the deliveries that got
+   * room stay queued). Returns the number of deliveries: synchronously when
+   * no delivery had to wait.
    */
-  private deliverLocally(topic: TopicAddress, envelope: Envelope, strict: boolean): number {
+  private deliverLocally(
+    topic: TopicAddress,
+    envelope: Envelope,
+    strict: boolean,
+    room: AbortSignal,
+  ): number | Promise<number> {
     const agentTypes = new Set<string>();
     for (const sub of this.subscriptionsById.values()) {
       if (matchesFilter(sub.filter, topic.type)) {
         agentTypes.add(sub.agentType);
       }
     }
-    const deliveries: (() => boolean)[] = [];
+    const deliveries: (() => boolean | Promise<boolean>)[] = [];
     let decoded: { schema: DescMessage; message: Message } | undefined;
     for (const agentType of agentTypes) {
       const recipient = { type: agentType, key: topic.source };
@@ -1229,12 +1281,33 @@ export class RaviNode implements PeerHost, RegistrationHost {
         }
       }
       const { schema, message } = decoded;
-      deliveries.push(() => this.deliverEvent(registration, topic.source, schema, message, envelope, topic));
+      deliveries.push(() => this.deliverEvent(registration, topic.source, schema, message, envelope, topic, room));
     }
-    return deliveries.filter((deliver) => deliver()).length;
+    // Every delivery starts now (each mailbox keeps its own waiters in
+    // order); only those that found a mailbox full are waited for.
+    const started = deliveries.map((deliver) => deliver());
+    if (started.every((queued): queued is boolean => typeof queued === "boolean")) {
+      return started.filter((queued) => queued).length;
+    }
+    return Promise.allSettled(started).then((settled) => {
+      let delivered = 0;
+      for (const outcome of settled) {
+        if (outcome.status === "rejected") {
+          throw outcome.reason;
+        }
+        delivered += outcome.value ? 1 : 0;
+      }
+      return delivered;
+    });
   }
 
-  /** Queues a published message for one local agent; failures are logged. */
+  /**
+   * Queues a published message for one local agent, waiting for room in a
+   * full mailbox until `room` aborts. Returns whether it was delivered: a
+   * boolean when that is known at once, else a promise that rejects with
+   * MAILBOX_FULL when no room came in time (the caller reports that).
+   * Handler failures are logged.
+   */
   private deliverEvent(
     registration: Registration,
     key: string,
@@ -1242,8 +1315,9 @@ export class RaviNode implements PeerHost, RegistrationHost {
     message: Message,
     envelope: Envelope,
     topic: TopicAddress,
+    room: AbortSignal,
     fallback?: TraceContext,
-  ): boolean {
+  ): boolean | Promise<boolean> {
     const agent = `${registration.type}/${key}`;
     if (envelope.sender !== undefined && sameAgent(envelope.sender, { type: registration.type, key })) {
       return false;
@@ -1256,8 +1330,11 @@ export class RaviNode implements PeerHost, RegistrationHost {
       envelope.metadata["traceparent"] !== undefined || fallback === undefined ? traceOfCarrier(envelope.metadata) : fallback;
     // The deliver span's parent is the event's trace context, and it links to it too.
     const delivering = this.tracing.deliver({ type: registration.type, key }, topic, envelope, extractContext(envelope.metadata, fallback));
-    traced(delivering.span, () =>
-      registration.deliver(key, schema.typeName, message, {
+    const { waiting, done } = registration.deliverEvent(
+      key,
+      schema.typeName,
+      message,
+      {
         envelope,
         metadata: { ...envelope.metadata },
         topic,
@@ -1265,11 +1342,29 @@ export class RaviNode implements PeerHost, RegistrationHost {
         signal: undefined,
         trace,
         context: delivering.context,
-      }),
-    ).catch((error: unknown) => {
+      },
+      room,
+    );
+    const handled = traced(delivering.span, () => done);
+    const report = (error: unknown): void => {
       this.logger.warn(`${agent} failed on ${schema.typeName} published on ${topic.type}/${topic.source}: ${asRaviError(error).message}`);
-    });
-    return true;
+    };
+    if (waiting === undefined) {
+      handled.catch(report);
+      return true;
+    }
+    // A message that never got room is the publication's failure, reported
+    // by its caller; only failures after it was queued are logged here.
+    return waiting.then(
+      () => {
+        handled.catch(report);
+        return true;
+      },
+      (error: unknown) => {
+        handled.catch(() => undefined);
+        throw error;
+      },
+    );
   }
 
   /** Hands a published message to the peer hosting a subscribed type (in the background). */
@@ -1465,11 +1560,18 @@ export class RaviNode implements PeerHost, RegistrationHost {
     }
   }
 
-  onPeerEvent(link: PeerLink, event: Event): void {
+  async onPeerEvent(link: PeerLink, event: Event, signal: AbortSignal): Promise<void> {
     try {
       const topic = checkTopicId(event.topic);
       const envelope = event.envelope ?? create(EnvelopeSchema);
-      this.deliverLocally(topic, envelope, false);
+      // An event carries no deadline of its own: it waits for room in a full
+      // mailbox as long as a handler of an event may run (eventTimeoutMs), or
+      // until the stream ends. The peer link awaits this before it reads the
+      // next event, so a slow agent slows the stream (HTTP/2 flow control)
+      // instead of events piling up here.
+      await this.withRoom(Date.now() + this.eventTimeoutMs, signal, (room) =>
+        this.deliverLocally(topic, envelope, false, room),
+      );
     } catch (error) {
       this.logger.warn(`dropped an event from peer ${link.label}: ${asRaviError(error).message}`);
     }

@@ -29,7 +29,11 @@ export interface PeerHost {
   streamFilters(): TopicFilterSpec[];
   onPeerInfo(link: PeerLink, info: NodeInfo): void;
   onPeerDown(link: PeerLink): void;
-  onPeerEvent(link: PeerLink, event: Event): void;
+  /**
+   * Delivers an event from the peer's stream; the link reads the next event
+   * only once this settled (back-pressure). `signal` aborts when the stream ends.
+   */
+  onPeerEvent(link: PeerLink, event: Event, signal: AbortSignal): Promise<void>;
 }
 
 const REFILTER = Symbol("refilter");
@@ -102,9 +106,10 @@ export class PeerLink {
           break;
         }
         this.host.onPeerInfo(this, info);
+        const streamSignal = AbortSignal.any([this.stopController.signal, streamController.signal]);
         const stream = client.subscribe(this.host.streamFilters(), {
           subscriberId: this.host.nodeId,
-          signal: AbortSignal.any([this.stopController.signal, streamController.signal]),
+          signal: streamSignal,
         });
         for await (const message of stream) {
           if (message.kind.case === "node") {
@@ -115,7 +120,8 @@ export class PeerLink {
             }
             this.host.onPeerInfo(this, message.kind.value);
           } else if (message.kind.case === "event") {
-            this.host.onPeerEvent(this, message.kind.value);
+            // Not reading ahead while an event waits for room in a full mailbox.
+            await this.host.onPeerEvent(this, message.kind.value, streamSignal);
           }
         }
         if (!this.stopped && !streamController.signal.aborted) {
