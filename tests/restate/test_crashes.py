@@ -209,3 +209,17 @@ async def test_a_payment_is_charged_once_whatever_the_kill_point(
         repeated += attempts(tmp_path, key) > 1
     assert len(charges(tmp_path)) == 20  # exactly one charge per run
     print(f"20 kill points: the charge step ran again after {repeated} of them, charged once")
+
+
+async def test_a_run_naming_an_unknown_model_fails_with_not_found(
+    worker: Worker, client: RestateWorkflowClient
+) -> None:
+    workflow_id = await client.start_agent_workflow(
+        thread_id="no-model", user_content="go", model="nope"
+    )
+    status = await status_of(client, workflow_id, "failed")
+    assert status["error"]["code"] == "NOT_FOUND"
+    assert status["error"]["message"].startswith("no model 'nope' (the models: ")
+    assert await client.wait_for_result(workflow_id, timeout=30) == {
+        k: v for k, v in status.items() if k != "waiting_for"
+    }

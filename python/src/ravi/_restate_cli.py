@@ -25,6 +25,9 @@ SetupArg = Annotated[
 ]
 AppDir = Annotated[str, typer.Option(help="Where to import setup functions from.")]
 
+DEMO_SETUP = ["ravi.server:demo_setup", "ravi.server:demo_workflow_setup"]
+"""What a worker hosts without --setup: the demo assistant and its durable workflow."""
+
 
 async def _run_worker(
     *,
@@ -94,7 +97,7 @@ def worker(
             admin=admin,
             listen=listen,
             advertise=advertise,
-            setup=setup or ["ravi.server:demo_setup", "ravi.server:demo_workflow_setup"],
+            setup=setup or DEMO_SETUP,
             setup_args=setup_args,
             force_register=force_register,
             name=name,
@@ -162,7 +165,7 @@ def dev(
                 admin=server.admin_url,
                 listen=listen,
                 advertise=None,
-                setup=setup or ["ravi.server:demo_setup", "ravi.server:demo_workflow_setup"],
+                setup=setup or DEMO_SETUP,
                 setup_args=pairs(setup_arg or [], "--setup-arg"),
                 force_register=True,
                 name="dev",

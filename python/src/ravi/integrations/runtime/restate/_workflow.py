@@ -104,20 +104,24 @@ class AgentWorkflow:
             request = json.loads(data)
             thread = str(request["thread_id"])
             status: dict[str, Any] = {"workflow_id": ctx.key(), "thread_id": thread}
+
+            def record(**fields: Any) -> bytes:
+                """Keep the run's status for `query_workflow`; also the run's result."""
+                encoded = json.dumps(status | fields).encode()
+                ctx.set("status", encoded, serde=BYTES)
+                return encoded
+
             model = self.models.get(str(request.get("model", "")))
             if model is None:
                 known = ", ".join(sorted(self.models))
-                status |= {
-                    "status": "failed",
-                    "error": {
+                return record(
+                    status="failed",
+                    error={
                         "code": "NOT_FOUND",
                         "message": f"no model {request.get('model')!r} (the models: {known})",
                     },
-                }
-                ctx.set("status", json.dumps(status).encode(), serde=BYTES)
-                return json.dumps(status).encode()
-            status["status"] = "running"
-            ctx.set("status", json.dumps(status).encode(), serde=BYTES)
+                )
+            record(status="running")
             agent = ReActAgent(
                 model,
                 self.tools,
@@ -140,17 +144,14 @@ class AgentWorkflow:
                 if restate.is_internal_exception(error):
                     raise
                 failure = handler_error(error, str(agent_id))
-                status |= {
-                    "status": "failed",
-                    "error": {"code": code_of(failure).name, "message": str(failure)},
-                }
-            else:
-                status |= {
-                    "status": "completed",
-                    "result": json_format.MessageToDict(result, preserving_proto_field_name=True),
-                }
-            ctx.set("status", json.dumps(status).encode(), serde=BYTES)
-            return json.dumps(status).encode()
+                return record(
+                    status="failed",
+                    error={"code": code_of(failure).name, "message": str(failure)},
+                )
+            return record(
+                status="completed",
+                result=json_format.MessageToDict(result, preserving_proto_field_name=True),
+            )
 
         @workflow.handler("status", **_BYTES_IO)
         async def query(ctx: restate.WorkflowSharedContext, _data: bytes) -> bytes:
