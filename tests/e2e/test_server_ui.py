@@ -32,7 +32,8 @@ TIMEOUT_MS = 10_000
 
 @pytest.fixture
 async def server() -> AsyncIterator[NodeProcess]:
-    async with running_node([*ravi_command(), "serve", "--port", "0", "--token", TOKEN]) as node:
+    command = [*ravi_command(), "serve", "--port", "0", "--token", TOKEN, "--store", "memory"]
+    async with running_node(command) as node:
         yield node
 
 

@@ -19,7 +19,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def serve_command(*extra: str) -> list[str]:
-    return [*ravi_command(), "serve", "--port", "0", "--token", TOKEN, *extra]
+    """`ravi serve` on a free port; threads in memory unless `extra` names a --data-dir."""
+    store = [] if "--data-dir" in extra else ["--store", "memory"]
+    return [*ravi_command(), "serve", "--port", "0", "--token", TOKEN, *store, *extra]
 
 
 def client_for(server: NodeProcess) -> httpx.AsyncClient:

@@ -1,0 +1,186 @@
+"""The deployment a RestateRuntime serves: restate-sdk's ASGI app on hypercorn, and its drain.
+
+Two things the SDK's app does not do for us are done here:
+
+- it installs its own SIGTERM handler on its first request, replacing the
+  process's (so `ravi restate worker` ignored SIGTERM): the app is primed once
+  in a thread of its own, where installing a signal handler fails and the SDK
+  gives up for good;
+- on stop, an invocation waiting for a completion (a promise, a call) would
+  hold its HTTP/2 stream until Restate's inactivity timeout: draining ends the
+  input of every stream instead, so the SDK suspends each invocation at its
+  next durable wait (a step already running finishes first) and Restate
+  resumes it later, on this worker when it is back or on another one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+logger = logging.getLogger("ravi.restate.deployment")
+
+_END_OF_INPUT: Message = {"type": "http.request", "body": b"", "more_body": False}
+
+
+def disarm_sdk_sigterm(app: ASGIApp) -> None:
+    """Let restate-sdk's app try (and fail) to install its SIGTERM handler, off the main thread.
+
+    The SDK attempts it once per app, on the first request, and treats a
+    failure as final; in a thread that is not the main one asyncio refuses
+    signal handlers. Afterwards the process's own SIGTERM handling stands.
+    """
+
+    async def prime() -> None:
+        scope = {"type": "http", "path": "/health", "headers": [], "method": "GET"}
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(_message: Message) -> None:
+            return None
+
+        await app(scope, receive, send)
+
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(prime())
+        except Exception as error:  # reported below, in the caller's thread
+            failures.append(error)
+
+    thread = threading.Thread(target=run, name="ravi-restate-prime", daemon=True)
+    thread.start()
+    thread.join()
+    if failures:
+        raise failures[0]
+
+
+class Deployment:
+    """Deployment serves an ASGI app on a listening socket until drained and stopped.
+
+    Args:
+        app: restate-sdk's app.
+        listener: a bound, listening, non-blocking socket.
+    """
+
+    def __init__(self, app: ASGIApp, listener: socket.socket) -> None:
+        self._app = app
+        self._listener = listener
+        self._shutdown = asyncio.Event()
+        self._draining = asyncio.Event()
+        self._streams = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        config = Config()
+        config.bind = [f"fd://{listener.fileno()}"]
+        config.accesslog = None
+        config.errorlog = logger
+        config.graceful_timeout = 1.0
+        served: Callable[..., Awaitable[None]] = self._asgi  # hypercorn's ASGI types are narrower
+        self._task = asyncio.get_running_loop().create_task(
+            serve(served, config, shutdown_trigger=self._shutdown.wait),
+            name="ravi-restate-deployment",
+        )
+
+    @property
+    def streams(self) -> int:
+        """Requests (invocation attempts, mostly) being served."""
+        return self._streams
+
+    async def stop(self, grace_period: float) -> None:
+        """Suspend the invocations in progress, wait up to `grace_period` s, then stop serving.
+
+        An invocation still running after the grace period is cut off; Restate
+        retries it (its journaled steps are not repeated, the one running is).
+        """
+        self._draining.set()
+        self._shutdown.set()
+        try:
+            await asyncio.wait_for(self._quiet.wait(), grace_period)
+        except TimeoutError:
+            logger.warning(
+                "%d invocations were still running after %s s; Restate retries them",
+                self._streams,
+                grace_period,
+            )
+        try:
+            await asyncio.wait_for(self._task, 5)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        except Exception as error:  # the server is going away either way
+            logger.warning("the deployment stopped with an error: %s", error)
+        with contextlib.suppress(OSError):  # hypercorn may have closed it
+            self._listener.close()
+
+    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            # restate-sdk's app has no lifespan; answering here keeps hypercorn quiet.
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        self._streams += 1
+        self._quiet.clear()
+        try:
+            await self._app(scope, self._until_drained(receive), send)
+        finally:
+            self._streams -= 1
+            if not self._streams:
+                self._quiet.set()
+
+    def _until_drained(self, receive: Receive) -> Receive:
+        """`receive`, except that a drain ends the request's input early.
+
+        Once the input is ended, what Restate still sends is dropped, all but
+        the disconnect that closes the stream.
+        """
+        ended = False
+        pending: asyncio.Future[Message] | None = None
+
+        async def next_message() -> Message:
+            nonlocal ended, pending
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(receive())
+                try:
+                    if not ended:
+                        drain: asyncio.Future[Any] = asyncio.ensure_future(self._draining.wait())
+                        either: set[asyncio.Future[Any]] = {pending, drain}
+                        try:
+                            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            drain.cancel()
+                        if not pending.done():
+                            ended = True
+                            return dict(_END_OF_INPUT)
+                    message = await pending
+                except asyncio.CancelledError:
+                    pending.cancel()
+                    raise
+                pending = None
+                if ended and message["type"] != "http.disconnect":
+                    continue
+                return message
+
+        return next_message
