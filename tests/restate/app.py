@@ -96,6 +96,11 @@ MODELS = {
         [call("record", tag="l", seconds=0.2), call("charge", cents=1000), _last],
         name="ledger",
     ),
+    "slow": ScriptedModel([call("record", tag="slow", seconds=3.0), _last], name="slow"),
+    # The model the Scaling Out page's sample names, played by a script.
+    "gpt-4o": ScriptedModel(
+        [call("record", tag="q3", seconds=0.0), call("pay", cents=4200), _last], name="gpt-4o"
+    ),
 }
 
 

@@ -47,6 +47,7 @@ class Process:
         self.command = command
         self.env = env or {}
         self.process: NodeProcess | None = None
+        self._lines: list[str] = []
 
     async def start(self) -> None:
         self.process = await start_node(self.command, env=self.env, cwd=REPO_ROOT, timeout=60)
@@ -54,12 +55,14 @@ class Process:
     async def kill(self) -> None:
         if self.process is not None:
             await self.process.kill()
+            self._lines = self.process.output
             self.process = None
 
     async def stop(self, timeout: float = 20.0) -> int | None:
         if self.process is None:
             return None
         code = await self.process.stop(timeout=timeout)
+        self._lines = self.process.output
         self.process = None
         return code
 
@@ -69,7 +72,8 @@ class Process:
 
     @property
     def output(self) -> str:
-        return "".join(self.process.output) if self.process is not None else ""
+        """What the process (or the last one, once stopped) printed."""
+        return "".join(self.process.output if self.process is not None else self._lines)
 
 
 class Worker(Process):

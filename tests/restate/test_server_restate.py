@@ -232,3 +232,20 @@ async def test_an_approval_of_a_run_that_timed_out_is_refused(tmp_path: Path) ->
             assert rerun.json()["runs"] == 2
             again = await events_until(client, "late", {"approval_request"}, after=seen[-1]["seq"])
             assert again[0]["started"]["content"] == "restate"
+
+
+async def test_without_a_worker_the_front_says_what_is_missing(tmp_path: Path) -> None:
+    server = restate_server(tmp_path / "restate")
+    await server.start()
+    serve = Serve(server)
+    try:
+        await serve.start()
+        assert "no Restate deployment serves ravi.Thread yet" in serve.output
+        async with serve.client() as client:
+            assert (await client.get("/threads")).json() == {"threads": []}
+            refused = await client.post("/threads", json={"content": "restate"})
+            assert (refused.status_code, refused.json()["code"]) == (409, "FAILED_PRECONDITION")
+            assert "start `ravi restate worker`" in refused.json()["error"]
+    finally:
+        await serve.stop()
+        await server.stop()

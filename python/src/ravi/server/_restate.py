@@ -24,7 +24,7 @@ import aiohttp
 
 from ravi._ids import AgentId
 from ravi._serialization import MessageRegistry, registry
-from ravi.errors import Code, NotFound, Unavailable, error_for
+from ravi.errors import FailedPrecondition, NotFound, Unavailable
 from ravi.integrations.runtime.grpc import _wire
 from ravi.integrations.runtime.restate import RestateSettings
 from ravi.integrations.runtime.restate._errors import error_of_reply
@@ -80,25 +80,21 @@ class RestateThreads:
         self._watcher: _Watcher | None = None
 
     async def start(self) -> None:
-        """Connect, and check that a worker serves the thread objects.
+        """Connect, and check what Restate serves: warn when no worker serves threads yet.
 
         Raises:
-            Unavailable: Restate cannot be reached.
-            FailedPrecondition: no worker serves `ravi.Thread`.
+            Unavailable: Restate's admin API cannot be reached.
         """
         self._http = aiohttp.ClientSession(raise_for_status=False)
         try:
-            if not await self._service_exists(THREAD):
-                raise error_for(
-                    Code.FAILED_PRECONDITION,
-                    f"no Restate deployment serves {THREAD}, where threads are kept: start "
-                    "`ravi restate worker` (it serves them) against this Restate server",
-                )
-            if not await self._service_exists(self._agent_type):
-                logger.warning(
-                    "no Restate deployment serves agent type %r yet; runs wait until one does",
-                    self._agent_type,
-                )
+            for name in (THREAD, self._agent_type):
+                if not await self._service_exists(name):
+                    logger.warning(
+                        "no Restate deployment serves %s yet: runs start once a worker does "
+                        "(`ravi restate worker` serves %s and the demo assistant)",
+                        name,
+                        THREAD,
+                    )
         except BaseException:
             await self.stop()
             raise
@@ -198,6 +194,11 @@ class RestateThreads:
             raise Unavailable(
                 f"cannot reach Restate's ingress at {self._ingress}: {error}"
             ) from None
+        if status == 404:
+            raise FailedPrecondition(
+                f"no Restate deployment serves {THREAD}, where threads are kept: start "
+                "`ravi restate worker` (it serves them) against this Restate server"
+            )
         if status not in (200, 202):
             raise error_of_reply(status, data, f"{handler} on thread {thread_id!r}")
         invocation = json.loads(data)["invocationId"]
@@ -280,7 +281,8 @@ class RestateThreads:
                 return rows
         except (aiohttp.ClientError, TimeoutError) as error:
             raise Unavailable(
-                f"Restate's admin API at {self._admin} is unreachable: {error}"
+                f"Restate's admin API at {self._admin} is unreachable: "
+                f"{error or 'no answer in time'}"
             ) from None
 
     def _client(self) -> aiohttp.ClientSession:

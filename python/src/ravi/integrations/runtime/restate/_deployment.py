@@ -77,34 +77,30 @@ class Deployment:
     Args:
         app: restate-sdk's app.
         listener: a bound, listening, non-blocking socket.
+        grace_period: seconds the streams in progress get on `stop()`.
     """
 
-    def __init__(self, app: ASGIApp, listener: socket.socket) -> None:
+    def __init__(self, app: ASGIApp, listener: socket.socket, grace_period: float) -> None:
         self._app = app
         self._listener = listener
+        self._grace_period = grace_period
         self._shutdown = asyncio.Event()
         self._draining = asyncio.Event()
-        self._streams = 0
-        self._quiet = asyncio.Event()
-        self._quiet.set()
         config = Config()
         config.bind = [f"fd://{listener.fileno()}"]
         config.accesslog = None
         config.errorlog = logger
-        config.graceful_timeout = 1.0
+        # On shutdown hypercorn refuses new streams and gives those in progress
+        # this long; drained, they end as soon as the step they run does.
+        config.graceful_timeout = grace_period
         served: Callable[..., Awaitable[None]] = self._asgi  # hypercorn's ASGI types are narrower
         self._task = asyncio.get_running_loop().create_task(
             serve(served, config, shutdown_trigger=self._shutdown.wait),
             name="ravi-restate-deployment",
         )
 
-    @property
-    def streams(self) -> int:
-        """Requests (invocation attempts, mostly) being served."""
-        return self._streams
-
-    async def stop(self, grace_period: float) -> None:
-        """Suspend the invocations in progress, wait up to `grace_period` s, then stop serving.
+    async def stop(self) -> None:
+        """Suspend the invocations in progress, wait up to the grace period, then stop serving.
 
         An invocation still running after the grace period is cut off; Restate
         retries it (its journaled steps are not repeated, the one running is).
@@ -112,16 +108,9 @@ class Deployment:
         self._draining.set()
         self._shutdown.set()
         try:
-            await asyncio.wait_for(self._quiet.wait(), grace_period)
+            await asyncio.wait_for(asyncio.shield(self._task), self._grace_period + 2)
         except TimeoutError:
-            logger.warning(
-                "%d invocations were still running after %s s; Restate retries them",
-                self._streams,
-                grace_period,
-            )
-        try:
-            await asyncio.wait_for(self._task, 5)
-        except TimeoutError:
+            logger.warning("invocations still ran after the grace period: cut off")
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -140,47 +129,57 @@ class Deployment:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        self._streams += 1
-        self._quiet.clear()
-        try:
-            await self._app(scope, self._until_drained(receive), send)
-        finally:
-            self._streams -= 1
-            if not self._streams:
-                self._quiet.set()
+        stream = _DrainedStream(receive, send, self._draining)
+        await self._app(scope, stream.receive, stream.send)
 
-    def _until_drained(self, receive: Receive) -> Receive:
-        """`receive`, except that a drain ends the request's input early.
 
-        Once the input is ended, what Restate still sends is dropped, all but
-        the disconnect that closes the stream.
-        """
-        ended = False
-        pending: asyncio.Future[Message] | None = None
+class _DrainedStream:
+    """One request's `receive` and `send`, ending its input early when the deployment drains.
 
-        async def next_message() -> Message:
-            nonlocal ended, pending
-            while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(receive())
-                try:
-                    if not ended:
-                        drain: asyncio.Future[Any] = asyncio.ensure_future(self._draining.wait())
-                        either: set[asyncio.Future[Any]] = {pending, drain}
-                        try:
-                            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-                        finally:
-                            drain.cancel()
-                        if not pending.done():
-                            ended = True
-                            return dict(_END_OF_INPUT)
-                    message = await pending
-                except asyncio.CancelledError:
-                    pending.cancel()
-                    raise
-                pending = None
-                if ended and message["type"] != "http.disconnect":
-                    continue
-                return message
+    The SDK suspends the invocation once its input has ended, then ends its
+    response. Restate, told of the suspension, ends the request; the SDK's
+    last frame is held until it has, as the SDK does itself: hypercorn
+    forgets a stream whose response has ended, and data arriving for it
+    afterwards breaks the whole connection, every stream on it.
+    """
 
-        return next_message
+    def __init__(self, receive: Receive, send: Send, draining: asyncio.Event) -> None:
+        self._receive = receive
+        self._send = send
+        self._draining = draining
+        self._ended = False  # the SDK was told the input ended
+        self._closed = asyncio.Event()  # Restate did end it
+        self._pending: asyncio.Future[Message] | None = None
+
+    async def receive(self) -> Message:
+        while True:
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(self._receive())
+            pending = self._pending
+            try:
+                if not self._ended:
+                    drain: asyncio.Future[Any] = asyncio.ensure_future(self._draining.wait())
+                    either: set[asyncio.Future[Any]] = {pending, drain}
+                    try:
+                        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        drain.cancel()
+                    if not pending.done():
+                        self._ended = True
+                        return dict(_END_OF_INPUT)
+                message = await pending
+            except asyncio.CancelledError:
+                pending.cancel()
+                raise
+            self._pending = None
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                self._closed.set()
+            if self._ended and message["type"] != "http.disconnect":
+                continue  # the SDK was told the input ended: the rest is dropped
+            return message
+
+    async def send(self, message: Message) -> None:
+        final = message["type"] == "http.response.body" and not message.get("more_body", False)
+        if final and self._ended:
+            await self._closed.wait()
+        await self._send(message)

@@ -193,7 +193,7 @@ class RestateRuntime(BaseRuntime):
         workflows = [w.service(self) for w in self._workflows]
         app = restate.app([*self._objects(), *workflows, *self._services, *internal_services()])
         await asyncio.to_thread(disarm_sdk_sigterm, app)
-        self._server = Deployment(app, listener)
+        self._server = Deployment(app, listener, self._grace_period)
         await self._register()
 
     async def _register(self) -> None:
@@ -224,8 +224,10 @@ class RestateRuntime(BaseRuntime):
         back at the same URI (or on another worker registered there).
         """
         if self._server is not None:
-            await self._server.stop(self._grace_period)
+            await self._server.stop()
             self._server = None
+        if self._background:  # cancellations of calls given up on: short, bounded
+            await asyncio.wait(self._background, timeout=5)
         if self._http is not None:
             await self._http.close()
             self._http = None

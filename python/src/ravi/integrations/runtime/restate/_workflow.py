@@ -509,12 +509,9 @@ class RestateWorkflowClient:
                 return rows
         except (aiohttp.ClientError, TimeoutError) as error:
             raise Unavailable(
-                f"Restate's admin API at {self._admin} is unreachable: {error}"
+                f"Restate's admin API at {self._admin} is unreachable: "
+                f"{error or 'no answer in time'}"
             ) from None
-
-
-def _unreachable(url: str, error: Exception) -> Unavailable:
-    return Unavailable(f"cannot reach Restate at {url}: {error or type(error).__name__}")
 
 
 def _sql(value: str) -> str:
