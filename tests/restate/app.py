@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ravi.agents import ReActAgent
 from ravi.integrations.runtime.restate import AgentWorkflow, RestateRuntime
 from ravi.models import ChatMessage, ScriptedModel, call, say
 from ravi.tools import ToolContext, tool
@@ -106,3 +107,9 @@ MODELS = {
 
 def setup(runtime: RestateRuntime) -> None:
     runtime.register_workflow(AgentWorkflow(models=MODELS, tools=[record, charge, pay]))
+
+
+async def assistant_setup(runtime: RestateRuntime) -> None:
+    """The serve path's agent: a ReActAgent ("assistant") whose one tool pays, once approved."""
+    model = ScriptedModel([call("pay", cents=700), _last], name="payer")
+    await ReActAgent.register(runtime, "assistant", lambda: ReActAgent(model, [pay]))

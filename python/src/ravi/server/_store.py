@@ -25,8 +25,11 @@ CREATE INDEX IF NOT EXISTS threads_by_time ON threads (updated_at);
 CREATE TABLE IF NOT EXISTS events (
     thread_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    run_seq INTEGER NOT NULL,
     data TEXT NOT NULL,
-    PRIMARY KEY (thread_id, seq)
+    PRIMARY KEY (thread_id, seq),
+    UNIQUE (thread_id, run_id, run_seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS approvals (
     request_id TEXT PRIMARY KEY,
@@ -183,18 +186,33 @@ class ThreadStore:
 
     # --- events ---------------------------------------------------------------------
 
-    def add_event(self, thread_id: str, event: dict[str, Any]) -> bool:
-        """Keep an event; False if one with its seq is kept already."""
-        added = self._db.execute(
-            "INSERT OR IGNORE INTO events (thread_id, seq, data) VALUES (?, ?, ?)",
-            (thread_id, event["seq"], json.dumps(event)),
-        ).rowcount
-        if added and self._max_events is not None and event["seq"] > self._max_events:
+    def add_event(self, thread_id: str, event: dict[str, Any]) -> dict[str, Any] | None:
+        """Keep an event under the thread's next seq; the event as kept, None if kept before.
+
+        The store numbers a thread's events itself: an agent that lost its
+        memory (a restart of the monolith) numbers its events from 1 again.
+        The agent's own number only tells an event delivered twice.
+        """
+        seen = self._db.execute(
+            "SELECT 1 FROM events WHERE thread_id = ? AND run_id = ? AND run_seq = ?",
+            (thread_id, event["run_id"], event["seq"]),
+        ).fetchone()
+        if seen:
+            return None
+        (last,) = self._db.execute(
+            "SELECT coalesce(max(seq), 0) FROM events WHERE thread_id = ?", (thread_id,)
+        ).fetchone()
+        kept = {**event, "seq": last + 1}
+        self._db.execute(
+            "INSERT INTO events (thread_id, seq, run_id, run_seq, data) VALUES (?, ?, ?, ?, ?)",
+            (thread_id, kept["seq"], event["run_id"], event["seq"], json.dumps(kept)),
+        )
+        if self._max_events is not None and kept["seq"] > self._max_events:
             self._db.execute(
                 "DELETE FROM events WHERE thread_id = ? AND seq <= ?",
-                (thread_id, event["seq"] - self._max_events),
+                (thread_id, kept["seq"] - self._max_events),
             )
-        return bool(added)
+        return kept
 
     def events_after(self, thread_id: str, after: int, limit: int) -> list[dict[str, Any]]:
         rows = self._db.execute(

@@ -81,6 +81,8 @@ class RuntimeThreads:
 
     async def stop(self) -> None:
         """Interrupt the runs in progress (their threads say so), then stop the runtime."""
+        # Recorded first: a cancelled agent publishes a `failed` event of its own.
+        self._interrupt(self.store.running(), "the server stopped while this run was in progress")
         for run in list(self._runs):
             run.cancel()
         await asyncio.gather(*self._runs, return_exceptions=True)
@@ -134,9 +136,6 @@ class RuntimeThreads:
             failure = {"code": code_of(error).name, "message": str(error)}
             self._finish(agent.key, run_id, error=failure)
             return
-        except asyncio.CancelledError:
-            self._interrupt_run(agent.key, run_id)
-            raise
         reply = json_format.MessageToDict(result, preserving_proto_field_name=True)
         self._finish(agent.key, run_id, result=reply)
 
@@ -157,17 +156,9 @@ class RuntimeThreads:
             self.store.set_approvals(thread_id, closed)
         self._notify(thread_id)
 
-    def _interrupt_run(self, thread_id: str, run_id: str) -> None:
-        record = self.store.get(thread_id)
-        if record is not None and record["run_id"] == run_id:
-            self._interrupt([record], "the server stopped while this run was in progress")
-
     def _interrupt(self, records: list[dict[str, Any]], why: str) -> None:
         for record in records:
-            error = {
-                "code": "ABORTED",
-                "message": f"{why}; POST /threads/{{thread_id}}/rerun runs its task again",
-            }
+            error = {"code": "ABORTED", "message": f"{why}; it can run again from the start"}
             with self.store.transaction():
                 closed = model.finish_run(
                     record, record["run_id"], error=error, state="interrupted", now=time.time()
@@ -209,14 +200,14 @@ class RuntimeThreads:
     # --- events and approvals ------------------------------------------------------
 
     def record_event(self, event: pb.RunEvent) -> None:
-        """Keep a RunEvent the agent published (the same seq twice is kept once)."""
-        data = event_json(event)
+        """Keep a RunEvent the agent published (one delivered twice is kept once)."""
         thread_id = event.thread_id
         with self.store.transaction():
-            if not self.store.add_event(thread_id, data):
+            kept = self.store.add_event(thread_id, event_json(event))
+            if kept is None:
                 return
             record = self.store.get(thread_id) or model.new_thread(thread_id, time.time())
-            changed = model.apply_event(record, data, time.time())
+            changed = model.apply_event(record, kept, time.time())
             self.store.put(record)
             self.store.set_approvals(thread_id, changed)
         self._notify(thread_id)
