@@ -7,15 +7,17 @@ to resume; the web front does so the test's client keeps its base URL).
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from ravi.testing import NodeProcess, RestateServer, ravi_command, start_node
+from tests.integration.test_server import events
 from tests.paths import REPO_ROOT, RESTATE_SERVER
 
 TOKEN = "restate-test-token"
@@ -110,29 +112,6 @@ class Serve(Process):
         )
 
 
-async def events(
-    client: httpx.AsyncClient, thread: str, after: int = 0
-) -> AsyncIterator[dict[str, Any]]:
-    """The thread's Server-Sent Events from `after` on, parsed; checks each frame's id and name."""
-    headers = {"Last-Event-ID": str(after)} if after else {}
-    async with client.stream("GET", f"/threads/{thread}/events", headers=headers) as response:
-        assert response.status_code == 200, await response.aread()
-        frame: dict[str, str] = {}
-        async for line in response.aiter_lines():
-            if line.startswith(":"):
-                continue
-            if line:
-                name, _, value = line.partition(":")
-                frame[name] = value.removeprefix(" ")
-                continue
-            if "data" in frame:
-                event = json.loads(frame["data"])
-                assert frame["id"] == str(event["seq"])
-                assert frame["event"] == event["kind"]
-                yield event
-            frame = {}
-
-
 async def events_until(
     client: httpx.AsyncClient, thread: str, kinds: set[str], after: int = 0, timeout: float = 60
 ) -> list[dict[str, Any]]:
@@ -147,6 +126,33 @@ async def events_until(
 
     await asyncio.wait_for(read(), timeout)
     return seen
+
+
+@dataclass
+class Stack:
+    """A restate-server, a worker hosting the demo assistant, and `ravi serve` in front."""
+
+    server: RestateServer
+    worker: Worker
+    serve: Serve
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    folder: Path, *serve_args: str, server: RestateServer | None = None
+) -> AsyncIterator[Stack]:
+    """Start the three (the server: `restate_server` unless given); always stop them."""
+    restate = server or restate_server(folder / "restate")
+    async with contextlib.AsyncExitStack() as cleanup:
+        await restate.start()
+        cleanup.push_async_callback(restate.stop)
+        worker = Worker(restate, folder)
+        cleanup.push_async_callback(worker.stop)
+        await worker.start()
+        serve = Serve(restate, *serve_args)
+        cleanup.push_async_callback(serve.stop)
+        await serve.start()
+        yield Stack(restate, worker, serve)
 
 
 async def invocation_statuses(server: RestateServer, service: str) -> list[str]:

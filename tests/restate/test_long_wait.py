@@ -9,7 +9,6 @@ a suspension, runs in every test run (test_server_restate.py, test_chaos.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from ravi.testing import RestateServer
 from tests.paths import RESTATE_SERVER
-from tests.restate.processes import Serve, Worker, events_until, invocation_statuses
+from tests.restate.processes import events_until, invocation_statuses, running_stack
 
 pytestmark = [pytest.mark.restate, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -25,17 +24,10 @@ WAIT = 600.0
 
 
 async def test_an_approval_answered_ten_minutes_later(tmp_path: Path) -> None:
-    server = RestateServer(RESTATE_SERVER, tmp_path / "restate")  # default settings
-    async with contextlib.AsyncExitStack() as cleanup:
-        await server.start()
-        cleanup.push_async_callback(server.stop)
-        worker = Worker(server, tmp_path)
-        cleanup.push_async_callback(worker.stop)
-        await worker.start()
-        serve = Serve(server)
-        cleanup.push_async_callback(serve.stop)
-        await serve.start()
-        async with serve.client() as client:
+    default = RestateServer(RESTATE_SERVER, tmp_path / "restate")  # Restate's own timeouts
+    async with running_stack(tmp_path, server=default) as stack:
+        server = stack.server
+        async with stack.serve.client() as client:
             await client.post("/threads", json={"thread_id": "patient", "content": "restate"})
             seen = await events_until(client, "patient", {"approval_request"})
             asked = time.monotonic()

@@ -8,9 +8,7 @@ holding nothing but a connection to Restate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +19,11 @@ import pytest_asyncio
 from ravi.testing import RestateServer, eventually
 from tests.restate.processes import (
     Serve,
-    Worker,
+    Stack,
     events_until,
     invocation_statuses,
     restate_server,
+    running_stack,
 )
 
 pytestmark = [pytest.mark.restate, pytest.mark.timeout(240)]
@@ -42,26 +41,10 @@ KINDS = [
 ]
 
 
-@dataclass
-class Stack:
-    server: RestateServer
-    worker: Worker
-    serve: Serve
-
-
 @pytest_asyncio.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    server = restate_server(tmp_path / "restate")
-    async with contextlib.AsyncExitStack() as cleanup:
-        await server.start()
-        cleanup.push_async_callback(server.stop)
-        worker = Worker(server, tmp_path)
-        cleanup.push_async_callback(worker.stop)
-        await worker.start()
-        serve = Serve(server)
-        cleanup.push_async_callback(serve.stop)
-        await serve.start()
-        yield Stack(server, worker, serve)
+    async with running_stack(tmp_path) as running:
+        yield running
 
 
 async def ask(client: httpx.AsyncClient, thread: str) -> list[dict[str, Any]]:
@@ -202,36 +185,30 @@ async def test_every_bad_answer_gets_its_error(stack: Stack) -> None:
 
 
 async def test_an_approval_of_a_run_that_timed_out_is_refused(tmp_path: Path) -> None:
-    server = restate_server(tmp_path / "restate")
-    async with contextlib.AsyncExitStack() as cleanup:
-        await server.start()
-        cleanup.push_async_callback(server.stop)
-        worker = Worker(server, tmp_path)
-        cleanup.push_async_callback(worker.stop)
-        serve = Serve(server, "--run-timeout", "3")
-        cleanup.push_async_callback(serve.stop)
-        await asyncio.gather(worker.start(), serve.start())
-        async with serve.client() as client:
-            seen = await ask(client, "late")
-            request_id = seen[-1]["approval_request"]["request_id"]
-            seen += await events_until(client, "late", {"failed"}, after=seen[-1]["seq"])
+    async with (
+        running_stack(tmp_path, "--run-timeout", "3") as stack,
+        stack.serve.client() as client,
+    ):
+        seen = await ask(client, "late")
+        request_id = seen[-1]["approval_request"]["request_id"]
+        seen += await events_until(client, "late", {"failed"}, after=seen[-1]["seq"])
 
-            async def failed() -> dict[str, Any]:
-                status = (await client.get("/threads/late")).json()
-                assert status["status"] == "failed", status
-                return dict(status)
+        async def failed() -> dict[str, Any]:
+            status = (await client.get("/threads/late")).json()
+            assert status["status"] == "failed", status
+            return dict(status)
 
-            status = await eventually(failed, timeout=30)
-            assert status["error"]["code"] == "DEADLINE_EXCEEDED"
-            assert status["pending_approvals"] == []
-            late = await client.post(f"/respond/{request_id}", json={"action": "approve"})
-            assert (late.status_code, late.json()["code"]) == (409, "FAILED_PRECONDITION")
-            assert "no longer pending" in late.json()["error"]
-            rerun = await client.post("/threads/late/rerun")
-            assert rerun.status_code == 202, rerun.text
-            assert rerun.json()["runs"] == 2
-            again = await events_until(client, "late", {"approval_request"}, after=seen[-1]["seq"])
-            assert again[0]["started"]["content"] == "restate"
+        status = await eventually(failed, timeout=30)
+        assert status["error"]["code"] == "DEADLINE_EXCEEDED"
+        assert status["pending_approvals"] == []
+        late = await client.post(f"/respond/{request_id}", json={"action": "approve"})
+        assert (late.status_code, late.json()["code"]) == (409, "FAILED_PRECONDITION")
+        assert "no longer pending" in late.json()["error"]
+        rerun = await client.post("/threads/late/rerun")
+        assert rerun.status_code == 202, rerun.text
+        assert rerun.json()["runs"] == 2
+        again = await events_until(client, "late", {"approval_request"}, after=seen[-1]["seq"])
+        assert again[0]["started"]["content"] == "restate"
 
 
 async def test_without_a_worker_the_front_says_what_is_missing(tmp_path: Path) -> None:

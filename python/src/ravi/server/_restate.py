@@ -26,7 +26,7 @@ from ravi._ids import AgentId
 from ravi._serialization import MessageRegistry, registry
 from ravi.errors import FailedPrecondition, NotFound, Unavailable
 from ravi.integrations.runtime.grpc import _wire
-from ravi.integrations.runtime.restate import RestateSettings
+from ravi.integrations.runtime.restate import RestateSettings, _sql
 from ravi.integrations.runtime.restate._errors import error_of_reply
 from ravi.react.v1 import react_pb2 as pb
 from ravi.server import _model as model
@@ -157,7 +157,7 @@ class RestateThreads:
     async def respond(self, request_id: str, answer: pb.ApprovalAnswer) -> Answered:
         rows = await self._query(
             f"SELECT service_key FROM state WHERE service_name = '{THREAD}' "
-            f"AND key = '{_sql(APPROVAL_PREFIX + request_id)}'"
+            f"AND key = {_sql.literal(APPROVAL_PREFIX + request_id)}"
         )
         if not rows:
             raise NotFound(f"no approval request {request_id!r}")
@@ -221,7 +221,7 @@ class RestateThreads:
     async def thread(self, thread_id: str) -> ThreadSummary:
         rows = await self._query(
             f"SELECT value_utf8 FROM state WHERE service_name = '{THREAD}' "
-            f"AND service_key = '{_sql(thread_id)}' AND key = 'meta'"
+            f"AND service_key = {_sql.literal(thread_id)} AND key = 'meta'"
         )
         if not rows:
             raise NotFound(f"no thread {thread_id!r}")
@@ -241,7 +241,7 @@ class RestateThreads:
     async def _events_after(self, thread_id: str, after: int) -> list[dict[str, Any]]:
         rows = await self._query(
             f"SELECT value_utf8 FROM state WHERE service_name = '{THREAD}' "
-            f"AND service_key = '{_sql(thread_id)}' AND key > '{event_key(after)}' "
+            f"AND service_key = {_sql.literal(thread_id)} AND key > '{event_key(after)}' "
             f"AND key < '{EVENT_PREFIX}~' ORDER BY key LIMIT {_BATCH}"
         )
         return [json.loads(r["value_utf8"]) for r in rows]
@@ -267,23 +267,7 @@ class RestateThreads:
 
     async def _query(self, sql: str) -> list[dict[str, Any]]:
         """Rows of a query on Restate's state (admin API)."""
-        try:
-            async with self._client().post(
-                f"{self._admin}/query",
-                json={"query": sql},
-                headers={"accept": "application/json"},
-                timeout=self._timeout(),
-            ) as response:
-                if response.status != 200:
-                    text = await response.text()
-                    raise Unavailable(f"Restate's query API answered {response.status}: {text}")
-                rows: list[dict[str, Any]] = (await response.json())["rows"]
-                return rows
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise Unavailable(
-                f"Restate's admin API at {self._admin} is unreachable: "
-                f"{error or 'no answer in time'}"
-            ) from None
+        return await _sql.query(self._client(), self._admin, sql, self._settings.timeout)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -326,7 +310,7 @@ class _Watcher:
     async def _poll(self) -> None:
         while self._waiting:
             await asyncio.sleep(self._interval)
-            names = ", ".join(f"'{_sql(t)}'" for t in list(self._waiting))
+            names = ", ".join(_sql.literal(t) for t in list(self._waiting))
             if not names:
                 continue
             try:
@@ -369,7 +353,3 @@ def _submitted(thread_id: str, run_id: str, content: str) -> ThreadSummary:
         "result": None,
         "error": None,
     }
-
-
-def _sql(value: str) -> str:
-    return value.replace("'", "''")

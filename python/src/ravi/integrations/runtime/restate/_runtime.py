@@ -38,6 +38,7 @@ from ravi.errors import (
     handler_error,
 )
 from ravi.integrations.runtime.grpc import _wire
+from ravi.integrations.runtime.restate import _sql
 from ravi.integrations.runtime.restate._context import (
     BYTES,
     PROMISES,
@@ -555,9 +556,9 @@ class RestateRuntime(BaseRuntime):
     async def _cancel_invocation(self, recipient: AgentId, handler: str, key: str) -> None:
         """Cancel the invocation of an outside call that gave up (deadline, cancellation)."""
         query = (
-            "SELECT id FROM sys_invocation WHERE target_service_name = '{}' AND "
-            "target_service_key = '{}' AND target_handler_name = '{}' AND idempotency_key = '{}'"
-        ).format(*(_sql(v) for v in (recipient.type, recipient.key, handler, key)))
+            "SELECT id FROM sys_invocation WHERE target_service_name = {} AND "
+            "target_service_key = {} AND target_handler_name = {} AND idempotency_key = {}"
+        ).format(*(_sql.literal(v) for v in (recipient.type, recipient.key, handler, key)))
         try:
             for _ in range(20):
                 rows = await self._query(query)
@@ -573,15 +574,7 @@ class RestateRuntime(BaseRuntime):
 
     async def _query(self, sql: str) -> list[dict[str, Any]]:
         """Rows of a query on Restate's introspection tables (admin API)."""
-        async with self._client().post(
-            f"{self._admin}/query",
-            json={"query": sql},
-            headers={"accept": "application/json"},
-        ) as response:
-            if response.status != 200:
-                raise Unavailable(f"Restate's query API answered {response.status}")
-            rows: list[dict[str, Any]] = (await response.json())["rows"]
-            return rows
+        return await _sql.query(self._client(), self._admin, sql)
 
     # --- publishing -------------------------------------------------------------------
 
@@ -714,7 +707,7 @@ class RestateRuntime(BaseRuntime):
             raise Unavailable(f"cannot load the state of {agent}: {status} {data!r}")
 
     async def save_state(self) -> Mapping[str, Any]:
-        names = ", ".join(f"'{_sql(t)}'" for t in self._types) or "''"
+        names = ", ".join(_sql.literal(t) for t in self._types) or "''"
         rows = await self._query(
             "SELECT service_name, service_key FROM state "
             f"WHERE key = 'state' AND service_name IN ({names})"
@@ -746,7 +739,3 @@ def _subscribers(subscriptions: list[dict[str, str]], topic: TopicId) -> list[Ag
 def _path(key: str) -> str:
     """An object key as one segment of an ingress URL: keys may hold '/', '?' or '#'."""
     return quote(key, safe="")
-
-
-def _sql(value: str) -> str:
-    return value.replace("'", "''")

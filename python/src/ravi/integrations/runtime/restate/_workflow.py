@@ -28,6 +28,7 @@ from ravi.errors import (
     handler_error,
 )
 from ravi.integrations.runtime.grpc import _wire
+from ravi.integrations.runtime.restate import _sql
 from ravi.integrations.runtime.restate._context import (
     BYTES,
     RestateContext,
@@ -368,16 +369,12 @@ class RestateWorkflowClient:
             NotFound: no run has this id (or it ended longer ago than Restate
                 keeps workflows: a day by default).
         """
-        rows = await self._query(
-            f"SELECT key, value_utf8 FROM state WHERE service_name = '{WORKFLOW}' "
-            f"AND service_key = '{_sql(workflow_id)}' AND key IN ('status', '{PROMISES_STATE}')"
-        )
-        state = {row["key"]: row["value_utf8"].encode() for row in rows}
+        state = await self._state(workflow_id)
         if "status" in state:
             return status_view(state["status"], state.get(PROMISES_STATE))
         started = await self._query(
             "SELECT id FROM sys_invocation WHERE target_service_name = "
-            f"'{WORKFLOW}' AND target_service_key = '{_sql(workflow_id)}' "
+            f"'{WORKFLOW}' AND target_service_key = {_sql.literal(workflow_id)} "
             "AND target_handler_name = 'run'"
         )
         if not started:
@@ -403,11 +400,7 @@ class RestateWorkflowClient:
             FailedPrecondition: the run has ended, or stopped waiting for it.
             AlreadyExists: it was resolved already.
         """
-        rows = await self._query(
-            f"SELECT key, value_utf8 FROM state WHERE service_name = '{WORKFLOW}' "
-            f"AND service_key = '{_sql(workflow_id)}' AND key IN ('status', '{PROMISES_STATE}')"
-        )
-        state = {row["key"]: row["value_utf8"].encode() for row in rows}
+        state = await self._state(workflow_id)
         if "status" not in state:
             await self.query_workflow(workflow_id)  # NotFound for an unknown id
         refusal = refusal_of(
@@ -493,26 +486,13 @@ class RestateWorkflowClient:
         except TimeoutError:
             raise DeadlineExceeded(f"Restate did not answer {url} in time") from None
 
+    async def _state(self, workflow_id: str) -> dict[str, bytes]:
+        """The run's `status` and `promises`, as kept in the workflow's state."""
+        rows = await self._query(
+            f"SELECT key, value_utf8 FROM state WHERE service_name = '{WORKFLOW}' AND "
+            f"service_key = {_sql.literal(workflow_id)} AND key IN ('status', '{PROMISES_STATE}')"
+        )
+        return {row["key"]: row["value_utf8"].encode() for row in rows}
+
     async def _query(self, sql: str) -> list[dict[str, Any]]:
-        """Rows of a query on Restate's state and invocations (admin API)."""
-        try:
-            async with self._client().post(
-                f"{self._admin}/query",
-                json={"query": sql},
-                headers={"accept": "application/json"},
-                timeout=self._timeout(),
-            ) as response:
-                if response.status != 200:
-                    text = await response.text()
-                    raise Unavailable(f"Restate's query API answered {response.status}: {text}")
-                rows: list[dict[str, Any]] = (await response.json())["rows"]
-                return rows
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise Unavailable(
-                f"Restate's admin API at {self._admin} is unreachable: "
-                f"{error or 'no answer in time'}"
-            ) from None
-
-
-def _sql(value: str) -> str:
-    return value.replace("'", "''")
+        return await _sql.query(self._client(), self._admin, sql, self._settings.timeout)
