@@ -86,13 +86,14 @@ class Deployment:
         self._grace_period = grace_period
         self._shutdown = asyncio.Event()
         self._draining = asyncio.Event()
+        self._streams = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         config = Config()
         config.bind = [f"fd://{listener.fileno()}"]
         config.accesslog = None
         config.errorlog = logger
-        # On shutdown hypercorn refuses new streams and gives those in progress
-        # this long; drained, they end as soon as the step they run does.
-        config.graceful_timeout = grace_period
+        config.graceful_timeout = 1.0
         served: Callable[..., Awaitable[None]] = self._asgi  # hypercorn's ASGI types are narrower
         self._task = asyncio.get_running_loop().create_task(
             serve(served, config, shutdown_trigger=self._shutdown.wait),
@@ -106,16 +107,24 @@ class Deployment:
         retries it (its journaled steps are not repeated, the one running is).
         """
         self._draining.set()
+        try:
+            await asyncio.wait_for(self._quiet.wait(), self._grace_period)
+        except TimeoutError:
+            logger.warning(
+                "%d invocations still ran after %s s: cut off, Restate retries them",
+                self._streams,
+                self._grace_period,
+            )
+        # Only once the streams are done: hypercorn, shutting down, refuses a new
+        # stream while its first frames may already be in, and a frame for a
+        # stream it does not know breaks the whole connection.
         self._shutdown.set()
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), self._grace_period + 2)
+            await asyncio.wait_for(asyncio.shield(self._task), 3)
         except TimeoutError:
-            logger.warning("invocations still ran after the grace period: cut off")
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        except Exception as error:  # the server is going away either way
-            logger.warning("the deployment stopped with an error: %s", error)
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # stopping either way
+            await self._task
         with contextlib.suppress(OSError):  # hypercorn may have closed it
             self._listener.close()
 
@@ -129,8 +138,32 @@ class Deployment:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if self._draining.is_set():
+            await _refuse(receive, send)
+            return
         stream = _DrainedStream(receive, send, self._draining)
-        await self._app(scope, stream.receive, stream.send)
+        self._streams += 1
+        self._quiet.clear()
+        try:
+            await self._app(scope, stream.receive, stream.send)
+        finally:
+            self._streams -= 1
+            if not self._streams:
+                self._quiet.set()
+
+
+async def _refuse(receive: Receive, send: Send) -> None:
+    """Answer 503 to an invocation arriving while the deployment drains: Restate retries it.
+
+    The response ends only once Restate has ended the request (see _DrainedStream).
+    """
+    await send({"type": "http.response.start", "status": 503, "headers": []})
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            break
+    with contextlib.suppress(Exception):  # the stream may be gone: Restate reset it
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class _DrainedStream:
