@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from ravi import AgentId, Interceptor
 from ravi.errors import AgentTypeNotFound
-from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.integrations.runtime.restate import RestateRuntime
 from ravi.runtime import BaseRuntime, LocalRuntime
 from ravi.testing import eventually, ravi_command, running_node, running_restate
@@ -65,11 +65,11 @@ async def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             async with running_node(command) as b:
                 client = GrpcRuntime(
                     remote_peers={"node-a": a.address, "node-b": b.address},
-                    default_timeout=DEFAULT_TIMEOUT,
+                    options=GrpcRuntimeOptions(default_timeout=DEFAULT_TIMEOUT),
                 )
                 async with client:
                     await asyncio.gather(
-                        *(client.wait_for_route(t) for t in NODE_A_TYPES + NODE_B_TYPES)
+                        *(client.wait_until_ready(t) for t in NODE_A_TYPES + NODE_B_TYPES)
                     )
                     # node-a learns node-b when node-b describes it: wait until a
                     # call from node-a reaches node-b.

@@ -16,7 +16,7 @@ from ravi._demo.agents import ProgressPrinter
 from ravi.conformance.v1 import conformance_pb2 as conf
 from ravi.errors import HandlerFailed
 from ravi.examples.v1.examples_pb2 import Task
-from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.telemetry import configure
 from ravi.testing import (
     Jaeger,
@@ -62,8 +62,8 @@ async def traced_task(jaeger: Jaeger) -> str:
         ProgressPrinter.events.clear()
         ProgressPrinter.finished.clear()
         client = GrpcRuntime(
-            node_id="e2e-client",
             remote_peers={n.node_id: n.address for n in nodes},
+            options=GrpcRuntimeOptions(node_id="e2e-client"),
             interceptors=telemetry.interceptors,
         )
         await ProgressPrinter.register(client, "progress_printer")

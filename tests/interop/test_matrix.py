@@ -22,7 +22,7 @@ from ravi.errors import (
     RaviError,
 )
 from ravi.examples.v1.examples_pb2 import Task, TaskResult
-from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.mesh.v1 import agent_service_pb2 as svc
 from ravi.mesh.v1 import agent_service_pb2_grpc, types_pb2
 from ravi.testing import NodeProcess, eventually, start_node
@@ -40,7 +40,8 @@ NODE_IDS = {"python": "py", "go": "go", "node": "nd"}
 @contextlib.asynccontextmanager
 async def client(*nodes: NodeProcess, timeout: float = 10.0) -> AsyncIterator[GrpcRuntime]:
     runtime = GrpcRuntime(
-        remote_peers={n.node_id: n.address for n in nodes}, default_timeout=timeout
+        remote_peers={n.node_id: n.address for n in nodes},
+        options=GrpcRuntimeOptions(default_timeout=timeout),
     )
     async with runtime:
         yield runtime
@@ -48,7 +49,7 @@ async def client(*nodes: NodeProcess, timeout: float = 10.0) -> AsyncIterator[Gr
 
 async def routes_everywhere(runtime: GrpcRuntime) -> None:
     for agent_type in CONFORMANCE.values():
-        await runtime.wait_for_route(agent_type)
+        await runtime.wait_until_ready(agent_type)
 
 
 PAIRS = list(itertools.permutations(LANGUAGES, 2))
@@ -119,7 +120,7 @@ async def test_a_python_task_flows_through_go_and_node_agents_and_back(mesh: Mes
     await runtime.add_subscription(TypeSubscription("progress", "progress_printer"))
     async with runtime:
         for agent_type in ("orchestrator", "reviewer", "formatter"):
-            await runtime.wait_for_route(agent_type)
+            await runtime.wait_until_ready(agent_type)
         result = await runtime.send_message(
             Task(thread_id="matrix", content="How are deadlines propagated?"),
             AgentId("orchestrator", "matrix"),
@@ -208,4 +209,4 @@ async def test_a_killed_go_or_node_node_fails_calls_fast_and_rejoins(language: s
 
 async def routes_everywhere_of(runtime: GrpcRuntime, *agent_types: str) -> None:
     for agent_type in agent_types:
-        await runtime.wait_for_route(agent_type)
+        await runtime.wait_until_ready(agent_type)

@@ -530,6 +530,7 @@ class AgentHost:
         self.outstanding = 0
         self.running = False
         self.stopping = False
+        self._registered: asyncio.Event | None = None
         self.handle_chain = (
             chain(interceptors, lambda i: i.handle, self._handle_input) if interceptors else None
         )
@@ -563,6 +564,8 @@ class AgentHost:
         self._deadlines = Deadlines(self._loop)
         self.running = True
         self.stopping = False
+        if self._registered is not None:
+            self._registered.set()
 
     async def stop(self) -> None:
         if not self.running:
@@ -634,6 +637,16 @@ class AgentHost:
         if not (isinstance(agent_class, type) and issubclass(agent_class, BaseAgent)):
             raise TypeError(f"agent_class must be a BaseAgent subclass, got {agent_class!r}")
         self.registrations[agent_type] = _AgentRegistration(factory, agent_class)
+        if self._registered is not None:
+            self._registered.set()
+
+    async def wait_for_types(self, agent_types: Sequence[str], timeout: float) -> None:
+        """Wait until the host runs and every one of `agent_types` is registered."""
+        event = self._registered = self._registered or asyncio.Event()
+        async with asyncio.timeout(timeout):
+            while not (self.running and all(t in self.registrations for t in agent_types)):
+                event.clear()
+                await event.wait()
 
     def hosts(self, agent_type: str) -> bool:
         return agent_type in self.registrations

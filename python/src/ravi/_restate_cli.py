@@ -47,7 +47,7 @@ async def _run_worker(
     runtime = RestateRuntime(
         ingress, admin, listen=listen, advertise=advertise, force_register=force_register
     )
-    await _setup(runtime, NodeConfig(setup=setup, setup_args=setup_args))
+    await _setup(runtime, NodeConfig(setup=setup, setup_arg=setup_args))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

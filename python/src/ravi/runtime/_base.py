@@ -37,6 +37,19 @@ class BaseRuntime(ABC):
                 (it keeps running then).
         """
 
+    @abstractmethod
+    async def wait_until_ready(self, *agent_types: str, timeout: float = 10.0) -> None:
+        """Wait until the runtime has started and can deliver to every one of `agent_types`.
+
+        What "can deliver" means depends on the runtime: LocalRuntime hosts the
+        type; GrpcRuntime hosts it or knows a connected peer that does;
+        RestateRuntime has registered its deployment with Restate, which routes
+        to every deployment.
+
+        Raises:
+            TimeoutError: a type was still unreachable after `timeout` seconds.
+        """
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self

@@ -11,10 +11,11 @@ from ravi._host import AgentHost, new_message_id
 from ravi._ids import AgentId, TopicId
 from ravi._interceptors import Interceptor, PublishInput, SendInput, chain
 from ravi._subscriptions import Subscription
+from ravi.mesh.v1 import contract
 from ravi.runtime._base import BaseRuntime
 
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_MAILBOX_CAPACITY = 10_000
+DEFAULT_TIMEOUT = contract.DEFAULT_TIMEOUT_SECONDS
+DEFAULT_MAILBOX_CAPACITY = contract.DEFAULT_MAILBOX_CAPACITY
 
 
 class LocalRuntime(BaseRuntime):
@@ -62,6 +63,9 @@ class LocalRuntime(BaseRuntime):
     async def stop_when_idle(self, *, timeout: float | None = None) -> None:
         await self._host.wait_idle(timeout)
         await self._host.stop()
+
+    async def wait_until_ready(self, *agent_types: str, timeout: float = 10.0) -> None:
+        await self._host.wait_for_types(agent_types, timeout)
 
     async def register_factory(
         self,

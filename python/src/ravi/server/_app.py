@@ -34,7 +34,6 @@ from ravi.errors import (
     Unavailable,
     code_of,
 )
-from ravi.integrations.runtime.grpc import GrpcRuntime
 from ravi.react.v1 import react_pb2 as pb
 from ravi.runtime._base import BaseRuntime
 from ravi.server._threads import EventSink, Thread, ThreadStore
@@ -179,15 +178,14 @@ class RaviServer:
             self.startup_error = error
             raise
         try:
-            if isinstance(self.runtime, GrpcRuntime):
-                # A client node learns the mesh's routes once its peers answered.
-                try:
-                    await self.runtime.wait_for_route(self._agent_type, timeout=15)
-                except TimeoutError:
-                    logger.warning(
-                        "no peer hosts agent type %r yet; runs fail until one does",
-                        self._agent_type,
-                    )
+            # A client node of a mesh learns the routes once its peers answered.
+            try:
+                await self.runtime.wait_until_ready(self._agent_type, timeout=15)
+            except TimeoutError:
+                logger.warning(
+                    "no node hosts agent type %r yet; runs fail until one does",
+                    self._agent_type,
+                )
             if self._on_ready is not None:
                 self._on_ready()
             try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from ravi._mesh_cli import NodeConfig, UsageError, _setup
-from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.models import ChatModel
 from ravi.runtime import BaseRuntime, LocalRuntime
 from ravi.server._app import RaviServer
@@ -63,9 +63,11 @@ async def _runtime(config: ServeConfig) -> BaseRuntime:
         demo = False
         runtime = GrpcRuntime(
             remote_peers=config.peers,
-            node_id=f"ravi-server-{secrets.token_hex(3)}",
-            peer_token=config.peer_token,
-            default_timeout=config.run_timeout,
+            options=GrpcRuntimeOptions(
+                node_id=f"ravi-server-{secrets.token_hex(3)}",
+                peer_token=config.peer_token,
+                default_timeout=config.run_timeout,
+            ),
         )
     elif config.runtime == "restate":
         from ravi.integrations.runtime.restate import RestateRuntime  # noqa: PLC0415 - an extra
@@ -80,7 +82,7 @@ async def _runtime(config: ServeConfig) -> BaseRuntime:
         raise UsageError(f"--runtime must be local, grpc or restate, got {config.runtime!r}")
     if demo:
         await demo_setup(runtime, config.agent_type, _model(config))
-    await _setup(runtime, NodeConfig(setup=config.setup, setup_args=config.setup_args))
+    await _setup(runtime, NodeConfig(setup=config.setup, setup_arg=config.setup_args))
     return runtime
 
 

@@ -24,6 +24,7 @@ from ravi._agent import AgentType, BaseAgent
 from ravi._cancellation import CancellationToken
 from ravi._host import new_message_id
 from ravi._ids import AgentId, TopicId
+from ravi._mesh import codec
 from ravi._serialization import PROTOBUF, MessageRegistry, registry
 from ravi._subscriptions import Subscription
 from ravi.errors import (
@@ -37,9 +38,10 @@ from ravi.errors import (
     RaviError,
     ReentrantCall,
     Unavailable,
+    from_call_failure,
     handler_error,
+    to_call_failure,
 )
-from ravi.integrations.runtime.grpc import _wire
 from ravi.integrations.runtime.restate._context import (
     BYTES,
     PROMISES,
@@ -241,6 +243,27 @@ class RestateRuntime(BaseRuntime):
             ) from None
         await self.stop()
 
+    async def wait_until_ready(self, *agent_types: str, timeout: float = 10.0) -> None:
+        """Wait until Restate knows a deployment serving each of `agent_types`.
+
+        The agent types of this runtime are registered once it started; a type
+        served by another deployment is ready once that one registered.
+        """
+        async with asyncio.timeout(timeout):
+            for agent_type in agent_types:
+                delay = 0.05
+                while not await self._known_to_restate(agent_type):
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+
+    async def _known_to_restate(self, service: str) -> bool:
+        try:
+            async with self._client().get(f"{self._admin}/services/{service}") as response:
+                await response.read()
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
             raise Unavailable("the runtime is not running: start it first")
@@ -358,10 +381,10 @@ class RestateRuntime(BaseRuntime):
         agent_id = AgentId(agent_type, ctx.key())
         try:
             request = agent_service_pb2.SendRequest.FromString(data)
-            message = _wire.decode(self._registry, request.envelope.payload)
+            message = codec.decode(self._registry, request.envelope.payload)
         except (DecodeError, RaviError) as error:
             failure = error if isinstance(error, RaviError) else BadPayload(str(error))
-            return agent_service_pb2.CallOutcome(failure=_wire.failure_of(failure))
+            return agent_service_pb2.CallOutcome(failure=to_call_failure(failure))
         entry = self._types[agent_type]
         agent = await self._instance(agent_id)
         persistent = not entry.cls.reentrant
@@ -373,7 +396,7 @@ class RestateRuntime(BaseRuntime):
         metadata = request.envelope.metadata
         deadline_ms = metadata.pop(DEADLINE_KEY, "")
         deadline = int(deadline_ms) / 1000 if deadline_ms.isdigit() else None
-        topic = _wire.topic_from_wire(request.topic) if request.HasField("topic") else None
+        topic = codec.topic_from_wire(request.topic) if request.HasField("topic") else None
         rctx = RestateContext(ctx, self._registry, request.envelope, topic, deadline)
         token = _CURRENT.set(_Running(rctx, agent_id))
         try:
@@ -381,17 +404,17 @@ class RestateRuntime(BaseRuntime):
             result = await handler(agent, message, rctx)
             response = agent_service_pb2.SendResponse()
             if result is not None:
-                response.result.CopyFrom(_wire.encode(self._registry, result))
+                response.result.CopyFrom(codec.encode(self._registry, result))
             outcome = agent_service_pb2.CallOutcome(result=response)
         except restate.TerminalError as error:
-            outcome = agent_service_pb2.CallOutcome(failure=_wire.failure_of(_terminal(error)))
+            outcome = agent_service_pb2.CallOutcome(failure=to_call_failure(_terminal(error)))
         except NoHandler as error:
-            outcome = agent_service_pb2.CallOutcome(failure=_wire.failure_of(error))
+            outcome = agent_service_pb2.CallOutcome(failure=to_call_failure(error))
         except Exception as error:
             if restate.is_internal_exception(error):
                 raise  # the SDK suspends or replays the invocation
             failure = handler_error(error, str(agent_id))
-            outcome = agent_service_pb2.CallOutcome(failure=_wire.failure_of(failure))
+            outcome = agent_service_pb2.CallOutcome(failure=to_call_failure(failure))
         finally:
             _CURRENT.reset(token)
         if persistent:
@@ -423,7 +446,7 @@ class RestateRuntime(BaseRuntime):
         envelope = self._envelope(message, sender, message_id, metadata)
         envelope.metadata[DEADLINE_KEY] = str(int((time.time() + limit) * 1000))
         request = agent_service_pb2.SendRequest(
-            recipient=_wire.agent_id_to_wire(recipient), envelope=envelope
+            recipient=codec.agent_id_to_wire(recipient), envelope=envelope
         )
         url = f"{self._ingress}/{recipient.type}/{recipient.key}/handle"
         call = asyncio.ensure_future(
@@ -473,11 +496,11 @@ class RestateRuntime(BaseRuntime):
             )
         # The message id must be the same on a replay: Restate's seeded uuid is.
         envelope = self._envelope(message, running.agent, str(rctx.restate.uuid()), metadata)
-        envelope.call_chain.extend(_wire.chain_to_wire(chain))
+        envelope.call_chain.extend(codec.chain_to_wire(chain))
         if rctx.deadline is not None:
             envelope.metadata[DEADLINE_KEY] = str(int(rctx.deadline * 1000))
         request = agent_service_pb2.SendRequest(
-            recipient=_wire.agent_id_to_wire(recipient), envelope=envelope
+            recipient=codec.agent_id_to_wire(recipient), envelope=envelope
         )
         call = rctx.restate.generic_call(
             recipient.type, "handle", request.SerializeToString(), key=recipient.key
@@ -499,10 +522,10 @@ class RestateRuntime(BaseRuntime):
 
     def _reply(self, outcome: agent_service_pb2.CallOutcome) -> Any:
         if outcome.HasField("failure"):
-            raise _wire.error_of(outcome.failure)
+            raise from_call_failure(outcome.failure)
         if not outcome.result.HasField("result"):
             return None
-        return _wire.decode(self._registry, outcome.result.result)
+        return codec.decode(self._registry, outcome.result.result)
 
     def _envelope(
         self,
@@ -513,8 +536,8 @@ class RestateRuntime(BaseRuntime):
     ) -> types_pb2.Envelope:
         return types_pb2.Envelope(
             message_id=message_id,
-            sender=_wire.agent_id_to_wire(sender) if sender is not None else None,
-            payload=_wire.encode(self._registry, message),
+            sender=codec.agent_id_to_wire(sender) if sender is not None else None,
+            payload=codec.encode(self._registry, message),
             metadata=dict(metadata or {}),
         )
 
@@ -585,7 +608,7 @@ class RestateRuntime(BaseRuntime):
         message_id = message_id or new_message_id()
         request = agent_service_pb2.SendRequest(
             envelope=self._envelope(message, sender, message_id, metadata),
-            topic=_wire.topic_to_wire(topic),
+            topic=codec.topic_to_wire(topic),
         )
         body = request.SerializeToString()
         limit = self._default_timeout if timeout is None else timeout
@@ -621,7 +644,7 @@ class RestateRuntime(BaseRuntime):
         )
         request = agent_service_pb2.SendRequest(
             envelope=self._envelope(message, running.agent, str(rctx.restate.uuid()), metadata),
-            topic=_wire.topic_to_wire(topic),
+            topic=codec.topic_to_wire(topic),
         )
         body = request.SerializeToString()
         for agent in _subscribers(json.loads(subscriptions), topic):
@@ -655,7 +678,7 @@ class RestateRuntime(BaseRuntime):
     # --- promises and state -----------------------------------------------------------
 
     async def resolve_promise(self, name: str, value: Any) -> None:
-        payload = _wire.encode(self._registry, value).SerializeToString()
+        payload = codec.encode(self._registry, value).SerializeToString()
         running = _CURRENT.get()
         if running is not None:
             try:

@@ -13,6 +13,7 @@ import restate
 from google.protobuf import json_format
 
 from ravi._ids import AgentId
+from ravi._mesh import codec
 from ravi._serialization import MessageRegistry, registry
 from ravi.agents import DEFAULT_SYSTEM_PROMPT, EVENTS_TOPIC, ReActAgent, Task
 from ravi.errors import (
@@ -24,7 +25,6 @@ from ravi.errors import (
     code_of,
     handler_error,
 )
-from ravi.integrations.runtime.grpc import _wire
 from ravi.integrations.runtime.restate._context import (
     BYTES,
     CANCELLED_STATUS,
@@ -69,7 +69,7 @@ class _WorkflowContext(RestateContext):
             raise _terminal(error) from None
         finally:
             ctx.clear("waiting_for")
-        return _wire.decode(self._registry, types_pb2.Payload.FromString(data))
+        return codec.decode(self._registry, types_pb2.Payload.FromString(data))
 
 
 @dataclass
@@ -288,7 +288,7 @@ class RestateWorkflowClient:
         Raises:
             AlreadyExists: it was resolved already.
         """
-        payload = _wire.encode(self._registry, value).SerializeToString().hex()
+        payload = codec.encode(self._registry, value).SerializeToString().hex()
         status, data = await self._post(
             f"{WORKFLOW}/{workflow_id}/resolve", {"name": promise_name, "value": payload}
         )
