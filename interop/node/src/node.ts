@@ -16,6 +16,11 @@ import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { context as otelContext, type Context, type TracerProvider } from "@opentelemetry/api";
+import {
+  CONTRACT_VERSION,
+  DEFAULT_MAILBOX_CAPACITY,
+  HOP_LIMIT,
+} from "@ravi-mesh/contract/ravi/mesh/v1/contract";
 import { Health } from "@ravi-mesh/contract/grpc/health/v1/health_pb";
 import * as reflectionV1Pb from "@ravi-mesh/contract/grpc/reflection/v1/reflection_pb";
 import * as reflectionV1alphaPb from "@ravi-mesh/contract/grpc/reflection/v1alpha/reflection_pb";
@@ -110,12 +115,11 @@ import {
 } from "./tracing.js";
 import { AsyncQueue, sleep } from "./util.js";
 
-/** The contract version this node implements. */
-export const CONTRACT_VERSION = "1.1.0";
+// The contract version this node implements and the most forwarding hops a
+// Send may take: recorded once for every language (proto/ravi/mesh/v1/contract.toml).
+export { CONTRACT_VERSION, HOP_LIMIT };
 /** NodeInfo.language of this implementation. */
 export const LANGUAGE = "node";
-/** The most forwarding hops a Send may take. */
-export const HOP_LIMIT = 8;
 
 const AGENT_SERVICE_NAME = AgentService.typeName;
 
@@ -151,11 +155,11 @@ export interface NodeOptions {
   peerTls?: ClientTlsOptions | undefined;
   /** The largest request or response (default 4 MiB); larger is RESOURCE_EXHAUSTED. */
   maxMessageBytes?: number | undefined;
-  /** The deadline of calls that arrive without one (default 30 s). */
+  /** The deadline of calls that arrive without one (default 60 s). */
   defaultTimeoutMs?: number | undefined;
-  /** The deadline of handlers that receive a published event (default 30 s). */
+  /** The deadline of handlers that receive a published event (default 60 s). */
   eventTimeoutMs?: number | undefined;
-  /** Messages one agent's mailbox holds before MAILBOX_FULL (default 1024). */
+  /** Messages one agent's mailbox holds before MAILBOX_FULL (default 10,000). */
   mailboxCapacity?: number | undefined;
   /** Events one Subscribe stream may have queued before it is ended (default 10000). */
   streamQueueCapacity?: number | undefined;
@@ -412,7 +416,7 @@ export class RaviNode implements PeerHost, RegistrationHost {
     this.defaultTimeoutMs = options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.eventTimeoutMs = options.eventTimeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.streamQueueCapacity = options.streamQueueCapacity ?? 10_000;
-    this.mailboxCapacity = options.mailboxCapacity ?? 1024;
+    this.mailboxCapacity = options.mailboxCapacity ?? DEFAULT_MAILBOX_CAPACITY;
     this.abortGraceMs = options.abortGraceMs ?? 1000;
     this.tracing = new NodeTracing(options.nodeId, LANGUAGE, options.tracerProvider);
     this.types.add(file_google_protobuf_struct, ...(options.types ?? []));
