@@ -27,7 +27,7 @@ from tests.paths import REPO_ROOT, RESTATE_SERVER
 MAILBOX_CAPACITY = 50
 DEFAULT_TIMEOUT = 10.0
 
-RUNTIME_KINDS = ["local", "local-intercepted", "grpc", "restate"]
+RUNTIME_KINDS = ["local", "local-intercepted", "grpc", "restate", "restate-intercepted"]
 
 
 class PassThrough(Interceptor):
@@ -46,7 +46,7 @@ def node_command(node_id: str, setup: str, *peers: str) -> list[str]:
 
 @pytest_asyncio.fixture(params=RUNTIME_KINDS)
 async def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BaseRuntime]:
-    if request.param == "restate":
+    if request.param.startswith("restate"):
         # A fresh server per test: object state and journals start empty.
         async with running_restate(RESTATE_SERVER, tmp_path / "restate") as server:
             durable = RestateRuntime(
@@ -54,6 +54,7 @@ async def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
                 server.admin_url,
                 listen="127.0.0.1:0",
                 default_timeout=DEFAULT_TIMEOUT,
+                interceptors=[PassThrough()] if request.param == "restate-intercepted" else [],
             )
             await register(durable, NODE_A_TYPES + NODE_B_TYPES)
             async with durable:

@@ -100,4 +100,4 @@ MODELS = {
 
 
 def setup(runtime: RestateRuntime) -> None:
-    runtime.register_workflow(AgentWorkflow(models=MODELS, tools=[record, charge, pay]))
+    AgentWorkflow(models=MODELS, tools=[record, charge, pay]).register(runtime)

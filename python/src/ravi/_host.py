@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ravi._agent import BaseAgent, Handler
+from ravi._agent import BaseAgent, Handler, agent_class_of
 from ravi._cancellation import CancellationToken
 from ravi._context import MessageContext
 from ravi._deadlines import Deadlines
@@ -47,7 +47,7 @@ from ravi.errors import (
 )
 
 if TYPE_CHECKING:
-    from ravi.runtime import BaseRuntime
+    from ravi.runtime._base import BaseRuntime
 
 logger = logging.getLogger("ravi")
 
@@ -630,15 +630,16 @@ class AgentHost:
     # --- registration ------------------------------------------------------
 
     def register(
-        self, agent_type: str, factory: AgentFactory, agent_class: type[BaseAgent]
-    ) -> None:
+        self, agent_type: str, factory: Callable[[], Any], agent_class: type[Any]
+    ) -> type[BaseAgent]:
+        """Register `factory` for `agent_type`; returns the checked agent class."""
         if agent_type in self.registrations:
             raise AlreadyExists(f"agent type {agent_type!r} is registered already")
-        if not (isinstance(agent_class, type) and issubclass(agent_class, BaseAgent)):
-            raise TypeError(f"agent_class must be a BaseAgent subclass, got {agent_class!r}")
-        self.registrations[agent_type] = _AgentRegistration(factory, agent_class)
+        checked = agent_class_of(agent_class)
+        self.registrations[agent_type] = _AgentRegistration(factory, checked)
         if self._registered is not None:
             self._registered.set()
+        return checked
 
     async def wait_for_types(self, agent_types: Sequence[str], timeout: float) -> None:
         """Wait until the host runs and every one of `agent_types` is registered."""

@@ -20,10 +20,9 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from ravi._agent import AgentType, BaseAgent
 from ravi._cancellation import CancellationToken
 from ravi._host import AgentHost, _Publication, nested_call, new_message_id
-from ravi._ids import AgentId
+from ravi._ids import AgentId, AgentType
 from ravi._interceptors import ForwardInput, Interceptor, PublishInput, SendInput, chain
 from ravi._mesh import codec
 from ravi._mesh.discovery import PeerDiscovery, dns_target
@@ -44,7 +43,7 @@ from ravi.errors import (
     Unimplemented,
 )
 from ravi.mesh.v1 import agent_service_pb2, types_pb2
-from ravi.runtime import BaseRuntime
+from ravi.runtime._base import BaseRuntime
 
 logger = logging.getLogger("ravi.mesh")
 
@@ -231,11 +230,11 @@ class MeshNode:
     def register(
         self,
         agent_type: str,
-        factory: Callable[[], BaseAgent | Awaitable[BaseAgent]],
-        agent_class: type[BaseAgent],
+        factory: Callable[[], Any],
+        agent_class: type[Any],
     ) -> AgentType:
-        self.host.register(agent_type, factory, agent_class)
-        for message_type in agent_class.handled_types():
+        registered = self.host.register(agent_type, factory, agent_class)
+        for message_type in registered.handled_types():
             self._registry.type_name(message_type)
         self._changed()
         return AgentType(agent_type)

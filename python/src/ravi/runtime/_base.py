@@ -5,12 +5,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
-from ravi._agent import AgentType, BaseAgent
 from ravi._cancellation import CancellationToken
-from ravi._ids import AgentId, TopicId
+from ravi._ids import AgentId, AgentType, TopicId
 from ravi._subscriptions import Subscription
+
+Agent = TypeVar("Agent")
+"""The agent class a factory makes (a `ravi.BaseAgent` subclass, checked at registration).
+
+Unbound here so that the runtime interface does not import the agent class,
+which refers to it: agents depend on runtimes, not the other way round.
+"""
 
 
 class BaseRuntime(ABC):
@@ -66,14 +72,15 @@ class BaseRuntime(ABC):
     async def register_factory(
         self,
         agent_type: str,
-        factory: Callable[[], BaseAgent | Awaitable[BaseAgent]],
+        factory: Callable[[], Agent | Awaitable[Agent]],
         *,
-        agent_class: type[BaseAgent],
+        agent_class: type[Agent],
     ) -> AgentType:
         """Register a factory for `agent_type`; `BaseAgent.register` calls this.
 
         Raises:
             AlreadyExists: the type is registered already.
+            TypeError: `agent_class` is not a `ravi.BaseAgent` subclass.
         """
 
     @abstractmethod

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from ravi._agent import AgentType, BaseAgent
 from ravi._cancellation import CancellationToken
 from ravi._host import AgentHost, new_message_id
-from ravi._ids import AgentId, TopicId
+from ravi._ids import AgentId, AgentType, TopicId
 from ravi._interceptors import Interceptor, PublishInput, SendInput, chain
 from ravi._subscriptions import Subscription
 from ravi.mesh.v1 import contract
-from ravi.runtime._base import BaseRuntime
+from ravi.runtime._base import Agent, BaseRuntime
 
 DEFAULT_TIMEOUT = contract.DEFAULT_TIMEOUT_SECONDS
 DEFAULT_MAILBOX_CAPACITY = contract.DEFAULT_MAILBOX_CAPACITY
@@ -70,9 +69,9 @@ class LocalRuntime(BaseRuntime):
     async def register_factory(
         self,
         agent_type: str,
-        factory: Callable[[], BaseAgent | Awaitable[BaseAgent]],
+        factory: Callable[[], Agent | Awaitable[Agent]],
         *,
-        agent_class: type[BaseAgent],
+        agent_class: type[Agent],
     ) -> AgentType:
         self._host.register(agent_type, factory, agent_class)
         return AgentType(agent_type)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from ravi._agent import AgentType, BaseAgent
 from ravi._cancellation import CancellationToken
 from ravi._host import new_message_id
-from ravi._ids import AgentId, TopicId
+from ravi._ids import AgentId, AgentType, TopicId
 from ravi._interceptors import Interceptor, PublishInput
 from ravi._mesh.discovery import PeerDiscovery
 from ravi._mesh.node import MeshNode
@@ -19,7 +18,7 @@ from ravi._subscriptions import Subscription
 from ravi.integrations.runtime.grpc._options import GrpcRuntimeOptions
 from ravi.integrations.runtime.grpc._server import GrpcServer
 from ravi.integrations.runtime.grpc._transport import dialer
-from ravi.runtime import BaseRuntime
+from ravi.runtime._base import Agent, BaseRuntime
 
 
 class GrpcRuntime(BaseRuntime):
@@ -165,9 +164,9 @@ class GrpcRuntime(BaseRuntime):
     async def register_factory(
         self,
         agent_type: str,
-        factory: Callable[[], BaseAgent | Awaitable[BaseAgent]],
+        factory: Callable[[], Agent | Awaitable[Agent]],
         *,
-        agent_class: type[BaseAgent],
+        agent_class: type[Agent],
     ) -> AgentType:
         return self._node.register(agent_type, factory, agent_class)
 

@@ -9,7 +9,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
@@ -20,10 +20,11 @@ from google.protobuf.message import DecodeError
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from ravi._agent import AgentType, BaseAgent
+from ravi._agent import BaseAgent, agent_class_of
 from ravi._cancellation import CancellationToken
 from ravi._host import new_message_id
-from ravi._ids import AgentId, TopicId
+from ravi._ids import AgentId, AgentType, TopicId
+from ravi._interceptors import HandleInput, Interceptor, PublishInput, SendInput, chain
 from ravi._mesh import codec
 from ravi._serialization import PROTOBUF, MessageRegistry, registry
 from ravi._subscriptions import Subscription
@@ -54,9 +55,8 @@ from ravi.integrations.runtime.restate._internal import (
     internal_services,
     subscription_json,
 )
-from ravi.integrations.runtime.restate._workflow import AgentWorkflow
 from ravi.mesh.v1 import agent_service_pb2, types_pb2
-from ravi.runtime._base import BaseRuntime
+from ravi.runtime._base import Agent, BaseRuntime
 
 logger = logging.getLogger("ravi.restate")
 T = TypeVar("T")
@@ -79,7 +79,7 @@ _BYTES_IO: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class _Entry:
-    factory: Callable[[], BaseAgent | Awaitable[BaseAgent]]
+    factory: Callable[[], Any]
     cls: type[BaseAgent]
 
 
@@ -122,6 +122,9 @@ class RestateRuntime(BaseRuntime):
         force_register: replace a deployment registered at the same URI with
             different services (development; unsafe with invocations in flight).
         message_registry: where message types are looked up by name.
+        interceptors: hooks around sends, handler calls and publishes (tracing,
+            metrics), as on the other runtimes; a handler's hooks run in the
+            invocation, on every attempt.
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class RestateRuntime(BaseRuntime):
         default_timeout: float = DEFAULT_TIMEOUT,
         force_register: bool = False,
         message_registry: MessageRegistry = registry,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self._ingress = ingress_url.rstrip("/")
         self._admin = admin_url.rstrip("/")
@@ -148,7 +152,7 @@ class RestateRuntime(BaseRuntime):
         # Subscription id -> the id Restate keeps it under (an equal one's).
         self._stored_ids: dict[str, str] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._workflows: list[AgentWorkflow] = []
+        self._services: list[restate.Service | restate.VirtualObject | restate.Workflow] = []
         self._http: aiohttp.ClientSession | None = None
         self._server: asyncio.Task[None] | None = None
         self._shutdown = asyncio.Event()
@@ -156,6 +160,16 @@ class RestateRuntime(BaseRuntime):
         self._idle = asyncio.Event()
         self._idle.set()
         self.deployment_uri: str | None = None
+        # As on the other runtimes, a chain exists only when there are interceptors.
+        self._send_chain = (
+            chain(interceptors, lambda i: i.send, self._send_input) if interceptors else None
+        )
+        self._publish_chain = (
+            chain(interceptors, lambda i: i.publish, self._publish_input) if interceptors else None
+        )
+        self._handle_chain = (
+            chain(interceptors, lambda i: i.handle, self._handle_input) if interceptors else None
+        )
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -187,8 +201,7 @@ class RestateRuntime(BaseRuntime):
         config.bind = [f"fd://{listener.fileno()}"]
         config.accesslog = None
         config.errorlog = logging.getLogger("ravi.restate.deployment")
-        workflows = [w.service(self) for w in self._workflows]
-        app = restate.app([*self._objects(), *workflows, *internal_services()])
+        app = restate.app([*self._objects(), *self._services, *internal_services()])
         self._shutdown.clear()
         self._server = asyncio.get_running_loop().create_task(
             serve(_without_lifespan(app), config, shutdown_trigger=self._shutdown.wait),
@@ -274,9 +287,9 @@ class RestateRuntime(BaseRuntime):
     async def register_factory(
         self,
         agent_type: str,
-        factory: Callable[[], BaseAgent | Awaitable[BaseAgent]],
+        factory: Callable[[], Agent | Awaitable[Agent]],
         *,
-        agent_class: type[BaseAgent],
+        agent_class: type[Agent],
     ) -> AgentType:
         if agent_type in self._types:
             raise AlreadyExists(f"agent type {agent_type!r} is registered already")
@@ -285,18 +298,26 @@ class RestateRuntime(BaseRuntime):
                 "register agent types before start(): the deployment is registered with "
                 "Restate once"
             )
-        self._types[agent_type] = _Entry(factory, agent_class)
+        self._types[agent_type] = _Entry(factory, agent_class_of(agent_class))
         return AgentType(agent_type)
 
-    def register_workflow(self, workflow: AgentWorkflow) -> None:
-        """Serve the durable agent workflow (ravi.AgentWorkflow) from this runtime.
+    def add_service(
+        self, service: restate.Service | restate.VirtualObject | restate.Workflow
+    ) -> None:
+        """Serve a Restate service of your own from this runtime's deployment.
+
+        The hook through which durable workflows join a runtime (such as
+        `AgentWorkflow.register`): the runtime knows no particular workflow.
 
         Raises:
-            AlreadyExists: a workflow is registered already, or the runtime started.
+            AlreadyExists: the runtime started (the deployment is registered once),
+                or a service of that name is added already.
         """
-        if self._workflows or self._server is not None:
-            raise AlreadyExists("register one agent workflow, before start()")
-        self._workflows.append(workflow)
+        if self._server is not None:
+            raise AlreadyExists("add services before start(): the deployment is registered once")
+        if any(s.name == service.name for s in self._services):
+            raise AlreadyExists(f"a service named {service.name!r} is added already")
+        self._services.append(service)
 
     @property
     def message_registry(self) -> MessageRegistry:
@@ -400,8 +421,7 @@ class RestateRuntime(BaseRuntime):
         rctx = RestateContext(ctx, self._registry, request.envelope, topic, deadline)
         token = _CURRENT.set(_Running(rctx, agent_id))
         try:
-            handler = type(agent)._ravi_lookup(type(message))
-            result = await handler(agent, message, rctx)
+            result = await self._handle(agent_id, agent, message, rctx)
             response = agent_service_pb2.SendResponse()
             if result is not None:
                 response.result.CopyFrom(codec.encode(self._registry, result))
@@ -425,6 +445,18 @@ class RestateRuntime(BaseRuntime):
                 ctx.set("state", state, serde=BYTES)
         return outcome
 
+    def _handle(
+        self, agent_id: AgentId, agent: BaseAgent, message: Any, rctx: RestateContext
+    ) -> Awaitable[Any]:
+        """The handler call, through the interceptors' `handle` hooks when there are any."""
+        if self._handle_chain is None:
+            return type(agent)._ravi_lookup(type(message))(agent, message, rctx)
+        return self._handle_chain(HandleInput(agent_id, message, rctx))
+
+    async def _handle_input(self, input: HandleInput) -> Any:
+        agent = await self._instance(input.agent_id)
+        return await type(agent)._ravi_lookup(type(input.message))(agent, input.message, input.ctx)
+
     # --- sending -------------------------------------------------------------------
 
     async def send_message(
@@ -437,6 +469,43 @@ class RestateRuntime(BaseRuntime):
         cancellation: CancellationToken | None = None,
         message_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
+    ) -> Any:
+        if self._send_chain is None:
+            return await self._send(
+                message, recipient, sender, timeout, cancellation, message_id, metadata
+            )
+        return await self._send_chain(
+            SendInput(
+                message,
+                recipient,
+                sender,
+                message_id or new_message_id(),
+                dict(metadata or {}),
+                timeout,
+                cancellation,
+            )
+        )
+
+    async def _send_input(self, input: SendInput) -> Any:
+        return await self._send(
+            input.message,
+            input.recipient,
+            input.sender,
+            input.timeout,
+            input.cancellation,
+            input.message_id,
+            input.metadata,
+        )
+
+    async def _send(  # noqa: PLR0917 - mirrors send_message's arguments
+        self,
+        message: Any,
+        recipient: AgentId,
+        sender: AgentId | None,
+        timeout: float | None,
+        cancellation: CancellationToken | None,
+        message_id: str | None,
+        metadata: Mapping[str, str] | None,
     ) -> Any:
         running = _CURRENT.get()
         if running is not None:
@@ -601,6 +670,17 @@ class RestateRuntime(BaseRuntime):
         metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> None:
+        publication = PublishInput(
+            message, topic, sender, message_id or new_message_id(), dict(metadata or {}), timeout
+        )
+        if self._publish_chain is None:
+            await self._publish_input(publication)
+        else:
+            await self._publish_chain(publication)
+
+    async def _publish_input(self, input: PublishInput) -> None:
+        message, topic, sender = input.message, input.topic, input.sender
+        message_id, metadata, timeout = input.message_id, input.metadata, input.timeout
         running = _CURRENT.get()
         if running is not None:
             await self._publish_inside(running, message, topic, metadata)

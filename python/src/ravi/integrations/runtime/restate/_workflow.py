@@ -79,7 +79,7 @@ class AgentWorkflow:
     Every model call and tool execution is journaled, approvals are the
     workflow's durable promises (`approval-{request_id}`), and the run's
     events are published for the server's Server-Sent Events. Register it on a
-    RestateRuntime before it starts: `runtime.register_workflow(AgentWorkflow(...))`.
+    RestateRuntime before it starts: `AgentWorkflow(...).register(runtime)`.
 
     Args:
         models: the models a run may name, by name.
@@ -94,6 +94,14 @@ class AgentWorkflow:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_iterations: int = 10
     events_topic: str = EVENTS_TOPIC
+
+    def register(self, runtime: RestateRuntime) -> None:
+        """Serve this workflow from `runtime` (before it starts).
+
+        Raises:
+            AlreadyExists: an agent workflow is served already, or the runtime started.
+        """
+        runtime.add_service(self.service(runtime))
 
     def service(self, runtime: RestateRuntime) -> restate.Workflow:
         """The Restate Workflow that runs it on `runtime`."""
