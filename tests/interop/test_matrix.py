@@ -26,15 +26,21 @@ from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.mesh.v1 import agent_service_pb2 as svc
 from ravi.mesh.v1 import agent_service_pb2_grpc, types_pb2
 from ravi.testing import NodeProcess, eventually, start_node
-from tests.interop.conftest import COMMANDS, CONFORMANCE, LANGUAGES, Mesh, python_node
+from tests.interop.conftest import (
+    COMMANDS,
+    CONFORMANCE,
+    LANGUAGES,
+    MEMBERS,
+    NODE_IDS,
+    Mesh,
+    python_node,
+)
 
 pytestmark = [
     pytest.mark.interop,
     pytest.mark.asyncio(loop_scope="module"),
     pytest.mark.timeout(120),
 ]
-
-NODE_IDS = {"python": "py", "go": "go", "node": "nd"}
 
 
 @contextlib.asynccontextmanager
@@ -138,7 +144,7 @@ async def test_a_python_task_flows_through_go_and_node_agents_and_back(mesh: Mes
     assert result.content.startswith("## How are deadlines propagated")
 
 
-@pytest.mark.parametrize("language", ["go", "node"])
+@pytest.mark.parametrize("language", MEMBERS)
 async def test_errors_raised_in_go_and_node_reach_python_typed(mesh: Mesh, language: str) -> None:
     agent = AgentId(CONFORMANCE[language], "errors")
     async with client(*mesh.nodes.values()) as runtime:
@@ -156,7 +162,7 @@ async def test_errors_raised_in_go_and_node_reach_python_typed(mesh: Mesh, langu
         assert "not now" in str(refused.value)
 
 
-@pytest.mark.parametrize("language", ["go", "node"])
+@pytest.mark.parametrize("language", MEMBERS)
 async def test_a_killed_go_or_node_node_fails_calls_fast_and_rejoins(language: str) -> None:
     deadline = 5.0
     python = await start_node(python_node("py-survivor"))

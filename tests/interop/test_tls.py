@@ -19,12 +19,10 @@ from ravi.errors import AgentTypeNotFound
 from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
 from ravi.testing import eventually, running_node
-from tests.interop.conftest import COMMANDS, CONFORMANCE, python_node
+from tests.interop.conftest import COMMANDS, CONFORMANCE, MEMBERS, python_node
 from tests.tls import make_certificates
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
-
-MEMBERS = ("go", "node")
 
 
 @pytest.fixture(scope="module")
