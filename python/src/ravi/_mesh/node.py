@@ -348,11 +348,11 @@ class MeshNode:
 
     # --- publishing ----------------------------------------------------------
 
-    async def publish_message(self, publication: PublishInput) -> None:
+    def publish_message(self, publication: PublishInput) -> Awaitable[None]:
+        """Publish from this node: the coroutine itself is returned, one await layer less."""
         if self._publish_chain is not None:
-            await self._publish_chain(publication)
-        else:
-            await self._publish_input(publication)
+            return self._publish_chain(publication)
+        return self._publish_input(publication)
 
     async def _publish_input(self, input: PublishInput) -> None:
         await self.host.publish(

@@ -176,8 +176,8 @@ class GrpcRuntime(BaseRuntime):
     async def remove_subscription(self, subscription_id: str) -> None:
         self._node.remove_subscription(subscription_id)
 
-    # send_message returns the node's coroutine without an extra await layer (see
-    # BaseAgent.send_message): a round trip is mostly such layers.
+    # send_message and publish_message return the node's coroutine without an extra await
+    # layer (see BaseAgent.send_message): a round trip is mostly such layers.
     def send_message(  # type: ignore[override]
         self,
         message: Any,
@@ -193,7 +193,7 @@ class GrpcRuntime(BaseRuntime):
             message, recipient, sender, timeout, cancellation, message_id, metadata
         )
 
-    async def publish_message(
+    def publish_message(  # type: ignore[override]
         self,
         message: Any,
         topic: TopicId,
@@ -202,8 +202,8 @@ class GrpcRuntime(BaseRuntime):
         message_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
-    ) -> None:
-        await self._node.publish_message(
+    ) -> Awaitable[None]:
+        return self._node.publish_message(
             PublishInput(
                 message,
                 topic,

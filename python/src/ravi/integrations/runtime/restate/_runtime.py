@@ -55,13 +55,13 @@ from ravi.integrations.runtime.restate._internal import (
     internal_services,
     subscription_json,
 )
-from ravi.mesh.v1 import agent_service_pb2, types_pb2
+from ravi.mesh.v1 import agent_service_pb2, contract, types_pb2
 from ravi.runtime._base import Agent, BaseRuntime
 
 logger = logging.getLogger("ravi.restate")
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = contract.DEFAULT_TIMEOUT_SECONDS
 # Envelope metadata carrying the caller's deadline (ms since the epoch) into
 # the invocation, where gRPC would carry it as the call's deadline.
 DEADLINE_KEY = "ravi-deadline-ms"
@@ -167,9 +167,7 @@ class RestateRuntime(BaseRuntime):
         self._publish_chain = (
             chain(interceptors, lambda i: i.publish, self._publish_input) if interceptors else None
         )
-        self._handle_chain = (
-            chain(interceptors, lambda i: i.handle, self._handle_input) if interceptors else None
-        )
+        self._interceptors = tuple(interceptors)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -270,6 +268,8 @@ class RestateRuntime(BaseRuntime):
                     delay = min(delay * 2, 1.0)
 
     async def _known_to_restate(self, service: str) -> bool:
+        if self._http is None:
+            return False  # not started yet
         try:
             async with self._client().get(f"{self._admin}/services/{service}") as response:
                 await response.read()
@@ -421,7 +421,7 @@ class RestateRuntime(BaseRuntime):
         rctx = RestateContext(ctx, self._registry, request.envelope, topic, deadline)
         token = _CURRENT.set(_Running(rctx, agent_id))
         try:
-            result = await self._handle(agent_id, agent, message, rctx)
+            result = await self._call_handler(agent_id, agent, message, rctx)
             response = agent_service_pb2.SendResponse()
             if result is not None:
                 response.result.CopyFrom(codec.encode(self._registry, result))
@@ -445,17 +445,20 @@ class RestateRuntime(BaseRuntime):
                 ctx.set("state", state, serde=BYTES)
         return outcome
 
-    def _handle(
+    def _call_handler(
         self, agent_id: AgentId, agent: BaseAgent, message: Any, rctx: RestateContext
     ) -> Awaitable[Any]:
         """The handler call, through the interceptors' `handle` hooks when there are any."""
-        if self._handle_chain is None:
+        if not self._interceptors:
             return type(agent)._ravi_lookup(type(message))(agent, message, rctx)
-        return self._handle_chain(HandleInput(agent_id, message, rctx))
 
-    async def _handle_input(self, input: HandleInput) -> Any:
-        agent = await self._instance(input.agent_id)
-        return await type(agent)._ravi_lookup(type(input.message))(agent, input.message, input.ctx)
+        async def handle(input: HandleInput) -> Any:
+            return await type(agent)._ravi_lookup(type(input.message))(
+                agent, input.message, input.ctx
+            )
+
+        hooked = chain(self._interceptors, lambda i: i.handle, handle)
+        return hooked(HandleInput(agent_id, message, rctx))
 
     # --- sending -------------------------------------------------------------------
 
