@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Protocol
 
 from ravi._mesh.codec import rendezvous_score
@@ -317,16 +317,7 @@ class Peers:
             )
         )
         peer.stream = stream
-        deliver: Callable[[agent_service_pb2.Event], Awaitable[None]] = self._owner.deliver_event
-        async for item in stream:
-            kind = item.WhichOneof("kind")
-            if kind == "event":
-                await deliver(item.event)
-            elif kind == "events":
-                for event in item.events.events:
-                    await deliver(event)
-            elif kind == "node":
-                self._update(peer, item.node)
+        await stream.follow(self._owner.deliver_event, lambda info: self._update(peer, info))
         return True
 
 

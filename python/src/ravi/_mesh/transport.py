@@ -10,7 +10,7 @@ protocols and reuses the whole mesh.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Protocol
 
 from ravi._cancellation import CancellationToken
@@ -18,13 +18,23 @@ from ravi.mesh.v1 import agent_service_pb2, types_pb2
 
 
 class EventStream(Protocol):
-    """EventStream is an open Subscribe stream from a peer: its items until it ends.
+    """EventStream is an open Subscribe stream from a peer.
 
-    Iterating raises a `RaviError` when the stream fails; `cancel()` ends it
-    from this side (the iteration then ends or raises `Cancelled`).
+    `cancel()` ends it from this side; `follow` then ends or raises `Cancelled`.
     """
 
-    def __aiter__(self) -> AsyncIterator[agent_service_pb2.SubscribeResponse]: ...
+    async def follow(
+        self,
+        deliver: Callable[[agent_service_pb2.Event], Awaitable[None]],
+        described: Callable[[types_pb2.NodeInfo], None],
+    ) -> None:
+        """Hand each event to `deliver` and each node update to `described`, until the end.
+
+        `deliver` is awaited before the next item is read, so a slow subscriber
+        slows the stream instead of piling events up. Raises a `RaviError` when
+        the stream fails.
+        """
+        ...
 
     def cancel(self) -> bool: ...
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
@@ -33,7 +33,7 @@ from ravi.errors import (
     from_grpc_error,
 )
 from ravi.integrations.runtime.grpc._security import TlsConfig
-from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc
+from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
 
 T = TypeVar("T")
 
@@ -211,10 +211,23 @@ class _EventStream:
         self._peer = peer
         self._call = call
 
-    async def __aiter__(self) -> AsyncIterator[agent_service_pb2.SubscribeResponse]:
+    async def follow(
+        self,
+        deliver: Callable[[agent_service_pb2.Event], Awaitable[None]],
+        described: Callable[[types_pb2.NodeInfo], None],
+    ) -> None:
+        # The loop over the call's items is here, not behind an iterator of our
+        # own: every event of a busy stream passes through it.
         try:
             async for item in self._call:
-                yield item
+                kind = item.WhichOneof("kind")
+                if kind == "events":
+                    for event in item.events.events:
+                        await deliver(event)
+                elif kind == "event":
+                    await deliver(item.event)
+                elif kind == "node":
+                    described(item.node)
         except grpc.aio.AioRpcError as error:
             raise self._peer.error(error) from None
         except asyncio.CancelledError:
