@@ -311,7 +311,8 @@ class MeshNode:
         envelope = codec.envelope(
             self._registry, message, sender, message_id or new_message_id(), metadata
         )
-        envelope.call_chain.extend(codec.chain_to_wire(chain_keys))
+        if chain_keys:
+            envelope.call_chain.extend(codec.chain_to_wire(chain_keys))
         request = agent_service_pb2.SendRequest(
             recipient=codec.agent_id_to_wire(recipient), envelope=envelope
         )
