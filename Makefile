@@ -17,7 +17,10 @@ PY := $(VENV)/bin/python
 TOOLS_BIN := $(CURDIR)/.tools/bin
 BUF := tools/node_modules/.bin/buf
 TSC := node_modules/.bin/tsc
-CONTRACT_RELEASE := proto/releases/ravi-v1.1.0.json
+# The contract version is recorded once, in proto/ravi/mesh/v1/contract.toml; `buf breaking`
+# checks against the newest released image, `make release-contract` records the current one.
+CONTRACT_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' proto/ravi/mesh/v1/contract.toml)
+CONTRACT_RELEASE := $(shell ls proto/releases/ravi-v*.json | sort -V | tail -n 1)
 
 # Go never downloads another toolchain: the machine's Go 1.26 builds everything.
 export GOTOOLCHAIN := local
@@ -83,6 +86,8 @@ gen: $(VENV_STAMP) $(NPM_TOOLS_STAMP) $(GO_TOOLS_STAMP) ## Generate Python, Go a
 	rm -rf gen/python/ravi gen/go/ravi gen/ts/ravi gen/ts/grpc gen/ts/google
 	$(BUF) generate 2> >(grep -v '^Writing mypy to' >&2)
 	find gen/python/ravi -mindepth 1 -type d -exec touch {}/__init__.py \;
+	# The contract's shared facts (version, hop limit, default options) as constants.
+	$(PY) tools/gen-contract
 	# TypeScript for the standard gRPC protos the Node member serves (health,
 	# reflection, google.rpc status details), vendored in third_party/proto.
 	$(BUF) generate --template third_party/buf.gen.ts.yaml
@@ -100,8 +105,7 @@ vectors: setup build-node ## Rewrite the shared protobuf test vectors of every l
 
 .PHONY: release-contract
 release-contract: $(NPM_TOOLS_STAMP) ## Record the contract as released: the image `buf breaking` checks against.
-	mkdir -p $(dir $(CONTRACT_RELEASE))
-	$(BUF) build --exclude-source-info -o $(CONTRACT_RELEASE)
+	$(BUF) build --exclude-source-info -o proto/releases/ravi-v$(CONTRACT_VERSION).json
 
 # --- lint ------------------------------------------------------------------
 

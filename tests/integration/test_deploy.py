@@ -41,7 +41,7 @@ import pytest
 from ravi import AgentId
 from ravi._demo.run import DEFAULT_TASK
 from ravi.examples.v1.examples_pb2 import Task, TaskResult
-from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.testing import NodeProcess, eventually, ravi_command, running_node
 from tests.paths import REPO_ROOT, RESTATE_SERVER, TOOLS_BIN
 from tests.unit.test_deploy import DOCKERFILES, load_compose, parse_dockerfile
@@ -248,8 +248,7 @@ async def test_the_compose_services_run_as_processes_and_answer_end_to_end(
 
         client = GrpcRuntime(
             remote_peers={"node-a": nodes["node-a"].address},
-            node_id="compose-client",
-            peer_token=MESH_TOKEN,
+            options=GrpcRuntimeOptions(node_id="compose-client", peer_token=MESH_TOKEN),
         )
         async with client:
             await client.wait_for_peers(timeout=10)

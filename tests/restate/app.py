@@ -106,7 +106,7 @@ MODELS = {
 
 
 def setup(runtime: RestateRuntime) -> None:
-    runtime.register_workflow(AgentWorkflow(models=MODELS, tools=[record, charge, pay]))
+    AgentWorkflow(models=MODELS, tools=[record, charge, pay]).register(runtime)
 
 
 async def assistant_setup(runtime: RestateRuntime) -> None:

@@ -66,7 +66,7 @@ async def _run_worker(
         force_register=force_register,
         grace_period=grace_period,
     )
-    await _setup(runtime, NodeConfig(setup=setup, setup_args=setup_args))
+    await _setup(runtime, NodeConfig(setup=setup, setup_arg=setup_args))
     await _serve_threads(runtime, setup_args)
     async with runtime:
         if not stopping.is_set():

@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 from restate.serde import BytesSerde
 
 from ravi._ids import AgentId
+from ravi._mesh import codec
 from ravi._serialization import MessageRegistry
 from ravi._subscriptions import TypeSubscription
 from ravi.agents._react import EVENTS_TOPIC
@@ -38,8 +39,8 @@ from ravi.errors import (
     RaviError,
     code_of,
     error_for,
+    from_call_failure,
 )
-from ravi.integrations.runtime.grpc import _wire
 from ravi.integrations.runtime.restate import RestateRuntime
 from ravi.integrations.runtime.restate._context import CANCELLED_STATUS, PROMISES
 from ravi.integrations.runtime.restate._errors import terminal_of
@@ -113,7 +114,7 @@ async def _launch(
 
 async def _deliver(ctx: restate.ObjectContext, registry: MessageRegistry, data: bytes) -> None:
     try:
-        event = _wire.decode(
+        event = codec.decode(
             registry, agent_service_pb2.SendRequest.FromString(data).envelope.payload
         )
     except (DecodeError, RaviError) as error:
@@ -260,13 +261,13 @@ async def _task_request(
         content=request["content"],
         max_iterations=request["max_iterations"],
     )
-    payload = _wire.encode(registry, task)
+    payload = codec.encode(registry, task)
     envelope = types_pb2.Envelope(message_id=request["run_id"], payload=payload)
     timeout: float | None = request.get("timeout")
     if timeout is not None:
         started = await ctx.time()
         envelope.metadata[DEADLINE_KEY] = str(int((started + timeout) * 1000))
-    body = agent_service_pb2.SendRequest(recipient=_wire.agent_id_to_wire(agent), envelope=envelope)
+    body = agent_service_pb2.SendRequest(recipient=codec.agent_id_to_wire(agent), envelope=envelope)
     return body.SerializeToString()
 
 
@@ -279,9 +280,9 @@ def _outcome_of(
         return {"error": {"code": Code.DEADLINE_EXCEEDED.name, "message": message}}
     outcome = agent_service_pb2.CallOutcome.FromString(reply)
     if outcome.HasField("failure"):
-        error = _wire.error_of(outcome.failure)
+        error = from_call_failure(outcome.failure)
         return {"error": {"code": code_of(error).name, "message": str(error)}}
-    result = _wire.decode(registry, outcome.result.result)
+    result = codec.decode(registry, outcome.result.result)
     return {"result": json_format.MessageToDict(result, preserving_proto_field_name=True)}
 
 

@@ -23,9 +23,9 @@ from urllib.parse import quote
 import aiohttp
 
 from ravi._ids import AgentId
+from ravi._mesh import codec
 from ravi._serialization import MessageRegistry, registry
 from ravi.errors import FailedPrecondition, NotFound, Unavailable
-from ravi.integrations.runtime.grpc import _wire
 from ravi.integrations.runtime.restate import RestateSettings, _sql
 from ravi.integrations.runtime.restate._errors import error_of_reply
 from ravi.react.v1 import react_pb2 as pb
@@ -162,7 +162,7 @@ class RestateThreads:
         if not rows:
             raise NotFound(f"no approval request {request_id!r}")
         thread_id = str(rows[0]["service_key"])
-        value = _wire.encode(self._registry, answer).SerializeToString().hex()
+        value = codec.encode(self._registry, answer).SerializeToString().hex()
         body = {"request_id": request_id, "value": value}
         reply = await self._invoke(thread_id, "respond", body, f"respond-{uuid.uuid4().hex}")
         if reply is None:

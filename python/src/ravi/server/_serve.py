@@ -14,7 +14,7 @@ from pathlib import Path
 import uvicorn
 
 from ravi._mesh_cli import NodeConfig, UsageError, _setup
-from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.models import ChatModel
 from ravi.runtime import BaseRuntime, LocalRuntime
 from ravi.server._app import RaviServer
@@ -78,9 +78,11 @@ async def _threads(config: ServeConfig) -> ThreadService:
         demo = False
         runtime = GrpcRuntime(
             remote_peers=config.peers,
-            node_id=f"ravi-server-{secrets.token_hex(3)}",
-            peer_token=config.peer_token,
-            default_timeout=config.run_timeout or DEFAULT_RUN_TIMEOUT,
+            options=GrpcRuntimeOptions(
+                node_id=f"ravi-server-{secrets.token_hex(3)}",
+                peer_token=config.peer_token,
+                default_timeout=config.run_timeout or DEFAULT_RUN_TIMEOUT,
+            ),
         )
     else:
         raise UsageError(f"--runtime must be local, grpc or restate, got {config.runtime!r}")
@@ -88,7 +90,7 @@ async def _threads(config: ServeConfig) -> ThreadService:
         raise UsageError(f"--store must be sqlite or memory, got {config.store!r}")
     if demo:
         await demo_setup(runtime, config.agent_type, _model(config))
-    await _setup(runtime, NodeConfig(setup=config.setup, setup_args=config.setup_args))
+    await _setup(runtime, NodeConfig(setup=config.setup, setup_arg=config.setup_args))
     store = (
         ThreadStore.memory()
         if config.store == "memory"

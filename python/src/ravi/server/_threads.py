@@ -17,7 +17,6 @@ from ravi._ids import AgentId
 from ravi._subscriptions import TypeSubscription
 from ravi.agents._react import EVENTS_TOPIC
 from ravi.errors import AlreadyExists, NotFound, code_of
-from ravi.integrations.runtime.grpc import GrpcRuntime
 from ravi.react.v1 import react_pb2 as pb
 from ravi.runtime._base import BaseRuntime
 from ravi.server import _model as model
@@ -70,14 +69,13 @@ class RuntimeThreads:
         await _EventSink.register(self.runtime, SINK_TYPE, lambda: _EventSink(service))
         await self.runtime.add_subscription(TypeSubscription(self._events_topic, SINK_TYPE))
         await self.runtime.start()
-        if isinstance(self.runtime, GrpcRuntime):
-            # A client node learns the mesh's routes once its peers answered.
-            try:
-                await self.runtime.wait_for_route(self._agent_type, timeout=15)
-            except TimeoutError:
-                logger.warning(
-                    "no peer hosts agent type %r yet; runs fail until one does", self._agent_type
-                )
+        # A client node of a mesh learns the routes once its peers answered.
+        try:
+            await self.runtime.wait_until_ready(self._agent_type, timeout=15)
+        except TimeoutError:
+            logger.warning(
+                "no node hosts agent type %r yet; runs fail until one does", self._agent_type
+            )
 
     async def stop(self) -> None:
         """Interrupt the runs in progress (their threads say so), then stop the runtime."""

@@ -8,7 +8,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
@@ -18,10 +18,12 @@ import aiohttp
 import restate
 from google.protobuf.message import DecodeError
 
-from ravi._agent import AgentType, BaseAgent
+from ravi._agent import BaseAgent, agent_class_of
 from ravi._cancellation import CancellationToken
 from ravi._host import new_message_id
-from ravi._ids import AgentId, TopicId
+from ravi._ids import AgentId, AgentType, TopicId
+from ravi._interceptors import HandleInput, Interceptor, PublishInput, SendInput, chain
+from ravi._mesh import codec
 from ravi._serialization import PROTOBUF, MessageRegistry, registry
 from ravi._subscriptions import Subscription
 from ravi.errors import (
@@ -35,9 +37,10 @@ from ravi.errors import (
     RaviError,
     ReentrantCall,
     Unavailable,
+    from_call_failure,
     handler_error,
+    to_call_failure,
 )
-from ravi.integrations.runtime.grpc import _wire
 from ravi.integrations.runtime.restate import _sql
 from ravi.integrations.runtime.restate._context import (
     BYTES,
@@ -52,14 +55,13 @@ from ravi.integrations.runtime.restate._internal import (
     internal_services,
     subscription_json,
 )
-from ravi.integrations.runtime.restate._workflow import AgentWorkflow
-from ravi.mesh.v1 import agent_service_pb2, types_pb2
-from ravi.runtime._base import BaseRuntime
+from ravi.mesh.v1 import agent_service_pb2, contract, types_pb2
+from ravi.runtime._base import Agent, BaseRuntime
 
 logger = logging.getLogger("ravi.restate")
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = contract.DEFAULT_TIMEOUT_SECONDS
 DEFAULT_GRACE_PERIOD = 5.0
 # Envelope metadata carrying the caller's deadline (ms since the epoch) into
 # the invocation, where gRPC would carry it as the call's deadline.
@@ -78,7 +80,7 @@ _BYTES_IO: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class _Entry:
-    factory: Callable[[], BaseAgent | Awaitable[BaseAgent]]
+    factory: Callable[[], Any]
     cls: type[BaseAgent]
 
 
@@ -127,6 +129,9 @@ class RestateRuntime(BaseRuntime):
         force_register: replace a deployment registered at the same URI with
             different services (development; unsafe with invocations in flight).
         message_registry: where message types are looked up by name.
+        interceptors: hooks around sends, handler calls and publishes (tracing,
+            metrics), as on the other runtimes; a handler's hooks run in the
+            invocation, on every attempt.
         grace_period: seconds the invocations in progress get on `stop()` to
             reach their next durable wait, where they suspend.
     """
@@ -141,6 +146,7 @@ class RestateRuntime(BaseRuntime):
         default_timeout: float = DEFAULT_TIMEOUT,
         force_register: bool = False,
         message_registry: MessageRegistry = registry,
+        interceptors: Sequence[Interceptor] = (),
         grace_period: float = DEFAULT_GRACE_PERIOD,
     ) -> None:
         self._ingress = ingress_url.rstrip("/")
@@ -156,7 +162,6 @@ class RestateRuntime(BaseRuntime):
         # Subscription id -> the id Restate keeps it under (an equal one's).
         self._stored_ids: dict[str, str] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._workflows: list[AgentWorkflow] = []
         self._services: list[restate.Service | restate.VirtualObject | restate.Workflow] = []
         self._http: aiohttp.ClientSession | None = None
         self._server: Deployment | None = None
@@ -164,6 +169,14 @@ class RestateRuntime(BaseRuntime):
         self._idle = asyncio.Event()
         self._idle.set()
         self.deployment_uri: str | None = None
+        # As on the other runtimes, a chain exists only when there are interceptors.
+        self._send_chain = (
+            chain(interceptors, lambda i: i.send, self._send_input) if interceptors else None
+        )
+        self._publish_chain = (
+            chain(interceptors, lambda i: i.publish, self._publish_input) if interceptors else None
+        )
+        self._interceptors = tuple(interceptors)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -191,8 +204,7 @@ class RestateRuntime(BaseRuntime):
         listener.setblocking(False)
         bound = listener.getsockname()[1]
         self.deployment_uri = self._advertise or f"http://{host}:{bound}"
-        workflows = [w.service(self) for w in self._workflows]
-        app = restate.app([*self._objects(), *workflows, *self._services, *internal_services()])
+        app = restate.app([*self._objects(), *self._services, *internal_services()])
         await asyncio.to_thread(disarm_sdk_sigterm, app)
         self._server = Deployment(app, listener, self._grace_period)
         await self._register()
@@ -242,6 +254,29 @@ class RestateRuntime(BaseRuntime):
             ) from None
         await self.stop()
 
+    async def wait_until_ready(self, *agent_types: str, timeout: float = 10.0) -> None:
+        """Wait until Restate knows a deployment serving each of `agent_types`.
+
+        The agent types of this runtime are registered once it started; a type
+        served by another deployment is ready once that one registered.
+        """
+        async with asyncio.timeout(timeout):
+            for agent_type in agent_types:
+                delay = 0.05
+                while not await self._known_to_restate(agent_type):
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+
+    async def _known_to_restate(self, service: str) -> bool:
+        if self._http is None:
+            return False  # not started yet
+        try:
+            async with self._client().get(f"{self._admin}/services/{service}") as response:
+                await response.read()
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
             raise Unavailable("the runtime is not running: start it first")
@@ -252,9 +287,9 @@ class RestateRuntime(BaseRuntime):
     async def register_factory(
         self,
         agent_type: str,
-        factory: Callable[[], BaseAgent | Awaitable[BaseAgent]],
+        factory: Callable[[], Agent | Awaitable[Agent]],
         *,
-        agent_class: type[BaseAgent],
+        agent_class: type[Agent],
     ) -> AgentType:
         if agent_type in self._types:
             raise AlreadyExists(f"agent type {agent_type!r} is registered already")
@@ -263,26 +298,20 @@ class RestateRuntime(BaseRuntime):
                 "register agent types before start(): the deployment is registered with "
                 "Restate once"
             )
-        self._types[agent_type] = _Entry(factory, agent_class)
+        self._types[agent_type] = _Entry(factory, agent_class_of(agent_class))
         return AgentType(agent_type)
-
-    def register_workflow(self, workflow: AgentWorkflow) -> None:
-        """Serve the durable agent workflow (ravi.AgentWorkflow) from this runtime.
-
-        Raises:
-            AlreadyExists: a workflow is registered already, or the runtime started.
-        """
-        if self._workflows or self._server is not None:
-            raise AlreadyExists("register one agent workflow, before start()")
-        self._workflows.append(workflow)
 
     def add_service(
         self, service: restate.Service | restate.VirtualObject | restate.Workflow
     ) -> None:
-        """Serve a restate-sdk service of your own from this runtime's deployment.
+        """Serve a Restate service of your own from this runtime's deployment.
+
+        The hook through which durable workflows join a runtime (such as
+        `AgentWorkflow.register`): the runtime knows no particular workflow.
 
         Raises:
-            AlreadyExists: a service of that name is added already, or the runtime started.
+            AlreadyExists: the runtime started (the deployment is registered once),
+                or a service of that name is added already.
         """
         if self._server is not None:
             raise AlreadyExists("add services before start(): the deployment is registered once")
@@ -368,10 +397,10 @@ class RestateRuntime(BaseRuntime):
         agent_id = AgentId(agent_type, ctx.key())
         try:
             request = agent_service_pb2.SendRequest.FromString(data)
-            message = _wire.decode(self._registry, request.envelope.payload)
+            message = codec.decode(self._registry, request.envelope.payload)
         except (DecodeError, RaviError) as error:
             failure = error if isinstance(error, RaviError) else BadPayload(str(error))
-            return agent_service_pb2.CallOutcome(failure=_wire.failure_of(failure))
+            return agent_service_pb2.CallOutcome(failure=to_call_failure(failure))
         persistent = not self._types[agent_type].cls.reentrant
         saved = await ctx.get("state", serde=BYTES)
         agent = await self._fresh(agent_id, saved)
@@ -398,27 +427,41 @@ class RestateRuntime(BaseRuntime):
         metadata = request.envelope.metadata
         deadline_ms = metadata.pop(DEADLINE_KEY, "")
         deadline = int(deadline_ms) / 1000 if deadline_ms.isdigit() else None
-        topic = _wire.topic_from_wire(request.topic) if request.HasField("topic") else None
+        topic = codec.topic_from_wire(request.topic) if request.HasField("topic") else None
         rctx = RestateContext(ctx, self._registry, request.envelope, topic, deadline)
         token = _CURRENT.set(_Running(rctx, agent_id))
         try:
-            handler = type(agent)._ravi_lookup(type(message))
-            result = await handler(agent, message, rctx)
+            result = await self._call_handler(agent_id, agent, message, rctx)
             response = agent_service_pb2.SendResponse()
             if result is not None:
-                response.result.CopyFrom(_wire.encode(self._registry, result))
+                response.result.CopyFrom(codec.encode(self._registry, result))
             return agent_service_pb2.CallOutcome(result=response)
         except restate.TerminalError as error:
-            return agent_service_pb2.CallOutcome(failure=_wire.failure_of(_terminal(error)))
+            return agent_service_pb2.CallOutcome(failure=to_call_failure(_terminal(error)))
         except NoHandler as error:
-            return agent_service_pb2.CallOutcome(failure=_wire.failure_of(error))
+            return agent_service_pb2.CallOutcome(failure=to_call_failure(error))
         except Exception as error:
             if restate.is_internal_exception(error):
                 raise  # the SDK suspends or replays the invocation
             failure = handler_error(error, str(agent_id))
-            return agent_service_pb2.CallOutcome(failure=_wire.failure_of(failure))
+            return agent_service_pb2.CallOutcome(failure=to_call_failure(failure))
         finally:
             _CURRENT.reset(token)
+
+    def _call_handler(
+        self, agent_id: AgentId, agent: BaseAgent, message: Any, rctx: RestateContext
+    ) -> Awaitable[Any]:
+        """The handler call, through the interceptors' `handle` hooks when there are any."""
+        if not self._interceptors:
+            return type(agent)._ravi_lookup(type(message))(agent, message, rctx)
+
+        async def handle(input: HandleInput) -> Any:
+            return await type(agent)._ravi_lookup(type(input.message))(
+                agent, input.message, input.ctx
+            )
+
+        hooked = chain(self._interceptors, lambda i: i.handle, handle)
+        return hooked(HandleInput(agent_id, message, rctx))
 
     # --- sending -------------------------------------------------------------------
 
@@ -433,6 +476,43 @@ class RestateRuntime(BaseRuntime):
         message_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> Any:
+        if self._send_chain is None:
+            return await self._send(
+                message, recipient, sender, timeout, cancellation, message_id, metadata
+            )
+        return await self._send_chain(
+            SendInput(
+                message,
+                recipient,
+                sender,
+                message_id or new_message_id(),
+                dict(metadata or {}),
+                timeout,
+                cancellation,
+            )
+        )
+
+    async def _send_input(self, input: SendInput) -> Any:
+        return await self._send(
+            input.message,
+            input.recipient,
+            input.sender,
+            input.timeout,
+            input.cancellation,
+            input.message_id,
+            input.metadata,
+        )
+
+    async def _send(  # noqa: PLR0917 - mirrors send_message's arguments
+        self,
+        message: Any,
+        recipient: AgentId,
+        sender: AgentId | None,
+        timeout: float | None,
+        cancellation: CancellationToken | None,
+        message_id: str | None,
+        metadata: Mapping[str, str] | None,
+    ) -> Any:
         running = _CURRENT.get()
         if running is not None:
             return await self._send_inside(running, message, recipient, timeout, metadata)
@@ -441,7 +521,7 @@ class RestateRuntime(BaseRuntime):
         envelope = self._envelope(message, sender, message_id, metadata)
         envelope.metadata[DEADLINE_KEY] = str(int((time.time() + limit) * 1000))
         request = agent_service_pb2.SendRequest(
-            recipient=_wire.agent_id_to_wire(recipient), envelope=envelope
+            recipient=codec.agent_id_to_wire(recipient), envelope=envelope
         )
         url = f"{self._ingress}/{recipient.type}/{_path(recipient.key)}/handle"
         call = asyncio.ensure_future(
@@ -491,11 +571,11 @@ class RestateRuntime(BaseRuntime):
             )
         # The message id must be the same on a replay: Restate's seeded uuid is.
         envelope = self._envelope(message, running.agent, str(rctx.restate.uuid()), metadata)
-        envelope.call_chain.extend(_wire.chain_to_wire(chain))
+        envelope.call_chain.extend(codec.chain_to_wire(chain))
         if rctx.deadline is not None:
             envelope.metadata[DEADLINE_KEY] = str(int(rctx.deadline * 1000))
         request = agent_service_pb2.SendRequest(
-            recipient=_wire.agent_id_to_wire(recipient), envelope=envelope
+            recipient=codec.agent_id_to_wire(recipient), envelope=envelope
         )
         call = rctx.restate.generic_call(
             recipient.type, "handle", request.SerializeToString(), key=recipient.key
@@ -517,10 +597,10 @@ class RestateRuntime(BaseRuntime):
 
     def _reply(self, outcome: agent_service_pb2.CallOutcome) -> Any:
         if outcome.HasField("failure"):
-            raise _wire.error_of(outcome.failure)
+            raise from_call_failure(outcome.failure)
         if not outcome.result.HasField("result"):
             return None
-        return _wire.decode(self._registry, outcome.result.result)
+        return codec.decode(self._registry, outcome.result.result)
 
     def _envelope(
         self,
@@ -531,8 +611,8 @@ class RestateRuntime(BaseRuntime):
     ) -> types_pb2.Envelope:
         return types_pb2.Envelope(
             message_id=message_id,
-            sender=_wire.agent_id_to_wire(sender) if sender is not None else None,
-            payload=_wire.encode(self._registry, message),
+            sender=codec.agent_id_to_wire(sender) if sender is not None else None,
+            payload=codec.encode(self._registry, message),
             metadata=dict(metadata or {}),
         )
 
@@ -588,6 +668,17 @@ class RestateRuntime(BaseRuntime):
         metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> None:
+        publication = PublishInput(
+            message, topic, sender, message_id or new_message_id(), dict(metadata or {}), timeout
+        )
+        if self._publish_chain is None:
+            await self._publish_input(publication)
+        else:
+            await self._publish_chain(publication)
+
+    async def _publish_input(self, input: PublishInput) -> None:
+        message, topic, sender = input.message, input.topic, input.sender
+        message_id, metadata, timeout = input.message_id, input.metadata, input.timeout
         running = _CURRENT.get()
         if running is not None:
             await self._publish_inside(running, message, topic, metadata)
@@ -595,7 +686,7 @@ class RestateRuntime(BaseRuntime):
         message_id = message_id or new_message_id()
         request = agent_service_pb2.SendRequest(
             envelope=self._envelope(message, sender, message_id, metadata),
-            topic=_wire.topic_to_wire(topic),
+            topic=codec.topic_to_wire(topic),
         )
         body = request.SerializeToString()
         limit = self._default_timeout if timeout is None else timeout
@@ -631,7 +722,7 @@ class RestateRuntime(BaseRuntime):
         )
         request = agent_service_pb2.SendRequest(
             envelope=self._envelope(message, running.agent, str(rctx.restate.uuid()), metadata),
-            topic=_wire.topic_to_wire(topic),
+            topic=codec.topic_to_wire(topic),
         )
         body = request.SerializeToString()
         for agent in _subscribers(json.loads(subscriptions), topic):
@@ -665,7 +756,7 @@ class RestateRuntime(BaseRuntime):
     # --- promises and state -----------------------------------------------------------
 
     async def resolve_promise(self, name: str, value: Any) -> None:
-        payload = _wire.encode(self._registry, value).SerializeToString()
+        payload = codec.encode(self._registry, value).SerializeToString()
         running = _CURRENT.get()
         if running is not None:
             try:

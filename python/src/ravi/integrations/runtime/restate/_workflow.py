@@ -14,6 +14,7 @@ import restate
 from google.protobuf import json_format
 
 from ravi._ids import AgentId
+from ravi._mesh import codec
 from ravi._serialization import MessageRegistry, registry
 from ravi.agents import DEFAULT_SYSTEM_PROMPT, EVENTS_TOPIC, ReActAgent, Task
 from ravi.errors import (
@@ -27,7 +28,6 @@ from ravi.errors import (
     code_of,
     handler_error,
 )
-from ravi.integrations.runtime.grpc import _wire
 from ravi.integrations.runtime.restate import _sql
 from ravi.integrations.runtime.restate._context import (
     BYTES,
@@ -82,7 +82,7 @@ class _WorkflowContext(RestateContext):
                 raise _terminal(error) from None
             raise
         ctx.set(PROMISES_STATE, json.dumps(asked | {name: "resolved"}).encode(), serde=BYTES)
-        return _wire.decode(self._registry, types_pb2.Payload.FromString(data))
+        return codec.decode(self._registry, types_pb2.Payload.FromString(data))
 
 
 @dataclass
@@ -92,7 +92,7 @@ class AgentWorkflow:
     Every model call and tool execution is journaled, approvals are the
     workflow's durable promises (`approval-{request_id}`), and the run's
     events are published for the server's Server-Sent Events. Register it on a
-    RestateRuntime before it starts: `runtime.register_workflow(AgentWorkflow(...))`.
+    RestateRuntime before it starts: `AgentWorkflow(...).register(runtime)`.
 
     Args:
         models: the models a run may name, by name.
@@ -107,6 +107,14 @@ class AgentWorkflow:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_iterations: int = 10
     events_topic: str = EVENTS_TOPIC
+
+    def register(self, runtime: RestateRuntime) -> None:
+        """Serve this workflow from `runtime` (before it starts).
+
+        Raises:
+            AlreadyExists: an agent workflow is served already, or the runtime started.
+        """
+        runtime.add_service(self.service(runtime))
 
     def service(self, runtime: RestateRuntime) -> restate.Workflow:
         """The Restate Workflow that runs it on `runtime`."""
@@ -408,7 +416,7 @@ class RestateWorkflowClient:
         )
         if refusal is not None:
             raise refusal
-        payload = _wire.encode(self._registry, value).SerializeToString().hex()
+        payload = codec.encode(self._registry, value).SerializeToString().hex()
         path = f"{WORKFLOW}/{quote(workflow_id, safe='')}/resolve/send"
         what = f"resolving {promise_name!r} of {workflow_id!r}"
         status, data = await self._post(
