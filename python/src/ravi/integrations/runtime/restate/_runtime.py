@@ -371,9 +371,8 @@ class RestateRuntime(BaseRuntime):
 
     async def _fresh(self, agent_id: AgentId, state: bytes | None) -> BaseAgent:
         """A new instance of the agent, with its object state loaded: the same on every attempt."""
-        agent = self._types[agent_id.type].factory()
-        if isinstance(agent, Awaitable):
-            agent = await agent
+        made = self._types[agent_id.type].factory()
+        agent: BaseAgent = await made if isinstance(made, Awaitable) else made
         agent._ravi_bind(self, agent_id)
         if state is not None:
             await agent.load_state(json.loads(state))
