@@ -173,3 +173,39 @@ async def test_restate_dev_exits_0_idle_and_busy_and_its_runs_survive(tmp_path: 
         assert result["result"]["content"].startswith("Done. Report sent to team@example.com")
     finally:
         await dev.kill()
+
+
+def children_of(pid: int) -> set[int]:
+    """The direct children of `pid`, from /proc."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def running(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+async def test_restate_dev_killed_9_leaves_no_restate_server_behind(tmp_path: Path) -> None:
+    admin, _ = free_port_pair()
+    command = [*ravi_command(), "restate", "dev", "--data-dir", str(tmp_path / "dev")]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        ingress = int(probe.getsockname()[1])
+    command += ["--admin-port", str(admin), "--ingress-port", str(ingress)]
+    command += ["--listen", "127.0.0.1:0"]
+    dev = Process(command)
+    await dev.start()
+    try:
+        assert dev.process is not None
+        servers = children_of(dev.process.process.pid)
+        assert servers, "ravi restate dev started no child process"
+    finally:
+        await dev.kill()
+
+    async def gone() -> None:
+        alive = [pid for pid in servers if running(pid)]
+        assert not alive, f"still running after ravi restate dev was killed: {alive}"
+
+    await eventually(gone, timeout=10, interval=0.1)

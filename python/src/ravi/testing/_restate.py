@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import signal
 import socket
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+_PR_SET_PDEATHSIG = 1
 _PORTS = ("RESTATE_INGRESS__BIND_PORT", "RESTATE_ADMIN__BIND_PORT", "RESTATE_BIND_PORT")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM the server when its parent dies, even by SIGKILL.
+
+    The server runs in a session of its own (a terminal's Ctrl-C is for its
+    parent to handle), so without this a `ravi restate dev` or a test killed
+    -9 would leave it running, holding its ports and data folder.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -102,6 +116,7 @@ class RestateServer:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         health = (f"{self.admin_url}/health", f"{self.ingress_url}/restate/health")
 
