@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -155,20 +156,24 @@ def _namespace_members(kind: str, inode: str) -> list[int]:
     return members
 
 
+_DOCKER_LINK = re.compile(r"docker\d*|br-[0-9a-f]{12}|veth[0-9a-f]{7}|tap\d+")
+
+
 def host_state() -> dict[str, list[str]]:
-    """What an engine must not change on the host: firewall rules, links, runtime folders."""
+    """What an engine would leave on the host by mistake: its firewall rules, links, folders.
+
+    Only what dockerd and slirp4netns make (DOCKER chains, docker0, br-*, veth*,
+    tap*, /run/docker, /run/containerd), so that other programs changing the
+    host meanwhile do not count.
+    """
     state: dict[str, list[str]] = {}
     for tool in ("iptables-save", "ip6tables-save"):
         if shutil.which(tool):
             lines = _run([tool], timeout=30, check=False).stdout.splitlines()
-            # Counters and the dump's timestamps change on their own.
-            state[tool] = [
-                line.split(" [")[0] for line in lines if line and not line.startswith("#")
-            ]
-    state["links"] = sorted(
-        line.split(":")[1].strip().split("@")[0]
-        for line in _run(["ip", "-o", "link"], timeout=10).stdout.splitlines()
-    )
+            state[tool] = [line for line in lines if "docker" in line.lower()]
+    links = _run(["ip", "-o", "link"], timeout=10).stdout.splitlines()
+    names = (line.split(":")[1].strip().split("@")[0] for line in links)
+    state["links"] = sorted(name for name in names if _DOCKER_LINK.fullmatch(name))
     state["runtime folders"] = sorted(
         str(p) for p in (Path("/run/docker"), Path("/run/containerd")) if p.exists()
     )

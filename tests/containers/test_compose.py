@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shlex
 import subprocess
 import tarfile
 import time
@@ -38,6 +39,7 @@ from tests.containers import _engine
 from tests.containers._engine import Engine
 from tests.containers.conftest import MESH_TOKEN, REPORT, SERVER_TOKEN, Stack
 from tests.integration.test_deploy import server_runs_a_task
+from tests.paths import REPO_ROOT
 from tests.unit.test_deploy import MESH_NODES
 
 pytestmark = pytest.mark.timeout(300, func_only=True)
@@ -104,16 +106,30 @@ def test_every_service_is_up_healthy_and_unprivileged(stack: Stack) -> None:
     assert root == {"restate"}
 
 
+DEPLOY_PAGE = REPO_ROOT / "docs" / "deploy.md"
+
+
+def documented_exec() -> list[str]:
+    """The `docker compose exec node-a ravi send ...` command of docs/deploy.md."""
+    text = DEPLOY_PAGE.read_text().replace("\\\n", " ")
+    (line,) = [line for line in text.splitlines() if line.startswith("docker compose exec ")]
+    return shlex.split(line)
+
+
+def documented_key() -> str:
+    """The orchestrator key the documented command sends to (`--to orchestrator/KEY`)."""
+    command = documented_exec()
+    agent_type, _, key = command[command.index("--to") + 1].partition("/")
+    assert agent_type == "orchestrator"
+    return key
+
+
 @pytest.fixture(scope="module")
 def demo_task(stack: Stack) -> dict[str, Any]:
-    """The demo task, sent with the `ravi` command line inside node-a's container."""
-    task = {"thread_id": "containers", "content": "How are messages ordered?"}
-    sent = stack.compose(
-        *("exec", "-T", "node-a", "ravi", "send", "--addr", "127.0.0.1:50051"),
-        *("--to", "orchestrator/containers", "--type", "ravi.examples.v1.Task"),
-        *("--json", json.dumps(task), "--timeout", "60"),
-        timeout=90,
-    )
+    """The demo task, sent as docs/deploy.md does: `ravi send` inside node-a's container."""
+    docker, compose, *arguments = documented_exec()
+    assert (docker, compose) == ("docker", "compose")
+    sent = stack.compose(*arguments, timeout=90)
     reply: dict[str, Any] = json.loads(sent.stdout)
     return reply
 
@@ -136,7 +152,7 @@ async def test_the_demo_task_is_one_trace_in_jaeger(
     query = {
         "service": "node-a",
         "operation": "handle orchestrator",
-        "tags": json.dumps({"ravi.agent.key": "containers"}),
+        "tags": json.dumps({"ravi.agent.key": documented_key()}),
         "lookback": "1h",
         "limit": "20",
     }
