@@ -272,9 +272,10 @@ def test_compose_stop_stops_every_service_on_sigterm_well_within_its_grace_perio
             f"compose stop {service}: {took:.1f} s (grace {grace:.0f} s), exit {state['ExitCode']}"
         )
         if took > grace / 2 or state["ExitCode"] != 0:
-            slow[service] = (round(took, 1), state["ExitCode"])
+            logs = stack.compose("logs", "--no-color", "--tail", "20", service, check=False)
+            slow[service] = (round(took, 1), state["ExitCode"], logs.stdout[-2000:])
     # Exit 137 is SIGKILL: the service waited to be killed at the end of its grace period.
-    assert slow == {}, "slow to stop, or not cleanly (seconds, exit code)"
+    assert slow == {}, "slow to stop, or not cleanly (seconds, exit code, last logs)"
 
 
 def test_compose_down_and_the_engine_stop_leave_nothing_behind(

@@ -273,11 +273,15 @@ async def test_the_compose_services_run_as_processes_and_answer_end_to_end(
 
         await eventually(traced, timeout=20, interval=0.5)
 
-        for service, node in reversed(nodes.items()):
-            code = await node.stop()
-            # uvicorn re-raises the SIGTERM it handled once the server drained.
-            expected = {0, -signal.SIGTERM} if service == "server" else {0}
-            assert code in expected, f"{service} exited {code}: {''.join(node.output)}"
+        # Every service stops on SIGTERM, in time and cleanly; uvicorn re-raises the
+        # SIGTERM it handled once the server drained.
+        exits = {service: await node.stop() for service, node in reversed(nodes.items())}
+        unclean = {
+            service: (code, "".join(nodes[service].output)[-2000:])
+            for service, code in exits.items()
+            if code not in ({0, -signal.SIGTERM} if service == "server" else {0})
+        }
+        assert unclean == {}
 
 
 async def server_runs_a_task(base_url: str, token: str, thread_id: str) -> list[str]:
