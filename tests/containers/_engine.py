@@ -213,6 +213,7 @@ class Engine:
             "DOCKER_CONFIG": str(self.run_dir / "config"),
             "DOCKER_BUILDKIT": "1",
             "BUILDKIT_PROGRESS": "plain",
+            "COMPOSE_ANSI": "never",
             **(extra or {}),
         }
 
