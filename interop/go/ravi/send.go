@@ -62,7 +62,7 @@ func (t traceContext) outgoing(ctx context.Context) context.Context {
 }
 
 // handleSend handles a Send, from a caller (received: a unary Send or a
-// Connect frame, forwarded when the type is not hosted here) or from one of
+// Multiplex frame, forwarded when the type is not hosted here) or from one of
 // the node's agents or its Send method (routed to the peer hosting the type),
 // following the ordered checks of docs/protocol.md. tc is the trace context of
 // the gRPC call, used where the envelope carries none.

@@ -212,7 +212,7 @@ func TestTracingNestedSendAcrossNodes(t *testing.T) {
 	}
 }
 
-func TestTracingPropagatesOverUnaryCallsAndConnect(t *testing.T) {
+func TestTracingPropagatesOverUnaryCallsAndMultiplex(t *testing.T) {
 	ctx := testContext(t)
 	r := newRecorder(t)
 	n := r.node(t, "node-a", ravi.Options{}, agents.ConformanceAgentType(""))
@@ -252,12 +252,12 @@ func TestTracingPropagatesOverUnaryCallsAndConnect(t *testing.T) {
 	wantSpan(t, r.span(t, "handle conformance", "node-a"), trace.SpanKindServer, s2.SpanContext(), nil)
 	r.rec.Reset()
 
-	// A Connect frame carries its context in its envelope.
-	stream, err := c.Service().Connect(ctx)
+	// A Multiplex frame carries its context in its envelope.
+	stream, err := c.Service().Multiplex(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.Send(&meshv1.ConnectRequest{Calls: []*meshv1.CallFrame{{CallId: 7, Kind: &meshv1.CallFrame_Send{
+	if err := stream.Send(&meshv1.MultiplexRequest{Calls: []*meshv1.CallFrame{{CallId: 7, Kind: &meshv1.CallFrame_Send{
 		Send: req(map[string]string{"traceparent": traceparent(s2.SpanContext())})}}}}); err != nil {
 		t.Fatal(err)
 	}

@@ -1,5 +1,5 @@
 // A mesh of Node nodes on 127.0.0.1: routing, rendezvous, forwarding,
-// publish over streams, peer restarts, and the Connect stream.
+// publish over streams, peer restarts, and the Multiplex stream.
 import { strict as assert } from "node:assert";
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
@@ -20,7 +20,7 @@ import {
   AgentService,
   PublishScope,
   type CallFrameSchema,
-  type ConnectRequestSchema,
+  type MultiplexRequestSchema,
 } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
 import { CONTRACT_VERSION } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
 import type { Payload } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
@@ -33,7 +33,7 @@ import { Code, eventually, Fixture, rejectsWith } from "../test-support/helpers.
 const T = { timeout: 20_000 };
 
 type Frame = MessageInitShape<typeof CallFrameSchema>;
-type Request = MessageInitShape<typeof ConnectRequestSchema>;
+type Request = MessageInitShape<typeof MultiplexRequestSchema>;
 
 test("rendezvous scores are the first 8 bytes of SHA-256, big-endian", () => {
   // The same values as Python's ravi.integrations.runtime.grpc._wire.rendezvous_score.
@@ -226,7 +226,7 @@ describe("peer restart", T, () => {
   });
 });
 
-describe("Connect stream", T, () => {
+describe("Multiplex stream", T, () => {
   const fx = new Fixture();
   after(() => fx.close());
 
@@ -258,7 +258,7 @@ describe("Connect stream", T, () => {
       await hold;
     }
     const outcomes: string[] = [];
-    for await (const response of client.agentService.connect(frames(), { timeoutMs: 5_000 })) {
+    for await (const response of client.agentService.multiplex(frames(), { timeoutMs: 5_000 })) {
       for (const call of response.calls) {
         const outcome = call.outcome;
         outcomes.push(

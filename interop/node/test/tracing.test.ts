@@ -199,7 +199,7 @@ describe("tracing across nodes", T, () => {
     assert.equal(v.parentSpanContext?.spanId, "b7ad6b7169203331");
   });
 
-  test("calls on a Connect stream take their parent from each frame's envelope", async () => {
+  test("calls on a Multiplex stream take their parent from each frame's envelope", async () => {
     const rec = recorder();
     const node = await fx.started({ nodeId: "tx", tracerProvider: rec.provider }, (n) => registerConformance(n));
     const client = fx.client(node.address);
@@ -221,7 +221,7 @@ describe("tracing across nodes", T, () => {
       };
     }
     let outcomes = 0;
-    for await (const response of client.agentService.connect(frames(), { timeoutMs: 5_000 })) {
+    for await (const response of client.agentService.multiplex(frames(), { timeoutMs: 5_000 })) {
       outcomes += response.calls.length;
     }
     assert.equal(outcomes, 1);

@@ -40,7 +40,7 @@ reason, which is how errors received from other nodes keep their type.
 Errors cross the wire in two encodings, mapped here and nowhere else: a gRPC
 status with a `google.rpc.ErrorInfo` detail (unary calls: `to_grpc_status`,
 `from_grpc_error`) and a `ravi.mesh.v1.CallFailure` (a frame of the multiplexed
-Connect stream, and Restate's call outcomes: `to_call_failure`,
+Multiplex stream, and Restate's call outcomes: `to_call_failure`,
 `from_call_failure`). Both carry the same four fields (code, message, reason,
 metadata), so an error reads the same whichever way it travelled.
 """
@@ -454,7 +454,7 @@ def from_grpc_error(error: grpc.aio.AioRpcError) -> RaviError:
 
 
 def to_call_failure(exc: BaseException) -> agent_service_pb2.CallFailure:
-    """The `CallFailure` a Connect frame (or a Restate call outcome) carries for `exc`.
+    """The `CallFailure` a Multiplex frame (or a Restate call outcome) carries for `exc`.
 
     The same fields as `to_grpc_status`: a non-ravi exception is HANDLER_FAILED.
     """

@@ -15,7 +15,7 @@ import { asRaviError, RaviError, toConnectError } from "../errors.js";
 import { healthService, ServingStatus } from "../health.js";
 import { ReflectionIndex, reflectionV1, reflectionV1alpha } from "../reflection.js";
 import { sleep } from "../util.js";
-import { handleConnect } from "./connect.js";
+import { handleMultiplex } from "./multiplex.js";
 import { NodeCore, traceOf } from "./core.js";
 import { AGENT_SERVICE_NAME } from "./options.js";
 import { handlePublish } from "./publish.js";
@@ -192,6 +192,6 @@ export function agentService(node: NodeCore): ServiceImpl<typeof AgentService> {
     resolvePromise: (request) => serve(node, () => handleResolvePromise(node, request)),
     saveState: (request) => serve(node, () => handleSaveState(node, request)),
     loadState: (request) => serve(node, () => handleLoadState(node, request)),
-    connect: (requests, ctx) => handleConnect(node, requests, ctx),
+    multiplex: (requests, ctx) => handleMultiplex(node, requests, ctx),
   };
 }

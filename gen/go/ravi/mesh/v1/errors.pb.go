@@ -25,8 +25,12 @@ const (
 // detail of a failed call. The status code says what kind of failure it is; the
 // reason says which one. ErrorInfo.domain is "ravi.mesh.v1" and ErrorInfo.reason
 // is the value name without the "ERROR_REASON_" prefix (for example
-// "AGENT_TYPE_NOT_FOUND"). ErrorInfo.metadata may carry "agent_type",
-// "message_type", "node_id", "exception_type" and "exception_message".
+// "AGENT_TYPE_NOT_FOUND"). ErrorInfo.metadata carries, for every reason,
+// "node_id" (the node that decided the failure) and, when the call addressed
+// an agent, "agent_type"; when the payload named a message type,
+// "message_type" too. HANDLER_FAILED adds "exception_type" and
+// "exception_message". A failure that travels back through forwarding nodes
+// keeps the metadata of the node that decided it.
 type ErrorReason int32
 
 const (
@@ -46,10 +50,11 @@ const (
 	// ERROR_REASON_BAD_ID: an agent id or topic id is empty or malformed (status
 	// INVALID_ARGUMENT).
 	ErrorReason_ERROR_REASON_BAD_ID ErrorReason = 4
-	// ERROR_REASON_HANDLER_FAILED: the handler raised an error that is not a ravi
-	// error; ErrorInfo.metadata carries "exception_type" and "exception_message"
-	// (status UNKNOWN). A ravi error raised by a handler keeps its own code and
-	// reason instead (no ErrorInfo when it has no reason).
+	// ERROR_REASON_HANDLER_FAILED: the handler failed; ErrorInfo.metadata carries
+	// "exception_type" and "exception_message". The status is UNKNOWN, or the
+	// code the handler's error chose (a ravi error with a code): a code outside
+	// 1 to 16 is UNKNOWN. A ravi error that carries a reason of its own (one a
+	// nested call failed with) keeps that reason and its metadata instead.
 	ErrorReason_ERROR_REASON_HANDLER_FAILED ErrorReason = 5
 	// ERROR_REASON_REENTRANT_CALL: the call would deadlock by re-entering a busy,
 	// non-reentrant agent (status FAILED_PRECONDITION).

@@ -44,10 +44,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     INVALID_ARGUMENT).
     """
     ERROR_REASON_HANDLER_FAILED: _ErrorReason.ValueType  # 5
-    """ERROR_REASON_HANDLER_FAILED: the handler raised an error that is not a ravi
-    error; ErrorInfo.metadata carries "exception_type" and "exception_message"
-    (status UNKNOWN). A ravi error raised by a handler keeps its own code and
-    reason instead (no ErrorInfo when it has no reason).
+    """ERROR_REASON_HANDLER_FAILED: the handler failed; ErrorInfo.metadata carries
+    "exception_type" and "exception_message". The status is UNKNOWN, or the
+    code the handler's error chose (a ravi error with a code): a code outside
+    1 to 16 is UNKNOWN. A ravi error that carries a reason of its own (one a
+    nested call failed with) keeps that reason and its metadata instead.
     """
     ERROR_REASON_REENTRANT_CALL: _ErrorReason.ValueType  # 6
     """ERROR_REASON_REENTRANT_CALL: the call would deadlock by re-entering a busy,
@@ -75,8 +76,12 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     detail of a failed call. The status code says what kind of failure it is; the
     reason says which one. ErrorInfo.domain is "ravi.mesh.v1" and ErrorInfo.reason
     is the value name without the "ERROR_REASON_" prefix (for example
-    "AGENT_TYPE_NOT_FOUND"). ErrorInfo.metadata may carry "agent_type",
-    "message_type", "node_id", "exception_type" and "exception_message".
+    "AGENT_TYPE_NOT_FOUND"). ErrorInfo.metadata carries, for every reason,
+    "node_id" (the node that decided the failure) and, when the call addressed
+    an agent, "agent_type"; when the payload named a message type,
+    "message_type" too. HANDLER_FAILED adds "exception_type" and
+    "exception_message". A failure that travels back through forwarding nodes
+    keeps the metadata of the node that decided it.
     """
 
 ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
@@ -101,10 +106,11 @@ ERROR_REASON_BAD_ID: ErrorReason.ValueType  # 4
 INVALID_ARGUMENT).
 """
 ERROR_REASON_HANDLER_FAILED: ErrorReason.ValueType  # 5
-"""ERROR_REASON_HANDLER_FAILED: the handler raised an error that is not a ravi
-error; ErrorInfo.metadata carries "exception_type" and "exception_message"
-(status UNKNOWN). A ravi error raised by a handler keeps its own code and
-reason instead (no ErrorInfo when it has no reason).
+"""ERROR_REASON_HANDLER_FAILED: the handler failed; ErrorInfo.metadata carries
+"exception_type" and "exception_message". The status is UNKNOWN, or the
+code the handler's error chose (a ravi error with a code): a code outside
+1 to 16 is UNKNOWN. A ravi error that carries a reason of its own (one a
+nested call failed with) keeps that reason and its metadata instead.
 """
 ERROR_REASON_REENTRANT_CALL: ErrorReason.ValueType  # 6
 """ERROR_REASON_REENTRANT_CALL: the call would deadlock by re-entering a busy,

@@ -16,8 +16,12 @@ export const file_ravi_mesh_v1_errors: GenFile = /*@__PURE__*/
  * detail of a failed call. The status code says what kind of failure it is; the
  * reason says which one. ErrorInfo.domain is "ravi.mesh.v1" and ErrorInfo.reason
  * is the value name without the "ERROR_REASON_" prefix (for example
- * "AGENT_TYPE_NOT_FOUND"). ErrorInfo.metadata may carry "agent_type",
- * "message_type", "node_id", "exception_type" and "exception_message".
+ * "AGENT_TYPE_NOT_FOUND"). ErrorInfo.metadata carries, for every reason,
+ * "node_id" (the node that decided the failure) and, when the call addressed
+ * an agent, "agent_type"; when the payload named a message type,
+ * "message_type" too. HANDLER_FAILED adds "exception_type" and
+ * "exception_message". A failure that travels back through forwarding nodes
+ * keeps the metadata of the node that decided it.
  *
  * @generated from enum ravi.mesh.v1.ErrorReason
  */
@@ -64,10 +68,11 @@ export enum ErrorReason {
   BAD_ID = 4,
 
   /**
-   * ERROR_REASON_HANDLER_FAILED: the handler raised an error that is not a ravi
-   * error; ErrorInfo.metadata carries "exception_type" and "exception_message"
-   * (status UNKNOWN). A ravi error raised by a handler keeps its own code and
-   * reason instead (no ErrorInfo when it has no reason).
+   * ERROR_REASON_HANDLER_FAILED: the handler failed; ErrorInfo.metadata carries
+   * "exception_type" and "exception_message". The status is UNKNOWN, or the
+   * code the handler's error chose (a ravi error with a code): a code outside
+   * 1 to 16 is UNKNOWN. A ravi error that carries a reason of its own (one a
+   * nested call failed with) keeps that reason and its metadata instead.
    *
    * @generated from enum value: ERROR_REASON_HANDLER_FAILED = 5;
    */

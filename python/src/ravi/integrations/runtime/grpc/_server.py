@@ -2,7 +2,7 @@
 
 `AgentService` implements ravi.mesh.v1.AgentService by calling the node's
 `NodeHandler`; a `RaviError` becomes a gRPC status with ErrorInfo on unary
-calls and a `CallFailure` on a Connect frame (both through `ravi.errors`), and
+calls and a `CallFailure` on a Multiplex frame (both through `ravi.errors`), and
 so does any other exception, so a caller always gets an outcome.
 """
 
@@ -135,7 +135,7 @@ class GrpcServer:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     async def enter_graceful_shutdown(self) -> None:
-        """Health says NOT_SERVING and Connect streams take no new calls."""
+        """Health says NOT_SERVING and Multiplex streams take no new calls."""
         await self._health.enter_graceful_shutdown()
         self._service.drain()
 
@@ -146,8 +146,8 @@ class GrpcServer:
             self._server = None
 
 
-class _ConnectSession:
-    """One Connect stream: Send calls in flight, answered in any order."""
+class _MultiplexSession:
+    """One Multiplex stream: Send calls in flight, answered in any order."""
 
     def __init__(self, node: NodeHandler, trace: dict[str, str], draining: bool) -> None:
         self._node = node
@@ -159,8 +159,8 @@ class _ConnectSession:
         self._draining = draining
 
     async def run(
-        self, requests: AsyncIterator[agent_service_pb2.ConnectRequest]
-    ) -> AsyncIterator[agent_service_pb2.ConnectResponse]:
+        self, requests: AsyncIterator[agent_service_pb2.MultiplexRequest]
+    ) -> AsyncIterator[agent_service_pb2.MultiplexResponse]:
         reader = asyncio.get_running_loop().create_task(self._read(requests))
         try:
             while True:
@@ -169,7 +169,7 @@ class _ConnectSession:
                 if self._outcomes:
                     # Outcomes that are ready together go out as one message.
                     batch, self._outcomes = self._outcomes, []
-                    yield agent_service_pb2.ConnectResponse(calls=batch)
+                    yield agent_service_pb2.MultiplexResponse(calls=batch)
                 if self._ended and not self._outcomes:
                     return
         finally:
@@ -189,7 +189,7 @@ class _ConnectSession:
         self._ended = True
         self._ready.set()
 
-    async def _read(self, requests: AsyncIterator[agent_service_pb2.ConnectRequest]) -> None:
+    async def _read(self, requests: AsyncIterator[agent_service_pb2.MultiplexRequest]) -> None:
         loop = asyncio.get_running_loop()
         try:
             async for request in requests:
@@ -264,7 +264,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
 
     def __init__(self, node: NodeHandler) -> None:
         self._node = node
-        self._sessions: set[_ConnectSession] = set()
+        self._sessions: set[_MultiplexSession] = set()
         self._draining = False
 
     @_statuses
@@ -275,12 +275,12 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
             request, context.time_remaining(), trace_context(context)
         )
 
-    async def Connect(
+    async def Multiplex(
         self,
-        request_iterator: AsyncIterator[agent_service_pb2.ConnectRequest],
+        request_iterator: AsyncIterator[agent_service_pb2.MultiplexRequest],
         context: Context,
-    ) -> AsyncIterator[agent_service_pb2.ConnectResponse]:
-        session = _ConnectSession(self._node, trace_context(context), self._draining)
+    ) -> AsyncIterator[agent_service_pb2.MultiplexResponse]:
+        session = _MultiplexSession(self._node, trace_context(context), self._draining)
         self._sessions.add(session)
         try:
             async for response in session.run(request_iterator):
@@ -289,7 +289,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
             self._sessions.discard(session)
 
     def drain(self) -> None:
-        """Stop taking calls on Connect streams; end each once its calls are done."""
+        """Stop taking calls on Multiplex streams; end each once its calls are done."""
         self._draining = True
         for session in self._sessions:
             session.drain()

@@ -10,11 +10,11 @@ import (
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
 )
 
-// Connect serves Send calls multiplexed over one stream: each call frame of a
-// ConnectRequest is handled exactly as a unary Send, with its own deadline,
+// Multiplex serves Send calls multiplexed over one stream: each call frame of a
+// MultiplexRequest is handled exactly as a unary Send, with its own deadline,
 // and answered with an outcome carrying the same call id; a cancel frame
 // cancels a call, which then gets no answer.
-func (s *service) Connect(stream meshv1.AgentService_ConnectServer) error {
+func (s *service) Multiplex(stream meshv1.AgentService_MultiplexServer) error {
 	n := s.n
 	ctx := stream.Context()
 	tc := incomingTrace(ctx)
@@ -28,7 +28,7 @@ func (s *service) Connect(stream meshv1.AgentService_ConnectServer) error {
 	reply := func(outcome *meshv1.CallOutcome) {
 		sendMu.Lock()
 		defer sendMu.Unlock()
-		if err := stream.Send(&meshv1.ConnectResponse{Calls: []*meshv1.CallOutcome{outcome}}); err != nil {
+		if err := stream.Send(&meshv1.MultiplexResponse{Calls: []*meshv1.CallOutcome{outcome}}); err != nil {
 			n.log.Debug("connect: cannot answer", "call_id", outcome.GetCallId(), "err", err)
 		}
 	}
@@ -100,7 +100,7 @@ func (s *service) Connect(stream meshv1.AgentService_ConnectServer) error {
 	}
 }
 
-// failureOf is a failed call as a Connect frame carries it.
+// failureOf is a failed call as a Multiplex frame carries it.
 func failureOf(err error) *meshv1.CallFailure {
 	e := FromError(err)
 	return &meshv1.CallFailure{Code: int32(e.code()), Message: e.Message, Reason: e.Reason, Metadata: e.Metadata}
