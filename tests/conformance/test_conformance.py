@@ -262,7 +262,8 @@ async def test_ravi_error_from_handler_keeps_its_code(node: NodeProcess, code: C
         node, send_request(conf.Fail(code=code.value, message=f"chose {code.name}"), "k")
     )
     assert error.code is code
-    assert error.reason is None  # a ravi error keeps its own (here: no) reason
+    # A handler failure, whatever code it chose, carries HANDLER_FAILED (errors.proto).
+    assert error.reason == "HANDLER_FAILED"
     assert f"chose {code.name}" in error.message
 
 

@@ -467,6 +467,32 @@ class MeshNode:
         trace: Mapping[str, str],
     ) -> agent_service_pb2.SendResponse:
         """Handle a Send from another node or a client (docs/protocol.md, in that order)."""
+        try:
+            return await self._serve_send(request, remaining, trace)
+        except RaviError as error:
+            if error.reason is not None:
+                self._annotate(error, request)
+            raise
+
+    def _annotate(self, error: RaviError, request: agent_service_pb2.SendRequest) -> None:
+        """Give a failure the ErrorInfo metadata every reason carries (errors.proto).
+
+        A failure decided by another node keeps what that node wrote.
+        """
+        metadata = error.metadata
+        metadata.setdefault("node_id", self.node_id)
+        if error.reason != "BAD_ID":
+            metadata.setdefault("agent_type", request.recipient.type)
+        message_type = request.envelope.payload.type
+        if message_type:
+            metadata.setdefault("message_type", message_type)
+
+    async def _serve_send(
+        self,
+        request: agent_service_pb2.SendRequest,
+        remaining: float | None,
+        trace: Mapping[str, str],
+    ) -> agent_service_pb2.SendResponse:
         recipient = codec.agent_id_from_wire(request.recipient, "recipient")
         if not self.host.hosts(recipient.type):
             return await self._forward(request, remaining)

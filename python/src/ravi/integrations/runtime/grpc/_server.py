@@ -12,10 +12,12 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -26,7 +28,7 @@ from ravi._mesh.transport import NodeHandler
 from ravi.errors import Unavailable, to_call_failure, to_grpc_status
 from ravi.integrations.runtime.grpc._security import BearerAuth, TlsConfig
 from ravi.integrations.runtime.grpc._transport import channel_options
-from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc
+from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, contract
 
 logger = logging.getLogger("ravi.grpc")
 
@@ -34,6 +36,63 @@ SERVICE_NAME: str = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 _CHUNK = 16
 """Frames handled before yielding to the loop, to pipeline big batches."""
+_MAX_PENDING_CALLS = 100_000
+_MIN_PING_INTERVAL_MS = int(contract.DEFAULT_KEEPALIVE_TIME_SECONDS * 1000 // 2)
+
+
+class _Malformed:
+    """A request whose bytes did not parse: the method answers INTERNAL (agent_service.proto)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    # grpc.aio answers UNKNOWN when a deserializer raises; the contract says
+    # INTERNAL, as grpc-go and connect answer, so the method decides instead.
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            return _Malformed(str(error))
+
+    return deserialize
+
+
+async def _refuse_malformed(request: _Malformed, context: Context) -> NoReturn:
+    await context.abort(grpc.StatusCode.INTERNAL, f"the request does not parse: {request.error}")
+    raise AssertionError("abort raises")  # pragma: no cover
+
+
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _add_agent_service(service: AgentService, server: grpc.aio.Server) -> None:
+    """Register AgentService as the generated code would, with lenient request parsing."""
+    descriptor = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
+    handlers = {}
+    for method in descriptor.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        kind = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = kind(
+            getattr(service, method.name),
+            request_deserializer=_lenient(request.FromString),
+            response_serializer=response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+    )
+    # As the generated code does; grpc's stubs do not declare it.
+    server.add_registered_method_handlers(descriptor.full_name, handlers)  # type: ignore[attr-defined]
+
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -86,8 +145,17 @@ class GrpcServer:
         options = [
             *channel_options(self._max_message_bytes),
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            # Peers ping every DEFAULT_KEEPALIVE_TIME (contract.toml) to find a frozen
+            # node quickly; a server that allowed fewer pings would close their connections.
+            ("grpc.http2.min_ping_interval_without_data_ms", _MIN_PING_INTERVAL_MS),
+            ("grpc.http2.max_ping_strikes", 0),
             ("grpc.so_reuseport", 0),
+            # grpc-core cancels calls the application has not picked up yet beyond 1,000
+            # (3,000 hard): a burst at one node then fails CANCELLED, which the contract
+            # reserves for callers that cancel. Calls wait instead, each within its
+            # deadline, and fail DEADLINE_EXCEEDED or MAILBOX_FULL like any other.
+            ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", _MAX_PENDING_CALLS),
         ]
         interceptors = (
             [BearerAuth(self._token, health_without_auth=self._health_without_auth)]
@@ -95,7 +163,7 @@ class GrpcServer:
             else []
         )
         server = grpc.aio.server(options=options, interceptors=interceptors)
-        agent_service_pb2_grpc.add_AgentServiceServicer_to_server(self._service, server)
+        _add_agent_service(self._service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (
             SERVICE_NAME,
@@ -157,9 +225,11 @@ class _MultiplexSession:
         self._ended = False
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._draining = draining
+        self.malformed: _Malformed | None = None
+        """A request message that did not parse: the stream ends INTERNAL."""
 
     async def run(
-        self, requests: AsyncIterator[agent_service_pb2.MultiplexRequest]
+        self, requests: AsyncIterator[agent_service_pb2.MultiplexRequest | _Malformed]
     ) -> AsyncIterator[agent_service_pb2.MultiplexResponse]:
         reader = asyncio.get_running_loop().create_task(self._read(requests))
         try:
@@ -189,10 +259,15 @@ class _MultiplexSession:
         self._ended = True
         self._ready.set()
 
-    async def _read(self, requests: AsyncIterator[agent_service_pb2.MultiplexRequest]) -> None:
+    async def _read(
+        self, requests: AsyncIterator[agent_service_pb2.MultiplexRequest | _Malformed]
+    ) -> None:
         loop = asyncio.get_running_loop()
         try:
             async for request in requests:
+                if isinstance(request, _Malformed):
+                    self.malformed = request
+                    break
                 for index, frame in enumerate(request.calls, start=1):
                     if index % _CHUNK == 0:
                         # Let the calls started so far finish and be answered
@@ -249,6 +324,8 @@ def _statuses(
 
     @functools.wraps(method)
     async def serve(self: Any, request: Request, context: Context) -> Response:
+        if isinstance(request, _Malformed):
+            await _refuse_malformed(request, context)
         try:
             return await method(self, request, context)
         except Exception as error:  # every call gets a status, whatever failed
@@ -266,6 +343,8 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
         self._node = node
         self._sessions: set[_MultiplexSession] = set()
         self._draining = False
+        self._streams: dict[str, int] = {}
+        """Open Subscribe streams per caller (its connection's address)."""
 
     @_statuses
     async def Send(
@@ -277,7 +356,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
 
     async def Multiplex(
         self,
-        request_iterator: AsyncIterator[agent_service_pb2.MultiplexRequest],
+        request_iterator: AsyncIterator[agent_service_pb2.MultiplexRequest | _Malformed],
         context: Context,
     ) -> AsyncIterator[agent_service_pb2.MultiplexResponse]:
         session = _MultiplexSession(self._node, trace_context(context), self._draining)
@@ -287,6 +366,8 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
                 yield response
         finally:
             self._sessions.discard(session)
+        if session.malformed is not None:
+            await _refuse_malformed(session.malformed, context)
 
     def drain(self) -> None:
         """Stop taking calls on Multiplex streams; end each once its calls are done."""
@@ -304,21 +385,38 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
 
     async def Subscribe(
         self,
-        request: agent_service_pb2.SubscribeRequest,
+        request: agent_service_pb2.SubscribeRequest | _Malformed,
         context: Context,
     ) -> AsyncIterator[agent_service_pb2.SubscribeResponse]:
+        if isinstance(request, _Malformed):
+            await _refuse_malformed(request, context)
+        caller = context.peer()
+        held = self._streams.get(caller, 0)
+        if held >= contract.DEFAULT_MAX_STREAMS_PER_CALLER:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{caller} holds {held} Subscribe streams on this node already "
+                f"(at most {contract.DEFAULT_MAX_STREAMS_PER_CALLER} per caller)",
+            )
+        self._streams[caller] = held + 1
         stream = self._node.serve_subscribe(request)
         try:
             async for response in stream:
                 yield response
         except Exception as error:  # the stream ends with the status of what failed
             await context.abort_with_status(to_grpc_status(error))  # type: ignore[attr-defined]
+        finally:
+            left = self._streams.pop(caller) - 1
+            if left:
+                self._streams[caller] = left
 
     async def Describe(
         self,
-        request: agent_service_pb2.DescribeRequest,
+        request: agent_service_pb2.DescribeRequest | _Malformed,
         context: Context,
     ) -> agent_service_pb2.DescribeResponse:
+        if isinstance(request, _Malformed):
+            await _refuse_malformed(request, context)
         return self._node.serve_describe(request)
 
     @_statuses
