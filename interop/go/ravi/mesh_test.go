@@ -140,7 +140,7 @@ func TestForwardingThroughAMiddleNode(t *testing.T) {
 	wantStatus(t, err, codes.FailedPrecondition, ravi.ReasonHopLimitExceeded)
 	// c's errors come back through b unchanged.
 	_, err = client.Send(ctx, ravi.AgentID{Type: "conformance", Key: "k"}, &conformancev1.Fail{Code: int32(codes.AlreadyExists), Message: "dup"})
-	if e := wantError(t, err, codes.AlreadyExists, ""); e.Message != "dup" {
+	if e := wantError(t, err, codes.AlreadyExists, ravi.ReasonHandlerFailed); e.Message != "dup" || e.Metadata["node_id"] != "node-c" {
 		t.Fatalf("forwarded error %#v", e)
 	}
 	_, err = client.Send(ctx, ravi.AgentID{Type: "conformance", Key: "k"}, &conformancev1.Fail{Message: "boom"})

@@ -71,7 +71,7 @@ func (s *service) Multiplex(stream meshv1.AgentService_MultiplexServer) error {
 				go func(id uint64, req *meshv1.SendRequest) {
 					defer wg.Done()
 					defer n.inflight.Add(-1)
-					resp, err := n.handleSend(cctx, req, tc, true)
+					resp, err := n.serveSend(cctx, req, tc)
 					mu.Lock()
 					mine := calls[id] == call
 					if mine {

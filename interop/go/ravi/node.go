@@ -119,14 +119,16 @@ type Node struct {
 	typeOrder  []string
 	subs       []*subscription
 	subSeq     int
-	revision   uint64
-	instances  map[AgentID]*instance
-	peers      map[string]*peer
-	streams    map[*outStream]struct{}
-	promises   map[string]*promise
-	started    bool
-	stopping   bool
-	routeWatch chan struct{}
+	// streamsByCaller counts the open Subscribe streams of each caller.
+	streamsByCaller map[string]int
+	revision        uint64
+	instances       map[AgentID]*instance
+	peers           map[string]*peer
+	streams         map[*outStream]struct{}
+	promises        map[string]*promise
+	started         bool
+	stopping        bool
+	routeWatch      chan struct{}
 
 	server     *grpc.Server
 	health     *health.Server
@@ -187,7 +189,7 @@ func NewNode(opts Options) (*Node, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if opts.NodeID == "" || len(opts.NodeID) > maxIDLength {
+	if opts.NodeID == "" || len(opts.NodeID) > meshv1.MaxKeyBytes {
 		return nil, fmt.Errorf("ravi: invalid node id %q", opts.NodeID)
 	}
 	n := &Node{
@@ -374,7 +376,8 @@ func (n *Node) Start() error {
 	if n.opts.Keepalive != nil {
 		kp = *n.opts.Keepalive
 	}
-	ep := keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}
+	// Peers in every language ping every DefaultKeepaliveTime; allow that.
+	ep := keepalive.EnforcementPolicy{MinTime: meshv1.DefaultKeepaliveTime / 2, PermitWithoutStream: true}
 	if n.opts.KeepalivePolicy != nil {
 		ep = *n.opts.KeepalivePolicy
 	}
@@ -384,6 +387,7 @@ func (n *Node) Start() error {
 		grpc.MaxSendMsgSize(n.opts.MaxMessageBytes),
 		grpc.KeepaliveParams(kp),
 		grpc.KeepaliveEnforcementPolicy(ep),
+		grpc.InTapHandle(refuseSpentDeadlines),
 		grpc.ChainUnaryInterceptor(auth.unary, n.trackUnary),
 		grpc.ChainStreamInterceptor(auth.stream),
 	}

@@ -64,7 +64,9 @@ func (n *Node) addPeerLocked(name, address string, learned bool) {
 	if n.stopping {
 		return
 	}
-	kp := keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}
+	// A frozen peer is found within DefaultKeepaliveTime + DefaultKeepaliveTimeout
+	// (contract.toml): its calls fail UNAVAILABLE and its types leave the table.
+	kp := keepalive.ClientParameters{Time: meshv1.DefaultKeepaliveTime, Timeout: meshv1.DefaultKeepaliveTimeout, PermitWithoutStream: true}
 	if n.opts.PeerKeepalive != nil {
 		kp = *n.opts.PeerKeepalive
 	}
@@ -96,6 +98,9 @@ func (n *Node) learnPeer(caller *meshv1.NodeInfo) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if caller.GetAddress() == n.advertised() {
+		return // a caller naming this node's own address is not a peer
+	}
 	if !n.started || n.stopping {
 		return
 	}
@@ -210,7 +215,10 @@ func (n *Node) setPeerInfo(p *peer, info *meshv1.NodeInfo) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if info.GetNodeId() == n.id {
-		n.log.Warn("peer is this node itself; ignoring it", "peer", p.name, "addr", p.address)
+		// Dropped for good (logged once): dialling it again would only find
+		// this node again.
+		n.log.Warn("peer is this node itself; dropping it", "peer", p.name, "addr", p.address)
+		n.removePeerLocked(p)
 		return false
 	}
 	for _, q := range n.peers {

@@ -386,12 +386,12 @@ func TestTracingFailedHandler(t *testing.T) {
 		}
 	}
 
-	// A ravi error without a reason: its code, no reason.
+	// A ravi error without a reason: its code, and HANDLER_FAILED.
 	r.rec.Reset()
 	_, err = a.Send(ctx, ravi.AgentID{Type: "conformance-a", Key: "x"}, &conformancev1.Fail{Code: 9, Message: "not now"})
-	wantError(t, err, 9, "")
-	wantFailed(t, r.span(t, "handle conformance-a", "node-a"), "FAILED_PRECONDITION", "")
-	wantFailed(t, r.span(t, "send conformance-a", "node-a"), "FAILED_PRECONDITION", "")
+	wantError(t, err, 9, ravi.ReasonHandlerFailed)
+	wantFailed(t, r.span(t, "handle conformance-a", "node-a"), "FAILED_PRECONDITION", ravi.ReasonHandlerFailed)
+	wantFailed(t, r.span(t, "send conformance-a", "node-a"), "FAILED_PRECONDITION", ravi.ReasonHandlerFailed)
 
 	// A check that fails before the handler runs fails the handle span too.
 	r.rec.Reset()
