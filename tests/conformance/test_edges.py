@@ -524,7 +524,7 @@ async def test_deep_value_in_resolve_promise_is_bad_payload(node: NodeProcess) -
             )
         response = await stub.ResolvePromise(
             svc.ResolvePromiseRequest(
-                name="shallow", value=raw_payload("google.protobuf.Value", JSON, deep_value(DEPTH))
+                name="shallow", value=raw_payload("google.protobuf.Value", JSON, deep_value(40))
             ),
             timeout=10,
         )

@@ -365,12 +365,12 @@ describe("failures on spans", T, () => {
       assert.equal(exception.attributes?.["exception.message"], "it broke");
     }
 
-    // A ravi error keeps its code; without a reason there is no ravi.error.reason.
+    // A ravi error keeps its code and carries HANDLER_FAILED (errors.proto).
     rec.exporter.reset();
-    await rejectsWith(node.send({ type: "conformance", key: "f" }, FailSchema, { code: Code.NotFound, message: "gone" }), Code.NotFound, null);
+    await rejectsWith(node.send({ type: "conformance", key: "f" }, FailSchema, { code: Code.NotFound, message: "gone" }), Code.NotFound, "HANDLER_FAILED");
     const handle = only(rec.spans(), named("handle conformance", "err"), "handle");
     assert.equal(handle.attributes["ravi.error.code"], "NOT_FOUND");
-    assert.equal(handle.attributes["ravi.error.reason"], undefined);
+    assert.equal(handle.attributes["ravi.error.reason"], "HANDLER_FAILED");
 
     // Failures before the handler (no handler for the type) fail the handle span too.
     rec.exporter.reset();

@@ -4,7 +4,7 @@
 // features live one per file next to this one.
 import { create } from "@bufbuild/protobuf";
 import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey, type HandlerContext } from "@connectrpc/connect";
 import { CONTRACT_VERSION, DEFAULT_MAILBOX_CAPACITY } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
 import { NodeInfoSchema, type Envelope, type NodeInfo } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 import { randomUUID } from "node:crypto";
@@ -81,6 +81,8 @@ export class NodeCore {
   readonly registrations = new Map<string, Registration>();
   readonly subscriptionsById = new Map<string, SubscriptionInfo>();
   readonly streams = new Set<StreamSubscriber>();
+  /** Open Subscribe streams per caller (CALLER). */
+  readonly streamsByCaller = new Map<string, number>();
   readonly links: PeerLink[] = [];
   readonly routes = new Map<string, RouteEntry>();
   readonly events = new EventEmitter();
@@ -233,3 +235,6 @@ export class NodeCore {
     return Date.now() + (timeout ?? this.defaultTimeoutMs);
   }
 }
+
+/** The caller of a call: its connection's remote address (for per-caller limits). */
+export const CALLER = createContextKey<string>("unknown", { description: "the caller's remote address" });

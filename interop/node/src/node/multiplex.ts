@@ -8,7 +8,7 @@ import {
   type MultiplexResponseSchema,
   type SendRequest,
 } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
-import { asRaviError, errors } from "../errors.js";
+import { annotated, asRaviError, errors, wireCode } from "../errors.js";
 import { AsyncQueue } from "../util.js";
 import { NodeCore, traceOf } from "./core.js";
 import { dispatchSend } from "./send.js";
@@ -54,12 +54,12 @@ export async function* handleMultiplex(
       },
       (error: unknown) => {
         if (!controller.signal.aborted) {
-          const failure = asRaviError(error);
+          const failure = annotated(asRaviError(error), node.nodeId, request.recipient?.type ?? "", request.envelope?.payload?.type ?? "");
           out.push({
             callId,
             outcome: {
               case: "failure",
-              value: { code: failure.code, message: failure.message, reason: failure.reason ?? "", metadata: { ...failure.metadata } },
+              value: { code: wireCode(failure.code), message: failure.message, reason: failure.reason ?? "", metadata: { ...failure.metadata } },
             },
           });
         }
