@@ -3,10 +3,13 @@
 import { type DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextValues, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { file_google_rpc_error_details } from "@ravi-mesh/contract/google/rpc/error_details_pb";
+import { file_google_rpc_status } from "@ravi-mesh/contract/google/rpc/status_pb";
 import { Health } from "@ravi-mesh/contract/grpc/health/v1/health_pb";
 import * as reflectionV1Pb from "@ravi-mesh/contract/grpc/reflection/v1/reflection_pb";
 import * as reflectionV1alphaPb from "@ravi-mesh/contract/grpc/reflection/v1alpha/reflection_pb";
 import { AgentService } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
+import { file_ravi_mesh_v1_errors } from "@ravi-mesh/contract/ravi/mesh/v1/errors_pb";
 import { createHash, timingSafeEqual } from "node:crypto";
 import * as http2 from "node:http2";
 import type { Socket } from "node:net";
@@ -34,9 +37,12 @@ export async function start(node: NodeCore): Promise<string> {
   if (node.state !== "new") {
     throw new RaviError(Code.FailedPrecondition, `node ${node.nodeId} was started already`);
   }
+  // Reflection describes every type a client needs (agent_service.proto): the
+  // handled message types, ErrorReason, and google.rpc.Status / ErrorInfo, so
+  // grpcurl prints error details decoded.
   const index = new ReflectionIndex(
     () => services(node),
-    () => node.types.allFiles(),
+    () => [...node.types.allFiles(), file_ravi_mesh_v1_errors, file_google_rpc_status, file_google_rpc_error_details],
   );
   const handler = connectNodeAdapter({
     routes: (router) => {

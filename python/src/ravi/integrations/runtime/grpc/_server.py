@@ -16,8 +16,9 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf import message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -28,7 +29,11 @@ from ravi._mesh.transport import NodeHandler
 from ravi.errors import Unavailable, to_call_failure, to_grpc_status
 from ravi.integrations.runtime.grpc._security import BearerAuth, TlsConfig
 from ravi.integrations.runtime.grpc._transport import channel_options
-from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, contract
+from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, contract, errors_pb2
+
+# Reflection answers from the default descriptor pool: these put ErrorReason and
+# google.rpc.Status / ErrorInfo there, every type a client needs (agent_service.proto).
+_DESCRIBED = (errors_pb2, status_pb2, error_details_pb2)
 
 logger = logging.getLogger("ravi.grpc")
 
@@ -64,6 +69,36 @@ def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 async def _refuse_malformed(request: _Malformed, context: Context) -> NoReturn:
     await context.abort(grpc.StatusCode.INTERNAL, f"the request does not parse: {request.error}")
     raise AssertionError("abort raises")  # pragma: no cover
+
+
+def _describe_reflection_v1() -> None:
+    """Put grpc.reflection.v1 into the descriptor pool reflection answers from.
+
+    grpcio-reflection ships only v1alpha's descriptor; v1 declares the same
+    messages under another package, so grpcurl can invoke v1 once its
+    descriptor, derived from v1alpha's, is known too.
+    """
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindServiceByName(_REFLECTION_V1)
+        return
+    except KeyError:
+        pass
+    v1 = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(v1)
+    v1.name = "grpc/reflection/v1/reflection.proto"
+    v1.package = "grpc.reflection.v1"
+    v1.options.Clear()
+    alpha, beta = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    for message in v1.message_type:
+        for field in message.field:
+            if field.type_name:
+                field.type_name = field.type_name.replace(alpha, beta)
+    for service in v1.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(alpha, beta)
+            method.output_type = method.output_type.replace(alpha, beta)
+    pool.Add(v1)
 
 
 _HANDLER_KINDS = {
@@ -171,6 +206,7 @@ class GrpcServer:
             reflection.SERVICE_NAME,
             _REFLECTION_V1,
         )
+        _describe_reflection_v1()
         reflector = ReflectionServicer(names)
         reflection.enable_server_reflection(names, server)
         # grpcio-reflection registers v1alpha only; v1 has the same messages on
