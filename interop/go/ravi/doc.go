@@ -33,7 +33,8 @@
 // A node serves every AgentService RPC: Send, Publish, Subscribe, Describe,
 // Multiplex (Sends multiplexed on one stream), ResolvePromise (Call.WaitFor) and
 // SaveState/LoadState (agent state implementing StateSaver/StateLoader). It
-// calls its peers with unary Send, which the contract allows.
+// sends to each peer over one Multiplex stream, as Python nodes do (unary Send
+// only to a peer that answers Multiplex with UNIMPLEMENTED).
 //
 // A Node traces with OpenTelemetry as docs/operations.md ("Tracing") says:
 // spans "send", "handle", "publish", "deliver" and "forward" from

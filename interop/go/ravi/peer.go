@@ -28,6 +28,7 @@ type peer struct {
 	address string
 	learned bool // added because it called Describe, not configured
 	client  *Client
+	mux     *multiplexer // the node's Sends to the peer
 	cancel  context.CancelFunc
 	kick    chan struct{}
 
@@ -84,7 +85,7 @@ func (n *Node) addPeerLocked(name, address string, learned bool) {
 		return
 	}
 	ctx, cancel := context.WithCancel(n.peerCtx)
-	p := &peer{name: name, address: address, learned: learned, client: client, cancel: cancel, kick: make(chan struct{}, 1)}
+	p := &peer{name: name, address: address, learned: learned, client: client, mux: newMultiplexer(ctx, client.svc), cancel: cancel, kick: make(chan struct{}, 1)}
 	n.peers[name] = p
 	n.peerWG.Add(1)
 	go n.runPeer(ctx, p)

@@ -243,8 +243,9 @@ func (n *Node) sendToPeer(ctx context.Context, req *meshv1.SendRequest, span tra
 	if fwd.Envelope != nil {
 		fwd.Envelope.Metadata = injectInto(ctx, fwd.Envelope.Metadata)
 	}
-	// The client's interceptor puts ctx's trace context in the gRPC metadata.
-	resp, err := p.client.svc.Send(ctx, fwd)
+	// The envelope carries ctx's trace context (and, on a unary fallback, the
+	// client's interceptor puts it in the gRPC metadata).
+	resp, err := p.mux.send(ctx, fwd)
 	if err != nil {
 		return nil, peerError(p, peerID, err)
 	}

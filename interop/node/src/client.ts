@@ -35,6 +35,7 @@ import { decodeAs, encodePayload } from "./codec.js";
 import { asRaviError, RaviError } from "./errors.js";
 import { checkAgentId, checkTopicId, type AgentAddress, type TopicAddress } from "./ids.js";
 import { clientTlsMaterial, connectTls, tlsFailures, type ClientTlsOptions } from "./tls.js";
+import { Multiplexer } from "./multiplexer.js";
 import { injectActive } from "./tracing.js";
 
 export { PublishScope, ServingStatus };
@@ -161,6 +162,8 @@ export class RaviClient {
   readonly address: string;
   readonly agentService: Client<typeof AgentService>;
   readonly health: Client<typeof Health>;
+  /** Sends multiplexed on one Multiplex stream (what a node uses for its peers). */
+  readonly multiplexer: Multiplexer;
   private readonly sessions: Http2SessionManager;
   private readonly timeoutMs: number;
 
@@ -197,6 +200,7 @@ export class RaviClient {
     });
     this.agentService = createClient(AgentService, transport);
     this.health = createClient(Health, transport);
+    this.multiplexer = new Multiplexer(this.agentService);
   }
 
   private callOptions(options: CallOptions | undefined, stream = false): {
@@ -356,6 +360,7 @@ export class RaviClient {
 
   /** Closes the HTTP/2 connection. */
   close(): void {
+    this.multiplexer.close();
     this.sessions.abort();
   }
 }

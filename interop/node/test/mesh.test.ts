@@ -5,7 +5,7 @@ import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { after, describe, test } from "node:test";
 
-import { Code as ConnectCode, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import { Code as ConnectCode, ConnectError, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import {
   EchoSchema,
@@ -274,5 +274,134 @@ describe("Multiplex stream", T, () => {
     assert.deepEqual(outcomes, ["2:ok:mux", `3:${Code.NotFound}:AGENT_TYPE_NOT_FOUND`, "1:ok:mux"]);
     const observed = await client.call({ type: "conformance", key: "cancelled" }, ReportSchema, {}, ObservedSchema);
     assert.deepEqual(observed.cancelled, ["cx"]);
+  });
+});
+
+/** A server interceptor counting the AgentService methods a node serves. */
+function counting(): { counts: Map<string, number>; interceptor: Interceptor } {
+  const counts = new Map<string, number>();
+  return {
+    counts,
+    interceptor: (next) => async (req) => {
+      counts.set(req.method.name, (counts.get(req.method.name) ?? 0) + 1);
+      return next(req);
+    },
+  };
+}
+
+/** Serves `impl` (a partial AgentService) on 127.0.0.1; close() stops it and cuts its connections. */
+async function fakePeer(impl: Partial<ServiceImpl<typeof AgentService>>, interceptor?: Interceptor): Promise<{ address: string; close(): void }> {
+  const sessions = new Set<http2.ServerHttp2Session>();
+  const server = http2.createServer(
+    connectNodeAdapter({ routes: (r) => r.service(AgentService, impl), interceptors: interceptor === undefined ? [] : [interceptor], grpc: true, connect: false, grpcWeb: false }),
+  );
+  server.on("session", (session) => {
+    sessions.add(session);
+    session.on("close", () => sessions.delete(session));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    address: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () => {
+      server.close();
+      for (const session of sessions) {
+        session.destroy();
+      }
+    },
+  };
+}
+
+describe("sends to peers over the Multiplex stream", T, () => {
+  const fx = new Fixture();
+  after(() => fx.close());
+
+  test("a node's sends to a peer share one Multiplex stream", async () => {
+    const served = counting();
+    const b = await fx.started({ nodeId: "xb", interceptors: [served.interceptor] }, (n) => registerConformance(n));
+    const a = await fx.started({ nodeId: "xa", peers: { b: b.address } });
+    await a.waitForRoute("conformance");
+    const replies = await Promise.all(
+      Array.from({ length: 64 }, (_, i) => a.call({ type: "conformance", key: `k${i % 8}` }, EchoSchema, { text: `t${i}` }, EchoedSchema)),
+    );
+    assert.deepEqual(
+      replies.map((r) => `${r.nodeId}:${r.text}`),
+      Array.from({ length: 64 }, (_, i) => `xb:t${i}`),
+    );
+    assert.equal(served.counts.get("Multiplex"), 1);
+    assert.equal(served.counts.get("Send"), undefined);
+  });
+
+  test("a deadline or an abort on the caller's side cancels the peer's handler", async () => {
+    const b = await fx.started({ nodeId: "yb" }, (n) => registerConformance(n));
+    const a = await fx.started({ nodeId: "ya", peers: { b: b.address } });
+    await a.waitForRoute("conformance");
+    const sleeper = { type: "conformance", key: "sleeper" };
+    const started = Date.now();
+    await rejectsWith(a.send(sleeper, SleepSchema, { millis: 10_000, tag: "short" }, { timeoutMs: 200 }), Code.DeadlineExceeded);
+    assert.ok(Date.now() - started < 3_000);
+    await rejectsWith(a.send(sleeper, SleepSchema, { millis: 10_000, tag: "gave up" }, { signal: AbortSignal.timeout(100) }), Code.Canceled);
+    await eventually(async () => {
+      const observed = await b.call(sleeper, ReportSchema, {}, ObservedSchema);
+      return observed.cancelled.join(",") === "short,gave up";
+    }, 5_000, "both handlers to be cancelled");
+  });
+
+  test("calls in flight fail UNAVAILABLE / PEER_UNAVAILABLE when the stream breaks", async () => {
+    const info = { nodeId: "breaking", contractVersion: CONTRACT_VERSION, language: "test", agentTypes: [{ agentType: "held", handledTypes: [] }] };
+    let received = 0;
+    const peer = await fakePeer({
+      describe: () => ({ node: info }),
+      async *subscribe(_request, ctx) {
+        yield { kind: { case: "node", value: info } };
+        await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
+      },
+      async *multiplex(requests) {
+        // Reads the calls and never answers them.
+        for await (const request of requests) {
+          received += request.calls.length;
+        }
+      },
+    });
+    try {
+      const a = await fx.started({ nodeId: "za", peers: { p: peer.address } });
+      await a.waitForRoute("held");
+      const started = Date.now();
+      const failing = rejectsWith(a.send({ type: "held", key: "k" }, EchoSchema, { text: "x" }, { timeoutMs: 10_000 }), Code.Unavailable, "PEER_UNAVAILABLE");
+      await eventually(() => received === 1, 3_000, "the call to reach the peer");
+      peer.close();
+      const error = await failing;
+      assert.equal(error.metadata["node_id"], "breaking");
+      assert.ok(Date.now() - started < 5_000);
+    } finally {
+      peer.close();
+    }
+  });
+
+  test("a peer without Multiplex (contract 1.1.0) is called with unary Send", async () => {
+    const info = { nodeId: "legacy", contractVersion: "1.1.0", language: "test", agentTypes: [{ agentType: "old", handledTypes: [] }] };
+    const served = counting();
+    const peer = await fakePeer(
+      {
+        describe: () => ({ node: info }),
+        async *subscribe(_request, ctx) {
+          yield { kind: { case: "node", value: info } };
+          await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
+        },
+        send: (request) => ({ nodeId: "legacy", result: encodePayload(EchoedSchema, { text: `legacy ${request.recipient?.key ?? ""}` }) }),
+      },
+      served.interceptor,
+    );
+    try {
+      const a = await fx.started({ nodeId: "la", peers: { legacy: peer.address } });
+      await a.waitForRoute("old");
+      for (const key of ["k1", "k2", "k3", "k4", "k5"]) {
+        const echoed = await a.call({ type: "old", key }, EchoSchema, { text: "x" }, EchoedSchema);
+        assert.equal(echoed.text, `legacy ${key}`);
+      }
+      assert.equal(served.counts.get("Multiplex"), 1);
+      assert.equal(served.counts.get("Send"), 5);
+    } finally {
+      peer.close();
+    }
   });
 });
