@@ -586,7 +586,10 @@ async def test_burst_on_one_busy_key_is_never_cancelled(node: NodeProcess) -> No
 
         async def one(i: int) -> Code | None:
             try:
-                await stub.Send(send_request(conf.Sleep(millis=1, tag=f"b{i}"), "burst"), timeout=4)
+                # 3,000 sleeps of 1 ms take 3 s in turn; the deadline leaves
+                # room for a loaded machine, where the node may read the whole
+                # burst before it answers the first.
+                await stub.Send(send_request(conf.Sleep(millis=1, tag=f"b{i}"), "burst"), timeout=10)
             except grpc.aio.AioRpcError as error:
                 return from_grpc_error(error).code
             return None

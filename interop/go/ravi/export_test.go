@@ -46,3 +46,6 @@ func (n *Node) Busy(agentType, key string) bool {
 	defer inst.mu.Unlock()
 	return inst.pending > 0
 }
+
+// DNSTarget is dnsTarget, for the tests of the dns: peer syntax.
+var DNSTarget = dnsTarget

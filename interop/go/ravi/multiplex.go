@@ -119,16 +119,57 @@ func failureOf(err error) *meshv1.CallFailure {
 // with unary Send from then on.
 type multiplexer struct {
 	svc   meshv1.AgentServiceClient
-	ctx   context.Context // ends when the peer link is dropped or the node stops
+	ctx   context.Context // ends with close, or when the node stops
+	close context.CancelFunc
 	unary atomic.Bool
 
 	mu      sync.Mutex
 	current *muxStream
 	nextID  uint64
+	calls   int           // in flight, on the stream or unary
+	idle    chan struct{} // closed when calls reaches 0, for drain
 }
 
-func newMultiplexer(ctx context.Context, svc meshv1.AgentServiceClient) *multiplexer {
-	return &multiplexer{svc: svc, ctx: ctx}
+func newMultiplexer(parent context.Context, svc meshv1.AgentServiceClient) *multiplexer {
+	ctx, cancel := context.WithCancel(parent)
+	return &multiplexer{svc: svc, ctx: ctx, close: cancel}
+}
+
+// drain waits until no call is in flight, timeout at most.
+func (m *multiplexer) drain(timeout time.Duration) {
+	m.mu.Lock()
+	if m.calls == 0 {
+		m.mu.Unlock()
+		return
+	}
+	if m.idle == nil {
+		m.idle = make(chan struct{})
+	}
+	idle := m.idle
+	m.mu.Unlock()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-idle:
+	case <-t.C:
+	}
+}
+
+// begin counts a call in flight (for drain); finished ends it.
+func (m *multiplexer) begin() {
+	m.mu.Lock()
+	m.calls++
+	m.mu.Unlock()
+}
+
+func (m *multiplexer) finished() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.calls--
+	if m.calls == 0 && m.idle != nil {
+		close(m.idle)
+		m.idle = nil
+	}
 }
 
 // errUseUnary says the peer does not serve Multiplex: send the call as a

@@ -58,8 +58,15 @@ type Options struct {
 	// AdvertiseAddr is the address peers dial to reach the node, reported in
 	// NodeInfo.address; default the listener's address.
 	AdvertiseAddr string
-	// Peers maps peer names to addresses (host:port).
+	// Peers maps peer names to addresses: host:port, or dns:HOST:PORT for a
+	// pool of nodes whose every address HOST resolves to is a peer, resolved
+	// again every PeerDNSInterval (see ResolveDNS).
 	Peers map[string]string
+	// PeerDNSInterval is the time between two resolutions of a dns: peer;
+	// default 10 s.
+	PeerDNSInterval time.Duration
+	// Resolver resolves dns: peers; default ResolveDNS (the system resolver).
+	Resolver Resolver
 	// Token, when set, is required of every caller as "authorization: Bearer
 	// <token>" and sent to peers.
 	Token string
@@ -185,6 +192,17 @@ func NewNode(opts Options) (*Node, error) {
 	}
 	if opts.Types == nil {
 		opts.Types = protoregistry.GlobalTypes
+	}
+	if opts.PeerDNSInterval <= 0 {
+		opts.PeerDNSInterval = DefaultPeerDNSInterval
+	}
+	if opts.Resolver == nil {
+		opts.Resolver = ResolveDNS
+	}
+	for name, address := range opts.Peers {
+		if _, _, _, err := dnsTarget(address); err != nil {
+			return nil, fmt.Errorf("ravi: peer %q: %w", name, err)
+		}
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -415,8 +433,18 @@ func (n *Node) Start() error {
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	var groups []*dnsGroup
 	for _, name := range names {
-		n.addPeerLocked(name, n.opts.Peers[name], false)
+		address := n.opts.Peers[name]
+		if host, port, ok, _ := dnsTarget(address); ok {
+			groups = append(groups, &dnsGroup{name: name, host: host, port: port, members: map[string]*peer{}})
+			continue
+		}
+		n.addPeerLocked(name, address, false)
+	}
+	if len(groups) > 0 {
+		n.peerWG.Add(1)
+		go n.discoverPeers(n.peerCtx, groups)
 	}
 	n.log.Info("serving", "addr", n.addr, "peers", len(names))
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"time"
 
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
@@ -26,7 +27,8 @@ const (
 type peer struct {
 	name    string
 	address string
-	learned bool // added because it called Describe, not configured
+	learned bool   // added because it called Describe, not configured
+	group   string // the dns: peer name the peer was resolved from, if any
 	client  *Client
 	mux     *multiplexer // the node's Sends to the peer
 	cancel  context.CancelFunc
@@ -42,8 +44,10 @@ type peer struct {
 // PeerStatus describes a peer link, for diagnostics.
 type PeerStatus struct {
 	Name, Address, NodeID string
-	Learned, Streaming    bool
-	AgentTypes            []string
+	// Group is the dns: peer name the peer was resolved from, if any.
+	Group              string
+	Learned, Streaming bool
+	AgentTypes         []string
 }
 
 // Peers lists the node's peers.
@@ -52,7 +56,7 @@ func (n *Node) Peers() []PeerStatus {
 	defer n.mu.Unlock()
 	var out []PeerStatus
 	for _, p := range n.sortedPeersLocked() {
-		s := PeerStatus{Name: p.name, Address: p.address, NodeID: p.nodeID, Learned: p.learned, Streaming: p.streaming}
+		s := PeerStatus{Name: p.name, Address: p.address, NodeID: p.nodeID, Group: p.group, Learned: p.learned, Streaming: p.streaming}
 		for _, t := range p.info.GetAgentTypes() {
 			s.AgentTypes = append(s.AgentTypes, t.GetAgentType())
 		}
@@ -61,9 +65,11 @@ func (n *Node) Peers() []PeerStatus {
 	return out
 }
 
-func (n *Node) addPeerLocked(name, address string, learned bool) {
+// addPeerLocked adds a peer and starts its link; nil when the node stops or
+// the address cannot be dialled.
+func (n *Node) addPeerLocked(name, address string, learned bool) *peer {
 	if n.stopping {
-		return
+		return nil
 	}
 	// A frozen peer is found within DefaultKeepaliveTime + DefaultKeepaliveTimeout
 	// (contract.toml): its calls fail UNAVAILABLE and its types leave the table.
@@ -82,13 +88,16 @@ func (n *Node) addPeerLocked(name, address string, learned bool) {
 	client, err := Dial(address, WithToken(n.opts.PeerToken), WithMaxMessageBytes(n.opts.MaxMessageBytes), WithDialOptions(dial...))
 	if err != nil {
 		n.log.Error("cannot dial peer", "peer", name, "addr", address, "err", err)
-		return
+		return nil
 	}
 	ctx, cancel := context.WithCancel(n.peerCtx)
-	p := &peer{name: name, address: address, learned: learned, client: client, mux: newMultiplexer(ctx, client.svc), cancel: cancel, kick: make(chan struct{}, 1)}
+	// The Multiplex stream outlives the link loop: a dropped peer's calls in
+	// flight may finish (removePeerLocked).
+	p := &peer{name: name, address: address, learned: learned, client: client, mux: newMultiplexer(n.peerCtx, client.svc), cancel: cancel, kick: make(chan struct{}, 1)}
 	n.peers[name] = p
 	n.peerWG.Add(1)
 	go n.runPeer(ctx, p)
+	return p
 }
 
 // learnPeer adds a node that called Describe with its address, unless it is
@@ -217,8 +226,13 @@ func (n *Node) setPeerInfo(p *peer, info *meshv1.NodeInfo) bool {
 	defer n.mu.Unlock()
 	if info.GetNodeId() == n.id {
 		// Dropped for good (logged once): dialling it again would only find
-		// this node again.
-		n.log.Warn("peer is this node itself; dropping it", "peer", p.name, "addr", p.address)
+		// this node again. A node of the pool a dns: peer names finds itself
+		// there as a matter of course.
+		level := slog.LevelWarn
+		if p.group != "" {
+			level = slog.LevelDebug
+		}
+		n.log.Log(context.Background(), level, "peer is this node itself; dropping it", "peer", p.name, "addr", p.address)
 		n.removePeerLocked(p)
 		return false
 	}
@@ -243,6 +257,8 @@ func (n *Node) setPeerInfo(p *peer, info *meshv1.NodeInfo) bool {
 	return true
 }
 
+// removePeerLocked drops p: it gets no new call at once, and its connection
+// closes once the calls in flight on it are done (peerDrainTimeout at most).
 func (n *Node) removePeerLocked(p *peer) {
 	if n.peers[p.name] != p {
 		return
@@ -250,7 +266,11 @@ func (n *Node) removePeerLocked(p *peer) {
 	delete(n.peers, p.name)
 	p.cancel()
 	p.info = nil
-	go func() { _ = p.client.Close() }()
+	go func() {
+		p.mux.drain(peerDrainTimeout)
+		p.mux.close()
+		_ = p.client.Close()
+	}()
 	n.notifyRoutesLocked()
 }
 

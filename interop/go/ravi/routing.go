@@ -22,7 +22,9 @@ func RendezvousScore(nodeID, agentType, key string) uint64 {
 
 // choosePeer picks the peer for an agent whose type the node does not host:
 // among the connected peers hosting the type, and not in exclude, the one
-// with the highest rendezvous score (ties: the smaller node id).
+// with the highest rendezvous score (ties: the smaller node id). It counts a
+// call in flight on the peer's multiplexer, under the same lock as the choice,
+// so a peer dropped meanwhile waits for it; the caller calls p.mux.finished.
 func (n *Node) choosePeer(to AgentID, exclude []string) (*peer, string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -42,6 +44,9 @@ func (n *Node) choosePeer(to AgentID, exclude []string) (*peer, string) {
 		if best == nil || score > bestScore || (score == bestScore && id < bestID) {
 			best, bestID, bestScore = p, id, score
 		}
+	}
+	if best != nil {
+		best.mux.begin()
 	}
 	return best, bestID
 }

@@ -232,6 +232,7 @@ func (n *Node) sendToPeer(ctx context.Context, req *meshv1.SendRequest, span tra
 			fmt.Sprintf("no node hosts agent type %q (asked node %s)", to.Type, n.id),
 			map[string]string{"agent_type": to.Type, "node_id": n.id})
 	}
+	defer p.mux.finished()
 	if span != nil && span.IsRecording() {
 		span.SetAttributes(attrRouteNextNode.String(peerID))
 	}

@@ -28,6 +28,7 @@ import { CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, encodeJsonPayload } from "./c
 import { asRaviError, Code, RaviError } from "./errors.js";
 import { parseAgentId, parseTopicId } from "./ids.js";
 import { RaviNode, stderrLogger } from "./node.js";
+import { dnsTarget } from "./node/discovery.js";
 import { setupTracing } from "./telemetry.js";
 import type { ClientTlsOptions, ServerTlsOptions } from "./tls.js";
 import { formatterAgent } from "./agents/formatter.js";
@@ -35,10 +36,13 @@ import { CONFORMANCE_TYPE, registerConformance } from "./agents/conformance.js";
 
 const USAGE = `usage:
   ravi-node node --listen HOST:PORT --node-id ID [--advertise HOST:PORT] [--peer NAME=ADDR]... [--token T]
+                 [--peer-dns-interval SECONDS]
                  [--health-without-auth] [--max-message-bytes N] [--conformance-type NAME] [--verbose]
                  [--otlp-endpoint URL]
                  [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
                  [--peer-tls-ca FILE] [--peer-tls-cert FILE --peer-tls-key FILE] [--peer-tls-server-name NAME]
+  (--peer NAME=dns:HOST:PORT: every address HOST resolves to is a peer, resolved again every
+   --peer-dns-interval seconds, 10 by default)
   (--tls-cert/--tls-key: serve TLS with this certificate and key; --tls-client-ca: require client
    certificates from this CA (mTLS); --peer-tls-ca: dial peers with TLS, trusting this CA;
    --peer-tls-cert/--peer-tls-key: present this certificate to peers (mTLS); --peer-tls-server-name:
@@ -139,6 +143,18 @@ function integer(value: string | undefined, flag: string): number | undefined {
   return n;
 }
 
+/** A positive number of seconds, as `ravi node` takes them, in milliseconds. */
+function seconds(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) {
+    return undefined;
+  }
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) {
+    throw new UsageError(`${flag} must be a positive number of seconds, got ${JSON.stringify(value)}`);
+  }
+  return n * 1000;
+}
+
 /** Splits "host:port" or "[v6]:port". */
 function hostPort(text: string, flag: string): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text);
@@ -237,6 +253,7 @@ async function runNode(args: string[]): Promise<number> {
       "node-id": { type: "string" },
       advertise: { type: "string" },
       peer: { type: "string", multiple: true },
+      "peer-dns-interval": { type: "string" },
       token: { type: "string" },
       "health-without-auth": { type: "boolean" },
       "max-message-bytes": { type: "string" },
@@ -262,9 +279,16 @@ async function runNode(args: string[]): Promise<number> {
       throw new UsageError(`--peer must be NAME=HOST:PORT, got ${JSON.stringify(spec)}`);
     }
     const address = spec.slice(eq + 1);
-    hostPort(address, "--peer");
+    try {
+      if (dnsTarget(address) === undefined) {
+        hostPort(address, "--peer");
+      }
+    } catch (error) {
+      throw new UsageError(`--peer ${error instanceof Error ? error.message : String(error)}`);
+    }
     peers[spec.slice(0, eq)] = address;
   }
+  const dnsInterval = seconds(values["peer-dns-interval"], "--peer-dns-interval");
   const otlpEndpoint = values["otlp-endpoint"];
   if (otlpEndpoint !== undefined && !/^https?:\/\/[^/]+\/?$/.test(otlpEndpoint)) {
     throw new UsageError(`--otlp-endpoint must be http://HOST:PORT or https://HOST:PORT, got ${JSON.stringify(otlpEndpoint)}`);
@@ -280,6 +304,7 @@ async function runNode(args: string[]): Promise<number> {
       port,
       advertiseAddress: values.advertise,
       peers,
+      peerDnsIntervalMs: dnsInterval,
       // Like the Python and Go nodes: a token from the environment keeps it out of `ps`.
       token: values.token ?? process.env["RAVI_TOKEN"],
       healthWithoutAuth: values["health-without-auth"] ?? false,

@@ -42,9 +42,26 @@ export class Multiplexer {
   private stream: MultiplexStream | undefined;
   private nextId = 0n;
   private unary = false;
+  /** Calls in flight, on the stream or unary. */
+  private calls = 0;
+  private idle: (() => void)[] = [];
 
   constructor(service: Client<typeof AgentService>) {
     this.service = service;
+  }
+
+  /** Resolves once no call is in flight, `timeoutMs` at most. */
+  drained(timeoutMs: number): Promise<void> {
+    if (this.calls === 0) {
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      this.idle.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
   }
 
   /**
@@ -57,23 +74,33 @@ export class Multiplexer {
     signal: AbortSignal,
     headers: Record<string, string> | undefined,
   ): Promise<SendResponse> {
-    if (!this.unary) {
-      try {
-        return await this.sendFrame(request, timeoutMs, signal);
-      } catch (error) {
-        if (error !== USE_UNARY) {
-          throw error;
+    this.calls += 1;
+    try {
+      if (!this.unary) {
+        try {
+          return await this.sendFrame(request, timeoutMs, signal);
+        } catch (error) {
+          if (error !== USE_UNARY) {
+            throw error;
+          }
         }
       }
-    }
-    try {
-      return await this.service.send(request, {
-        timeoutMs: Math.max(1, Math.ceil(timeoutMs)),
-        signal,
-        ...(headers === undefined ? {} : { headers }),
-      });
-    } catch (error) {
-      throw signal.aborted ? signal.reason : asRaviError(error);
+      try {
+        return await this.service.send(request, {
+          timeoutMs: Math.max(1, Math.ceil(timeoutMs)),
+          signal,
+          ...(headers === undefined ? {} : { headers }),
+        });
+      } catch (error) {
+        throw signal.aborted ? signal.reason : asRaviError(error);
+      }
+    } finally {
+      this.calls -= 1;
+      if (this.calls === 0 && this.idle.length > 0) {
+        const idle = this.idle;
+        this.idle = [];
+        idle.forEach((wake) => wake());
+      }
     }
   }
 

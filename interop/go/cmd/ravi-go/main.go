@@ -153,7 +153,8 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	advertise := fs.String("advertise", "", "address peers dial to reach this node (default: the listen address)")
 	nodeID := fs.String("node-id", "", "node id, unique in the mesh (default: go-<random>)")
 	peers := peerFlags{}
-	fs.Var(peers, "peer", "a peer as name=host:port (repeatable)")
+	fs.Var(peers, "peer", "a peer as name=host:port (repeatable); with name=dns:host:port every address host resolves to is a peer, resolved again every --peer-dns-interval seconds")
+	dnsInterval := fs.Float64("peer-dns-interval", ravi.DefaultPeerDNSInterval.Seconds(), "seconds between two resolutions of dns: peers")
 	token := fs.String("token", os.Getenv("RAVI_TOKEN"), "bearer token required of callers and sent to peers (default $RAVI_TOKEN)")
 	healthWithoutAuth := fs.Bool("health-without-auth", false, "serve health checks without the token")
 	maxBytes := fs.Int("max-message-bytes", ravi.DefaultMaxMessageBytes, "largest message accepted or sent")
@@ -166,6 +167,9 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	peerTLS := addPeerTLSFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *dnsInterval <= 0 {
+		return usageError{fmt.Sprintf("--peer-dns-interval must be positive, got %v", *dnsInterval)}
 	}
 	// TLS files are read now: a bad one fails before anything is served.
 	serverCreds, err := serveTLS.serverOption()
@@ -189,6 +193,7 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 		ListenAddr:        *listen,
 		AdvertiseAddr:     *advertise,
 		Peers:             peers,
+		PeerDNSInterval:   seconds(*dnsInterval),
 		Token:             *token,
 		HealthWithoutAuth: *healthWithoutAuth,
 		MaxMessageBytes:   *maxBytes,
@@ -553,4 +558,9 @@ func randomHex(nbytes int) string {
 	b := make([]byte, nbytes)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// seconds converts a flag given in seconds, as `ravi node` takes them.
+func seconds(s float64) time.Duration {
+	return time.Duration(s * float64(time.Second))
 }

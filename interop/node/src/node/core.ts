@@ -27,6 +27,7 @@ import { checkAgentType, checkTopicType } from "../ids.js";
 import { PeerLink, type Logger, type PeerHost } from "../peers.js";
 import { clientTlsMaterial, serverTlsOptions, type ClientTlsMaterial } from "../tls.js";
 import { NodeTracing } from "../tracing.js";
+import { dnsTarget } from "./discovery.js";
 import { AGENT_SERVICE_NAME, LANGUAGE, NodeOptions, SubscriptionInfo, stderrLogger } from "./options.js";
 import { StreamSubscriber, filterProto } from "./streams.js";
 
@@ -90,6 +91,9 @@ export class NodeCore {
   readonly health = new HealthState();
   readonly tracing: NodeTracing;
   readonly shutdownController = new AbortController();
+  /** Ends the resolution of dns: peers (node/discovery.ts). */
+  readonly discoveryController = new AbortController();
+  discovery: Promise<void> | undefined;
   readonly sessions = new Set<http2.ServerHttp2Session>();
   readonly background = new Set<Promise<unknown>>();
   server: http2.Http2Server | http2.Http2SecureServer | undefined;
@@ -118,6 +122,13 @@ export class NodeCore {
     // Read and checked now: a missing or unusable file fails here, not at the first call.
     this.serverTls = options.tls === undefined ? undefined : serverTlsOptions(options.tls);
     this.peerTls = options.peerTls === undefined ? undefined : clientTlsMaterial(options.peerTls);
+    for (const [name, address] of Object.entries(options.peers ?? {})) {
+      try {
+        dnsTarget(address);
+      } catch (error) {
+        throw new Error(`peer ${JSON.stringify(name)}: ${error instanceof Error ? error.message : String(error)}`);
+      }
+    }
     this.events.setMaxListeners(0);
     this.health.set("", ServingStatus.NOT_SERVING);
     this.health.set(AGENT_SERVICE_NAME, ServingStatus.NOT_SERVING);

@@ -7,19 +7,25 @@ import { PeerLink } from "../peers.js";
 import { rendezvousPick } from "../rendezvous.js";
 import { NodeCore } from "./core.js";
 
-/** Adds a peer and starts connecting to it (a no-op if that address is a peer already). */
-export function addPeer(node: NodeCore, label: string, address: string): void {
-  if (node.state === "stopping" || node.state === "stopped") {
-    return;
+/**
+ * Adds a peer and starts connecting to it; returns its link (the existing one
+ * if that address is a peer already), or undefined for this node's own address
+ * or a node that stops.
+ */
+export function addPeer(node: NodeCore, label: string, address: string): PeerLink | undefined {
+  if (node.state === "stopping" || node.state === "stopped" || address === node.advertised) {
+    return undefined;
   }
-  if (address === node.advertised || node.links.some((l) => l.address === address && !l.stopped)) {
-    return;
+  const known = node.links.find((l) => l.address === address && !l.stopped);
+  if (known !== undefined) {
+    return known;
   }
   const link = new PeerLink(node.host, label, address);
   node.links.push(link);
   if (node.state === "serving") {
     link.start();
   }
+  return link;
 }
 
 /** The peers, as configured or learned. */

@@ -22,6 +22,7 @@ import { handleMultiplex } from "./multiplex.js";
 import { CALLER, NodeCore, traceOf } from "./core.js";
 import { AGENT_SERVICE_NAME } from "./options.js";
 import { handlePublish } from "./publish.js";
+import { discoverPeers, dnsTarget, type DnsGroup } from "./discovery.js";
 import { addPeer, learn } from "./routing.js";
 import { dispatchSend } from "./send.js";
 import { handleLoadState, handleResolvePromise, handleSaveState } from "./state.js";
@@ -94,8 +95,17 @@ export async function start(node: NodeCore): Promise<string> {
   node.changed(false);
   node.health.set("", ServingStatus.SERVING);
   node.health.set(AGENT_SERVICE_NAME, ServingStatus.SERVING);
+  const groups: DnsGroup[] = [];
   for (const [name, address] of Object.entries(node.options.peers ?? {})) {
-    addPeer(node, name, address);
+    const target = dnsTarget(address);
+    if (target === undefined) {
+      addPeer(node, name, address);
+    } else {
+      groups.push({ name, ...target, members: new Map() });
+    }
+  }
+  if (groups.length > 0) {
+    node.discovery = discoverPeers(node, groups, node.discoveryController.signal);
   }
   return node.advertised;
 }
@@ -113,6 +123,8 @@ export async function shutdown(node: NodeCore, graceMs: number): Promise<void> {
   for (const stream of node.streams) {
     stream.end();
   }
+  node.discoveryController.abort();
+  await node.discovery;
   await Promise.all(node.links.map((l) => l.stop()));
   node.routes.clear();
   node.events.emit("routes");
