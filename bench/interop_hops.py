@@ -51,7 +51,9 @@ def languages() -> dict[str, dict[str, list[str]]]:
     return entries
 
 
-def command(entry: dict[str, list[str]], node_id: str, agent_type: str, peers: list[str]) -> list[str]:
+def command(
+    entry: dict[str, list[str]], node_id: str, agent_type: str, peers: list[str]
+) -> list[str]:
     def fill(text: str) -> str:
         return text.format(repo=ROOT, python=sys.executable, conformance_type=agent_type)
 
@@ -148,10 +150,11 @@ async def rounds(client: GrpcRuntime, names: list[str], runs: int, n: int) -> di
     base = "python"
     rows = []
     for caller, callee in pairs:
-        hops = [total - first for total, first in zip(via[caller, callee], direct[caller], strict=True)]
+        hops = [
+            total - first for total, first in zip(via[caller, callee], direct[caller], strict=True)
+        ]
         ratios = [
-            value / (v - d)
-            for value, v, d in zip(hops, via[base, base], direct[base], strict=True)
+            value / (v - d) for value, v, d in zip(hops, via[base, base], direct[base], strict=True)
         ]
         rows.append(
             {
@@ -182,7 +185,10 @@ def main() -> None:
     rows = result["pairs"]
     assert isinstance(rows, list)
     print(f"medians of {args.runs} interleaved rounds, {args.n} calls each (load {load:.1f})\n")
-    print("| caller -> callee | round trip via the caller (us) | the hop (us) | hop / python -> python |")
+    print(
+        "| caller -> callee | round trip via the caller (us) | the hop (us) "
+        "| hop / python -> python |"
+    )
     print("|---|---|---|---|")
     for row in rows:
         print(
@@ -204,7 +210,11 @@ def main() -> None:
     )
     if args.save:
         result["date"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "load": load}
+        result["machine"] = {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load": load,
+        }
         Path(args.save).write_text(json.dumps(result, indent=1) + "\n")
     sys.exit(0 if ok else 1)
 

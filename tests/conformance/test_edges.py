@@ -589,7 +589,8 @@ async def test_burst_on_one_busy_key_is_never_cancelled(node: NodeProcess) -> No
                 # 3,000 sleeps of 1 ms take 3 s in turn; the deadline leaves
                 # room for a loaded machine, where the node may read the whole
                 # burst before it answers the first.
-                await stub.Send(send_request(conf.Sleep(millis=1, tag=f"b{i}"), "burst"), timeout=10)
+                request = send_request(conf.Sleep(millis=1, tag=f"b{i}"), "burst")
+                await stub.Send(request, timeout=10)
             except grpc.aio.AioRpcError as error:
                 return from_grpc_error(error).code
             return None

@@ -155,6 +155,17 @@ func (m *multiplexer) drain(timeout time.Duration) {
 	}
 }
 
+// abort ends the current stream, if any: its calls in flight fail UNAVAILABLE
+// with cause; the next call opens a new stream.
+func (m *multiplexer) abort(cause error) {
+	m.mu.Lock()
+	s := m.current
+	m.mu.Unlock()
+	if s != nil {
+		s.end(&Error{Code: codes.Unavailable, Message: cause.Error()})
+	}
+}
+
 // begin counts a call in flight (for drain); finished ends it.
 func (m *multiplexer) begin() {
 	m.mu.Lock()

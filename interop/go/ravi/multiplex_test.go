@@ -126,7 +126,7 @@ func TestCallsInFlightFailPeerUnavailableWhenTheStreamBreaks(t *testing.T) {
 	cancel()
 	_ = b.Shutdown(stopped)
 	e := wantError(t, <-failed, codes.Unavailable, ravi.ReasonPeerUnavailable)
-	if e.Metadata["node_id"] != "node-b" || time.Since(start) > 5*time.Second {
+	if e.Metadata["node_id"] != "node-a" || e.Metadata["peer_address"] != b.Addr() || time.Since(start) > 5*time.Second {
 		t.Fatalf("%#v after %v", e, time.Since(start))
 	}
 }

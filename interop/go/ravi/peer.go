@@ -10,6 +10,8 @@ import (
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -36,6 +38,7 @@ type peer struct {
 
 	// Guarded by Node.mu.
 	info          *meshv1.NodeInfo // the routing entry; nil while disconnected
+	lastInfo      *meshv1.NodeInfo // the last routing entry, kept while disconnected
 	nodeID        string
 	streaming     bool
 	restartStream context.CancelFunc
@@ -71,12 +74,10 @@ func (n *Node) addPeerLocked(name, address string, learned bool) *peer {
 	if n.stopping {
 		return nil
 	}
-	// A frozen peer is found within DefaultKeepaliveTime + DefaultKeepaliveTimeout
-	// (contract.toml): its calls fail UNAVAILABLE and its types leave the table.
-	kp := keepalive.ClientParameters{Time: meshv1.DefaultKeepaliveTime, Timeout: meshv1.DefaultKeepaliveTimeout, PermitWithoutStream: true}
-	if n.opts.PeerKeepalive != nil {
-		kp = *n.opts.PeerKeepalive
-	}
+	// grpc-go pings a connection at most every 10 s, whatever kp.Time says;
+	// watchPeer checks the peer every kp.Time on top of that.
+	kp := n.peerKeepalive()
+	kp.Time = max(kp.Time, grpcMinPingTime)
 	dial := []grpc.DialOption{
 		grpc.WithKeepaliveParams(kp),
 		grpc.WithConnectParams(grpc.ConnectParams{
@@ -170,6 +171,52 @@ func (n *Node) runPeer(ctx context.Context, p *peer) {
 	}
 }
 
+// grpcMinPingTime is the shortest keepalive interval grpc-go uses (it raises
+// shorter ones, with a warning).
+const grpcMinPingTime = 10 * time.Second
+
+// peerKeepalive is how often peers are checked and how long they may take to
+// answer; a frozen peer is ejected within the sum (contract.toml: 4 s + 4 s).
+func (n *Node) peerKeepalive() keepalive.ClientParameters {
+	if n.opts.PeerKeepalive != nil {
+		return *n.opts.PeerKeepalive
+	}
+	return keepalive.ClientParameters{Time: meshv1.DefaultKeepaliveTime, Timeout: meshv1.DefaultKeepaliveTimeout, PermitWithoutStream: true}
+}
+
+// errPeerFrozen is why a peer's link ends when it stops answering.
+var errPeerFrozen = errors.New("the peer did not answer a health check in time")
+
+// watchPeer asks p's health every keepalive Time while its stream is up and
+// ends the link (stop) when an answer takes longer than the keepalive
+// Timeout: a frozen peer's calls in flight then fail UNAVAILABLE and its types
+// leave the routing table, as Python and Node nodes do with HTTP/2 pings
+// (grpc-go will not ping more often than every 10 s). Only silence counts: a
+// peer answering with an error, or NOT_SERVING, is up.
+func (n *Node) watchPeer(ctx context.Context, p *peer, stop context.CancelCauseFunc) {
+	kp := n.peerKeepalive()
+	health := healthpb.NewHealthClient(p.client.conn)
+	tick := time.NewTicker(kp.Time)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, kp.Timeout)
+		_, err := health.Check(cctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if ctx.Err() == nil && CodeOf(err) == codes.DeadlineExceeded {
+			n.log.Warn("peer does not answer; ejecting it", "peer", p.name, "addr", p.address, "within", kp.Timeout)
+			stop(errPeerFrozen)
+			n.clearPeer(p) // no new call goes to p from now on
+			p.mux.abort(errPeerFrozen)
+			return
+		}
+	}
+}
+
 // linkPeer describes p and follows its Subscribe stream until it ends;
 // established says the stream was active.
 func (n *Node) linkPeer(ctx context.Context, p *peer) (established bool, err error) {
@@ -182,7 +229,8 @@ func (n *Node) linkPeer(ctx context.Context, p *peer) (established bool, err err
 	if !n.setPeerInfo(p, resp.GetNode()) {
 		return false, errors.New("peer link dropped")
 	}
-	sctx, stop := context.WithCancel(ctx)
+	sctx, stopCause := context.WithCancelCause(ctx)
+	stop := func() { stopCause(context.Canceled) }
 	defer stop()
 	n.mu.Lock()
 	p.restartStream = stop
@@ -197,6 +245,9 @@ func (n *Node) linkPeer(ctx context.Context, p *peer) (established bool, err err
 			if errors.Is(err, io.EOF) {
 				err = nil
 			}
+			if cause := context.Cause(sctx); errors.Is(cause, errPeerFrozen) {
+				err = cause
+			}
 			return established, err
 		}
 		switch k := msg.GetKind().(type) {
@@ -206,6 +257,7 @@ func (n *Node) linkPeer(ctx context.Context, p *peer) (established bool, err err
 			}
 			if !established {
 				established = true
+				go n.watchPeer(sctx, p, stopCause)
 				n.mu.Lock()
 				p.streaming = true
 				n.notifyRoutesLocked()
@@ -253,6 +305,7 @@ func (n *Node) setPeerInfo(p *peer, info *meshv1.NodeInfo) bool {
 	}
 	p.nodeID = info.GetNodeId()
 	p.info = info
+	p.lastInfo = info
 	n.notifyRoutesLocked()
 	return true
 }

@@ -51,6 +51,24 @@ func (n *Node) choosePeer(to AgentID, exclude []string) (*peer, string) {
 	return best, bestID
 }
 
+// unreachableHosting lists the addresses of the peers that hosted agentType
+// when they were last connected and are unreachable now (not in exclude).
+func (n *Node) unreachableHosting(agentType string, exclude []string) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	for _, p := range n.sortedPeersLocked() {
+		last := p.lastInfo
+		if p.info != nil || last == nil || slices.Contains(exclude, last.GetNodeId()) {
+			continue
+		}
+		if slices.ContainsFunc(last.GetAgentTypes(), func(t *agentTypeInfo) bool { return t.GetAgentType() == agentType }) {
+			out = append(out, p.address)
+		}
+	}
+	return out
+}
+
 func (n *Node) peerHosting(agentType string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -3,6 +3,7 @@
 import { create, type DescMessage, type MessageInitShape, type MessageShape, type Registry } from "@bufbuild/protobuf";
 import { Code, createClient, ConnectError, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager, type Http2SessionOptions } from "@connectrpc/connect-node";
+import type * as http2 from "node:http2";
 import * as net from "node:net";
 import {
   Health,
@@ -193,7 +194,7 @@ export class RaviClient {
     const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     const transport = createGrpcTransport({
       baseUrl,
-      sessionManager: this.sessions,
+      sessionManager: guarded(this.sessions),
       interceptors,
       readMaxBytes: maxBytes,
       writeMaxBytes: maxBytes,
@@ -364,6 +365,35 @@ export class RaviClient {
     this.sessions.abort();
   }
 }
+
+/**
+ * The client's sessions, each with an "error" listener of its own.
+ * connect-node 2.1.2's session manager stops listening to a session as soon as
+ * it moves on from it (a new request, an abort), which can fall between the
+ * session's destruction by a keepalive timeout (a frozen peer) and the "error"
+ * event the session emits a moment later: an uncaught exception that would end
+ * the process. The manager still sees the error whenever it listens.
+ */
+function guarded(manager: Http2SessionManager): SessionManager {
+  const sessions = new WeakSet<http2.Http2Session>();
+  const ignore = (): void => undefined;
+  return {
+    authority: manager.authority,
+    async request(method, path, headers, options) {
+      const stream = await manager.request(method, path, headers, options);
+      const session = stream.session;
+      if (session !== undefined && !sessions.has(session)) {
+        sessions.add(session);
+        session.on("error", ignore);
+      }
+      return stream;
+    },
+    notifyResponseByteRead: (stream) => manager.notifyResponseByteRead(stream),
+  };
+}
+
+/** What createGrpcTransport takes as its session manager (the interface is not exported). */
+type SessionManager = NonNullable<Parameters<typeof createGrpcTransport>[0]["sessionManager"]>;
 
 /** True when an error is a ConnectError or RaviError with this code. */
 export function hasCode(error: unknown, code: number): boolean {

@@ -196,10 +196,11 @@ export const errors = {
       reason: "HOP_LIMIT_EXCEEDED",
       metadata: { node_id: nodeId },
     }),
-  peerUnavailable: (peer: string, message: string): RaviError =>
-    new RaviError(Code.Unavailable, `peer ${peer} is unavailable: ${message}`, {
+  /** `nodeId` decided that the peer(s) at `peerAddress` cannot be reached. */
+  peerUnavailable: (nodeId: string, peerAddress: string, message: string): RaviError =>
+    new RaviError(Code.Unavailable, message, {
       reason: "PEER_UNAVAILABLE",
-      metadata: { node_id: peer },
+      metadata: { node_id: nodeId, peer_address: peerAddress },
     }),
   mailboxFull: (agent: string, capacity: number): RaviError =>
     new RaviError(Code.ResourceExhausted, `the mailbox of ${agent} holds ${capacity} messages already`, {

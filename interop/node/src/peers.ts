@@ -46,6 +46,8 @@ export class PeerLink {
   nodeId: string | undefined;
   /** The peer's incarnation, from its last NodeInfo. */
   incarnation: string | undefined;
+  /** The peer's last NodeInfo, kept while it is unreachable. */
+  lastInfo: NodeInfo | undefined;
   /** The client of the current connection. */
   client: RaviClient | undefined;
   /** Connections made so far (1 after the first successful Subscribe). */

@@ -2,6 +2,7 @@
 // publish over streams, peer restarts, and the Multiplex stream.
 import { strict as assert } from "node:assert";
 import * as http2 from "node:http2";
+import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import { after, describe, test } from "node:test";
 
@@ -132,7 +133,8 @@ describe("routing and forwarding", T, () => {
       await a.waitForRoute("ghost");
       const started = Date.now();
       const error = await rejectsWith(fx.client(a.address).send({ type: "ghost", key: "k" }, EchoSchema, { text: "x" }, { timeoutMs: 2_000 }), Code.Unavailable, "PEER_UNAVAILABLE");
-      assert.equal(error.metadata["node_id"], "ghost-node");
+      // The node that decided, and the peer it could not reach.
+      assert.deepEqual([error.metadata["node_id"], error.metadata["peer_address"]], ["ua", `127.0.0.1:${port}`]);
       assert.ok(Date.now() - started < 2_000);
       await a.stop(100);
     } finally {
@@ -213,7 +215,10 @@ describe("peer restart", T, () => {
 
     await b1.stop(100);
     await a.waitForRoutes((r) => !r.has("sb"), 3_000);
-    await rejectsWith(client.send({ type: "restarting", key: "k" }, EchoSchema, { text: "down" }), Code.NotFound, "AGENT_TYPE_NOT_FOUND");
+    // While b is unreachable its types are UNAVAILABLE; a type nobody hosted is NOT_FOUND.
+    const down = await rejectsWith(client.send({ type: "restarting", key: "k" }, EchoSchema, { text: "down" }), Code.Unavailable, "PEER_UNAVAILABLE");
+    assert.deepEqual([down.metadata["node_id"], down.metadata["peer_address"]], ["sa", b1.address]);
+    await rejectsWith(client.send({ type: "never-hosted", key: "k" }, EchoSchema, { text: "x" }), Code.NotFound, "AGENT_TYPE_NOT_FOUND");
     await new Promise((r) => setTimeout(r, 600)); // let a's backoff grow
 
     const b2 = await fx.started({ nodeId: "sb", port }, (n) => registerConformance(n, "restarting"));
@@ -370,7 +375,7 @@ describe("sends to peers over the Multiplex stream", T, () => {
       await eventually(() => received === 1, 3_000, "the call to reach the peer");
       peer.close();
       const error = await failing;
-      assert.equal(error.metadata["node_id"], "breaking");
+      assert.deepEqual([error.metadata["node_id"], error.metadata["peer_address"]], ["za", peer.address]);
       assert.ok(Date.now() - started < 5_000);
     } finally {
       peer.close();
@@ -402,6 +407,96 @@ describe("sends to peers over the Multiplex stream", T, () => {
       assert.equal(served.counts.get("Send"), 5);
     } finally {
       peer.close();
+    }
+  });
+});
+
+/** A port free on 127.0.0.1 now. */
+async function freePort(): Promise<number> {
+  const probe = net.createServer();
+  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+  const port = (probe.address() as AddressInfo).port;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}
+
+/**
+ * A TCP proxy to `target` that can freeze: a frozen proxy keeps its
+ * connections open and passes nothing on, as a SIGSTOPped peer does.
+ */
+async function freezableProxy(target: () => string): Promise<{ address: string; freeze(): void; thaw(): void; close(): void }> {
+  const sockets = new Set<net.Socket>();
+  let frozen = false;
+  const server = net.createServer((client) => {
+    if (frozen) {
+      sockets.add(client); // accepted by the kernel, never answered
+      return;
+    }
+    const address = target();
+    const upstream = net.connect({ host: address.slice(0, address.lastIndexOf(":")), port: Number(address.slice(address.lastIndexOf(":") + 1)) });
+    for (const [from, to] of [
+      [client, upstream],
+      [upstream, client],
+    ] as const) {
+      sockets.add(from);
+      from.on("data", (chunk) => {
+        if (!frozen) {
+          to.write(chunk);
+        }
+      });
+      from.on("error", () => to.destroy());
+      from.on("close", () => to.destroy());
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    address: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    freeze: () => {
+      frozen = true;
+    },
+    thaw: () => {
+      frozen = false;
+      for (const socket of sockets) {
+        socket.destroy();
+      }
+      sockets.clear();
+    },
+    close: () => {
+      server.close();
+      for (const socket of sockets) {
+        socket.destroy();
+      }
+    },
+  };
+}
+
+describe("a frozen peer", T, () => {
+  const fx = new Fixture();
+  after(() => fx.close());
+
+  test("is ejected by keepalive: its calls fail PEER_UNAVAILABLE, its types too, and it comes back", async () => {
+    // b is reached through the proxy only: it advertises the proxy's address.
+    const port = await freePort();
+    const proxy = await freezableProxy(() => `127.0.0.1:${port}`);
+    await fx.started({ nodeId: "fb", port, advertiseAddress: proxy.address }, (n) => registerConformance(n, "frozen"));
+    try {
+      const a = await fx.started({ nodeId: "fa", peers: { b: proxy.address }, keepaliveTimeMs: 2_000, keepaliveTimeoutMs: 500 });
+      await a.waitForRoute("frozen");
+      assert.equal((await a.call({ type: "frozen", key: "k" }, EchoSchema, { text: "up" }, EchoedSchema)).nodeId, "fb");
+      proxy.freeze();
+      const frozenAt = Date.now();
+      const inFlight = await rejectsWith(a.send({ type: "frozen", key: "k" }, EchoSchema, { text: "x" }, { timeoutMs: 20_000 }), Code.Unavailable, "PEER_UNAVAILABLE");
+      assert.ok(Date.now() - frozenAt < 2_000 + 500 + 1_500, `ejected after ${Date.now() - frozenAt} ms`);
+      assert.equal(inFlight.metadata["peer_address"], proxy.address);
+      // The next calls fail at once: the type's only host is known but unreachable.
+      const started = Date.now();
+      await rejectsWith(a.send({ type: "frozen", key: "k2" }, EchoSchema, { text: "x" }, { timeoutMs: 20_000 }), Code.Unavailable, "PEER_UNAVAILABLE");
+      assert.ok(Date.now() - started < 1_000);
+      proxy.thaw();
+      await a.waitForRoute("frozen", { timeoutMs: 10_000 });
+      assert.equal((await a.call({ type: "frozen", key: "k" }, EchoSchema, { text: "back" }, EchoedSchema)).nodeId, "fb");
+    } finally {
+      proxy.close();
     }
   });
 });

@@ -31,6 +31,7 @@ import (
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
 	"github.com/ravi-mesh/ravi/interop/go/agents"
 	"github.com/ravi-mesh/ravi/interop/go/ravi"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -161,6 +162,8 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	confType := fs.String("conformance-type", agents.ConformanceType, "agent type of the conformance agent")
 	formatWith := fs.String("format-with", "", "agent type of a formatter the reviewer sends approved drafts to")
 	grace := fs.Duration("grace", ravi.DefaultGracePeriod, "how long in-flight calls may drain on shutdown")
+	keepaliveTime := fs.Float64("keepalive-time", meshv1.DefaultKeepaliveTime.Seconds(), "seconds between two pings (HTTP/2 PING) of each peer's connection")
+	keepaliveTimeout := fs.Float64("keepalive-timeout", meshv1.DefaultKeepaliveTimeout.Seconds(), "seconds a ping may go unanswered before the peer's connection is closed: its calls fail UNAVAILABLE and its agent types with them")
 	verbose := fs.Bool("v", false, "debug logging")
 	otlpEndpoint := fs.String("otlp-endpoint", "", "export traces over OTLP gRPC to this URL, such as http://127.0.0.1:4317 (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or $OTEL_EXPORTER_OTLP_ENDPOINT; neither: no tracing)")
 	serveTLS := addServerTLSFlags(fs)
@@ -170,6 +173,13 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	}
 	if *dnsInterval <= 0 {
 		return usageError{fmt.Sprintf("--peer-dns-interval must be positive, got %v", *dnsInterval)}
+	}
+	// Every node accepts pings every DefaultKeepaliveTime / 2 (contract.toml).
+	if minimum := meshv1.DefaultKeepaliveTime.Seconds() / 2; *keepaliveTime < minimum {
+		return usageError{fmt.Sprintf("--keepalive-time must be at least %v s, got %v", minimum, *keepaliveTime)}
+	}
+	if *keepaliveTimeout <= 0 {
+		return usageError{fmt.Sprintf("--keepalive-timeout must be positive, got %v", *keepaliveTimeout)}
 	}
 	// TLS files are read now: a bad one fails before anything is served.
 	serverCreds, err := serveTLS.serverOption()
@@ -194,6 +204,7 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 		AdvertiseAddr:     *advertise,
 		Peers:             peers,
 		PeerDNSInterval:   seconds(*dnsInterval),
+		PeerKeepalive:     &keepalive.ClientParameters{Time: seconds(*keepaliveTime), Timeout: seconds(*keepaliveTimeout), PermitWithoutStream: true},
 		Token:             *token,
 		HealthWithoutAuth: *healthWithoutAuth,
 		MaxMessageBytes:   *maxBytes,

@@ -5,7 +5,12 @@
 import { create } from "@bufbuild/protobuf";
 import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createContextKey, type HandlerContext } from "@connectrpc/connect";
-import { CONTRACT_VERSION, DEFAULT_MAILBOX_CAPACITY } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
+import {
+  CONTRACT_VERSION,
+  DEFAULT_KEEPALIVE_TIME_MS,
+  DEFAULT_KEEPALIVE_TIMEOUT_MS,
+  DEFAULT_MAILBOX_CAPACITY,
+} from "@ravi-mesh/contract/ravi/mesh/v1/contract";
 import { NodeInfoSchema, type Envelope, type NodeInfo } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
@@ -77,6 +82,8 @@ export class NodeCore {
   readonly options: NodeOptions;
   readonly maxMessageBytes: number;
   readonly defaultTimeoutMs: number;
+  readonly keepaliveTimeMs: number;
+  readonly keepaliveTimeoutMs: number;
   readonly eventTimeoutMs: number;
   readonly streamQueueCapacity: number;
   readonly registrations = new Map<string, Registration>();
@@ -113,6 +120,14 @@ export class NodeCore {
     this.logger = options.logger ?? stderrLogger(options.nodeId);
     this.maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     this.defaultTimeoutMs = options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.keepaliveTimeMs = options.keepaliveTimeMs ?? DEFAULT_KEEPALIVE_TIME_MS;
+    this.keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_TIMEOUT_MS;
+    // Every node accepts pings every DEFAULT_KEEPALIVE_TIME_MS / 2 (contract.toml).
+    if (this.keepaliveTimeMs < DEFAULT_KEEPALIVE_TIME_MS / 2 || this.keepaliveTimeoutMs <= 0) {
+      throw new Error(
+        `keepaliveTimeMs must be at least ${DEFAULT_KEEPALIVE_TIME_MS / 2} and keepaliveTimeoutMs positive, got ${this.keepaliveTimeMs} and ${this.keepaliveTimeoutMs}`,
+      );
+    }
     this.eventTimeoutMs = options.eventTimeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.streamQueueCapacity = options.streamQueueCapacity ?? 10_000;
     this.mailboxCapacity = options.mailboxCapacity ?? DEFAULT_MAILBOX_CAPACITY;

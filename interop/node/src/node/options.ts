@@ -56,6 +56,15 @@ export interface NodeOptions {
   maxMessageBytes?: number | undefined;
   /** The deadline of calls that arrive without one (default 60 s). */
   defaultTimeoutMs?: number | undefined;
+  /**
+   * How often the node pings each peer's connection (HTTP/2 PING; default 4 s,
+   * at least 2 s, which every node accepts), and how long a ping may go
+   * unanswered before the connection closes (default 4 s): a frozen peer is
+   * ejected within their sum, its calls failing UNAVAILABLE and its types
+   * leaving the routing table.
+   */
+  keepaliveTimeMs?: number | undefined;
+  keepaliveTimeoutMs?: number | undefined;
   /** The deadline of handlers that receive a published event (default 60 s). */
   eventTimeoutMs?: number | undefined;
   /** Messages one agent's mailbox holds before MAILBOX_FULL (default 10,000). */

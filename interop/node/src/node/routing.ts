@@ -115,6 +115,7 @@ export function onPeerInfo(node: NodeCore, link: PeerLink, info: NodeInfo): void
   }
   link.nodeId = info.nodeId;
   link.incarnation = info.incarnation;
+  link.lastInfo = info;
   node.routes.set(info.nodeId, { info, link });
   node.events.emit("routes");
 }
@@ -152,7 +153,31 @@ export function peerClient(node: NodeCore, address: string): RaviClient {
     token: node.options.token,
     interceptors: node.options.clientInterceptors,
     maxMessageBytes: node.maxMessageBytes,
-    http2: { pingIntervalMs: 10_000, pingTimeoutMs: 5_000 },
+    // A frozen peer is ejected within keepaliveTimeMs + keepaliveTimeoutMs: its
+    // calls fail UNAVAILABLE and its types leave the routing table. The
+    // connection always carries the peer's Subscribe stream, so it is pinged
+    // whenever it is up (connect-node 2.1.2's pingIdleConnection would also
+    // ping a session it destroyed, an uncaught exception).
+    http2: { pingIntervalMs: node.keepaliveTimeMs, pingTimeoutMs: node.keepaliveTimeoutMs },
     tls: node.peerTls,
   });
+}
+
+/**
+ * The addresses of the peers that hosted `agentType` when they were last
+ * connected and are unreachable now (not in `exclude`): a call for a type that
+ * only they host is UNAVAILABLE / PEER_UNAVAILABLE, not NOT_FOUND.
+ */
+export function unreachableHosting(node: NodeCore, agentType: string, exclude: readonly string[] = []): string[] {
+  return node.links
+    .filter(
+      (l) =>
+        !l.stopped &&
+        l.lastInfo !== undefined &&
+        !exclude.includes(l.lastInfo.nodeId) &&
+        node.routes.get(l.lastInfo.nodeId)?.link !== l &&
+        l.lastInfo.agentTypes.some((t) => t.agentType === agentType),
+    )
+    .map((l) => l.address)
+    .sort();
 }

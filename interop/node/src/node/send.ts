@@ -32,7 +32,7 @@ import {
 } from "../tracing.js";
 import { CallInfo, NodeCore, handlerMetadata } from "./core.js";
 import { deliverEvent, withRoom } from "./deliver.js";
-import { route } from "./routing.js";
+import { route, unreachableHosting } from "./routing.js";
 
 // --- Send -------------------------------------------------------------------
 /**
@@ -127,9 +127,17 @@ export async function forwardTo(
     throw errors.hopLimit(node.nodeId, HOP_LIMIT);
   }
   const target = route(node, recipient.type, recipient.key, visited);
-  const client = target === undefined ? undefined : node.routes.get(target)?.link.client;
-  if (target === undefined || client === undefined) {
-    throw errors.agentTypeNotFound(recipient.type, node.nodeId);
+  const link = target === undefined ? undefined : node.routes.get(target)?.link;
+  const client = link?.client;
+  if (target === undefined || link === undefined || client === undefined) {
+    const unreachable = unreachableHosting(node, recipient.type, visited);
+    throw unreachable.length > 0
+      ? errors.peerUnavailable(
+          node.nodeId,
+          unreachable.join(", "),
+          `every node hosting agent type "${recipient.type}" is unreachable (${unreachable.join(", ")})`,
+        )
+      : errors.agentTypeNotFound(recipient.type, node.nodeId);
   }
   forwarding?.span.setAttribute("ravi.route.next_node", target);
   const nextRoute = call.received ? { hopCount: hops + 1, visitedNodeIds: [...visited, node.nodeId] } : request.route;
@@ -163,7 +171,7 @@ export async function forwardTo(
   } catch (error) {
     const failure = asRaviError(error);
     if (failure.reason === undefined && failure.code === Code.Unavailable) {
-      throw errors.peerUnavailable(target, failure.message);
+      throw errors.peerUnavailable(node.nodeId, link.address, `peer ${target} at ${link.address} is unavailable: ${failure.message}`);
     }
     throw failure;
   } finally {

@@ -37,6 +37,7 @@ from ravi.errors import (
     DeadlineExceeded,
     ForwardingLoop,
     HopLimitExceeded,
+    PeerUnavailable,
     RaviError,
     ResourceExhausted,
     Unavailable,
@@ -341,11 +342,22 @@ class MeshNode:
         recipient = request.recipient
         peer = self.peers.route(recipient.type, recipient.key, exclude)
         if peer is None:
-            raise AgentTypeNotFound(
-                f"no node hosts agent type {recipient.type!r} "
-                f"(this node is {self.node_id}; {len(self.peers.connected())} peer(s) connected)"
-            )
+            raise self._no_route(recipient.type, exclude)
         return peer.transport.send(request, remaining, cancellation)
+
+    def _no_route(self, agent_type: str, exclude: frozenset[str] = frozenset()) -> RaviError:
+        """Why no peer takes a call for `agent_type`: its hosts are unreachable, or none exists."""
+        unreachable = self.peers.unreachable(agent_type, exclude)
+        if unreachable:
+            addresses = ", ".join(sorted(peer.address for peer in unreachable))
+            return PeerUnavailable(
+                f"every node hosting agent type {agent_type!r} is unreachable ({addresses})",
+                metadata={"peer_address": addresses},
+            )
+        return AgentTypeNotFound(
+            f"no node hosts agent type {agent_type!r} "
+            f"(this node is {self.node_id}; {len(self.peers.connected())} peer(s) connected)"
+        )
 
     # --- publishing ----------------------------------------------------------
 
@@ -699,7 +711,7 @@ class MeshNode:
     def _route_state(self, agent: AgentId) -> Peer:
         peer = self.peers.route(agent.type, agent.key)
         if peer is None:
-            raise AgentTypeNotFound(f"no node hosts agent type {agent.type!r}")
+            raise self._no_route(agent.type)
         return peer
 
     async def serve_save_state(

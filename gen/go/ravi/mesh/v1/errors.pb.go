@@ -37,8 +37,8 @@ const (
 	// ERROR_REASON_UNSPECIFIED is never sent; a failure without a ravi reason
 	// carries no ErrorInfo with domain "ravi.mesh.v1".
 	ErrorReason_ERROR_REASON_UNSPECIFIED ErrorReason = 0
-	// ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type
-	// (status NOT_FOUND).
+	// ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type,
+	// and none of the node's peers hosted it when last reached (status NOT_FOUND).
 	ErrorReason_ERROR_REASON_AGENT_TYPE_NOT_FOUND ErrorReason = 1
 	// ERROR_REASON_NO_HANDLER: the agent has no handler for the message type
 	// (status UNIMPLEMENTED).
@@ -60,7 +60,11 @@ const (
 	// non-reentrant agent (status FAILED_PRECONDITION).
 	ErrorReason_ERROR_REASON_REENTRANT_CALL ErrorReason = 6
 	// ERROR_REASON_PEER_UNAVAILABLE: the node hosting the agent could not be
-	// reached (status UNAVAILABLE).
+	// reached (status UNAVAILABLE): the connection to it broke, or it stopped
+	// answering the keepalive checks (a frozen node), while the call was in
+	// flight; or every peer that hosted the agent type when last reached is
+	// unreachable now. ErrorInfo.metadata adds "peer_address", the address (or
+	// comma-separated addresses) that could not be reached.
 	ErrorReason_ERROR_REASON_PEER_UNAVAILABLE ErrorReason = 7
 	// ERROR_REASON_HOP_LIMIT_EXCEEDED: forwarding would exceed the hop limit
 	// (status FAILED_PRECONDITION).

@@ -27,8 +27,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     carries no ErrorInfo with domain "ravi.mesh.v1".
     """
     ERROR_REASON_AGENT_TYPE_NOT_FOUND: _ErrorReason.ValueType  # 1
-    """ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type
-    (status NOT_FOUND).
+    """ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type,
+    and none of the node's peers hosted it when last reached (status NOT_FOUND).
     """
     ERROR_REASON_NO_HANDLER: _ErrorReason.ValueType  # 2
     """ERROR_REASON_NO_HANDLER: the agent has no handler for the message type
@@ -56,7 +56,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_PEER_UNAVAILABLE: _ErrorReason.ValueType  # 7
     """ERROR_REASON_PEER_UNAVAILABLE: the node hosting the agent could not be
-    reached (status UNAVAILABLE).
+    reached (status UNAVAILABLE): the connection to it broke, or it stopped
+    answering the keepalive checks (a frozen node), while the call was in
+    flight; or every peer that hosted the agent type when last reached is
+    unreachable now. ErrorInfo.metadata adds "peer_address", the address (or
+    comma-separated addresses) that could not be reached.
     """
     ERROR_REASON_HOP_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 8
     """ERROR_REASON_HOP_LIMIT_EXCEEDED: forwarding would exceed the hop limit
@@ -89,8 +93,8 @@ ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
 carries no ErrorInfo with domain "ravi.mesh.v1".
 """
 ERROR_REASON_AGENT_TYPE_NOT_FOUND: ErrorReason.ValueType  # 1
-"""ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type
-(status NOT_FOUND).
+"""ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type,
+and none of the node's peers hosted it when last reached (status NOT_FOUND).
 """
 ERROR_REASON_NO_HANDLER: ErrorReason.ValueType  # 2
 """ERROR_REASON_NO_HANDLER: the agent has no handler for the message type
@@ -118,7 +122,11 @@ non-reentrant agent (status FAILED_PRECONDITION).
 """
 ERROR_REASON_PEER_UNAVAILABLE: ErrorReason.ValueType  # 7
 """ERROR_REASON_PEER_UNAVAILABLE: the node hosting the agent could not be
-reached (status UNAVAILABLE).
+reached (status UNAVAILABLE): the connection to it broke, or it stopped
+answering the keepalive checks (a frozen node), while the call was in
+flight; or every peer that hosted the agent type when last reached is
+unreachable now. ErrorInfo.metadata adds "peer_address", the address (or
+comma-separated addresses) that could not be reached.
 """
 ERROR_REASON_HOP_LIMIT_EXCEEDED: ErrorReason.ValueType  # 8
 """ERROR_REASON_HOP_LIMIT_EXCEEDED: forwarding would exceed the hop limit

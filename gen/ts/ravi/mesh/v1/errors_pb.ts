@@ -35,8 +35,8 @@ export enum ErrorReason {
   UNSPECIFIED = 0,
 
   /**
-   * ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type
-   * (status NOT_FOUND).
+   * ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type,
+   * and none of the node's peers hosted it when last reached (status NOT_FOUND).
    *
    * @generated from enum value: ERROR_REASON_AGENT_TYPE_NOT_FOUND = 1;
    */
@@ -88,7 +88,11 @@ export enum ErrorReason {
 
   /**
    * ERROR_REASON_PEER_UNAVAILABLE: the node hosting the agent could not be
-   * reached (status UNAVAILABLE).
+   * reached (status UNAVAILABLE): the connection to it broke, or it stopped
+   * answering the keepalive checks (a frozen node), while the call was in
+   * flight; or every peer that hosted the agent type when last reached is
+   * unreachable now. ErrorInfo.metadata adds "peer_address", the address (or
+   * comma-separated addresses) that could not be reached.
    *
    * @generated from enum value: ERROR_REASON_PEER_UNAVAILABLE = 7;
    */

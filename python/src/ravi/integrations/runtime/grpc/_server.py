@@ -179,6 +179,10 @@ class GrpcServer:
     async def start(self) -> None:
         options = [
             *channel_options(self._max_message_bytes),
+            # The server pings its callers now and then too, to let go of the
+            # streams of a caller that vanished.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
             # Peers ping every DEFAULT_KEEPALIVE_TIME (contract.toml) to find a frozen
             # node quickly; a server that allowed fewer pings would close their connections.

@@ -47,12 +47,10 @@ _background: set[asyncio.Task[None]] = set()
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, str | int]]:
-    """The options of a channel to a peer (and of the server, for the size limits)."""
+    """The size limits of a channel to a peer (and of the server)."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
     ]
 
 
@@ -62,10 +60,27 @@ def dialer(
     tls: TlsConfig | None,
     token: str | None,
     deadlines: Callable[[], Deadlines],
+    keepalive_time: float,
+    keepalive_timeout: float,
 ) -> Callable[[str], GrpcPeer]:
-    """The mesh's Dialer for gRPC: a channel (TLS when `tls`) and a GrpcPeer per address."""
+    """The mesh's Dialer for gRPC: a channel (TLS when `tls`) and a GrpcPeer per address.
+
+    The channel pings the peer every `keepalive_time` seconds and closes when a
+    ping goes unanswered for `keepalive_timeout`, so a frozen peer is ejected
+    within their sum (docs/operations.md, "Peer keepalive").
+    """
     options = [
         *channel_options(max_message_bytes),
+        ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
+        # What grpc-core (1.85) actually waits for a ping's ack before closing the
+        # transport: one minute unless set, whatever keepalive_timeout_ms says.
+        ("grpc.http2.ping_timeout_ms", int(keepalive_timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Keep pinging a connection that carries no data (an idle mesh): grpc-core
+        # stops after two pings without data otherwise, and a peer frozen then
+        # would never be noticed.
+        ("grpc.http2.max_pings_without_data", 0),
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
@@ -193,7 +208,9 @@ class GrpcPeer:
         converted = from_grpc_error(error)
         if converted.code is Code.UNAVAILABLE and converted.reason is None:
             return PeerUnavailable(
-                f"the node at {self.address} is unavailable: {error.details()}", remote=True
+                f"the node at {self.address} is unavailable: {error.details()}",
+                remote=True,
+                metadata={"peer_address": self.address},
             )
         return converted
 
@@ -340,7 +357,8 @@ class _Connection:
 
     async def _read(self, stream: _MultiplexCall) -> None:
         error: BaseException = PeerUnavailable(
-            f"the stream to the node at {self._peer.address} ended"
+            f"the stream to the node at {self._peer.address} ended",
+            metadata={"peer_address": self._peer.address},
         )
         try:
             async for response in stream:
@@ -362,6 +380,7 @@ class _Connection:
                     f"the stream to the node at {self._peer.address} broke: "
                     f"{failure.code().name} {failure.details()}",
                     remote=True,
+                    metadata={"peer_address": self._peer.address},
                 )
         finally:
             if self._call is stream:
