@@ -58,8 +58,29 @@ class Language:
         return text.format(repo=REPO_ROOT, python=sys.executable, **values)
 
 
+@dataclass(frozen=True)
+class Client:
+    """One client of interop/languages.toml: generated from proto/, run against a node."""
+
+    name: str
+    command_template: tuple[str, ...]
+    built: str
+
+    def command(self, address: str, agent_type: str) -> list[str]:
+        """The client's checks against the node at `address` hosting `agent_type`."""
+        return [
+            part.format(repo=REPO_ROOT, address=address, agent_type=agent_type)
+            for part in self.command_template
+        ]
+
+    def available(self) -> bool:
+        """Whether the client is built (`make build`)."""
+        return Path(self.built.format(repo=REPO_ROOT)).exists()
+
+
 def _load() -> dict[str, Language]:
     entries = tomllib.loads(MANIFEST.read_text())
+    entries.pop("clients", None)
     return {
         name: Language(
             name=name,
@@ -75,3 +96,10 @@ def _load() -> dict[str, Language]:
 
 LANGUAGES: dict[str, Language] = _load()
 """Every language of the mesh, by name, the reference implementation (Python) first."""
+
+
+CLIENTS: dict[str, Client] = {
+    name: Client(name=name, command_template=tuple(entry["command"]), built=entry["built"])
+    for name, entry in tomllib.loads(MANIFEST.read_text()).get("clients", {}).items()
+}
+"""Every client of another language, by name."""

@@ -262,7 +262,8 @@ async def test_ravi_error_from_handler_keeps_its_code(node: NodeProcess, code: C
         node, send_request(conf.Fail(code=code.value, message=f"chose {code.name}"), "k")
     )
     assert error.code is code
-    assert error.reason is None  # a ravi error keeps its own (here: no) reason
+    # A handler failure, whatever code it chose, carries HANDLER_FAILED (errors.proto).
+    assert error.reason == "HANDLER_FAILED"
     assert f"chose {code.name}" in error.message
 
 
@@ -475,10 +476,10 @@ async def test_node_is_healthy_after_the_bad_inputs(node: NodeProcess) -> None:
     )
 
 
-# --- Connect: calls multiplexed on one stream ----------------------------------------
+# --- Multiplex: calls multiplexed on one stream ----------------------------------------
 
 
-async def test_connect_answers_batched_calls_by_call_id(node: NodeProcess) -> None:
+async def test_multiplex_answers_batched_calls_by_call_id(node: NodeProcess) -> None:
     def frame(call_id: int, message: Message, key: str, timeout_millis: int = 0) -> svc.CallFrame:
         return svc.CallFrame(
             call_id=call_id,
@@ -487,9 +488,9 @@ async def test_connect_answers_batched_calls_by_call_id(node: NodeProcess) -> No
         )
 
     async with stub_for(node) as stub:
-        stream = stub.Connect(timeout=20)
+        stream = stub.Multiplex(timeout=20)
         await stream.write(
-            svc.ConnectRequest(
+            svc.MultiplexRequest(
                 calls=[
                     frame(1, conf.Echo(text="first"), "mux-a"),
                     frame(2, conf.Unhandled(), "mux-b"),
@@ -505,7 +506,7 @@ async def test_connect_answers_batched_calls_by_call_id(node: NodeProcess) -> No
         # Call 3 timed out after 200 ms, so call 4's handler, sent with it, is running:
         # cancelling now cancels a handler, not a delivery still waiting in a mailbox.
         await stream.write(
-            svc.ConnectRequest(calls=[svc.CallFrame(call_id=4, cancel=svc.CancelCall())])
+            svc.MultiplexRequest(calls=[svc.CallFrame(call_id=4, cancel=svc.CancelCall())])
         )
         await stream.done_writing()
         remaining = []

@@ -32,6 +32,7 @@ from ravi.errors import RaviError
 from ravi.integrations.runtime.grpc import GrpcRuntime, PeerDiscovery
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
 from ravi.testing import NodeProcess, eventually, ravi_command, running_node, start_node
+from tests.languages import LANGUAGES
 from tests.tls import make_certificates
 
 pytestmark = [
@@ -243,20 +244,26 @@ async def test_a_failed_lookup_keeps_the_peers_and_nxdomain_drops_them(pool: Poo
         await members(client, [])
 
 
-async def test_ravi_node_resolves_a_dns_peer_with_getaddrinfo(pool: Pool) -> None:
+@pytest.mark.parametrize("language", list(LANGUAGES))
+async def test_a_node_resolves_a_dns_peer_with_getaddrinfo(pool: Pool, language: str) -> None:
     # `localhost` resolves through the real resolver (the hosts file), so the
     # node's default getaddrinfo path runs; a second writer on 127.0.0.1 with
-    # the pool's port is what the name leads to.
+    # the pool's port is what the name leads to. The front node is of every
+    # language: each expands dns: peers into a pool (docs/scaling-out.md).
     assert dns_target(f"dns:localhost:{pool.port}") == ("localhost", pool.port)
     assert dns_target(f"dns:///localhost:{pool.port}") == ("localhost", pool.port)
     assert dns_target("localhost:1") is None
     with pytest.raises(ValueError, match="DNS server"):
         dns_target("dns://8.8.8.8/writers:1")
     assert f"127.0.0.1:{pool.port}" in await resolve_dns("localhost", pool.port)
+    front_language = LANGUAGES[language]
+    if not front_language.available():
+        pytest.skip(f"the {language} node is not built (make build)")
 
     async with running_node(writer_command("127.0.0.1", pool.port)) as writer:
-        front = [*ravi_command(), "node", "--listen", "127.0.0.1:0", "--node-id", "front"]
-        front += ["--peer", f"writers=dns:localhost:{pool.port}", "--peer-dns-interval", "0.5"]
+        front = front_language.command(
+            "front", "--peer", f"writers=dns:localhost:{pool.port}", "--peer-dns-interval", "0.5"
+        )
         async with running_node(front) as node:
             response = await send_through(node, text="via dns", timeout=15)
             assert response.node_id == writer.node_id

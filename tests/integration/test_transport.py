@@ -19,7 +19,7 @@ from ravi._deadlines import Deadlines
 from ravi.errors import Cancelled, DeadlineExceeded, HandlerFailed, MailboxFull
 from ravi.integrations.runtime.grpc._server import GrpcServer
 from ravi.integrations.runtime.grpc._transport import GrpcPeer, dialer
-from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
+from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, contract, types_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -105,9 +105,14 @@ async def served(node: Node) -> AsyncIterator[tuple[GrpcServer, GrpcPeer]]:
     )
     await server.start()
     deadlines = Deadlines(asyncio.get_running_loop())
-    peer = dialer(max_message_bytes=1 << 20, tls=None, token=None, deadlines=lambda: deadlines)(
-        f"127.0.0.1:{server.port}"
-    )
+    peer = dialer(
+        max_message_bytes=1 << 20,
+        tls=None,
+        token=None,
+        deadlines=lambda: deadlines,
+        keepalive_time=contract.DEFAULT_KEEPALIVE_TIME_SECONDS,
+        keepalive_timeout=contract.DEFAULT_KEEPALIVE_TIMEOUT_SECONDS,
+    )(f"127.0.0.1:{server.port}")
     try:
         yield server, peer
     finally:

@@ -25,6 +25,14 @@ def _version(text: str) -> tuple[int, ...]:
 
 RELEASES = sorted((REPO_ROOT / "proto" / "releases").glob("ravi-v*.json"))
 RELEASE = max(RELEASES, key=lambda path: _version(path.stem.removeprefix("ravi-v")))
+# The one recorded break (contract.toml explains it): releases before compatible_since are
+# kept for the record, and the contract stays compatible with every release since.
+COMPATIBLE_SINCE = tomllib.loads(FACTS.read_text())["compatible_since"]
+COMPATIBLE = [
+    path
+    for path in RELEASES
+    if _version(path.stem.removeprefix("ravi-v")) >= _version(COMPATIBLE_SINCE)
+]
 
 
 def _buf(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -72,8 +80,15 @@ def test_the_recorded_version_is_the_released_contract_or_a_newer_one(tmp_path: 
         )
 
 
-@pytest.mark.parametrize("release", RELEASES, ids=lambda path: path.stem)
-def test_current_contract_is_compatible_with_every_release(
+def test_the_recorded_break_is_explained_and_released() -> None:
+    assert (REPO_ROOT / "proto" / "releases" / f"ravi-v{COMPATIBLE_SINCE}.json") in RELEASES
+    protocol = (REPO_ROOT / "docs" / "protocol.md").read_text()
+    assert f"| {COMPATIBLE_SINCE} |" in protocol
+    assert "compatible_since" in protocol
+
+
+@pytest.mark.parametrize("release", COMPATIBLE, ids=lambda path: path.stem)
+def test_current_contract_is_compatible_with_every_release_since_the_break(
     contract_copy: Path, release: Path
 ) -> None:
     result = _buf("breaking", "--against", str(release), cwd=contract_copy)

@@ -16,7 +16,8 @@ from ravi.errors import Code, code_of, error_for
         (Code.INVALID_ARGUMENT, "BAD_ID", errors.BadId),
         (Code.INVALID_ARGUMENT, None, errors.InvalidArgument),
         (Code.UNKNOWN, "HANDLER_FAILED", errors.HandlerFailed),
-        (Code.INVALID_ARGUMENT, "HANDLER_FAILED", errors.HandlerFailed),
+        # A handler that failed with a code of its own: the class of that code, as raised.
+        (Code.INVALID_ARGUMENT, "HANDLER_FAILED", errors.InvalidArgument),
         (Code.FAILED_PRECONDITION, "REENTRANT_CALL", errors.ReentrantCall),
         (Code.FAILED_PRECONDITION, "HOP_LIMIT_EXCEEDED", errors.HopLimitExceeded),
         (Code.FAILED_PRECONDITION, "FORWARDING_LOOP", errors.ForwardingLoop),

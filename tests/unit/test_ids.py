@@ -24,7 +24,17 @@ def test_ids_are_values() -> None:
 
 
 def test_overlong_parts_are_refused() -> None:
-    with pytest.raises(BadId, match="longer than 512"):
-        AgentId("a" * 513, "k")
+    with pytest.raises(BadId, match="longer than 256"):
+        AgentId("a" * 257, "k")
+    with pytest.raises(BadId, match="longer than 1024 bytes"):
+        AgentId("a", "é" * 513)
+    assert AgentId("a" * 256, "é" * 512).key == "é" * 512
+
+
+def test_keys_may_hold_anything_but_control_characters() -> None:
+    assert AgentId("a", "ü / x:y\u00a0").key == "ü / x:y\u00a0"
+    for bad in ("a\x00", "a\nb", "\x7f", "a\x85", "\x9f"):
+        with pytest.raises(BadId, match="without control characters"):
+            AgentId("a", bad)
     with pytest.raises(BadId, match="must be a non-empty string"):
         AgentId(3, "k")  # type: ignore[arg-type]

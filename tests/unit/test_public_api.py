@@ -162,6 +162,8 @@ def test_grpc_runtime_is_a_facade() -> None:
         "mailbox_capacity",
         "max_message_bytes",
         "grace_period",
+        "keepalive_time",
+        "keepalive_timeout",
     ]
 
 

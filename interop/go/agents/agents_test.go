@@ -122,11 +122,11 @@ func TestConformanceAgent(t *testing.T) {
 	}
 	for code := range 17 {
 		_, err := n.Send(ctx, to, &conformancev1.Fail{Code: int32(code), Message: "m"})
-		// A ravi error keeps its code and has no reason; an ordinary error is
-		// UNKNOWN / HANDLER_FAILED.
-		want, reason := codes.Code(code), ""
+		// A ravi error keeps its code, an ordinary error is UNKNOWN; both
+		// carry HANDLER_FAILED.
+		want, reason := codes.Code(code), ravi.ReasonHandlerFailed
 		if code == 0 {
-			want, reason = codes.Unknown, ravi.ReasonHandlerFailed
+			want = codes.Unknown
 		}
 		if ravi.CodeOf(err) != want || ravi.ReasonOf(err) != reason {
 			t.Fatalf("fail %d: %v", code, err)

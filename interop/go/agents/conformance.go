@@ -52,11 +52,12 @@ func (c *Conformance) Echo(_ context.Context, call *ravi.Call, req *conformancev
 		return nil, nil
 	}
 	out := &conformancev1.Echoed{
-		Text:     req.GetText(),
-		Agent:    call.Agent().Proto(),
-		NodeId:   call.NodeID(),
-		Language: ravi.Language,
-		Metadata: call.Metadata(),
+		Text:      req.GetText(),
+		Agent:     call.Agent().Proto(),
+		NodeId:    call.NodeID(),
+		Language:  ravi.Language,
+		Metadata:  call.Metadata(),
+		MessageId: call.MessageID(),
 	}
 	if sender, ok := call.Sender(); ok {
 		out.Sender = sender.Proto()

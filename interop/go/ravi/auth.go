@@ -3,6 +3,7 @@ package ravi
 import (
 	"context"
 	"crypto/subtle"
+	"regexp"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -12,6 +13,10 @@ import (
 )
 
 const healthServicePrefix = "/grpc.health.v1.Health/"
+
+// bearerPattern matches "authorization" credentials: the Bearer scheme in any
+// case, one or more spaces, the token.
+var bearerPattern = regexp.MustCompile(`^(?i:bearer) +(\S+) *$`)
 
 // authenticator checks "authorization: Bearer <token>" on every call when a
 // token is configured. A missing and a wrong token are both UNAUTHENTICATED.
@@ -25,9 +30,11 @@ func (a authenticator) check(ctx context.Context, method string) error {
 		return nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
-	want := []byte("Bearer " + a.token)
-	for _, v := range md.Get("authorization") {
-		if subtle.ConstantTimeCompare([]byte(v), want) == 1 {
+	// Exactly one authorization entry (a second one is refused, whatever it
+	// says), its scheme in any case (RFC 7235): agent_service.proto.
+	if given := md.Get("authorization"); len(given) == 1 {
+		if m := bearerPattern.FindStringSubmatch(given[0]); m != nil &&
+			subtle.ConstantTimeCompare([]byte(m[1]), []byte(a.token)) == 1 {
 			return nil
 		}
 	}

@@ -3,6 +3,7 @@ package ravi
 import (
 	"fmt"
 	"mime"
+	"strings"
 
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
 	"google.golang.org/grpc/codes"
@@ -28,7 +29,59 @@ type TypeResolver interface {
 	FindMessageByName(protoreflect.FullName) (protoreflect.MessageType, error)
 }
 
-var jsonUnmarshal = protojson.UnmarshalOptions{DiscardUnknown: true}
+// Payloads are decoded as types.proto says: a JSON field the type does not
+// declare is refused, and nothing may nest deeper than the contract's limit.
+var (
+	jsonUnmarshal  = protojson.UnmarshalOptions{RecursionLimit: meshv1.MaxNestingDepth + 1}
+	protoUnmarshal = proto.UnmarshalOptions{RecursionLimit: meshv1.MaxNestingDepth + 1}
+)
+
+// jsonDepthOK reports whether JSON data nests at most MaxNestingDepth arrays
+// and objects. Counting only starts past that many brackets, which keeps
+// ordinary payloads on the fast path.
+func jsonDepthOK(data []byte) bool {
+	brackets := 0
+	for _, b := range data {
+		if b == '[' || b == '{' {
+			brackets++
+		}
+	}
+	if brackets <= meshv1.MaxNestingDepth {
+		return true
+	}
+	depth, inString, escaped := 0, false, false
+	for _, b := range data {
+		switch {
+		case inString:
+			if escaped {
+				escaped = false
+			} else if b == '\\' {
+				escaped = true
+			} else if b == '"' {
+				inString = false
+			}
+		case b == '"':
+			inString = true
+		case b == '[' || b == '{':
+			depth++
+			if depth > meshv1.MaxNestingDepth {
+				return false
+			}
+		case b == ']' || b == '}':
+			depth--
+		}
+	}
+	return true
+}
+
+// typeName is the message type a Payload.type names: a type URL, as
+// google.protobuf.Any writes it, names the type after its last '/'.
+func typeName(name string) string {
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		return name[i+1:]
+	}
+	return name
+}
 
 // TypeName returns the full protobuf name of m, as it travels in Payload.type.
 func TypeName(m proto.Message) string {
@@ -68,16 +121,19 @@ func decodePayload(types TypeResolver, p *meshv1.Payload) (proto.Message, error)
 	if err != nil {
 		return nil, err
 	}
-	if p.GetType() == "" {
+	name := typeName(p.GetType())
+	if name == "" {
 		return nil, badPayload("the payload has no type name", "")
 	}
-	mt, err := types.FindMessageByName(protoreflect.FullName(p.GetType()))
+	mt, err := types.FindMessageByName(protoreflect.FullName(name))
 	if err != nil {
-		return nil, badPayload(fmt.Sprintf("unknown message type %q", p.GetType()), p.GetType())
+		return nil, badPayload(fmt.Sprintf("unknown message type %q", truncate(name, 200)), p.GetType())
 	}
 	m := mt.New().Interface()
 	if ct == ContentTypeProtobuf {
-		err = proto.Unmarshal(p.GetData(), m)
+		err = protoUnmarshal.Unmarshal(p.GetData(), m)
+	} else if !jsonDepthOK(p.GetData()) {
+		err = fmt.Errorf("JSON nests deeper than %d arrays and objects", meshv1.MaxNestingDepth)
 	} else {
 		err = jsonUnmarshal.Unmarshal(p.GetData(), m)
 	}
@@ -87,12 +143,28 @@ func decodePayload(types TypeResolver, p *meshv1.Payload) (proto.Message, error)
 	return m, nil
 }
 
+// contentType is the encoding a Payload.content_type names (types.proto): a
+// media type whose type and subtype match case-insensitively, with parameters
+// allowed but no charset other than UTF-8.
 func contentType(v string) (string, error) {
-	mt, _, err := mime.ParseMediaType(v)
+	if v == ContentTypeProtobuf || v == ContentTypeJSON {
+		return v, nil
+	}
+	mt, params, err := mime.ParseMediaType(v)
 	if err == nil && (mt == ContentTypeProtobuf || mt == ContentTypeJSON) {
+		if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") && !strings.EqualFold(cs, "utf8") {
+			return "", badPayload(fmt.Sprintf("content type %q: only UTF-8 JSON is accepted", truncate(v, 100)), "")
+		}
 		return mt, nil
 	}
-	return "", badPayload(fmt.Sprintf("unsupported content type %q (want %s or %s)", v, ContentTypeProtobuf, ContentTypeJSON), "")
+	return "", badPayload(fmt.Sprintf("unsupported content type %q (want %s or %s)", truncate(v, 100), ContentTypeProtobuf, ContentTypeJSON), "")
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 func badPayload(msg, messageType string) *Error {

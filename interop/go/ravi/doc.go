@@ -31,9 +31,10 @@
 // each, routes a Send for a type it does not host to the peer chosen by
 // rendezvous hashing, and pushes published events on the matching streams.
 // A node serves every AgentService RPC: Send, Publish, Subscribe, Describe,
-// Connect (Sends multiplexed on one stream), ResolvePromise (Call.WaitFor) and
+// Multiplex (Sends multiplexed on one stream), ResolvePromise (Call.WaitFor) and
 // SaveState/LoadState (agent state implementing StateSaver/StateLoader). It
-// calls its peers with unary Send, which the contract allows.
+// sends to each peer over one Multiplex stream, as Python nodes do (unary Send
+// only to a peer that answers Multiplex with UNIMPLEMENTED).
 //
 // A Node traces with OpenTelemetry as docs/operations.md ("Tracing") says:
 // spans "send", "handle", "publish", "deliver" and "forward" from

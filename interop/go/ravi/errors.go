@@ -59,8 +59,10 @@ func (e *Error) Error() string {
 	return s + ": " + e.Message
 }
 
+// code is the status the error travels with: a code gRPC cannot carry (OK,
+// or anything beyond UNAUTHENTICATED, such as -1 as uint32) is UNKNOWN.
 func (e *Error) code() codes.Code {
-	if e.Code == codes.OK {
+	if e.Code == codes.OK || e.Code > codes.Unauthenticated {
 		return codes.Unknown
 	}
 	return e.Code
@@ -169,7 +171,19 @@ func toStatusError(err error) error {
 func handlerFailure(agent AgentID, err error) *Error {
 	var re *Error
 	if errors.As(err, &re) {
-		return re
+		if re.Reason != "" {
+			return re
+		}
+		// A handler's failure with a code of its own keeps the code and carries
+		// HANDLER_FAILED like any other (errors.proto).
+		md := maps.Clone(re.Metadata)
+		if md == nil {
+			md = map[string]string{}
+		}
+		md["exception_type"] = fmt.Sprintf("%T", re)
+		md["exception_message"] = re.Message
+		md["agent_type"] = agent.Type
+		return &Error{Code: re.code(), Reason: ReasonHandlerFailed, Message: re.Message, Metadata: md}
 	}
 	typeName := fmt.Sprintf("%T", err)
 	var pe panicError

@@ -18,7 +18,7 @@ func (n *Node) InjectPeer(name, addr string, info *meshv1.NodeInfo) error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.peers[name] = &peer{name: name, address: addr, client: client, cancel: func() {}, kick: make(chan struct{}, 1), info: info, nodeID: info.GetNodeId()}
+	n.peers[name] = &peer{name: name, address: addr, client: client, mux: newMultiplexer(n.peerCtx, client.svc), cancel: func() {}, kick: make(chan struct{}, 1), info: info, nodeID: info.GetNodeId()}
 	n.notifyRoutesLocked()
 	return nil
 }
@@ -32,3 +32,20 @@ func (n *Node) PromiseWaiters(name string) int {
 	}
 	return 0
 }
+
+// Busy reports whether the agent (agentType, key) has a message queued or
+// running.
+func (n *Node) Busy(agentType, key string) bool {
+	n.mu.Lock()
+	inst := n.instances[AgentID{Type: agentType, Key: key}]
+	n.mu.Unlock()
+	if inst == nil {
+		return false
+	}
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	return inst.pending > 0
+}
+
+// DNSTarget is dnsTarget, for the tests of the dns: peer syntax.
+var DNSTarget = dnsTarget

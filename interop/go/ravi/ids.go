@@ -5,12 +5,11 @@ import (
 	"regexp"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
 	"google.golang.org/grpc/codes"
 )
-
-const maxIDLength = 512
 
 var typePattern = regexp.MustCompile(`^[A-Za-z0-9_.:\-]+$`)
 
@@ -88,27 +87,29 @@ func ParseTopicID(s string) (TopicID, error) {
 
 func checkType(kind, v string) error {
 	if !typePattern.MatchString(v) {
-		return badID(fmt.Sprintf("%s must be a non-empty string of letters, digits, '_', '-', '.' or ':'; got %q", kind, v))
+		return badID(fmt.Sprintf("%s must be a non-empty string of letters, digits, '_', '-', '.' or ':'; got %q", kind, truncate(v, 64)))
 	}
-	if len(v) > maxIDLength {
-		return badID(fmt.Sprintf("%s is longer than %d characters", kind, maxIDLength))
+	if len(v) > meshv1.MaxTypeBytes {
+		return badID(fmt.Sprintf("%s is longer than %d characters", kind, meshv1.MaxTypeBytes))
 	}
 	return nil
 }
 
+// checkName accepts a printable key (types.proto): 1 to MaxKeyBytes bytes of
+// UTF-8 without control characters (Unicode category Cc).
 func checkName(kind, v string) error {
-	ok := v != ""
+	ok := v != "" && utf8.ValidString(v)
 	for _, r := range v {
-		if !unicode.IsPrint(r) {
+		if unicode.IsControl(r) {
 			ok = false
 			break
 		}
 	}
 	if !ok {
-		return badID(fmt.Sprintf("%s must be a non-empty printable string; got %q", kind, v))
+		return badID(fmt.Sprintf("%s must be a non-empty string without control characters; got %q", kind, truncate(v, 64)))
 	}
-	if len(v) > maxIDLength {
-		return badID(fmt.Sprintf("%s is longer than %d characters", kind, maxIDLength))
+	if len(v) > meshv1.MaxKeyBytes {
+		return badID(fmt.Sprintf("%s is longer than %d bytes of UTF-8", kind, meshv1.MaxKeyBytes))
 	}
 	return nil
 }

@@ -140,7 +140,7 @@ func TestForwardingThroughAMiddleNode(t *testing.T) {
 	wantStatus(t, err, codes.FailedPrecondition, ravi.ReasonHopLimitExceeded)
 	// c's errors come back through b unchanged.
 	_, err = client.Send(ctx, ravi.AgentID{Type: "conformance", Key: "k"}, &conformancev1.Fail{Code: int32(codes.AlreadyExists), Message: "dup"})
-	if e := wantError(t, err, codes.AlreadyExists, ""); e.Message != "dup" {
+	if e := wantError(t, err, codes.AlreadyExists, ravi.ReasonHandlerFailed); e.Message != "dup" || e.Metadata["node_id"] != "node-c" {
 		t.Fatalf("forwarded error %#v", e)
 	}
 	_, err = client.Send(ctx, ravi.AgentID{Type: "conformance", Key: "k"}, &conformancev1.Fail{Message: "boom"})
@@ -348,9 +348,15 @@ func TestPeerRestartReconnects(t *testing.T) {
 	if err := b1.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	// b's types leave a's routing table as soon as the stream ends.
+	// b's types leave a's routing table as soon as the stream ends; calls
+	// for them fail UNAVAILABLE while b is unreachable (docs/protocol.md,
+	// "Edges"), and a type nobody hosted stays NOT_FOUND.
 	waitFor(t, ctx, a, "b's types to leave", func() bool { return !hostsType(a, "node-b", "conformance")() })
 	_, err = echoVia(ctx, client, to, "while down")
+	if e := wantError(t, err, codes.Unavailable, ravi.ReasonPeerUnavailable); e.Metadata["peer_address"] != addr || e.Metadata["node_id"] != "node-a" {
+		t.Fatalf("while down: %#v", e)
+	}
+	_, err = echoVia(ctx, client, ravi.AgentID{Type: "never-hosted", Key: "k"}, "x")
 	wantError(t, err, codes.NotFound, ravi.ReasonAgentTypeNotFound)
 
 	b2 := conformanceNode(t, "node-b", ravi.Options{ListenAddr: addr})
@@ -375,7 +381,7 @@ func TestUnreachablePeerIsPeerUnavailable(t *testing.T) {
 	start := time.Now()
 	_, err := client.Send(ctx, ravi.AgentID{Type: "spooky", Key: "k"}, &conformancev1.Echo{}, ravi.WithTimeout(3*time.Second))
 	e := wantError(t, err, codes.Unavailable, ravi.ReasonPeerUnavailable)
-	if e.Metadata["node_id"] != "ghost" || time.Since(start) > 3*time.Second {
+	if e.Metadata["node_id"] != "node-a" || e.Metadata["peer_address"] != dead || time.Since(start) > 3*time.Second {
 		t.Fatalf("%#v after %v", e, time.Since(start))
 	}
 }

@@ -58,8 +58,15 @@ type Options struct {
 	// AdvertiseAddr is the address peers dial to reach the node, reported in
 	// NodeInfo.address; default the listener's address.
 	AdvertiseAddr string
-	// Peers maps peer names to addresses (host:port).
+	// Peers maps peer names to addresses: host:port, or dns:HOST:PORT for a
+	// pool of nodes whose every address HOST resolves to is a peer, resolved
+	// again every PeerDNSInterval (see ResolveDNS).
 	Peers map[string]string
+	// PeerDNSInterval is the time between two resolutions of a dns: peer;
+	// default 10 s.
+	PeerDNSInterval time.Duration
+	// Resolver resolves dns: peers; default ResolveDNS (the system resolver).
+	Resolver Resolver
 	// Token, when set, is required of every caller as "authorization: Bearer
 	// <token>" and sent to peers.
 	Token string
@@ -74,7 +81,10 @@ type Options struct {
 	Keepalive       *keepalive.ServerParameters
 	KeepalivePolicy *keepalive.EnforcementPolicy
 	// PeerKeepalive configures the keepalive of connections to peers; default
-	// ping every 30 s.
+	// the contract's: a ping every 4 s, the connection closed when one goes
+	// unanswered for 4 s, so a frozen peer is ejected within 8 s (its calls
+	// fail UNAVAILABLE, its types leave the routing table). Every node accepts
+	// pings every 2 s; more often gets connections closed.
 	PeerKeepalive *keepalive.ClientParameters
 	// GracePeriod bounds the drain of in-flight calls in Stop; default 5 s.
 	GracePeriod time.Duration
@@ -119,14 +129,16 @@ type Node struct {
 	typeOrder  []string
 	subs       []*subscription
 	subSeq     int
-	revision   uint64
-	instances  map[AgentID]*instance
-	peers      map[string]*peer
-	streams    map[*outStream]struct{}
-	promises   map[string]*promise
-	started    bool
-	stopping   bool
-	routeWatch chan struct{}
+	// streamsByCaller counts the open Subscribe streams of each caller.
+	streamsByCaller map[string]int
+	revision        uint64
+	instances       map[AgentID]*instance
+	peers           map[string]*peer
+	streams         map[*outStream]struct{}
+	promises        map[string]*promise
+	started         bool
+	stopping        bool
+	routeWatch      chan struct{}
 
 	server     *grpc.Server
 	health     *health.Server
@@ -184,10 +196,21 @@ func NewNode(opts Options) (*Node, error) {
 	if opts.Types == nil {
 		opts.Types = protoregistry.GlobalTypes
 	}
+	if opts.PeerDNSInterval <= 0 {
+		opts.PeerDNSInterval = DefaultPeerDNSInterval
+	}
+	if opts.Resolver == nil {
+		opts.Resolver = ResolveDNS
+	}
+	for name, address := range opts.Peers {
+		if _, _, _, err := dnsTarget(address); err != nil {
+			return nil, fmt.Errorf("ravi: peer %q: %w", name, err)
+		}
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if opts.NodeID == "" || len(opts.NodeID) > maxIDLength {
+	if opts.NodeID == "" || len(opts.NodeID) > meshv1.MaxKeyBytes {
 		return nil, fmt.Errorf("ravi: invalid node id %q", opts.NodeID)
 	}
 	n := &Node{
@@ -374,7 +397,8 @@ func (n *Node) Start() error {
 	if n.opts.Keepalive != nil {
 		kp = *n.opts.Keepalive
 	}
-	ep := keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}
+	// Peers in every language ping every DefaultKeepaliveTime; allow that.
+	ep := keepalive.EnforcementPolicy{MinTime: meshv1.DefaultKeepaliveTime / 2, PermitWithoutStream: true}
 	if n.opts.KeepalivePolicy != nil {
 		ep = *n.opts.KeepalivePolicy
 	}
@@ -384,6 +408,7 @@ func (n *Node) Start() error {
 		grpc.MaxSendMsgSize(n.opts.MaxMessageBytes),
 		grpc.KeepaliveParams(kp),
 		grpc.KeepaliveEnforcementPolicy(ep),
+		grpc.InTapHandle(refuseSpentDeadlines),
 		grpc.ChainUnaryInterceptor(auth.unary, n.trackUnary),
 		grpc.ChainStreamInterceptor(auth.stream),
 	}
@@ -411,8 +436,18 @@ func (n *Node) Start() error {
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	var groups []*dnsGroup
 	for _, name := range names {
-		n.addPeerLocked(name, n.opts.Peers[name], false)
+		address := n.opts.Peers[name]
+		if host, port, ok, _ := dnsTarget(address); ok {
+			groups = append(groups, &dnsGroup{name: name, host: host, port: port, members: map[string]*peer{}})
+			continue
+		}
+		n.addPeerLocked(name, address, false)
+	}
+	if len(groups) > 0 {
+		n.peerWG.Add(1)
+		go n.discoverPeers(n.peerCtx, groups)
 	}
 	n.log.Info("serving", "addr", n.addr, "peers", len(names))
 	return nil

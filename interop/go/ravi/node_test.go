@@ -291,7 +291,7 @@ func TestSendErrorsFollowTheOrderedChecks(t *testing.T) {
 		{"reentrant before no handler", &meshv1.SendRequest{Recipient: conf, Envelope: env(payloadOf(t, &conformancev1.Unhandled{}), conf)}, codes.FailedPrecondition, ravi.ReasonReentrantCall},
 		{"no handler", &meshv1.SendRequest{Recipient: conf, Envelope: env(payloadOf(t, &conformancev1.Unhandled{}))}, codes.Unimplemented, ravi.ReasonNoHandler},
 		{"ordinary error", &meshv1.SendRequest{Recipient: conf, Envelope: env(payloadOf(t, &conformancev1.Fail{Message: "boom"}))}, codes.Unknown, ravi.ReasonHandlerFailed},
-		{"ravi error code", &meshv1.SendRequest{Recipient: conf, Envelope: env(payloadOf(t, &conformancev1.Fail{Code: int32(codes.PermissionDenied), Message: "no"}))}, codes.PermissionDenied, ""},
+		{"ravi error code", &meshv1.SendRequest{Recipient: conf, Envelope: env(payloadOf(t, &conformancev1.Fail{Code: int32(codes.PermissionDenied), Message: "no"}))}, codes.PermissionDenied, ravi.ReasonHandlerFailed},
 		{"ravi error with reason", &meshv1.SendRequest{Recipient: &meshv1.AgentId{Type: "failing", Key: "k"}, Envelope: env(payloadOf(t, &conformancev1.Fail{Message: "reason"}))}, codes.FailedPrecondition, "MY_REASON"},
 		{"panic", &meshv1.SendRequest{Recipient: &meshv1.AgentId{Type: "failing", Key: "k"}, Envelope: env(payloadOf(t, &conformancev1.Fail{Message: "panic"}))}, codes.Unknown, ravi.ReasonHandlerFailed},
 		{"forwarding loop", &meshv1.SendRequest{Recipient: &meshv1.AgentId{Type: "nowhere", Key: "k"}, Envelope: env(echo), Route: &meshv1.Route{HopCount: 1, VisitedNodeIds: []string{"checks"}}}, codes.FailedPrecondition, ravi.ReasonForwardingLoop},
@@ -320,7 +320,7 @@ func TestSendErrorsFollowTheOrderedChecks(t *testing.T) {
 		t.Fatalf("error %#v", e)
 	}
 	_, err = c.Send(ctx, ravi.AgentID{Type: "failing", Key: "k"}, &conformancev1.Fail{Message: "wrapped"})
-	wantError(t, err, codes.NotFound, "")
+	wantError(t, err, codes.NotFound, ravi.ReasonHandlerFailed)
 	// Route checks apply to forwarding: a hosted type is delivered whatever
 	// the route says.
 	if err := send(&meshv1.SendRequest{Recipient: conf, Envelope: env(echo), Route: &meshv1.Route{HopCount: ravi.HopLimit, VisitedNodeIds: []string{"checks"}}}); err != nil {

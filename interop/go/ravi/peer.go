@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"time"
 
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -26,13 +29,16 @@ const (
 type peer struct {
 	name    string
 	address string
-	learned bool // added because it called Describe, not configured
+	learned bool   // added because it called Describe, not configured
+	group   string // the dns: peer name the peer was resolved from, if any
 	client  *Client
+	mux     *multiplexer // the node's Sends to the peer
 	cancel  context.CancelFunc
 	kick    chan struct{}
 
 	// Guarded by Node.mu.
 	info          *meshv1.NodeInfo // the routing entry; nil while disconnected
+	lastInfo      *meshv1.NodeInfo // the last routing entry, kept while disconnected
 	nodeID        string
 	streaming     bool
 	restartStream context.CancelFunc
@@ -41,8 +47,10 @@ type peer struct {
 // PeerStatus describes a peer link, for diagnostics.
 type PeerStatus struct {
 	Name, Address, NodeID string
-	Learned, Streaming    bool
-	AgentTypes            []string
+	// Group is the dns: peer name the peer was resolved from, if any.
+	Group              string
+	Learned, Streaming bool
+	AgentTypes         []string
 }
 
 // Peers lists the node's peers.
@@ -51,7 +59,7 @@ func (n *Node) Peers() []PeerStatus {
 	defer n.mu.Unlock()
 	var out []PeerStatus
 	for _, p := range n.sortedPeersLocked() {
-		s := PeerStatus{Name: p.name, Address: p.address, NodeID: p.nodeID, Learned: p.learned, Streaming: p.streaming}
+		s := PeerStatus{Name: p.name, Address: p.address, NodeID: p.nodeID, Group: p.group, Learned: p.learned, Streaming: p.streaming}
 		for _, t := range p.info.GetAgentTypes() {
 			s.AgentTypes = append(s.AgentTypes, t.GetAgentType())
 		}
@@ -60,14 +68,16 @@ func (n *Node) Peers() []PeerStatus {
 	return out
 }
 
-func (n *Node) addPeerLocked(name, address string, learned bool) {
+// addPeerLocked adds a peer and starts its link; nil when the node stops or
+// the address cannot be dialled.
+func (n *Node) addPeerLocked(name, address string, learned bool) *peer {
 	if n.stopping {
-		return
+		return nil
 	}
-	kp := keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}
-	if n.opts.PeerKeepalive != nil {
-		kp = *n.opts.PeerKeepalive
-	}
+	// grpc-go pings a connection at most every 10 s, whatever kp.Time says;
+	// watchPeer checks the peer every kp.Time on top of that.
+	kp := n.peerKeepalive()
+	kp.Time = max(kp.Time, grpcMinPingTime)
 	dial := []grpc.DialOption{
 		grpc.WithKeepaliveParams(kp),
 		grpc.WithConnectParams(grpc.ConnectParams{
@@ -79,13 +89,16 @@ func (n *Node) addPeerLocked(name, address string, learned bool) {
 	client, err := Dial(address, WithToken(n.opts.PeerToken), WithMaxMessageBytes(n.opts.MaxMessageBytes), WithDialOptions(dial...))
 	if err != nil {
 		n.log.Error("cannot dial peer", "peer", name, "addr", address, "err", err)
-		return
+		return nil
 	}
 	ctx, cancel := context.WithCancel(n.peerCtx)
-	p := &peer{name: name, address: address, learned: learned, client: client, cancel: cancel, kick: make(chan struct{}, 1)}
+	// The Multiplex stream outlives the link loop: a dropped peer's calls in
+	// flight may finish (removePeerLocked).
+	p := &peer{name: name, address: address, learned: learned, client: client, mux: newMultiplexer(n.peerCtx, client.svc), cancel: cancel, kick: make(chan struct{}, 1)}
 	n.peers[name] = p
 	n.peerWG.Add(1)
 	go n.runPeer(ctx, p)
+	return p
 }
 
 // learnPeer adds a node that called Describe with its address, unless it is
@@ -96,6 +109,9 @@ func (n *Node) learnPeer(caller *meshv1.NodeInfo) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if caller.GetAddress() == n.advertised() {
+		return // a caller naming this node's own address is not a peer
+	}
 	if !n.started || n.stopping {
 		return
 	}
@@ -155,6 +171,52 @@ func (n *Node) runPeer(ctx context.Context, p *peer) {
 	}
 }
 
+// grpcMinPingTime is the shortest keepalive interval grpc-go uses (it raises
+// shorter ones, with a warning).
+const grpcMinPingTime = 10 * time.Second
+
+// peerKeepalive is how often peers are checked and how long they may take to
+// answer; a frozen peer is ejected within the sum (contract.toml: 4 s + 4 s).
+func (n *Node) peerKeepalive() keepalive.ClientParameters {
+	if n.opts.PeerKeepalive != nil {
+		return *n.opts.PeerKeepalive
+	}
+	return keepalive.ClientParameters{Time: meshv1.DefaultKeepaliveTime, Timeout: meshv1.DefaultKeepaliveTimeout, PermitWithoutStream: true}
+}
+
+// errPeerFrozen is why a peer's link ends when it stops answering.
+var errPeerFrozen = errors.New("the peer did not answer a health check in time")
+
+// watchPeer asks p's health every keepalive Time while its stream is up and
+// ends the link (stop) when an answer takes longer than the keepalive
+// Timeout: a frozen peer's calls in flight then fail UNAVAILABLE and its types
+// leave the routing table, as Python and Node nodes do with HTTP/2 pings
+// (grpc-go will not ping more often than every 10 s). Only silence counts: a
+// peer answering with an error, or NOT_SERVING, is up.
+func (n *Node) watchPeer(ctx context.Context, p *peer, stop context.CancelCauseFunc) {
+	kp := n.peerKeepalive()
+	health := healthpb.NewHealthClient(p.client.conn)
+	tick := time.NewTicker(kp.Time)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, kp.Timeout)
+		_, err := health.Check(cctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if ctx.Err() == nil && CodeOf(err) == codes.DeadlineExceeded {
+			n.log.Warn("peer does not answer; ejecting it", "peer", p.name, "addr", p.address, "within", kp.Timeout)
+			stop(errPeerFrozen)
+			n.clearPeer(p) // no new call goes to p from now on
+			p.mux.abort(errPeerFrozen)
+			return
+		}
+	}
+}
+
 // linkPeer describes p and follows its Subscribe stream until it ends;
 // established says the stream was active.
 func (n *Node) linkPeer(ctx context.Context, p *peer) (established bool, err error) {
@@ -167,7 +229,8 @@ func (n *Node) linkPeer(ctx context.Context, p *peer) (established bool, err err
 	if !n.setPeerInfo(p, resp.GetNode()) {
 		return false, errors.New("peer link dropped")
 	}
-	sctx, stop := context.WithCancel(ctx)
+	sctx, stopCause := context.WithCancelCause(ctx)
+	stop := func() { stopCause(context.Canceled) }
 	defer stop()
 	n.mu.Lock()
 	p.restartStream = stop
@@ -182,6 +245,9 @@ func (n *Node) linkPeer(ctx context.Context, p *peer) (established bool, err err
 			if errors.Is(err, io.EOF) {
 				err = nil
 			}
+			if cause := context.Cause(sctx); errors.Is(cause, errPeerFrozen) {
+				err = cause
+			}
 			return established, err
 		}
 		switch k := msg.GetKind().(type) {
@@ -191,6 +257,7 @@ func (n *Node) linkPeer(ctx context.Context, p *peer) (established bool, err err
 			}
 			if !established {
 				established = true
+				go n.watchPeer(sctx, p, stopCause)
 				n.mu.Lock()
 				p.streaming = true
 				n.notifyRoutesLocked()
@@ -210,7 +277,15 @@ func (n *Node) setPeerInfo(p *peer, info *meshv1.NodeInfo) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if info.GetNodeId() == n.id {
-		n.log.Warn("peer is this node itself; ignoring it", "peer", p.name, "addr", p.address)
+		// Dropped for good (logged once): dialling it again would only find
+		// this node again. A node of the pool a dns: peer names finds itself
+		// there as a matter of course.
+		level := slog.LevelWarn
+		if p.group != "" {
+			level = slog.LevelDebug
+		}
+		n.log.Log(context.Background(), level, "peer is this node itself; dropping it", "peer", p.name, "addr", p.address)
+		n.removePeerLocked(p)
 		return false
 	}
 	for _, q := range n.peers {
@@ -230,10 +305,13 @@ func (n *Node) setPeerInfo(p *peer, info *meshv1.NodeInfo) bool {
 	}
 	p.nodeID = info.GetNodeId()
 	p.info = info
+	p.lastInfo = info
 	n.notifyRoutesLocked()
 	return true
 }
 
+// removePeerLocked drops p: it gets no new call at once, and its connection
+// closes once the calls in flight on it are done (peerDrainTimeout at most).
 func (n *Node) removePeerLocked(p *peer) {
 	if n.peers[p.name] != p {
 		return
@@ -241,7 +319,11 @@ func (n *Node) removePeerLocked(p *peer) {
 	delete(n.peers, p.name)
 	p.cancel()
 	p.info = nil
-	go func() { _ = p.client.Close() }()
+	go func() {
+		p.mux.drain(peerDrainTimeout)
+		p.mux.close()
+		_ = p.client.Close()
+	}()
 	n.notifyRoutesLocked()
 }
 

@@ -22,7 +22,9 @@ func RendezvousScore(nodeID, agentType, key string) uint64 {
 
 // choosePeer picks the peer for an agent whose type the node does not host:
 // among the connected peers hosting the type, and not in exclude, the one
-// with the highest rendezvous score (ties: the smaller node id).
+// with the highest rendezvous score (ties: the smaller node id). It counts a
+// call in flight on the peer's multiplexer, under the same lock as the choice,
+// so a peer dropped meanwhile waits for it; the caller calls p.mux.finished.
 func (n *Node) choosePeer(to AgentID, exclude []string) (*peer, string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -43,7 +45,28 @@ func (n *Node) choosePeer(to AgentID, exclude []string) (*peer, string) {
 			best, bestID, bestScore = p, id, score
 		}
 	}
+	if best != nil {
+		best.mux.begin()
+	}
 	return best, bestID
+}
+
+// unreachableHosting lists the addresses of the peers that hosted agentType
+// when they were last connected and are unreachable now (not in exclude).
+func (n *Node) unreachableHosting(agentType string, exclude []string) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	for _, p := range n.sortedPeersLocked() {
+		last := p.lastInfo
+		if p.info != nil || last == nil || slices.Contains(exclude, last.GetNodeId()) {
+			continue
+		}
+		if slices.ContainsFunc(last.GetAgentTypes(), func(t *agentTypeInfo) bool { return t.GetAgentType() == agentType }) {
+			out = append(out, p.address)
+		}
+	}
+	return out
 }
 
 func (n *Node) peerHosting(agentType string) bool {

@@ -63,18 +63,18 @@ func TestSendWithTopicIsAPublication(t *testing.T) {
 	})
 }
 
-func TestConnectMultiplexesSends(t *testing.T) {
+func TestMultiplexCarriesSends(t *testing.T) {
 	ctx := testContext(t)
 	n := conformanceNode(t, "connect", ravi.Options{Token: "tok"})
 	c := dial(t, n.Addr(), ravi.WithToken("tok"))
-	stream, err := c.Service().Connect(ctx)
+	stream, err := c.Service().Multiplex(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	conf := &meshv1.AgentId{Type: "conformance", Key: "k"}
 	sendFrame := func(id uint64, m proto.Message, timeoutMillis uint32) {
 		t.Helper()
-		err := stream.Send(&meshv1.ConnectRequest{Calls: []*meshv1.CallFrame{{CallId: id, TimeoutMillis: timeoutMillis, Kind: &meshv1.CallFrame_Send{Send: &meshv1.SendRequest{
+		err := stream.Send(&meshv1.MultiplexRequest{Calls: []*meshv1.CallFrame{{CallId: id, TimeoutMillis: timeoutMillis, Kind: &meshv1.CallFrame_Send{Send: &meshv1.SendRequest{
 			Recipient: conf, Envelope: &meshv1.Envelope{MessageId: "m", Payload: payloadOf(t, m)},
 		}}}}})
 		if err != nil {
@@ -83,7 +83,7 @@ func TestConnectMultiplexesSends(t *testing.T) {
 	}
 	// A long sleep on its own key, cancelled by a cancel frame.
 	sleeper := &meshv1.AgentId{Type: "conformance", Key: "sleeper"}
-	if err := stream.Send(&meshv1.ConnectRequest{Calls: []*meshv1.CallFrame{{CallId: 1, Kind: &meshv1.CallFrame_Send{Send: &meshv1.SendRequest{
+	if err := stream.Send(&meshv1.MultiplexRequest{Calls: []*meshv1.CallFrame{{CallId: 1, Kind: &meshv1.CallFrame_Send{Send: &meshv1.SendRequest{
 		Recipient: sleeper, Envelope: &meshv1.Envelope{Payload: payloadOf(t, &conformancev1.Sleep{Millis: 10000, Tag: "cancelled"})},
 	}}}}}); err != nil {
 		t.Fatal(err)
@@ -102,7 +102,7 @@ func TestConnectMultiplexesSends(t *testing.T) {
 			got[outcome.GetCallId()] = outcome
 		}
 	}
-	if err := stream.Send(&meshv1.ConnectRequest{Calls: []*meshv1.CallFrame{{CallId: 1, Kind: &meshv1.CallFrame_Cancel{Cancel: &meshv1.CancelCall{}}}}}); err != nil {
+	if err := stream.Send(&meshv1.MultiplexRequest{Calls: []*meshv1.CallFrame{{CallId: 1, Kind: &meshv1.CallFrame_Cancel{Cancel: &meshv1.CancelCall{}}}}}); err != nil {
 		t.Fatal(err)
 	}
 	echoed := &conformancev1.Echoed{}

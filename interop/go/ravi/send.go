@@ -62,7 +62,7 @@ func (t traceContext) outgoing(ctx context.Context) context.Context {
 }
 
 // handleSend handles a Send, from a caller (received: a unary Send or a
-// Connect frame, forwarded when the type is not hosted here) or from one of
+// Multiplex frame, forwarded when the type is not hosted here) or from one of
 // the node's agents or its Send method (routed to the peer hosting the type),
 // following the ordered checks of docs/protocol.md. tc is the trace context of
 // the gRPC call, used where the envelope carries none.
@@ -228,10 +228,9 @@ func (n *Node) sendToPeer(ctx context.Context, req *meshv1.SendRequest, span tra
 	}
 	p, peerID := n.choosePeer(to, route.GetVisitedNodeIds())
 	if p == nil {
-		return nil, reasonError(codes.NotFound, ReasonAgentTypeNotFound,
-			fmt.Sprintf("no node hosts agent type %q (asked node %s)", to.Type, n.id),
-			map[string]string{"agent_type": to.Type, "node_id": n.id})
+		return nil, n.noRoute(to.Type, route.GetVisitedNodeIds())
 	}
+	defer p.mux.finished()
 	if span != nil && span.IsRecording() {
 		span.SetAttributes(attrRouteNextNode.String(peerID))
 	}
@@ -243,22 +242,40 @@ func (n *Node) sendToPeer(ctx context.Context, req *meshv1.SendRequest, span tra
 	if fwd.Envelope != nil {
 		fwd.Envelope.Metadata = injectInto(ctx, fwd.Envelope.Metadata)
 	}
-	// The client's interceptor puts ctx's trace context in the gRPC metadata.
-	resp, err := p.client.svc.Send(ctx, fwd)
+	// The envelope carries ctx's trace context (and, on a unary fallback, the
+	// client's interceptor puts it in the gRPC metadata).
+	resp, err := p.mux.send(ctx, fwd)
 	if err != nil {
-		return nil, peerError(p, peerID, err)
+		return nil, n.peerError(p, peerID, err)
 	}
 	return resp, nil
 }
 
+// noRoute is why no peer takes a call for agentType: the peers that hosted it
+// are unreachable now (UNAVAILABLE / PEER_UNAVAILABLE), or none ever did
+// (NOT_FOUND / AGENT_TYPE_NOT_FOUND). Peers in exclude do not count.
+func (n *Node) noRoute(agentType string, exclude []string) error {
+	addresses := n.unreachableHosting(agentType, exclude)
+	if len(addresses) > 0 {
+		list := strings.Join(addresses, ", ")
+		return reasonError(codes.Unavailable, ReasonPeerUnavailable,
+			fmt.Sprintf("every node hosting agent type %q is unreachable (%s)", agentType, list),
+			map[string]string{"agent_type": agentType, "node_id": n.id, "peer_address": list})
+	}
+	return reasonError(codes.NotFound, ReasonAgentTypeNotFound,
+		fmt.Sprintf("no node hosts agent type %q (asked node %s)", agentType, n.id),
+		map[string]string{"agent_type": agentType, "node_id": n.id})
+}
+
 // peerError maps a failed call to a peer: the peer's own ravi errors pass
-// through; a transport failure is UNAVAILABLE / PEER_UNAVAILABLE.
-func peerError(p *peer, nodeID string, err error) error {
+// through; a transport failure is UNAVAILABLE / PEER_UNAVAILABLE, decided by
+// this node.
+func (n *Node) peerError(p *peer, peerID string, err error) error {
 	e := FromError(err)
 	if e.Code == codes.Unavailable && e.Reason == "" {
 		return reasonError(codes.Unavailable, ReasonPeerUnavailable,
-			fmt.Sprintf("peer %s (%s) is unavailable: %s", p.name, p.address, e.Message),
-			map[string]string{"node_id": nodeID})
+			fmt.Sprintf("peer %s (node %s at %s) is unavailable: %s", p.name, peerID, p.address, e.Message),
+			map[string]string{"node_id": n.id, "peer_address": p.address})
 	}
 	return e
 }

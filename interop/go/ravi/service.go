@@ -2,10 +2,14 @@ package ravi
 
 import (
 	"context"
+	"maps"
+	"time"
 
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
 	"google.golang.org/grpc/codes"
+	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -16,10 +20,77 @@ type service struct {
 }
 
 func (s *service) Send(ctx context.Context, req *meshv1.SendRequest) (*meshv1.SendResponse, error) {
-	ctx, cancel := withTimeout(ctx, 0, s.n.opts.DefaultTimeout)
+	ctx, cancel, err := answerBeforeDeadline(ctx, s.n.opts.DefaultTimeout)
+	if err != nil {
+		return nil, err
+	}
 	defer cancel()
-	resp, err := s.n.handleSend(ctx, req, incomingTrace(ctx), true)
+	resp, err := s.n.serveSend(ctx, req, incomingTrace(ctx))
 	return resp, toStatusError(err)
+}
+
+// deadlineMargin is how long before a unary call's deadline its handler's
+// context ends. grpc-go resets a stream whose deadline passes without a
+// status (RST_STREAM CANCEL); ending the handler first lets the node answer
+// DEADLINE_EXCEEDED, as every node does (agent_service.proto).
+const deadlineMargin = 5 * time.Millisecond
+
+// answerBeforeDeadline is the context a unary method runs in: the call's
+// deadline less deadlineMargin, or the default timeout for a call without one.
+// A call with no time left fails at once with DEADLINE_EXCEEDED.
+func answerBeforeDeadline(ctx context.Context, fallback time.Duration) (context.Context, context.CancelFunc, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		ctx, cancel := context.WithTimeout(ctx, fallback)
+		return ctx, cancel, nil
+	}
+	if time.Until(deadline) <= deadlineMargin {
+		return nil, nil, status.Error(codes.DeadlineExceeded, "the call's deadline passed before it was handled")
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline.Add(-deadlineMargin))
+	return ctx, cancel, nil
+}
+
+// refuseSpentDeadlines answers a call with less than deadlineMargin left
+// DEADLINE_EXCEEDED before grpc-go starts its deadline timer, which would
+// otherwise reset the stream without a status.
+func refuseSpentDeadlines(ctx context.Context, _ *tap.Info) (context.Context, error) {
+	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= deadlineMargin {
+		return ctx, status.Error(codes.DeadlineExceeded, "the call's deadline passed before it was handled")
+	}
+	return ctx, nil
+}
+
+// serveSend handles a Send received from a caller (a unary Send or a
+// Multiplex frame) and gives its failure the ErrorInfo metadata every reason
+// carries (errors.proto); a failure decided by another node keeps its own.
+func (n *Node) serveSend(ctx context.Context, req *meshv1.SendRequest, tc traceContext) (*meshv1.SendResponse, error) {
+	resp, err := n.handleSend(ctx, req, tc, true)
+	if err == nil {
+		return resp, nil
+	}
+	e := FromError(err)
+	if e.Reason == "" {
+		return nil, e
+	}
+	md := maps.Clone(e.Metadata)
+	if md == nil {
+		md = map[string]string{}
+	}
+	setDefault(md, "node_id", n.id)
+	if e.Reason != ReasonBadID {
+		setDefault(md, "agent_type", req.GetRecipient().GetType())
+	}
+	if t := req.GetEnvelope().GetPayload().GetType(); t != "" {
+		setDefault(md, "message_type", t)
+	}
+	return resp, &Error{Code: e.code(), Reason: e.Reason, Message: e.Message, Metadata: md}
+}
+
+func setDefault(md map[string]string, key, value string) {
+	if _, ok := md[key]; !ok {
+		md[key] = value
+	}
 }
 
 func (s *service) Publish(ctx context.Context, req *meshv1.PublishRequest) (*meshv1.PublishResponse, error) {
@@ -44,6 +115,11 @@ func (s *service) Publish(ctx context.Context, req *meshv1.PublishRequest) (*mes
 
 func (s *service) Subscribe(req *meshv1.SubscribeRequest, stream meshv1.AgentService_SubscribeServer) error {
 	n := s.n
+	release, err := n.holdStream(stream.Context())
+	if err != nil {
+		return err
+	}
+	defer release()
 	var filters []Filter
 	for _, f := range req.GetFilters() {
 		if filter, ok := FilterOf(f); ok {
@@ -99,15 +175,50 @@ func (s *service) ResolvePromise(_ context.Context, req *meshv1.ResolvePromiseRe
 }
 
 func (s *service) SaveState(ctx context.Context, req *meshv1.SaveStateRequest) (*meshv1.SaveStateResponse, error) {
-	ctx, cancel := withTimeout(ctx, 0, s.n.opts.DefaultTimeout)
+	ctx, cancel, err := answerBeforeDeadline(ctx, s.n.opts.DefaultTimeout)
+	if err != nil {
+		return nil, err
+	}
 	defer cancel()
 	resp, err := s.n.saveState(ctx, req)
 	return resp, toStatusError(err)
 }
 
 func (s *service) LoadState(ctx context.Context, req *meshv1.LoadStateRequest) (*meshv1.LoadStateResponse, error) {
-	ctx, cancel := withTimeout(ctx, 0, s.n.opts.DefaultTimeout)
+	ctx, cancel, err := answerBeforeDeadline(ctx, s.n.opts.DefaultTimeout)
+	if err != nil {
+		return nil, err
+	}
 	defer cancel()
 	resp, err := s.n.loadState(ctx, req)
 	return resp, toStatusError(err)
+}
+
+// holdStream counts a Subscribe stream against its caller (one client
+// connection, by its remote address): at most DefaultMaxStreamsPerCaller are
+// open at once (agent_service.proto). release gives the place back.
+func (n *Node) holdStream(ctx context.Context) (release func(), err error) {
+	caller := "unknown"
+	if p, ok := grpcpeer.FromContext(ctx); ok && p.Addr != nil {
+		caller = p.Addr.String()
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.streamsByCaller == nil {
+		n.streamsByCaller = map[string]int{}
+	}
+	held := n.streamsByCaller[caller]
+	if held >= meshv1.DefaultMaxStreamsPerCaller {
+		return nil, status.Errorf(codes.ResourceExhausted, "%s holds %d Subscribe streams on this node already (at most %d per caller)", caller, held, meshv1.DefaultMaxStreamsPerCaller)
+	}
+	n.streamsByCaller[caller] = held + 1
+	return func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if n.streamsByCaller[caller] <= 1 {
+			delete(n.streamsByCaller, caller)
+		} else {
+			n.streamsByCaller[caller]--
+		}
+	}, nil
 }

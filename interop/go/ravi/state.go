@@ -126,6 +126,9 @@ func (n *Node) loadState(ctx context.Context, req *meshv1.LoadStateRequest) (*me
 			return nil, badPayload(fmt.Sprintf("the state of %s must be a JSON object (application/json)", id), p.GetType())
 		}
 		var obj map[string]json.RawMessage
+		if !jsonDepthOK(p.GetData()) {
+			return nil, badPayload(fmt.Sprintf("the state of %s nests deeper than %d arrays and objects", id, meshv1.MaxNestingDepth), p.GetType())
+		}
 		if err := json.Unmarshal(p.GetData(), &obj); err != nil || obj == nil {
 			return nil, badPayload(fmt.Sprintf("the state of %s is not a JSON object", id), p.GetType())
 		}

@@ -212,7 +212,7 @@ func TestTracingNestedSendAcrossNodes(t *testing.T) {
 	}
 }
 
-func TestTracingPropagatesOverUnaryCallsAndConnect(t *testing.T) {
+func TestTracingPropagatesOverUnaryCallsAndMultiplex(t *testing.T) {
 	ctx := testContext(t)
 	r := newRecorder(t)
 	n := r.node(t, "node-a", ravi.Options{}, agents.ConformanceAgentType(""))
@@ -252,12 +252,12 @@ func TestTracingPropagatesOverUnaryCallsAndConnect(t *testing.T) {
 	wantSpan(t, r.span(t, "handle conformance", "node-a"), trace.SpanKindServer, s2.SpanContext(), nil)
 	r.rec.Reset()
 
-	// A Connect frame carries its context in its envelope.
-	stream, err := c.Service().Connect(ctx)
+	// A Multiplex frame carries its context in its envelope.
+	stream, err := c.Service().Multiplex(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.Send(&meshv1.ConnectRequest{Calls: []*meshv1.CallFrame{{CallId: 7, Kind: &meshv1.CallFrame_Send{
+	if err := stream.Send(&meshv1.MultiplexRequest{Calls: []*meshv1.CallFrame{{CallId: 7, Kind: &meshv1.CallFrame_Send{
 		Send: req(map[string]string{"traceparent": traceparent(s2.SpanContext())})}}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -386,12 +386,12 @@ func TestTracingFailedHandler(t *testing.T) {
 		}
 	}
 
-	// A ravi error without a reason: its code, no reason.
+	// A ravi error without a reason: its code, and HANDLER_FAILED.
 	r.rec.Reset()
 	_, err = a.Send(ctx, ravi.AgentID{Type: "conformance-a", Key: "x"}, &conformancev1.Fail{Code: 9, Message: "not now"})
-	wantError(t, err, 9, "")
-	wantFailed(t, r.span(t, "handle conformance-a", "node-a"), "FAILED_PRECONDITION", "")
-	wantFailed(t, r.span(t, "send conformance-a", "node-a"), "FAILED_PRECONDITION", "")
+	wantError(t, err, 9, ravi.ReasonHandlerFailed)
+	wantFailed(t, r.span(t, "handle conformance-a", "node-a"), "FAILED_PRECONDITION", ravi.ReasonHandlerFailed)
+	wantFailed(t, r.span(t, "send conformance-a", "node-a"), "FAILED_PRECONDITION", ravi.ReasonHandlerFailed)
 
 	// A check that fails before the handler runs fails the handle span too.
 	r.rec.Reset()

@@ -21,6 +21,7 @@ import {
   type Payload,
   file_ravi_mesh_v1_types,
 } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
+import { DEFAULT_KEEPALIVE_TIME_MS } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
 import { parseArgs } from "node:util";
 
 import { RaviClient, PublishScope, type TopicFilterSpec } from "./client.js";
@@ -28,6 +29,7 @@ import { CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, encodeJsonPayload } from "./c
 import { asRaviError, Code, RaviError } from "./errors.js";
 import { parseAgentId, parseTopicId } from "./ids.js";
 import { RaviNode, stderrLogger } from "./node.js";
+import { dnsTarget } from "./node/discovery.js";
 import { setupTracing } from "./telemetry.js";
 import type { ClientTlsOptions, ServerTlsOptions } from "./tls.js";
 import { formatterAgent } from "./agents/formatter.js";
@@ -35,10 +37,15 @@ import { CONFORMANCE_TYPE, registerConformance } from "./agents/conformance.js";
 
 const USAGE = `usage:
   ravi-node node --listen HOST:PORT --node-id ID [--advertise HOST:PORT] [--peer NAME=ADDR]... [--token T]
+                 [--peer-dns-interval SECONDS] [--keepalive-time SECONDS] [--keepalive-timeout SECONDS]
                  [--health-without-auth] [--max-message-bytes N] [--conformance-type NAME] [--verbose]
                  [--otlp-endpoint URL]
                  [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
                  [--peer-tls-ca FILE] [--peer-tls-cert FILE --peer-tls-key FILE] [--peer-tls-server-name NAME]
+  (--peer NAME=dns:HOST:PORT: every address HOST resolves to is a peer, resolved again every
+   --peer-dns-interval seconds, 10 by default)
+  (--keepalive-time: seconds between two pings of each peer's connection, 4 by default, at least 2;
+   --keepalive-timeout: seconds a ping may go unanswered before the connection closes, 4 by default)
   (--tls-cert/--tls-key: serve TLS with this certificate and key; --tls-client-ca: require client
    certificates from this CA (mTLS); --peer-tls-ca: dial peers with TLS, trusting this CA;
    --peer-tls-cert/--peer-tls-key: present this certificate to peers (mTLS); --peer-tls-server-name:
@@ -139,6 +146,18 @@ function integer(value: string | undefined, flag: string): number | undefined {
   return n;
 }
 
+/** A positive number of seconds, as `ravi node` takes them, in milliseconds. */
+function seconds(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) {
+    return undefined;
+  }
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) {
+    throw new UsageError(`${flag} must be a positive number of seconds, got ${JSON.stringify(value)}`);
+  }
+  return n * 1000;
+}
+
 /** Splits "host:port" or "[v6]:port". */
 function hostPort(text: string, flag: string): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text);
@@ -237,6 +256,9 @@ async function runNode(args: string[]): Promise<number> {
       "node-id": { type: "string" },
       advertise: { type: "string" },
       peer: { type: "string", multiple: true },
+      "peer-dns-interval": { type: "string" },
+      "keepalive-time": { type: "string" },
+      "keepalive-timeout": { type: "string" },
       token: { type: "string" },
       "health-without-auth": { type: "boolean" },
       "max-message-bytes": { type: "string" },
@@ -262,8 +284,20 @@ async function runNode(args: string[]): Promise<number> {
       throw new UsageError(`--peer must be NAME=HOST:PORT, got ${JSON.stringify(spec)}`);
     }
     const address = spec.slice(eq + 1);
-    hostPort(address, "--peer");
+    try {
+      if (dnsTarget(address) === undefined) {
+        hostPort(address, "--peer");
+      }
+    } catch (error) {
+      throw new UsageError(`--peer ${error instanceof Error ? error.message : String(error)}`);
+    }
     peers[spec.slice(0, eq)] = address;
+  }
+  const dnsInterval = seconds(values["peer-dns-interval"], "--peer-dns-interval");
+  const keepaliveTimeMs = seconds(values["keepalive-time"], "--keepalive-time");
+  // Every node accepts pings every DEFAULT_KEEPALIVE_TIME_MS / 2 (contract.toml).
+  if (keepaliveTimeMs !== undefined && keepaliveTimeMs < DEFAULT_KEEPALIVE_TIME_MS / 2) {
+    throw new UsageError(`--keepalive-time must be at least ${DEFAULT_KEEPALIVE_TIME_MS / 2000} s, got ${keepaliveTimeMs / 1000}`);
   }
   const otlpEndpoint = values["otlp-endpoint"];
   if (otlpEndpoint !== undefined && !/^https?:\/\/[^/]+\/?$/.test(otlpEndpoint)) {
@@ -280,6 +314,9 @@ async function runNode(args: string[]): Promise<number> {
       port,
       advertiseAddress: values.advertise,
       peers,
+      peerDnsIntervalMs: dnsInterval,
+      keepaliveTimeMs,
+      keepaliveTimeoutMs: seconds(values["keepalive-timeout"], "--keepalive-timeout"),
       // Like the Python and Go nodes: a token from the environment keeps it out of `ps`.
       token: values.token ?? process.env["RAVI_TOKEN"],
       healthWithoutAuth: values["health-without-auth"] ?? false,

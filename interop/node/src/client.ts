@@ -3,6 +3,7 @@
 import { create, type DescMessage, type MessageInitShape, type MessageShape, type Registry } from "@bufbuild/protobuf";
 import { Code, createClient, ConnectError, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager, type Http2SessionOptions } from "@connectrpc/connect-node";
+import type * as http2 from "node:http2";
 import * as net from "node:net";
 import {
   Health,
@@ -35,6 +36,7 @@ import { decodeAs, encodePayload } from "./codec.js";
 import { asRaviError, RaviError } from "./errors.js";
 import { checkAgentId, checkTopicId, type AgentAddress, type TopicAddress } from "./ids.js";
 import { clientTlsMaterial, connectTls, tlsFailures, type ClientTlsOptions } from "./tls.js";
+import { Multiplexer } from "./multiplexer.js";
 import { injectActive } from "./tracing.js";
 
 export { PublishScope, ServingStatus };
@@ -161,6 +163,8 @@ export class RaviClient {
   readonly address: string;
   readonly agentService: Client<typeof AgentService>;
   readonly health: Client<typeof Health>;
+  /** Sends multiplexed on one Multiplex stream (what a node uses for its peers). */
+  readonly multiplexer: Multiplexer;
   private readonly sessions: Http2SessionManager;
   private readonly timeoutMs: number;
 
@@ -190,13 +194,14 @@ export class RaviClient {
     const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     const transport = createGrpcTransport({
       baseUrl,
-      sessionManager: this.sessions,
+      sessionManager: guarded(this.sessions),
       interceptors,
       readMaxBytes: maxBytes,
       writeMaxBytes: maxBytes,
     });
     this.agentService = createClient(AgentService, transport);
     this.health = createClient(Health, transport);
+    this.multiplexer = new Multiplexer(this.agentService);
   }
 
   private callOptions(options: CallOptions | undefined, stream = false): {
@@ -356,9 +361,39 @@ export class RaviClient {
 
   /** Closes the HTTP/2 connection. */
   close(): void {
+    this.multiplexer.close();
     this.sessions.abort();
   }
 }
+
+/**
+ * The client's sessions, each with an "error" listener of its own.
+ * connect-node 2.1.2's session manager stops listening to a session as soon as
+ * it moves on from it (a new request, an abort), which can fall between the
+ * session's destruction by a keepalive timeout (a frozen peer) and the "error"
+ * event the session emits a moment later: an uncaught exception that would end
+ * the process. The manager still sees the error whenever it listens.
+ */
+function guarded(manager: Http2SessionManager): SessionManager {
+  const sessions = new WeakSet<http2.Http2Session>();
+  const ignore = (): void => undefined;
+  return {
+    authority: manager.authority,
+    async request(method, path, headers, options) {
+      const stream = await manager.request(method, path, headers, options);
+      const session = stream.session;
+      if (session !== undefined && !sessions.has(session)) {
+        sessions.add(session);
+        session.on("error", ignore);
+      }
+      return stream;
+    },
+    notifyResponseByteRead: (stream) => manager.notifyResponseByteRead(stream),
+  };
+}
+
+/** What createGrpcTransport takes as its session manager (the interface is not exported). */
+type SessionManager = NonNullable<Parameters<typeof createGrpcTransport>[0]["sessionManager"]>;
 
 /** True when an error is a ConnectError or RaviError with this code. */
 export function hasCode(error: unknown, code: number): boolean {

@@ -16,14 +16,83 @@ import {
 } from "@bufbuild/protobuf";
 import { PayloadSchema, type Payload } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 
+import { MAX_NESTING_DEPTH } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
+
 import { errors } from "./errors.js";
 
 export const CONTENT_TYPE_PROTOBUF = "application/x-protobuf";
 export const CONTENT_TYPE_JSON = "application/json";
 
-/** The media type of a content type, without parameters, lower case. */
-function mediaType(contentType: string): string {
-  return (contentType.split(";")[0] ?? "").trim().toLowerCase();
+/**
+ * The encoding a Payload.content_type names (types.proto): a media type whose
+ * type and subtype match case-insensitively, with parameters allowed but no
+ * charset other than UTF-8. Throws BAD_PAYLOAD for anything else.
+ */
+export function mediaType(contentType: string): string {
+  if (contentType === CONTENT_TYPE_PROTOBUF || contentType === CONTENT_TYPE_JSON) {
+    return contentType;
+  }
+  const [essence = "", ...parameters] = contentType.split(";");
+  const media = essence.trim().toLowerCase();
+  if (media !== CONTENT_TYPE_PROTOBUF && media !== CONTENT_TYPE_JSON) {
+    throw errors.badPayload(
+      `unsupported content type ${JSON.stringify(contentType.slice(0, 100))}; expected ${CONTENT_TYPE_PROTOBUF} or ${CONTENT_TYPE_JSON}`,
+    );
+  }
+  for (const parameter of parameters) {
+    const [name = "", value = ""] = parameter.split("=", 2);
+    const charset = value.trim().replace(/^"|"$/g, "").toLowerCase();
+    if (name.trim().toLowerCase() === "charset" && charset !== "utf-8" && charset !== "utf8") {
+      throw errors.badPayload(`content type ${JSON.stringify(contentType.slice(0, 100))}: only UTF-8 JSON is accepted`);
+    }
+  }
+  return media;
+}
+
+/** The message type a Payload.type names: a type URL names the type after its last '/'. */
+export function typeNameOf(type: string): string {
+  const slash = type.lastIndexOf("/");
+  return slash < 0 ? type : type.slice(slash + 1);
+}
+
+/**
+ * Throws BAD_PAYLOAD when JSON data nests deeper than MAX_NESTING_DEPTH arrays
+ * and objects. Counting only starts past that many brackets, which keeps
+ * ordinary payloads on the fast path (and JSON.parse off a deep stack).
+ */
+export function checkJsonDepth(data: Uint8Array): void {
+  let brackets = 0;
+  for (const byte of data) {
+    if (byte === 0x5b || byte === 0x7b) {
+      brackets += 1;
+    }
+  }
+  if (brackets <= MAX_NESTING_DEPTH) {
+    return;
+  }
+  let depth = 0;
+  let inString = false;
+  let escaped = false;
+  for (const byte of data) {
+    if (inString) {
+      if (escaped) {
+        escaped = false;
+      } else if (byte === 0x5c) {
+        escaped = true;
+      } else if (byte === 0x22) {
+        inString = false;
+      }
+    } else if (byte === 0x22) {
+      inString = true;
+    } else if (byte === 0x5b || byte === 0x7b) {
+      depth += 1;
+      if (depth > MAX_NESTING_DEPTH) {
+        throw errors.badPayload(`JSON nests deeper than ${MAX_NESTING_DEPTH} arrays and objects`);
+      }
+    } else if (byte === 0x5d || byte === 0x7d) {
+      depth -= 1;
+    }
+  }
 }
 
 /** Encodes a message as a binary protobuf payload. */
@@ -65,7 +134,7 @@ export function decodeAs<Desc extends DescMessage>(
   if (payload === undefined) {
     throw errors.badPayload(`expected a ${schema.typeName} payload, got none`);
   }
-  if (payload.type !== schema.typeName) {
+  if (typeNameOf(payload.type) !== schema.typeName) {
     throw errors.badPayload(`expected a ${schema.typeName} payload, got ${payload.type}`, { message_type: payload.type });
   }
   return decodeWith(schema, payload, registry);
@@ -73,6 +142,9 @@ export function decodeAs<Desc extends DescMessage>(
 
 function decodeWith<Desc extends DescMessage>(schema: Desc, payload: Payload, registry?: Registry): MessageShape<Desc> {
   const media = mediaType(payload.contentType);
+  if (media === CONTENT_TYPE_JSON) {
+    checkJsonDepth(payload.data);
+  }
   try {
     if (media === CONTENT_TYPE_PROTOBUF) {
       return fromBinary(schema, payload.data);
@@ -99,16 +171,10 @@ export function checkPayloadShape(payload: Payload | undefined): Payload {
   if (payload === undefined) {
     throw errors.badPayload("the envelope carries no payload");
   }
-  if (payload.type === "") {
+  if (typeNameOf(payload.type) === "") {
     throw errors.badPayload("the payload has no type name");
   }
-  const media = mediaType(payload.contentType);
-  if (media !== CONTENT_TYPE_PROTOBUF && media !== CONTENT_TYPE_JSON) {
-    throw errors.badPayload(
-      `unsupported content type ${JSON.stringify(payload.contentType)}; expected ${CONTENT_TYPE_PROTOBUF} or ${CONTENT_TYPE_JSON}`,
-      { message_type: payload.type },
-    );
-  }
+  mediaType(payload.contentType);
   return payload;
 }
 
@@ -152,9 +218,9 @@ export class TypeRegistry {
   /** Decodes a payload by its type name; throws BAD_PAYLOAD for anything it cannot decode. */
   decode(payload: Payload | undefined): { schema: DescMessage; message: Message } {
     const checked = checkPayloadShape(payload);
-    const schema = this.registry.getMessage(checked.type);
+    const schema = this.registry.getMessage(typeNameOf(checked.type));
     if (schema === undefined) {
-      throw errors.badPayload(`unknown payload type ${checked.type}`, { message_type: checked.type });
+      throw errors.badPayload(`unknown payload type ${checked.type.slice(0, 200)}`, { message_type: checked.type });
     }
     return { schema, message: decodeWith(schema, checked, this.registry) };
   }

@@ -74,7 +74,17 @@ export class RaviError extends Error {
  */
 export function handlerFailure(error: unknown, agentType: string): RaviError {
   if (error instanceof RaviError) {
-    return error;
+    if (error.reason !== undefined) {
+      return error;
+    }
+    // A handler's failure with a code of its own keeps the code and carries
+    // HANDLER_FAILED like any other (errors.proto).
+    return new RaviError(wireCode(error.code), error.message, {
+      reason: "HANDLER_FAILED",
+      metadata: { ...error.metadata, exception_type: errorTypeName(error), exception_message: error.message, agent_type: agentType },
+      remote: error.remote,
+      cause: error,
+    });
   }
   if (error instanceof ConnectError) {
     return handlerFailure(fromConnectError(error), agentType);
@@ -90,6 +100,35 @@ export function handlerFailure(error: unknown, agentType: string): RaviError {
   });
 }
 
+/** The code a status can carry: anything outside 1..16 is UNKNOWN. */
+export function wireCode(code: number): Code {
+  return Number.isInteger(code) && code >= 1 && code <= 16 ? (code as Code) : Code.Unknown;
+}
+
+/**
+ * Gives a failure of a Send the ErrorInfo metadata every reason carries
+ * (errors.proto): the node, the addressed agent type and the message type. A
+ * failure decided by another node keeps what that node wrote.
+ */
+export function annotated(error: RaviError, nodeId: string, agentType: string, messageType: string): RaviError {
+  if (error.reason === undefined) {
+    return error;
+  }
+  const metadata: Record<string, string> = { node_id: nodeId };
+  if (error.reason !== "BAD_ID") {
+    metadata["agent_type"] = agentType;
+  }
+  if (messageType !== "") {
+    metadata["message_type"] = messageType;
+  }
+  return new RaviError(error.code, error.message, {
+    reason: error.reason,
+    metadata: { ...metadata, ...error.metadata },
+    remote: error.remote,
+    cause: error.cause,
+  });
+}
+
 /** Converts a RaviError into the ConnectError the server returns (ErrorInfo when it has a reason). */
 export function toConnectError(error: RaviError): ConnectError {
   const details =
@@ -101,7 +140,7 @@ export function toConnectError(error: RaviError): ConnectError {
             value: { reason: error.reason, domain: ERROR_DOMAIN, metadata: { ...error.metadata } },
           },
         ];
-  return new ConnectError(error.message, error.code, undefined, details, error);
+  return new ConnectError(error.message, wireCode(error.code), undefined, details, error);
 }
 
 /** Converts any error into a RaviError (ravi ErrorInfo kept, other errors as their code). */
@@ -157,10 +196,11 @@ export const errors = {
       reason: "HOP_LIMIT_EXCEEDED",
       metadata: { node_id: nodeId },
     }),
-  peerUnavailable: (peer: string, message: string): RaviError =>
-    new RaviError(Code.Unavailable, `peer ${peer} is unavailable: ${message}`, {
+  /** `nodeId` decided that the peer(s) at `peerAddress` cannot be reached. */
+  peerUnavailable: (nodeId: string, peerAddress: string, message: string): RaviError =>
+    new RaviError(Code.Unavailable, message, {
       reason: "PEER_UNAVAILABLE",
-      metadata: { node_id: peer },
+      metadata: { node_id: nodeId, peer_address: peerAddress },
     }),
   mailboxFull: (agent: string, capacity: number): RaviError =>
     new RaviError(Code.ResourceExhausted, `the mailbox of ${agent} holds ${capacity} messages already`, {

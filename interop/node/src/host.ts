@@ -2,6 +2,7 @@
 // handler calls under a deadline, and named promises.
 import type { DescMessage, JsonObject, Message, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { randomUUID } from "node:crypto";
 import { context as otelContext, type Context } from "@opentelemetry/api";
 import type { Envelope, Payload } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 
@@ -337,7 +338,8 @@ export function makeRegistration<S>(host: RegistrationHost, type: string, defini
       state: target.state,
       nodeId: host.nodeId,
       sender,
-      messageId: envelope.messageId,
+      // An envelope without a message id gets a fresh one (types.proto).
+      messageId: envelope.messageId === "" ? randomUUID() : envelope.messageId,
       metadata: delivery.metadata,
       topic: delivery.topic,
       callChain,

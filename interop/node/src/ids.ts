@@ -1,4 +1,6 @@
 // Agent and topic identifiers: validation and the "type/key" text form.
+import { MAX_KEY_BYTES, MAX_TYPE_BYTES } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
+
 import { errors } from "./errors.js";
 
 /** AgentAddress addresses one agent instance: type selects the code, key the instance. */
@@ -14,26 +16,24 @@ export interface TopicAddress {
 }
 
 const TYPE_PATTERN = /^[A-Za-z0-9_.:-]+$/;
-// Python's str.isprintable: no control, format, surrogate, private-use or
-// unassigned characters, and no separators other than the ASCII space.
-const PRINTABLE_PATTERN = /^(?:[^\p{C}\p{Z}]| )+$/u;
-const MAX_LENGTH = 512;
+// A printable key (types.proto): no control character (Unicode category Cc).
+const CONTROL_PATTERN = /[\u0000-\u001f\u007f-\u009f]/;
 
 function checkType(kind: string, value: string): void {
   if (!TYPE_PATTERN.test(value)) {
-    throw errors.badId(`${kind} must be a non-empty string of letters, digits, '_', '-', '.' or ':'; got ${JSON.stringify(value)}`);
+    throw errors.badId(`${kind} must be a non-empty string of letters, digits, '_', '-', '.' or ':'; got ${JSON.stringify(value.slice(0, 64))}`);
   }
-  if (value.length > MAX_LENGTH) {
-    throw errors.badId(`${kind} is longer than ${MAX_LENGTH} characters`);
+  if (value.length > MAX_TYPE_BYTES) {
+    throw errors.badId(`${kind} is longer than ${MAX_TYPE_BYTES} characters`);
   }
 }
 
 function checkName(kind: string, value: string): void {
-  if (!PRINTABLE_PATTERN.test(value)) {
-    throw errors.badId(`${kind} must be a non-empty printable string; got ${JSON.stringify(value)}`);
+  if (value === "" || CONTROL_PATTERN.test(value)) {
+    throw errors.badId(`${kind} must be a non-empty string without control characters; got ${JSON.stringify(value.slice(0, 64))}`);
   }
-  if (value.length > MAX_LENGTH) {
-    throw errors.badId(`${kind} is longer than ${MAX_LENGTH} characters`);
+  if (value.length > MAX_KEY_BYTES / 3 && Buffer.byteLength(value, "utf8") > MAX_KEY_BYTES) {
+    throw errors.badId(`${kind} is longer than ${MAX_KEY_BYTES} bytes of UTF-8`);
   }
 }
 

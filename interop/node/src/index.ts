@@ -68,6 +68,7 @@ export {
   type SubscriptionInfo,
 } from "./node.js";
 export { BACKOFF_INITIAL_MS, BACKOFF_MAX_MS, type Logger } from "./peers.js";
+export { DEFAULT_PEER_DNS_INTERVAL_MS, resolveDns, type Resolver } from "./node/discovery.js";
 export { rendezvousPick, rendezvousScore } from "./rendezvous.js";
 export { TRACER_NAME, extractContext, injectContext } from "./tracing.js";
 export { type ClientTlsOptions, type ServerTlsOptions } from "./tls.js";

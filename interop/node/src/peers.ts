@@ -46,15 +46,21 @@ export class PeerLink {
   nodeId: string | undefined;
   /** The peer's incarnation, from its last NodeInfo. */
   incarnation: string | undefined;
+  /** The peer's last NodeInfo, kept while it is unreachable. */
+  lastInfo: NodeInfo | undefined;
   /** The client of the current connection. */
   client: RaviClient | undefined;
   /** Connections made so far (1 after the first successful Subscribe). */
   connections = 0;
+  /** The dns: peer name this peer was resolved from, if any. */
+  group: string | undefined;
   private readonly host: PeerHost;
   private readonly stopController = new AbortController();
   private streamController: AbortController | undefined;
   private wakeController = new AbortController();
   private running: Promise<void> | undefined;
+  /** How long retire() lets the calls in flight finish. */
+  private drainMs = 0;
 
   constructor(host: PeerHost, label: string, address: string) {
     this.host = host;
@@ -86,6 +92,16 @@ export class PeerLink {
     await this.running;
   }
 
+  /**
+   * Stops the link, the peer no longer wanted (its address left a dns: pool):
+   * the calls in flight on its connection get `drainMs` to finish before it closes.
+   */
+  async retire(drainMs: number): Promise<void> {
+    this.drainMs = drainMs;
+    this.stopController.abort();
+    await this.running;
+  }
+
   private async loop(): Promise<void> {
     const log = this.host.logger;
     let backoff = BACKOFF_INITIAL_MS;
@@ -101,7 +117,8 @@ export class PeerLink {
           signal: this.stopController.signal,
         });
         if (info.nodeId === this.host.nodeId) {
-          log.warn(`peer ${this.label} at ${this.address} is this node itself: ignored`);
+          // A node of the pool a dns: peer names finds itself there as a matter of course.
+          (this.group === undefined ? log.warn : log.debug).call(log, `peer ${this.label} at ${this.address} is this node itself: ignored`);
           this.stopController.abort();
           break;
         }
@@ -135,6 +152,9 @@ export class PeerLink {
       const refilter = streamController.signal.reason === REFILTER && !this.stopped;
       if (!refilter) {
         this.host.onPeerDown(this);
+      }
+      if (this.drainMs > 0) {
+        await client.multiplexer.drained(this.drainMs);
       }
       client.close();
       if (this.stopped) {

@@ -1,11 +1,12 @@
 // A mesh of Node nodes on 127.0.0.1: routing, rendezvous, forwarding,
-// publish over streams, peer restarts, and the Connect stream.
+// publish over streams, peer restarts, and the Multiplex stream.
 import { strict as assert } from "node:assert";
 import * as http2 from "node:http2";
+import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import { after, describe, test } from "node:test";
 
-import { Code as ConnectCode, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import { Code as ConnectCode, ConnectError, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import {
   EchoSchema,
@@ -20,7 +21,7 @@ import {
   AgentService,
   PublishScope,
   type CallFrameSchema,
-  type ConnectRequestSchema,
+  type MultiplexRequestSchema,
 } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
 import { CONTRACT_VERSION } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
 import type { Payload } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
@@ -33,7 +34,7 @@ import { Code, eventually, Fixture, rejectsWith } from "../test-support/helpers.
 const T = { timeout: 20_000 };
 
 type Frame = MessageInitShape<typeof CallFrameSchema>;
-type Request = MessageInitShape<typeof ConnectRequestSchema>;
+type Request = MessageInitShape<typeof MultiplexRequestSchema>;
 
 test("rendezvous scores are the first 8 bytes of SHA-256, big-endian", () => {
   // The same values as Python's ravi.integrations.runtime.grpc._wire.rendezvous_score.
@@ -132,7 +133,8 @@ describe("routing and forwarding", T, () => {
       await a.waitForRoute("ghost");
       const started = Date.now();
       const error = await rejectsWith(fx.client(a.address).send({ type: "ghost", key: "k" }, EchoSchema, { text: "x" }, { timeoutMs: 2_000 }), Code.Unavailable, "PEER_UNAVAILABLE");
-      assert.equal(error.metadata["node_id"], "ghost-node");
+      // The node that decided, and the peer it could not reach.
+      assert.deepEqual([error.metadata["node_id"], error.metadata["peer_address"]], ["ua", `127.0.0.1:${port}`]);
       assert.ok(Date.now() - started < 2_000);
       await a.stop(100);
     } finally {
@@ -213,7 +215,10 @@ describe("peer restart", T, () => {
 
     await b1.stop(100);
     await a.waitForRoutes((r) => !r.has("sb"), 3_000);
-    await rejectsWith(client.send({ type: "restarting", key: "k" }, EchoSchema, { text: "down" }), Code.NotFound, "AGENT_TYPE_NOT_FOUND");
+    // While b is unreachable its types are UNAVAILABLE; a type nobody hosted is NOT_FOUND.
+    const down = await rejectsWith(client.send({ type: "restarting", key: "k" }, EchoSchema, { text: "down" }), Code.Unavailable, "PEER_UNAVAILABLE");
+    assert.deepEqual([down.metadata["node_id"], down.metadata["peer_address"]], ["sa", b1.address]);
+    await rejectsWith(client.send({ type: "never-hosted", key: "k" }, EchoSchema, { text: "x" }), Code.NotFound, "AGENT_TYPE_NOT_FOUND");
     await new Promise((r) => setTimeout(r, 600)); // let a's backoff grow
 
     const b2 = await fx.started({ nodeId: "sb", port }, (n) => registerConformance(n, "restarting"));
@@ -226,7 +231,7 @@ describe("peer restart", T, () => {
   });
 });
 
-describe("Connect stream", T, () => {
+describe("Multiplex stream", T, () => {
   const fx = new Fixture();
   after(() => fx.close());
 
@@ -258,7 +263,7 @@ describe("Connect stream", T, () => {
       await hold;
     }
     const outcomes: string[] = [];
-    for await (const response of client.agentService.connect(frames(), { timeoutMs: 5_000 })) {
+    for await (const response of client.agentService.multiplex(frames(), { timeoutMs: 5_000 })) {
       for (const call of response.calls) {
         const outcome = call.outcome;
         outcomes.push(
@@ -274,5 +279,224 @@ describe("Connect stream", T, () => {
     assert.deepEqual(outcomes, ["2:ok:mux", `3:${Code.NotFound}:AGENT_TYPE_NOT_FOUND`, "1:ok:mux"]);
     const observed = await client.call({ type: "conformance", key: "cancelled" }, ReportSchema, {}, ObservedSchema);
     assert.deepEqual(observed.cancelled, ["cx"]);
+  });
+});
+
+/** A server interceptor counting the AgentService methods a node serves. */
+function counting(): { counts: Map<string, number>; interceptor: Interceptor } {
+  const counts = new Map<string, number>();
+  return {
+    counts,
+    interceptor: (next) => async (req) => {
+      counts.set(req.method.name, (counts.get(req.method.name) ?? 0) + 1);
+      return next(req);
+    },
+  };
+}
+
+/** Serves `impl` (a partial AgentService) on 127.0.0.1; close() stops it and cuts its connections. */
+async function fakePeer(impl: Partial<ServiceImpl<typeof AgentService>>, interceptor?: Interceptor): Promise<{ address: string; close(): void }> {
+  const sessions = new Set<http2.ServerHttp2Session>();
+  const server = http2.createServer(
+    connectNodeAdapter({ routes: (r) => r.service(AgentService, impl), interceptors: interceptor === undefined ? [] : [interceptor], grpc: true, connect: false, grpcWeb: false }),
+  );
+  server.on("session", (session) => {
+    sessions.add(session);
+    session.on("close", () => sessions.delete(session));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    address: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () => {
+      server.close();
+      for (const session of sessions) {
+        session.destroy();
+      }
+    },
+  };
+}
+
+describe("sends to peers over the Multiplex stream", T, () => {
+  const fx = new Fixture();
+  after(() => fx.close());
+
+  test("a node's sends to a peer share one Multiplex stream", async () => {
+    const served = counting();
+    const b = await fx.started({ nodeId: "xb", interceptors: [served.interceptor] }, (n) => registerConformance(n));
+    const a = await fx.started({ nodeId: "xa", peers: { b: b.address } });
+    await a.waitForRoute("conformance");
+    const replies = await Promise.all(
+      Array.from({ length: 64 }, (_, i) => a.call({ type: "conformance", key: `k${i % 8}` }, EchoSchema, { text: `t${i}` }, EchoedSchema)),
+    );
+    assert.deepEqual(
+      replies.map((r) => `${r.nodeId}:${r.text}`),
+      Array.from({ length: 64 }, (_, i) => `xb:t${i}`),
+    );
+    assert.equal(served.counts.get("Multiplex"), 1);
+    assert.equal(served.counts.get("Send"), undefined);
+  });
+
+  test("a deadline or an abort on the caller's side cancels the peer's handler", async () => {
+    const b = await fx.started({ nodeId: "yb" }, (n) => registerConformance(n));
+    const a = await fx.started({ nodeId: "ya", peers: { b: b.address } });
+    await a.waitForRoute("conformance");
+    const sleeper = { type: "conformance", key: "sleeper" };
+    const started = Date.now();
+    await rejectsWith(a.send(sleeper, SleepSchema, { millis: 10_000, tag: "short" }, { timeoutMs: 200 }), Code.DeadlineExceeded);
+    assert.ok(Date.now() - started < 3_000);
+    await rejectsWith(a.send(sleeper, SleepSchema, { millis: 10_000, tag: "gave up" }, { signal: AbortSignal.timeout(100) }), Code.Canceled);
+    await eventually(async () => {
+      const observed = await b.call(sleeper, ReportSchema, {}, ObservedSchema);
+      return observed.cancelled.join(",") === "short,gave up";
+    }, 5_000, "both handlers to be cancelled");
+  });
+
+  test("calls in flight fail UNAVAILABLE / PEER_UNAVAILABLE when the stream breaks", async () => {
+    const info = { nodeId: "breaking", contractVersion: CONTRACT_VERSION, language: "test", agentTypes: [{ agentType: "held", handledTypes: [] }] };
+    let received = 0;
+    const peer = await fakePeer({
+      describe: () => ({ node: info }),
+      async *subscribe(_request, ctx) {
+        yield { kind: { case: "node", value: info } };
+        await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
+      },
+      async *multiplex(requests) {
+        // Reads the calls and never answers them.
+        for await (const request of requests) {
+          received += request.calls.length;
+        }
+      },
+    });
+    try {
+      const a = await fx.started({ nodeId: "za", peers: { p: peer.address } });
+      await a.waitForRoute("held");
+      const started = Date.now();
+      const failing = rejectsWith(a.send({ type: "held", key: "k" }, EchoSchema, { text: "x" }, { timeoutMs: 10_000 }), Code.Unavailable, "PEER_UNAVAILABLE");
+      await eventually(() => received === 1, 3_000, "the call to reach the peer");
+      peer.close();
+      const error = await failing;
+      assert.deepEqual([error.metadata["node_id"], error.metadata["peer_address"]], ["za", peer.address]);
+      assert.ok(Date.now() - started < 5_000);
+    } finally {
+      peer.close();
+    }
+  });
+
+  test("a peer without Multiplex (contract 1.1.0) is called with unary Send", async () => {
+    const info = { nodeId: "legacy", contractVersion: "1.1.0", language: "test", agentTypes: [{ agentType: "old", handledTypes: [] }] };
+    const served = counting();
+    const peer = await fakePeer(
+      {
+        describe: () => ({ node: info }),
+        async *subscribe(_request, ctx) {
+          yield { kind: { case: "node", value: info } };
+          await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
+        },
+        send: (request) => ({ nodeId: "legacy", result: encodePayload(EchoedSchema, { text: `legacy ${request.recipient?.key ?? ""}` }) }),
+      },
+      served.interceptor,
+    );
+    try {
+      const a = await fx.started({ nodeId: "la", peers: { legacy: peer.address } });
+      await a.waitForRoute("old");
+      for (const key of ["k1", "k2", "k3", "k4", "k5"]) {
+        const echoed = await a.call({ type: "old", key }, EchoSchema, { text: "x" }, EchoedSchema);
+        assert.equal(echoed.text, `legacy ${key}`);
+      }
+      assert.equal(served.counts.get("Multiplex"), 1);
+      assert.equal(served.counts.get("Send"), 5);
+    } finally {
+      peer.close();
+    }
+  });
+});
+
+/** A port free on 127.0.0.1 now. */
+async function freePort(): Promise<number> {
+  const probe = net.createServer();
+  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+  const port = (probe.address() as AddressInfo).port;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}
+
+/**
+ * A TCP proxy to `target` that can freeze: a frozen proxy keeps its
+ * connections open and passes nothing on, as a SIGSTOPped peer does.
+ */
+async function freezableProxy(target: () => string): Promise<{ address: string; freeze(): void; thaw(): void; close(): void }> {
+  const sockets = new Set<net.Socket>();
+  let frozen = false;
+  const server = net.createServer((client) => {
+    if (frozen) {
+      sockets.add(client); // accepted by the kernel, never answered
+      return;
+    }
+    const address = target();
+    const upstream = net.connect({ host: address.slice(0, address.lastIndexOf(":")), port: Number(address.slice(address.lastIndexOf(":") + 1)) });
+    for (const [from, to] of [
+      [client, upstream],
+      [upstream, client],
+    ] as const) {
+      sockets.add(from);
+      from.on("data", (chunk) => {
+        if (!frozen) {
+          to.write(chunk);
+        }
+      });
+      from.on("error", () => to.destroy());
+      from.on("close", () => to.destroy());
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    address: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    freeze: () => {
+      frozen = true;
+    },
+    thaw: () => {
+      frozen = false;
+      for (const socket of sockets) {
+        socket.destroy();
+      }
+      sockets.clear();
+    },
+    close: () => {
+      server.close();
+      for (const socket of sockets) {
+        socket.destroy();
+      }
+    },
+  };
+}
+
+describe("a frozen peer", T, () => {
+  const fx = new Fixture();
+  after(() => fx.close());
+
+  test("is ejected by keepalive: its calls fail PEER_UNAVAILABLE, its types too, and it comes back", async () => {
+    // b is reached through the proxy only: it advertises the proxy's address.
+    const port = await freePort();
+    const proxy = await freezableProxy(() => `127.0.0.1:${port}`);
+    await fx.started({ nodeId: "fb", port, advertiseAddress: proxy.address }, (n) => registerConformance(n, "frozen"));
+    try {
+      const a = await fx.started({ nodeId: "fa", peers: { b: proxy.address }, keepaliveTimeMs: 2_000, keepaliveTimeoutMs: 500 });
+      await a.waitForRoute("frozen");
+      assert.equal((await a.call({ type: "frozen", key: "k" }, EchoSchema, { text: "up" }, EchoedSchema)).nodeId, "fb");
+      proxy.freeze();
+      const frozenAt = Date.now();
+      const inFlight = await rejectsWith(a.send({ type: "frozen", key: "k" }, EchoSchema, { text: "x" }, { timeoutMs: 20_000 }), Code.Unavailable, "PEER_UNAVAILABLE");
+      assert.ok(Date.now() - frozenAt < 2_000 + 500 + 1_500, `ejected after ${Date.now() - frozenAt} ms`);
+      assert.equal(inFlight.metadata["peer_address"], proxy.address);
+      // The next calls fail at once: the type's only host is known but unreachable.
+      const started = Date.now();
+      await rejectsWith(a.send({ type: "frozen", key: "k2" }, EchoSchema, { text: "x" }, { timeoutMs: 20_000 }), Code.Unavailable, "PEER_UNAVAILABLE");
+      assert.ok(Date.now() - started < 1_000);
+      proxy.thaw();
+      await a.waitForRoute("frozen", { timeoutMs: 10_000 });
+      assert.equal((await a.call({ type: "frozen", key: "k" }, EchoSchema, { text: "back" }, EchoedSchema)).nodeId, "fb");
+    } finally {
+      proxy.close();
+    }
   });
 });

@@ -199,7 +199,7 @@ describe("tracing across nodes", T, () => {
     assert.equal(v.parentSpanContext?.spanId, "b7ad6b7169203331");
   });
 
-  test("calls on a Connect stream take their parent from each frame's envelope", async () => {
+  test("calls on a Multiplex stream take their parent from each frame's envelope", async () => {
     const rec = recorder();
     const node = await fx.started({ nodeId: "tx", tracerProvider: rec.provider }, (n) => registerConformance(n));
     const client = fx.client(node.address);
@@ -221,7 +221,7 @@ describe("tracing across nodes", T, () => {
       };
     }
     let outcomes = 0;
-    for await (const response of client.agentService.connect(frames(), { timeoutMs: 5_000 })) {
+    for await (const response of client.agentService.multiplex(frames(), { timeoutMs: 5_000 })) {
       outcomes += response.calls.length;
     }
     assert.equal(outcomes, 1);
@@ -365,12 +365,12 @@ describe("failures on spans", T, () => {
       assert.equal(exception.attributes?.["exception.message"], "it broke");
     }
 
-    // A ravi error keeps its code; without a reason there is no ravi.error.reason.
+    // A ravi error keeps its code and carries HANDLER_FAILED (errors.proto).
     rec.exporter.reset();
-    await rejectsWith(node.send({ type: "conformance", key: "f" }, FailSchema, { code: Code.NotFound, message: "gone" }), Code.NotFound, null);
+    await rejectsWith(node.send({ type: "conformance", key: "f" }, FailSchema, { code: Code.NotFound, message: "gone" }), Code.NotFound, "HANDLER_FAILED");
     const handle = only(rec.spans(), named("handle conformance", "err"), "handle");
     assert.equal(handle.attributes["ravi.error.code"], "NOT_FOUND");
-    assert.equal(handle.attributes["ravi.error.reason"], undefined);
+    assert.equal(handle.attributes["ravi.error.reason"], "HANDLER_FAILED");
 
     // Failures before the handler (no handler for the type) fail the handle span too.
     rec.exporter.reset();

@@ -6,26 +6,30 @@ import re
 from dataclasses import dataclass
 
 from ravi.errors import BadId
+from ravi.mesh.v1.contract import MAX_KEY_BYTES, MAX_TYPE_BYTES
 
 _TYPE_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]+")
-_MAX_LENGTH = 512
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""The control characters (Unicode category Cc) a printable key may not hold (types.proto)."""
 
 
 def _check_type(kind: str, value: object) -> None:
     if not isinstance(value, str) or not _TYPE_PATTERN.fullmatch(value):
         raise BadId(
             f"{kind} must be a non-empty string of letters, digits, '_', '-', '.' or ':'; "
-            f"got {value!r}"
+            f"got {value[:64] if isinstance(value, str) else value!r}"
         )
-    if len(value) > _MAX_LENGTH:
-        raise BadId(f"{kind} is longer than {_MAX_LENGTH} characters")
+    if len(value) > MAX_TYPE_BYTES:
+        raise BadId(f"{kind} is longer than {MAX_TYPE_BYTES} characters")
 
 
 def _check_name(kind: str, value: object) -> None:
-    if not isinstance(value, str) or not value or not value.isprintable():
-        raise BadId(f"{kind} must be a non-empty printable string; got {value!r}")
-    if len(value) > _MAX_LENGTH:
-        raise BadId(f"{kind} is longer than {_MAX_LENGTH} characters")
+    if not isinstance(value, str) or not value or _CONTROL.search(value):
+        shown = value[:64] if isinstance(value, str) else value
+        raise BadId(f"{kind} must be a non-empty string without control characters; got {shown!r}")
+    # A key of at most MAX_KEY_BYTES / 4 characters cannot exceed the limit in UTF-8.
+    if len(value) > MAX_KEY_BYTES // 4 and len(value.encode()) > MAX_KEY_BYTES:
+        raise BadId(f"{kind} is longer than {MAX_KEY_BYTES} bytes of UTF-8")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -26,11 +27,63 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
 from ravi.errors import BadPayload
+from ravi.mesh.v1.contract import MAX_NESTING_DEPTH
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 JSON_VALUE = "google.protobuf.Value"
 _JSON_NATIVE = frozenset({str, int, float, bool, list, dict})
+_MEDIA_TYPES = {PROTOBUF: PROTOBUF, JSON: JSON}
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+"""JSON strings (skipped whole) and the brackets that nest, for the depth check."""
+
+
+def media_type(content_type: str) -> str:
+    """The content type a payload names, as PROTOBUF or JSON (types.proto, Payload).
+
+    Type and subtype match case-insensitively and parameters are allowed, but a
+    charset other than UTF-8 is refused: "application/json; charset=utf-8" is JSON.
+
+    Raises:
+        BadPayload: neither encoding, or a charset other than UTF-8.
+    """
+    known = _MEDIA_TYPES.get(content_type)
+    if known is not None:
+        return known
+    essence, _, parameters = content_type.partition(";")
+    known = _MEDIA_TYPES.get(essence.strip().lower())
+    if known is None:
+        raise BadPayload(
+            f"content type {content_type[:100]!r} is not supported; use {PROTOBUF!r} or {JSON!r}"
+        )
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            raise BadPayload(f"content type {content_type[:100]!r}: only UTF-8 JSON is accepted")
+    return known
+
+
+def check_json_depth(data: bytes) -> None:
+    """Refuse JSON nested deeper than MAX_NESTING_DEPTH arrays and objects (BAD_PAYLOAD).
+
+    Counting is only needed when there are more brackets than the limit, which keeps
+    ordinary payloads on the fast path.
+    """
+    if data.count(b"[") + data.count(b"{") <= MAX_NESTING_DEPTH:
+        return
+    depth = 0
+    for token in _JSON_TOKENS.finditer(data):
+        first = token.group()[:1]
+        if first in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_NESTING_DEPTH:
+                raise BadPayload(f"JSON nests deeper than {MAX_NESTING_DEPTH} arrays and objects")
+        elif first in (b"]", b"}"):
+            depth -= 1
+
 
 C = TypeVar("C", bound=type)
 
@@ -74,14 +127,10 @@ class _ProtobufCodec(_Codec):
         try:
             if content_type == PROTOBUF:
                 message.ParseFromString(data)
-            elif content_type == JSON:
-                json_format.Parse(data, message)
             else:
-                raise BadPayload(
-                    f"content type {content_type!r} is not supported for {self.name}; "
-                    f"use {PROTOBUF!r} or {JSON!r}"
-                )
-        except (DecodeError, json_format.ParseError, UnicodeDecodeError) as exc:
+                check_json_depth(data)
+                json_format.Parse(data, message, max_recursion_depth=MAX_NESTING_DEPTH + 1)
+        except (DecodeError, json_format.ParseError, UnicodeDecodeError, RecursionError) as exc:
             raise BadPayload(f"cannot decode {self.name} from {content_type}: {exc}") from exc
         return message
 
@@ -101,6 +150,7 @@ class _JsonCodec(_Codec):
     def decode(self, content_type: str, data: bytes) -> Any:
         if content_type != JSON:
             raise BadPayload(f"{self.name} travels as {JSON}, not {content_type!r}")
+        check_json_depth(data)
         try:
             return self._adapter.validate_json(data, strict=False)
         except pydantic.ValidationError as exc:
@@ -211,11 +261,15 @@ class MessageRegistry:
             BadPayload: the name is unknown, the content type is not supported, or
                 the data does not decode.
         """
+        if "/" in type_name:
+            # A type URL, as google.protobuf.Any writes it, names the type after its last '/'.
+            type_name = type_name.rpartition("/")[2]
+        content_type = media_type(content_type)
         if type_name == JSON_VALUE:
             return _decode_json_value(content_type, data)
         codec = self._by_name.get(type_name) or self._protobuf_codec(type_name)
         if codec is None:
-            raise BadPayload(f"unknown message type {type_name!r}")
+            raise BadPayload(f"unknown message type {type_name[:200]!r}")
         return codec.decode(content_type, data)
 
     def _protobuf_codec(self, type_name: str) -> _Codec | None:
@@ -245,9 +299,10 @@ def _encode_json_value(value: Any, content_type: str | None) -> EncodedMessage:
 def _decode_json_value(content_type: str, data: bytes) -> Any:
     if content_type != JSON:
         raise BadPayload(f"{JSON_VALUE} travels as {JSON}, not {content_type!r}")
+    check_json_depth(data)
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadPayload(f"cannot decode {JSON_VALUE} from {JSON}: {exc}") from exc
 
 

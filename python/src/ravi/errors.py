@@ -40,7 +40,7 @@ reason, which is how errors received from other nodes keep their type.
 Errors cross the wire in two encodings, mapped here and nowhere else: a gRPC
 status with a `google.rpc.ErrorInfo` detail (unary calls: `to_grpc_status`,
 `from_grpc_error`) and a `ravi.mesh.v1.CallFailure` (a frame of the multiplexed
-Connect stream, and Restate's call outcomes: `to_call_failure`,
+Multiplex stream, and Restate's call outcomes: `to_call_failure`,
 `from_call_failure`). Both carry the same four fields (code, message, reason,
 metadata), so an error reads the same whichever way it travelled.
 """
@@ -309,21 +309,29 @@ class Internal(RaviError):
 def handler_error(exc: Exception, agent: str) -> RaviError:
     """The error the caller of a handler that raised `exc` gets.
 
-    A RaviError as raised; anything else as HandlerFailed, carrying the
-    exception's type and message.
+    Every handler failure carries reason HANDLER_FAILED with the exception's type
+    and message (errors.proto): anything but a RaviError as HandlerFailed
+    (UNKNOWN); a RaviError keeps its class and code, and gets the reason unless it
+    has one of its own (one a nested call failed with, which it keeps).
 
     Args:
         exc: what the handler raised.
         agent: the agent whose handler it was, as "type/key".
     """
+    agent_type = agent.partition("/")[0]
     if isinstance(exc, RaviError):
+        if exc.reason is None:
+            exc.reason = HandlerFailed.default_reason
+            exc.metadata.setdefault("exception_type", type(exc).__name__)
+            exc.metadata.setdefault("exception_message", exc.message)
+            exc.metadata.setdefault("agent_type", agent_type)
         return exc
     failure = HandlerFailed(
         f"handler of {agent} raised {type(exc).__name__}: {exc}",
         metadata={
             "exception_type": type(exc).__name__,
             "exception_message": str(exc),
-            "agent_type": agent.partition("/")[0],
+            "agent_type": agent_type,
         },
     )
     failure.__cause__ = exc
@@ -380,10 +388,14 @@ def error_for(
 ) -> RaviError:
     """Build the most specific `RaviError` for a code and an optional reason.
 
-    The reason decides the class when it is a known `ErrorReason` (a handler that
-    raised keeps HandlerFailed whatever its code); otherwise the code does.
+    The reason decides the class when it is a known `ErrorReason`, except that a
+    handler failure with a code of its own takes the class of that code (as the
+    handler raised it); otherwise the code does.
     """
-    cls = _BY_REASON.get(reason or "") or _BY_CODE.get(code, RaviError)
+    if reason == HandlerFailed.default_reason and code is not Code.UNKNOWN:
+        cls = _BY_CODE.get(code, RaviError)
+    else:
+        cls = _BY_REASON.get(reason or "") or _BY_CODE.get(code, RaviError)
     return cls(message, code=code, reason=reason, remote=remote, metadata=metadata)
 
 
@@ -454,7 +466,7 @@ def from_grpc_error(error: grpc.aio.AioRpcError) -> RaviError:
 
 
 def to_call_failure(exc: BaseException) -> agent_service_pb2.CallFailure:
-    """The `CallFailure` a Connect frame (or a Restate call outcome) carries for `exc`.
+    """The `CallFailure` a Multiplex frame (or a Restate call outcome) carries for `exc`.
 
     The same fields as `to_grpc_status`: a non-ravi exception is HANDLER_FAILED.
     """

@@ -31,6 +31,7 @@ import (
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
 	"github.com/ravi-mesh/ravi/interop/go/agents"
 	"github.com/ravi-mesh/ravi/interop/go/ravi"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -153,19 +154,32 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	advertise := fs.String("advertise", "", "address peers dial to reach this node (default: the listen address)")
 	nodeID := fs.String("node-id", "", "node id, unique in the mesh (default: go-<random>)")
 	peers := peerFlags{}
-	fs.Var(peers, "peer", "a peer as name=host:port (repeatable)")
+	fs.Var(peers, "peer", "a peer as name=host:port (repeatable); with name=dns:host:port every address host resolves to is a peer, resolved again every --peer-dns-interval seconds")
+	dnsInterval := fs.Float64("peer-dns-interval", ravi.DefaultPeerDNSInterval.Seconds(), "seconds between two resolutions of dns: peers")
 	token := fs.String("token", os.Getenv("RAVI_TOKEN"), "bearer token required of callers and sent to peers (default $RAVI_TOKEN)")
 	healthWithoutAuth := fs.Bool("health-without-auth", false, "serve health checks without the token")
 	maxBytes := fs.Int("max-message-bytes", ravi.DefaultMaxMessageBytes, "largest message accepted or sent")
 	confType := fs.String("conformance-type", agents.ConformanceType, "agent type of the conformance agent")
 	formatWith := fs.String("format-with", "", "agent type of a formatter the reviewer sends approved drafts to")
 	grace := fs.Duration("grace", ravi.DefaultGracePeriod, "how long in-flight calls may drain on shutdown")
+	keepaliveTime := fs.Float64("keepalive-time", meshv1.DefaultKeepaliveTime.Seconds(), "seconds between two pings (HTTP/2 PING) of each peer's connection")
+	keepaliveTimeout := fs.Float64("keepalive-timeout", meshv1.DefaultKeepaliveTimeout.Seconds(), "seconds a ping may go unanswered before the peer's connection is closed: its calls fail UNAVAILABLE and its agent types with them")
 	verbose := fs.Bool("v", false, "debug logging")
 	otlpEndpoint := fs.String("otlp-endpoint", "", "export traces over OTLP gRPC to this URL, such as http://127.0.0.1:4317 (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or $OTEL_EXPORTER_OTLP_ENDPOINT; neither: no tracing)")
 	serveTLS := addServerTLSFlags(fs)
 	peerTLS := addPeerTLSFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *dnsInterval <= 0 {
+		return usageError{fmt.Sprintf("--peer-dns-interval must be positive, got %v", *dnsInterval)}
+	}
+	// Every node accepts pings every DefaultKeepaliveTime / 2 (contract.toml).
+	if minimum := meshv1.DefaultKeepaliveTime.Seconds() / 2; *keepaliveTime < minimum {
+		return usageError{fmt.Sprintf("--keepalive-time must be at least %v s, got %v", minimum, *keepaliveTime)}
+	}
+	if *keepaliveTimeout <= 0 {
+		return usageError{fmt.Sprintf("--keepalive-timeout must be positive, got %v", *keepaliveTimeout)}
 	}
 	// TLS files are read now: a bad one fails before anything is served.
 	serverCreds, err := serveTLS.serverOption()
@@ -189,6 +203,8 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 		ListenAddr:        *listen,
 		AdvertiseAddr:     *advertise,
 		Peers:             peers,
+		PeerDNSInterval:   seconds(*dnsInterval),
+		PeerKeepalive:     &keepalive.ClientParameters{Time: seconds(*keepaliveTime), Timeout: seconds(*keepaliveTimeout), PermitWithoutStream: true},
 		Token:             *token,
 		HealthWithoutAuth: *healthWithoutAuth,
 		MaxMessageBytes:   *maxBytes,
@@ -553,4 +569,9 @@ func randomHex(nbytes int) string {
 	b := make([]byte, nbytes)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// seconds converts a flag given in seconds, as `ravi node` takes them.
+func seconds(s float64) time.Duration {
+	return time.Duration(s * float64(time.Second))
 }

@@ -33,11 +33,6 @@ export interface ConformanceState {
   readonly cancelled: string[];
 }
 
-/** Valid gRPC codes a Fail may ask for (1..16). */
-function isCode(code: number): code is Code {
-  return Number.isInteger(code) && code >= 1 && code <= 16;
-}
-
 /**
  * The conformance agent: Echo -> Echoed, Fail, Sleep -> Slept (cancellable),
  * Forward -> the target's Echoed, Report -> Observed; no handler for
@@ -57,13 +52,15 @@ export function conformanceAgent(): AgentDefinition<ConformanceState> {
         language: LANGUAGE,
         ...(ctx.sender === undefined ? {} : { sender: create(AgentIdSchema, ctx.sender) }),
         metadata: { ...ctx.metadata },
+        messageId: ctx.messageId,
       };
     })
     .on(FailSchema, (fail) => {
       if (fail.code === 0) {
         throw new Error(fail.message);
       }
-      throw new RaviError(isCode(fail.code) ? fail.code : Code.Unknown, fail.message);
+      // Any code, in range or not: the node maps what a status cannot carry to UNKNOWN.
+      throw new RaviError(fail.code as Code, fail.message);
     })
     .on(SleepSchema, SleptSchema, async (request, ctx) => {
       try {

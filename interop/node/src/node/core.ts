@@ -4,8 +4,13 @@
 // features live one per file next to this one.
 import { create } from "@bufbuild/protobuf";
 import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
-import { CONTRACT_VERSION, DEFAULT_MAILBOX_CAPACITY } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
+import { Code, ConnectError, createContextKey, type HandlerContext } from "@connectrpc/connect";
+import {
+  CONTRACT_VERSION,
+  DEFAULT_KEEPALIVE_TIME_MS,
+  DEFAULT_KEEPALIVE_TIMEOUT_MS,
+  DEFAULT_MAILBOX_CAPACITY,
+} from "@ravi-mesh/contract/ravi/mesh/v1/contract";
 import { NodeInfoSchema, type Envelope, type NodeInfo } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
@@ -27,6 +32,7 @@ import { checkAgentType, checkTopicType } from "../ids.js";
 import { PeerLink, type Logger, type PeerHost } from "../peers.js";
 import { clientTlsMaterial, serverTlsOptions, type ClientTlsMaterial } from "../tls.js";
 import { NodeTracing } from "../tracing.js";
+import { dnsTarget } from "./discovery.js";
 import { AGENT_SERVICE_NAME, LANGUAGE, NodeOptions, SubscriptionInfo, stderrLogger } from "./options.js";
 import { StreamSubscriber, filterProto } from "./streams.js";
 
@@ -76,11 +82,15 @@ export class NodeCore {
   readonly options: NodeOptions;
   readonly maxMessageBytes: number;
   readonly defaultTimeoutMs: number;
+  readonly keepaliveTimeMs: number;
+  readonly keepaliveTimeoutMs: number;
   readonly eventTimeoutMs: number;
   readonly streamQueueCapacity: number;
   readonly registrations = new Map<string, Registration>();
   readonly subscriptionsById = new Map<string, SubscriptionInfo>();
   readonly streams = new Set<StreamSubscriber>();
+  /** Open Subscribe streams per caller (CALLER). */
+  readonly streamsByCaller = new Map<string, number>();
   readonly links: PeerLink[] = [];
   readonly routes = new Map<string, RouteEntry>();
   readonly events = new EventEmitter();
@@ -88,6 +98,9 @@ export class NodeCore {
   readonly health = new HealthState();
   readonly tracing: NodeTracing;
   readonly shutdownController = new AbortController();
+  /** Ends the resolution of dns: peers (node/discovery.ts). */
+  readonly discoveryController = new AbortController();
+  discovery: Promise<void> | undefined;
   readonly sessions = new Set<http2.ServerHttp2Session>();
   readonly background = new Set<Promise<unknown>>();
   server: http2.Http2Server | http2.Http2SecureServer | undefined;
@@ -107,6 +120,14 @@ export class NodeCore {
     this.logger = options.logger ?? stderrLogger(options.nodeId);
     this.maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     this.defaultTimeoutMs = options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.keepaliveTimeMs = options.keepaliveTimeMs ?? DEFAULT_KEEPALIVE_TIME_MS;
+    this.keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_TIMEOUT_MS;
+    // Every node accepts pings every DEFAULT_KEEPALIVE_TIME_MS / 2 (contract.toml).
+    if (this.keepaliveTimeMs < DEFAULT_KEEPALIVE_TIME_MS / 2 || this.keepaliveTimeoutMs <= 0) {
+      throw new Error(
+        `keepaliveTimeMs must be at least ${DEFAULT_KEEPALIVE_TIME_MS / 2} and keepaliveTimeoutMs positive, got ${this.keepaliveTimeMs} and ${this.keepaliveTimeoutMs}`,
+      );
+    }
     this.eventTimeoutMs = options.eventTimeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.streamQueueCapacity = options.streamQueueCapacity ?? 10_000;
     this.mailboxCapacity = options.mailboxCapacity ?? DEFAULT_MAILBOX_CAPACITY;
@@ -116,6 +137,13 @@ export class NodeCore {
     // Read and checked now: a missing or unusable file fails here, not at the first call.
     this.serverTls = options.tls === undefined ? undefined : serverTlsOptions(options.tls);
     this.peerTls = options.peerTls === undefined ? undefined : clientTlsMaterial(options.peerTls);
+    for (const [name, address] of Object.entries(options.peers ?? {})) {
+      try {
+        dnsTarget(address);
+      } catch (error) {
+        throw new Error(`peer ${JSON.stringify(name)}: ${error instanceof Error ? error.message : String(error)}`);
+      }
+    }
     this.events.setMaxListeners(0);
     this.health.set("", ServingStatus.NOT_SERVING);
     this.health.set(AGENT_SERVICE_NAME, ServingStatus.NOT_SERVING);
@@ -233,3 +261,6 @@ export class NodeCore {
     return Date.now() + (timeout ?? this.defaultTimeoutMs);
   }
 }
+
+/** The caller of a call: its connection's remote address (for per-caller limits). */
+export const CALLER = createContextKey<string>("unknown", { description: "the caller's remote address" });

@@ -6,6 +6,7 @@ import { AgentService } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb"
 import { type TopicFilterSpec } from "../client.js";
 import { type Logger } from "../peers.js";
 import { type ClientTlsOptions, type ServerTlsOptions } from "../tls.js";
+import { type Resolver } from "./discovery.js";
 
 
 /** NodeInfo.language of this implementation. */
@@ -22,8 +23,16 @@ export interface NodeOptions {
   port?: number | undefined;
   /** The host:port peers should dial (default host:port as bound). */
   advertiseAddress?: string | undefined;
-  /** Peers to connect to: name -> host:port. */
+  /**
+   * Peers to connect to: name -> host:port, or dns:HOST:PORT for a pool of
+   * nodes whose every address HOST resolves to is a peer, resolved again every
+   * `peerDnsIntervalMs` (node/discovery.ts).
+   */
   peers?: Readonly<Record<string, string>> | undefined;
+  /** The time between two resolutions of a dns: peer (default 10 s). */
+  peerDnsIntervalMs?: number | undefined;
+  /** Resolves dns: peers (default: getaddrinfo, `resolveDns`). */
+  resolver?: Resolver | undefined;
   /** When set, every call must carry "authorization: Bearer <token>"; also sent to peers. */
   token?: string | undefined;
   /** Lets health checks through without a token. */
@@ -47,6 +56,15 @@ export interface NodeOptions {
   maxMessageBytes?: number | undefined;
   /** The deadline of calls that arrive without one (default 60 s). */
   defaultTimeoutMs?: number | undefined;
+  /**
+   * How often the node pings each peer's connection (HTTP/2 PING; default 4 s,
+   * at least 2 s, which every node accepts), and how long a ping may go
+   * unanswered before the connection closes (default 4 s): a frozen peer is
+   * ejected within their sum, its calls failing UNAVAILABLE and its types
+   * leaving the routing table.
+   */
+  keepaliveTimeMs?: number | undefined;
+  keepaliveTimeoutMs?: number | undefined;
   /** The deadline of handlers that receive a published event (default 60 s). */
   eventTimeoutMs?: number | undefined;
   /** Messages one agent's mailbox holds before MAILBOX_FULL (default 10,000). */

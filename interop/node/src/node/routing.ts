@@ -7,19 +7,25 @@ import { PeerLink } from "../peers.js";
 import { rendezvousPick } from "../rendezvous.js";
 import { NodeCore } from "./core.js";
 
-/** Adds a peer and starts connecting to it (a no-op if that address is a peer already). */
-export function addPeer(node: NodeCore, label: string, address: string): void {
-  if (node.state === "stopping" || node.state === "stopped") {
-    return;
+/**
+ * Adds a peer and starts connecting to it; returns its link (the existing one
+ * if that address is a peer already), or undefined for this node's own address
+ * or a node that stops.
+ */
+export function addPeer(node: NodeCore, label: string, address: string): PeerLink | undefined {
+  if (node.state === "stopping" || node.state === "stopped" || address === node.advertised) {
+    return undefined;
   }
-  if (address === node.advertised || node.links.some((l) => l.address === address && !l.stopped)) {
-    return;
+  const known = node.links.find((l) => l.address === address && !l.stopped);
+  if (known !== undefined) {
+    return known;
   }
   const link = new PeerLink(node.host, label, address);
   node.links.push(link);
   if (node.state === "serving") {
     link.start();
   }
+  return link;
 }
 
 /** The peers, as configured or learned. */
@@ -109,6 +115,7 @@ export function onPeerInfo(node: NodeCore, link: PeerLink, info: NodeInfo): void
   }
   link.nodeId = info.nodeId;
   link.incarnation = info.incarnation;
+  link.lastInfo = info;
   node.routes.set(info.nodeId, { info, link });
   node.events.emit("routes");
 }
@@ -146,7 +153,31 @@ export function peerClient(node: NodeCore, address: string): RaviClient {
     token: node.options.token,
     interceptors: node.options.clientInterceptors,
     maxMessageBytes: node.maxMessageBytes,
-    http2: { pingIntervalMs: 10_000, pingTimeoutMs: 5_000 },
+    // A frozen peer is ejected within keepaliveTimeMs + keepaliveTimeoutMs: its
+    // calls fail UNAVAILABLE and its types leave the routing table. The
+    // connection always carries the peer's Subscribe stream, so it is pinged
+    // whenever it is up (connect-node 2.1.2's pingIdleConnection would also
+    // ping a session it destroyed, an uncaught exception).
+    http2: { pingIntervalMs: node.keepaliveTimeMs, pingTimeoutMs: node.keepaliveTimeoutMs },
     tls: node.peerTls,
   });
+}
+
+/**
+ * The addresses of the peers that hosted `agentType` when they were last
+ * connected and are unreachable now (not in `exclude`): a call for a type that
+ * only they host is UNAVAILABLE / PEER_UNAVAILABLE, not NOT_FOUND.
+ */
+export function unreachableHosting(node: NodeCore, agentType: string, exclude: readonly string[] = []): string[] {
+  return node.links
+    .filter(
+      (l) =>
+        !l.stopped &&
+        l.lastInfo !== undefined &&
+        !exclude.includes(l.lastInfo.nodeId) &&
+        node.routes.get(l.lastInfo.nodeId)?.link !== l &&
+        l.lastInfo.agentTypes.some((t) => t.agentType === agentType),
+    )
+    .map((l) => l.address)
+    .sort();
 }

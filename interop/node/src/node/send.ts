@@ -15,7 +15,7 @@ import { randomUUID } from "node:crypto";
 import type { SendOptions } from "../agent.js";
 import { SendReply } from "../client.js";
 import { asRaviError, errors } from "../errors.js";
-import { CallScope, raceAbort, traceHeaders, type Origin, type TraceContext } from "../host.js";
+import { CallScope, traceHeaders, type Origin, type TraceContext } from "../host.js";
 import {
   checkAgentId,
   checkTopicId,
@@ -32,7 +32,7 @@ import {
 } from "../tracing.js";
 import { CallInfo, NodeCore, handlerMetadata } from "./core.js";
 import { deliverEvent, withRoom } from "./deliver.js";
-import { route } from "./routing.js";
+import { route, unreachableHosting } from "./routing.js";
 
 // --- Send -------------------------------------------------------------------
 /**
@@ -127,37 +127,51 @@ export async function forwardTo(
     throw errors.hopLimit(node.nodeId, HOP_LIMIT);
   }
   const target = route(node, recipient.type, recipient.key, visited);
-  const client = target === undefined ? undefined : node.routes.get(target)?.link.client;
-  if (target === undefined || client === undefined) {
-    throw errors.agentTypeNotFound(recipient.type, node.nodeId);
+  const link = target === undefined ? undefined : node.routes.get(target)?.link;
+  const client = link?.client;
+  if (target === undefined || link === undefined || client === undefined) {
+    const unreachable = unreachableHosting(node, recipient.type, visited);
+    throw unreachable.length > 0
+      ? errors.peerUnavailable(
+          node.nodeId,
+          unreachable.join(", "),
+          `every node hosting agent type "${recipient.type}" is unreachable (${unreachable.join(", ")})`,
+        )
+      : errors.agentTypeNotFound(recipient.type, node.nodeId);
   }
   forwarding?.span.setAttribute("ravi.route.next_node", target);
   const nextRoute = call.received ? { hopCount: hops + 1, visitedNodeIds: [...visited, node.nodeId] } : request.route;
   const scope = new CallScope(call.deadline, call.signal, `while forwarding to ${target}`);
   try {
-    // The envelope travels unchanged, with the message's own trace context, and
-    // the unary call's gRPC metadata carries the same (as Python's nodes do).
-    const headers = traceHeaders(
-      request.envelope?.metadata["traceparent"] !== undefined ? traceOfCarrier(request.envelope.metadata) : call.trace,
-    );
-    const pending = client.sendRequest(
+    // The envelope travels with the message's own trace context; a call that
+    // brought its trace context in gRPC metadata only gets it into the
+    // envelope, the one carrier of a frame on the Multiplex stream (a unary
+    // fallback's gRPC metadata carries the same, as Python's nodes do).
+    let envelope = request.envelope;
+    let headers: Record<string, string> | undefined;
+    if (envelope?.metadata["traceparent"] !== undefined) {
+      headers = traceHeaders(traceOfCarrier(envelope.metadata));
+    } else {
+      headers = traceHeaders(call.trace);
+      if (envelope !== undefined && headers !== undefined) {
+        envelope = { ...envelope, metadata: { ...envelope.metadata, ...headers } };
+      }
+    }
+    return await client.multiplexer.send(
       {
         recipient: request.recipient,
-        ...(request.envelope === undefined ? {} : { envelope: request.envelope }),
+        ...(envelope === undefined ? {} : { envelope }),
         ...(nextRoute === undefined ? {} : { route: nextRoute }),
         ...(request.topic === undefined ? {} : { topic: request.topic }),
       },
-      {
-        timeoutMs: call.deadline - Date.now(),
-        signal: scope.signal,
-        ...(headers === undefined ? {} : { headers }),
-      },
+      call.deadline - Date.now(),
+      scope.signal,
+      headers,
     );
-    return await raceAbort(pending, scope.signal);
   } catch (error) {
     const failure = asRaviError(error);
     if (failure.reason === undefined && failure.code === Code.Unavailable) {
-      throw errors.peerUnavailable(target, failure.message);
+      throw errors.peerUnavailable(node.nodeId, link.address, `peer ${target} at ${link.address} is unavailable: ${failure.message}`);
     }
     throw failure;
   } finally {

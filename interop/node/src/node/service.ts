@@ -1,24 +1,28 @@
 // The node's gRPC server: AgentService, health and reflection on one listener,
 // tokens, graceful stop (Go: node.go, service.go).
 import { type DescService } from "@bufbuild/protobuf";
-import { Code, ConnectError, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, createContextValues, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { file_google_rpc_error_details } from "@ravi-mesh/contract/google/rpc/error_details_pb";
+import { file_google_rpc_status } from "@ravi-mesh/contract/google/rpc/status_pb";
 import { Health } from "@ravi-mesh/contract/grpc/health/v1/health_pb";
 import * as reflectionV1Pb from "@ravi-mesh/contract/grpc/reflection/v1/reflection_pb";
 import * as reflectionV1alphaPb from "@ravi-mesh/contract/grpc/reflection/v1alpha/reflection_pb";
 import { AgentService } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
+import { file_ravi_mesh_v1_errors } from "@ravi-mesh/contract/ravi/mesh/v1/errors_pb";
 import { createHash, timingSafeEqual } from "node:crypto";
 import * as http2 from "node:http2";
 import type { Socket } from "node:net";
 import type { AddressInfo } from "node:net";
-import { asRaviError, RaviError, toConnectError } from "../errors.js";
+import { annotated, asRaviError, RaviError, toConnectError } from "../errors.js";
 import { healthService, ServingStatus } from "../health.js";
 import { ReflectionIndex, reflectionV1, reflectionV1alpha } from "../reflection.js";
-import { sleep } from "../util.js";
-import { handleConnect } from "./connect.js";
-import { NodeCore, traceOf } from "./core.js";
+import { MAX_TIMER_MS, sleep } from "../util.js";
+import { handleMultiplex } from "./multiplex.js";
+import { CALLER, NodeCore, traceOf } from "./core.js";
 import { AGENT_SERVICE_NAME } from "./options.js";
 import { handlePublish } from "./publish.js";
+import { discoverPeers, dnsTarget, type DnsGroup } from "./discovery.js";
 import { addPeer, learn } from "./routing.js";
 import { dispatchSend } from "./send.js";
 import { handleLoadState, handleResolvePromise, handleSaveState } from "./state.js";
@@ -34,9 +38,12 @@ export async function start(node: NodeCore): Promise<string> {
   if (node.state !== "new") {
     throw new RaviError(Code.FailedPrecondition, `node ${node.nodeId} was started already`);
   }
+  // Reflection describes every type a client needs (agent_service.proto): the
+  // handled message types, ErrorReason, and google.rpc.Status / ErrorInfo, so
+  // grpcurl prints error details decoded.
   const index = new ReflectionIndex(
     () => services(node),
-    () => node.types.allFiles(),
+    () => [...node.types.allFiles(), file_ravi_mesh_v1_errors, file_google_rpc_status, file_google_rpc_error_details],
   );
   const handler = connectNodeAdapter({
     routes: (router) => {
@@ -51,10 +58,17 @@ export async function start(node: NodeCore): Promise<string> {
     readMaxBytes: node.maxMessageBytes,
     writeMaxBytes: node.maxMessageBytes,
     shutdownSignal: node.shutdownController.signal,
+    contextValues: (req) =>
+      createContextValues().set(CALLER, `${req.socket.remoteAddress ?? "unknown"}:${req.socket.remotePort ?? 0}`),
     interceptors: [...(node.options.interceptors ?? []), ...serverInterceptors(node)],
   });
+  const guarded = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse): void => {
+    if (guardCredentials(node, req, res) && guardDeadline(req, res)) {
+      handler(req, res);
+    }
+  };
   const server =
-    node.serverTls === undefined ? http2.createServer({}, handler) : http2.createSecureServer(node.serverTls, handler);
+    node.serverTls === undefined ? http2.createServer({}, guarded) : http2.createSecureServer(node.serverTls, guarded);
   // Nagle's algorithm holds small frames back for an ACK; gRPC servers in
   // other languages turn it off, and so do we.
   server.on("connection", (socket: Socket) => socket.setNoDelay(true));
@@ -81,8 +95,17 @@ export async function start(node: NodeCore): Promise<string> {
   node.changed(false);
   node.health.set("", ServingStatus.SERVING);
   node.health.set(AGENT_SERVICE_NAME, ServingStatus.SERVING);
+  const groups: DnsGroup[] = [];
   for (const [name, address] of Object.entries(node.options.peers ?? {})) {
-    addPeer(node, name, address);
+    const target = dnsTarget(address);
+    if (target === undefined) {
+      addPeer(node, name, address);
+    } else {
+      groups.push({ name, ...target, members: new Map() });
+    }
+  }
+  if (groups.length > 0) {
+    node.discovery = discoverPeers(node, groups, node.discoveryController.signal);
   }
   return node.advertised;
 }
@@ -100,6 +123,8 @@ export async function shutdown(node: NodeCore, graceMs: number): Promise<void> {
   for (const stream of node.streams) {
     stream.end();
   }
+  node.discoveryController.abort();
+  await node.discovery;
   await Promise.all(node.links.map((l) => l.stop()));
   node.routes.clear();
   node.events.emit("routes");
@@ -128,6 +153,67 @@ export async function shutdown(node: NodeCore, graceMs: number): Promise<void> {
 }
 
 // --- server-side plumbing ---------------------------------------------------
+/** How close to its deadline a call is answered DEADLINE_EXCEEDED at once, as on Go. */
+const DEADLINE_MARGIN_MS = 5;
+const TIMEOUT_UNITS_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1_000, m: 1, u: 1e-3, n: 1e-6 };
+
+/** Answers a call with a status of its own, as a trailers-only response. */
+function answer(res: http2.Http2ServerResponse, code: Code, message: string): void {
+  res.stream.respond(
+    { ":status": 200, "content-type": "application/grpc", "grpc-status": String(code), "grpc-message": encodeURIComponent(message) },
+    { endStream: true },
+  );
+}
+
+/**
+ * Refuses a call with more than one authorization entry when the node needs a
+ * token (agent_service.proto). Node's http2 keeps only the first entry of a
+ * repeated authorization header, so the interceptor cannot see the second.
+ */
+function guardCredentials(node: NodeCore, req: http2.Http2ServerRequest, res: http2.Http2ServerResponse): boolean {
+  if (node.options.token === undefined) {
+    return true;
+  }
+  if ((node.options.healthWithoutAuth ?? false) && req.url.startsWith(`/${Health.typeName}/`)) {
+    return true;
+  }
+  let entries = 0;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    if (req.rawHeaders[i]?.toLowerCase() === "authorization") {
+      entries += 1;
+    }
+  }
+  if (entries > 1) {
+    answer(res, Code.Unauthenticated, "missing or invalid credentials");
+    return false;
+  }
+  return true;
+}
+
+/**
+ * Handles a call's grpc-timeout before connect does (agent_service.proto): a
+ * call with less than DEADLINE_MARGIN_MS left is answered DEADLINE_EXCEEDED
+ * here (connect-node leaves such calls unanswered), and a deadline beyond what
+ * a Node timer can hold (about 24.8 days) is clamped to it instead of firing at
+ * once. Returns false when it answered the call itself.
+ */
+function guardDeadline(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse): boolean {
+  const header = req.headers["grpc-timeout"];
+  const match = typeof header === "string" ? /^(\d{1,8})([HMSmun])$/.exec(header) : null;
+  if (match === null) {
+    return true;
+  }
+  const ms = Number(match[1]) * (TIMEOUT_UNITS_MS[match[2] ?? "S"] ?? 1_000);
+  if (ms <= DEADLINE_MARGIN_MS) {
+    answer(res, Code.DeadlineExceeded, "the call's deadline passed before it was handled");
+    return false;
+  }
+  if (ms > MAX_TIMER_MS) {
+    req.headers["grpc-timeout"] = `${Math.floor(MAX_TIMER_MS / 1_000)}S`;
+  }
+  return true;
+}
+
 export function serverInterceptors(node: NodeCore): Interceptor[] {
   const token = node.options.token;
   const healthWithoutAuth = node.options.healthWithoutAuth ?? false;
@@ -138,8 +224,10 @@ export function serverInterceptors(node: NodeCore): Interceptor[] {
       if (healthWithoutAuth && req.service.typeName === Health.typeName) {
         return next(req);
       }
-      const match = /^Bearer\s+(.+)$/i.exec(req.header.get("authorization") ?? "");
-      if (match?.[1] === undefined || !timingSafeEqual(sha256(match[1].trim()), expected)) {
+      // Exactly one authorization entry, its scheme in any case (RFC 7235):
+      // Headers joins repeated entries with ", ", which never matches.
+      const match = /^bearer +(\S+) *$/i.exec(req.header.get("authorization") ?? "");
+      if (match?.[1] === undefined || !timingSafeEqual(sha256(match[1]), expected)) {
         throw new ConnectError("missing or invalid credentials", Code.Unauthenticated);
       }
       return next(req);
@@ -171,15 +259,19 @@ export async function serve<T>(node: NodeCore, body: () => T | Promise<T>): Prom
 
 export function agentService(node: NodeCore): ServiceImpl<typeof AgentService> {
   return {
-    send: (request, ctx) =>
-      serve(node, () =>
-        dispatchSend(node, request, {
+    send: async (request, ctx) => {
+      node.refuseWhenStopping();
+      try {
+        return await dispatchSend(node, request, {
           deadline: node.deadlineOf(ctx),
           signal: ctx.signal,
           trace: traceOf(ctx),
           received: true,
-        }),
-      ),
+        });
+      } catch (error) {
+        throw toConnectError(annotated(asRaviError(error), node.nodeId, request.recipient?.type ?? "", request.envelope?.payload?.type ?? ""));
+      }
+    },
     publish: (request, ctx) => serve(node, () => handlePublish(node, request, ctx)),
     subscribe: (request, ctx) => handleSubscribe(node, request, ctx),
     describe: (request) => {
@@ -192,6 +284,6 @@ export function agentService(node: NodeCore): ServiceImpl<typeof AgentService> {
     resolvePromise: (request) => serve(node, () => handleResolvePromise(node, request)),
     saveState: (request) => serve(node, () => handleSaveState(node, request)),
     loadState: (request) => serve(node, () => handleLoadState(node, request)),
-    connect: (requests, ctx) => handleConnect(node, requests, ctx),
+    multiplex: (requests, ctx) => handleMultiplex(node, requests, ctx),
   };
 }

@@ -8,7 +8,7 @@ import {
 } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
 import { PayloadSchema, type Payload } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 import { RaviClient } from "../client.js";
-import { checkPayloadShape, CONTENT_TYPE_JSON } from "../codec.js";
+import { checkJsonDepth, checkPayloadShape, CONTENT_TYPE_JSON, mediaType } from "../codec.js";
 import { asRaviError, errors, RaviError } from "../errors.js";
 import { checkAgentId, formatAgentId, parseAgentId, type AgentAddress } from "../ids.js";
 import { NodeCore } from "./core.js";
@@ -27,10 +27,11 @@ export function jsonObjectPayload(value: JsonObject): Payload {
 export function jsonObjectOf(payload: Payload | undefined, key: string): JsonObject {
   let value: JsonValue;
   try {
-    const media = (checkPayloadShape(payload).contentType.split(";")[0] ?? "").trim().toLowerCase();
+    const media = mediaType(checkPayloadShape(payload).contentType);
     if (media !== CONTENT_TYPE_JSON) {
       throw new Error(`expected ${CONTENT_TYPE_JSON}, got ${media}`);
     }
+    checkJsonDepth(payload?.data ?? new Uint8Array());
     value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(payload?.data)) as JsonValue;
   } catch (error) {
     throw errors.badPayload(`the state of ${key} is not JSON: ${error instanceof Error ? error.message : String(error)}`);

@@ -1,13 +1,14 @@
 // Subscribe: the streams this node serves and the events queued on them
 // (Go: publish.go).
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { Code, type HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { EventSchema, type SubscribeRequest, type SubscribeResponseSchema } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
 import { TopicIdSchema, type Envelope, type TopicFilter } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 import { type TopicFilterSpec } from "../client.js";
 import { RaviError, toConnectError } from "../errors.js";
 import { type TopicAddress } from "../ids.js";
-import { NodeCore } from "./core.js";
+import { DEFAULT_MAX_STREAMS_PER_CALLER } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
+import { CALLER, NodeCore } from "./core.js";
 
 export type StreamItem = MessageInitShape<typeof SubscribeResponseSchema>;
 
@@ -131,6 +132,29 @@ export function offerToStreams(node: NodeCore, topic: TopicAddress, envelope: En
 
 export async function* handleSubscribe(node: NodeCore, request: SubscribeRequest, ctx: HandlerContext): AsyncGenerator<StreamItem> {
   node.refuseWhenStopping();
+  // At most DEFAULT_MAX_STREAMS_PER_CALLER open streams per caller (agent_service.proto).
+  const caller = ctx.values.get(CALLER);
+  const held = node.streamsByCaller.get(caller) ?? 0;
+  if (held >= DEFAULT_MAX_STREAMS_PER_CALLER) {
+    throw new ConnectError(
+      `${caller} holds ${held} Subscribe streams on this node already (at most ${DEFAULT_MAX_STREAMS_PER_CALLER} per caller)`,
+      Code.ResourceExhausted,
+    );
+  }
+  node.streamsByCaller.set(caller, held + 1);
+  try {
+    yield* followStream(node, request, ctx);
+  } finally {
+    const left = (node.streamsByCaller.get(caller) ?? 1) - 1;
+    if (left > 0) {
+      node.streamsByCaller.set(caller, left);
+    } else {
+      node.streamsByCaller.delete(caller);
+    }
+  }
+}
+
+async function* followStream(node: NodeCore, request: SubscribeRequest, ctx: HandlerContext): AsyncGenerator<StreamItem> {
   const filters = request.filters.map(filterSpec).filter((f): f is TopicFilterSpec => f !== undefined);
   const stream = new StreamSubscriber(request.subscriberId, filters);
   node.streams.add(stream);

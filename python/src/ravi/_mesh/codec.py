@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ravi._ids import AgentId, TopicId
-from ravi._serialization import JSON, MessageRegistry
+from ravi._serialization import JSON, MessageRegistry, check_json_depth, media_type
 from ravi._subscriptions import Subscription, TypeSubscription
 from ravi.errors import BadId, BadPayload
 from ravi.mesh.v1 import contract, types_pb2
@@ -131,9 +131,12 @@ def rendezvous_score(node_id: str, agent_type: str, key: str) -> int:
 
 def state_from_wire(payload: types_pb2.Payload) -> Any:
     """An agent's saved state, as SaveState and LoadState carry it (a JSON object)."""
+    if media_type(payload.content_type) != JSON:
+        raise BadPayload(f"agent state travels as {JSON}, not {payload.content_type[:100]!r}")
+    check_json_depth(payload.data)
     try:
         return json.loads(payload.data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadPayload(f"invalid JSON in a {payload.type} payload: {exc}") from exc
 
 

@@ -37,6 +37,7 @@ from ravi.errors import (
     DeadlineExceeded,
     ForwardingLoop,
     HopLimitExceeded,
+    PeerUnavailable,
     RaviError,
     ResourceExhausted,
     Unavailable,
@@ -341,11 +342,22 @@ class MeshNode:
         recipient = request.recipient
         peer = self.peers.route(recipient.type, recipient.key, exclude)
         if peer is None:
-            raise AgentTypeNotFound(
-                f"no node hosts agent type {recipient.type!r} "
-                f"(this node is {self.node_id}; {len(self.peers.connected())} peer(s) connected)"
-            )
+            raise self._no_route(recipient.type, exclude)
         return peer.transport.send(request, remaining, cancellation)
+
+    def _no_route(self, agent_type: str, exclude: frozenset[str] = frozenset()) -> RaviError:
+        """Why no peer takes a call for `agent_type`: its hosts are unreachable, or none exists."""
+        unreachable = self.peers.unreachable(agent_type, exclude)
+        if unreachable:
+            addresses = ", ".join(sorted(peer.address for peer in unreachable))
+            return PeerUnavailable(
+                f"every node hosting agent type {agent_type!r} is unreachable ({addresses})",
+                metadata={"peer_address": addresses},
+            )
+        return AgentTypeNotFound(
+            f"no node hosts agent type {agent_type!r} "
+            f"(this node is {self.node_id}; {len(self.peers.connected())} peer(s) connected)"
+        )
 
     # --- publishing ----------------------------------------------------------
 
@@ -467,6 +479,32 @@ class MeshNode:
         trace: Mapping[str, str],
     ) -> agent_service_pb2.SendResponse:
         """Handle a Send from another node or a client (docs/protocol.md, in that order)."""
+        try:
+            return await self._serve_send(request, remaining, trace)
+        except RaviError as error:
+            if error.reason is not None:
+                self._annotate(error, request)
+            raise
+
+    def _annotate(self, error: RaviError, request: agent_service_pb2.SendRequest) -> None:
+        """Give a failure the ErrorInfo metadata every reason carries (errors.proto).
+
+        A failure decided by another node keeps what that node wrote.
+        """
+        metadata = error.metadata
+        metadata.setdefault("node_id", self.node_id)
+        if error.reason != "BAD_ID":
+            metadata.setdefault("agent_type", request.recipient.type)
+        message_type = request.envelope.payload.type
+        if message_type:
+            metadata.setdefault("message_type", message_type)
+
+    async def _serve_send(
+        self,
+        request: agent_service_pb2.SendRequest,
+        remaining: float | None,
+        trace: Mapping[str, str],
+    ) -> agent_service_pb2.SendResponse:
         recipient = codec.agent_id_from_wire(request.recipient, "recipient")
         if not self.host.hosts(recipient.type):
             return await self._forward(request, remaining)
@@ -673,7 +711,7 @@ class MeshNode:
     def _route_state(self, agent: AgentId) -> Peer:
         peer = self.peers.route(agent.type, agent.key)
         if peer is None:
-            raise AgentTypeNotFound(f"no node hosts agent type {agent.type!r}")
+            raise self._no_route(agent.type)
         return peer
 
     async def serve_save_state(

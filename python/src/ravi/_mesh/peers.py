@@ -65,6 +65,10 @@ class Peer:
         self.transport = transport
         self.info: types_pb2.NodeInfo | None = None
         self.types: frozenset[str] = frozenset()
+        self.last_types: frozenset[str] = frozenset()
+        """The types the peer hosted when it was last connected: kept while it is unreachable."""
+        self.last_types_node = ""
+        """The node id the peer had when it was last connected."""
         self.wake = asyncio.Event()
         self.stream: EventStream | None = None
         self.task: asyncio.Task[None] | None = None
@@ -231,6 +235,21 @@ class Peers:
     def hosting(self, agent_type: str) -> list[Peer]:
         return [peer for peer in self._peers.values() if agent_type in peer.types]
 
+    def unreachable(self, agent_type: str, exclude: frozenset[str] = frozenset()) -> list[Peer]:
+        """The peers that hosted `agent_type` when last connected and are unreachable now.
+
+        A call for a type that only such peers host fails UNAVAILABLE /
+        PEER_UNAVAILABLE, not NOT_FOUND (docs/protocol.md, "Edges").
+        """
+        return [
+            peer
+            for peer in self._peers.values()
+            if not peer.connected
+            and not peer.is_self
+            and agent_type in peer.last_types
+            and peer.last_types_node not in exclude
+        ]
+
     def route(
         self, agent_type: str, key: str, exclude: frozenset[str] = frozenset()
     ) -> Peer | None:
@@ -267,6 +286,9 @@ class Peers:
         # which fails them.
         peer.info = info
         peer.types = frozenset(t.agent_type for t in info.agent_types) if info else frozenset()
+        if info is not None:
+            peer.last_types = peer.types
+            peer.last_types_node = info.node_id
         for listener in self._listeners:
             listener()
 

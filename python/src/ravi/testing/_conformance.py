@@ -60,11 +60,14 @@ class ConformanceAgent(BaseAgent):
             language="python",
             sender=_wire(ctx.sender) if ctx.sender is not None else None,
             metadata=dict(ctx.metadata),
+            message_id=ctx.message_id,
         )
 
     @message_handler
     async def on_fail(self, message: Fail, ctx: MessageContext) -> None:
-        if message.code == 0:
+        if message.code not in Code._value2member_map_:
+            # 0 asks for an ordinary exception; a code outside 1..16 cannot be a Code, so
+            # it fails as an ordinary exception too: UNKNOWN / HANDLER_FAILED either way.
             raise ConformanceError(message.message)
         raise error_for(Code(message.code), message.message)
 

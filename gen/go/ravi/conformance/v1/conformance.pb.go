@@ -84,7 +84,10 @@ type Echoed struct {
 	// sender is the sender the agent saw; unset for a message from outside.
 	Sender *v1.AgentId `protobuf:"bytes,5,opt,name=sender,proto3" json:"sender,omitempty"`
 	// metadata is the envelope metadata the agent saw.
-	Metadata      map[string]string `protobuf:"bytes,6,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Metadata map[string]string `protobuf:"bytes,6,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// message_id is the message id the agent saw: the envelope's, or the one the
+	// node gave a message that arrived without one.
+	MessageId     string `protobuf:"bytes,7,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -159,6 +162,13 @@ func (x *Echoed) GetMetadata() map[string]string {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *Echoed) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
 }
 
 // Fail asks a conformance agent to fail.
@@ -508,20 +518,70 @@ func (*Unhandled) Descriptor() ([]byte, []int) {
 	return file_ravi_conformance_v1_conformance_proto_rawDescGZIP(), []int{8}
 }
 
+// Nest is a message that nests itself, for the nesting limits: no conformance
+// agent handles it, so a Nest within the limits is NO_HANDLER and one beyond
+// them BAD_PAYLOAD.
+type Nest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// inner is the next level.
+	Inner         *Nest `protobuf:"bytes,1,opt,name=inner,proto3" json:"inner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Nest) Reset() {
+	*x = Nest{}
+	mi := &file_ravi_conformance_v1_conformance_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Nest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Nest) ProtoMessage() {}
+
+func (x *Nest) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_conformance_v1_conformance_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Nest.ProtoReflect.Descriptor instead.
+func (*Nest) Descriptor() ([]byte, []int) {
+	return file_ravi_conformance_v1_conformance_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Nest) GetInner() *Nest {
+	if x != nil {
+		return x.Inner
+	}
+	return nil
+}
+
 var File_ravi_conformance_v1_conformance_proto protoreflect.FileDescriptor
 
 const file_ravi_conformance_v1_conformance_proto_rawDesc = "" +
 	"\n" +
 	"%ravi/conformance/v1/conformance.proto\x12\x13ravi.conformance.v1\x1a\x18ravi/mesh/v1/types.proto\"\x1a\n" +
 	"\x04Echo\x12\x12\n" +
-	"\x04text\x18\x01 \x01(\tR\x04text\"\xb1\x02\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\"\xd0\x02\n" +
 	"\x06Echoed\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12+\n" +
 	"\x05agent\x18\x02 \x01(\v2\x15.ravi.mesh.v1.AgentIdR\x05agent\x12\x17\n" +
 	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x1a\n" +
 	"\blanguage\x18\x04 \x01(\tR\blanguage\x12-\n" +
 	"\x06sender\x18\x05 \x01(\v2\x15.ravi.mesh.v1.AgentIdR\x06sender\x12E\n" +
-	"\bmetadata\x18\x06 \x03(\v2).ravi.conformance.v1.Echoed.MetadataEntryR\bmetadata\x1a;\n" +
+	"\bmetadata\x18\x06 \x03(\v2).ravi.conformance.v1.Echoed.MetadataEntryR\bmetadata\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\a \x01(\tR\tmessageId\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"4\n" +
@@ -540,7 +600,9 @@ const file_ravi_conformance_v1_conformance_proto_rawDesc = "" +
 	"\bObserved\x12\x16\n" +
 	"\x06events\x18\x01 \x03(\tR\x06events\x12\x1c\n" +
 	"\tcancelled\x18\x02 \x03(\tR\tcancelled\"\v\n" +
-	"\tUnhandledBDZBgithub.com/ravi-mesh/ravi/gen/go/ravi/conformance/v1;conformancev1b\x06proto3"
+	"\tUnhandled\"7\n" +
+	"\x04Nest\x12/\n" +
+	"\x05inner\x18\x01 \x01(\v2\x19.ravi.conformance.v1.NestR\x05innerBDZBgithub.com/ravi-mesh/ravi/gen/go/ravi/conformance/v1;conformancev1b\x06proto3"
 
 var (
 	file_ravi_conformance_v1_conformance_proto_rawDescOnce sync.Once
@@ -554,7 +616,7 @@ func file_ravi_conformance_v1_conformance_proto_rawDescGZIP() []byte {
 	return file_ravi_conformance_v1_conformance_proto_rawDescData
 }
 
-var file_ravi_conformance_v1_conformance_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_ravi_conformance_v1_conformance_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_ravi_conformance_v1_conformance_proto_goTypes = []any{
 	(*Echo)(nil),       // 0: ravi.conformance.v1.Echo
 	(*Echoed)(nil),     // 1: ravi.conformance.v1.Echoed
@@ -565,19 +627,21 @@ var file_ravi_conformance_v1_conformance_proto_goTypes = []any{
 	(*Report)(nil),     // 6: ravi.conformance.v1.Report
 	(*Observed)(nil),   // 7: ravi.conformance.v1.Observed
 	(*Unhandled)(nil),  // 8: ravi.conformance.v1.Unhandled
-	nil,                // 9: ravi.conformance.v1.Echoed.MetadataEntry
-	(*v1.AgentId)(nil), // 10: ravi.mesh.v1.AgentId
+	(*Nest)(nil),       // 9: ravi.conformance.v1.Nest
+	nil,                // 10: ravi.conformance.v1.Echoed.MetadataEntry
+	(*v1.AgentId)(nil), // 11: ravi.mesh.v1.AgentId
 }
 var file_ravi_conformance_v1_conformance_proto_depIdxs = []int32{
-	10, // 0: ravi.conformance.v1.Echoed.agent:type_name -> ravi.mesh.v1.AgentId
-	10, // 1: ravi.conformance.v1.Echoed.sender:type_name -> ravi.mesh.v1.AgentId
-	9,  // 2: ravi.conformance.v1.Echoed.metadata:type_name -> ravi.conformance.v1.Echoed.MetadataEntry
-	10, // 3: ravi.conformance.v1.Forward.target:type_name -> ravi.mesh.v1.AgentId
-	4,  // [4:4] is the sub-list for method output_type
-	4,  // [4:4] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	11, // 0: ravi.conformance.v1.Echoed.agent:type_name -> ravi.mesh.v1.AgentId
+	11, // 1: ravi.conformance.v1.Echoed.sender:type_name -> ravi.mesh.v1.AgentId
+	10, // 2: ravi.conformance.v1.Echoed.metadata:type_name -> ravi.conformance.v1.Echoed.MetadataEntry
+	11, // 3: ravi.conformance.v1.Forward.target:type_name -> ravi.mesh.v1.AgentId
+	9,  // 4: ravi.conformance.v1.Nest.inner:type_name -> ravi.conformance.v1.Nest
+	5,  // [5:5] is the sub-list for method output_type
+	5,  // [5:5] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_ravi_conformance_v1_conformance_proto_init() }
@@ -591,7 +655,7 @@ func file_ravi_conformance_v1_conformance_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ravi_conformance_v1_conformance_proto_rawDesc), len(file_ravi_conformance_v1_conformance_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -987,10 +987,10 @@ func (*LoadStateResponse) Descriptor() ([]byte, []int) {
 	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{15}
 }
 
-// ConnectRequest is one message a caller writes on an AgentService.Connect
+// MultiplexRequest is one message a caller writes on an AgentService.Multiplex
 // stream: the call frames that were ready together. Batching frames saves a
 // write per call when many calls are in flight.
-type ConnectRequest struct {
+type MultiplexRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// calls are the frames, handled in order.
 	Calls         []*CallFrame `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
@@ -998,20 +998,20 @@ type ConnectRequest struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *ConnectRequest) Reset() {
-	*x = ConnectRequest{}
+func (x *MultiplexRequest) Reset() {
+	*x = MultiplexRequest{}
 	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *ConnectRequest) String() string {
+func (x *MultiplexRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*ConnectRequest) ProtoMessage() {}
+func (*MultiplexRequest) ProtoMessage() {}
 
-func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
+func (x *MultiplexRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1023,19 +1023,19 @@ func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use ConnectRequest.ProtoReflect.Descriptor instead.
-func (*ConnectRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use MultiplexRequest.ProtoReflect.Descriptor instead.
+func (*MultiplexRequest) Descriptor() ([]byte, []int) {
 	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{16}
 }
 
-func (x *ConnectRequest) GetCalls() []*CallFrame {
+func (x *MultiplexRequest) GetCalls() []*CallFrame {
 	if x != nil {
 		return x.Calls
 	}
 	return nil
 }
 
-// CallFrame starts or cancels one call on a Connect stream.
+// CallFrame starts or cancels one call on a Multiplex stream.
 type CallFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// call_id identifies the call on this stream; the caller keeps it unique
@@ -1180,9 +1180,9 @@ func (*CancelCall) Descriptor() ([]byte, []int) {
 	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{18}
 }
 
-// ConnectResponse is one message a node writes on an AgentService.Connect
+// MultiplexResponse is one message a node writes on an AgentService.Multiplex
 // stream: the outcomes of calls that ended together.
-type ConnectResponse struct {
+type MultiplexResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// calls are the outcomes.
 	Calls         []*CallOutcome `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
@@ -1190,20 +1190,20 @@ type ConnectResponse struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *ConnectResponse) Reset() {
-	*x = ConnectResponse{}
+func (x *MultiplexResponse) Reset() {
+	*x = MultiplexResponse{}
 	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *ConnectResponse) String() string {
+func (x *MultiplexResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*ConnectResponse) ProtoMessage() {}
+func (*MultiplexResponse) ProtoMessage() {}
 
-func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
+func (x *MultiplexResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_ravi_mesh_v1_agent_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1215,19 +1215,19 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
-func (*ConnectResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use MultiplexResponse.ProtoReflect.Descriptor instead.
+func (*MultiplexResponse) Descriptor() ([]byte, []int) {
 	return file_ravi_mesh_v1_agent_service_proto_rawDescGZIP(), []int{19}
 }
 
-func (x *ConnectResponse) GetCalls() []*CallOutcome {
+func (x *MultiplexResponse) GetCalls() []*CallOutcome {
 	if x != nil {
 		return x.Calls
 	}
 	return nil
 }
 
-// CallOutcome is how one call on a Connect stream ended.
+// CallOutcome is how one call on a Multiplex stream ended.
 type CallOutcome struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// call_id is the call this outcome answers.
@@ -1323,7 +1323,7 @@ func (*CallOutcome_Result) isCallOutcome_Outcome() {}
 
 func (*CallOutcome_Failure) isCallOutcome_Outcome() {}
 
-// CallFailure is a failed call on a Connect stream: the gRPC status code,
+// CallFailure is a failed call on a Multiplex stream: the gRPC status code,
 // message and ErrorInfo reason and metadata a unary Send would carry.
 type CallFailure struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1455,8 +1455,8 @@ const file_ravi_mesh_v1_agent_service_proto_rawDesc = "" +
 	"\vStatesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
 	"\x05value\x18\x02 \x01(\v2\x15.ravi.mesh.v1.PayloadR\x05value:\x028\x01\"\x13\n" +
-	"\x11LoadStateResponse\"?\n" +
-	"\x0eConnectRequest\x12-\n" +
+	"\x11LoadStateResponse\"A\n" +
+	"\x10MultiplexRequest\x12-\n" +
 	"\x05calls\x18\x01 \x03(\v2\x17.ravi.mesh.v1.CallFrameR\x05calls\"\xb8\x01\n" +
 	"\tCallFrame\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\x04R\x06callId\x12/\n" +
@@ -1465,8 +1465,8 @@ const file_ravi_mesh_v1_agent_service_proto_rawDesc = "" +
 	"\x0etimeout_millis\x18\x04 \x01(\rR\rtimeoutMillisB\x06\n" +
 	"\x04kind\"\f\n" +
 	"\n" +
-	"CancelCall\"B\n" +
-	"\x0fConnectResponse\x12/\n" +
+	"CancelCall\"D\n" +
+	"\x11MultiplexResponse\x12/\n" +
 	"\x05calls\x18\x01 \x03(\v2\x19.ravi.mesh.v1.CallOutcomeR\x05calls\"\x9e\x01\n" +
 	"\vCallOutcome\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\x04R\x06callId\x124\n" +
@@ -1484,7 +1484,7 @@ const file_ravi_mesh_v1_agent_service_proto_rawDesc = "" +
 	"\fPublishScope\x12\x1d\n" +
 	"\x19PUBLISH_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12PUBLISH_SCOPE_MESH\x10\x01\x12\x16\n" +
-	"\x12PUBLISH_SCOPE_NODE\x10\x022\xfa\x04\n" +
+	"\x12PUBLISH_SCOPE_NODE\x10\x022\x80\x05\n" +
 	"\fAgentService\x12=\n" +
 	"\x04Send\x12\x19.ravi.mesh.v1.SendRequest\x1a\x1a.ravi.mesh.v1.SendResponse\x12F\n" +
 	"\aPublish\x12\x1c.ravi.mesh.v1.PublishRequest\x1a\x1d.ravi.mesh.v1.PublishResponse\x12N\n" +
@@ -1492,8 +1492,8 @@ const file_ravi_mesh_v1_agent_service_proto_rawDesc = "" +
 	"\bDescribe\x12\x1d.ravi.mesh.v1.DescribeRequest\x1a\x1e.ravi.mesh.v1.DescribeResponse\"\x03\x90\x02\x01\x12[\n" +
 	"\x0eResolvePromise\x12#.ravi.mesh.v1.ResolvePromiseRequest\x1a$.ravi.mesh.v1.ResolvePromiseResponse\x12L\n" +
 	"\tSaveState\x12\x1e.ravi.mesh.v1.SaveStateRequest\x1a\x1f.ravi.mesh.v1.SaveStateResponse\x12L\n" +
-	"\tLoadState\x12\x1e.ravi.mesh.v1.LoadStateRequest\x1a\x1f.ravi.mesh.v1.LoadStateResponse\x12J\n" +
-	"\aConnect\x12\x1c.ravi.mesh.v1.ConnectRequest\x1a\x1d.ravi.mesh.v1.ConnectResponse(\x010\x01B6Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3"
+	"\tLoadState\x12\x1e.ravi.mesh.v1.LoadStateRequest\x1a\x1f.ravi.mesh.v1.LoadStateResponse\x12P\n" +
+	"\tMultiplex\x12\x1e.ravi.mesh.v1.MultiplexRequest\x1a\x1f.ravi.mesh.v1.MultiplexResponse(\x010\x01B6Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_ravi_mesh_v1_agent_service_proto_rawDescOnce sync.Once
@@ -1527,10 +1527,10 @@ var file_ravi_mesh_v1_agent_service_proto_goTypes = []any{
 	(*SaveStateResponse)(nil),      // 14: ravi.mesh.v1.SaveStateResponse
 	(*LoadStateRequest)(nil),       // 15: ravi.mesh.v1.LoadStateRequest
 	(*LoadStateResponse)(nil),      // 16: ravi.mesh.v1.LoadStateResponse
-	(*ConnectRequest)(nil),         // 17: ravi.mesh.v1.ConnectRequest
+	(*MultiplexRequest)(nil),       // 17: ravi.mesh.v1.MultiplexRequest
 	(*CallFrame)(nil),              // 18: ravi.mesh.v1.CallFrame
 	(*CancelCall)(nil),             // 19: ravi.mesh.v1.CancelCall
-	(*ConnectResponse)(nil),        // 20: ravi.mesh.v1.ConnectResponse
+	(*MultiplexResponse)(nil),      // 20: ravi.mesh.v1.MultiplexResponse
 	(*CallOutcome)(nil),            // 21: ravi.mesh.v1.CallOutcome
 	(*CallFailure)(nil),            // 22: ravi.mesh.v1.CallFailure
 	nil,                            // 23: ravi.mesh.v1.SaveStateResponse.StatesEntry
@@ -1566,10 +1566,10 @@ var file_ravi_mesh_v1_agent_service_proto_depIdxs = []int32{
 	26, // 18: ravi.mesh.v1.SaveStateRequest.agent:type_name -> ravi.mesh.v1.AgentId
 	23, // 19: ravi.mesh.v1.SaveStateResponse.states:type_name -> ravi.mesh.v1.SaveStateResponse.StatesEntry
 	24, // 20: ravi.mesh.v1.LoadStateRequest.states:type_name -> ravi.mesh.v1.LoadStateRequest.StatesEntry
-	18, // 21: ravi.mesh.v1.ConnectRequest.calls:type_name -> ravi.mesh.v1.CallFrame
+	18, // 21: ravi.mesh.v1.MultiplexRequest.calls:type_name -> ravi.mesh.v1.CallFrame
 	1,  // 22: ravi.mesh.v1.CallFrame.send:type_name -> ravi.mesh.v1.SendRequest
 	19, // 23: ravi.mesh.v1.CallFrame.cancel:type_name -> ravi.mesh.v1.CancelCall
-	21, // 24: ravi.mesh.v1.ConnectResponse.calls:type_name -> ravi.mesh.v1.CallOutcome
+	21, // 24: ravi.mesh.v1.MultiplexResponse.calls:type_name -> ravi.mesh.v1.CallOutcome
 	2,  // 25: ravi.mesh.v1.CallOutcome.result:type_name -> ravi.mesh.v1.SendResponse
 	22, // 26: ravi.mesh.v1.CallOutcome.failure:type_name -> ravi.mesh.v1.CallFailure
 	25, // 27: ravi.mesh.v1.CallFailure.metadata:type_name -> ravi.mesh.v1.CallFailure.MetadataEntry
@@ -1582,7 +1582,7 @@ var file_ravi_mesh_v1_agent_service_proto_depIdxs = []int32{
 	11, // 34: ravi.mesh.v1.AgentService.ResolvePromise:input_type -> ravi.mesh.v1.ResolvePromiseRequest
 	13, // 35: ravi.mesh.v1.AgentService.SaveState:input_type -> ravi.mesh.v1.SaveStateRequest
 	15, // 36: ravi.mesh.v1.AgentService.LoadState:input_type -> ravi.mesh.v1.LoadStateRequest
-	17, // 37: ravi.mesh.v1.AgentService.Connect:input_type -> ravi.mesh.v1.ConnectRequest
+	17, // 37: ravi.mesh.v1.AgentService.Multiplex:input_type -> ravi.mesh.v1.MultiplexRequest
 	2,  // 38: ravi.mesh.v1.AgentService.Send:output_type -> ravi.mesh.v1.SendResponse
 	4,  // 39: ravi.mesh.v1.AgentService.Publish:output_type -> ravi.mesh.v1.PublishResponse
 	7,  // 40: ravi.mesh.v1.AgentService.Subscribe:output_type -> ravi.mesh.v1.SubscribeResponse
@@ -1590,7 +1590,7 @@ var file_ravi_mesh_v1_agent_service_proto_depIdxs = []int32{
 	12, // 42: ravi.mesh.v1.AgentService.ResolvePromise:output_type -> ravi.mesh.v1.ResolvePromiseResponse
 	14, // 43: ravi.mesh.v1.AgentService.SaveState:output_type -> ravi.mesh.v1.SaveStateResponse
 	16, // 44: ravi.mesh.v1.AgentService.LoadState:output_type -> ravi.mesh.v1.LoadStateResponse
-	20, // 45: ravi.mesh.v1.AgentService.Connect:output_type -> ravi.mesh.v1.ConnectResponse
+	20, // 45: ravi.mesh.v1.AgentService.Multiplex:output_type -> ravi.mesh.v1.MultiplexResponse
 	38, // [38:46] is the sub-list for method output_type
 	30, // [30:38] is the sub-list for method input_type
 	30, // [30:30] is the sub-list for extension type_name

@@ -26,7 +26,7 @@ const (
 	AgentService_ResolvePromise_FullMethodName = "/ravi.mesh.v1.AgentService/ResolvePromise"
 	AgentService_SaveState_FullMethodName      = "/ravi.mesh.v1.AgentService/SaveState"
 	AgentService_LoadState_FullMethodName      = "/ravi.mesh.v1.AgentService/LoadState"
-	AgentService_Connect_FullMethodName        = "/ravi.mesh.v1.AgentService/Connect"
+	AgentService_Multiplex_FullMethodName      = "/ravi.mesh.v1.AgentService/Multiplex"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -38,12 +38,26 @@ const (
 // publish/subscribe (Publish, Subscribe), and lets peers and tools discover
 // what the node hosts (Describe).
 //
-// Callers set a gRPC deadline on every call; a node propagates the remaining
-// time to the handler and to any hop it forwards to. Credentials, when a node
-// requires them, travel as "authorization: Bearer <token>" gRPC metadata or as
-// a TLS client certificate. Trace context travels as W3C "traceparent" gRPC
-// metadata. Failures are gRPC status codes with a google.rpc.ErrorInfo detail
-// whose reason is an ErrorReason.
+// Deadlines: callers should set a gRPC deadline on every call; a call without
+// one runs with the node's default timeout (60 s). A node propagates the
+// remaining time to the handler and to any hop it forwards to, honours
+// deadlines of any length the grpc-timeout header can carry, and answers a call
+// whose deadline is already spent (or as short as 1 ms) with DEADLINE_EXCEEDED:
+// every call gets a status.
+//
+// Credentials, when a node requires them, travel as exactly one
+// "authorization: Bearer <token>" gRPC metadata entry (the scheme is matched
+// case-insensitively, as in RFC 7235; a second authorization entry makes the
+// call UNAUTHENTICATED) or as a TLS client certificate. Trace context travels as
+// W3C "traceparent" gRPC metadata.
+//
+// Failures are gRPC status codes with a google.rpc.ErrorInfo detail whose
+// domain is "ravi.mesh.v1" and whose reason is an ErrorReason (see
+// errors.proto for the metadata every reason carries). Request bytes that do not
+// parse as the RPC's request message fail with INTERNAL and no ErrorInfo, as
+// the gRPC libraries themselves answer. Every node serves grpc.health.v1 and
+// server reflection (v1 and v1alpha) describing every message a client needs,
+// google.rpc.Status and google.rpc.ErrorInfo included.
 type AgentServiceClient interface {
 	// Send delivers one message to the agent addressed by recipient and returns
 	// the handler's reply, or an empty result when the handler returns nothing.
@@ -56,7 +70,9 @@ type AgentServiceClient interface {
 	// Subscribe streams the events published on this node that match the
 	// request's filters. The first message on the stream is the node's
 	// description, sent once the subscription is active; a new description
-	// follows whenever the node's agent types or subscriptions change.
+	// follows whenever the node's agent types or subscriptions change. A node
+	// holds at most 100 open Subscribe streams per caller (one client
+	// connection); the next one fails with RESOURCE_EXHAUSTED.
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error)
 	// Describe returns the node's id, contract version, hosted agent types with
 	// the message types each handles, and subscriptions.
@@ -72,12 +88,16 @@ type AgentServiceClient interface {
 	// LoadState loads state into agents hosted on this node, creating instances
 	// as needed.
 	LoadState(ctx context.Context, in *LoadStateRequest, opts ...grpc.CallOption) (*LoadStateResponse, error)
-	// Connect carries many Send calls over one bidirectional stream, which costs
-	// far less per call than a unary RPC: nodes use it between themselves. Each
-	// request frame names a call id that its response frame repeats; calls
+	// Multiplex carries many Send calls over one bidirectional stream, which
+	// costs far less per call than a unary RPC: nodes use it between themselves.
+	// Each request frame names a call id that its response frame repeats; calls
 	// complete in any order and each has its own deadline. A node that does not
-	// implement Connect answers UNIMPLEMENTED, and callers use Send instead.
-	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error)
+	// implement Multiplex answers UNIMPLEMENTED, and callers use Send instead.
+	// (Contract 1.1.0 named this RPC Connect, which collides with the connect
+	// constructor tonic generates for every client and with the ConnectRPC
+	// protocol; contract 1.2.0 renamed it before any external user depended on
+	// it.)
+	Multiplex(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MultiplexRequest, MultiplexResponse], error)
 }
 
 type agentServiceClient struct {
@@ -167,18 +187,18 @@ func (c *agentServiceClient) LoadState(ctx context.Context, in *LoadStateRequest
 	return out, nil
 }
 
-func (c *agentServiceClient) Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error) {
+func (c *agentServiceClient) Multiplex(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MultiplexRequest, MultiplexResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[1], AgentService_Connect_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[1], AgentService_Multiplex_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	x := &grpc.GenericClientStream[ConnectRequest, ConnectResponse]{ClientStream: stream}
+	x := &grpc.GenericClientStream[MultiplexRequest, MultiplexResponse]{ClientStream: stream}
 	return x, nil
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type AgentService_ConnectClient = grpc.BidiStreamingClient[ConnectRequest, ConnectResponse]
+type AgentService_MultiplexClient = grpc.BidiStreamingClient[MultiplexRequest, MultiplexResponse]
 
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
@@ -189,12 +209,26 @@ type AgentService_ConnectClient = grpc.BidiStreamingClient[ConnectRequest, Conne
 // publish/subscribe (Publish, Subscribe), and lets peers and tools discover
 // what the node hosts (Describe).
 //
-// Callers set a gRPC deadline on every call; a node propagates the remaining
-// time to the handler and to any hop it forwards to. Credentials, when a node
-// requires them, travel as "authorization: Bearer <token>" gRPC metadata or as
-// a TLS client certificate. Trace context travels as W3C "traceparent" gRPC
-// metadata. Failures are gRPC status codes with a google.rpc.ErrorInfo detail
-// whose reason is an ErrorReason.
+// Deadlines: callers should set a gRPC deadline on every call; a call without
+// one runs with the node's default timeout (60 s). A node propagates the
+// remaining time to the handler and to any hop it forwards to, honours
+// deadlines of any length the grpc-timeout header can carry, and answers a call
+// whose deadline is already spent (or as short as 1 ms) with DEADLINE_EXCEEDED:
+// every call gets a status.
+//
+// Credentials, when a node requires them, travel as exactly one
+// "authorization: Bearer <token>" gRPC metadata entry (the scheme is matched
+// case-insensitively, as in RFC 7235; a second authorization entry makes the
+// call UNAUTHENTICATED) or as a TLS client certificate. Trace context travels as
+// W3C "traceparent" gRPC metadata.
+//
+// Failures are gRPC status codes with a google.rpc.ErrorInfo detail whose
+// domain is "ravi.mesh.v1" and whose reason is an ErrorReason (see
+// errors.proto for the metadata every reason carries). Request bytes that do not
+// parse as the RPC's request message fail with INTERNAL and no ErrorInfo, as
+// the gRPC libraries themselves answer. Every node serves grpc.health.v1 and
+// server reflection (v1 and v1alpha) describing every message a client needs,
+// google.rpc.Status and google.rpc.ErrorInfo included.
 type AgentServiceServer interface {
 	// Send delivers one message to the agent addressed by recipient and returns
 	// the handler's reply, or an empty result when the handler returns nothing.
@@ -207,7 +241,9 @@ type AgentServiceServer interface {
 	// Subscribe streams the events published on this node that match the
 	// request's filters. The first message on the stream is the node's
 	// description, sent once the subscription is active; a new description
-	// follows whenever the node's agent types or subscriptions change.
+	// follows whenever the node's agent types or subscriptions change. A node
+	// holds at most 100 open Subscribe streams per caller (one client
+	// connection); the next one fails with RESOURCE_EXHAUSTED.
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error
 	// Describe returns the node's id, contract version, hosted agent types with
 	// the message types each handles, and subscriptions.
@@ -223,12 +259,16 @@ type AgentServiceServer interface {
 	// LoadState loads state into agents hosted on this node, creating instances
 	// as needed.
 	LoadState(context.Context, *LoadStateRequest) (*LoadStateResponse, error)
-	// Connect carries many Send calls over one bidirectional stream, which costs
-	// far less per call than a unary RPC: nodes use it between themselves. Each
-	// request frame names a call id that its response frame repeats; calls
+	// Multiplex carries many Send calls over one bidirectional stream, which
+	// costs far less per call than a unary RPC: nodes use it between themselves.
+	// Each request frame names a call id that its response frame repeats; calls
 	// complete in any order and each has its own deadline. A node that does not
-	// implement Connect answers UNIMPLEMENTED, and callers use Send instead.
-	Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error
+	// implement Multiplex answers UNIMPLEMENTED, and callers use Send instead.
+	// (Contract 1.1.0 named this RPC Connect, which collides with the connect
+	// constructor tonic generates for every client and with the ConnectRPC
+	// protocol; contract 1.2.0 renamed it before any external user depended on
+	// it.)
+	Multiplex(grpc.BidiStreamingServer[MultiplexRequest, MultiplexResponse]) error
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -260,8 +300,8 @@ func (UnimplementedAgentServiceServer) SaveState(context.Context, *SaveStateRequ
 func (UnimplementedAgentServiceServer) LoadState(context.Context, *LoadStateRequest) (*LoadStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method LoadState not implemented")
 }
-func (UnimplementedAgentServiceServer) Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error {
-	return status.Error(codes.Unimplemented, "method Connect not implemented")
+func (UnimplementedAgentServiceServer) Multiplex(grpc.BidiStreamingServer[MultiplexRequest, MultiplexResponse]) error {
+	return status.Error(codes.Unimplemented, "method Multiplex not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -403,12 +443,12 @@ func _AgentService_LoadState_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
-func _AgentService_Connect_Handler(srv interface{}, stream grpc.ServerStream) error {
-	return srv.(AgentServiceServer).Connect(&grpc.GenericServerStream[ConnectRequest, ConnectResponse]{ServerStream: stream})
+func _AgentService_Multiplex_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AgentServiceServer).Multiplex(&grpc.GenericServerStream[MultiplexRequest, MultiplexResponse]{ServerStream: stream})
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type AgentService_ConnectServer = grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]
+type AgentService_MultiplexServer = grpc.BidiStreamingServer[MultiplexRequest, MultiplexResponse]
 
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
@@ -449,8 +489,8 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 			ServerStreams: true,
 		},
 		{
-			StreamName:    "Connect",
-			Handler:       _AgentService_Connect_Handler,
+			StreamName:    "Multiplex",
+			Handler:       _AgentService_Multiplex_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

@@ -7,7 +7,7 @@ import "time"
 // The shared facts of the ravi.mesh.v1 contract (proto/ravi/mesh/v1/contract.toml).
 const (
 	// ContractVersion is the version every node reports in NodeInfo.contract_version.
-	ContractVersion = "1.1.0"
+	ContractVersion = "1.2.0"
 	// HopLimit is how many times one Send may be forwarded.
 	HopLimit = 8
 	// DefaultTimeout is the deadline of a send that names none.
@@ -18,4 +18,16 @@ const (
 	DefaultMaxMessageBytes = 4194304
 	// DefaultGracePeriod is how long calls in flight may finish when a node stops.
 	DefaultGracePeriod = 5 * time.Second
+	// DefaultKeepaliveTime is how often a node pings a peer's connection.
+	DefaultKeepaliveTime = 4 * time.Second
+	// DefaultKeepaliveTimeout is how long a ping may go unanswered before the connection is closed.
+	DefaultKeepaliveTimeout = 4 * time.Second
+	// DefaultMaxStreamsPerCaller is how many Subscribe streams one caller may hold open on a node.
+	DefaultMaxStreamsPerCaller = 100
+	// MaxTypeBytes is the longest agent type.
+	MaxTypeBytes = 256
+	// MaxKeyBytes is the longest agent key, in UTF-8 bytes.
+	MaxKeyBytes = 1024
+	// MaxNestingDepth is how deep a payload may nest (JSON arrays and objects, protobuf messages).
+	MaxNestingDepth = 100
 )

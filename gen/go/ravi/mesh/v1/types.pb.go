@@ -26,11 +26,15 @@ const (
 // instance of that type, with its own mailbox and state.
 type AgentId struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// type is the agent type, as registered on a node (for example "writer").
-	// It must be non-empty and may contain letters, digits, '_', '-', '.' and ':'.
+	// type is the agent type, as registered on a node (for example "writer"):
+	// 1 to 256 ASCII letters, digits, '_', '-', '.' and ':'. Any other type is
+	// refused with INVALID_ARGUMENT / BAD_ID.
 	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
 	// key identifies one instance of the type (for example "default" or a
-	// conversation id). It must be non-empty and printable.
+	// conversation id). It must be printable: 1 to 1024 bytes of UTF-8 with no
+	// control character (U+0000 to U+001F, U+007F to U+009F); spaces, '/' and
+	// any other Unicode character are allowed. Any other key is refused with
+	// INVALID_ARGUMENT / BAD_ID.
 	Key           string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -144,13 +148,20 @@ type Payload struct {
 	// type is the full name of the message type: the fully qualified protobuf
 	// name for messages declared in .proto files (for example
 	// "ravi.examples.v1.WriteRequest"), or the registered name of a JSON message
-	// type.
+	// type. A type URL as google.protobuf.Any writes it (for example
+	// "type.googleapis.com/ravi.examples.v1.WriteRequest") names the same type:
+	// everything up to the last '/' is ignored. Nodes write the bare name.
 	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
 	// content_type says how data is encoded: "application/x-protobuf" (binary
 	// protobuf) or "application/json" (UTF-8 JSON; for protobuf types, the
-	// canonical protobuf JSON mapping).
+	// canonical protobuf JSON mapping). It is a media type: the type and subtype
+	// match case-insensitively and parameters are allowed ("application/json;
+	// charset=utf-8"), but a charset other than UTF-8 is refused. Nodes write the
+	// bare media type.
 	ContentType string `protobuf:"bytes,2,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
-	// data is the encoded message.
+	// data is the encoded message. A JSON message with a field its type does not
+	// declare, JSON nested deeper than 100 arrays and objects, or protobuf nested
+	// deeper than 100 messages is refused with INVALID_ARGUMENT / BAD_PAYLOAD.
 	Data          []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -211,7 +222,9 @@ func (x *Payload) GetData() []byte {
 type Envelope struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// message_id is unique per message (a UUID is recommended). Receivers use it
-	// for tracing, deduplication and, on durable runtimes, exactly-once processing.
+	// for tracing, deduplication and, on durable runtimes, exactly-once
+	// processing. Callers should set it; a node that receives an envelope without
+	// one gives it a fresh UUID, which the handler sees.
 	MessageId string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	// sender is the agent that sent the message; unset when the message comes
 	// from outside any agent (a client, a test, a command line).

@@ -76,12 +76,17 @@ class Echoed(_message.Message):
     LANGUAGE_FIELD_NUMBER: _builtins.int
     SENDER_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """text is the text of the Echo."""
     node_id: _builtins.str
     """node_id is the id of the node hosting that agent."""
     language: _builtins.str
     """language is the implementation language of that node."""
+    message_id: _builtins.str
+    """message_id is the message id the agent saw: the envelope's, or the one the
+    node gave a message that arrived without one.
+    """
     @_builtins.property
     def agent(self) -> _types_pb2.AgentId:
         """agent is the id of the agent that answered."""
@@ -103,10 +108,11 @@ class Echoed(_message.Message):
         language: _builtins.str = ...,
         sender: _types_pb2.AgentId | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "sender", b"sender"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "language", b"language", "metadata", b"metadata", "node_id", b"node_id", "sender", b"sender", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "language", b"language", "message_id", b"message_id", "metadata", b"metadata", "node_id", b"node_id", "sender", b"sender", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -288,3 +294,30 @@ class Unhandled(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Unhandled: _TypeAlias = Unhandled  # noqa: Y015
+
+@_typing.final
+class Nest(_message.Message):
+    """Nest is a message that nests itself, for the nesting limits: no conformance
+    agent handles it, so a Nest within the limits is NO_HANDLER and one beyond
+    them BAD_PAYLOAD.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INNER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inner(self) -> Global___Nest:
+        """inner is the next level."""
+
+    def __init__(
+        self,
+        *,
+        inner: Global___Nest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inner", b"inner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inner", b"inner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Nest: _TypeAlias = Nest  # noqa: Y015

@@ -572,8 +572,8 @@ class LoadStateResponse(_message.Message):
 Global___LoadStateResponse: _TypeAlias = LoadStateResponse  # noqa: Y015
 
 @_typing.final
-class ConnectRequest(_message.Message):
-    """ConnectRequest is one message a caller writes on an AgentService.Connect
+class MultiplexRequest(_message.Message):
+    """MultiplexRequest is one message a caller writes on an AgentService.Multiplex
     stream: the call frames that were ready together. Batching frames saves a
     write per call when many calls are in flight.
     """
@@ -596,11 +596,11 @@ class ConnectRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+Global___MultiplexRequest: _TypeAlias = MultiplexRequest  # noqa: Y015
 
 @_typing.final
 class CallFrame(_message.Message):
-    """CallFrame starts or cancels one call on a Connect stream."""
+    """CallFrame starts or cancels one call on a Multiplex stream."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -662,8 +662,8 @@ class CancelCall(_message.Message):
 Global___CancelCall: _TypeAlias = CancelCall  # noqa: Y015
 
 @_typing.final
-class ConnectResponse(_message.Message):
-    """ConnectResponse is one message a node writes on an AgentService.Connect
+class MultiplexResponse(_message.Message):
+    """MultiplexResponse is one message a node writes on an AgentService.Multiplex
     stream: the outcomes of calls that ended together.
     """
 
@@ -685,11 +685,11 @@ class ConnectResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+Global___MultiplexResponse: _TypeAlias = MultiplexResponse  # noqa: Y015
 
 @_typing.final
 class CallOutcome(_message.Message):
-    """CallOutcome is how one call on a Connect stream ended."""
+    """CallOutcome is how one call on a Multiplex stream ended."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -725,7 +725,7 @@ Global___CallOutcome: _TypeAlias = CallOutcome  # noqa: Y015
 
 @_typing.final
 class CallFailure(_message.Message):
-    """CallFailure is a failed call on a Connect stream: the gRPC status code,
+    """CallFailure is a failed call on a Multiplex stream: the gRPC status code,
     message and ErrorInfo reason and metadata a unary Send would carry.
     """
 

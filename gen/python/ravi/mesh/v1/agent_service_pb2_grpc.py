@@ -31,12 +31,26 @@ class AgentServiceStub:
     publish/subscribe (Publish, Subscribe), and lets peers and tools discover
     what the node hosts (Describe).
 
-    Callers set a gRPC deadline on every call; a node propagates the remaining
-    time to the handler and to any hop it forwards to. Credentials, when a node
-    requires them, travel as "authorization: Bearer <token>" gRPC metadata or as
-    a TLS client certificate. Trace context travels as W3C "traceparent" gRPC
-    metadata. Failures are gRPC status codes with a google.rpc.ErrorInfo detail
-    whose reason is an ErrorReason.
+    Deadlines: callers should set a gRPC deadline on every call; a call without
+    one runs with the node's default timeout (60 s). A node propagates the
+    remaining time to the handler and to any hop it forwards to, honours
+    deadlines of any length the grpc-timeout header can carry, and answers a call
+    whose deadline is already spent (or as short as 1 ms) with DEADLINE_EXCEEDED:
+    every call gets a status.
+
+    Credentials, when a node requires them, travel as exactly one
+    "authorization: Bearer <token>" gRPC metadata entry (the scheme is matched
+    case-insensitively, as in RFC 7235; a second authorization entry makes the
+    call UNAUTHENTICATED) or as a TLS client certificate. Trace context travels as
+    W3C "traceparent" gRPC metadata.
+
+    Failures are gRPC status codes with a google.rpc.ErrorInfo detail whose
+    domain is "ravi.mesh.v1" and whose reason is an ErrorReason (see
+    errors.proto for the metadata every reason carries). Request bytes that do not
+    parse as the RPC's request message fail with INTERNAL and no ErrorInfo, as
+    the gRPC libraries themselves answer. Every node serves grpc.health.v1 and
+    server reflection (v1 and v1alpha) describing every message a client needs,
+    google.rpc.Status and google.rpc.ErrorInfo included.
     """
 
     def __init__(self, channel):
@@ -80,10 +94,10 @@ class AgentServiceStub:
                 request_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateRequest.SerializeToString,
                 response_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateResponse.FromString,
                 _registered_method=True)
-        self.Connect = channel.stream_stream(
-                '/ravi.mesh.v1.AgentService/Connect',
-                request_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ConnectRequest.SerializeToString,
-                response_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ConnectResponse.FromString,
+        self.Multiplex = channel.stream_stream(
+                '/ravi.mesh.v1.AgentService/Multiplex',
+                request_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.MultiplexRequest.SerializeToString,
+                response_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.MultiplexResponse.FromString,
                 _registered_method=True)
 
 
@@ -93,12 +107,26 @@ class AgentServiceServicer:
     publish/subscribe (Publish, Subscribe), and lets peers and tools discover
     what the node hosts (Describe).
 
-    Callers set a gRPC deadline on every call; a node propagates the remaining
-    time to the handler and to any hop it forwards to. Credentials, when a node
-    requires them, travel as "authorization: Bearer <token>" gRPC metadata or as
-    a TLS client certificate. Trace context travels as W3C "traceparent" gRPC
-    metadata. Failures are gRPC status codes with a google.rpc.ErrorInfo detail
-    whose reason is an ErrorReason.
+    Deadlines: callers should set a gRPC deadline on every call; a call without
+    one runs with the node's default timeout (60 s). A node propagates the
+    remaining time to the handler and to any hop it forwards to, honours
+    deadlines of any length the grpc-timeout header can carry, and answers a call
+    whose deadline is already spent (or as short as 1 ms) with DEADLINE_EXCEEDED:
+    every call gets a status.
+
+    Credentials, when a node requires them, travel as exactly one
+    "authorization: Bearer <token>" gRPC metadata entry (the scheme is matched
+    case-insensitively, as in RFC 7235; a second authorization entry makes the
+    call UNAUTHENTICATED) or as a TLS client certificate. Trace context travels as
+    W3C "traceparent" gRPC metadata.
+
+    Failures are gRPC status codes with a google.rpc.ErrorInfo detail whose
+    domain is "ravi.mesh.v1" and whose reason is an ErrorReason (see
+    errors.proto for the metadata every reason carries). Request bytes that do not
+    parse as the RPC's request message fail with INTERNAL and no ErrorInfo, as
+    the gRPC libraries themselves answer. Every node serves grpc.health.v1 and
+    server reflection (v1 and v1alpha) describing every message a client needs,
+    google.rpc.Status and google.rpc.ErrorInfo included.
     """
 
     def Send(self, request, context):
@@ -123,7 +151,9 @@ class AgentServiceServicer:
         """Subscribe streams the events published on this node that match the
         request's filters. The first message on the stream is the node's
         description, sent once the subscription is active; a new description
-        follows whenever the node's agent types or subscriptions change.
+        follows whenever the node's agent types or subscriptions change. A node
+        holds at most 100 open Subscribe streams per caller (one client
+        connection); the next one fails with RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,12 +193,16 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Connect(self, request_iterator, context):
-        """Connect carries many Send calls over one bidirectional stream, which costs
-        far less per call than a unary RPC: nodes use it between themselves. Each
-        request frame names a call id that its response frame repeats; calls
+    def Multiplex(self, request_iterator, context):
+        """Multiplex carries many Send calls over one bidirectional stream, which
+        costs far less per call than a unary RPC: nodes use it between themselves.
+        Each request frame names a call id that its response frame repeats; calls
         complete in any order and each has its own deadline. A node that does not
-        implement Connect answers UNIMPLEMENTED, and callers use Send instead.
+        implement Multiplex answers UNIMPLEMENTED, and callers use Send instead.
+        (Contract 1.1.0 named this RPC Connect, which collides with the connect
+        constructor tonic generates for every client and with the ConnectRPC
+        protocol; contract 1.2.0 renamed it before any external user depended on
+        it.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,10 +246,10 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     request_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateRequest.FromString,
                     response_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.LoadStateResponse.SerializeToString,
             ),
-            'Connect': grpc.stream_stream_rpc_method_handler(
-                    servicer.Connect,
-                    request_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ConnectRequest.FromString,
-                    response_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ConnectResponse.SerializeToString,
+            'Multiplex': grpc.stream_stream_rpc_method_handler(
+                    servicer.Multiplex,
+                    request_deserializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.MultiplexRequest.FromString,
+                    response_serializer=ravi_dot_mesh_dot_v1_dot_agent__service__pb2.MultiplexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -231,12 +265,26 @@ class AgentService:
     publish/subscribe (Publish, Subscribe), and lets peers and tools discover
     what the node hosts (Describe).
 
-    Callers set a gRPC deadline on every call; a node propagates the remaining
-    time to the handler and to any hop it forwards to. Credentials, when a node
-    requires them, travel as "authorization: Bearer <token>" gRPC metadata or as
-    a TLS client certificate. Trace context travels as W3C "traceparent" gRPC
-    metadata. Failures are gRPC status codes with a google.rpc.ErrorInfo detail
-    whose reason is an ErrorReason.
+    Deadlines: callers should set a gRPC deadline on every call; a call without
+    one runs with the node's default timeout (60 s). A node propagates the
+    remaining time to the handler and to any hop it forwards to, honours
+    deadlines of any length the grpc-timeout header can carry, and answers a call
+    whose deadline is already spent (or as short as 1 ms) with DEADLINE_EXCEEDED:
+    every call gets a status.
+
+    Credentials, when a node requires them, travel as exactly one
+    "authorization: Bearer <token>" gRPC metadata entry (the scheme is matched
+    case-insensitively, as in RFC 7235; a second authorization entry makes the
+    call UNAUTHENTICATED) or as a TLS client certificate. Trace context travels as
+    W3C "traceparent" gRPC metadata.
+
+    Failures are gRPC status codes with a google.rpc.ErrorInfo detail whose
+    domain is "ravi.mesh.v1" and whose reason is an ErrorReason (see
+    errors.proto for the metadata every reason carries). Request bytes that do not
+    parse as the RPC's request message fail with INTERNAL and no ErrorInfo, as
+    the gRPC libraries themselves answer. Every node serves grpc.health.v1 and
+    server reflection (v1 and v1alpha) describing every message a client needs,
+    google.rpc.Status and google.rpc.ErrorInfo included.
     """
 
     @staticmethod
@@ -429,7 +477,7 @@ class AgentService:
             _registered_method=True)
 
     @staticmethod
-    def Connect(request_iterator,
+    def Multiplex(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -442,9 +490,9 @@ class AgentService:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/ravi.mesh.v1.AgentService/Connect',
-            ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ConnectRequest.SerializeToString,
-            ravi_dot_mesh_dot_v1_dot_agent__service__pb2.ConnectResponse.FromString,
+            '/ravi.mesh.v1.AgentService/Multiplex',
+            ravi_dot_mesh_dot_v1_dot_agent__service__pb2.MultiplexRequest.SerializeToString,
+            ravi_dot_mesh_dot_v1_dot_agent__service__pb2.MultiplexResponse.FromString,
             options,
             channel_credentials,
             insecure,

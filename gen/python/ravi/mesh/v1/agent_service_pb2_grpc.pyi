@@ -32,12 +32,26 @@ class AgentServiceStub:
     publish/subscribe (Publish, Subscribe), and lets peers and tools discover
     what the node hosts (Describe).
 
-    Callers set a gRPC deadline on every call; a node propagates the remaining
-    time to the handler and to any hop it forwards to. Credentials, when a node
-    requires them, travel as "authorization: Bearer <token>" gRPC metadata or as
-    a TLS client certificate. Trace context travels as W3C "traceparent" gRPC
-    metadata. Failures are gRPC status codes with a google.rpc.ErrorInfo detail
-    whose reason is an ErrorReason.
+    Deadlines: callers should set a gRPC deadline on every call; a call without
+    one runs with the node's default timeout (60 s). A node propagates the
+    remaining time to the handler and to any hop it forwards to, honours
+    deadlines of any length the grpc-timeout header can carry, and answers a call
+    whose deadline is already spent (or as short as 1 ms) with DEADLINE_EXCEEDED:
+    every call gets a status.
+
+    Credentials, when a node requires them, travel as exactly one
+    "authorization: Bearer <token>" gRPC metadata entry (the scheme is matched
+    case-insensitively, as in RFC 7235; a second authorization entry makes the
+    call UNAUTHENTICATED) or as a TLS client certificate. Trace context travels as
+    W3C "traceparent" gRPC metadata.
+
+    Failures are gRPC status codes with a google.rpc.ErrorInfo detail whose
+    domain is "ravi.mesh.v1" and whose reason is an ErrorReason (see
+    errors.proto for the metadata every reason carries). Request bytes that do not
+    parse as the RPC's request message fail with INTERNAL and no ErrorInfo, as
+    the gRPC libraries themselves answer. Every node serves grpc.health.v1 and
+    server reflection (v1 and v1alpha) describing every message a client needs,
+    google.rpc.Status and google.rpc.ErrorInfo included.
     """
 
     @_typing.overload
@@ -58,7 +72,9 @@ class AgentServiceStub:
     """Subscribe streams the events published on this node that match the
     request's filters. The first message on the stream is the node's
     description, sent once the subscription is active; a new description
-    follows whenever the node's agent types or subscriptions change.
+    follows whenever the node's agent types or subscriptions change. A node
+    holds at most 100 open Subscribe streams per caller (one client
+    connection); the next one fails with RESOURCE_EXHAUSTED.
     """
     Describe: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.DescribeRequest, _agent_service_pb2.DescribeResponse]
     """Describe returns the node's id, contract version, hosted agent types with
@@ -78,12 +94,16 @@ class AgentServiceStub:
     """LoadState loads state into agents hosted on this node, creating instances
     as needed.
     """
-    Connect: _grpc.StreamStreamMultiCallable[_agent_service_pb2.ConnectRequest, _agent_service_pb2.ConnectResponse]
-    """Connect carries many Send calls over one bidirectional stream, which costs
-    far less per call than a unary RPC: nodes use it between themselves. Each
-    request frame names a call id that its response frame repeats; calls
+    Multiplex: _grpc.StreamStreamMultiCallable[_agent_service_pb2.MultiplexRequest, _agent_service_pb2.MultiplexResponse]
+    """Multiplex carries many Send calls over one bidirectional stream, which
+    costs far less per call than a unary RPC: nodes use it between themselves.
+    Each request frame names a call id that its response frame repeats; calls
     complete in any order and each has its own deadline. A node that does not
-    implement Connect answers UNIMPLEMENTED, and callers use Send instead.
+    implement Multiplex answers UNIMPLEMENTED, and callers use Send instead.
+    (Contract 1.1.0 named this RPC Connect, which collides with the connect
+    constructor tonic generates for every client and with the ConnectRPC
+    protocol; contract 1.2.0 renamed it before any external user depended on
+    it.)
     """
 
 @_typing.type_check_only
@@ -93,12 +113,26 @@ class AgentServiceAsyncStub(AgentServiceStub):
     publish/subscribe (Publish, Subscribe), and lets peers and tools discover
     what the node hosts (Describe).
 
-    Callers set a gRPC deadline on every call; a node propagates the remaining
-    time to the handler and to any hop it forwards to. Credentials, when a node
-    requires them, travel as "authorization: Bearer <token>" gRPC metadata or as
-    a TLS client certificate. Trace context travels as W3C "traceparent" gRPC
-    metadata. Failures are gRPC status codes with a google.rpc.ErrorInfo detail
-    whose reason is an ErrorReason.
+    Deadlines: callers should set a gRPC deadline on every call; a call without
+    one runs with the node's default timeout (60 s). A node propagates the
+    remaining time to the handler and to any hop it forwards to, honours
+    deadlines of any length the grpc-timeout header can carry, and answers a call
+    whose deadline is already spent (or as short as 1 ms) with DEADLINE_EXCEEDED:
+    every call gets a status.
+
+    Credentials, when a node requires them, travel as exactly one
+    "authorization: Bearer <token>" gRPC metadata entry (the scheme is matched
+    case-insensitively, as in RFC 7235; a second authorization entry makes the
+    call UNAUTHENTICATED) or as a TLS client certificate. Trace context travels as
+    W3C "traceparent" gRPC metadata.
+
+    Failures are gRPC status codes with a google.rpc.ErrorInfo detail whose
+    domain is "ravi.mesh.v1" and whose reason is an ErrorReason (see
+    errors.proto for the metadata every reason carries). Request bytes that do not
+    parse as the RPC's request message fail with INTERNAL and no ErrorInfo, as
+    the gRPC libraries themselves answer. Every node serves grpc.health.v1 and
+    server reflection (v1 and v1alpha) describing every message a client needs,
+    google.rpc.Status and google.rpc.ErrorInfo included.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -116,7 +150,9 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """Subscribe streams the events published on this node that match the
     request's filters. The first message on the stream is the node's
     description, sent once the subscription is active; a new description
-    follows whenever the node's agent types or subscriptions change.
+    follows whenever the node's agent types or subscriptions change. A node
+    holds at most 100 open Subscribe streams per caller (one client
+    connection); the next one fails with RESOURCE_EXHAUSTED.
     """
     Describe: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.DescribeRequest, _agent_service_pb2.DescribeResponse]  # type: ignore[assignment]
     """Describe returns the node's id, contract version, hosted agent types with
@@ -136,12 +172,16 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """LoadState loads state into agents hosted on this node, creating instances
     as needed.
     """
-    Connect: _aio.StreamStreamMultiCallable[_agent_service_pb2.ConnectRequest, _agent_service_pb2.ConnectResponse]  # type: ignore[assignment]
-    """Connect carries many Send calls over one bidirectional stream, which costs
-    far less per call than a unary RPC: nodes use it between themselves. Each
-    request frame names a call id that its response frame repeats; calls
+    Multiplex: _aio.StreamStreamMultiCallable[_agent_service_pb2.MultiplexRequest, _agent_service_pb2.MultiplexResponse]  # type: ignore[assignment]
+    """Multiplex carries many Send calls over one bidirectional stream, which
+    costs far less per call than a unary RPC: nodes use it between themselves.
+    Each request frame names a call id that its response frame repeats; calls
     complete in any order and each has its own deadline. A node that does not
-    implement Connect answers UNIMPLEMENTED, and callers use Send instead.
+    implement Multiplex answers UNIMPLEMENTED, and callers use Send instead.
+    (Contract 1.1.0 named this RPC Connect, which collides with the connect
+    constructor tonic generates for every client and with the ConnectRPC
+    protocol; contract 1.2.0 renamed it before any external user depended on
+    it.)
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -150,12 +190,26 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     publish/subscribe (Publish, Subscribe), and lets peers and tools discover
     what the node hosts (Describe).
 
-    Callers set a gRPC deadline on every call; a node propagates the remaining
-    time to the handler and to any hop it forwards to. Credentials, when a node
-    requires them, travel as "authorization: Bearer <token>" gRPC metadata or as
-    a TLS client certificate. Trace context travels as W3C "traceparent" gRPC
-    metadata. Failures are gRPC status codes with a google.rpc.ErrorInfo detail
-    whose reason is an ErrorReason.
+    Deadlines: callers should set a gRPC deadline on every call; a call without
+    one runs with the node's default timeout (60 s). A node propagates the
+    remaining time to the handler and to any hop it forwards to, honours
+    deadlines of any length the grpc-timeout header can carry, and answers a call
+    whose deadline is already spent (or as short as 1 ms) with DEADLINE_EXCEEDED:
+    every call gets a status.
+
+    Credentials, when a node requires them, travel as exactly one
+    "authorization: Bearer <token>" gRPC metadata entry (the scheme is matched
+    case-insensitively, as in RFC 7235; a second authorization entry makes the
+    call UNAUTHENTICATED) or as a TLS client certificate. Trace context travels as
+    W3C "traceparent" gRPC metadata.
+
+    Failures are gRPC status codes with a google.rpc.ErrorInfo detail whose
+    domain is "ravi.mesh.v1" and whose reason is an ErrorReason (see
+    errors.proto for the metadata every reason carries). Request bytes that do not
+    parse as the RPC's request message fail with INTERNAL and no ErrorInfo, as
+    the gRPC libraries themselves answer. Every node serves grpc.health.v1 and
+    server reflection (v1 and v1alpha) describing every message a client needs,
+    google.rpc.Status and google.rpc.ErrorInfo included.
     """
 
     @_abc_1.abstractmethod
@@ -189,7 +243,9 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Subscribe streams the events published on this node that match the
         request's filters. The first message on the stream is the node's
         description, sent once the subscription is active; a new description
-        follows whenever the node's agent types or subscriptions change.
+        follows whenever the node's agent types or subscriptions change. A node
+        holds at most 100 open Subscribe streams per caller (one client
+        connection); the next one fails with RESOURCE_EXHAUSTED.
         """
 
     @_abc_1.abstractmethod
@@ -235,16 +291,20 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
-    def Connect(
+    def Multiplex(
         self,
-        request_iterator: _MaybeAsyncIterator[_agent_service_pb2.ConnectRequest],
+        request_iterator: _MaybeAsyncIterator[_agent_service_pb2.MultiplexRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_agent_service_pb2.ConnectResponse], _abc.AsyncIterator[_agent_service_pb2.ConnectResponse]]:
-        """Connect carries many Send calls over one bidirectional stream, which costs
-        far less per call than a unary RPC: nodes use it between themselves. Each
-        request frame names a call id that its response frame repeats; calls
+    ) -> _typing.Union[_abc.Iterator[_agent_service_pb2.MultiplexResponse], _abc.AsyncIterator[_agent_service_pb2.MultiplexResponse]]:
+        """Multiplex carries many Send calls over one bidirectional stream, which
+        costs far less per call than a unary RPC: nodes use it between themselves.
+        Each request frame names a call id that its response frame repeats; calls
         complete in any order and each has its own deadline. A node that does not
-        implement Connect answers UNIMPLEMENTED, and callers use Send instead.
+        implement Multiplex answers UNIMPLEMENTED, and callers use Send instead.
+        (Contract 1.1.0 named this RPC Connect, which collides with the connect
+        constructor tonic generates for every client and with the ConnectRPC
+        protocol; contract 1.2.0 renamed it before any external user depended on
+        it.)
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

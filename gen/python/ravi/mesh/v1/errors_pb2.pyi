@@ -27,8 +27,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     carries no ErrorInfo with domain "ravi.mesh.v1".
     """
     ERROR_REASON_AGENT_TYPE_NOT_FOUND: _ErrorReason.ValueType  # 1
-    """ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type
-    (status NOT_FOUND).
+    """ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type,
+    and none of the node's peers hosted it when last reached (status NOT_FOUND).
     """
     ERROR_REASON_NO_HANDLER: _ErrorReason.ValueType  # 2
     """ERROR_REASON_NO_HANDLER: the agent has no handler for the message type
@@ -44,10 +44,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     INVALID_ARGUMENT).
     """
     ERROR_REASON_HANDLER_FAILED: _ErrorReason.ValueType  # 5
-    """ERROR_REASON_HANDLER_FAILED: the handler raised an error that is not a ravi
-    error; ErrorInfo.metadata carries "exception_type" and "exception_message"
-    (status UNKNOWN). A ravi error raised by a handler keeps its own code and
-    reason instead (no ErrorInfo when it has no reason).
+    """ERROR_REASON_HANDLER_FAILED: the handler failed; ErrorInfo.metadata carries
+    "exception_type" and "exception_message". The status is UNKNOWN, or the
+    code the handler's error chose (a ravi error with a code): a code outside
+    1 to 16 is UNKNOWN. A ravi error that carries a reason of its own (one a
+    nested call failed with) keeps that reason and its metadata instead.
     """
     ERROR_REASON_REENTRANT_CALL: _ErrorReason.ValueType  # 6
     """ERROR_REASON_REENTRANT_CALL: the call would deadlock by re-entering a busy,
@@ -55,7 +56,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_PEER_UNAVAILABLE: _ErrorReason.ValueType  # 7
     """ERROR_REASON_PEER_UNAVAILABLE: the node hosting the agent could not be
-    reached (status UNAVAILABLE).
+    reached (status UNAVAILABLE): the connection to it broke, or it stopped
+    answering the keepalive checks (a frozen node), while the call was in
+    flight; or every peer that hosted the agent type when last reached is
+    unreachable now. ErrorInfo.metadata adds "peer_address", the address (or
+    comma-separated addresses) that could not be reached.
     """
     ERROR_REASON_HOP_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 8
     """ERROR_REASON_HOP_LIMIT_EXCEEDED: forwarding would exceed the hop limit
@@ -75,8 +80,12 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     detail of a failed call. The status code says what kind of failure it is; the
     reason says which one. ErrorInfo.domain is "ravi.mesh.v1" and ErrorInfo.reason
     is the value name without the "ERROR_REASON_" prefix (for example
-    "AGENT_TYPE_NOT_FOUND"). ErrorInfo.metadata may carry "agent_type",
-    "message_type", "node_id", "exception_type" and "exception_message".
+    "AGENT_TYPE_NOT_FOUND"). ErrorInfo.metadata carries, for every reason,
+    "node_id" (the node that decided the failure) and, when the call addressed
+    an agent, "agent_type"; when the payload named a message type,
+    "message_type" too. HANDLER_FAILED adds "exception_type" and
+    "exception_message". A failure that travels back through forwarding nodes
+    keeps the metadata of the node that decided it.
     """
 
 ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
@@ -84,8 +93,8 @@ ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
 carries no ErrorInfo with domain "ravi.mesh.v1".
 """
 ERROR_REASON_AGENT_TYPE_NOT_FOUND: ErrorReason.ValueType  # 1
-"""ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type
-(status NOT_FOUND).
+"""ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type,
+and none of the node's peers hosted it when last reached (status NOT_FOUND).
 """
 ERROR_REASON_NO_HANDLER: ErrorReason.ValueType  # 2
 """ERROR_REASON_NO_HANDLER: the agent has no handler for the message type
@@ -101,10 +110,11 @@ ERROR_REASON_BAD_ID: ErrorReason.ValueType  # 4
 INVALID_ARGUMENT).
 """
 ERROR_REASON_HANDLER_FAILED: ErrorReason.ValueType  # 5
-"""ERROR_REASON_HANDLER_FAILED: the handler raised an error that is not a ravi
-error; ErrorInfo.metadata carries "exception_type" and "exception_message"
-(status UNKNOWN). A ravi error raised by a handler keeps its own code and
-reason instead (no ErrorInfo when it has no reason).
+"""ERROR_REASON_HANDLER_FAILED: the handler failed; ErrorInfo.metadata carries
+"exception_type" and "exception_message". The status is UNKNOWN, or the
+code the handler's error chose (a ravi error with a code): a code outside
+1 to 16 is UNKNOWN. A ravi error that carries a reason of its own (one a
+nested call failed with) keeps that reason and its metadata instead.
 """
 ERROR_REASON_REENTRANT_CALL: ErrorReason.ValueType  # 6
 """ERROR_REASON_REENTRANT_CALL: the call would deadlock by re-entering a busy,
@@ -112,7 +122,11 @@ non-reentrant agent (status FAILED_PRECONDITION).
 """
 ERROR_REASON_PEER_UNAVAILABLE: ErrorReason.ValueType  # 7
 """ERROR_REASON_PEER_UNAVAILABLE: the node hosting the agent could not be
-reached (status UNAVAILABLE).
+reached (status UNAVAILABLE): the connection to it broke, or it stopped
+answering the keepalive checks (a frozen node), while the call was in
+flight; or every peer that hosted the agent type when last reached is
+unreachable now. ErrorInfo.metadata adds "peer_address", the address (or
+comma-separated addresses) that could not be reached.
 """
 ERROR_REASON_HOP_LIMIT_EXCEEDED: ErrorReason.ValueType  # 8
 """ERROR_REASON_HOP_LIMIT_EXCEEDED: forwarding would exceed the hop limit

@@ -30,12 +30,16 @@ class AgentId(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     type: _builtins.str
-    """type is the agent type, as registered on a node (for example "writer").
-    It must be non-empty and may contain letters, digits, '_', '-', '.' and ':'.
+    """type is the agent type, as registered on a node (for example "writer"):
+    1 to 256 ASCII letters, digits, '_', '-', '.' and ':'. Any other type is
+    refused with INVALID_ARGUMENT / BAD_ID.
     """
     key: _builtins.str
     """key identifies one instance of the type (for example "default" or a
-    conversation id). It must be non-empty and printable.
+    conversation id). It must be printable: 1 to 1024 bytes of UTF-8 with no
+    control character (U+0000 to U+001F, U+007F to U+009F); spaces, '/' and
+    any other Unicode character are allowed. Any other key is refused with
+    INVALID_ARGUMENT / BAD_ID.
     """
     def __init__(
         self,
@@ -96,15 +100,23 @@ class Payload(_message.Message):
     """type is the full name of the message type: the fully qualified protobuf
     name for messages declared in .proto files (for example
     "ravi.examples.v1.WriteRequest"), or the registered name of a JSON message
-    type.
+    type. A type URL as google.protobuf.Any writes it (for example
+    "type.googleapis.com/ravi.examples.v1.WriteRequest") names the same type:
+    everything up to the last '/' is ignored. Nodes write the bare name.
     """
     content_type: _builtins.str
     """content_type says how data is encoded: "application/x-protobuf" (binary
     protobuf) or "application/json" (UTF-8 JSON; for protobuf types, the
-    canonical protobuf JSON mapping).
+    canonical protobuf JSON mapping). It is a media type: the type and subtype
+    match case-insensitively and parameters are allowed ("application/json;
+    charset=utf-8"), but a charset other than UTF-8 is refused. Nodes write the
+    bare media type.
     """
     data: _builtins.bytes
-    """data is the encoded message."""
+    """data is the encoded message. A JSON message with a field its type does not
+    declare, JSON nested deeper than 100 arrays and objects, or protobuf nested
+    deeper than 100 messages is refused with INVALID_ARGUMENT / BAD_PAYLOAD.
+    """
     def __init__(
         self,
         *,
@@ -154,7 +166,9 @@ class Envelope(_message.Message):
     CALL_CHAIN_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """message_id is unique per message (a UUID is recommended). Receivers use it
-    for tracing, deduplication and, on durable runtimes, exactly-once processing.
+    for tracing, deduplication and, on durable runtimes, exactly-once
+    processing. Callers should set it; a node that receives an envelope without
+    one gives it a fresh UUID, which the handler sees.
     """
     idempotency_key: _builtins.str
     """idempotency_key, when set, lets a durable runtime process the message at

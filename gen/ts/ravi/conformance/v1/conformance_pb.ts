@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ravi/conformance/v1/conformance.proto.
  */
 export const file_ravi_conformance_v1_conformance: GenFile = /*@__PURE__*/
-  fileDesc("CiVyYXZpL2NvbmZvcm1hbmNlL3YxL2NvbmZvcm1hbmNlLnByb3RvEhNyYXZpLmNvbmZvcm1hbmNlLnYxIhQKBEVjaG8SDAoEdGV4dBgBIAEoCSL0AQoGRWNob2VkEgwKBHRleHQYASABKAkSJAoFYWdlbnQYAiABKAsyFS5yYXZpLm1lc2gudjEuQWdlbnRJZBIPCgdub2RlX2lkGAMgASgJEhAKCGxhbmd1YWdlGAQgASgJEiUKBnNlbmRlchgFIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkEjsKCG1ldGFkYXRhGAYgAygLMikucmF2aS5jb25mb3JtYW5jZS52MS5FY2hvZWQuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiJQoERmFpbBIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkiJAoFU2xlZXASDgoGbWlsbGlzGAEgASgNEgsKA3RhZxgCIAEoCSIUCgVTbGVwdBILCgN0YWcYASABKAkiPgoHRm9yd2FyZBIlCgZ0YXJnZXQYASABKAsyFS5yYXZpLm1lc2gudjEuQWdlbnRJZBIMCgR0ZXh0GAIgASgJIggKBlJlcG9ydCItCghPYnNlcnZlZBIOCgZldmVudHMYASADKAkSEQoJY2FuY2VsbGVkGAIgAygJIgsKCVVuaGFuZGxlZEJEWkJnaXRodWIuY29tL3JhdmktbWVzaC9yYXZpL2dlbi9nby9yYXZpL2NvbmZvcm1hbmNlL3YxO2NvbmZvcm1hbmNldjFiBnByb3RvMw", [file_ravi_mesh_v1_types]);
+  fileDesc("CiVyYXZpL2NvbmZvcm1hbmNlL3YxL2NvbmZvcm1hbmNlLnByb3RvEhNyYXZpLmNvbmZvcm1hbmNlLnYxIhQKBEVjaG8SDAoEdGV4dBgBIAEoCSKIAgoGRWNob2VkEgwKBHRleHQYASABKAkSJAoFYWdlbnQYAiABKAsyFS5yYXZpLm1lc2gudjEuQWdlbnRJZBIPCgdub2RlX2lkGAMgASgJEhAKCGxhbmd1YWdlGAQgASgJEiUKBnNlbmRlchgFIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkEjsKCG1ldGFkYXRhGAYgAygLMikucmF2aS5jb25mb3JtYW5jZS52MS5FY2hvZWQuTWV0YWRhdGFFbnRyeRISCgptZXNzYWdlX2lkGAcgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIlCgRGYWlsEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSIkCgVTbGVlcBIOCgZtaWxsaXMYASABKA0SCwoDdGFnGAIgASgJIhQKBVNsZXB0EgsKA3RhZxgBIAEoCSI+CgdGb3J3YXJkEiUKBnRhcmdldBgBIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkEgwKBHRleHQYAiABKAkiCAoGUmVwb3J0Ii0KCE9ic2VydmVkEg4KBmV2ZW50cxgBIAMoCRIRCgljYW5jZWxsZWQYAiADKAkiCwoJVW5oYW5kbGVkIjAKBE5lc3QSKAoFaW5uZXIYASABKAsyGS5yYXZpLmNvbmZvcm1hbmNlLnYxLk5lc3RCRFpCZ2l0aHViLmNvbS9yYXZpLW1lc2gvcmF2aS9nZW4vZ28vcmF2aS9jb25mb3JtYW5jZS92MTtjb25mb3JtYW5jZXYxYgZwcm90bzM", [file_ravi_mesh_v1_types]);
 
 /**
  * Echo asks a conformance agent to reply with what it received. Conformance
@@ -84,6 +84,14 @@ export type Echoed = Message<"ravi.conformance.v1.Echoed"> & {
    * @generated from field: map<string, string> metadata = 6;
    */
   metadata: { [key: string]: string };
+
+  /**
+   * message_id is the message id the agent saw: the envelope's, or the one the
+   * node gave a message that arrived without one.
+   *
+   * @generated from field: string message_id = 7;
+   */
+  messageId: string;
 };
 
 /**
@@ -262,4 +270,27 @@ export type Unhandled = Message<"ravi.conformance.v1.Unhandled"> & {
  */
 export const UnhandledSchema: GenMessage<Unhandled> = /*@__PURE__*/
   messageDesc(file_ravi_conformance_v1_conformance, 8);
+
+/**
+ * Nest is a message that nests itself, for the nesting limits: no conformance
+ * agent handles it, so a Nest within the limits is NO_HANDLER and one beyond
+ * them BAD_PAYLOAD.
+ *
+ * @generated from message ravi.conformance.v1.Nest
+ */
+export type Nest = Message<"ravi.conformance.v1.Nest"> & {
+  /**
+   * inner is the next level.
+   *
+   * @generated from field: ravi.conformance.v1.Nest inner = 1;
+   */
+  inner?: Nest | undefined;
+};
+
+/**
+ * Describes the message ravi.conformance.v1.Nest.
+ * Use `create(NestSchema)` to create a new message.
+ */
+export const NestSchema: GenMessage<Nest> = /*@__PURE__*/
+  messageDesc(file_ravi_conformance_v1_conformance, 9);
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ravi/mesh/v1/agent_service.proto.
  */
 export const file_ravi_mesh_v1_agent_service: GenFile = /*@__PURE__*/
-  fileDesc("CiByYXZpL21lc2gvdjEvYWdlbnRfc2VydmljZS5wcm90bxIMcmF2aS5tZXNoLnYxIqsBCgtTZW5kUmVxdWVzdBIoCglyZWNpcGllbnQYASABKAsyFS5yYXZpLm1lc2gudjEuQWdlbnRJZBIoCghlbnZlbG9wZRgCIAEoCzIWLnJhdmkubWVzaC52MS5FbnZlbG9wZRIiCgVyb3V0ZRgDIAEoCzITLnJhdmkubWVzaC52MS5Sb3V0ZRIkCgV0b3BpYxgEIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkIkYKDFNlbmRSZXNwb25zZRIlCgZyZXN1bHQYASABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZBIPCgdub2RlX2lkGAIgASgJIosBCg5QdWJsaXNoUmVxdWVzdBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEikKBXNjb3BlGAMgASgOMhoucmF2aS5tZXNoLnYxLlB1Ymxpc2hTY29wZSJGCg9QdWJsaXNoUmVzcG9uc2USGAoQbG9jYWxfZGVsaXZlcmllcxgBIAEoDRIZChFzdHJlYW1fZGVsaXZlcmllcxgCIAEoDSJtChBTdWJzY3JpYmVSZXF1ZXN0EioKB2ZpbHRlcnMYASADKAsyGS5yYXZpLm1lc2gudjEuVG9waWNGaWx0ZXISFQoNc3Vic2NyaWJlcl9pZBgCIAEoCRIWCg5hY2NlcHRfYmF0Y2hlcxgDIAEoCCJvCgVFdmVudBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEhYKDm9yaWdpbl9ub2RlX2lkGAMgASgJIpUBChFTdWJzY3JpYmVSZXNwb25zZRImCgRub2RlGAEgASgLMhYucmF2aS5tZXNoLnYxLk5vZGVJbmZvSAASJAoFZXZlbnQYAiABKAsyEy5yYXZpLm1lc2gudjEuRXZlbnRIABIqCgZldmVudHMYAyABKAsyGC5yYXZpLm1lc2gudjEuRXZlbnRCYXRjaEgAQgYKBGtpbmQiMQoKRXZlbnRCYXRjaBIjCgZldmVudHMYASADKAsyEy5yYXZpLm1lc2gudjEuRXZlbnQiOQoPRGVzY3JpYmVSZXF1ZXN0EiYKBmNhbGxlchgBIAEoCzIWLnJhdmkubWVzaC52MS5Ob2RlSW5mbyI4ChBEZXNjcmliZVJlc3BvbnNlEiQKBG5vZGUYASABKAsyFi5yYXZpLm1lc2gudjEuTm9kZUluZm8iSwoVUmVzb2x2ZVByb21pc2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSJAoFdmFsdWUYAiABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZCIpChZSZXNvbHZlUHJvbWlzZVJlc3BvbnNlEg8KB3dhaXRpbmcYASABKAgiOAoQU2F2ZVN0YXRlUmVxdWVzdBIkCgVhZ2VudBgBIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkIpYBChFTYXZlU3RhdGVSZXNwb25zZRI7CgZzdGF0ZXMYASADKAsyKy5yYXZpLm1lc2gudjEuU2F2ZVN0YXRlUmVzcG9uc2UuU3RhdGVzRW50cnkaRAoLU3RhdGVzRW50cnkSCwoDa2V5GAEgASgJEiQKBXZhbHVlGAIgASgLMhUucmF2aS5tZXNoLnYxLlBheWxvYWQ6AjgBIpQBChBMb2FkU3RhdGVSZXF1ZXN0EjoKBnN0YXRlcxgBIAMoCzIqLnJhdmkubWVzaC52MS5Mb2FkU3RhdGVSZXF1ZXN0LlN0YXRlc0VudHJ5GkQKC1N0YXRlc0VudHJ5EgsKA2tleRgBIAEoCRIkCgV2YWx1ZRgCIAEoCzIVLnJhdmkubWVzaC52MS5QYXlsb2FkOgI4ASITChFMb2FkU3RhdGVSZXNwb25zZSI4Cg5Db25uZWN0UmVxdWVzdBImCgVjYWxscxgBIAMoCzIXLnJhdmkubWVzaC52MS5DYWxsRnJhbWUikwEKCUNhbGxGcmFtZRIPCgdjYWxsX2lkGAEgASgEEikKBHNlbmQYAiABKAsyGS5yYXZpLm1lc2gudjEuU2VuZFJlcXVlc3RIABIqCgZjYW5jZWwYAyABKAsyGC5yYXZpLm1lc2gudjEuQ2FuY2VsQ2FsbEgAEhYKDnRpbWVvdXRfbWlsbGlzGAQgASgNQgYKBGtpbmQiDAoKQ2FuY2VsQ2FsbCI7Cg9Db25uZWN0UmVzcG9uc2USKAoFY2FsbHMYASADKAsyGS5yYXZpLm1lc2gudjEuQ2FsbE91dGNvbWUihQEKC0NhbGxPdXRjb21lEg8KB2NhbGxfaWQYASABKAQSLAoGcmVzdWx0GAIgASgLMhoucmF2aS5tZXNoLnYxLlNlbmRSZXNwb25zZUgAEiwKB2ZhaWx1cmUYAyABKAsyGS5yYXZpLm1lc2gudjEuQ2FsbEZhaWx1cmVIAEIJCgdvdXRjb21lIqgBCgtDYWxsRmFpbHVyZRIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkSDgoGcmVhc29uGAMgASgJEjkKCG1ldGFkYXRhGAQgAygLMicucmF2aS5tZXNoLnYxLkNhbGxGYWlsdXJlLk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBKl0KDFB1Ymxpc2hTY29wZRIdChlQVUJMSVNIX1NDT1BFX1VOU1BFQ0lGSUVEEAASFgoSUFVCTElTSF9TQ09QRV9NRVNIEAESFgoSUFVCTElTSF9TQ09QRV9OT0RFEAIy+gQKDEFnZW50U2VydmljZRI9CgRTZW5kEhkucmF2aS5tZXNoLnYxLlNlbmRSZXF1ZXN0GhoucmF2aS5tZXNoLnYxLlNlbmRSZXNwb25zZRJGCgdQdWJsaXNoEhwucmF2aS5tZXNoLnYxLlB1Ymxpc2hSZXF1ZXN0Gh0ucmF2aS5tZXNoLnYxLlB1Ymxpc2hSZXNwb25zZRJOCglTdWJzY3JpYmUSHi5yYXZpLm1lc2gudjEuU3Vic2NyaWJlUmVxdWVzdBofLnJhdmkubWVzaC52MS5TdWJzY3JpYmVSZXNwb25zZTABEk4KCERlc2NyaWJlEh0ucmF2aS5tZXNoLnYxLkRlc2NyaWJlUmVxdWVzdBoeLnJhdmkubWVzaC52MS5EZXNjcmliZVJlc3BvbnNlIgOQAgESWwoOUmVzb2x2ZVByb21pc2USIy5yYXZpLm1lc2gudjEuUmVzb2x2ZVByb21pc2VSZXF1ZXN0GiQucmF2aS5tZXNoLnYxLlJlc29sdmVQcm9taXNlUmVzcG9uc2USTAoJU2F2ZVN0YXRlEh4ucmF2aS5tZXNoLnYxLlNhdmVTdGF0ZVJlcXVlc3QaHy5yYXZpLm1lc2gudjEuU2F2ZVN0YXRlUmVzcG9uc2USTAoJTG9hZFN0YXRlEh4ucmF2aS5tZXNoLnYxLkxvYWRTdGF0ZVJlcXVlc3QaHy5yYXZpLm1lc2gudjEuTG9hZFN0YXRlUmVzcG9uc2USSgoHQ29ubmVjdBIcLnJhdmkubWVzaC52MS5Db25uZWN0UmVxdWVzdBodLnJhdmkubWVzaC52MS5Db25uZWN0UmVzcG9uc2UoATABQjZaNGdpdGh1Yi5jb20vcmF2aS1tZXNoL3JhdmkvZ2VuL2dvL3JhdmkvbWVzaC92MTttZXNodjFiBnByb3RvMw", [file_ravi_mesh_v1_types]);
+  fileDesc("CiByYXZpL21lc2gvdjEvYWdlbnRfc2VydmljZS5wcm90bxIMcmF2aS5tZXNoLnYxIqsBCgtTZW5kUmVxdWVzdBIoCglyZWNpcGllbnQYASABKAsyFS5yYXZpLm1lc2gudjEuQWdlbnRJZBIoCghlbnZlbG9wZRgCIAEoCzIWLnJhdmkubWVzaC52MS5FbnZlbG9wZRIiCgVyb3V0ZRgDIAEoCzITLnJhdmkubWVzaC52MS5Sb3V0ZRIkCgV0b3BpYxgEIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkIkYKDFNlbmRSZXNwb25zZRIlCgZyZXN1bHQYASABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZBIPCgdub2RlX2lkGAIgASgJIosBCg5QdWJsaXNoUmVxdWVzdBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEikKBXNjb3BlGAMgASgOMhoucmF2aS5tZXNoLnYxLlB1Ymxpc2hTY29wZSJGCg9QdWJsaXNoUmVzcG9uc2USGAoQbG9jYWxfZGVsaXZlcmllcxgBIAEoDRIZChFzdHJlYW1fZGVsaXZlcmllcxgCIAEoDSJtChBTdWJzY3JpYmVSZXF1ZXN0EioKB2ZpbHRlcnMYASADKAsyGS5yYXZpLm1lc2gudjEuVG9waWNGaWx0ZXISFQoNc3Vic2NyaWJlcl9pZBgCIAEoCRIWCg5hY2NlcHRfYmF0Y2hlcxgDIAEoCCJvCgVFdmVudBIkCgV0b3BpYxgBIAEoCzIVLnJhdmkubWVzaC52MS5Ub3BpY0lkEigKCGVudmVsb3BlGAIgASgLMhYucmF2aS5tZXNoLnYxLkVudmVsb3BlEhYKDm9yaWdpbl9ub2RlX2lkGAMgASgJIpUBChFTdWJzY3JpYmVSZXNwb25zZRImCgRub2RlGAEgASgLMhYucmF2aS5tZXNoLnYxLk5vZGVJbmZvSAASJAoFZXZlbnQYAiABKAsyEy5yYXZpLm1lc2gudjEuRXZlbnRIABIqCgZldmVudHMYAyABKAsyGC5yYXZpLm1lc2gudjEuRXZlbnRCYXRjaEgAQgYKBGtpbmQiMQoKRXZlbnRCYXRjaBIjCgZldmVudHMYASADKAsyEy5yYXZpLm1lc2gudjEuRXZlbnQiOQoPRGVzY3JpYmVSZXF1ZXN0EiYKBmNhbGxlchgBIAEoCzIWLnJhdmkubWVzaC52MS5Ob2RlSW5mbyI4ChBEZXNjcmliZVJlc3BvbnNlEiQKBG5vZGUYASABKAsyFi5yYXZpLm1lc2gudjEuTm9kZUluZm8iSwoVUmVzb2x2ZVByb21pc2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSJAoFdmFsdWUYAiABKAsyFS5yYXZpLm1lc2gudjEuUGF5bG9hZCIpChZSZXNvbHZlUHJvbWlzZVJlc3BvbnNlEg8KB3dhaXRpbmcYASABKAgiOAoQU2F2ZVN0YXRlUmVxdWVzdBIkCgVhZ2VudBgBIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkIpYBChFTYXZlU3RhdGVSZXNwb25zZRI7CgZzdGF0ZXMYASADKAsyKy5yYXZpLm1lc2gudjEuU2F2ZVN0YXRlUmVzcG9uc2UuU3RhdGVzRW50cnkaRAoLU3RhdGVzRW50cnkSCwoDa2V5GAEgASgJEiQKBXZhbHVlGAIgASgLMhUucmF2aS5tZXNoLnYxLlBheWxvYWQ6AjgBIpQBChBMb2FkU3RhdGVSZXF1ZXN0EjoKBnN0YXRlcxgBIAMoCzIqLnJhdmkubWVzaC52MS5Mb2FkU3RhdGVSZXF1ZXN0LlN0YXRlc0VudHJ5GkQKC1N0YXRlc0VudHJ5EgsKA2tleRgBIAEoCRIkCgV2YWx1ZRgCIAEoCzIVLnJhdmkubWVzaC52MS5QYXlsb2FkOgI4ASITChFMb2FkU3RhdGVSZXNwb25zZSI6ChBNdWx0aXBsZXhSZXF1ZXN0EiYKBWNhbGxzGAEgAygLMhcucmF2aS5tZXNoLnYxLkNhbGxGcmFtZSKTAQoJQ2FsbEZyYW1lEg8KB2NhbGxfaWQYASABKAQSKQoEc2VuZBgCIAEoCzIZLnJhdmkubWVzaC52MS5TZW5kUmVxdWVzdEgAEioKBmNhbmNlbBgDIAEoCzIYLnJhdmkubWVzaC52MS5DYW5jZWxDYWxsSAASFgoOdGltZW91dF9taWxsaXMYBCABKA1CBgoEa2luZCIMCgpDYW5jZWxDYWxsIj0KEU11bHRpcGxleFJlc3BvbnNlEigKBWNhbGxzGAEgAygLMhkucmF2aS5tZXNoLnYxLkNhbGxPdXRjb21lIoUBCgtDYWxsT3V0Y29tZRIPCgdjYWxsX2lkGAEgASgEEiwKBnJlc3VsdBgCIAEoCzIaLnJhdmkubWVzaC52MS5TZW5kUmVzcG9uc2VIABIsCgdmYWlsdXJlGAMgASgLMhkucmF2aS5tZXNoLnYxLkNhbGxGYWlsdXJlSABCCQoHb3V0Y29tZSKoAQoLQ2FsbEZhaWx1cmUSDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlYXNvbhgDIAEoCRI5CghtZXRhZGF0YRgEIAMoCzInLnJhdmkubWVzaC52MS5DYWxsRmFpbHVyZS5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASpdCgxQdWJsaXNoU2NvcGUSHQoZUFVCTElTSF9TQ09QRV9VTlNQRUNJRklFRBAAEhYKElBVQkxJU0hfU0NPUEVfTUVTSBABEhYKElBVQkxJU0hfU0NPUEVfTk9ERRACMoAFCgxBZ2VudFNlcnZpY2USPQoEU2VuZBIZLnJhdmkubWVzaC52MS5TZW5kUmVxdWVzdBoaLnJhdmkubWVzaC52MS5TZW5kUmVzcG9uc2USRgoHUHVibGlzaBIcLnJhdmkubWVzaC52MS5QdWJsaXNoUmVxdWVzdBodLnJhdmkubWVzaC52MS5QdWJsaXNoUmVzcG9uc2USTgoJU3Vic2NyaWJlEh4ucmF2aS5tZXNoLnYxLlN1YnNjcmliZVJlcXVlc3QaHy5yYXZpLm1lc2gudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJOCghEZXNjcmliZRIdLnJhdmkubWVzaC52MS5EZXNjcmliZVJlcXVlc3QaHi5yYXZpLm1lc2gudjEuRGVzY3JpYmVSZXNwb25zZSIDkAIBElsKDlJlc29sdmVQcm9taXNlEiMucmF2aS5tZXNoLnYxLlJlc29sdmVQcm9taXNlUmVxdWVzdBokLnJhdmkubWVzaC52MS5SZXNvbHZlUHJvbWlzZVJlc3BvbnNlEkwKCVNhdmVTdGF0ZRIeLnJhdmkubWVzaC52MS5TYXZlU3RhdGVSZXF1ZXN0Gh8ucmF2aS5tZXNoLnYxLlNhdmVTdGF0ZVJlc3BvbnNlEkwKCUxvYWRTdGF0ZRIeLnJhdmkubWVzaC52MS5Mb2FkU3RhdGVSZXF1ZXN0Gh8ucmF2aS5tZXNoLnYxLkxvYWRTdGF0ZVJlc3BvbnNlElAKCU11bHRpcGxleBIeLnJhdmkubWVzaC52MS5NdWx0aXBsZXhSZXF1ZXN0Gh8ucmF2aS5tZXNoLnYxLk11bHRpcGxleFJlc3BvbnNlKAEwAUI2WjRnaXRodWIuY29tL3JhdmktbWVzaC9yYXZpL2dlbi9nby9yYXZpL21lc2gvdjE7bWVzaHYxYgZwcm90bzM", [file_ravi_mesh_v1_types]);
 
 /**
  * SendRequest is the request of AgentService.Send.
@@ -471,13 +471,13 @@ export const LoadStateResponseSchema: GenMessage<LoadStateResponse> = /*@__PURE_
   messageDesc(file_ravi_mesh_v1_agent_service, 15);
 
 /**
- * ConnectRequest is one message a caller writes on an AgentService.Connect
+ * MultiplexRequest is one message a caller writes on an AgentService.Multiplex
  * stream: the call frames that were ready together. Batching frames saves a
  * write per call when many calls are in flight.
  *
- * @generated from message ravi.mesh.v1.ConnectRequest
+ * @generated from message ravi.mesh.v1.MultiplexRequest
  */
-export type ConnectRequest = Message<"ravi.mesh.v1.ConnectRequest"> & {
+export type MultiplexRequest = Message<"ravi.mesh.v1.MultiplexRequest"> & {
   /**
    * calls are the frames, handled in order.
    *
@@ -487,14 +487,14 @@ export type ConnectRequest = Message<"ravi.mesh.v1.ConnectRequest"> & {
 };
 
 /**
- * Describes the message ravi.mesh.v1.ConnectRequest.
- * Use `create(ConnectRequestSchema)` to create a new message.
+ * Describes the message ravi.mesh.v1.MultiplexRequest.
+ * Use `create(MultiplexRequestSchema)` to create a new message.
  */
-export const ConnectRequestSchema: GenMessage<ConnectRequest> = /*@__PURE__*/
+export const MultiplexRequestSchema: GenMessage<MultiplexRequest> = /*@__PURE__*/
   messageDesc(file_ravi_mesh_v1_agent_service, 16);
 
 /**
- * CallFrame starts or cancels one call on a Connect stream.
+ * CallFrame starts or cancels one call on a Multiplex stream.
  *
  * @generated from message ravi.mesh.v1.CallFrame
  */
@@ -563,12 +563,12 @@ export const CancelCallSchema: GenMessage<CancelCall> = /*@__PURE__*/
   messageDesc(file_ravi_mesh_v1_agent_service, 18);
 
 /**
- * ConnectResponse is one message a node writes on an AgentService.Connect
+ * MultiplexResponse is one message a node writes on an AgentService.Multiplex
  * stream: the outcomes of calls that ended together.
  *
- * @generated from message ravi.mesh.v1.ConnectResponse
+ * @generated from message ravi.mesh.v1.MultiplexResponse
  */
-export type ConnectResponse = Message<"ravi.mesh.v1.ConnectResponse"> & {
+export type MultiplexResponse = Message<"ravi.mesh.v1.MultiplexResponse"> & {
   /**
    * calls are the outcomes.
    *
@@ -578,14 +578,14 @@ export type ConnectResponse = Message<"ravi.mesh.v1.ConnectResponse"> & {
 };
 
 /**
- * Describes the message ravi.mesh.v1.ConnectResponse.
- * Use `create(ConnectResponseSchema)` to create a new message.
+ * Describes the message ravi.mesh.v1.MultiplexResponse.
+ * Use `create(MultiplexResponseSchema)` to create a new message.
  */
-export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
+export const MultiplexResponseSchema: GenMessage<MultiplexResponse> = /*@__PURE__*/
   messageDesc(file_ravi_mesh_v1_agent_service, 19);
 
 /**
- * CallOutcome is how one call on a Connect stream ended.
+ * CallOutcome is how one call on a Multiplex stream ended.
  *
  * @generated from message ravi.mesh.v1.CallOutcome
  */
@@ -629,7 +629,7 @@ export const CallOutcomeSchema: GenMessage<CallOutcome> = /*@__PURE__*/
   messageDesc(file_ravi_mesh_v1_agent_service, 20);
 
 /**
- * CallFailure is a failed call on a Connect stream: the gRPC status code,
+ * CallFailure is a failed call on a Multiplex stream: the gRPC status code,
  * message and ErrorInfo reason and metadata a unary Send would carry.
  *
  * @generated from message ravi.mesh.v1.CallFailure
@@ -714,12 +714,26 @@ export const PublishScopeSchema: GenEnum<PublishScope> = /*@__PURE__*/
  * publish/subscribe (Publish, Subscribe), and lets peers and tools discover
  * what the node hosts (Describe).
  *
- * Callers set a gRPC deadline on every call; a node propagates the remaining
- * time to the handler and to any hop it forwards to. Credentials, when a node
- * requires them, travel as "authorization: Bearer <token>" gRPC metadata or as
- * a TLS client certificate. Trace context travels as W3C "traceparent" gRPC
- * metadata. Failures are gRPC status codes with a google.rpc.ErrorInfo detail
- * whose reason is an ErrorReason.
+ * Deadlines: callers should set a gRPC deadline on every call; a call without
+ * one runs with the node's default timeout (60 s). A node propagates the
+ * remaining time to the handler and to any hop it forwards to, honours
+ * deadlines of any length the grpc-timeout header can carry, and answers a call
+ * whose deadline is already spent (or as short as 1 ms) with DEADLINE_EXCEEDED:
+ * every call gets a status.
+ *
+ * Credentials, when a node requires them, travel as exactly one
+ * "authorization: Bearer <token>" gRPC metadata entry (the scheme is matched
+ * case-insensitively, as in RFC 7235; a second authorization entry makes the
+ * call UNAUTHENTICATED) or as a TLS client certificate. Trace context travels as
+ * W3C "traceparent" gRPC metadata.
+ *
+ * Failures are gRPC status codes with a google.rpc.ErrorInfo detail whose
+ * domain is "ravi.mesh.v1" and whose reason is an ErrorReason (see
+ * errors.proto for the metadata every reason carries). Request bytes that do not
+ * parse as the RPC's request message fail with INTERNAL and no ErrorInfo, as
+ * the gRPC libraries themselves answer. Every node serves grpc.health.v1 and
+ * server reflection (v1 and v1alpha) describing every message a client needs,
+ * google.rpc.Status and google.rpc.ErrorInfo included.
  *
  * @generated from service ravi.mesh.v1.AgentService
  */
@@ -752,7 +766,9 @@ export const AgentService: GenService<{
    * Subscribe streams the events published on this node that match the
    * request's filters. The first message on the stream is the node's
    * description, sent once the subscription is active; a new description
-   * follows whenever the node's agent types or subscriptions change.
+   * follows whenever the node's agent types or subscriptions change. A node
+   * holds at most 100 open Subscribe streams per caller (one client
+   * connection); the next one fails with RESOURCE_EXHAUSTED.
    *
    * @generated from rpc ravi.mesh.v1.AgentService.Subscribe
    */
@@ -808,18 +824,22 @@ export const AgentService: GenService<{
     output: typeof LoadStateResponseSchema;
   },
   /**
-   * Connect carries many Send calls over one bidirectional stream, which costs
-   * far less per call than a unary RPC: nodes use it between themselves. Each
-   * request frame names a call id that its response frame repeats; calls
+   * Multiplex carries many Send calls over one bidirectional stream, which
+   * costs far less per call than a unary RPC: nodes use it between themselves.
+   * Each request frame names a call id that its response frame repeats; calls
    * complete in any order and each has its own deadline. A node that does not
-   * implement Connect answers UNIMPLEMENTED, and callers use Send instead.
+   * implement Multiplex answers UNIMPLEMENTED, and callers use Send instead.
+   * (Contract 1.1.0 named this RPC Connect, which collides with the connect
+   * constructor tonic generates for every client and with the ConnectRPC
+   * protocol; contract 1.2.0 renamed it before any external user depended on
+   * it.)
    *
-   * @generated from rpc ravi.mesh.v1.AgentService.Connect
+   * @generated from rpc ravi.mesh.v1.AgentService.Multiplex
    */
-  connect: {
+  multiplex: {
     methodKind: "bidi_streaming";
-    input: typeof ConnectRequestSchema;
-    output: typeof ConnectResponseSchema;
+    input: typeof MultiplexRequestSchema;
+    output: typeof MultiplexResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ravi_mesh_v1_agent_service, 0);

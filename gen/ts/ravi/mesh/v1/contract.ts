@@ -3,7 +3,7 @@
 // The shared facts of the ravi.mesh.v1 contract (proto/ravi/mesh/v1/contract.toml).
 
 /** The version every node reports in NodeInfo.contract_version. */
-export const CONTRACT_VERSION = "1.1.0";
+export const CONTRACT_VERSION = "1.2.0";
 /** How many times one Send may be forwarded. */
 export const HOP_LIMIT = 8;
 /** The deadline of a send that names none, in milliseconds. */
@@ -14,3 +14,15 @@ export const DEFAULT_MAILBOX_CAPACITY = 10000;
 export const DEFAULT_MAX_MESSAGE_BYTES = 4194304;
 /** How long calls in flight may finish when a node stops, in milliseconds. */
 export const DEFAULT_GRACE_PERIOD_MS = 5000;
+/** How often a node pings a peer's connection, in milliseconds. */
+export const DEFAULT_KEEPALIVE_TIME_MS = 4000;
+/** How long a ping may go unanswered before the connection is closed, in milliseconds. */
+export const DEFAULT_KEEPALIVE_TIMEOUT_MS = 4000;
+/** How many Subscribe streams one caller may hold open on a node. */
+export const DEFAULT_MAX_STREAMS_PER_CALLER = 100;
+/** The longest agent type. */
+export const MAX_TYPE_BYTES = 256;
+/** The longest agent key, in UTF-8 bytes. */
+export const MAX_KEY_BYTES = 1024;
+/** How deep a payload may nest (JSON arrays and objects, protobuf messages). */
+export const MAX_NESTING_DEPTH = 100;

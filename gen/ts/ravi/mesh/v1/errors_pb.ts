@@ -16,8 +16,12 @@ export const file_ravi_mesh_v1_errors: GenFile = /*@__PURE__*/
  * detail of a failed call. The status code says what kind of failure it is; the
  * reason says which one. ErrorInfo.domain is "ravi.mesh.v1" and ErrorInfo.reason
  * is the value name without the "ERROR_REASON_" prefix (for example
- * "AGENT_TYPE_NOT_FOUND"). ErrorInfo.metadata may carry "agent_type",
- * "message_type", "node_id", "exception_type" and "exception_message".
+ * "AGENT_TYPE_NOT_FOUND"). ErrorInfo.metadata carries, for every reason,
+ * "node_id" (the node that decided the failure) and, when the call addressed
+ * an agent, "agent_type"; when the payload named a message type,
+ * "message_type" too. HANDLER_FAILED adds "exception_type" and
+ * "exception_message". A failure that travels back through forwarding nodes
+ * keeps the metadata of the node that decided it.
  *
  * @generated from enum ravi.mesh.v1.ErrorReason
  */
@@ -31,8 +35,8 @@ export enum ErrorReason {
   UNSPECIFIED = 0,
 
   /**
-   * ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type
-   * (status NOT_FOUND).
+   * ERROR_REASON_AGENT_TYPE_NOT_FOUND: no node in the mesh hosts the agent type,
+   * and none of the node's peers hosted it when last reached (status NOT_FOUND).
    *
    * @generated from enum value: ERROR_REASON_AGENT_TYPE_NOT_FOUND = 1;
    */
@@ -64,10 +68,11 @@ export enum ErrorReason {
   BAD_ID = 4,
 
   /**
-   * ERROR_REASON_HANDLER_FAILED: the handler raised an error that is not a ravi
-   * error; ErrorInfo.metadata carries "exception_type" and "exception_message"
-   * (status UNKNOWN). A ravi error raised by a handler keeps its own code and
-   * reason instead (no ErrorInfo when it has no reason).
+   * ERROR_REASON_HANDLER_FAILED: the handler failed; ErrorInfo.metadata carries
+   * "exception_type" and "exception_message". The status is UNKNOWN, or the
+   * code the handler's error chose (a ravi error with a code): a code outside
+   * 1 to 16 is UNKNOWN. A ravi error that carries a reason of its own (one a
+   * nested call failed with) keeps that reason and its metadata instead.
    *
    * @generated from enum value: ERROR_REASON_HANDLER_FAILED = 5;
    */
@@ -83,7 +88,11 @@ export enum ErrorReason {
 
   /**
    * ERROR_REASON_PEER_UNAVAILABLE: the node hosting the agent could not be
-   * reached (status UNAVAILABLE).
+   * reached (status UNAVAILABLE): the connection to it broke, or it stopped
+   * answering the keepalive checks (a frozen node), while the call was in
+   * flight; or every peer that hosted the agent type when last reached is
+   * unreachable now. ErrorInfo.metadata adds "peer_address", the address (or
+   * comma-separated addresses) that could not be reached.
    *
    * @generated from enum value: ERROR_REASON_PEER_UNAVAILABLE = 7;
    */

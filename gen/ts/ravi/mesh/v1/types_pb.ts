@@ -21,8 +21,9 @@ export const file_ravi_mesh_v1_types: GenFile = /*@__PURE__*/
  */
 export type AgentId = Message<"ravi.mesh.v1.AgentId"> & {
   /**
-   * type is the agent type, as registered on a node (for example "writer").
-   * It must be non-empty and may contain letters, digits, '_', '-', '.' and ':'.
+   * type is the agent type, as registered on a node (for example "writer"):
+   * 1 to 256 ASCII letters, digits, '_', '-', '.' and ':'. Any other type is
+   * refused with INVALID_ARGUMENT / BAD_ID.
    *
    * @generated from field: string type = 1;
    */
@@ -30,7 +31,10 @@ export type AgentId = Message<"ravi.mesh.v1.AgentId"> & {
 
   /**
    * key identifies one instance of the type (for example "default" or a
-   * conversation id). It must be non-empty and printable.
+   * conversation id). It must be printable: 1 to 1024 bytes of UTF-8 with no
+   * control character (U+0000 to U+001F, U+007F to U+009F); spaces, '/' and
+   * any other Unicode character are allowed. Any other key is refused with
+   * INVALID_ARGUMENT / BAD_ID.
    *
    * @generated from field: string key = 2;
    */
@@ -85,7 +89,9 @@ export type Payload = Message<"ravi.mesh.v1.Payload"> & {
    * type is the full name of the message type: the fully qualified protobuf
    * name for messages declared in .proto files (for example
    * "ravi.examples.v1.WriteRequest"), or the registered name of a JSON message
-   * type.
+   * type. A type URL as google.protobuf.Any writes it (for example
+   * "type.googleapis.com/ravi.examples.v1.WriteRequest") names the same type:
+   * everything up to the last '/' is ignored. Nodes write the bare name.
    *
    * @generated from field: string type = 1;
    */
@@ -94,14 +100,19 @@ export type Payload = Message<"ravi.mesh.v1.Payload"> & {
   /**
    * content_type says how data is encoded: "application/x-protobuf" (binary
    * protobuf) or "application/json" (UTF-8 JSON; for protobuf types, the
-   * canonical protobuf JSON mapping).
+   * canonical protobuf JSON mapping). It is a media type: the type and subtype
+   * match case-insensitively and parameters are allowed ("application/json;
+   * charset=utf-8"), but a charset other than UTF-8 is refused. Nodes write the
+   * bare media type.
    *
    * @generated from field: string content_type = 2;
    */
   contentType: string;
 
   /**
-   * data is the encoded message.
+   * data is the encoded message. A JSON message with a field its type does not
+   * declare, JSON nested deeper than 100 arrays and objects, or protobuf nested
+   * deeper than 100 messages is refused with INVALID_ARGUMENT / BAD_PAYLOAD.
    *
    * @generated from field: bytes data = 3;
    */
@@ -123,7 +134,9 @@ export const PayloadSchema: GenMessage<Payload> = /*@__PURE__*/
 export type Envelope = Message<"ravi.mesh.v1.Envelope"> & {
   /**
    * message_id is unique per message (a UUID is recommended). Receivers use it
-   * for tracing, deduplication and, on durable runtimes, exactly-once processing.
+   * for tracing, deduplication and, on durable runtimes, exactly-once
+   * processing. Callers should set it; a node that receives an envelope without
+   * one gives it a fresh UUID, which the handler sees.
    *
    * @generated from field: string message_id = 1;
    */

@@ -86,6 +86,17 @@ class GrpcRuntimeOptions:
         default=contract.DEFAULT_GRACE_PERIOD_SECONDS,
         metadata=option("Seconds calls in flight get to finish when the node stops."),
     )
+    keepalive_time: float = field(
+        default=contract.DEFAULT_KEEPALIVE_TIME_SECONDS,
+        metadata=option("Seconds between two pings (HTTP/2 PING) of each peer's connection."),
+    )
+    keepalive_timeout: float = field(
+        default=contract.DEFAULT_KEEPALIVE_TIMEOUT_SECONDS,
+        metadata=option(
+            "Seconds a ping may go unanswered before the peer's connection is closed: its "
+            "calls fail UNAVAILABLE and its agent types with them."
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.default_timeout <= 0:
@@ -96,6 +107,15 @@ class GrpcRuntimeOptions:
             raise ValueError(f"max_message_bytes must be positive, got {self.max_message_bytes}")
         if self.grace_period < 0:
             raise ValueError(f"grace_period must not be negative, got {self.grace_period}")
+        # Every node accepts pings every DEFAULT_KEEPALIVE_TIME / 2 (contract.toml);
+        # a peer pinging more often would have its connections closed.
+        if self.keepalive_time < contract.DEFAULT_KEEPALIVE_TIME_SECONDS / 2:
+            raise ValueError(
+                "keepalive_time must be at least "
+                f"{contract.DEFAULT_KEEPALIVE_TIME_SECONDS / 2} s, got {self.keepalive_time}"
+            )
+        if self.keepalive_timeout <= 0:
+            raise ValueError(f"keepalive_timeout must be positive, got {self.keepalive_timeout}")
 
     def server_tls(self) -> TlsConfig | None:
         """The TLS the node serves with, if any."""

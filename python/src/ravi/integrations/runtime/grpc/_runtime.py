@@ -67,6 +67,8 @@ class GrpcRuntime(BaseRuntime):
                 max_message_bytes=options.max_message_bytes,
                 tls=options.peer_tls(),
                 token=options.peer_token if options.peer_token is not None else options.token,
+                keepalive_time=options.keepalive_time,
+                keepalive_timeout=options.keepalive_timeout,
                 deadlines=lambda: node.host.deadlines,
             ),
             listen_host=host,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +53,19 @@ class TlsConfig:
         )
 
 
+_BEARER = re.compile(r"bearer +(\S+) *", re.IGNORECASE | re.ASCII)
+"""`authorization` credentials (RFC 7235): the scheme in any case, one or more spaces, the token."""
+
+
 class BearerAuth(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses calls without `authorization: Bearer <token>` with UNAUTHENTICATED."""
+    """Refuses calls without exactly one `authorization: Bearer <token>` with UNAUTHENTICATED.
+
+    A second `authorization` entry is refused even when both name the token: which
+    one counts must never depend on an implementation (agent_service.proto).
+    """
 
     def __init__(self, token: str, *, health_without_auth: bool) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
         self._health_without_auth = health_without_auth
 
     async def intercept_service(
@@ -68,11 +77,15 @@ class BearerAuth(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method: str = handler_call_details.method
         if handler is None or (self._health_without_auth and method.startswith(_HEALTH_PREFIX)):
             return handler  # type: ignore[return-value]  # None: unknown method, gRPC answers
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-                if hmac.compare_digest(given, self._expected):
-                    return handler
+        given = [
+            value
+            for key, value in handler_call_details.invocation_metadata or ()
+            if key == "authorization"
+        ]
+        if len(given) == 1 and isinstance(given[0], str):
+            match = _BEARER.fullmatch(given[0])
+            if match is not None and hmac.compare_digest(match[1].encode(), self._expected):
+                return handler
         return _denied(handler)
 
 

@@ -2,7 +2,7 @@
 
 `AgentService` implements ravi.mesh.v1.AgentService by calling the node's
 `NodeHandler`; a `RaviError` becomes a gRPC status with ErrorInfo on unary
-calls and a `CallFailure` on a Connect frame (both through `ravi.errors`), and
+calls and a `CallFailure` on a Multiplex frame (both through `ravi.errors`), and
 so does any other exception, so a caller always gets an outcome.
 """
 
@@ -12,10 +12,13 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -26,7 +29,11 @@ from ravi._mesh.transport import NodeHandler
 from ravi.errors import Unavailable, to_call_failure, to_grpc_status
 from ravi.integrations.runtime.grpc._security import BearerAuth, TlsConfig
 from ravi.integrations.runtime.grpc._transport import channel_options
-from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc
+from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, contract, errors_pb2
+
+# Reflection answers from the default descriptor pool: these put ErrorReason and
+# google.rpc.Status / ErrorInfo there, every type a client needs (agent_service.proto).
+_DESCRIBED = (errors_pb2, status_pb2, error_details_pb2)
 
 logger = logging.getLogger("ravi.grpc")
 
@@ -34,6 +41,93 @@ SERVICE_NAME: str = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 _CHUNK = 16
 """Frames handled before yielding to the loop, to pipeline big batches."""
+_MAX_PENDING_CALLS = 100_000
+_MIN_PING_INTERVAL_MS = int(contract.DEFAULT_KEEPALIVE_TIME_SECONDS * 1000 // 2)
+
+
+class _Malformed:
+    """A request whose bytes did not parse: the method answers INTERNAL (agent_service.proto)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    # grpc.aio answers UNKNOWN when a deserializer raises; the contract says
+    # INTERNAL, as grpc-go and connect answer, so the method decides instead.
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            return _Malformed(str(error))
+
+    return deserialize
+
+
+async def _refuse_malformed(request: _Malformed, context: Context) -> NoReturn:
+    await context.abort(grpc.StatusCode.INTERNAL, f"the request does not parse: {request.error}")
+    raise AssertionError("abort raises")  # pragma: no cover
+
+
+def _describe_reflection_v1() -> None:
+    """Put grpc.reflection.v1 into the descriptor pool reflection answers from.
+
+    grpcio-reflection ships only v1alpha's descriptor; v1 declares the same
+    messages under another package, so grpcurl can invoke v1 once its
+    descriptor, derived from v1alpha's, is known too.
+    """
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindServiceByName(_REFLECTION_V1)
+        return
+    except KeyError:
+        pass
+    v1 = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(v1)
+    v1.name = "grpc/reflection/v1/reflection.proto"
+    v1.package = "grpc.reflection.v1"
+    v1.options.Clear()
+    alpha, beta = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    for message in v1.message_type:
+        for field in message.field:
+            if field.type_name:
+                field.type_name = field.type_name.replace(alpha, beta)
+    for service in v1.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(alpha, beta)
+            method.output_type = method.output_type.replace(alpha, beta)
+    pool.Add(v1)
+
+
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _add_agent_service(service: AgentService, server: grpc.aio.Server) -> None:
+    """Register AgentService as the generated code would, with lenient request parsing."""
+    descriptor = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
+    handlers = {}
+    for method in descriptor.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        kind = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = kind(
+            getattr(service, method.name),
+            request_deserializer=_lenient(request.FromString),
+            response_serializer=response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+    )
+    # As the generated code does; grpc's stubs do not declare it.
+    server.add_registered_method_handlers(descriptor.full_name, handlers)  # type: ignore[attr-defined]
+
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -85,9 +179,22 @@ class GrpcServer:
     async def start(self) -> None:
         options = [
             *channel_options(self._max_message_bytes),
+            # The server pings its callers now and then too, to let go of the
+            # streams of a caller that vanished.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            # Peers ping every DEFAULT_KEEPALIVE_TIME (contract.toml) to find a frozen
+            # node quickly; a server that allowed fewer pings would close their connections.
+            ("grpc.http2.min_ping_interval_without_data_ms", _MIN_PING_INTERVAL_MS),
+            ("grpc.http2.max_ping_strikes", 0),
             ("grpc.so_reuseport", 0),
+            # grpc-core cancels calls the application has not picked up yet beyond 1,000
+            # (3,000 hard): a burst at one node then fails CANCELLED, which the contract
+            # reserves for callers that cancel. Calls wait instead, each within its
+            # deadline, and fail DEADLINE_EXCEEDED or MAILBOX_FULL like any other.
+            ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", _MAX_PENDING_CALLS),
         ]
         interceptors = (
             [BearerAuth(self._token, health_without_auth=self._health_without_auth)]
@@ -95,7 +202,7 @@ class GrpcServer:
             else []
         )
         server = grpc.aio.server(options=options, interceptors=interceptors)
-        agent_service_pb2_grpc.add_AgentServiceServicer_to_server(self._service, server)
+        _add_agent_service(self._service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (
             SERVICE_NAME,
@@ -103,6 +210,7 @@ class GrpcServer:
             reflection.SERVICE_NAME,
             _REFLECTION_V1,
         )
+        _describe_reflection_v1()
         reflector = ReflectionServicer(names)
         reflection.enable_server_reflection(names, server)
         # grpcio-reflection registers v1alpha only; v1 has the same messages on
@@ -135,7 +243,7 @@ class GrpcServer:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     async def enter_graceful_shutdown(self) -> None:
-        """Health says NOT_SERVING and Connect streams take no new calls."""
+        """Health says NOT_SERVING and Multiplex streams take no new calls."""
         await self._health.enter_graceful_shutdown()
         self._service.drain()
 
@@ -146,8 +254,8 @@ class GrpcServer:
             self._server = None
 
 
-class _ConnectSession:
-    """One Connect stream: Send calls in flight, answered in any order."""
+class _MultiplexSession:
+    """One Multiplex stream: Send calls in flight, answered in any order."""
 
     def __init__(self, node: NodeHandler, trace: dict[str, str], draining: bool) -> None:
         self._node = node
@@ -157,10 +265,12 @@ class _ConnectSession:
         self._ended = False
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._draining = draining
+        self.malformed: _Malformed | None = None
+        """A request message that did not parse: the stream ends INTERNAL."""
 
     async def run(
-        self, requests: AsyncIterator[agent_service_pb2.ConnectRequest]
-    ) -> AsyncIterator[agent_service_pb2.ConnectResponse]:
+        self, requests: AsyncIterator[agent_service_pb2.MultiplexRequest | _Malformed]
+    ) -> AsyncIterator[agent_service_pb2.MultiplexResponse]:
         reader = asyncio.get_running_loop().create_task(self._read(requests))
         try:
             while True:
@@ -169,7 +279,7 @@ class _ConnectSession:
                 if self._outcomes:
                     # Outcomes that are ready together go out as one message.
                     batch, self._outcomes = self._outcomes, []
-                    yield agent_service_pb2.ConnectResponse(calls=batch)
+                    yield agent_service_pb2.MultiplexResponse(calls=batch)
                 if self._ended and not self._outcomes:
                     return
         finally:
@@ -189,10 +299,15 @@ class _ConnectSession:
         self._ended = True
         self._ready.set()
 
-    async def _read(self, requests: AsyncIterator[agent_service_pb2.ConnectRequest]) -> None:
+    async def _read(
+        self, requests: AsyncIterator[agent_service_pb2.MultiplexRequest | _Malformed]
+    ) -> None:
         loop = asyncio.get_running_loop()
         try:
             async for request in requests:
+                if isinstance(request, _Malformed):
+                    self.malformed = request
+                    break
                 for index, frame in enumerate(request.calls, start=1):
                     if index % _CHUNK == 0:
                         # Let the calls started so far finish and be answered
@@ -249,6 +364,8 @@ def _statuses(
 
     @functools.wraps(method)
     async def serve(self: Any, request: Request, context: Context) -> Response:
+        if isinstance(request, _Malformed):
+            await _refuse_malformed(request, context)
         try:
             return await method(self, request, context)
         except Exception as error:  # every call gets a status, whatever failed
@@ -264,8 +381,10 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
 
     def __init__(self, node: NodeHandler) -> None:
         self._node = node
-        self._sessions: set[_ConnectSession] = set()
+        self._sessions: set[_MultiplexSession] = set()
         self._draining = False
+        self._streams: dict[str, int] = {}
+        """Open Subscribe streams per caller (its connection's address)."""
 
     @_statuses
     async def Send(
@@ -275,21 +394,23 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
             request, context.time_remaining(), trace_context(context)
         )
 
-    async def Connect(
+    async def Multiplex(
         self,
-        request_iterator: AsyncIterator[agent_service_pb2.ConnectRequest],
+        request_iterator: AsyncIterator[agent_service_pb2.MultiplexRequest | _Malformed],
         context: Context,
-    ) -> AsyncIterator[agent_service_pb2.ConnectResponse]:
-        session = _ConnectSession(self._node, trace_context(context), self._draining)
+    ) -> AsyncIterator[agent_service_pb2.MultiplexResponse]:
+        session = _MultiplexSession(self._node, trace_context(context), self._draining)
         self._sessions.add(session)
         try:
             async for response in session.run(request_iterator):
                 yield response
         finally:
             self._sessions.discard(session)
+        if session.malformed is not None:
+            await _refuse_malformed(session.malformed, context)
 
     def drain(self) -> None:
-        """Stop taking calls on Connect streams; end each once its calls are done."""
+        """Stop taking calls on Multiplex streams; end each once its calls are done."""
         self._draining = True
         for session in self._sessions:
             session.drain()
@@ -304,21 +425,38 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
 
     async def Subscribe(
         self,
-        request: agent_service_pb2.SubscribeRequest,
+        request: agent_service_pb2.SubscribeRequest | _Malformed,
         context: Context,
     ) -> AsyncIterator[agent_service_pb2.SubscribeResponse]:
+        if isinstance(request, _Malformed):
+            await _refuse_malformed(request, context)
+        caller = context.peer()
+        held = self._streams.get(caller, 0)
+        if held >= contract.DEFAULT_MAX_STREAMS_PER_CALLER:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{caller} holds {held} Subscribe streams on this node already "
+                f"(at most {contract.DEFAULT_MAX_STREAMS_PER_CALLER} per caller)",
+            )
+        self._streams[caller] = held + 1
         stream = self._node.serve_subscribe(request)
         try:
             async for response in stream:
                 yield response
         except Exception as error:  # the stream ends with the status of what failed
             await context.abort_with_status(to_grpc_status(error))  # type: ignore[attr-defined]
+        finally:
+            left = self._streams.pop(caller) - 1
+            if left:
+                self._streams[caller] = left
 
     async def Describe(
         self,
-        request: agent_service_pb2.DescribeRequest,
+        request: agent_service_pb2.DescribeRequest | _Malformed,
         context: Context,
     ) -> agent_service_pb2.DescribeResponse:
+        if isinstance(request, _Malformed):
+            await _refuse_malformed(request, context)
         return self._node.serve_describe(request)
 
     @_statuses

@@ -1,10 +1,10 @@
-"""GrpcPeer: the mesh's PeerTransport over grpc.aio, and its multiplexed Connect stream.
+"""GrpcPeer: the mesh's PeerTransport over grpc.aio, and its multiplexed Multiplex stream.
 
-Every Send to a peer goes out on one Connect stream per peer, as a frame
+Every Send to a peer goes out on one Multiplex stream per peer, as a frame
 (`CallFrame.send`); a deadline that passes or a cancellation token that fires
 sends a `CallFrame.cancel` on the same stream, so the handler on the far side
 is cancelled too. Only a peer that answers the stream with UNIMPLEMENTED (a
-member without Connect) is called with unary Send instead, from then on.
+member without Multiplex) is called with unary Send instead, from then on.
 Every gRPC failure becomes a `RaviError` here (`ravi.errors` maps both
 encodings); nothing above this module sees grpc.
 """
@@ -40,19 +40,17 @@ T = TypeVar("T")
 _CHUNK = 16
 """Frames or outcomes handled before yielding to the loop, to pipeline big batches."""
 
-_ConnectCall = grpc.aio.StreamStreamCall[
-    agent_service_pb2.ConnectRequest, agent_service_pb2.ConnectResponse
+_MultiplexCall = grpc.aio.StreamStreamCall[
+    agent_service_pb2.MultiplexRequest, agent_service_pb2.MultiplexResponse
 ]
 _background: set[asyncio.Task[None]] = set()
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, str | int]]:
-    """The options of a channel to a peer (and of the server, for the size limits)."""
+    """The size limits of a channel to a peer (and of the server)."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
     ]
 
 
@@ -62,10 +60,27 @@ def dialer(
     tls: TlsConfig | None,
     token: str | None,
     deadlines: Callable[[], Deadlines],
+    keepalive_time: float,
+    keepalive_timeout: float,
 ) -> Callable[[str], GrpcPeer]:
-    """The mesh's Dialer for gRPC: a channel (TLS when `tls`) and a GrpcPeer per address."""
+    """The mesh's Dialer for gRPC: a channel (TLS when `tls`) and a GrpcPeer per address.
+
+    The channel pings the peer every `keepalive_time` seconds and closes when a
+    ping goes unanswered for `keepalive_timeout`, so a frozen peer is ejected
+    within their sum (docs/operations.md, "Peer keepalive").
+    """
     options = [
         *channel_options(max_message_bytes),
+        ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
+        # What grpc-core (1.85) actually waits for a ping's ack before closing the
+        # transport: one minute unless set, whatever keepalive_timeout_ms says.
+        ("grpc.http2.ping_timeout_ms", int(keepalive_timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Keep pinging a connection that carries no data (an idle mesh): grpc-core
+        # stops after two pings without data otherwise, and a peer frozen then
+        # would never be noticed.
+        ("grpc.http2.max_pings_without_data", 0),
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
@@ -84,7 +99,7 @@ def dialer(
 
 
 class GrpcPeer:
-    """GrpcPeer is the PeerTransport to one peer: its channel, stub and Connect stream."""
+    """GrpcPeer is the PeerTransport to one peer: its channel, stub and Multiplex stream."""
 
     def __init__(
         self,
@@ -118,7 +133,7 @@ class GrpcPeer:
         timeout: float,
         cancellation: CancellationToken | None,
     ) -> agent_service_pb2.SendResponse:
-        """Send to a peer without Connect: a unary call, cancelled through the token."""
+        """Send to a peer without Multiplex: a unary call, cancelled through the token."""
         metadata = (*self._metadata, *trace_of(request.envelope.metadata))
         call = self._stub.Send(request, timeout=timeout, metadata=metadata)
         unlink = cancellation.add_callback(call.cancel) if cancellation is not None else None
@@ -193,7 +208,9 @@ class GrpcPeer:
         converted = from_grpc_error(error)
         if converted.code is Code.UNAVAILABLE and converted.reason is None:
             return PeerUnavailable(
-                f"the node at {self.address} is unavailable: {error.details()}", remote=True
+                f"the node at {self.address} is unavailable: {error.details()}",
+                remote=True,
+                metadata={"peer_address": self.address},
             )
         return converted
 
@@ -241,11 +258,11 @@ class _EventStream:
 
 
 class _UseUnary(Exception):
-    """The peer does not implement Connect: send this call as a unary Send."""
+    """The peer does not implement Multiplex: send this call as a unary Send."""
 
 
 class _Connection:
-    """Send calls to one peer multiplexed over a Connect stream (docs/protocol.md).
+    """Send calls to one peer multiplexed over a Multiplex stream (docs/protocol.md).
 
     Opened on first use and again after it breaks; calls in flight when it
     breaks fail with PeerUnavailable. A writer task sends the frames that are
@@ -257,7 +274,7 @@ class _Connection:
     def __init__(self, peer: GrpcPeer, deadlines: Callable[[], Deadlines]) -> None:
         self._peer = peer
         self._deadlines = deadlines
-        self._call: _ConnectCall | None = None
+        self._call: _MultiplexCall | None = None
         self._pending: dict[int, asyncio.Future[agent_service_pb2.CallOutcome]] = {}
         self._ids = itertools.count(1)
         self._outbox: list[agent_service_pb2.CallFrame] = []
@@ -313,7 +330,7 @@ class _Connection:
 
     def _enqueue(self, frame: agent_service_pb2.CallFrame) -> None:
         if self._call is None:
-            stream: _ConnectCall = self._peer._stub.Connect(metadata=self._peer._metadata)  # type: ignore[call-arg]  # frames go out through write(), which the stubs do not model
+            stream: _MultiplexCall = self._peer._stub.Multiplex(metadata=self._peer._metadata)  # type: ignore[call-arg]  # frames go out through write(), which the stubs do not model
             self._call = stream
             loop = asyncio.get_running_loop()
             for work in (self._write(stream), self._read(stream)):
@@ -329,18 +346,19 @@ class _Connection:
                 agent_service_pb2.CallFrame(call_id=call_id, cancel=agent_service_pb2.CancelCall())
             )
 
-    async def _write(self, stream: _ConnectCall) -> None:
+    async def _write(self, stream: _MultiplexCall) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
             while self._call is stream:
                 await self._ready.wait()
                 self._ready.clear()
                 while self._outbox and self._call is stream:
                     batch, self._outbox = self._outbox, []
-                    await stream.write(agent_service_pb2.ConnectRequest(calls=batch))
+                    await stream.write(agent_service_pb2.MultiplexRequest(calls=batch))
 
-    async def _read(self, stream: _ConnectCall) -> None:
+    async def _read(self, stream: _MultiplexCall) -> None:
         error: BaseException = PeerUnavailable(
-            f"the stream to the node at {self._peer.address} ended"
+            f"the stream to the node at {self._peer.address} ended",
+            metadata={"peer_address": self._peer.address},
         )
         try:
             async for response in stream:
@@ -362,6 +380,7 @@ class _Connection:
                     f"the stream to the node at {self._peer.address} broke: "
                     f"{failure.code().name} {failure.details()}",
                     remote=True,
+                    metadata={"peer_address": self._peer.address},
                 )
         finally:
             if self._call is stream:
@@ -400,7 +419,7 @@ class _Cancel:
 
 
 class _RemoteCall:
-    """A call in flight on a Connect stream, as its deadline sees it."""
+    """A call in flight on a Multiplex stream, as its deadline sees it."""
 
     __slots__ = ("call_id", "connection", "future", "request")
 

@@ -1,30 +1,30 @@
-// Connect: Send calls multiplexed on one stream, answered in completion order
-// (Go: connect.go).
+// Multiplex: Send calls multiplexed on one stream, answered in completion order
+// (Go: multiplex.go).
 import { type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, type HandlerContext } from "@connectrpc/connect";
 import {
-  type ConnectRequest,
+  type MultiplexRequest,
   type CallOutcomeSchema,
-  type ConnectResponseSchema,
+  type MultiplexResponseSchema,
   type SendRequest,
 } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
-import { asRaviError, errors } from "../errors.js";
+import { annotated, asRaviError, errors, wireCode } from "../errors.js";
 import { AsyncQueue } from "../util.js";
 import { NodeCore, traceOf } from "./core.js";
 import { dispatchSend } from "./send.js";
 
 /**
- * Connect: Send calls multiplexed on one stream. Each call frame of a
- * ConnectRequest is handled exactly as a unary Send; its outcome goes back
+ * Multiplex: Send calls multiplexed on one stream. Each call frame of a
+ * MultiplexRequest is handled exactly as a unary Send; its outcome goes back
  * with the same call id, in completion order. A cancel frame cancels the call and suppresses its
  * response. The stream ends once the caller's side ended and every call
  * finished.
  */
-export async function* handleConnect(
+export async function* handleMultiplex(
   node: NodeCore,
-  requests: AsyncIterable<ConnectRequest>,
+  requests: AsyncIterable<MultiplexRequest>,
   ctx: HandlerContext,
-): AsyncGenerator<MessageInitShape<typeof ConnectResponseSchema>> {
+): AsyncGenerator<MessageInitShape<typeof MultiplexResponseSchema>> {
   node.refuseWhenStopping();
   const trace = traceOf(ctx);
   const out = new AsyncQueue<MessageInitShape<typeof CallOutcomeSchema>>();
@@ -54,12 +54,12 @@ export async function* handleConnect(
       },
       (error: unknown) => {
         if (!controller.signal.aborted) {
-          const failure = asRaviError(error);
+          const failure = annotated(asRaviError(error), node.nodeId, request.recipient?.type ?? "", request.envelope?.payload?.type ?? "");
           out.push({
             callId,
             outcome: {
               case: "failure",
-              value: { code: failure.code, message: failure.message, reason: failure.reason ?? "", metadata: { ...failure.metadata } },
+              value: { code: wireCode(failure.code), message: failure.message, reason: failure.reason ?? "", metadata: { ...failure.metadata } },
             },
           });
         }
@@ -100,7 +100,7 @@ export async function* handleConnect(
     }
   } finally {
     for (const controller of calls.values()) {
-      controller.abort(errors.cancelled("the Connect stream ended"));
+      controller.abort(errors.cancelled("the Multiplex stream ended"));
     }
     void reading;
   }
