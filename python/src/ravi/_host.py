@@ -535,10 +535,12 @@ class AgentHost:
             chain(interceptors, lambda i: i.handle, self._handle_input) if interceptors else None
         )
 
-    async def _handle_input(self, input: HandleInput) -> Any:
-        mailbox = self._mailboxes[(input.agent_id.type, input.agent_id.key)]
+    def _handle_input(self, input: HandleInput) -> Awaitable[Any]:
+        # The handler's own coroutine, with no layer of ours around it.
+        agent_id = input.agent_id
+        mailbox = self._mailboxes[(agent_id.type, agent_id.key)]
         handler: Handler = mailbox.dispatch(type(input.message))
-        return await handler(mailbox.agent, input.message, input.ctx)
+        return handler(mailbox.agent, input.message, input.ctx)
 
     @property
     def deadlines(self) -> Deadlines:
