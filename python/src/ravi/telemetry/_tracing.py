@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
+import grpc.aio
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
 from opentelemetry.trace import (
@@ -48,6 +50,7 @@ from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ravi._interceptors import ForwardInput, HandleInput, Interceptor, PublishInput, SendInput
+from ravi._mesh.codec import UNARY_RPCS
 from ravi._serialization import registry
 from ravi.errors import RaviError, code_of
 from ravi.telemetry._spans import SCOPE, SdkSpans, Spans
@@ -104,6 +107,12 @@ def _extract(metadata: Mapping[str, str]) -> otel_context.Context:
         trace_state=TraceState.from_header([tracestate]) if tracestate else None,
     )
     return trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
+
+
+def _unary_rpc(details: Any) -> bool:
+    """Whether a call (server or client details) is one of AgentService's unary RPCs."""
+    method = details.method
+    return (method.decode() if isinstance(method, bytes) else method) in UNARY_RPCS
 
 
 def _unsampled(traceparent: str) -> bool:
@@ -176,6 +185,7 @@ class TracingInterceptor(Interceptor):
 
     def __init__(self, node_id: str, tracer_provider: trace.TracerProvider | None = None) -> None:
         provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+        self._provider = provider
         self._spans: Spans = SdkSpans(provider)
         self._fast = _drops_unsampled_children(provider)
         self._common = {
@@ -183,6 +193,32 @@ class TracingInterceptor(Interceptor):
             "ravi.node.id": node_id,
             "ravi.language": LANGUAGE,
         }
+
+    # --- RPC spans (GrpcRuntime installs these) -----------------------------
+
+    def grpc_server_interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
+        """OpenTelemetry's grpc.aio server interceptor, for AgentService's unary RPCs."""
+        return [aio_server_interceptor(tracer_provider=self._provider, filter_=_unary_rpc)]
+
+    def grpc_client_interceptors(self) -> Sequence[grpc.aio.ClientInterceptor]:
+        """OpenTelemetry's grpc.aio client interceptor, for AgentService's unary RPCs.
+
+        Only the unary-unary one: a channel without stream interceptors keeps
+        its streams (the multiplexed calls, Subscribe) free of any wrapping.
+        """
+        unary: list[Any] = [
+            interceptor
+            for interceptor in aio_client_interceptors(
+                tracer_provider=self._provider, filter_=_unary_rpc
+            )
+            if isinstance(interceptor, grpc.aio.UnaryUnaryClientInterceptor)
+        ]
+        return unary
+
+    def rpc_trace_context(self) -> Mapping[str, str]:
+        """The W3C headers of the current span (the RPC's, in a unary call), empty without one."""
+        found = _get_current().get(_SPAN_KEY, _NO_SPAN).get_span_context()
+        return _carrier(found) if found.is_valid else {}
 
     def _direct(self, spans: Spans) -> None:
         """Make spans with `spans` (what `configure()` installs) instead of the SDK's tracer."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -24,9 +24,10 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 from ravi._mesh.codec import is_trace_key
 from ravi._mesh.transport import NodeHandler
 from ravi.errors import Unavailable, to_call_failure, to_grpc_status
+from ravi.integrations.runtime.grpc._instrumentation import RpcInstrumentation
 from ravi.integrations.runtime.grpc._security import BearerAuth, TlsConfig
 from ravi.integrations.runtime.grpc._transport import channel_options
-from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc
+from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
 
 logger = logging.getLogger("ravi.grpc")
 
@@ -58,6 +59,7 @@ class GrpcServer:
         health_without_auth: let health checks through without the token.
         tls: serve TLS (mutual when `tls.ca_file` is set).
         max_message_bytes: the largest message accepted or sent.
+        rpc: traces unary RPCs (a span per call, the parent of the mesh's spans).
     """
 
     def __init__(
@@ -70,8 +72,10 @@ class GrpcServer:
         health_without_auth: bool,
         tls: TlsConfig | None,
         max_message_bytes: int,
+        rpc: RpcInstrumentation | None = None,
     ) -> None:
         self._node = node
+        self._rpc = rpc
         self._host = host
         self.port = port
         self._token = token
@@ -79,7 +83,7 @@ class GrpcServer:
         self._tls = tls
         self._max_message_bytes = max_message_bytes
         self._server: grpc.aio.Server | None = None
-        self._service = AgentService(node)
+        self._service = AgentService(node, rpc.rpc_trace_context if rpc is not None else None)
         self._health = HealthServicer()
 
     async def start(self) -> None:
@@ -89,11 +93,13 @@ class GrpcServer:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.so_reuseport", 0),
         ]
-        interceptors = (
+        interceptors: list[grpc.aio.ServerInterceptor] = (  # type: ignore[type-arg]
             [BearerAuth(self._token, health_without_auth=self._health_without_auth)]
             if self._token
             else []
         )
+        if self._rpc is not None:
+            interceptors += self._rpc.grpc_server_interceptors()
         server = grpc.aio.server(options=options, interceptors=interceptors)
         agent_service_pb2_grpc.add_AgentServiceServicer_to_server(self._service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -260,10 +266,18 @@ def _statuses(
 
 
 class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
-    """Serves ravi.mesh.v1.AgentService for a mesh node."""
+    """Serves ravi.mesh.v1.AgentService for a mesh node.
 
-    def __init__(self, node: NodeHandler) -> None:
+    With `rpc_trace`, a unary Send or Publish is traced by its RPC span: the
+    message takes that span's context, so the mesh's spans are its children
+    (docs/operations.md, "Spans").
+    """
+
+    def __init__(
+        self, node: NodeHandler, rpc_trace: Callable[[], Mapping[str, str]] | None = None
+    ) -> None:
         self._node = node
+        self._rpc_trace = rpc_trace
         self._sessions: set[_ConnectSession] = set()
         self._draining = False
 
@@ -271,6 +285,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
     async def Send(
         self, request: agent_service_pb2.SendRequest, context: Context
     ) -> agent_service_pb2.SendResponse:
+        self._traced_by_rpc(request.envelope)
         return await self._node.serve_send(
             request, context.time_remaining(), trace_context(context)
         )
@@ -288,6 +303,16 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
         finally:
             self._sessions.discard(session)
 
+    def _traced_by_rpc(self, envelope: types_pb2.Envelope) -> None:
+        if self._rpc_trace is None:
+            return
+        headers = self._rpc_trace()
+        if headers:
+            metadata = envelope.metadata
+            for key in [key for key in metadata if is_trace_key(key)]:
+                del metadata[key]
+            metadata.update(headers)
+
     def drain(self) -> None:
         """Stop taking calls on Connect streams; end each once its calls are done."""
         self._draining = True
@@ -298,6 +323,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
     async def Publish(
         self, request: agent_service_pb2.PublishRequest, context: Context
     ) -> agent_service_pb2.PublishResponse:
+        self._traced_by_rpc(request.envelope)
         return await self._node.serve_publish(
             request, context.time_remaining(), trace_context(context)
         )

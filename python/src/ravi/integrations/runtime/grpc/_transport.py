@@ -62,8 +62,12 @@ def dialer(
     tls: TlsConfig | None,
     token: str | None,
     deadlines: Callable[[], Deadlines],
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> Callable[[str], GrpcPeer]:
-    """The mesh's Dialer for gRPC: a channel (TLS when `tls`) and a GrpcPeer per address."""
+    """The mesh's Dialer for gRPC: a channel (TLS when `tls`) and a GrpcPeer per address.
+
+    `interceptors` are client interceptors of every channel (RPC tracing).
+    """
     options = [
         *channel_options(max_message_bytes),
         ("grpc.initial_reconnect_backoff_ms", 100),
@@ -75,9 +79,11 @@ def dialer(
 
     def dial(address: str) -> GrpcPeer:
         if tls is not None:
-            channel = grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
+            channel = grpc.aio.secure_channel(
+                address, tls.channel_credentials(), options=options, interceptors=interceptors
+            )
         else:
-            channel = grpc.aio.insecure_channel(address, options=options)
+            channel = grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
         return GrpcPeer(address, channel, metadata, deadlines)
 
     return dial
