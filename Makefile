@@ -142,8 +142,12 @@ GO_SOURCES := $(shell find interop/go gen/go -name '*.go' -o -name go.mod -o -na
 $(TOOLS_BIN)/ravi-go: $(GO_SOURCES)
 	cd interop/go && go build -o $(TOOLS_BIN)/ravi-go ./cmd/ravi-go
 
+# A client instrumented with otelgrpc only (tests/e2e/test_tracing.py).
+$(TOOLS_BIN)/otelgrpc-client: $(GO_SOURCES)
+	cd interop/go && go build -o $(TOOLS_BIN)/otelgrpc-client ./cmd/otelgrpc-client
+
 .PHONY: build-go
-build-go: $(TOOLS_BIN)/ravi-go
+build-go: $(TOOLS_BIN)/ravi-go $(TOOLS_BIN)/otelgrpc-client
 
 # Builds gen/ts and interop/node with strict tsc: the TypeScript type check.
 .PHONY: build-node

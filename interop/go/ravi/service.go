@@ -18,12 +18,16 @@ type service struct {
 func (s *service) Send(ctx context.Context, req *meshv1.SendRequest) (*meshv1.SendResponse, error) {
 	ctx, cancel := withTimeout(ctx, 0, s.n.opts.DefaultTimeout)
 	defer cancel()
+	if env := rpcTraceInto(ctx, req.GetEnvelope()); env != req.GetEnvelope() {
+		req = proto.CloneOf(req)
+		req.Envelope = env
+	}
 	resp, err := s.n.handleSend(ctx, req, incomingTrace(ctx), true)
 	return resp, toStatusError(err)
 }
 
 func (s *service) Publish(ctx context.Context, req *meshv1.PublishRequest) (*meshv1.PublishResponse, error) {
-	env := req.GetEnvelope()
+	env := rpcTraceInto(ctx, req.GetEnvelope())
 	if tc := incomingTrace(ctx); tc.traceparent != "" && env.GetMetadata()["traceparent"] == "" {
 		env = proto.CloneOf(env)
 		if env.Metadata == nil {

@@ -304,10 +304,12 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
             self._sessions.discard(session)
 
     def _traced_by_rpc(self, envelope: types_pb2.Envelope) -> None:
+        """Give the message its RPC span's context, unless it carries one of another trace."""
         if self._rpc_trace is None:
             return
         headers = self._rpc_trace()
-        if headers:
+        own = envelope.metadata.get("traceparent", "")
+        if headers and (not own or own[3:35] == headers["traceparent"][3:35]):
             metadata = envelope.metadata
             for key in [key for key in metadata if is_trace_key(key)]:
                 del metadata[key]
