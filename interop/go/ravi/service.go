@@ -18,7 +18,8 @@ type service struct {
 func (s *service) Send(ctx context.Context, req *meshv1.SendRequest) (*meshv1.SendResponse, error) {
 	ctx, cancel := withTimeout(ctx, 0, s.n.opts.DefaultTimeout)
 	defer cancel()
-	if env := rpcTraceInto(ctx, req.GetEnvelope()); env != req.GetEnvelope() {
+	// A delivery keeps its publish span as parent (and link); a send is the RPC's child.
+	if env := rpcTraceInto(ctx, req.GetEnvelope()); req.GetTopic() == nil && env != req.GetEnvelope() {
 		req = proto.CloneOf(req)
 		req.Envelope = env
 	}
@@ -27,7 +28,7 @@ func (s *service) Send(ctx context.Context, req *meshv1.SendRequest) (*meshv1.Se
 }
 
 func (s *service) Publish(ctx context.Context, req *meshv1.PublishRequest) (*meshv1.PublishResponse, error) {
-	env := rpcTraceInto(ctx, req.GetEnvelope())
+	env := req.GetEnvelope()
 	if tc := incomingTrace(ctx); tc.traceparent != "" && env.GetMetadata()["traceparent"] == "" {
 		env = proto.CloneOf(env)
 		if env.Metadata == nil {

@@ -5,6 +5,7 @@ import { RaviClient, type TopicFilterSpec } from "../client.js";
 import { errors } from "../errors.js";
 import { PeerLink } from "../peers.js";
 import { rendezvousPick } from "../rendezvous.js";
+import { rpcClientInterceptor } from "../tracing.js";
 import { NodeCore } from "./core.js";
 
 /** Adds a peer and starts connecting to it (a no-op if that address is a peer already). */
@@ -144,7 +145,7 @@ export function peerClient(node: NodeCore, address: string): RaviClient {
   return new RaviClient({
     address,
     token: node.options.token,
-    interceptors: node.options.clientInterceptors,
+    interceptors: [...(node.options.clientInterceptors ?? []), rpcClientInterceptor(node.tracing)],
     maxMessageBytes: node.maxMessageBytes,
     http2: { pingIntervalMs: 10_000, pingTimeoutMs: 5_000 },
     tls: node.peerTls,

@@ -14,6 +14,7 @@ import type { AddressInfo } from "node:net";
 import { asRaviError, RaviError, toConnectError } from "../errors.js";
 import { healthService, ServingStatus } from "../health.js";
 import { ReflectionIndex, reflectionV1, reflectionV1alpha } from "../reflection.js";
+import { rpcServerInterceptor } from "../tracing.js";
 import { sleep } from "../util.js";
 import { handleConnect } from "./connect.js";
 import { NodeCore, traceOf } from "./core.js";
@@ -131,7 +132,7 @@ export async function shutdown(node: NodeCore, graceMs: number): Promise<void> {
 export function serverInterceptors(node: NodeCore): Interceptor[] {
   const token = node.options.token;
   const healthWithoutAuth = node.options.healthWithoutAuth ?? false;
-  const interceptors: Interceptor[] = [];
+  const interceptors: Interceptor[] = [rpcServerInterceptor(node.tracing)];
   if (token !== undefined) {
     const expected = sha256(token);
     interceptors.push((next) => async (req) => {

@@ -268,9 +268,11 @@ def _statuses(
 class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
     """Serves ravi.mesh.v1.AgentService for a mesh node.
 
-    With `rpc_trace`, a unary Send or Publish is traced by its RPC span: the
-    message takes that span's context, so the mesh's spans are its children
-    (docs/operations.md, "Spans").
+    With `rpc_trace`, a unary Send is traced by its RPC span: the message takes
+    that span's context, so its handle span is the RPC span's child, unless the
+    envelope carries a context of another trace (docs/operations.md, "Spans").
+    Deliveries (a Send with a topic, Publish) keep their publish span as parent
+    and link.
     """
 
     def __init__(
@@ -285,7 +287,8 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
     async def Send(
         self, request: agent_service_pb2.SendRequest, context: Context
     ) -> agent_service_pb2.SendResponse:
-        self._traced_by_rpc(request.envelope)
+        if not request.HasField("topic"):
+            self._traced_by_rpc(request.envelope)
         return await self._node.serve_send(
             request, context.time_remaining(), trace_context(context)
         )
@@ -325,7 +328,6 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
     async def Publish(
         self, request: agent_service_pb2.PublishRequest, context: Context
     ) -> agent_service_pb2.PublishResponse:
-        self._traced_by_rpc(request.envelope)
         return await self._node.serve_publish(
             request, context.time_remaining(), trace_context(context)
         )
