@@ -208,6 +208,16 @@ bench-grpc: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
 	$(PY) bench/run.py grpc --runs $(BENCH_RUNS) --autogen-python $(BENCH_AUTOGEN)/bin/python \
 	  --anchors "$(AUTOGEN_ANCHORS)" --save bench/results/grpc.json
 
+# The cost of tracing alone (docs/performance.md): untraced, every trace exported
+# to a real Jaeger, and 1% sampled, interleaved; medians of 5 runs at least.
+TRACING_RUNS := $(if $(filter-out 1 2 3 4,$(BENCH_RUNS)),$(BENCH_RUNS),5)
+.PHONY: bench-tracing
+bench-tracing: $(VENV_STAMP) $(JAEGER) build
+	$(PY) bench/run.py local --runs $(TRACING_RUNS) --only ravi,ravi+tracing,ravi+tracing1% \
+	  --save bench/results/tracing-local.json
+	$(PY) bench/run.py grpc --runs $(TRACING_RUNS) --only ravi,ravi+tracing,ravi+tracing1% \
+	  --save bench/results/tracing-grpc.json
+
 # Raw restate-sdk against ravi's RestateRuntime, each on a restate-server of its own.
 .PHONY: bench-restate
 bench-restate: $(VENV_STAMP) $(NPM_TOOLS_STAMP)

@@ -15,7 +15,7 @@ setting) with only the encoding replaced; the bytes are the same
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -114,6 +114,7 @@ class SpanEncoder:
         self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[int, tuple[InstrumentationScope | None, bytes]] = {}
         self._names: dict[str, bytes] = {}
+        self._blocks: dict[int, tuple[Mapping[str, Any], bytes]] = {}
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         """The request for `spans`."""
@@ -171,6 +172,9 @@ class SpanEncoder:
             _KINDS[span.kind],
             _TIMES.pack(b"\x39", span.start_time or 0, b"\x41", span.end_time or 0),
         )
+        shared = getattr(span, "shared", None)
+        if shared:
+            parts.append(self._shared(shared))
         attributes = span.attributes
         if attributes:
             parts.append(self._attributes_of(9, attributes))
@@ -197,6 +201,15 @@ class SpanEncoder:
         parts.append(_REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT)
         body = b"".join(parts)
         return b"\x12" + _varint(len(body)) + body
+
+    def _shared(self, shared: Mapping[str, Any]) -> bytes:
+        """The span attributes of a mapping many spans share, encoded once."""
+        known = self._blocks.get(id(shared))
+        if known is None or known[0] is not shared:
+            if len(self._blocks) >= _CACHE_LIMIT:
+                self._blocks.clear()
+            known = self._blocks[id(shared)] = (shared, self._attributes_of(9, shared))
+        return known[1]
 
     def _name(self, name: str) -> bytes:
         encoded = self._names.get(name)
@@ -289,12 +302,22 @@ class OtlpSpanExporter(OTLPSpanExporter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.encoder = SpanEncoder()
+        self.direct: tuple[Resource, InstrumentationScope] | None = None
+        """The resource and scope of the spans queued as bare bytes (see `EncodingSpanProcessor.direct`)."""
 
     def _translate_data(  # type: ignore[override]
         self, data: Sequence[ReadableSpan | EncodedSpan]
     ) -> ExportTraceServiceRequest:
         encoder = self.encoder
-        spans = [s if type(s) is EncodedSpan else encoder.encoded(s) for s in data]  # type: ignore[arg-type]
+        direct = self.direct
+        spans = [
+            EncodedSpan(direct[0], direct[1], s)  # type: ignore[index]
+            if type(s) is bytes
+            else s
+            if type(s) is EncodedSpan
+            else encoder.encoded(s)  # type: ignore[arg-type]
+            for s in data
+        ]
         # The SDK's client serializes an ExportTraceServiceRequest; parsing our
         # bytes into one and serializing it again is C code (upb), ~1 µs a span.
         return ExportTraceServiceRequest.FromString(encoder.request(spans))
@@ -312,18 +335,24 @@ class EncodingSpanProcessor(BatchSpanProcessor):
     size and delays are the SDK's, from the standard OTEL_BSP_* settings.
     """
 
-    def __init__(self, exporter: OtlpSpanExporter) -> None:
-        super().__init__(exporter)
+    def __init__(self, exporter: OtlpSpanExporter, *, max_queue_size: int | None = None) -> None:
+        super().__init__(exporter, max_queue_size=max_queue_size)
         self._encoder = exporter.encoder
         self._encoded = exporter.encoder.encoded
 
-    def emit_span(self, span: Any, resource: Resource, scope: InstrumentationScope | None) -> None:
-        """Queue a span made without the SDK (it has `ReadableSpan`'s fields), sampled."""
-        self._batch_processor.emit(EncodedSpan(resource, scope, self._encoder.span(span)))  # type: ignore[arg-type]
+    def direct(self, resource: Resource, scope: InstrumentationScope) -> Callable[[Any], None]:
+        """The function that queues spans of one resource and scope made without the SDK.
 
-    def on_end(self, span: ReadableSpan) -> None:
-        context = span.context
-        if context is None or not context.trace_flags.sampled:
-            return
-        # The SDK's batching takes any item and hands it to the exporter as it is.
-        self._batch_processor.emit(self._encoded(span))  # type: ignore[arg-type]
+        They have `ReadableSpan`'s fields and are sampled. Each is queued as
+        its bytes alone: objects the garbage collector need not visit while
+        they wait for the export thread.
+        """
+        exporter: OtlpSpanExporter = self.span_exporter
+        exporter.direct = (resource, scope)
+        emit = self._batch_processor.emit
+        encode = self._encoder.span
+
+        def queue(span: Any) -> None:
+            emit(encode(span))  # type: ignore[arg-type]
+
+        return queue

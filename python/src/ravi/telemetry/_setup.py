@@ -19,6 +19,9 @@ from ravi.telemetry._otlp import EncodingSpanProcessor, OtlpSpanExporter
 from ravi.telemetry._spans import DirectSpans
 from ravi.telemetry._tracing import LANGUAGE, MetricsInterceptor, TracingInterceptor
 
+MAX_QUEUE_SIZE = 16_384
+"""Spans a node buffers for export, unless OTEL_BSP_MAX_QUEUE_SIZE says otherwise."""
+
 _ENDPOINTS = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -94,7 +97,12 @@ def configure(node_id: str, *, endpoint: str | None = None) -> Telemetry | None:
     )
     insecure = endpoint.startswith("http://") if endpoint else None
     tracer_provider = TracerProvider(resource=resource)
-    processor = EncodingSpanProcessor(OtlpSpanExporter(endpoint=endpoint, insecure=insecure))
+    processor = EncodingSpanProcessor(
+        OtlpSpanExporter(endpoint=endpoint, insecure=insecure),
+        # The SDK's 2,048 spans last a tenth of a second on a busy node, less
+        # than the export thread may wait for the GIL: spans were dropped.
+        max_queue_size=None if os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") else MAX_QUEUE_SIZE,
+    )
     tracer_provider.add_span_processor(processor)
     meter_provider = MeterProvider(
         resource=resource,

@@ -46,8 +46,13 @@ class Spans(Protocol):
         kind: SpanKind,
         parent: otel_context.Context | None,
         links: Sequence[Link] | None = None,
+        shared: Mapping[str, str] | None = None,
     ) -> Span:
-        """A span, recording or not, child of `parent` (of the current context when None)."""
+        """A span, recording or not, child of `parent` (of the current context when None).
+
+        `shared` are attributes set on the span if it records: one mapping
+        object many spans share (the caller keeps it and never changes it).
+        """
 
 
 class SdkSpans:
@@ -62,8 +67,12 @@ class SdkSpans:
         kind: SpanKind,
         parent: otel_context.Context | None,
         links: Sequence[Link] | None = None,
+        shared: Mapping[str, str] | None = None,
     ) -> Span:
-        return self._tracer.start_span(name, context=parent, kind=kind, links=links)
+        span = self._tracer.start_span(name, context=parent, kind=kind, links=links)
+        if shared and span.is_recording():
+            span.set_attributes(shared)
+        return span
 
 
 class DirectSpans:
@@ -73,9 +82,7 @@ class DirectSpans:
         self._sampler = provider.sampler
         self._ids = provider.id_generator
         self._random = self._ids.is_trace_id_random()
-        self._processor = processor
-        self._resource = provider.resource
-        self._scope = InstrumentationScope(SCOPE)
+        self._queue = processor.direct(provider.resource, InstrumentationScope(SCOPE))
 
     def start(
         self,
@@ -83,6 +90,7 @@ class DirectSpans:
         kind: SpanKind,
         parent: otel_context.Context | None,
         links: Sequence[Link] | None = None,
+        shared: Mapping[str, str] | None = None,
     ) -> Span:
         # What the SDK's Tracer.start_span decides, in the same order.
         parent_context = trace.get_current_span(parent).get_span_context()
@@ -112,11 +120,12 @@ class DirectSpans:
             parent_context if parent_context.is_valid else None,
             kind,
             dict(result.attributes) if result.attributes else {},
-            list(links) if links else [],
+            list(links) if links else (),
+            shared,
         )
 
     def ended(self, span: RaviSpan) -> None:
-        self._processor.emit_span(span, self._resource, self._scope)
+        self._queue(span)
 
 
 class RaviSpan(Span):
@@ -137,6 +146,7 @@ class RaviSpan(Span):
         "links",
         "name",
         "parent",
+        "shared",
         "start_time",
         "status",
     )
@@ -153,16 +163,20 @@ class RaviSpan(Span):
         parent: SpanContext | None,
         kind: SpanKind,
         attributes: dict[str, Any],
-        links: list[Link],
+        links: list[Link] | tuple[()],
+        shared: Mapping[str, str] | None = None,
     ) -> None:
         self._spans = spans
+        self.shared = shared
+        """Attributes this span shares with others (encoded once for all of them)."""
         self._context = context
         self.name = name
         self.parent = parent
         self.kind = kind
         self.attributes = attributes
         self.links = links
-        self.events: list[Event] = []
+        # No lists until something is added: fewer objects per span.
+        self.events: list[Event] | tuple[()] = ()
         self.status = _UNSET
         self.start_time = time.time_ns()
         self.end_time: int | None = None
@@ -175,6 +189,11 @@ class RaviSpan(Span):
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         if self.end_time is None:
+            shared = self.shared
+            if shared is not None and not shared.keys().isdisjoint(attributes):
+                # An attribute shared with other spans changes on this one.
+                self.attributes = {**shared, **self.attributes}
+                self.shared = None
             own = self.attributes
             for key, value in attributes.items():
                 if key in own or len(own) < _MAX_ATTRIBUTES:
@@ -190,11 +209,12 @@ class RaviSpan(Span):
         timestamp: int | None = None,
     ) -> None:
         if self.end_time is None:
-            self.events.append(Event(name, attributes, timestamp or time.time_ns()))
+            event = Event(name, attributes, timestamp or time.time_ns())
+            self.events = [*self.events, event]
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self.end_time is None and context.is_valid:
-            self.links.append(Link(context, attributes))
+            self.links = [*self.links, Link(context, attributes)]
 
     def update_name(self, name: str) -> None:
         if self.end_time is None:

@@ -60,6 +60,8 @@ _TRACEPARENT = "traceparent"
 _TRACESTATE = "tracestate"
 _W3C = TraceContextTextMapPropagator()
 _UNSAMPLED_FLAGS = frozenset("02468ace")
+_SHARED_LIMIT = 4096
+"""Sets of shared span attributes kept (one per operation, agent type, message type)."""
 """The last hex digit of a traceparent whose sampled bit is clear."""
 
 
@@ -193,6 +195,8 @@ class TracingInterceptor(Interceptor):
             "ravi.node.id": node_id,
             "ravi.language": LANGUAGE,
         }
+        self._shared: dict[tuple[str | None, ...], dict[str, str]] = {}
+        self._type_names: dict[type, str] = {}
 
     # --- RPC spans (GrpcRuntime installs these) -----------------------------
 
@@ -237,41 +241,66 @@ class TracingInterceptor(Interceptor):
                 else:
                     metadata.update(current.carrier)
                 return next(input)
-        span = self._start(f"send {input.recipient.type}", SpanKind.CLIENT, input.metadata)
+        recipient = input.recipient
+        message_type = self._type_name(input.message)
+        shared = self._shared.get(("send", recipient.type, message_type))
+        if shared is None:
+            shared = self._share(
+                ("send", recipient.type, message_type),
+                {
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": recipient.type,
+                    "ravi.agent.type": recipient.type,
+                    "ravi.message.type": message_type,
+                },
+            )
+        span = self._start(f"send {recipient.type}", SpanKind.CLIENT, input.metadata, shared)
         if span is None:
             return next(input)
         span.set_attributes(
-            {
-                **self._common,
-                "messaging.operation.type": "send",
-                "messaging.destination.name": input.recipient.type,
-                "ravi.agent.type": input.recipient.type,
-                "ravi.agent.key": input.recipient.key,
-                "ravi.message.type": _message_type(input.message),
-                "messaging.message.id": input.message_id,
-            }
+            {"ravi.agent.key": recipient.key, "messaging.message.id": input.message_id}
         )
         return self._run(span, input, next)
 
     def publish(
         self, input: PublishInput, next: Callable[[PublishInput], Awaitable[None]]
     ) -> Awaitable[None]:
-        span = self._start(f"publish {input.topic.type}", SpanKind.PRODUCER, input.metadata)
+        topic = input.topic
+        message_type = self._type_name(input.message)
+        shared = self._shared.get(("publish", topic.type, message_type))
+        if shared is None:
+            shared = self._share(
+                ("publish", topic.type, message_type),
+                {
+                    "messaging.operation.type": "publish",
+                    "messaging.destination.name": topic.type,
+                    "ravi.message.type": message_type,
+                },
+            )
+        span = self._start(f"publish {topic.type}", SpanKind.PRODUCER, input.metadata, shared)
         if span is None:
             return next(input)
         span.set_attributes(
-            {
-                **self._common,
-                "messaging.operation.type": "publish",
-                "messaging.destination.name": input.topic.type,
-                "ravi.topic.source": input.topic.source,
-                "ravi.message.type": _message_type(input.message),
-                "messaging.message.id": input.message_id,
-            }
+            {"ravi.topic.source": topic.source, "messaging.message.id": input.message_id}
         )
         return self._run(span, input, next)
 
-    def _start(self, name: str, kind: SpanKind, metadata: dict[str, str]) -> Span | None:
+    def _type_name(self, message: Any) -> str:
+        found = self._type_names.get(type(message))
+        if found is None:
+            found = self._type_names[type(message)] = _message_type(message)
+        return found
+
+    def _share(self, key: tuple[str | None, ...], attributes: dict[str, str]) -> dict[str, str]:
+        """The attributes many spans have in common, kept as one object (see `Spans.start`)."""
+        if len(self._shared) >= _SHARED_LIMIT:
+            self._shared.clear()
+        shared = self._shared[key] = {**self._common, **attributes}
+        return shared
+
+    def _start(
+        self, name: str, kind: SpanKind, metadata: dict[str, str], shared: dict[str, str]
+    ) -> Span | None:
         """The recording span of a send or publish; None when it does not record.
 
         Either way the metadata carries the context the message travels in.
@@ -289,7 +318,7 @@ class TracingInterceptor(Interceptor):
         if not current.get_span_context().is_valid and _TRACEPARENT in metadata:
             # No current span: a traceparent the caller put in the metadata parents it.
             parent = _extract(metadata)
-        span = self._spans.start(name, kind, parent)
+        span = self._spans.start(name, kind, parent, None, shared)
         found = span.get_span_context()
         if not span.is_recording():
             if found.is_valid:
@@ -342,30 +371,39 @@ class TracingInterceptor(Interceptor):
         ctx = input.ctx
         metadata = ctx.metadata
         parent = _extract(metadata) if _TRACEPARENT in metadata else None
+        agent_type = input.agent_id.type
         topic = ctx.topic
+        topic_type = topic.type if topic is not None else None
+        message_type = self._type_name(input.message)
+        shared = self._shared.get(("process", agent_type, message_type, topic_type))
+        if shared is None:
+            common = {
+                "messaging.operation.type": "process",
+                "ravi.agent.type": agent_type,
+                "ravi.message.type": message_type,
+            }
+            if topic_type is not None:
+                common["ravi.topic.type"] = topic_type
+            shared = self._share(("process", agent_type, message_type, topic_type), common)
         if topic is None:
-            span = self._spans.start(f"handle {input.agent_id.type}", SpanKind.SERVER, parent)
+            span = self._spans.start(f"handle {agent_type}", SpanKind.SERVER, parent, None, shared)
         else:
             published = trace.get_current_span(parent).get_span_context()
             span = self._spans.start(
-                f"deliver {input.agent_id.type}",
+                f"deliver {agent_type}",
                 SpanKind.CONSUMER,
                 parent,
                 [Link(published)] if published.is_valid else None,
+                shared,
             )
         if span.is_recording():
-            attributes: dict[str, str] = {
-                **self._common,
-                "messaging.operation.type": "process",
-                "ravi.agent.type": input.agent_id.type,
+            attributes = {
                 "ravi.agent.key": input.agent_id.key,
-                "ravi.message.type": _message_type(input.message),
                 "messaging.message.id": ctx.message_id,
             }
             if ctx.sender is not None:
                 attributes["ravi.sender"] = str(ctx.sender)
             if topic is not None:
-                attributes["ravi.topic.type"] = topic.type
                 attributes["ravi.topic.source"] = topic.source
             span.set_attributes(attributes)
         return await self._run(span, input, next)
@@ -384,16 +422,15 @@ class TracingInterceptor(Interceptor):
         self, input: ForwardInput, next: Callable[[ForwardInput], Awaitable[Any]]
     ) -> Any:
         parent = _extract(input.metadata) if _TRACEPARENT in input.metadata else None
-        span = self._spans.start(f"forward {input.recipient.type}", SpanKind.INTERNAL, parent)
+        agent_type = input.recipient.type
+        shared = self._shared.get(("forward", agent_type))
+        if shared is None:
+            shared = self._share(("forward", agent_type), {"ravi.agent.type": agent_type})
+        span = self._spans.start(f"forward {agent_type}", SpanKind.INTERNAL, parent, None, shared)
         if not span.is_recording():
             return await next(input)
         span.set_attributes(
-            {
-                **self._common,
-                "ravi.agent.type": input.recipient.type,
-                "ravi.agent.key": input.recipient.key,
-                "ravi.route.hop_count": input.hop_count,
-            }
+            {"ravi.agent.key": input.recipient.key, "ravi.route.hop_count": input.hop_count}
         )
         result = await self._run(span, input, next)
         if input.next_node:
