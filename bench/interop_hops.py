@@ -6,6 +6,12 @@ sends `Echo` on to the callee's agent; the hop's cost is the median round trip
 of that call minus the median of a direct `Echo` to the caller's agent.
 
     .venv/bin/python bench/interop_hops.py --save bench/results/interop.json
+
+With --tracing, every node and the client trace to a real Jaeger (sampled as
+OTEL_TRACES_SAMPLER says, every trace by default): the traced cost of each hop.
+
+    OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01 \
+        .venv/bin/python bench/interop_hops.py --tracing
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
+
+from _workload import tracing
 
 from ravi import AgentId
 from ravi.conformance.v1 import conformance_pb2 as conf
@@ -55,18 +64,19 @@ async def median_us(call: object, n: int) -> float:
     return statistics.median(samples) / 1000
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("-n", type=int, default=300)
-    parser.add_argument("--save")
-    args = parser.parse_args()
+async def measure(
+    count: int, env: dict[str, str] | None, interceptors: list[Any]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The direct round trip to each language, and each pair's hop, in microseconds."""
     nodes: dict[str, NodeProcess] = {}
     try:
         for language in LANGUAGES:
             nodes[language] = await start_node(
-                command(language, [f"{n}={p.address}" for n, p in nodes.items()])
+                command(language, [f"{n}={p.address}" for n, p in nodes.items()]), env=env
             )
-        client = GrpcRuntime(remote_peers={n: p.address for n, p in nodes.items()})
+        client = GrpcRuntime(
+            remote_peers={n: p.address for n, p in nodes.items()}, interceptors=interceptors
+        )
         async with client:
             for agent_type in AGENT.values():
                 await client.wait_until_ready(agent_type)
@@ -78,7 +88,7 @@ async def main() -> None:
                 async def echo(agent: AgentId = agent) -> None:
                     await client.send_message(conf.Echo(text="x"), agent)
 
-                direct[language] = await median_us(echo, args.n)
+                direct[language] = await median_us(echo, count)
             rows = []
             for caller in LANGUAGES:
                 for callee in LANGUAGES:
@@ -91,7 +101,7 @@ async def main() -> None:
                     async def via(agent: AgentId = agent, forward: conf.Forward = forward) -> None:
                         await client.send_message(forward, agent)
 
-                    total = await median_us(via, args.n)
+                    total = await median_us(via, count)
                     rows.append(
                         {
                             "caller": caller,
@@ -103,6 +113,19 @@ async def main() -> None:
     finally:
         for node in nodes.values():
             await node.stop()
+    return direct, rows
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", type=int, default=300)
+    parser.add_argument("--save")
+    parser.add_argument("--tracing", action="store_true", help="every node traces to a Jaeger")
+    args = parser.parse_args()
+    async with tracing("client", args.tracing) as (telemetry, endpoint):
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint} if endpoint else None
+        interceptors = telemetry.interceptors if telemetry else []
+        direct, rows = await measure(args.n, env, interceptors)
     print("| caller -> callee | round trip via the caller (us) | the hop itself (us) |")
     print("|---|---|---|")
     for row in rows:

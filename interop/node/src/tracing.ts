@@ -144,12 +144,15 @@ export class NodeTracing {
     this.common = { "messaging.system": "ravi", "ravi.node.id": nodeId, "ravi.language": language };
   }
 
-  private start(name: string, kind: SpanKind, attributes: Attributes, parent: Context, links?: Link[]): Started {
-    const span = this.tracer.startSpan(
-      name,
-      { kind, attributes: { ...this.common, ...attributes }, ...(links === undefined ? {} : { links }) },
-      parent,
-    );
+  // Attributes are computed only for a span that records (samplers see the
+  // name and kind, as in the Python and Go members): an unsampled message
+  // costs a non-recording span and its context, nothing more.
+  private start(name: string, kind: SpanKind, attributes: () => Attributes, parent: Context, links?: Link[]): Started {
+    const span = this.tracer.startSpan(name, links === undefined ? { kind } : { kind, links }, parent);
+    if (span.isRecording()) {
+      span.setAttributes(this.common);
+      span.setAttributes(attributes());
+    }
     return { span, context: trace.setSpan(parent, span) };
   }
 
@@ -158,29 +161,36 @@ export class NodeTracing {
     return this.start(
       `send ${to.type}`,
       SpanKind.CLIENT,
-      {
+      () => ({
         "messaging.operation.type": "send",
         "messaging.destination.name": to.type,
         "ravi.agent.type": to.type,
         "ravi.agent.key": to.key,
         ...messageAttributes(envelope),
-      },
+      }),
       parent,
     );
   }
 
   /** `handle {agent type}` (SERVER), a child of the message's trace context. */
   handle(recipient: AgentAddress, envelope: Envelope, parent: Context): Started {
-    const attributes: Attributes = {
-      "messaging.operation.type": "process",
-      "ravi.agent.type": recipient.type,
-      "ravi.agent.key": recipient.key,
-      ...messageAttributes(envelope),
-    };
-    if (envelope.sender !== undefined) {
-      attributes["ravi.sender"] = formatAgentId(envelope.sender);
-    }
-    return this.start(`handle ${recipient.type}`, SpanKind.SERVER, attributes, parent);
+    return this.start(
+      `handle ${recipient.type}`,
+      SpanKind.SERVER,
+      () => {
+        const attributes: Attributes = {
+          "messaging.operation.type": "process",
+          "ravi.agent.type": recipient.type,
+          "ravi.agent.key": recipient.key,
+          ...messageAttributes(envelope),
+        };
+        if (envelope.sender !== undefined) {
+          attributes["ravi.sender"] = formatAgentId(envelope.sender);
+        }
+        return attributes;
+      },
+      parent,
+    );
   }
 
   /** `publish {topic type}` (PRODUCER), a child of the publisher's current span. */
@@ -188,12 +198,12 @@ export class NodeTracing {
     return this.start(
       `publish ${topic.type}`,
       SpanKind.PRODUCER,
-      {
+      () => ({
         "messaging.operation.type": "publish",
         "messaging.destination.name": topic.type,
         "ravi.topic.source": topic.source,
         ...messageAttributes(envelope),
-      },
+      }),
       parent,
     );
   }
@@ -204,14 +214,14 @@ export class NodeTracing {
     return this.start(
       `deliver ${recipient.type}`,
       SpanKind.CONSUMER,
-      {
+      () => ({
         "messaging.operation.type": "process",
         "ravi.agent.type": recipient.type,
         "ravi.agent.key": recipient.key,
         "ravi.topic.type": topic.type,
         "ravi.topic.source": topic.source,
         ...messageAttributes(envelope),
-      },
+      }),
       parent,
       published === undefined ? [] : [{ context: published }],
     );
@@ -232,7 +242,7 @@ export class NodeTracing {
 
   /** `forward {agent type}` (INTERNAL), a child of the message's trace context. */
   forward(recipient: AgentAddress, hopCount: number, parent: Context): Started {
-    return this.start(`forward ${recipient.type}`, SpanKind.INTERNAL, { "ravi.route.hop_count": hopCount }, parent);
+    return this.start(`forward ${recipient.type}`, SpanKind.INTERNAL, () => ({ "ravi.route.hop_count": hopCount }), parent);
   }
 }
 

@@ -150,7 +150,7 @@ class SpanEncoder:
             out.append(_field(1, b"".join(body)))
         return b"".join(out)
 
-    def span(self, span: ReadableSpan) -> bytes:
+    def span(self, span: ReadableSpan) -> bytes:  # noqa: PLR0912 - a branch per optional field
         """One `Span`, as the field `spans` (2) of a ScopeSpans."""
         context = span.get_span_context()
         assert context is not None
@@ -303,7 +303,7 @@ class OtlpSpanExporter(OTLPSpanExporter):
         super().__init__(*args, **kwargs)
         self.encoder = SpanEncoder()
         self.direct: tuple[Resource, InstrumentationScope] | None = None
-        """The resource and scope of the spans queued as bare bytes (see `EncodingSpanProcessor.direct`)."""
+        """The resource and scope of spans queued as bytes (`EncodingSpanProcessor.direct`)."""
 
     def _translate_data(  # type: ignore[override]
         self, data: Sequence[ReadableSpan | EncodedSpan]

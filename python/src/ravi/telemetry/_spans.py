@@ -22,11 +22,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Event, TracerProvider
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util import types
 
 from ravi.telemetry._otlp import EncodingSpanProcessor
+from ravi.telemetry._w3c import TRACEPARENT, TRACESTATE, Passthrough
 
 SCOPE = "ravi"
 
@@ -104,15 +105,16 @@ class DirectSpans:
         flags = _SAMPLED if result.decision.is_sampled() else _UNSAMPLED
         if random:
             flags = TraceFlags(flags | TraceFlags.RANDOM_TRACE_ID)
-        span_context = SpanContext(
-            trace_id,
-            self._ids.generate_span_id(),
-            is_remote=False,
-            trace_flags=flags,
-            trace_state=result.trace_state,
-        )
+        span_id = self._ids.generate_span_id()
         if not result.decision.is_recording():
-            return NonRecordingSpan(span_context)
+            # Unsampled: what travels on is the headers; a span context only if asked.
+            carrier = {TRACEPARENT: f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+            if result.trace_state:
+                carrier[TRACESTATE] = result.trace_state.to_header()
+            return Passthrough(carrier)
+        span_context = SpanContext(
+            trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=result.trace_state
+        )
         return RaviSpan(
             self,
             name,

@@ -22,9 +22,9 @@ every message goes through the SDK's own decision.
 
 from __future__ import annotations
 
-import re
+import contextvars
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -44,41 +44,76 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
-    TraceState,
 )
 from opentelemetry.trace.propagation import _SPAN_KEY
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ravi._interceptors import ForwardInput, HandleInput, Interceptor, PublishInput, SendInput
 from ravi._mesh.codec import UNARY_RPCS
 from ravi._serialization import registry
 from ravi.errors import RaviError, code_of
 from ravi.telemetry._spans import SCOPE, SdkSpans, Spans
+from ravi.telemetry._w3c import (
+    TRACEPARENT,
+    TRACESTATE,
+    VERSION_00,
+    ZERO_SPAN,
+    ZERO_TRACE,
+    Passthrough,
+    carrier_of,
+    extract,
+    put,
+)
 
 LANGUAGE = "python"
-_TRACEPARENT = "traceparent"
-_TRACESTATE = "tracestate"
-_W3C = TraceContextTextMapPropagator()
 _UNSAMPLED_FLAGS = frozenset("02468ace")
+"""The last hex digit of a traceparent whose sampled bit is clear."""
 _SHARED_LIMIT = 4096
 """Sets of shared span attributes kept (one per operation, agent type, message type)."""
-"""The last hex digit of a traceparent whose sampled bit is clear."""
 
 
-def _context_getter() -> Callable[[], Mapping[str, Any]]:
-    """The function that returns the current OpenTelemetry context, as directly as it can.
+def _context_variable() -> ContextVar[otel_context.Context] | None:
+    """The ContextVar behind OpenTelemetry's default (contextvars) runtime context, if in use.
 
-    With the default contextvars runtime context that is its ContextVar's `get`
-    (two Python calls less than `context.get_current()`, on every message).
+    Getting and setting it directly saves the API's Python layers around it,
+    on every message.
     """
     runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
     variable = getattr(runtime, "_current_context", None)
     if isinstance(runtime, ContextVarsRuntimeContext) and isinstance(variable, ContextVar):
-        return variable.get  # type: ignore[no-any-return]
-    return otel_context.get_current
+        return variable
+    return None
 
 
-_get_current = _context_getter()
+_VARIABLE = _context_variable()
+_get_current: Callable[[], Mapping[str, Any]] = (
+    _VARIABLE.get if _VARIABLE is not None else otel_context.get_current
+)
+_EMPTY = contextvars.Context().run(_get_current)
+"""The context of a task that has none of its own (a new task, a mailbox worker)."""
+_ENTERED_LIMIT = 256
+"""Contexts of unsampled messages kept for the next delivery of the same publication."""
+
+
+def _set_current(context: otel_context.Context) -> object:
+    if _VARIABLE is None:
+        return otel_context.attach(context)
+    return _VARIABLE.set(context)
+
+
+def _enter(span: Span) -> object:
+    """Make `span` current; returns what `_leave` restores."""
+    if _VARIABLE is None:
+        return otel_context.attach(trace.set_span_in_context(span))
+    return _VARIABLE.set(otel_context.Context({**_VARIABLE.get(), _SPAN_KEY: span}))
+
+
+def _leave(token: Any) -> None:
+    if _VARIABLE is None:
+        otel_context.detach(token)
+    else:
+        _VARIABLE.reset(token)
+
+
 _NO_SPAN = trace.INVALID_SPAN
 
 
@@ -87,28 +122,6 @@ def _message_type(message: Any) -> str:
         return registry.type_name(type(message))
     except TypeError:
         return type(message).__qualname__
-
-
-_VERSION_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-
-
-def _extract(metadata: Mapping[str, str]) -> otel_context.Context:
-    """The context a message's W3C headers carry (the propagator's, for less common forms)."""
-    found = _VERSION_00.fullmatch(metadata.get(_TRACEPARENT, ""))
-    if found is None:
-        return _W3C.extract(metadata)
-    trace_id, span_id = int(found[1], 16), int(found[2], 16)
-    if not trace_id or not span_id:
-        return otel_context.Context()
-    tracestate = metadata.get(_TRACESTATE)
-    span_context = SpanContext(
-        trace_id,
-        span_id,
-        is_remote=True,
-        trace_flags=TraceFlags(int(found[3], 16)),
-        trace_state=TraceState.from_header([tracestate]) if tracestate else None,
-    )
-    return trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
 
 
 def _unary_rpc(details: Any) -> bool:
@@ -120,34 +133,6 @@ def _unary_rpc(details: Any) -> bool:
 def _unsampled(traceparent: str) -> bool:
     """Whether a version-00 traceparent says: not sampled (other forms take the full path)."""
     return len(traceparent) == 55 and traceparent[54] in _UNSAMPLED_FLAGS
-
-
-def _carrier(span_context: SpanContext) -> dict[str, str]:
-    """The W3C headers of a span context."""
-    carrier = {
-        _TRACEPARENT: (
-            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-            f"{span_context.trace_flags:02x}"
-        )
-    }
-    if span_context.trace_state:
-        carrier[_TRACESTATE] = span_context.trace_state.to_header()
-    return carrier
-
-
-def _put(carrier: Mapping[str, str], metadata: MutableMapping[str, str]) -> None:
-    """Replace the trace context in `metadata` by `carrier`'s."""
-    if _TRACESTATE not in carrier:
-        metadata.pop(_TRACESTATE, None)
-    metadata.update(carrier)
-
-
-class _Passthrough(NonRecordingSpan):
-    """The span of an unsampled message: its context, and the headers it came with."""
-
-    def __init__(self, span_context: SpanContext, carrier: dict[str, str]) -> None:
-        super().__init__(span_context)
-        self.carrier = carrier
 
 
 def _drops_unsampled_children(provider: trace.TracerProvider) -> bool:
@@ -196,6 +181,7 @@ class TracingInterceptor(Interceptor):
             "ravi.language": LANGUAGE,
         }
         self._shared: dict[tuple[str | None, ...], dict[str, str]] = {}
+        self._entered: dict[str, tuple[otel_context.Context, str | None]] = {}
         self._type_names: dict[type, str] = {}
 
     # --- RPC spans (GrpcRuntime installs these) -----------------------------
@@ -222,7 +208,7 @@ class TracingInterceptor(Interceptor):
     def rpc_trace_context(self) -> Mapping[str, str]:
         """The W3C headers of the current span (the RPC's, in a unary call), empty without one."""
         found = _get_current().get(_SPAN_KEY, _NO_SPAN).get_span_context()
-        return _carrier(found) if found.is_valid else {}
+        return carrier_of(found) if found.is_valid else {}
 
     def _direct(self, spans: Spans) -> None:
         """Make spans with `spans` (what `configure()` installs) instead of the SDK's tracer."""
@@ -233,11 +219,11 @@ class TracingInterceptor(Interceptor):
     def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
         if self._fast:
             current = _get_current().get(_SPAN_KEY, _NO_SPAN)
-            if type(current) is _Passthrough:
+            if type(current) is Passthrough:
                 # A send from an unsampled handler: its trace context, as it came.
                 metadata = input.metadata
                 if metadata:
-                    _put(current.carrier, metadata)
+                    put(current.carrier, metadata)
                 else:
                     metadata.update(current.carrier)
                 return next(input)
@@ -307,24 +293,27 @@ class TracingInterceptor(Interceptor):
         """
         current = _get_current().get(_SPAN_KEY, _NO_SPAN)
         if self._fast:
-            if type(current) is _Passthrough:
-                _put(current.carrier, metadata)
+            if type(current) is Passthrough:
+                put(current.carrier, metadata)
                 return None
             found = current.get_span_context()
             if found.is_valid and not found.trace_flags.sampled:
-                _put(_carrier(found), metadata)
+                put(carrier_of(found), metadata)
                 return None
         parent = None
-        if not current.get_span_context().is_valid and _TRACEPARENT in metadata:
+        if not current.get_span_context().is_valid and TRACEPARENT in metadata:
             # No current span: a traceparent the caller put in the metadata parents it.
-            parent = _extract(metadata)
+            parent = extract(metadata)
         span = self._spans.start(name, kind, parent, None, shared)
+        if type(span) is Passthrough:
+            put(span.carrier, metadata)
+            return None
         found = span.get_span_context()
         if not span.is_recording():
             if found.is_valid:
-                _put(_carrier(found), metadata)
+                put(carrier_of(found), metadata)
             return None
-        _put(_carrier(found), metadata)
+        put(carrier_of(found), metadata)
         return span
 
     # --- the handler's side -----------------------------------------------
@@ -333,7 +322,7 @@ class TracingInterceptor(Interceptor):
         self, input: HandleInput, next: Callable[[HandleInput], Awaitable[Any]]
     ) -> Awaitable[Any]:
         metadata = input.ctx.metadata
-        traceparent = metadata.get(_TRACEPARENT)
+        traceparent = metadata.get(TRACEPARENT)
         if self._fast:
             current = _get_current().get(_SPAN_KEY, _NO_SPAN)
             if traceparent is None:
@@ -341,7 +330,7 @@ class TracingInterceptor(Interceptor):
                 if found.is_valid and not found.trace_flags.sampled:
                     return next(input)
             elif len(traceparent) == 55 and traceparent[54] in _UNSAMPLED_FLAGS:
-                if type(current) is _Passthrough and current.carrier[_TRACEPARENT] == traceparent:
+                if type(current) is Passthrough and current.carrier[TRACEPARENT] == traceparent:
                     # The caller's own trace, in the caller's task: nothing to attach.
                     return next(input)
                 return self._unsampled(metadata, input, next)
@@ -353,24 +342,37 @@ class TracingInterceptor(Interceptor):
         input: HandleInput,
         next: Callable[[HandleInput], Awaitable[Any]],
     ) -> Any:
-        found = trace.get_current_span(_extract(metadata)).get_span_context()
-        if not found.is_valid:
-            return await self._handled(input, next)
-        carrier = {_TRACEPARENT: metadata[_TRACEPARENT]}
-        if _TRACESTATE in metadata:
-            carrier[_TRACESTATE] = metadata[_TRACESTATE]
-        token = otel_context.attach(trace.set_span_in_context(_Passthrough(found, carrier)))
+        traceparent = metadata[TRACEPARENT]
+        base = _get_current()
+        entered = self._entered.get(traceparent) if base is _EMPTY else None
+        if entered is None or entered[1] != metadata.get(TRACESTATE):
+            found = VERSION_00.fullmatch(traceparent)
+            if found is None or found[1] == ZERO_TRACE or found[2] == ZERO_SPAN:
+                return await self._handled(input, next)
+            carrier = {TRACEPARENT: traceparent}
+            if TRACESTATE in metadata:
+                carrier[TRACESTATE] = metadata[TRACESTATE]
+            context = otel_context.Context({**base, _SPAN_KEY: Passthrough(carrier)})
+            if base is _EMPTY:
+                # The deliveries of one publication share it (a mailbox worker,
+                # a call from another node: tasks with no context of their own).
+                if len(self._entered) >= _ENTERED_LIMIT:
+                    self._entered.clear()
+                self._entered[traceparent] = (context, carrier.get(TRACESTATE))
+        else:
+            context = entered[0]
+        token = _set_current(context)
         try:
             return await next(input)
         finally:
-            otel_context.detach(token)
+            _leave(token)
 
     async def _handled(
         self, input: HandleInput, next: Callable[[HandleInput], Awaitable[Any]]
     ) -> Any:
         ctx = input.ctx
         metadata = ctx.metadata
-        parent = _extract(metadata) if _TRACEPARENT in metadata else None
+        parent = extract(metadata) if TRACEPARENT in metadata else None
         agent_type = input.agent_id.type
         topic = ctx.topic
         topic_type = topic.type if topic is not None else None
@@ -413,7 +415,7 @@ class TracingInterceptor(Interceptor):
     def forward(
         self, input: ForwardInput, next: Callable[[ForwardInput], Awaitable[Any]]
     ) -> Awaitable[Any]:
-        traceparent = input.metadata.get(_TRACEPARENT)
+        traceparent = input.metadata.get(TRACEPARENT)
         if self._fast and traceparent is not None and _unsampled(traceparent):
             return next(input)
         return self._forwarded(input, next)
@@ -421,7 +423,7 @@ class TracingInterceptor(Interceptor):
     async def _forwarded(
         self, input: ForwardInput, next: Callable[[ForwardInput], Awaitable[Any]]
     ) -> Any:
-        parent = _extract(input.metadata) if _TRACEPARENT in input.metadata else None
+        parent = extract(input.metadata) if TRACEPARENT in input.metadata else None
         agent_type = input.recipient.type
         shared = self._shared.get(("forward", agent_type))
         if shared is None:
@@ -441,7 +443,7 @@ class TracingInterceptor(Interceptor):
 
     async def _run(self, span: Span, input: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
         """Await `next(input)` with `span` current; end it, marked failed if that raised."""
-        token = otel_context.attach(trace.set_span_in_context(span))
+        token = _enter(span)
         try:
             return await next(input)
         except Exception as error:
@@ -449,7 +451,7 @@ class TracingInterceptor(Interceptor):
                 _record_failure(span, error)
             raise
         finally:
-            otel_context.detach(token)
+            _leave(token)
             span.end()
 
 
@@ -511,7 +513,7 @@ class MetricsInterceptor(Interceptor):
         agent_type = input.agent_id.type
         handled = self._handled
         handled[agent_type] = handled.get(agent_type, 0) + 1
-        traceparent = input.ctx.metadata.get(_TRACEPARENT)
+        traceparent = input.ctx.metadata.get(TRACEPARENT)
         if (
             traceparent is not None
             and len(traceparent) == 55
