@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -479,26 +480,16 @@ class MetricsInterceptor(Interceptor):
     """
 
     def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
-        meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
-        self._sent: dict[str, int] = {}
-        self._handled: dict[str, int] = {}
-        self._failed: dict[tuple[str, str], int] = {}
-        meter.create_observable_counter(
-            "ravi.messages.sent", [self._observe_sent], description="sends made here"
-        )
-        meter.create_observable_counter(
-            "ravi.messages.handled",
-            [self._observe_handled],
-            description="messages this node's agents handled",
-        )
-        meter.create_observable_counter(
-            "ravi.messages.failed",
-            [self._observe_failed],
-            description="handled messages whose handler failed",
-        )
-        self._duration = meter.create_histogram(
-            "ravi.handler.duration", unit="s", description="how long handlers ran"
-        )
+        provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+        counts = _COUNTS.get(provider)
+        if counts is None:
+            counts = _COUNTS[provider] = _Counts(provider.get_meter(SCOPE))
+        # Interceptors on one provider share the counts, as they would share
+        # synchronous counters: an observable instrument is registered once.
+        self._sent = counts.sent
+        self._handled = counts.handled
+        self._failed = counts.failed
+        self._duration = counts.duration
         self._attributes: dict[str, dict[str, str]] = {}
 
     def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
@@ -546,14 +537,42 @@ class MetricsInterceptor(Interceptor):
         key = (agent_type, code_of(error).name)
         self._failed[key] = self._failed.get(key, 0) + 1
 
+
+class _Counts:
+    """The messages counted for one meter provider, and the instruments reporting them."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.sent: dict[str, int] = {}
+        self.handled: dict[str, int] = {}
+        self.failed: dict[tuple[str, str], int] = {}
+        meter.create_observable_counter(
+            "ravi.messages.sent", [self._observe_sent], description="sends made here"
+        )
+        meter.create_observable_counter(
+            "ravi.messages.handled",
+            [self._observe_handled],
+            description="messages this node's agents handled",
+        )
+        meter.create_observable_counter(
+            "ravi.messages.failed",
+            [self._observe_failed],
+            description="handled messages whose handler failed",
+        )
+        self.duration = meter.create_histogram(
+            "ravi.handler.duration", unit="s", description="how long handlers ran"
+        )
+
     def _observe_sent(self, _options: CallbackOptions) -> list[Observation]:
-        return [Observation(n, {"ravi.agent.type": t}) for t, n in self._sent.copy().items()]
+        return [Observation(n, {"ravi.agent.type": t}) for t, n in self.sent.copy().items()]
 
     def _observe_handled(self, _options: CallbackOptions) -> list[Observation]:
-        return [Observation(n, {"ravi.agent.type": t}) for t, n in self._handled.copy().items()]
+        return [Observation(n, {"ravi.agent.type": t}) for t, n in self.handled.copy().items()]
 
     def _observe_failed(self, _options: CallbackOptions) -> list[Observation]:
         return [
             Observation(n, {"ravi.agent.type": t, "ravi.error.code": code})
-            for (t, code), n in self._failed.copy().items()
+            for (t, code), n in self.failed.copy().items()
         ]
+
+
+_COUNTS: weakref.WeakKeyDictionary[metrics.MeterProvider, _Counts] = weakref.WeakKeyDictionary()
