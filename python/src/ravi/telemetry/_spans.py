@@ -47,12 +47,13 @@ class Spans(Protocol):
         kind: SpanKind,
         parent: otel_context.Context | None,
         links: Sequence[Link] | None = None,
-        shared: Mapping[str, str] | None = None,
     ) -> Span:
-        """A span, recording or not, child of `parent` (of the current context when None).
+        """A span, recording or not, child of `parent` (of the current context when None)."""
 
-        `shared` are attributes set on the span if it records: one mapping
-        object many spans share (the caller keeps it and never changes it).
+    def share(self, span: Span, shared: Mapping[str, str]) -> None:
+        """Set attributes on a recording span from a mapping many spans share.
+
+        The caller keeps `shared` and never changes it.
         """
 
 
@@ -68,12 +69,11 @@ class SdkSpans:
         kind: SpanKind,
         parent: otel_context.Context | None,
         links: Sequence[Link] | None = None,
-        shared: Mapping[str, str] | None = None,
     ) -> Span:
-        span = self._tracer.start_span(name, context=parent, kind=kind, links=links)
-        if shared and span.is_recording():
-            span.set_attributes(shared)
-        return span
+        return self._tracer.start_span(name, context=parent, kind=kind, links=links)
+
+    def share(self, span: Span, shared: Mapping[str, str]) -> None:
+        span.set_attributes(shared)
 
 
 class DirectSpans:
@@ -91,7 +91,6 @@ class DirectSpans:
         kind: SpanKind,
         parent: otel_context.Context | None,
         links: Sequence[Link] | None = None,
-        shared: Mapping[str, str] | None = None,
     ) -> Span:
         # What the SDK's Tracer.start_span decides, in the same order.
         parent_context = trace.get_current_span(parent).get_span_context()
@@ -123,8 +122,14 @@ class DirectSpans:
             kind,
             dict(result.attributes) if result.attributes else {},
             list(links) if links else (),
-            shared,
         )
+
+    def share(self, span: Span, shared: Mapping[str, str]) -> None:
+        if type(span) is RaviSpan and span.shared is None and not span.attributes:
+            # Encoded once for every span that shares them.
+            span.shared = shared
+        else:
+            span.set_attributes(shared)
 
     def ended(self, span: RaviSpan) -> None:
         self._queue(span)
@@ -166,10 +171,9 @@ class RaviSpan(Span):
         kind: SpanKind,
         attributes: dict[str, Any],
         links: list[Link] | tuple[()],
-        shared: Mapping[str, str] | None = None,
     ) -> None:
         self._spans = spans
-        self.shared = shared
+        self.shared: Mapping[str, str] | None = None
         """Attributes this span shares with others (encoded once for all of them)."""
         self._context = context
         self.name = name

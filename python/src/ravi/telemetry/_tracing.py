@@ -56,13 +56,11 @@ from ravi.telemetry._spans import SCOPE, SdkSpans, Spans
 from ravi.telemetry._w3c import (
     TRACEPARENT,
     TRACESTATE,
-    VERSION_00,
-    ZERO_SPAN,
-    ZERO_TRACE,
     Passthrough,
     carrier_of,
     extract,
     put,
+    well_formed,
 )
 
 LANGUAGE = "python"
@@ -229,6 +227,9 @@ class TracingInterceptor(Interceptor):
                     metadata.update(current.carrier)
                 return next(input)
         recipient = input.recipient
+        span = self._start(f"send {recipient.type}", SpanKind.CLIENT, input.metadata)
+        if span is None:
+            return next(input)
         message_type = self._type_name(input.message)
         shared = self._shared.get(("send", recipient.type, message_type))
         if shared is None:
@@ -241,9 +242,7 @@ class TracingInterceptor(Interceptor):
                     "ravi.message.type": message_type,
                 },
             )
-        span = self._start(f"send {recipient.type}", SpanKind.CLIENT, input.metadata, shared)
-        if span is None:
-            return next(input)
+        self._spans.share(span, shared)
         span.set_attributes(
             {"ravi.agent.key": recipient.key, "messaging.message.id": input.message_id}
         )
@@ -253,6 +252,9 @@ class TracingInterceptor(Interceptor):
         self, input: PublishInput, next: Callable[[PublishInput], Awaitable[None]]
     ) -> Awaitable[None]:
         topic = input.topic
+        span = self._start(f"publish {topic.type}", SpanKind.PRODUCER, input.metadata)
+        if span is None:
+            return next(input)
         message_type = self._type_name(input.message)
         shared = self._shared.get(("publish", topic.type, message_type))
         if shared is None:
@@ -264,9 +266,7 @@ class TracingInterceptor(Interceptor):
                     "ravi.message.type": message_type,
                 },
             )
-        span = self._start(f"publish {topic.type}", SpanKind.PRODUCER, input.metadata, shared)
-        if span is None:
-            return next(input)
+        self._spans.share(span, shared)
         span.set_attributes(
             {"ravi.topic.source": topic.source, "messaging.message.id": input.message_id}
         )
@@ -285,9 +285,7 @@ class TracingInterceptor(Interceptor):
         shared = self._shared[key] = {**self._common, **attributes}
         return shared
 
-    def _start(
-        self, name: str, kind: SpanKind, metadata: dict[str, str], shared: dict[str, str]
-    ) -> Span | None:
+    def _start(self, name: str, kind: SpanKind, metadata: dict[str, str]) -> Span | None:
         """The recording span of a send or publish; None when it does not record.
 
         Either way the metadata carries the context the message travels in.
@@ -305,7 +303,7 @@ class TracingInterceptor(Interceptor):
         if not current.get_span_context().is_valid and TRACEPARENT in metadata:
             # No current span: a traceparent the caller put in the metadata parents it.
             parent = extract(metadata)
-        span = self._spans.start(name, kind, parent, None, shared)
+        span = self._spans.start(name, kind, parent)
         if type(span) is Passthrough:
             put(span.carrier, metadata)
             return None
@@ -347,8 +345,7 @@ class TracingInterceptor(Interceptor):
         base = _get_current()
         entered = self._entered.get(traceparent) if base is _EMPTY else None
         if entered is None or entered[1] != metadata.get(TRACESTATE):
-            found = VERSION_00.fullmatch(traceparent)
-            if found is None or found[1] == ZERO_TRACE or found[2] == ZERO_SPAN:
+            if not well_formed(traceparent):
                 return await self._handled(input, next)
             carrier = {TRACEPARENT: traceparent}
             if TRACESTATE in metadata:
@@ -376,20 +373,8 @@ class TracingInterceptor(Interceptor):
         parent = extract(metadata) if TRACEPARENT in metadata else None
         agent_type = input.agent_id.type
         topic = ctx.topic
-        topic_type = topic.type if topic is not None else None
-        message_type = self._type_name(input.message)
-        shared = self._shared.get(("process", agent_type, message_type, topic_type))
-        if shared is None:
-            common = {
-                "messaging.operation.type": "process",
-                "ravi.agent.type": agent_type,
-                "ravi.message.type": message_type,
-            }
-            if topic_type is not None:
-                common["ravi.topic.type"] = topic_type
-            shared = self._share(("process", agent_type, message_type, topic_type), common)
         if topic is None:
-            span = self._spans.start(f"handle {agent_type}", SpanKind.SERVER, parent, None, shared)
+            span = self._spans.start(f"handle {agent_type}", SpanKind.SERVER, parent)
         else:
             published = trace.get_current_span(parent).get_span_context()
             span = self._spans.start(
@@ -397,9 +382,21 @@ class TracingInterceptor(Interceptor):
                 SpanKind.CONSUMER,
                 parent,
                 [Link(published)] if published.is_valid else None,
-                shared,
             )
         if span.is_recording():
+            topic_type = topic.type if topic is not None else None
+            message_type = self._type_name(input.message)
+            shared = self._shared.get(("process", agent_type, message_type, topic_type))
+            if shared is None:
+                common = {
+                    "messaging.operation.type": "process",
+                    "ravi.agent.type": agent_type,
+                    "ravi.message.type": message_type,
+                }
+                if topic_type is not None:
+                    common["ravi.topic.type"] = topic_type
+                shared = self._share(("process", agent_type, message_type, topic_type), common)
+            self._spans.share(span, shared)
             attributes = {
                 "ravi.agent.key": input.agent_id.key,
                 "messaging.message.id": ctx.message_id,
@@ -426,12 +423,13 @@ class TracingInterceptor(Interceptor):
     ) -> Any:
         parent = extract(input.metadata) if TRACEPARENT in input.metadata else None
         agent_type = input.recipient.type
+        span = self._spans.start(f"forward {agent_type}", SpanKind.INTERNAL, parent)
+        if not span.is_recording():
+            return await next(input)
         shared = self._shared.get(("forward", agent_type))
         if shared is None:
             shared = self._share(("forward", agent_type), {"ravi.agent.type": agent_type})
-        span = self._spans.start(f"forward {agent_type}", SpanKind.INTERNAL, parent, None, shared)
-        if not span.is_recording():
-            return await next(input)
+        self._spans.share(span, shared)
         span.set_attributes(
             {"ravi.agent.key": input.recipient.key, "ravi.route.hop_count": input.hop_count}
         )

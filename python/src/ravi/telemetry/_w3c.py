@@ -24,6 +24,22 @@ ZERO_TRACE = "0" * 32
 ZERO_SPAN = "0" * 16
 
 
+def well_formed(traceparent: str) -> bool:
+    """Whether a traceparent has version 00's shape and non-zero ids (hex digits unchecked).
+
+    Enough to pass an unsampled context on unchanged; `extract` validates fully
+    when a span context is needed.
+    """
+    return (
+        len(traceparent) == 55
+        and traceparent[:3] == "00-"
+        and traceparent[35] == "-"
+        and traceparent[52] == "-"
+        and traceparent[3:35] != ZERO_TRACE
+        and traceparent[36:52] != ZERO_SPAN
+    )
+
+
 def extract(metadata: Mapping[str, str]) -> otel_context.Context:
     """The context a message's W3C headers carry (the propagator's, for less common forms)."""
     found = VERSION_00.fullmatch(metadata.get(TRACEPARENT, ""))
@@ -71,11 +87,12 @@ class Passthrough(NonRecordingSpan):
     """
 
     def __init__(self, carrier: dict[str, str]) -> None:
-        super().__init__(None)  # type: ignore[arg-type]  # parsed on demand
+        # NonRecordingSpan's own __init__ only stores the context, parsed on demand here.
+        self._context: SpanContext | None = None  # type: ignore[assignment]
         self.carrier = carrier
 
     def get_span_context(self) -> SpanContext:
-        found: SpanContext | None = self._context
+        found = self._context
         if found is None:
             found = self._context = trace.get_current_span(extract(self.carrier)).get_span_context()
         return found
