@@ -305,19 +305,19 @@ class OtlpSpanExporter(OTLPSpanExporter):
         self.direct: tuple[Resource, InstrumentationScope] | None = None
         """The resource and scope of spans queued as bytes (`EncodingSpanProcessor.direct`)."""
 
-    def _translate_data(  # type: ignore[override]
-        self, data: Sequence[ReadableSpan | EncodedSpan]
+    def _encoded(self, item: ReadableSpan | EncodedSpan | bytes) -> EncodedSpan:
+        if isinstance(item, bytes):
+            assert self.direct is not None, "spans queued as bytes without a direct path"
+            return EncodedSpan(self.direct[0], self.direct[1], item)
+        if isinstance(item, EncodedSpan):
+            return item
+        return self.encoder.encoded(item)
+
+    def _translate_data(
+        self, data: Sequence[ReadableSpan | EncodedSpan | bytes]
     ) -> ExportTraceServiceRequest:
         encoder = self.encoder
-        direct = self.direct
-        spans = [
-            EncodedSpan(direct[0], direct[1], s)  # type: ignore[index]
-            if type(s) is bytes
-            else s
-            if type(s) is EncodedSpan
-            else encoder.encoded(s)  # type: ignore[arg-type]
-            for s in data
-        ]
+        spans = [self._encoded(item) for item in data]
         # The SDK's client serializes an ExportTraceServiceRequest; parsing our
         # bytes into one and serializing it again is C code (upb), ~1 µs a span.
         return ExportTraceServiceRequest.FromString(encoder.request(spans))

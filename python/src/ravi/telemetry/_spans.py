@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Event, TracerProvider
+from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
@@ -101,11 +102,11 @@ class DirectSpans:
             trace_id = self._ids.generate_trace_id()
             random = self._random
         result = self._sampler.should_sample(parent, trace_id, name, kind, None, links)
-        flags = _SAMPLED if result.decision.is_sampled() else _UNSAMPLED
+        flags = _SAMPLED if result.decision is Decision.RECORD_AND_SAMPLE else _UNSAMPLED
         if random:
             flags = TraceFlags(flags | TraceFlags.RANDOM_TRACE_ID)
         span_id = self._ids.generate_span_id()
-        if not result.decision.is_recording():
+        if result.decision is Decision.DROP:
             # Unsampled: what travels on is the headers; a span context only if asked.
             carrier = {TRACEPARENT: f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
             if result.trace_state:

@@ -187,7 +187,7 @@ class TracingInterceptor(Interceptor):
 
     def grpc_server_interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
         """OpenTelemetry's grpc.aio server interceptor, for AgentService's unary RPCs."""
-        return [aio_server_interceptor(tracer_provider=self._provider, filter_=_unary_rpc)]
+        return [aio_server_interceptor(tracer_provider=self._provider, filter_=_unary_rpc)]  # type: ignore[no-untyped-call]
 
     def grpc_client_interceptors(self) -> Sequence[grpc.aio.ClientInterceptor]:
         """OpenTelemetry's grpc.aio client interceptor, for AgentService's unary RPCs.
@@ -197,7 +197,7 @@ class TracingInterceptor(Interceptor):
         """
         unary: list[Any] = [
             interceptor
-            for interceptor in aio_client_interceptors(
+            for interceptor in aio_client_interceptors(  # type: ignore[no-untyped-call]
                 tracer_provider=self._provider, filter_=_unary_rpc
             )
             if isinstance(interceptor, grpc.aio.UnaryUnaryClientInterceptor)

@@ -287,8 +287,8 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
     async def Send(
         self, request: agent_service_pb2.SendRequest, context: Context
     ) -> agent_service_pb2.SendResponse:
-        if not request.HasField("topic"):
-            self._traced_by_rpc(request.envelope)
+        if self._rpc_trace is not None and not request.HasField("topic"):
+            self._traced_by_rpc(request.envelope, self._rpc_trace())
         return await self._node.serve_send(
             request, context.time_remaining(), trace_context(context)
         )
@@ -306,11 +306,9 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
         finally:
             self._sessions.discard(session)
 
-    def _traced_by_rpc(self, envelope: types_pb2.Envelope) -> None:
+    @staticmethod
+    def _traced_by_rpc(envelope: types_pb2.Envelope, headers: Mapping[str, str]) -> None:
         """Give the message its RPC span's context, unless it carries one of another trace."""
-        if self._rpc_trace is None:
-            return
-        headers = self._rpc_trace()
         own = envelope.metadata.get("traceparent", "")
         if headers and (not own or own[3:35] == headers["traceparent"][3:35]):
             metadata = envelope.metadata
