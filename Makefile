@@ -142,8 +142,12 @@ GO_SOURCES := $(shell find interop/go gen/go -name '*.go' -o -name go.mod -o -na
 $(TOOLS_BIN)/ravi-go: $(GO_SOURCES)
 	cd interop/go && go build -o $(TOOLS_BIN)/ravi-go ./cmd/ravi-go
 
+# A client instrumented with otelgrpc only (tests/e2e/test_tracing.py).
+$(TOOLS_BIN)/otelgrpc-client: $(GO_SOURCES)
+	cd interop/go && go build -o $(TOOLS_BIN)/otelgrpc-client ./cmd/otelgrpc-client
+
 .PHONY: build-go
-build-go: $(TOOLS_BIN)/ravi-go
+build-go: $(TOOLS_BIN)/ravi-go $(TOOLS_BIN)/otelgrpc-client
 
 # The Rust client of interop/rust: tonic + prost generated from proto/ by its build.rs, crates
 # pinned by Cargo.lock, built into interop/rust/target (ignored). A cold build takes about a
@@ -245,6 +249,16 @@ bench-local: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
 bench-grpc: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
 	$(PY) bench/run.py grpc --runs $(BENCH_RUNS) --autogen-python $(BENCH_AUTOGEN)/bin/python \
 	  --anchors "$(AUTOGEN_ANCHORS)" --save bench/results/grpc.json
+
+# The cost of tracing alone (docs/performance.md): untraced, every trace exported
+# to a real Jaeger, and 1% sampled, interleaved; medians of 5 runs at least.
+TRACING_RUNS := $(if $(filter-out 1 2 3 4,$(BENCH_RUNS)),$(BENCH_RUNS),5)
+.PHONY: bench-tracing
+bench-tracing: $(VENV_STAMP) $(JAEGER) build
+	$(PY) bench/run.py local --runs $(TRACING_RUNS) --only ravi,ravi+tracing,ravi+tracing1% \
+	  --save bench/results/tracing-local.json
+	$(PY) bench/run.py grpc --runs $(TRACING_RUNS) --only ravi,ravi+tracing,ravi+tracing1% \
+	  --save bench/results/tracing-grpc.json
 
 # Raw restate-sdk against ravi's RestateRuntime, each on a restate-server of its own.
 .PHONY: bench-restate

@@ -7,6 +7,8 @@ returns it. Every benchmark script prints one JSON object on its last line.
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +28,19 @@ class Ping:
 
 def percentile_us(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000.0
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of this process, every thread, or of process `pid`.
+
+    Per message, it is what a workload costs whatever else the machine runs:
+    the figure to read when a shared machine is loaded.
+    """
+    if pid is None:
+        return time.process_time()
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def emit(bench: str, row: dict[str, float]) -> None:

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from _workload import TEXT, emit, percentile_us, tracing
+from _workload import TEXT, cpu_seconds, emit, percentile_us, tracing
 from grpc_agents import Arm, Done, Ping, Wait
 
 from ravi import AgentId, Interceptor, TopicId
@@ -23,19 +23,25 @@ from ravi.testing import ravi_command, running_node
 BENCH = Path(__file__).resolve().parent
 
 
-async def drive(a: GrpcRuntime, args: argparse.Namespace) -> dict[str, float]:
+async def drive(a: GrpcRuntime, b_pid: int, args: argparse.Namespace) -> dict[str, float]:
     row: dict[str, float] = {}
+
+    def cpu() -> float:
+        """CPU seconds of both nodes (every thread of each)."""
+        return cpu_seconds() + cpu_seconds(b_pid)
+
     echo = AgentId("echo", "default")
     for i in range(args.warmup):
         await a.send_message(Ping(TEXT, i), echo)
     latencies: list[int] = []
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu()
     for i in range(args.n):
         started = time.perf_counter_ns()
         reply = await a.send_message(Ping(TEXT, i), echo)
         latencies.append(time.perf_counter_ns() - started)
         assert reply.seq == i
     row["rr_msgs_s"] = args.n / (time.perf_counter() - t0)
+    row["rr_cpu_us"] = (cpu() - cpu0) / args.n * 1e6
     latencies.sort()
     row["rr_p50_us"] = percentile_us(latencies, 0.5)
     row["rr_p99_us"] = percentile_us(latencies, 0.99)
@@ -47,20 +53,23 @@ async def drive(a: GrpcRuntime, args: argparse.Namespace) -> dict[str, float]:
 
     await asyncio.gather(*(worker(i, 2) for i in range(args.conc)))
     per = args.total // args.conc
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu()
     await asyncio.gather(*(worker(i, per) for i in range(args.conc)))
     row["conc_msgs_s"] = per * args.conc / (time.perf_counter() - t0)
+    row["conc_cpu_us"] = (cpu() - cpu0) / (per * args.conc) * 1e6
 
     ctl, topic = AgentId("ctl", "default"), TopicId("fan", "default")
     for count in (args.warmup, args.publishes):
         await a.send_message(Arm(count), ctl)
-        started = time.monotonic()
+        started, cpu0 = time.monotonic(), cpu()
         for s in range(count):
             await a.publish_message(Ping(TEXT, s), topic)
         done = await a.send_message(Wait(), ctl, timeout=120)
         assert isinstance(done, Done)
         assert done.count == count
+        published_cpu = cpu() - cpu0
     row["pub_deliveries_s"] = args.publishes / (done.t_last - started)
+    row["pub_cpu_us"] = published_cpu / args.publishes * 1e6
     return row
 
 
@@ -93,7 +102,7 @@ async def main() -> None:
             async with a:
                 await a.wait_until_ready("echo")
                 await asyncio.sleep(0.5)  # b subscribes to a's stream once a described it
-                row = await drive(a, args)
+                row = await drive(a, b.process.pid, args)
     emit(
         "ravi_grpc_hooks" if args.hooks else "ravi_grpc_tracing" if args.tracing else "ravi_grpc",
         row,

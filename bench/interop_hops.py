@@ -16,6 +16,12 @@ Python -> Python. DESIGN.md section 8 asks every pair's per-hop p50 to be within
 1.3x of Python -> Python; the script exits 1 if one is not.
 
     .venv/bin/python bench/interop_hops.py --runs 5 --save bench/results/interop.json
+
+With --tracing, every node and the client trace to a real Jaeger (sampled as
+OTEL_TRACES_SAMPLER says, every trace by default): the traced cost of each hop.
+
+    OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01 \
+        .venv/bin/python bench/interop_hops.py --tracing
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ import time
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+from _workload import tracing
 
 from ravi import AgentId
 from ravi.conformance.v1 import conformance_pb2 as conf
@@ -82,7 +91,9 @@ async def p50_us(call: Callable[[], Awaitable[object]], n: int) -> float:
     return statistics.median(samples) / 1000
 
 
-async def measure(runs: int, n: int) -> dict[str, object]:
+async def measure(
+    runs: int, n: int, env: dict[str, str] | None, interceptors: list[Any]
+) -> dict[str, object]:
     entries = languages()
     names = list(entries)
     nodes: list[NodeProcess] = []
@@ -95,8 +106,10 @@ async def measure(runs: int, n: int) -> dict[str, object]:
                     agent(language, index),
                     [node.address for node in nodes],
                 )
-                nodes.append(await start_node(argv))
-        client = GrpcRuntime(remote_peers={node.node_id: node.address for node in nodes})
+                nodes.append(await start_node(argv, env=env))
+        client = GrpcRuntime(
+            remote_peers={node.node_id: node.address for node in nodes}, interceptors=interceptors
+        )
         async with client:
             for language in names:
                 for index in (1, 2):
@@ -174,14 +187,21 @@ async def rounds(client: GrpcRuntime, names: list[str], runs: int, n: int) -> di
     }
 
 
+async def traced_measure(runs: int, n: int, traced: bool) -> dict[str, object]:
+    async with tracing("client", traced) as (telemetry, endpoint):
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint} if endpoint else None
+        return await measure(runs, n, env, telemetry.interceptors if telemetry else [])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("-n", type=int, default=300, help="calls per measurement (default 300)")
     parser.add_argument("--save", help="write the results as JSON to this file")
+    parser.add_argument("--tracing", action="store_true", help="every node traces to a Jaeger")
     args = parser.parse_args()
     load = os.getloadavg()[0]
-    result = asyncio.run(measure(args.runs, args.n))
+    result = asyncio.run(traced_measure(args.runs, args.n, args.tracing))
     rows = result["pairs"]
     assert isinstance(rows, list)
     print(f"medians of {args.runs} interleaved rounds, {args.n} calls each (load {load:.1f})\n")

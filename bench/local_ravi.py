@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import ClassVar
 
-from _workload import TEXT, Ping, emit, percentile_us, tracing
+from _workload import TEXT, Ping, cpu_seconds, emit, percentile_us, tracing
 
 from ravi import (
     AgentId,
@@ -69,12 +69,13 @@ async def rr(n: int, warmup: int, interceptors: list[Interceptor]) -> dict[str, 
         caller = AgentId("caller", "default")
         await runtime.send_message(Start(warmup), caller)
         Caller.latencies_ns = []
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
         await runtime.send_message(Start(n), caller)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     latencies = sorted(Caller.latencies_ns)
     return {
         "rr_msgs_s": n / elapsed,
+        "rr_cpu_us": cpu / n * 1e6,
         "rr_p50_us": percentile_us(latencies, 0.5),
         "rr_p99_us": percentile_us(latencies, 0.99),
     }
@@ -110,17 +111,20 @@ async def fanout(
     async with runtime:
         topic = TopicId("fan", "default")
 
-        async def run(count: int) -> float:
+        async def run(count: int) -> tuple[float, float]:
             Counter.count, Counter.target, Counter.done = 0, count * subscribers, asyncio.Event()
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), cpu_seconds()
             for s in range(count):
                 await runtime.publish_message(Ping(TEXT, s), topic)
             await Counter.done.wait()
-            return time.perf_counter() - t0
+            return time.perf_counter() - t0, cpu_seconds() - cpu0
 
         await run(warmup)
-        elapsed = await run(publishes)
-    return {"fanout_deliveries_s": publishes * subscribers / elapsed}
+        elapsed, cpu = await run(publishes)
+    return {
+        "fanout_deliveries_s": publishes * subscribers / elapsed,
+        "fanout_cpu_us": cpu / (publishes * subscribers) * 1e6,
+    }
 
 
 async def main() -> None:

@@ -1,12 +1,15 @@
-"""One task through two Python nodes, the Go agent and the Node agent: ONE trace in Jaeger.
+"""One task through Python, Go and Node nodes: ONE trace in Jaeger.
 
-The spans come from all four services, with correct parent/child links, a
-publish delivered over a Subscribe stream, and an error span.
+The spans come from every service, with correct parent/child links, a publish
+delivered over a Subscribe stream, and an error span; and a client that knows
+nothing of ravi, instrumented with otelgrpc, roots the whole trace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from typing import Any
 
 import pytest
@@ -127,6 +130,13 @@ async def test_one_task_is_one_trace_across_four_services() -> None:
         (reference,) = span["references"]
         return spans[reference["spanID"]]
 
+    def mesh_parent(span: dict[str, Any]) -> dict[str, Any]:
+        """The nearest ancestor made by a node's mesh: above the RPC spans of a unary call."""
+        above = parent(span)
+        while above["operationName"].lstrip("/").startswith("ravi.mesh.v1.AgentService/"):
+            above = parent(above)
+        return above
+
     # The request path, hop by hop and language by language.
     (handle_orchestrator,) = find("handle orchestrator", "node-a")
     assert parent(handle_orchestrator)["operationName"] == "send orchestrator"
@@ -139,8 +149,8 @@ async def test_one_task_is_one_trace_across_four_services() -> None:
     (go_send_formatter,) = find("send formatter", "node-go")
     assert parent(go_send_formatter) in reviews
     formats = find("handle formatter", "node-js")
-    assert {parent(f)["operationName"] for f in formats} == {"send formatter"}
-    assert {services[parent(f)["processID"]] for f in formats} == {"node-go", "node-a"}
+    assert {mesh_parent(f)["operationName"] for f in formats} == {"send formatter"}
+    assert {services[mesh_parent(f)["processID"]] for f in formats} == {"node-go", "node-a"}
     assert all(tags(f)["ravi.language"] == "node" for f in formats)
 
     # Progress published on node-a, delivered to the client over its stream.
@@ -163,3 +173,94 @@ async def test_one_task_is_one_trace_across_four_services() -> None:
     (failed_send,) = find("send conformance-go", "e2e-client")
     assert tags(failed_send)["otel.status_code"] == "ERROR"
     assert parent(failed)["spanID"] == failed_send["spanID"]
+
+
+async def client_request(jaeger: Jaeger, address: str) -> str:
+    """Run the otelgrpc-instrumented Go client once the node reaches the demo's agents."""
+    command = [
+        str(TOOLS_BIN / "otelgrpc-client"),
+        f"--addr={address}",
+        "--agent=orchestrator/otel",
+        f"--otlp-endpoint={jaeger.otlp_endpoint}",
+    ]
+
+    async def answered() -> str:
+        done = await asyncio.wait_for(
+            asyncio.to_thread(
+                subprocess.run, command, capture_output=True, text=True, timeout=60, check=False
+            ),
+            70,
+        )
+        assert done.returncode == 0, done.stderr
+        reply = json.loads(done.stdout)
+        assert reply["reply_type"] == "ravi.examples.v1.TaskResult"
+        return str(reply["trace_id"])
+
+    # A node answers NOT_FOUND until it has described its peers.
+    return await eventually(answered, timeout=60, interval=1)
+
+
+async def test_a_go_client_instrumented_with_otelgrpc_roots_the_meshs_trace() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": ""}
+    nodes: list[NodeProcess] = []
+    async with running_jaeger(TOOLS_BIN / "jaeger", REPO_ROOT / "tools" / "jaeger.yaml") as jaeger:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = jaeger.otlp_endpoint
+        try:
+            go = await start_node(COMMANDS["go"]("node-go"), env=env)
+            nodes.append(go)
+            js = await start_node(COMMANDS["node"]("node-js", go.address), env=env)
+            nodes.append(js)
+            py = await start_node(COMMANDS["python"]("node-py", go.address, js.address), env=env)
+            nodes.append(py)
+            trace_id = await client_request(jaeger, py.address)
+        finally:
+            for node in reversed(nodes):
+                await node.stop()  # SIGTERM: each node flushes its spans
+
+        async def complete() -> dict[str, Any]:
+            trace = await jaeger.trace(trace_id)
+            assert trace is not None
+            services = {p["serviceName"] for p in trace["processes"].values()}
+            assert {"otelgrpc-client", "node-py", "node-go", "node-js"} <= services
+            return trace
+
+        trace = await eventually(complete, timeout=20, interval=0.5)
+
+    spans, services = spans_by(trace)
+
+    def named(operation: str, service: str) -> list[dict[str, Any]]:
+        # Python's grpc instrumentation names RPC spans with a leading slash.
+        return [
+            s
+            for s in spans.values()
+            if s["operationName"].lstrip("/") == operation and services[s["processID"]] == service
+        ]
+
+    def parent(span: dict[str, Any]) -> dict[str, Any] | None:
+        references = [r for r in span["references"] if r["refType"] == "CHILD_OF"]
+        return spans[references[0]["spanID"]] if references else None
+
+    # One root: the client's own span; every other span descends from it.
+    (root,) = [s for s in spans.values() if parent(s) is None]
+    assert (root["operationName"], services[root["processID"]]) == (
+        "client request",
+        "otelgrpc-client",
+    )
+    for span in spans.values():
+        ancestor, hops = span, 0
+        while (above := parent(ancestor)) is not None and hops < 100:
+            ancestor, hops = above, hops + 1
+        assert ancestor is root, span["operationName"]
+
+    # client span -> otelgrpc's client RPC span -> the Python node's RPC span -> handle.
+    send_rpc = "ravi.mesh.v1.AgentService/Send"
+    (client_rpc,) = named(send_rpc, "otelgrpc-client")
+    assert parent(client_rpc) is root
+    server_rpcs = [s for s in named(send_rpc, "node-py") if parent(s) is client_rpc]
+    assert len(server_rpcs) == 1
+    (handle,) = named("handle orchestrator", "node-py")
+    assert parent(handle) is server_rpcs[0]
+    # ... and the Python agent's calls reach the Go and the Node agent.
+    assert named("handle reviewer", "node-go")
+    assert named("handle formatter", "node-js")
+    assert all(tags(s)["ravi.language"] == "go" for s in named("handle reviewer", "node-go"))

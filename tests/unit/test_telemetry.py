@@ -5,11 +5,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, StatusCode
 
 from ravi import (
@@ -23,7 +28,7 @@ from ravi import (
 )
 from ravi.errors import HandlerFailed
 from ravi.runtime import LocalRuntime
-from ravi.telemetry import TracingInterceptor, configure
+from ravi.telemetry import MetricsInterceptor, TracingInterceptor, configure
 
 
 @message_type("telemetry.Ask")
@@ -138,3 +143,81 @@ def test_nothing_is_installed_without_an_endpoint(monkeypatch: pytest.MonkeyPatc
         "MetricsInterceptor",
     ]
     installed.shutdown()
+
+
+class Probe(BaseAgent):
+    """Records what an unsampled handler sees, and makes a span of its own."""
+
+    seen: ClassVar[list[tuple[str, int, bool]]] = []
+    tracer: ClassVar[trace.Tracer] = trace.NoOpTracer()
+
+    @message_handler
+    async def on_ask(self, message: Ask, ctx: MessageContext) -> str:
+        own = Probe.tracer.start_span("user span")
+        own.end()
+        Probe.seen.append(
+            (ctx.metadata["traceparent"], own.get_span_context().trace_id, own.is_recording())
+        )
+        if message.text == "nested":
+            await self.send_message(Ask("leaf"), AgentId("probe", "leaf"))
+        return "ok"
+
+
+def unsampled_provider(exporter: InMemorySpanExporter) -> TracerProvider:
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+async def test_an_unsampled_trace_makes_no_span_and_its_context_reaches_every_hop(
+    spans: InMemorySpanExporter,
+) -> None:
+    provider = unsampled_provider(spans)
+    Probe.tracer = provider.get_tracer("user code")
+    Probe.seen.clear()
+    runtime = LocalRuntime(interceptors=[TracingInterceptor("node-u", provider)])
+    await Probe.register(runtime, "probe")
+    async with runtime:
+        await runtime.send_message(Ask("nested"), AgentId("probe", "root"))
+    assert spans.get_finished_spans() == ()
+    (outer, outer_trace, outer_recorded), (inner, inner_trace, inner_recorded) = Probe.seen
+    # The nested send carries the same (unsampled) context; user spans under it
+    # belong to that trace and are not recorded either: no orphan root traces.
+    assert inner == outer
+    assert outer[-2:] in {"00", "02"}
+    assert outer_trace == inner_trace == int(outer[3:35], 16)
+    assert not outer_recorded
+    assert not inner_recorded
+
+
+async def test_metrics_count_every_message_and_time_the_sampled_ones() -> None:
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    for sampled in (False, True):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(1.0 if sampled else 0.0)))
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        runtime = LocalRuntime(
+            interceptors=[TracingInterceptor("node-m", provider), MetricsInterceptor(meters)]
+        )
+        await Back.register(runtime, "back")
+        async with runtime:
+            for text in ("a", "b", "fail"):
+                with contextlib.suppress(HandlerFailed):
+                    await runtime.send_message(Ask(text), AgentId("back", "b"))
+        points = {
+            (metric.name, tuple(sorted(point.attributes.items()))): point
+            for resource in reader.get_metrics_data().resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            for point in metric.data.data_points
+        }
+        back = (("ravi.agent.type", "back"),)
+        # Counts accumulate over both runtimes (one provider): 3, then 6.
+        runs = 2 if sampled else 1
+        assert points[("ravi.messages.sent", back)].value == 3 * runs
+        assert points[("ravi.messages.handled", back)].value == 3 * runs
+        failed = (("ravi.agent.type", "back"), ("ravi.error.code", "UNKNOWN"))
+        assert points[("ravi.messages.failed", failed)].value == runs
+        timed = points.get(("ravi.handler.duration", back))
+        assert (timed.count if timed else 0) == (3 if sampled else 0)

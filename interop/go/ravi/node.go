@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"log/slog"
 	"net"
 	"slices"
@@ -411,6 +412,7 @@ func (n *Node) Start() error {
 		grpc.InTapHandle(refuseSpentDeadlines),
 		grpc.ChainUnaryInterceptor(auth.unary, n.trackUnary),
 		grpc.ChainStreamInterceptor(auth.stream),
+		grpc.StatsHandler(otelgrpc.NewServerHandler(rpcTracing(n.opts.TracerProvider)...)),
 	}
 	sopts = append(sopts, n.opts.ServerOptions...)
 	n.server = grpc.NewServer(sopts...)

@@ -3,6 +3,7 @@ package ravi
 import (
 	"context"
 	"errors"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"io"
 	"log/slog"
 	"time"
@@ -84,6 +85,7 @@ func (n *Node) addPeerLocked(name, address string, learned bool) *peer {
 			Backoff:           backoff.Config{BaseDelay: peerBackoffMin, Multiplier: 2, Jitter: 0.2, MaxDelay: peerBackoffMax},
 			MinConnectTimeout: 2 * time.Second,
 		}),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(rpcTracing(n.opts.TracerProvider)...)),
 	}
 	dial = append(dial, n.opts.DialOptions...)
 	client, err := Dial(address, WithToken(n.opts.PeerToken), WithMaxMessageBytes(n.opts.MaxMessageBytes), WithDialOptions(dial...))

@@ -25,6 +25,11 @@ func (s *service) Send(ctx context.Context, req *meshv1.SendRequest) (*meshv1.Se
 		return nil, err
 	}
 	defer cancel()
+	// A delivery keeps its publish span as parent (and link); a send is the RPC's child.
+	if env := rpcTraceInto(ctx, req.GetEnvelope()); req.GetTopic() == nil && env != req.GetEnvelope() {
+		req = proto.CloneOf(req)
+		req.Envelope = env
+	}
 	resp, err := s.n.serveSend(ctx, req, incomingTrace(ctx))
 	return resp, toStatusError(err)
 }

@@ -5,13 +5,18 @@ import (
 	"maps"
 	"strings"
 
+	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/protobuf/proto"
 )
 
 // TracerName is the instrumentation scope of the spans a Node makes.
@@ -182,4 +187,51 @@ func traceUnary(ctx context.Context, method string, req, reply any, cc *grpc.Cli
 		}
 	}
 	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// unaryRPCs are AgentService's unary methods by full name: the RPCs that get
+// an RPC span. The multiplexed stream and Subscribe carry many messages each;
+// those messages have ravi's own spans only.
+var unaryRPCs = func() map[string]bool {
+	out := map[string]bool{}
+	for _, m := range meshv1.AgentService_ServiceDesc.Methods {
+		out["/"+meshv1.AgentService_ServiceDesc.ServiceName+"/"+m.MethodName] = true
+	}
+	return out
+}()
+
+func unaryRPC(info *stats.RPCTagInfo) bool { return unaryRPCs[info.FullMethodName] }
+
+var noopMeters = noop.NewMeterProvider()
+
+// rpcTracing is otelgrpc's configuration for a node: the node's tracer
+// provider (the global one when nil), W3C trace context, unary RPCs only, no
+// metrics (a node's metrics are its own).
+func rpcTracing(tp trace.TracerProvider) []otelgrpc.Option {
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	return []otelgrpc.Option{
+		otelgrpc.WithTracerProvider(tp),
+		otelgrpc.WithPropagators(propagator),
+		otelgrpc.WithFilter(unaryRPC),
+		otelgrpc.WithMeterProvider(noopMeters),
+	}
+}
+
+// rpcTraceInto returns env with the trace context of ctx's span (the RPC span
+// of a unary call), so that span parents the mesh's spans, unless the
+// envelope carries a context of another trace (which wins, as envelope
+// metadata always does): a copy, env is the caller's.
+func rpcTraceInto(ctx context.Context, env *meshv1.Envelope) *meshv1.Envelope {
+	rpc := trace.SpanContextFromContext(ctx)
+	if env == nil || !rpc.IsValid() {
+		return env
+	}
+	if own := remoteSpanContext(env.GetMetadata()); own.IsValid() && own.TraceID() != rpc.TraceID() {
+		return env
+	}
+	out := proto.CloneOf(env)
+	out.Metadata = injectInto(ctx, env.GetMetadata())
+	return out
 }

@@ -117,6 +117,37 @@ func wantSpan(t *testing.T, s sdktrace.ReadOnlySpan, kind trace.SpanKind, parent
 	}
 }
 
+// viaRPC checks that child's parent is the RPC span of a unary AgentService
+// call (otelgrpc's server span), which descends from want either directly (a
+// client without RPC spans) or through the caller's RPC client span, and
+// returns that server span's context: what a ravi span on a unary call has as
+// its parent.
+func viaRPC(t *testing.T, r *recorder, child sdktrace.ReadOnlySpan, want trace.SpanContext) trace.SpanContext {
+	t.Helper()
+	server, ok := r.byID(child.Parent())
+	if !ok || server.SpanKind() != trace.SpanKindServer || !strings.HasPrefix(server.Name(), "ravi.mesh.v1.AgentService/") {
+		t.Fatalf("%s: parent %v is no RPC server span; spans:\n%s", child.Name(), child.Parent(), r.dump())
+	}
+	parent := server.Parent()
+	if client, ok := r.byID(parent); ok && client.SpanKind() == trace.SpanKindClient && client.Name() == server.Name() {
+		parent = client.Parent()
+	}
+	if parent.TraceID() != want.TraceID() || parent.SpanID() != want.SpanID() {
+		t.Errorf("%s: the RPC span descends from %s/%s, want %s/%s", child.Name(), parent.TraceID(), parent.SpanID(), want.TraceID(), want.SpanID())
+	}
+	return server.SpanContext()
+}
+
+// byID returns the ended span with sc's ids.
+func (r *recorder) byID(sc trace.SpanContext) (sdktrace.ReadOnlySpan, bool) {
+	for _, s := range r.rec.Ended() {
+		if s.SpanContext().SpanID() == sc.SpanID() && s.SpanContext().TraceID() == sc.TraceID() {
+			return s, true
+		}
+	}
+	return nil, false
+}
+
 func wantOK(t *testing.T, spans ...sdktrace.ReadOnlySpan) {
 	t.Helper()
 	for _, s := range spans {
@@ -187,7 +218,8 @@ func TestTracingNestedSendAcrossNodes(t *testing.T) {
 		"ravi.agent.key":             "y",
 		"ravi.message.type":          "ravi.conformance.v1.Echo",
 	})
-	wantSpan(t, handleB, trace.SpanKindServer, sendB.SpanContext(), map[string]string{
+	rpcB := viaRPC(t, r, handleB, sendB.SpanContext())
+	wantSpan(t, handleB, trace.SpanKindServer, rpcB, map[string]string{
 		"messaging.operation.type": "process",
 		"ravi.agent.type":          "conformance-b",
 		"ravi.agent.key":           "y",
@@ -195,12 +227,12 @@ func TestTracingNestedSendAcrossNodes(t *testing.T) {
 		"ravi.sender":              "conformance-a/x",
 		"messaging.message.id":     attr(sendB, "messaging.message.id"),
 	})
-	if !handleB.Parent().IsRemote() {
-		t.Errorf("handle on b: the parent came from another node: %v", handleB.Parent())
+	if server, _ := r.byID(rpcB); !server.Parent().IsRemote() {
+		t.Errorf("RPC span on b: the parent came from another node: %v", server.Parent())
 	}
 	wantOK(t, sendA, handleA, sendB, handleB)
-	// The message carried the send span's context in its envelope.
-	want := fmt.Sprintf("00-%s-%s-01", sendB.SpanContext().TraceID(), sendB.SpanContext().SpanID())
+	// The handler saw the RPC span's context: the unary call's own span.
+	want := fmt.Sprintf("00-%s-%s-01", rpcB.TraceID(), rpcB.SpanID())
 	if got := echoed.GetMetadata()["traceparent"]; got != want {
 		t.Errorf("traceparent on b %q, want %q", got, want)
 	}
@@ -225,7 +257,8 @@ func TestTracingPropagatesOverUnaryCallsAndMultiplex(t *testing.T) {
 		t.Fatal(err)
 	}
 	clientSpan.End()
-	wantSpan(t, r.span(t, "handle conformance", "node-a"), trace.SpanKindServer, clientSpan.SpanContext(), nil)
+	handle := r.span(t, "handle conformance", "node-a")
+	wantSpan(t, handle, trace.SpanKindServer, viaRPC(t, r, handle, clientSpan.SpanContext()), nil)
 	r.rec.Reset()
 
 	traceparent := func(sc trace.SpanContext) string {
@@ -243,9 +276,10 @@ func TestTracingPropagatesOverUnaryCallsAndMultiplex(t *testing.T) {
 	if _, err := c.Service().Send(mdCtx, req(nil)); err != nil {
 		t.Fatal(err)
 	}
-	wantSpan(t, r.span(t, "handle conformance", "node-a"), trace.SpanKindServer, s1.SpanContext(), nil)
+	handle = r.span(t, "handle conformance", "node-a")
+	wantSpan(t, handle, trace.SpanKindServer, viaRPC(t, r, handle, s1.SpanContext()), nil)
 	r.rec.Reset()
-	// The envelope's context wins over the gRPC metadata's.
+	// The envelope's context of another trace wins over the gRPC metadata's.
 	if _, err := c.Service().Send(mdCtx, req(map[string]string{"traceparent": traceparent(s2.SpanContext())})); err != nil {
 		t.Fatal(err)
 	}
@@ -340,13 +374,13 @@ func TestTracingForwardThroughMiddleNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	forward := r.span(t, "forward conformance-b", "node-m")
-	wantSpan(t, forward, trace.SpanKindInternal, root.SpanContext(), map[string]string{
+	wantSpan(t, forward, trace.SpanKindInternal, viaRPC(t, r, forward, root.SpanContext()), map[string]string{
 		"ravi.route.hop_count": "1",
 		"ravi.route.next_node": "node-b",
 		"ravi.node.id":         "node-m",
 	})
 	handle := r.span(t, "handle conformance-b", "node-b")
-	wantSpan(t, handle, trace.SpanKindServer, forward.SpanContext(), nil)
+	wantSpan(t, handle, trace.SpanKindServer, viaRPC(t, r, handle, forward.SpanContext()), nil)
 	wantOK(t, forward, handle)
 
 	// A forward that finds no node fails.
@@ -375,7 +409,7 @@ func TestTracingFailedHandler(t *testing.T) {
 	wantError(t, err, 2, ravi.ReasonHandlerFailed)
 	handle := r.span(t, "handle conformance-b", "node-b")
 	send := r.span(t, "send conformance-b", "node-a")
-	wantSpan(t, handle, trace.SpanKindServer, send.SpanContext(), nil)
+	wantSpan(t, handle, trace.SpanKindServer, viaRPC(t, r, handle, send.SpanContext()), nil)
 	wantFailed(t, handle, "UNKNOWN", ravi.ReasonHandlerFailed)
 	wantFailed(t, send, "UNKNOWN", ravi.ReasonHandlerFailed)
 	for _, e := range handle.Events() {

@@ -22,7 +22,8 @@ import {
   type TracerProvider,
 } from "@opentelemetry/api";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { AgentService } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
 import type { Envelope } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 
 import { asRaviError, codeName, RaviError } from "./errors.js";
@@ -143,12 +144,15 @@ export class NodeTracing {
     this.common = { "messaging.system": "ravi", "ravi.node.id": nodeId, "ravi.language": language };
   }
 
-  private start(name: string, kind: SpanKind, attributes: Attributes, parent: Context, links?: Link[]): Started {
-    const span = this.tracer.startSpan(
-      name,
-      { kind, attributes: { ...this.common, ...attributes }, ...(links === undefined ? {} : { links }) },
-      parent,
-    );
+  // Attributes are computed only for a span that records (samplers see the
+  // name and kind, as in the Python and Go members): an unsampled message
+  // costs a non-recording span and its context, nothing more.
+  private start(name: string, kind: SpanKind, attributes: () => Attributes, parent: Context, links?: Link[]): Started {
+    const span = this.tracer.startSpan(name, links === undefined ? { kind } : { kind, links }, parent);
+    if (span.isRecording()) {
+      span.setAttributes(this.common);
+      span.setAttributes(attributes());
+    }
     return { span, context: trace.setSpan(parent, span) };
   }
 
@@ -157,29 +161,36 @@ export class NodeTracing {
     return this.start(
       `send ${to.type}`,
       SpanKind.CLIENT,
-      {
+      () => ({
         "messaging.operation.type": "send",
         "messaging.destination.name": to.type,
         "ravi.agent.type": to.type,
         "ravi.agent.key": to.key,
         ...messageAttributes(envelope),
-      },
+      }),
       parent,
     );
   }
 
   /** `handle {agent type}` (SERVER), a child of the message's trace context. */
   handle(recipient: AgentAddress, envelope: Envelope, parent: Context): Started {
-    const attributes: Attributes = {
-      "messaging.operation.type": "process",
-      "ravi.agent.type": recipient.type,
-      "ravi.agent.key": recipient.key,
-      ...messageAttributes(envelope),
-    };
-    if (envelope.sender !== undefined) {
-      attributes["ravi.sender"] = formatAgentId(envelope.sender);
-    }
-    return this.start(`handle ${recipient.type}`, SpanKind.SERVER, attributes, parent);
+    return this.start(
+      `handle ${recipient.type}`,
+      SpanKind.SERVER,
+      () => {
+        const attributes: Attributes = {
+          "messaging.operation.type": "process",
+          "ravi.agent.type": recipient.type,
+          "ravi.agent.key": recipient.key,
+          ...messageAttributes(envelope),
+        };
+        if (envelope.sender !== undefined) {
+          attributes["ravi.sender"] = formatAgentId(envelope.sender);
+        }
+        return attributes;
+      },
+      parent,
+    );
   }
 
   /** `publish {topic type}` (PRODUCER), a child of the publisher's current span. */
@@ -187,12 +198,12 @@ export class NodeTracing {
     return this.start(
       `publish ${topic.type}`,
       SpanKind.PRODUCER,
-      {
+      () => ({
         "messaging.operation.type": "publish",
         "messaging.destination.name": topic.type,
         "ravi.topic.source": topic.source,
         ...messageAttributes(envelope),
-      },
+      }),
       parent,
     );
   }
@@ -203,22 +214,35 @@ export class NodeTracing {
     return this.start(
       `deliver ${recipient.type}`,
       SpanKind.CONSUMER,
-      {
+      () => ({
         "messaging.operation.type": "process",
         "ravi.agent.type": recipient.type,
         "ravi.agent.key": recipient.key,
         "ravi.topic.type": topic.type,
         "ravi.topic.source": topic.source,
         ...messageAttributes(envelope),
-      },
+      }),
       parent,
       published === undefined ? [] : [{ context: published }],
     );
   }
 
+  /**
+   * The span of a unary RPC, named and attributed as OpenTelemetry's gRPC
+   * instrumentations name theirs (`ravi.mesh.v1.AgentService/Send`, rpc.*).
+   */
+  rpc(method: string, kind: SpanKind, parent: Context): Started {
+    const span = this.tracer.startSpan(
+      `${AgentService.typeName}/${method}`,
+      { kind, attributes: { "rpc.system": "grpc", "rpc.service": AgentService.typeName, "rpc.method": method } },
+      parent,
+    );
+    return { span, context: trace.setSpan(parent, span) };
+  }
+
   /** `forward {agent type}` (INTERNAL), a child of the message's trace context. */
   forward(recipient: AgentAddress, hopCount: number, parent: Context): Started {
-    return this.start(`forward ${recipient.type}`, SpanKind.INTERNAL, { "ravi.route.hop_count": hopCount }, parent);
+    return this.start(`forward ${recipient.type}`, SpanKind.INTERNAL, () => ({ "ravi.route.hop_count": hopCount }), parent);
   }
 }
 
@@ -244,4 +268,96 @@ export function tracedSync<T>(span: Span, body: () => T): T {
   } finally {
     span.end();
   }
+}
+
+/** The W3C headers of a context, as a carrier. */
+function headersOf(ctx: Context): Record<string, string> {
+  const carrier: Record<string, string> = {};
+  injectContext(ctx, carrier);
+  return carrier;
+}
+
+/** Puts a context's W3C headers on a request's headers, replacing what was there. */
+function setTraceHeaders(header: Headers, carrier: Record<string, string>): void {
+  for (const key of ["traceparent", "tracestate"]) {
+    const value = carrier[key];
+    if (value === undefined) {
+      header.delete(key);
+    } else {
+      header.set(key, value);
+    }
+  }
+}
+
+function traceId(traceparent: string | undefined): string | undefined {
+  return traceparent?.split("-")[1];
+}
+
+/** Ends an RPC span with the call's outcome: rpc.grpc.status_code, and status ERROR on a failure. */
+async function finishRpc<T>(span: Span, call: () => Promise<T>): Promise<T> {
+  try {
+    const result = await call();
+    span.setAttribute("rpc.grpc.status_code", 0);
+    return result;
+  } catch (error) {
+    const failure = ConnectError.from(error);
+    span.setAttribute("rpc.grpc.status_code", failure.code);
+    span.setStatus({ code: SpanStatusCode.ERROR, message: failure.message });
+    throw error;
+  } finally {
+    span.end();
+  }
+}
+
+/**
+ * A server interceptor making the span of every unary AgentService RPC (the
+ * multiplexed stream and Subscribe carry many messages each, which have the
+ * node's own spans only). Its parent is the caller's traceparent in the gRPC
+ * metadata; a Send takes the RPC span's context, so the RPC span parents the
+ * node's handle span, unless the envelope carries a context of another trace
+ * (which wins, as envelope metadata always does). A delivery keeps its
+ * publish span as parent and link.
+ */
+export function rpcServerInterceptor(tracing: NodeTracing): Interceptor {
+  return (next) => async (req) => {
+    if (req.stream || req.service.typeName !== AgentService.typeName) {
+      return next(req);
+    }
+    const started = tracing.rpc(req.method.name, SpanKind.SERVER, extractContext(headerCarrier(req.header)));
+    const carrier = headersOf(started.context);
+    setTraceHeaders(req.header, carrier);
+    // A delivery (a Send with a topic, Publish) keeps its publish span as parent and link.
+    const sent = req.method.name === "Send" ? (req.message as { envelope?: Envelope; topic?: unknown }) : undefined;
+    const envelope = sent?.topic === undefined ? sent?.envelope : undefined;
+    if (envelope !== undefined && carrier["traceparent"] !== undefined) {
+      const own = envelope.metadata["traceparent"];
+      if (own === undefined || traceId(own) === traceId(carrier["traceparent"])) {
+        delete envelope.metadata["tracestate"];
+        Object.assign(envelope.metadata, carrier);
+      }
+    }
+    return finishRpc(started.span, () => otelContext.with(started.context, () => next(req)));
+  };
+}
+
+/**
+ * A client interceptor making the span of every unary AgentService RPC: a
+ * child of the traceparent the request carries (the node's send span), else
+ * of the active context; the call then carries the RPC span's context.
+ */
+export function rpcClientInterceptor(tracing: NodeTracing): Interceptor {
+  return (next) => async (req) => {
+    if (req.stream || req.service.typeName !== AgentService.typeName) {
+      return next(req);
+    }
+    const given = extractContext(headerCarrier(req.header));
+    const parent = trace.getSpanContext(given) === undefined ? otelContext.active() : given;
+    const started = tracing.rpc(req.method.name, SpanKind.CLIENT, parent);
+    setTraceHeaders(req.header, headersOf(started.context));
+    return finishRpc(started.span, () => next(req));
+  };
+}
+
+function headerCarrier(header: Headers): Record<string, string | undefined> {
+  return { traceparent: header.get("traceparent") ?? undefined, tracestate: header.get("tracestate") ?? undefined };
 }

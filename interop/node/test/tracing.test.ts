@@ -65,6 +65,25 @@ function assertChild(child: ReadableSpan, parent: ReadableSpan): void {
   assert.equal(child.parentSpanContext?.spanId, parent.spanContext().spanId, `parent of ${child.name} is ${parent.name}`);
 }
 
+/**
+ * The child's parent is the RPC span of a unary AgentService call, which
+ * descends from `want` directly (a client without RPC spans) or through the
+ * caller's RPC client span; returns that RPC span.
+ */
+function viaRpc(spans: readonly ReadableSpan[], child: ReadableSpan, want: string): ReadableSpan {
+  const server = only(spans, (s) => s.spanContext().spanId === child.parentSpanContext?.spanId, `parent of ${child.name}`);
+  assert.equal(server.kind, SpanKind.SERVER, `${server.name} is an RPC server span`);
+  assert.ok(server.name.startsWith("ravi.mesh.v1.AgentService/"), server.name);
+  assert.equal(server.attributes["rpc.system"], "grpc");
+  let parent = server.parentSpanContext?.spanId;
+  const client = spans.find((s) => s.spanContext().spanId === parent && s.kind === SpanKind.CLIENT && s.name === server.name);
+  if (client !== undefined) {
+    parent = client.parentSpanContext?.spanId;
+  }
+  assert.equal(parent, want, `the RPC span of ${child.name} descends from ${want}`);
+  return server;
+}
+
 function assertCommon(span: ReadableSpan, nodeId: string): void {
   assert.equal(span.attributes["ravi.node.id"], nodeId);
   assert.equal(span.attributes["ravi.language"], "node");
@@ -112,7 +131,7 @@ describe("tracing across nodes", T, () => {
     assert.equal(send1.parentSpanContext, undefined, "the first send is a root");
     assertChild(handle1, send1);
     assertChild(send2, handle1);
-    assertChild(handle2, send2);
+    const rpc2 = viaRpc(spans, handle2, send2.spanContext().spanId);
     assert.equal(new Set([send1, handle1, send2, handle2].map((s) => s.spanContext().traceId)).size, 1);
 
     assert.equal(send1.kind, SpanKind.CLIENT);
@@ -149,8 +168,8 @@ describe("tracing across nodes", T, () => {
     // The handler ran in its handle span, and saw the send span's traceparent.
     assert.equal(activeInHandler, handle1.spanContext().spanId);
     assert.equal(handlerTraceparent, `00-${send1.spanContext().traceId}-${send1.spanContext().spanId}-01`);
-    // The leaf saw the second send's context in its envelope metadata.
-    assert.equal(reply.metadata["traceparent"], `00-${send2.spanContext().traceId}-${send2.spanContext().spanId}-01`);
+    // The leaf saw its unary call's RPC span's context in its envelope metadata.
+    assert.equal(reply.metadata["traceparent"], `00-${rpc2.spanContext().traceId}-${rpc2.spanContext().spanId}-01`);
   });
 
   test("a send under the caller's active span, and from a client, continues the caller's trace", async () => {
@@ -169,7 +188,7 @@ describe("tracing across nodes", T, () => {
     const handles = spans.filter(named("handle conformance", "tc"));
     assert.equal(handles.length, 2);
     const fromClient = only(handles, (s) => s.attributes["ravi.agent.key"] === "y", "handle y");
-    assertChild(fromClient, outerSpan);
+    viaRpc(spans, fromClient, outerSpan.spanContext().spanId);
 
     // A traceparent given explicitly is the parent.
     await node.send({ type: "conformance", key: "z" }, EchoSchema, { text: "in" }, { traceparent: TRACEPARENT });
@@ -177,7 +196,7 @@ describe("tracing across nodes", T, () => {
     assert.equal(explicit.spanContext().traceId, "4bf92f3577b34da6a3ce929d0e0e4736");
   });
 
-  test("a unary Send's gRPC metadata is the parent when the envelope has no traceparent", async () => {
+  test("a unary Send's gRPC metadata parents its RPC span when the envelope has no traceparent of another trace", async () => {
     const rec = recorder();
     const node = await fx.started({ nodeId: "tu", tracerProvider: rec.provider }, (n) => registerConformance(n));
     const client = fx.client(node.address);
@@ -192,8 +211,7 @@ describe("tracing across nodes", T, () => {
     const spans = rec.spans();
     const u = only(spans, (s) => s.attributes["ravi.agent.key"] === "u", "handle u");
     assert.equal(u.spanContext().traceId, "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert.equal(u.parentSpanContext?.spanId, "00f067aa0ba902b7");
-    assert.equal(u.parentSpanContext?.isRemote, true);
+    assert.equal(viaRpc(spans, u, "00f067aa0ba902b7").parentSpanContext?.isRemote, true);
     const v = only(spans, (s) => s.attributes["ravi.agent.key"] === "v", "handle v");
     assert.equal(v.spanContext().traceId, "0af7651916cd43dd8448eb211c80319c");
     assert.equal(v.parentSpanContext?.spanId, "b7ad6b7169203331");
@@ -325,9 +343,10 @@ describe("tracing across nodes", T, () => {
     const forward = only(spans, named("forward far", "fm"), "forward");
     const handle = only(spans, named("handle far", "fc"), "handle");
     assert.equal(forward.kind, SpanKind.INTERNAL);
-    assert.equal(forward.parentSpanContext?.spanId, "00f067aa0ba902b7");
+    const atM = viaRpc(spans, forward, "00f067aa0ba902b7");
     assert.equal(forward.spanContext().traceId, "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert.equal(handle.parentSpanContext?.spanId, "00f067aa0ba902b7");
+    // The forwarded envelope carries m's RPC span; c's RPC span descends from it.
+    viaRpc(spans, handle, atM.spanContext().spanId);
     assert.equal(handle.spanContext().traceId, "4bf92f3577b34da6a3ce929d0e0e4736");
     assert.deepEqual(
       { ...forward.attributes },
@@ -388,7 +407,7 @@ describe("failures on spans", T, () => {
     await rejectsWith(a.send({ type: "far-fail", key: "k" }, FailSchema, { code: Code.FailedPrecondition, message: "no" }), Code.FailedPrecondition);
     const send = only(rec.spans(), named("send far-fail", "ea"), "send");
     const handle = only(rec.spans(), named("handle far-fail", "eb"), "handle");
-    assertChild(handle, send);
+    viaRpc(rec.spans(), handle, send.spanContext().spanId);
     assert.equal(send.attributes["ravi.error.code"], "FAILED_PRECONDITION");
     assert.equal(handle.attributes["ravi.error.code"], "FAILED_PRECONDITION");
     assert.equal(send.status.code, SpanStatusCode.ERROR);

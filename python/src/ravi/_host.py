@@ -535,10 +535,15 @@ class AgentHost:
             chain(interceptors, lambda i: i.handle, self._handle_input) if interceptors else None
         )
 
-    async def _handle_input(self, input: HandleInput) -> Any:
-        mailbox = self._mailboxes[(input.agent_id.type, input.agent_id.key)]
-        handler: Handler = mailbox.dispatch(type(input.message))
-        return await handler(mailbox.agent, input.message, input.ctx)
+    def _handle_input(self, input: HandleInput) -> Awaitable[Any]:
+        # The handler's own coroutine, with no layer of ours around it. A send
+        # knows its mailbox, unless an interceptor changed the recipient.
+        agent_id, message, ctx = input.agent_id, input.message, input.ctx
+        mailbox = ctx.mailbox if type(ctx) is _Call else None
+        if mailbox is None or mailbox.agent_id is not agent_id:
+            mailbox = self._mailboxes[(agent_id.type, agent_id.key)]
+        handler: Handler = mailbox.handlers.get(type(message)) or mailbox.dispatch(type(message))
+        return handler(mailbox.agent, message, ctx)
 
     @property
     def deadlines(self) -> Deadlines:

@@ -2,8 +2,12 @@
 
 Tracing, metrics, auth propagation and auditing plug in here. Each hook takes
 one dataclass input (so fields can be added without breaking overrides) and
-the next function in the chain. A runtime without interceptors takes a path
-that never builds the inputs, so hooks cost nothing until one is installed.
+the next function in the chain, and returns an awaitable: usually an `async
+def` that awaits `next(input)`, or a plain method that returns `next(input)`
+itself when it has nothing to do after it, which saves a coroutine per hook
+(the pass-through `Interceptor` does that). A runtime without interceptors takes
+a path that never builds the inputs, so hooks cost nothing until one is
+installed.
 """
 
 from __future__ import annotations
@@ -78,35 +82,39 @@ class Interceptor:
     """Interceptor wraps sends, handler calls and publishes; override what you need.
 
     Each method receives its input and `next`, and must await `next(input)`
-    (possibly with a modified input) unless it means to short-circuit.
+    (possibly with a modified input), or return it, unless it means to
+    short-circuit. An override may be `async def`.
     """
 
-    async def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Any:
+    def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
         """Around a direct send, on the caller's side; returns the reply."""
-        return await next(input)
+        return next(input)
 
-    async def handle(
+    def handle(
         self, input: HandleInput, next: Callable[[HandleInput], Awaitable[Any]]
-    ) -> Any:
+    ) -> Awaitable[Any]:
         """Around a handler call, on the agent's side; returns the handler's result."""
-        return await next(input)
+        return next(input)
 
-    async def publish(
+    def publish(
         self, input: PublishInput, next: Callable[[PublishInput], Awaitable[None]]
-    ) -> None:
+    ) -> Awaitable[None]:
         """Around a publish, on the publisher's side."""
-        await next(input)
+        return next(input)
 
-    async def forward(
+    def forward(
         self, input: ForwardInput, next: Callable[[ForwardInput], Awaitable[Any]]
-    ) -> Any:
+    ) -> Awaitable[Any]:
         """Around a send a node forwards to a peer; returns the peer's response."""
-        return await next(input)
+        return next(input)
+
+
+Hook = Callable[[T, Callable[[T], Awaitable[Any]]], Awaitable[Any]]
 
 
 def chain(
     interceptors: Sequence[Interceptor],
-    hook: Callable[[Interceptor], Callable[[T, Callable[[T], Awaitable[Any]]], Awaitable[Any]]],
+    hook: Callable[[Interceptor], Hook[T]],
     terminal: Callable[[T], Awaitable[Any]],
 ) -> Callable[[T], Awaitable[Any]]:
     """Compose `interceptors` around `terminal`, the first interceptor outermost."""
@@ -117,10 +125,11 @@ def chain(
 
 
 def _link(
-    method: Callable[[T, Callable[[T], Awaitable[Any]]], Awaitable[Any]],
-    next_call: Callable[[T], Awaitable[Any]],
+    method: Hook[T], next_call: Callable[[T], Awaitable[Any]]
 ) -> Callable[[T], Awaitable[Any]]:
-    async def call(input: T) -> Any:
-        return await method(input, next_call)
+    # A plain function: the hook's own awaitable is what the caller awaits,
+    # with no coroutine of the chain's in between.
+    def call(input: T) -> Awaitable[Any]:
+        return method(input, next_call)
 
     return call

@@ -5,6 +5,7 @@ import { RaviClient, type TopicFilterSpec } from "../client.js";
 import { errors } from "../errors.js";
 import { PeerLink } from "../peers.js";
 import { rendezvousPick } from "../rendezvous.js";
+import { rpcClientInterceptor } from "../tracing.js";
 import { NodeCore } from "./core.js";
 
 /**
@@ -151,7 +152,7 @@ export function peerClient(node: NodeCore, address: string): RaviClient {
   return new RaviClient({
     address,
     token: node.options.token,
-    interceptors: node.options.clientInterceptors,
+    interceptors: [...(node.options.clientInterceptors ?? []), rpcClientInterceptor(node.tracing)],
     maxMessageBytes: node.maxMessageBytes,
     // A frozen peer is ejected within keepaliveTimeMs + keepaliveTimeoutMs: its
     // calls fail UNAVAILABLE and its types leave the routing table. The

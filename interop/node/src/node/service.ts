@@ -17,6 +17,7 @@ import type { AddressInfo } from "node:net";
 import { annotated, asRaviError, RaviError, toConnectError } from "../errors.js";
 import { healthService, ServingStatus } from "../health.js";
 import { ReflectionIndex, reflectionV1, reflectionV1alpha } from "../reflection.js";
+import { rpcServerInterceptor } from "../tracing.js";
 import { MAX_TIMER_MS, sleep } from "../util.js";
 import { handleMultiplex } from "./multiplex.js";
 import { CALLER, NodeCore, traceOf } from "./core.js";
@@ -217,7 +218,7 @@ function guardDeadline(req: http2.Http2ServerRequest, res: http2.Http2ServerResp
 export function serverInterceptors(node: NodeCore): Interceptor[] {
   const token = node.options.token;
   const healthWithoutAuth = node.options.healthWithoutAuth ?? false;
-  const interceptors: Interceptor[] = [];
+  const interceptors: Interceptor[] = [rpcServerInterceptor(node.tracing)];
   if (token !== undefined) {
     const expected = sha256(token);
     interceptors.push((next) => async (req) => {

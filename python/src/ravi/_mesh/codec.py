@@ -17,7 +17,7 @@ from ravi._ids import AgentId, TopicId
 from ravi._serialization import JSON, MessageRegistry, check_json_depth, media_type
 from ravi._subscriptions import Subscription, TypeSubscription
 from ravi.errors import BadId, BadPayload
-from ravi.mesh.v1 import contract, types_pb2
+from ravi.mesh.v1 import agent_service_pb2, contract, types_pb2
 
 CONTRACT_VERSION = contract.VERSION
 """The version of ravi.mesh.v1 this node implements (proto/ravi/mesh/v1/contract.toml)."""
@@ -26,6 +26,13 @@ HOP_LIMIT = contract.HOP_LIMIT
 """How many nodes may forward one Send before it is refused (the same in every language)."""
 
 LANGUAGE = "python"
+
+UNARY_RPCS: frozenset[str] = frozenset(
+    f"/{method.containing_service.full_name}/{method.name}"
+    for method in agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].methods
+    if not method.client_streaming and not method.server_streaming
+)
+"""AgentService's unary RPCs by full method name (the ones traced by an RPC span)."""
 
 _JSON_OBJECT = "google.protobuf.Struct"
 _TRACE_KEYS = ("traceparent", "tracestate")

@@ -270,7 +270,7 @@ class MeshNode:
                     recipient,
                     sender,
                     message_id or new_message_id(),
-                    dict(metadata or {}),
+                    dict(metadata) if metadata else {},
                     timeout,
                     cancellation,
                 )

@@ -96,7 +96,7 @@ class LocalRuntime(BaseRuntime):
                     recipient,
                     sender,
                     message_id or new_message_id(),
-                    dict(metadata or {}),
+                    dict(metadata) if metadata else {},
                     timeout,
                     cancellation,
                 )
@@ -111,8 +111,8 @@ class LocalRuntime(BaseRuntime):
             metadata=metadata,
         )
 
-    async def _send_input(self, input: SendInput) -> Any:
-        return await self._host.send(
+    def _send_input(self, input: SendInput) -> Awaitable[Any]:
+        return self._host.send(
             input.message,
             input.recipient,
             sender=input.sender,
@@ -139,7 +139,7 @@ class LocalRuntime(BaseRuntime):
                     topic,
                     sender,
                     message_id or new_message_id(),
-                    dict(metadata or {}),
+                    dict(metadata) if metadata else {},
                     timeout,
                 )
             )

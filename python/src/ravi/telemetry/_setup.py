@@ -8,16 +8,19 @@ from dataclasses import dataclass, field
 
 from opentelemetry import metrics
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from ravi._interceptors import Interceptor
+from ravi.telemetry._otlp import EncodingSpanProcessor, OtlpSpanExporter
+from ravi.telemetry._spans import DirectSpans
 from ravi.telemetry._tracing import LANGUAGE, MetricsInterceptor, TracingInterceptor
+
+MAX_QUEUE_SIZE = 16_384
+"""Spans a node buffers for export, unless OTEL_BSP_MAX_QUEUE_SIZE says otherwise."""
 
 _ENDPOINTS = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -94,9 +97,13 @@ def configure(node_id: str, *, endpoint: str | None = None) -> Telemetry | None:
     )
     insecure = endpoint.startswith("http://") if endpoint else None
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(
-        BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure))
+    processor = EncodingSpanProcessor(
+        OtlpSpanExporter(endpoint=endpoint, insecure=insecure),
+        # The SDK's 2,048 spans last a tenth of a second on a busy node, less
+        # than the export thread may wait for the GIL: spans were dropped.
+        max_queue_size=None if os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") else MAX_QUEUE_SIZE,
     )
+    tracer_provider.add_span_processor(processor)
     meter_provider = MeterProvider(
         resource=resource,
         # Exemplars cost a tenth of a traced message's time in the SDK (profiled);
@@ -109,8 +116,6 @@ def configure(node_id: str, *, endpoint: str | None = None) -> Telemetry | None:
         ],
     )
     metrics.set_meter_provider(meter_provider)
-    return Telemetry(
-        tracer_provider,
-        meter_provider,
-        [TracingInterceptor(node_id, tracer_provider), MetricsInterceptor(meter_provider)],
-    )
+    tracing = TracingInterceptor(node_id, tracer_provider)
+    tracing._direct(DirectSpans(tracer_provider, processor))
+    return Telemetry(tracer_provider, meter_provider, [tracing, MetricsInterceptor(meter_provider)])

@@ -1,22 +1,119 @@
-"""Tracing and metrics interceptors (the conventions of docs/operations.md)."""
+"""Tracing and metrics interceptors (the conventions of docs/operations.md).
+
+Both are built to be left on (docs/performance.md, "The cost of tracing"):
+
+- A message whose trace is not sampled makes no span: its hooks carry the
+  `traceparent` it came with on to the sends it causes, and a handler running
+  where that trace is current already (a send handled in the caller's task)
+  attaches nothing. Only where the trace enters a task (a message from another
+  node, a mailbox worker) is a non-recording span attached, so that user code
+  and nested sends see it.
+- A sampled message makes its spans through the SDK, with their attributes set
+  once the span is known to record.
+- Metrics count in the process and report on collection (observable counters);
+  handler durations are recorded for the messages whose trace is sampled, or
+  that are not traced at all.
+
+These fast paths apply when the tracer provider's sampler drops every child of
+an unsampled parent, as the parent-based samplers (the SDK's default, and
+`parentbased_*` in OTEL_TRACES_SAMPLER) do; with any other sampler, or no SDK,
+every message goes through the SDK's own decision.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
+import grpc.aio
 from opentelemetry import context as otel_context
-from opentelemetry import metrics, propagate, trace
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry import metrics, trace
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.trace.sampling import Decision, Sampler
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+from opentelemetry.trace.propagation import _SPAN_KEY
 
 from ravi._interceptors import ForwardInput, HandleInput, Interceptor, PublishInput, SendInput
+from ravi._mesh.codec import UNARY_RPCS
 from ravi._serialization import registry
 from ravi.errors import RaviError, code_of
+from ravi.telemetry._spans import SCOPE, SdkSpans, Spans
+from ravi.telemetry._w3c import (
+    TRACEPARENT,
+    TRACESTATE,
+    Passthrough,
+    carrier_of,
+    extract,
+    put,
+    well_formed,
+)
 
 LANGUAGE = "python"
-_SCOPE = "ravi"
+_UNSAMPLED_FLAGS = frozenset("02468ace")
+"""The last hex digit of a traceparent whose sampled bit is clear."""
+_SHARED_LIMIT = 4096
+"""Sets of shared span attributes kept (one per operation, agent type, message type)."""
+
+
+def _context_variable() -> ContextVar[otel_context.Context] | None:
+    """The ContextVar behind OpenTelemetry's default (contextvars) runtime context, if in use.
+
+    Getting and setting it directly saves the API's Python layers around it,
+    on every message.
+    """
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if isinstance(runtime, ContextVarsRuntimeContext) and isinstance(variable, ContextVar):
+        return variable
+    return None
+
+
+_VARIABLE = _context_variable()
+_get_current: Callable[[], Mapping[str, Any]] = (
+    _VARIABLE.get if _VARIABLE is not None else otel_context.get_current
+)
+_EMPTY = contextvars.Context().run(_get_current)
+"""The context of a task that has none of its own (a new task, a mailbox worker)."""
+_ENTERED_LIMIT = 256
+"""Contexts of unsampled messages kept for the next delivery of the same publication."""
+
+
+def _set_current(context: otel_context.Context) -> object:
+    if _VARIABLE is None:
+        return otel_context.attach(context)
+    return _VARIABLE.set(context)
+
+
+def _enter(span: Span) -> object:
+    """Make `span` current; returns what `_leave` restores."""
+    if _VARIABLE is None:
+        return otel_context.attach(trace.set_span_in_context(span))
+    return _VARIABLE.set(otel_context.Context({**_VARIABLE.get(), _SPAN_KEY: span}))
+
+
+def _leave(token: Any) -> None:
+    if _VARIABLE is None:
+        otel_context.detach(token)
+    else:
+        _VARIABLE.reset(token)
+
+
+_NO_SPAN = trace.INVALID_SPAN
 
 
 def _message_type(message: Any) -> str:
@@ -26,12 +123,46 @@ def _message_type(message: Any) -> str:
         return type(message).__qualname__
 
 
+def _unary_rpc(details: Any) -> bool:
+    """Whether a call (server or client details) is one of AgentService's unary RPCs."""
+    method = details.method
+    return (method.decode() if isinstance(method, bytes) else method) in UNARY_RPCS
+
+
+def _unsampled(traceparent: str) -> bool:
+    """Whether a version-00 traceparent says: not sampled (other forms take the full path)."""
+    return len(traceparent) == 55 and traceparent[54] in _UNSAMPLED_FLAGS
+
+
+def _drops_unsampled_children(provider: trace.TracerProvider) -> bool:
+    """Whether the provider's sampler drops every span whose parent is not sampled.
+
+    Asked of the sampler itself, for a local and a remote parent, so any sampler
+    that behaves like the parent-based ones qualifies; a ratio sampler alone does
+    not (it decides by trace id, whatever the parent said).
+    """
+    sampler = getattr(provider, "sampler", None)
+    if not isinstance(sampler, Sampler):
+        return False
+    for remote in (False, True):
+        parent = SpanContext(1, 1, is_remote=remote, trace_flags=TraceFlags(0))
+        result = sampler.should_sample(
+            trace.set_span_in_context(NonRecordingSpan(parent)), 1, "probe", SpanKind.INTERNAL
+        )
+        if result.decision is not Decision.DROP:
+            return False
+    return True
+
+
 class TracingInterceptor(Interceptor):
     """TracingInterceptor makes the spans of docs/operations.md and propagates their context.
 
     The `send` and `publish` spans inject W3C trace context into the message
-    metadata; the `handle` and `deliver` spans take their parent from it, so
-    one request is one trace across nodes and languages.
+    metadata; the `handle` and `deliver` spans take their parent from it (or,
+    without it, from the current span: the RPC span of a unary call), so one
+    request is one trace across nodes and languages. Samplers see the span name
+    and kind; attributes are set once a span records (as the Go and Node
+    members do).
 
     Args:
         node_id: this node's id, for the ravi.node.id attribute.
@@ -39,153 +170,407 @@ class TracingInterceptor(Interceptor):
     """
 
     def __init__(self, node_id: str, tracer_provider: trace.TracerProvider | None = None) -> None:
-        self._tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
+        provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+        self._provider = provider
+        self._spans: Spans = SdkSpans(provider)
+        self._fast = _drops_unsampled_children(provider)
         self._common = {
             "messaging.system": "ravi",
             "ravi.node.id": node_id,
             "ravi.language": LANGUAGE,
         }
+        self._shared: dict[tuple[str | None, ...], dict[str, str]] = {}
+        self._entered: dict[str, tuple[otel_context.Context, str | None]] = {}
+        self._type_names: dict[type, str] = {}
 
-    async def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Any:
-        attributes = {
-            **self._common,
-            "messaging.operation.type": "send",
-            "messaging.destination.name": input.recipient.type,
-            "ravi.agent.type": input.recipient.type,
-            "ravi.agent.key": input.recipient.key,
-            "ravi.message.type": _message_type(input.message),
-            "messaging.message.id": input.message_id,
-        }
-        with self._span(f"send {input.recipient.type}", SpanKind.CLIENT, attributes):
-            propagate.inject(input.metadata)
-            return await next(input)
+    # --- RPC spans (GrpcRuntime installs these) -----------------------------
 
-    async def publish(
+    def grpc_server_interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
+        """OpenTelemetry's grpc.aio server interceptor, for AgentService's unary RPCs."""
+        return [aio_server_interceptor(tracer_provider=self._provider, filter_=_unary_rpc)]  # type: ignore[no-untyped-call]
+
+    def grpc_client_interceptors(self) -> Sequence[grpc.aio.ClientInterceptor]:
+        """OpenTelemetry's grpc.aio client interceptor, for AgentService's unary RPCs.
+
+        Only the unary-unary one: a channel without stream interceptors keeps
+        its streams (the multiplexed calls, Subscribe) free of any wrapping.
+        """
+        unary: list[Any] = [
+            interceptor
+            for interceptor in aio_client_interceptors(  # type: ignore[no-untyped-call]
+                tracer_provider=self._provider, filter_=_unary_rpc
+            )
+            if isinstance(interceptor, grpc.aio.UnaryUnaryClientInterceptor)
+        ]
+        return unary
+
+    def rpc_trace_context(self) -> Mapping[str, str]:
+        """The W3C headers of the current span (the RPC's, in a unary call), empty without one."""
+        found = _get_current().get(_SPAN_KEY, _NO_SPAN).get_span_context()
+        return carrier_of(found) if found.is_valid else {}
+
+    def _direct(self, spans: Spans) -> None:
+        """Make spans with `spans` (what `configure()` installs) instead of the SDK's tracer."""
+        self._spans = spans
+
+    # --- the caller's side ------------------------------------------------
+
+    def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
+        if self._fast:
+            current = _get_current().get(_SPAN_KEY, _NO_SPAN)
+            if type(current) is Passthrough:
+                # A send from an unsampled handler: its trace context, as it came.
+                metadata = input.metadata
+                if metadata:
+                    put(current.carrier, metadata)
+                else:
+                    metadata.update(current.carrier)
+                return next(input)
+        recipient = input.recipient
+        span = self._start(f"send {recipient.type}", SpanKind.CLIENT, input.metadata)
+        if span is None:
+            return next(input)
+        message_type = self._type_name(input.message)
+        shared = self._shared.get(("send", recipient.type, message_type))
+        if shared is None:
+            shared = self._share(
+                ("send", recipient.type, message_type),
+                {
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": recipient.type,
+                    "ravi.agent.type": recipient.type,
+                    "ravi.message.type": message_type,
+                },
+            )
+        self._spans.share(span, shared)
+        span.set_attributes(
+            {"ravi.agent.key": recipient.key, "messaging.message.id": input.message_id}
+        )
+        return self._run(span, input, next)
+
+    def publish(
         self, input: PublishInput, next: Callable[[PublishInput], Awaitable[None]]
-    ) -> None:
-        attributes = {
-            **self._common,
-            "messaging.operation.type": "publish",
-            "messaging.destination.name": input.topic.type,
-            "ravi.topic.source": input.topic.source,
-            "ravi.message.type": _message_type(input.message),
-            "messaging.message.id": input.message_id,
-        }
-        with self._span(f"publish {input.topic.type}", SpanKind.PRODUCER, attributes):
-            propagate.inject(input.metadata)
-            await next(input)
+    ) -> Awaitable[None]:
+        topic = input.topic
+        span = self._start(f"publish {topic.type}", SpanKind.PRODUCER, input.metadata)
+        if span is None:
+            return next(input)
+        message_type = self._type_name(input.message)
+        shared = self._shared.get(("publish", topic.type, message_type))
+        if shared is None:
+            shared = self._share(
+                ("publish", topic.type, message_type),
+                {
+                    "messaging.operation.type": "publish",
+                    "messaging.destination.name": topic.type,
+                    "ravi.message.type": message_type,
+                },
+            )
+        self._spans.share(span, shared)
+        span.set_attributes(
+            {"ravi.topic.source": topic.source, "messaging.message.id": input.message_id}
+        )
+        return self._run(span, input, next)
 
-    async def handle(
+    def _type_name(self, message: Any) -> str:
+        found = self._type_names.get(type(message))
+        if found is None:
+            found = self._type_names[type(message)] = _message_type(message)
+        return found
+
+    def _share(self, key: tuple[str | None, ...], attributes: dict[str, str]) -> dict[str, str]:
+        """The attributes many spans have in common, kept as one object (see `Spans.start`)."""
+        if len(self._shared) >= _SHARED_LIMIT:
+            self._shared.clear()
+        shared = self._shared[key] = {**self._common, **attributes}
+        return shared
+
+    def _start(self, name: str, kind: SpanKind, metadata: dict[str, str]) -> Span | None:
+        """The recording span of a send or publish; None when it does not record.
+
+        Either way the metadata carries the context the message travels in.
+        """
+        current = _get_current().get(_SPAN_KEY, _NO_SPAN)
+        if self._fast:
+            if type(current) is Passthrough:
+                put(current.carrier, metadata)
+                return None
+            found = current.get_span_context()
+            if found.is_valid and not found.trace_flags.sampled:
+                put(carrier_of(found), metadata)
+                return None
+        parent = None
+        if not current.get_span_context().is_valid and TRACEPARENT in metadata:
+            # No current span: a traceparent the caller put in the metadata parents it.
+            parent = extract(metadata)
+        span = self._spans.start(name, kind, parent)
+        if type(span) is Passthrough:
+            put(span.carrier, metadata)
+            return None
+        found = span.get_span_context()
+        if not span.is_recording():
+            if found.is_valid:
+                put(carrier_of(found), metadata)
+            return None
+        put(carrier_of(found), metadata)
+        return span
+
+    # --- the handler's side -----------------------------------------------
+
+    def handle(
+        self, input: HandleInput, next: Callable[[HandleInput], Awaitable[Any]]
+    ) -> Awaitable[Any]:
+        metadata = input.ctx.metadata
+        traceparent = metadata.get(TRACEPARENT)
+        if self._fast:
+            current = _get_current().get(_SPAN_KEY, _NO_SPAN)
+            if traceparent is None:
+                found = current.get_span_context()
+                if found.is_valid and not found.trace_flags.sampled:
+                    return next(input)
+            elif len(traceparent) == 55 and traceparent[54] in _UNSAMPLED_FLAGS:
+                if type(current) is Passthrough and current.carrier[TRACEPARENT] == traceparent:
+                    # The caller's own trace, in the caller's task: nothing to attach.
+                    return next(input)
+                return self._unsampled(metadata, input, next)
+        return self._handled(input, next)
+
+    async def _unsampled(
+        self,
+        metadata: Mapping[str, str],
+        input: HandleInput,
+        next: Callable[[HandleInput], Awaitable[Any]],
+    ) -> Any:
+        traceparent = metadata[TRACEPARENT]
+        base = _get_current()
+        entered = self._entered.get(traceparent) if base is _EMPTY else None
+        if entered is None or entered[1] != metadata.get(TRACESTATE):
+            if not well_formed(traceparent):
+                return await self._handled(input, next)
+            carrier = {TRACEPARENT: traceparent}
+            if TRACESTATE in metadata:
+                carrier[TRACESTATE] = metadata[TRACESTATE]
+            context = otel_context.Context({**base, _SPAN_KEY: Passthrough(carrier)})
+            if base is _EMPTY:
+                # The deliveries of one publication share it (a mailbox worker,
+                # a call from another node: tasks with no context of their own).
+                if len(self._entered) >= _ENTERED_LIMIT:
+                    self._entered.clear()
+                self._entered[traceparent] = (context, carrier.get(TRACESTATE))
+        else:
+            context = entered[0]
+        token = _set_current(context)
+        try:
+            return await next(input)
+        finally:
+            _leave(token)
+
+    async def _handled(
         self, input: HandleInput, next: Callable[[HandleInput], Awaitable[Any]]
     ) -> Any:
         ctx = input.ctx
-        parent = propagate.extract(dict(ctx.metadata))
-        attributes: dict[str, str] = {
-            **self._common,
-            "messaging.operation.type": "process",
-            "ravi.agent.type": input.agent_id.type,
-            "ravi.agent.key": input.agent_id.key,
-            "ravi.message.type": _message_type(input.message),
-            "messaging.message.id": ctx.message_id,
-        }
-        if ctx.sender is not None:
-            attributes["ravi.sender"] = str(ctx.sender)
+        metadata = ctx.metadata
+        parent = extract(metadata) if TRACEPARENT in metadata else None
+        agent_type = input.agent_id.type
         topic = ctx.topic
         if topic is None:
-            name, kind, links = f"handle {input.agent_id.type}", SpanKind.SERVER, []
+            span = self._spans.start(f"handle {agent_type}", SpanKind.SERVER, parent)
         else:
-            attributes["ravi.topic.type"] = topic.type
-            attributes["ravi.topic.source"] = topic.source
-            name, kind = f"deliver {input.agent_id.type}", SpanKind.CONSUMER
             published = trace.get_current_span(parent).get_span_context()
-            links = [Link(published)] if published.is_valid else []
-        with self._span(name, kind, attributes, parent=parent, links=links):
-            return await next(input)
+            span = self._spans.start(
+                f"deliver {agent_type}",
+                SpanKind.CONSUMER,
+                parent,
+                [Link(published)] if published.is_valid else None,
+            )
+        if span.is_recording():
+            topic_type = topic.type if topic is not None else None
+            message_type = self._type_name(input.message)
+            shared = self._shared.get(("process", agent_type, message_type, topic_type))
+            if shared is None:
+                common = {
+                    "messaging.operation.type": "process",
+                    "ravi.agent.type": agent_type,
+                    "ravi.message.type": message_type,
+                }
+                if topic_type is not None:
+                    common["ravi.topic.type"] = topic_type
+                shared = self._share(("process", agent_type, message_type, topic_type), common)
+            self._spans.share(span, shared)
+            attributes = {
+                "ravi.agent.key": input.agent_id.key,
+                "messaging.message.id": ctx.message_id,
+            }
+            if ctx.sender is not None:
+                attributes["ravi.sender"] = str(ctx.sender)
+            if topic is not None:
+                attributes["ravi.topic.source"] = topic.source
+            span.set_attributes(attributes)
+        return await self._run(span, input, next)
 
-    async def forward(
+    # --- a node passing a send on -----------------------------------------
+
+    def forward(
+        self, input: ForwardInput, next: Callable[[ForwardInput], Awaitable[Any]]
+    ) -> Awaitable[Any]:
+        traceparent = input.metadata.get(TRACEPARENT)
+        if self._fast and traceparent is not None and _unsampled(traceparent):
+            return next(input)
+        return self._forwarded(input, next)
+
+    async def _forwarded(
         self, input: ForwardInput, next: Callable[[ForwardInput], Awaitable[Any]]
     ) -> Any:
-        attributes = {
-            **self._common,
-            "ravi.agent.type": input.recipient.type,
-            "ravi.agent.key": input.recipient.key,
-            "ravi.route.hop_count": input.hop_count,
-        }
-        parent = propagate.extract(input.metadata)
-        with self._span(
-            f"forward {input.recipient.type}", SpanKind.INTERNAL, attributes, parent=parent
-        ) as span:
-            result = await next(input)
-            if input.next_node:
-                span.set_attribute("ravi.route.next_node", input.next_node)
-            return result
+        parent = extract(input.metadata) if TRACEPARENT in input.metadata else None
+        agent_type = input.recipient.type
+        span = self._spans.start(f"forward {agent_type}", SpanKind.INTERNAL, parent)
+        if not span.is_recording():
+            return await next(input)
+        shared = self._shared.get(("forward", agent_type))
+        if shared is None:
+            shared = self._share(("forward", agent_type), {"ravi.agent.type": agent_type})
+        self._spans.share(span, shared)
+        span.set_attributes(
+            {"ravi.agent.key": input.recipient.key, "ravi.route.hop_count": input.hop_count}
+        )
+        result = await self._run(span, input, next)
+        if input.next_node:
+            span.set_attribute("ravi.route.next_node", input.next_node)
+        return result
 
-    @contextmanager
-    def _span(
-        self,
-        name: str,
-        kind: SpanKind,
-        attributes: dict[str, Any],
-        *,
-        parent: otel_context.Context | None = None,
-        links: list[Link] | None = None,
-    ) -> Iterator[Span]:
-        with self._tracer.start_as_current_span(
-            name,
-            context=parent,
-            kind=kind,
-            attributes=attributes,
-            links=links,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                yield span
-            except Exception as error:
-                span.record_exception(error)
-                span.set_attribute("ravi.error.code", code_of(error).name)
-                # A handler's own exception becomes HANDLER_FAILED for its caller.
-                reason = error.reason if isinstance(error, RaviError) else "HANDLER_FAILED"
-                if reason:
-                    span.set_attribute("ravi.error.reason", reason)
-                span.set_status(Status(StatusCode.ERROR, str(error)))
-                raise
+    # --- spans --------------------------------------------------------------
+
+    async def _run(self, span: Span, input: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Await `next(input)` with `span` current; end it, marked failed if that raised."""
+        token = _enter(span)
+        try:
+            return await next(input)
+        except Exception as error:
+            if span.is_recording():
+                _record_failure(span, error)
+            raise
+        finally:
+            _leave(token)
+            span.end()
+
+
+def _record_failure(span: Span, error: Exception) -> None:
+    span.record_exception(error)
+    span.set_attribute("ravi.error.code", code_of(error).name)
+    # A handler's own exception becomes HANDLER_FAILED for its caller.
+    reason = error.reason if isinstance(error, RaviError) else "HANDLER_FAILED"
+    if reason:
+        span.set_attribute("ravi.error.reason", reason)
+    span.set_status(Status(StatusCode.ERROR, str(error)))
 
 
 class MetricsInterceptor(Interceptor):
     """MetricsInterceptor counts sends, handled and failed messages, and times handlers.
+
+    Counts are kept in the process and reported when the metrics are collected
+    (observable counters: the same cumulative sums, without the SDK's cost per
+    message). Handler durations are recorded for messages whose trace is
+    sampled or that carry no trace context, so with sampling the histogram is a
+    sample of the durations (docs/operations.md, "Metrics").
 
     Args:
         meter_provider: the provider to record with (the global one when None).
     """
 
     def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
-        meter = metrics.get_meter(_SCOPE, meter_provider=meter_provider)
-        self._sent = meter.create_counter("ravi.messages.sent", description="sends made here")
-        self._handled = meter.create_counter(
-            "ravi.messages.handled", description="messages this node's agents handled"
+        provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+        counts = _COUNTS.get(provider)
+        if counts is None:
+            counts = _COUNTS[provider] = _Counts(provider.get_meter(SCOPE))
+        # Interceptors on one provider share the counts, as they would share
+        # synchronous counters: an observable instrument is registered once.
+        self._sent = counts.sent
+        self._handled = counts.handled
+        self._failed = counts.failed
+        self._duration = counts.duration
+        self._attributes: dict[str, dict[str, str]] = {}
+
+    def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
+        sent = self._sent
+        agent_type = input.recipient.type
+        sent[agent_type] = sent.get(agent_type, 0) + 1
+        return next(input)
+
+    def handle(
+        self, input: HandleInput, next: Callable[[HandleInput], Awaitable[Any]]
+    ) -> Awaitable[Any]:
+        agent_type = input.agent_id.type
+        handled = self._handled
+        handled[agent_type] = handled.get(agent_type, 0) + 1
+        traceparent = input.ctx.metadata.get(TRACEPARENT)
+        if (
+            traceparent is not None
+            and len(traceparent) == 55
+            and traceparent[54] in _UNSAMPLED_FLAGS
+        ):
+            return self._counted(agent_type, next(input))
+        return self._timed(agent_type, next(input))
+
+    async def _counted(self, agent_type: str, work: Awaitable[Any]) -> Any:
+        try:
+            return await work
+        except Exception as error:
+            self._failure(agent_type, error)
+            raise
+
+    async def _timed(self, agent_type: str, work: Awaitable[Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return await work
+        except Exception as error:
+            self._failure(agent_type, error)
+            raise
+        finally:
+            attributes = self._attributes.get(agent_type)
+            if attributes is None:
+                attributes = self._attributes[agent_type] = {"ravi.agent.type": agent_type}
+            self._duration.record(time.perf_counter() - started, attributes)
+
+    def _failure(self, agent_type: str, error: Exception) -> None:
+        key = (agent_type, code_of(error).name)
+        self._failed[key] = self._failed.get(key, 0) + 1
+
+
+class _Counts:
+    """The messages counted for one meter provider, and the instruments reporting them."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.sent: dict[str, int] = {}
+        self.handled: dict[str, int] = {}
+        self.failed: dict[tuple[str, str], int] = {}
+        meter.create_observable_counter(
+            "ravi.messages.sent", [self._observe_sent], description="sends made here"
         )
-        self._failed = meter.create_counter(
-            "ravi.messages.failed", description="handled messages whose handler failed"
+        meter.create_observable_counter(
+            "ravi.messages.handled",
+            [self._observe_handled],
+            description="messages this node's agents handled",
         )
-        self._duration = meter.create_histogram(
+        meter.create_observable_counter(
+            "ravi.messages.failed",
+            [self._observe_failed],
+            description="handled messages whose handler failed",
+        )
+        self.duration = meter.create_histogram(
             "ravi.handler.duration", unit="s", description="how long handlers ran"
         )
 
-    async def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Any:
-        self._sent.add(1, {"ravi.agent.type": input.recipient.type})
-        return await next(input)
+    def _observe_sent(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(n, {"ravi.agent.type": t}) for t, n in self.sent.copy().items()]
 
-    async def handle(
-        self, input: HandleInput, next: Callable[[HandleInput], Awaitable[Any]]
-    ) -> Any:
-        attributes = {"ravi.agent.type": input.agent_id.type}
-        started = time.perf_counter()
-        try:
-            return await next(input)
-        except Exception as error:
-            self._failed.add(1, {**attributes, "ravi.error.code": code_of(error).name})
-            raise
-        finally:
-            self._handled.add(1, attributes)
-            self._duration.record(time.perf_counter() - started, attributes)
+    def _observe_handled(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(n, {"ravi.agent.type": t}) for t, n in self.handled.copy().items()]
+
+    def _observe_failed(self, _options: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(n, {"ravi.agent.type": t, "ravi.error.code": code})
+            for (t, code), n in self.failed.copy().items()
+        ]
+
+
+_COUNTS: weakref.WeakKeyDictionary[metrics.MeterProvider, _Counts] = weakref.WeakKeyDictionary()

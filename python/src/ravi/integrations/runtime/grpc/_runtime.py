@@ -15,6 +15,7 @@ from ravi._mesh.peers import Peer
 from ravi._serialization import MessageRegistry
 from ravi._serialization import registry as default_registry
 from ravi._subscriptions import Subscription
+from ravi.integrations.runtime.grpc._instrumentation import instrumentation
 from ravi.integrations.runtime.grpc._options import GrpcRuntimeOptions
 from ravi.integrations.runtime.grpc._server import GrpcServer
 from ravi.integrations.runtime.grpc._transport import dialer
@@ -60,6 +61,7 @@ class GrpcRuntime(BaseRuntime):
     ) -> None:
         options = options or GrpcRuntimeOptions()
         self._options = options
+        self._rpc = instrumentation(interceptors)
         self._listen_host = host
         self._node = node = MeshNode(
             self,
@@ -70,6 +72,7 @@ class GrpcRuntime(BaseRuntime):
                 keepalive_time=options.keepalive_time,
                 keepalive_timeout=options.keepalive_timeout,
                 deadlines=lambda: node.host.deadlines,
+                interceptors=self._rpc.grpc_client_interceptors() if self._rpc else (),
             ),
             listen_host=host,
             port=port,
@@ -138,6 +141,7 @@ class GrpcRuntime(BaseRuntime):
                 health_without_auth=options.health_without_auth,
                 tls=options.server_tls(),
                 max_message_bytes=options.max_message_bytes,
+                rpc=self._rpc,
             )
             await server.start()
             node.port = server.port

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -27,9 +27,10 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 from ravi._mesh.codec import is_trace_key
 from ravi._mesh.transport import NodeHandler
 from ravi.errors import Unavailable, to_call_failure, to_grpc_status
+from ravi.integrations.runtime.grpc._instrumentation import RpcInstrumentation
 from ravi.integrations.runtime.grpc._security import BearerAuth, TlsConfig
 from ravi.integrations.runtime.grpc._transport import channel_options
-from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, contract, errors_pb2
+from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, contract, errors_pb2, types_pb2
 
 # Reflection answers from the default descriptor pool: these put ErrorReason and
 # google.rpc.Status / ErrorInfo there, every type a client needs (agent_service.proto).
@@ -152,6 +153,7 @@ class GrpcServer:
         health_without_auth: let health checks through without the token.
         tls: serve TLS (mutual when `tls.ca_file` is set).
         max_message_bytes: the largest message accepted or sent.
+        rpc: traces unary RPCs (a span per call, the parent of the mesh's spans).
     """
 
     def __init__(
@@ -164,8 +166,10 @@ class GrpcServer:
         health_without_auth: bool,
         tls: TlsConfig | None,
         max_message_bytes: int,
+        rpc: RpcInstrumentation | None = None,
     ) -> None:
         self._node = node
+        self._rpc = rpc
         self._host = host
         self.port = port
         self._token = token
@@ -173,7 +177,7 @@ class GrpcServer:
         self._tls = tls
         self._max_message_bytes = max_message_bytes
         self._server: grpc.aio.Server | None = None
-        self._service = AgentService(node)
+        self._service = AgentService(node, rpc.rpc_trace_context if rpc is not None else None)
         self._health = HealthServicer()
 
     async def start(self) -> None:
@@ -196,11 +200,13 @@ class GrpcServer:
             ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
             ("grpc.server.max_pending_requests_hard_limit", _MAX_PENDING_CALLS),
         ]
-        interceptors = (
+        interceptors: list[grpc.aio.ServerInterceptor] = (  # type: ignore[type-arg]
             [BearerAuth(self._token, health_without_auth=self._health_without_auth)]
             if self._token
             else []
         )
+        if self._rpc is not None:
+            interceptors += self._rpc.grpc_server_interceptors()
         server = grpc.aio.server(options=options, interceptors=interceptors)
         _add_agent_service(self._service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -377,10 +383,20 @@ def _statuses(
 
 
 class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
-    """Serves ravi.mesh.v1.AgentService for a mesh node."""
+    """Serves ravi.mesh.v1.AgentService for a mesh node.
 
-    def __init__(self, node: NodeHandler) -> None:
+    With `rpc_trace`, a unary Send is traced by its RPC span: the message takes
+    that span's context, so its handle span is the RPC span's child, unless the
+    envelope carries a context of another trace (docs/operations.md, "Spans").
+    Deliveries (a Send with a topic, Publish) keep their publish span as parent
+    and link.
+    """
+
+    def __init__(
+        self, node: NodeHandler, rpc_trace: Callable[[], Mapping[str, str]] | None = None
+    ) -> None:
         self._node = node
+        self._rpc_trace = rpc_trace
         self._sessions: set[_MultiplexSession] = set()
         self._draining = False
         self._streams: dict[str, int] = {}
@@ -390,6 +406,8 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
     async def Send(
         self, request: agent_service_pb2.SendRequest, context: Context
     ) -> agent_service_pb2.SendResponse:
+        if self._rpc_trace is not None and not request.HasField("topic"):
+            self._traced_by_rpc(request.envelope, self._rpc_trace())
         return await self._node.serve_send(
             request, context.time_remaining(), trace_context(context)
         )
@@ -408,6 +426,16 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
             self._sessions.discard(session)
         if session.malformed is not None:
             await _refuse_malformed(session.malformed, context)
+
+    @staticmethod
+    def _traced_by_rpc(envelope: types_pb2.Envelope, headers: Mapping[str, str]) -> None:
+        """Give the message its RPC span's context, unless it carries one of another trace."""
+        own = envelope.metadata.get("traceparent", "")
+        if headers and (not own or own[3:35] == headers["traceparent"][3:35]):
+            metadata = envelope.metadata
+            for key in [key for key in metadata if is_trace_key(key)]:
+                del metadata[key]
+            metadata.update(headers)
 
     def drain(self) -> None:
         """Stop taking calls on Multiplex streams; end each once its calls are done."""

@@ -62,12 +62,14 @@ def dialer(
     deadlines: Callable[[], Deadlines],
     keepalive_time: float,
     keepalive_timeout: float,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> Callable[[str], GrpcPeer]:
     """The mesh's Dialer for gRPC: a channel (TLS when `tls`) and a GrpcPeer per address.
 
     The channel pings the peer every `keepalive_time` seconds and closes when a
     ping goes unanswered for `keepalive_timeout`, so a frozen peer is ejected
-    within their sum (docs/operations.md, "Peer keepalive").
+    within their sum (docs/operations.md, "Peer keepalive"). `interceptors` are
+    client interceptors of every channel (RPC tracing).
     """
     options = [
         *channel_options(max_message_bytes),
@@ -90,9 +92,11 @@ def dialer(
 
     def dial(address: str) -> GrpcPeer:
         if tls is not None:
-            channel = grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
+            channel = grpc.aio.secure_channel(
+                address, tls.channel_credentials(), options=options, interceptors=interceptors
+            )
         else:
-            channel = grpc.aio.insecure_channel(address, options=options)
+            channel = grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
         return GrpcPeer(address, channel, metadata, deadlines)
 
     return dial

@@ -1,0 +1,358 @@
+"""OTLP span encoding written straight to protobuf wire bytes, and the exporter that uses it.
+
+The SDK's encoder (`opentelemetry.exporter.otlp.proto.common`) builds a protobuf
+object per span, per attribute and per value: about 38 µs per ravi span on a
+2-core machine, more than making the span, and all of it under the GIL that the
+node's event loop needs (docs/performance.md, "The cost of tracing"). ravi's
+spans repeat the same attributes (node, language, agent type, message type), so
+this encoder writes the wire format itself and keeps each attribute it has
+encoded: a few µs per span. `OtlpSpanExporter` is the SDK's OTLP/gRPC exporter
+(endpoint, headers, TLS, compression, retries, every OTEL_EXPORTER_OTLP_*
+setting) with only the encoding replaced; the bytes are the same
+`ExportTraceServiceRequest` the SDK sends, which the tests check field by field.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind
+
+_pack_q = struct.Struct("<Q").pack
+_IDS = struct.Struct(">2sQQ2sQ")
+"""trace_id (field 1, 16 bytes) and span_id (field 2, 8 bytes), big-endian as OTLP has them."""
+_PARENT = struct.Struct(">2sQ")
+_TIMES = struct.Struct("<1sQ1sQ")
+_LOW64 = (1 << 64) - 1
+_pack_i = struct.Struct("<I").pack
+_pack_d = struct.Struct("<d").pack
+
+# SpanFlags: the parent's is-remote bit is known (0x100), and set (0x200).
+_HAS_IS_REMOTE = 0x100
+_IS_REMOTE = 0x200
+
+_KINDS = {kind: bytes((0x30, kind.value + 1)) for kind in SpanKind}
+"""Field 6, kind: OTLP's SpanKind counts UNSPECIFIED as 0."""
+_LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE)
+_REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
+
+_CACHE_LIMIT = 8192
+"""Encoded attributes kept; past it the cache starts over (unique values churn it)."""
+
+
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
+def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _SMALL[value]
+    out = bytearray()
+    value &= 0xFFFFFFFFFFFFFFFF  # negative int64 values are ten-byte varints
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    size = len(payload)
+    return _varint(number << 3 | 2) + (_SMALL[size] if size < 0x80 else _varint(size)) + payload
+
+
+def _any_value(value: Any) -> bytes:  # noqa: PLR0911 - one return per kind of value
+    """An AnyValue message (docs of opentelemetry/proto/common/v1/common.proto)."""
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, str):
+        return _field(1, value.encode())
+    if isinstance(value, int):
+        return b"\x18" + _varint(value)
+    if isinstance(value, float):
+        return b"\x21" + _pack_d(value)
+    if isinstance(value, bytes):
+        return _field(7, value)
+    if isinstance(value, Sequence):
+        return _field(5, b"".join(_field(1, _any_value(v)) for v in value))
+    if isinstance(value, Mapping):
+        return _field(6, b"".join(_field(1, _key_value(str(k), v)) for k, v in value.items()))
+    if value is None:
+        return b""
+    raise TypeError(f"cannot encode an attribute of type {type(value).__name__}")
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    return _field(1, key.encode()) + _field(2, _any_value(value))
+
+
+class EncodedSpan(NamedTuple):
+    """A span as `Span` field bytes, with the resource and scope it is grouped under."""
+
+    resource: Resource
+    scope: InstrumentationScope | None
+    body: bytes
+
+
+class SpanEncoder:
+    """SpanEncoder writes `ExportTraceServiceRequest` bytes for SDK spans.
+
+    Spans are grouped by resource, then by instrumentation scope, in the order
+    they come, as the SDK's encoder groups them.
+    """
+
+    def __init__(self) -> None:
+        self._attributes: dict[tuple[int, str, str], bytes] = {}
+        self._resources: dict[int, tuple[Resource, bytes]] = {}
+        self._scopes: dict[int, tuple[InstrumentationScope | None, bytes]] = {}
+        self._names: dict[str, bytes] = {}
+        self._blocks: dict[int, tuple[Mapping[str, Any], bytes]] = {}
+
+    def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
+        """The request for `spans`."""
+        return self.request([self.encoded(span) for span in spans])
+
+    def encoded(self, span: ReadableSpan) -> EncodedSpan:
+        """One span, encoded, with what groups it in a request."""
+        return EncodedSpan(span.resource, span.instrumentation_scope, self.span(span))
+
+    def request(self, spans: Sequence[EncodedSpan]) -> bytes:
+        """The `ExportTraceServiceRequest` of encoded spans."""
+        grouped: dict[int, tuple[Resource, dict[int, tuple[Any, list[bytes]]]]] = {}
+        for encoded in spans:
+            resource = encoded.resource
+            scope = encoded.scope
+            scopes = grouped.get(id(resource))
+            if scopes is None:
+                scopes = grouped[id(resource)] = (resource, {})
+            entry = scopes[1].get(id(scope))
+            if entry is None:
+                entry = scopes[1][id(scope)] = (scope, [])
+            entry[1].append(encoded.body)
+        out = []
+        for grouped_resource, by_scope in grouped.values():
+            body = [self._resource(grouped_resource)]
+            for grouped_scope, encoded_spans in by_scope.values():
+                scope_spans = self._scope(grouped_scope) + b"".join(encoded_spans)
+                if grouped_scope is not None and grouped_scope.schema_url:
+                    scope_spans += _field(3, grouped_scope.schema_url.encode())
+                body.append(_field(2, scope_spans))
+            if grouped_resource.schema_url:
+                body.append(_field(3, grouped_resource.schema_url.encode()))
+            out.append(_field(1, b"".join(body)))
+        return b"".join(out)
+
+    def span(self, span: ReadableSpan) -> bytes:  # noqa: PLR0912 - a branch per optional field
+        """One `Span`, as the field `spans` (2) of a ScopeSpans."""
+        context = span.get_span_context()
+        assert context is not None
+        parent = span.parent
+        head = _IDS.pack(
+            b"\x0a\x10",
+            context.trace_id >> 64,
+            context.trace_id & _LOW64,
+            b"\x12\x08",
+            context.span_id,
+        )
+        parts = [head]
+        if context.trace_state:
+            parts.append(_field(3, context.trace_state.to_header().encode()))
+        if parent is not None:
+            parts.append(_PARENT.pack(b"\x22\x08", parent.span_id))
+        parts += (
+            self._name(span.name),
+            _KINDS[span.kind],
+            _TIMES.pack(b"\x39", span.start_time or 0, b"\x41", span.end_time or 0),
+        )
+        shared = getattr(span, "shared", None)
+        if shared:
+            parts.append(self._shared(shared))
+        attributes = span.attributes
+        if attributes:
+            parts.append(self._attributes_of(9, attributes))
+        if span.dropped_attributes:
+            parts += (b"\x50", _varint(span.dropped_attributes))
+        if span.events:
+            parts += (self._event(event) for event in span.events)
+        if span.dropped_events:
+            parts += (b"\x60", _varint(span.dropped_events))
+        if span.links:
+            parts += (self._link(link) for link in span.links)
+        if span.dropped_links:
+            parts += (b"\x70", _varint(span.dropped_links))
+        status = span.status
+        if status.description or status.status_code.value:
+            status_body = b""
+            if status.description:
+                status_body += _field(2, status.description.encode())
+            if status.status_code.value:
+                status_body += b"\x18" + _varint(status.status_code.value)
+            parts.append(_field(15, status_body))
+        else:
+            parts.append(b"\x7a\x00")
+        parts.append(_REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT)
+        body = b"".join(parts)
+        return b"\x12" + _varint(len(body)) + body
+
+    def _shared(self, shared: Mapping[str, Any]) -> bytes:
+        """The span attributes of a mapping many spans share, encoded once."""
+        known = self._blocks.get(id(shared))
+        if known is None or known[0] is not shared:
+            if len(self._blocks) >= _CACHE_LIMIT:
+                self._blocks.clear()
+            known = self._blocks[id(shared)] = (shared, self._attributes_of(9, shared))
+        return known[1]
+
+    def _name(self, name: str) -> bytes:
+        encoded = self._names.get(name)
+        if encoded is None:
+            if len(self._names) >= _CACHE_LIMIT:
+                self._names.clear()
+            encoded = self._names[name] = _field(5, name.encode())
+        return encoded
+
+    def _event(self, event: Event) -> bytes:
+        body = b"\x09" + _pack_q(event.timestamp) + _field(2, event.name.encode())
+        if event.attributes:
+            body += self._attributes_of(3, event.attributes)
+        if event.dropped_attributes:
+            body += b"\x20" + _varint(event.dropped_attributes)
+        return _field(11, body)
+
+    def _link(self, link: Link) -> bytes:
+        linked = link.context
+        body = _IDS.pack(
+            b"\x0a\x10",
+            linked.trace_id >> 64,
+            linked.trace_id & _LOW64,
+            b"\x12\x08",
+            linked.span_id,
+        )
+        if link.attributes:
+            body += self._attributes_of(4, link.attributes)
+        if link.dropped_attributes:
+            body += b"\x28" + _varint(link.dropped_attributes)
+        body += b"\x35" + _pack_i(_flags(linked))
+        return _field(13, body)
+
+    def _attributes_of(self, number: int, attributes: Mapping[str, Any]) -> bytes:
+        cache = self._attributes
+        out = []
+        # BoundedAttributes iterates through the Mapping ABC, one Python call
+        # per key; the dict inside it does not.
+        plain: Mapping[str, Any] = getattr(attributes, "_dict", attributes)
+        for key, value in plain.items():
+            # Only strings are kept: they are most of ravi's attributes, and
+            # True == 1 == 1.0 would share an entry.
+            if type(value) is not str:
+                out.append(_field(number, _key_value(key, value)))
+                continue
+            entry = (number, key, value)
+            encoded = cache.get(entry)
+            if encoded is None:
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                encoded = cache[entry] = _field(number, _key_value(key, value))
+            out.append(encoded)
+        return b"".join(out)
+
+    def _resource(self, resource: Resource) -> bytes:
+        known = self._resources.get(id(resource))
+        if known is None or known[0] is not resource:
+            known = (resource, _field(1, self._attributes_of(1, resource.attributes)))
+            self._resources[id(resource)] = known
+        return known[1]
+
+    def _scope(self, scope: InstrumentationScope | None) -> bytes:
+        known = self._scopes.get(id(scope))
+        if known is None or known[0] is not scope:
+            body = b""
+            if scope is not None:
+                body = _field(1, scope.name.encode())
+                if scope.version:
+                    body += _field(2, scope.version.encode())
+                if scope.attributes:
+                    body += self._attributes_of(3, scope.attributes)
+            known = (scope, _field(1, body))
+            self._scopes[id(scope)] = known
+        return known[1]
+
+
+def _flags(context: SpanContext | None) -> int:
+    if context is not None and context.is_remote:
+        return _HAS_IS_REMOTE | _IS_REMOTE
+    return _HAS_IS_REMOTE
+
+
+class OtlpSpanExporter(OTLPSpanExporter):
+    """OtlpSpanExporter is the SDK's OTLP/gRPC span exporter with ravi's faster encoding.
+
+    It takes the SDK exporter's arguments and OTEL_EXPORTER_OTLP_* settings,
+    and exports SDK spans as well as spans `EncodingSpanProcessor` encoded.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.encoder = SpanEncoder()
+        self.direct: tuple[Resource, InstrumentationScope] | None = None
+        """The resource and scope of spans queued as bytes (`EncodingSpanProcessor.direct`)."""
+
+    def _encoded(self, item: ReadableSpan | EncodedSpan | bytes) -> EncodedSpan:
+        if isinstance(item, bytes):
+            assert self.direct is not None, "spans queued as bytes without a direct path"
+            return EncodedSpan(self.direct[0], self.direct[1], item)
+        if isinstance(item, EncodedSpan):
+            return item
+        return self.encoder.encoded(item)
+
+    def _translate_data(
+        self, data: Sequence[ReadableSpan | EncodedSpan | bytes]
+    ) -> ExportTraceServiceRequest:
+        encoder = self.encoder
+        spans = [self._encoded(item) for item in data]
+        # The SDK's client serializes an ExportTraceServiceRequest; parsing our
+        # bytes into one and serializing it again is C code (upb), ~1 µs a span.
+        return ExportTraceServiceRequest.FromString(encoder.request(spans))
+
+
+class EncodingSpanProcessor(BatchSpanProcessor):
+    """EncodingSpanProcessor is the SDK's batch processor, encoding each span as it ends.
+
+    The SDK's processor hands span objects to its export thread, which encodes
+    them there; on a loaded event loop that thread and the loop then pass the
+    GIL back and forth, which cost more than the encoding itself (measured in
+    docs/performance.md, "The cost of tracing"). Encoding a span as it ends
+    (a few µs, on the thread that ended it) leaves the export thread only the
+    batching and the gRPC call, which runs without the GIL. Batch size, queue
+    size and delays are the SDK's, from the standard OTEL_BSP_* settings.
+    """
+
+    def __init__(self, exporter: OtlpSpanExporter, *, max_queue_size: int | None = None) -> None:
+        super().__init__(exporter, max_queue_size=max_queue_size)
+        self._encoder = exporter.encoder
+        self._encoded = exporter.encoder.encoded
+
+    def direct(self, resource: Resource, scope: InstrumentationScope) -> Callable[[Any], None]:
+        """The function that queues spans of one resource and scope made without the SDK.
+
+        They have `ReadableSpan`'s fields and are sampled. Each is queued as
+        its bytes alone: objects the garbage collector need not visit while
+        they wait for the export thread.
+        """
+        exporter: OtlpSpanExporter = self.span_exporter
+        exporter.direct = (resource, scope)
+        emit = self._batch_processor.emit
+        encode = self._encoder.span
+
+        def queue(span: Any) -> None:
+            emit(encode(span))  # type: ignore[arg-type]
+
+        return queue

@@ -1,0 +1,277 @@
+"""Where ravi's spans come from: the SDK's tracer, or a direct path to the OTLP exporter.
+
+`SdkSpans` starts spans with any tracer provider's tracer. `DirectSpans` is what
+`configure()` uses with the provider it built: the same sampler, id generator,
+resource and batch processor, but a span of its own type (`RaviSpan`) that skips
+what the SDK's span does for any caller (attribute validation under a lock,
+span limits, a readable copy on end) and is encoded into OTLP bytes when it
+ends. Measured, a traced round trip costs less than half of the SDK path
+(docs/performance.md, "The cost of tracing"); spans of other instrumentation
+and of user code still go through the SDK to the same exporter.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Protocol
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace import Event, TracerProvider
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.status import Status, StatusCode
+from opentelemetry.util import types
+
+from ravi.telemetry._otlp import EncodingSpanProcessor
+from ravi.telemetry._w3c import TRACEPARENT, TRACESTATE, Passthrough
+
+SCOPE = "ravi"
+
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_UNSET = Status(StatusCode.UNSET)
+_MAX_ATTRIBUTES = 128
+"""The SDK's default attribute count limit, kept for attributes user code adds."""
+
+
+class Spans(Protocol):
+    """Spans starts spans for the tracing interceptor."""
+
+    def start(
+        self,
+        name: str,
+        kind: SpanKind,
+        parent: otel_context.Context | None,
+        links: Sequence[Link] | None = None,
+    ) -> Span:
+        """A span, recording or not, child of `parent` (of the current context when None)."""
+
+    def share(self, span: Span, shared: Mapping[str, str]) -> None:
+        """Set attributes on a recording span from a mapping many spans share.
+
+        The caller keeps `shared` and never changes it.
+        """
+
+
+class SdkSpans:
+    """SdkSpans starts spans with the SDK's (or any API) tracer."""
+
+    def __init__(self, provider: trace.TracerProvider) -> None:
+        self._tracer = provider.get_tracer(SCOPE)
+
+    def start(
+        self,
+        name: str,
+        kind: SpanKind,
+        parent: otel_context.Context | None,
+        links: Sequence[Link] | None = None,
+    ) -> Span:
+        return self._tracer.start_span(name, context=parent, kind=kind, links=links)
+
+    def share(self, span: Span, shared: Mapping[str, str]) -> None:
+        span.set_attributes(shared)
+
+
+class DirectSpans:
+    """DirectSpans makes `RaviSpan`s for a provider whose only processor is `processor`."""
+
+    def __init__(self, provider: TracerProvider, processor: EncodingSpanProcessor) -> None:
+        self._sampler = provider.sampler
+        self._ids = provider.id_generator
+        self._random = self._ids.is_trace_id_random()
+        self._queue = processor.direct(provider.resource, InstrumentationScope(SCOPE))
+
+    def start(
+        self,
+        name: str,
+        kind: SpanKind,
+        parent: otel_context.Context | None,
+        links: Sequence[Link] | None = None,
+    ) -> Span:
+        # What the SDK's Tracer.start_span decides, in the same order.
+        parent_context = trace.get_current_span(parent).get_span_context()
+        if parent_context.is_valid:
+            trace_id = parent_context.trace_id
+            random = parent_context.trace_flags.random_trace_id
+        else:
+            trace_id = self._ids.generate_trace_id()
+            random = self._random
+        result = self._sampler.should_sample(parent, trace_id, name, kind, None, links)
+        flags = _SAMPLED if result.decision is Decision.RECORD_AND_SAMPLE else _UNSAMPLED
+        if random:
+            flags = TraceFlags(flags | TraceFlags.RANDOM_TRACE_ID)
+        span_id = self._ids.generate_span_id()
+        if result.decision is Decision.DROP:
+            # Unsampled: what travels on is the headers; a span context only if asked.
+            carrier = {TRACEPARENT: f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+            if result.trace_state:
+                carrier[TRACESTATE] = result.trace_state.to_header()
+            return Passthrough(carrier)
+        span_context = SpanContext(
+            trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=result.trace_state
+        )
+        return RaviSpan(
+            self,
+            name,
+            span_context,
+            parent_context if parent_context.is_valid else None,
+            kind,
+            dict(result.attributes) if result.attributes else {},
+            list(links) if links else (),
+        )
+
+    def share(self, span: Span, shared: Mapping[str, str]) -> None:
+        if type(span) is RaviSpan and span.shared is None and not span.attributes:
+            # Encoded once for every span that shares them.
+            span.shared = shared
+        else:
+            span.set_attributes(shared)
+
+    def ended(self, span: RaviSpan) -> None:
+        self._queue(span)
+
+
+class RaviSpan(Span):
+    """RaviSpan is a recording span of ravi's own, encoded into OTLP when it ends.
+
+    It has what the OTLP encoder reads from an SDK span (`ReadableSpan`'s
+    names), and implements the whole span API for user code that finds it
+    current.
+    """
+
+    __slots__ = (
+        "_context",
+        "_spans",
+        "attributes",
+        "end_time",
+        "events",
+        "kind",
+        "links",
+        "name",
+        "parent",
+        "shared",
+        "start_time",
+        "status",
+    )
+
+    dropped_attributes = 0
+    dropped_events = 0
+    dropped_links = 0
+
+    def __init__(  # noqa: PLR0917 - built in one place
+        self,
+        spans: DirectSpans,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        links: list[Link] | tuple[()],
+    ) -> None:
+        self._spans = spans
+        self.shared: Mapping[str, str] | None = None
+        """Attributes this span shares with others (encoded once for all of them)."""
+        self._context = context
+        self.name = name
+        self.parent = parent
+        self.kind = kind
+        self.attributes = attributes
+        self.links = links
+        # No lists until something is added: fewer objects per span.
+        self.events: list[Event] | tuple[()] = ()
+        self.status = _UNSET
+        self.start_time = time.time_ns()
+        self.end_time: int | None = None
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self.end_time is None
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        if self.end_time is None:
+            shared = self.shared
+            if shared is not None and not shared.keys().isdisjoint(attributes):
+                # An attribute shared with other spans changes on this one.
+                self.attributes = {**shared, **self.attributes}
+                self.shared = None
+            own = self.attributes
+            for key, value in attributes.items():
+                if key in own or len(own) < _MAX_ATTRIBUTES:
+                    own[key] = value
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        self.set_attributes({key: value})
+
+    def add_event(
+        self,
+        name: str,
+        attributes: types.Attributes = None,
+        timestamp: int | None = None,
+    ) -> None:
+        if self.end_time is None:
+            event = Event(name, attributes, timestamp or time.time_ns())
+            self.events = [*self.events, event]
+
+    def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
+        if self.end_time is None and context.is_valid:
+            self.links = [*self.links, Link(context, attributes)]
+
+    def update_name(self, name: str) -> None:
+        if self.end_time is None:
+            self.name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        # The SDK's rules: OK is final, UNSET changes nothing.
+        if self.end_time is not None or self.status.status_code is StatusCode.OK:
+            return
+        if isinstance(status, StatusCode):
+            status = Status(status, description)
+        if status.status_code is not StatusCode.UNSET:
+            self.status = status
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: types.Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        # The event the SDK records (the semantic conventions' exception.*).
+        module = type(exception).__module__
+        qualname = type(exception).__qualname__
+        recorded: dict[str, types.AnyValue] = {
+            "exception.type": f"{module}.{qualname}"
+            if module and module != "builtins"
+            else qualname,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            recorded.update(attributes)
+        self.add_event("exception", recorded, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self.end_time is not None:
+            return
+        self.end_time = end_time or time.time_ns()
+        self._spans.ended(self)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if exc_val is not None and self.is_recording():
+            self.record_exception(exc_val, escaped=True)
+            name = exc_type.__name__ if exc_type else ""
+            self.set_status(Status(StatusCode.ERROR, f"{name}: {exc_val}"))
+        super().__exit__(exc_type, exc_val, exc_tb)

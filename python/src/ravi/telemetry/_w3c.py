@@ -1,0 +1,98 @@
+"""W3C trace context in message metadata, and the span of a message whose trace is not sampled.
+
+Shared by the tracing interceptor and the direct span path; both read and
+write `traceparent`/`tracestate` as strings and parse them only when a span
+context is needed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, MutableMapping
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+_W3C = TraceContextTextMapPropagator()
+
+VERSION_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+ZERO_TRACE = "0" * 32
+ZERO_SPAN = "0" * 16
+
+
+def well_formed(traceparent: str) -> bool:
+    """Whether a traceparent has version 00's shape and non-zero ids (hex digits unchecked).
+
+    Enough to pass an unsampled context on unchanged; `extract` validates fully
+    when a span context is needed.
+    """
+    return (
+        len(traceparent) == 55
+        and traceparent[:3] == "00-"
+        and traceparent[35] == "-"
+        and traceparent[52] == "-"
+        and traceparent[3:35] != ZERO_TRACE
+        and traceparent[36:52] != ZERO_SPAN
+    )
+
+
+def extract(metadata: Mapping[str, str]) -> otel_context.Context:
+    """The context a message's W3C headers carry (the propagator's, for less common forms)."""
+    found = VERSION_00.fullmatch(metadata.get(TRACEPARENT, ""))
+    if found is None:
+        return _W3C.extract(metadata)
+    trace_id, span_id = int(found[1], 16), int(found[2], 16)
+    if not trace_id or not span_id:
+        return otel_context.Context()
+    tracestate = metadata.get(TRACESTATE)
+    span_context = SpanContext(
+        trace_id,
+        span_id,
+        is_remote=True,
+        trace_flags=TraceFlags(int(found[3], 16)),
+        trace_state=TraceState.from_header([tracestate]) if tracestate else None,
+    )
+    return trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
+
+
+def carrier_of(span_context: SpanContext) -> dict[str, str]:
+    """The W3C headers of a span context."""
+    carrier = {
+        TRACEPARENT: (
+            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+            f"{span_context.trace_flags:02x}"
+        )
+    }
+    if span_context.trace_state:
+        carrier[TRACESTATE] = span_context.trace_state.to_header()
+    return carrier
+
+
+def put(carrier: Mapping[str, str], metadata: MutableMapping[str, str]) -> None:
+    """Replace the trace context in `metadata` by `carrier`'s."""
+    if TRACESTATE not in carrier:
+        metadata.pop(TRACESTATE, None)
+    metadata.update(carrier)
+
+
+class Passthrough(NonRecordingSpan):
+    """The span of an unsampled message: the headers it came with.
+
+    Its span context is parsed from them only if something asks for it (user
+    code, an SDK span made under it); ravi's own hooks read the headers.
+    """
+
+    def __init__(self, carrier: dict[str, str]) -> None:
+        # NonRecordingSpan's own __init__ only stores the context, parsed on demand here.
+        self._context: SpanContext | None = None  # type: ignore[assignment]
+        self.carrier = carrier
+
+    def get_span_context(self) -> SpanContext:
+        found = self._context
+        if found is None:
+            found = self._context = trace.get_current_span(extract(self.carrier)).get_span_context()
+        return found
