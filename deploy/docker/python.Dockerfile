@@ -6,7 +6,7 @@
 #   docker build -f deploy/docker/python.Dockerfile -t ravi-python .
 #   docker run ravi-python node --listen 0.0.0.0:50051 --setup ravi._demo.nodes:writer
 #
-# Every Python package (ravi with its server, telemetry and restate extras)
+# Every Python package (ravi with its server, telemetry, restate and postgres extras)
 # comes from deploy/docker/requirements.txt, locked with hashes at the versions
 # of tools/requirements.txt (`make lock-images`). Pin the base image by digest
 # (python:3.11-slim-bookworm@sha256:...) in production.

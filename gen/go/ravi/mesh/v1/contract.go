@@ -7,7 +7,7 @@ import "time"
 // The shared facts of the ravi.mesh.v1 contract (proto/ravi/mesh/v1/contract.toml).
 const (
 	// ContractVersion is the version every node reports in NodeInfo.contract_version.
-	ContractVersion = "1.1.0"
+	ContractVersion = "1.2.0"
 	// HopLimit is how many times one Send may be forwarded.
 	HopLimit = 8
 	// DefaultTimeout is the deadline of a send that names none.
@@ -18,4 +18,12 @@ const (
 	DefaultMaxMessageBytes = 4194304
 	// DefaultGracePeriod is how long calls in flight may finish when a node stops.
 	DefaultGracePeriod = 5 * time.Second
+	// DefaultIdleTimeout is how long an agent may go without a message before it is passivated.
+	DefaultIdleTimeout = 600 * time.Second
+	// DefaultMaxActiveAgents is how many agent instances a node keeps active at most.
+	DefaultMaxActiveAgents = 100000
+	// DefaultCheckpoint says when agent state is saved besides passivation and graceful stop.
+	DefaultCheckpoint = "passivation"
+	// HolderLease is how long a node that stopped renewing its lease keeps its agents in a shared store.
+	HolderLease = 10 * time.Second
 )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ravi.mesh.v1 import types_pb2 as ravi_dot_mesh_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%ravi/conformance/v1/conformance.proto\x12\x13ravi.conformance.v1\x1a\x18ravi/mesh/v1/types.proto\"\x1a\n\x04\x45\x63ho\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\"\xb1\x02\n\x06\x45\x63hoed\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12+\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\x05\x61gent\x12\x17\n\x07node_id\x18\x03 \x01(\tR\x06nodeId\x12\x1a\n\x08language\x18\x04 \x01(\tR\x08language\x12-\n\x06sender\x18\x05 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\x06sender\x12\x45\n\x08metadata\x18\x06 \x03(\x0b\x32).ravi.conformance.v1.Echoed.MetadataEntryR\x08metadata\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"4\n\x04\x46\x61il\x12\x12\n\x04\x63ode\x18\x01 \x01(\x05R\x04\x63ode\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\"1\n\x05Sleep\x12\x16\n\x06millis\x18\x01 \x01(\rR\x06millis\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag\"\x19\n\x05Slept\x12\x10\n\x03tag\x18\x01 \x01(\tR\x03tag\"L\n\x07\x46orward\x12-\n\x06target\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\x06target\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\"\x08\n\x06Report\"@\n\x08Observed\x12\x16\n\x06\x65vents\x18\x01 \x03(\tR\x06\x65vents\x12\x1c\n\tcancelled\x18\x02 \x03(\tR\tcancelled\"\x0b\n\tUnhandledBDZBgithub.com/ravi-mesh/ravi/gen/go/ravi/conformance/v1;conformancev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%ravi/conformance/v1/conformance.proto\x12\x13ravi.conformance.v1\x1a\x18ravi/mesh/v1/types.proto\"\x1a\n\x04\x45\x63ho\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\"\xb1\x02\n\x06\x45\x63hoed\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12+\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\x05\x61gent\x12\x17\n\x07node_id\x18\x03 \x01(\tR\x06nodeId\x12\x1a\n\x08language\x18\x04 \x01(\tR\x08language\x12-\n\x06sender\x18\x05 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\x06sender\x12\x45\n\x08metadata\x18\x06 \x03(\x0b\x32).ravi.conformance.v1.Echoed.MetadataEntryR\x08metadata\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"4\n\x04\x46\x61il\x12\x12\n\x04\x63ode\x18\x01 \x01(\x05R\x04\x63ode\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\"1\n\x05Sleep\x12\x16\n\x06millis\x18\x01 \x01(\rR\x06millis\x12\x10\n\x03tag\x18\x02 \x01(\tR\x03tag\"\x19\n\x05Slept\x12\x10\n\x03tag\x18\x01 \x01(\tR\x03tag\"L\n\x07\x46orward\x12-\n\x06target\x18\x01 \x01(\x0b\x32\x15.ravi.mesh.v1.AgentIdR\x06target\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\"\x08\n\x06Report\"@\n\x08Observed\x12\x16\n\x06\x65vents\x18\x01 \x03(\tR\x06\x65vents\x12\x1c\n\tcancelled\x18\x02 \x03(\tR\tcancelled\"\x0b\n\tUnhandled\"\x17\n\x05\x43ount\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"J\n\x07\x43ounted\x12\x14\n\x05total\x18\x01 \x01(\x04R\x05total\x12\x17\n\x07node_id\x18\x02 \x01(\tR\x06nodeId\x12\x10\n\x03ids\x18\x03 \x03(\tR\x03ids\"\x0b\n\tReadCountBDZBgithub.com/ravi-mesh/ravi/gen/go/ravi/conformance/v1;conformancev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,4 +55,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OBSERVED']._serialized_end=708
   _globals['_UNHANDLED']._serialized_start=710
   _globals['_UNHANDLED']._serialized_end=721
+  _globals['_COUNT']._serialized_start=723
+  _globals['_COUNT']._serialized_end=746
+  _globals['_COUNTED']._serialized_start=748
+  _globals['_COUNTED']._serialized_end=822
+  _globals['_READCOUNT']._serialized_start=824
+  _globals['_READCOUNT']._serialized_end=835
 # @@protoc_insertion_point(module_scope)

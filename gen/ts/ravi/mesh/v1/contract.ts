@@ -3,7 +3,7 @@
 // The shared facts of the ravi.mesh.v1 contract (proto/ravi/mesh/v1/contract.toml).
 
 /** The version every node reports in NodeInfo.contract_version. */
-export const CONTRACT_VERSION = "1.1.0";
+export const CONTRACT_VERSION = "1.2.0";
 /** How many times one Send may be forwarded. */
 export const HOP_LIMIT = 8;
 /** The deadline of a send that names none, in milliseconds. */
@@ -14,3 +14,11 @@ export const DEFAULT_MAILBOX_CAPACITY = 10000;
 export const DEFAULT_MAX_MESSAGE_BYTES = 4194304;
 /** How long calls in flight may finish when a node stops, in milliseconds. */
 export const DEFAULT_GRACE_PERIOD_MS = 5000;
+/** How long an agent may go without a message before it is passivated, in milliseconds. */
+export const DEFAULT_IDLE_TIMEOUT_MS = 600000;
+/** How many agent instances a node keeps active at most. */
+export const DEFAULT_MAX_ACTIVE_AGENTS = 100000;
+/** When agent state is saved besides passivation and graceful stop. */
+export const DEFAULT_CHECKPOINT = "passivation";
+/** How long a node that stopped renewing its lease keeps its agents in a shared store, in milliseconds. */
+export const HOLDER_LEASE_MS = 10000;
