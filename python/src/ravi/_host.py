@@ -46,6 +46,7 @@ from ravi.errors import (
     AlreadyExists,
     Cancelled,
     DeadlineExceeded,
+    InvalidArgument,
     MailboxFull,
     NotFound,
     RaviError,
@@ -330,8 +331,8 @@ class _Mailbox:
         self.task: asyncio.Task[None] | None = None
         self.inflight: set[asyncio.Task[None]] = set()
         self.busy: _Call | _Publication | None = None
-        self.used = True
-        """Set by every message, cleared by the idle sweep and the eviction (CLOCK)."""
+        self.used = False
+        """Set by every message after the first, cleared by the idle sweep and the eviction."""
         self.quiet_since = host.loop.time()
         self.retired = False
         """Passivated or discarded: no longer the instance of its key."""
@@ -875,9 +876,23 @@ class AgentHost:
     async def mailbox(self, agent_id: AgentId) -> _Mailbox:
         key = (agent_id.type, agent_id.key)
         mailbox = self._mailboxes.get(key)
-        while mailbox is None or mailbox.retired:
-            mailbox = await self._activate(key, agent_id)
+        if mailbox is None:
+            mailbox = await self._activated(key, agent_id, self.loop.time() + self.default_timeout)
         mailbox.used = True
+        return mailbox
+
+    async def _activated(
+        self, key: tuple[str, str], agent_id: AgentId, deadline: float
+    ) -> _Mailbox:
+        """The instance of a key that has none yet: activated now, or by a concurrent caller.
+
+        A new instance is not marked used: its place at the end of the eviction
+        order says it is the most recent; `used` marks its later messages.
+        """
+        mailbox = await self._activate(key, agent_id, deadline)
+        while mailbox.retired:
+            # Activated by another caller, and passivated before this one resumed.
+            mailbox = await self._activate(key, agent_id, deadline)
         return mailbox
 
     async def _activate(
@@ -993,17 +1008,22 @@ class AgentHost:
     # --- passivation -------------------------------------------------------
 
     def _make_room(self) -> None:
-        """Passivate the least recently used idle instance (CLOCK: used ones get a second chance).
+        """Passivate the least recently used idle instances until there is room for one more.
 
-        When every instance is busy or resident, none goes: the bound is
-        exceeded until one can.
+        The order of `_mailboxes` is the order of activation; an instance used
+        since it was last looked at moves to the end instead of going (CLOCK,
+        a second chance), so the hot path never reorders anything. When every
+        instance is busy or resident, the bound is exceeded until one is not.
         """
         mailboxes = self._mailboxes
+        bound = self.max_active_agents
         for _ in range(2 * len(mailboxes)):
+            if len(mailboxes) < bound:
+                return
             key, mailbox = next(iter(mailboxes.items()))
             if not mailbox.used and mailbox.passivatable():
                 self.passivate(mailbox, "capacity")
-                return
+                continue
             mailbox.used = False
             mailboxes.move_to_end(key)
 
@@ -1087,6 +1107,8 @@ class AgentHost:
             try:
                 state = await mailbox.agent.save_state()
                 mailbox.version = await self.store.save(mailbox.agent_id, state, mailbox.version)
+            except InvalidArgument:
+                raise  # state that cannot be stored: nothing was written
             except BaseException as exc:
                 # Whether the write landed is unknown (or it was refused): the
                 # next message loads the agent from the store afresh.
@@ -1177,9 +1199,10 @@ class AgentHost:
         mailbox = self._mailboxes.get((recipient.type, recipient.key))
         loop = self.loop
         deadline = loop.time() + (self.default_timeout if timeout is None else timeout)
-        while mailbox is None or mailbox.retired:
-            mailbox = await self._activate((recipient.type, recipient.key), recipient, deadline)
-        mailbox.used = True
+        if mailbox is None:
+            mailbox = await self._activated((recipient.type, recipient.key), recipient, deadline)
+        else:
+            mailbox.used = True
         chain = call_chain
         parent = current_call.get()
         if parent is not None:
@@ -1264,8 +1287,9 @@ class AgentHost:
                     deadline = self.loop.time() + (
                         self.default_timeout if timeout is None else timeout
                     )
-                mailbox = await self._subscriber(key, deadline)
-            mailbox.used = True
+                mailbox = await self._activated(key, AgentId(agent_type, source), deadline)
+            else:
+                mailbox.used = True
             if mailbox.pending >= mailbox.capacity:
                 if deadline is None:
                     deadline = self.loop.time() + (
@@ -1275,14 +1299,6 @@ class AgentHost:
             mailbox.put(publication)
             delivered += 1
         return delivered
-
-    async def _subscriber(self, key: tuple[str, str], deadline: float) -> _Mailbox:
-        """Activate a subscriber for a publication (the instance, not a retired one)."""
-        agent_id = AgentId(*key)
-        mailbox = await self._activate(key, agent_id, deadline)
-        while mailbox.retired:
-            mailbox = await self._activate(key, agent_id, deadline)
-        return mailbox
 
     @staticmethod
     def _not_hosted(

@@ -549,12 +549,30 @@ class MeshNode:
         if not self.host.hosts(recipient.type):
             return await self._forward(request, remaining)
         if self._pooled:
-            # A caller that placed the key by an older view of the pool: the
-            # owner handles it, unless the request passed through the owner
-            # already (whose view differs from ours), and then this node does.
+            # Another member owns the key: a caller placed it by another view of
+            # the pool. The owner handles it, even one the request came from
+            # (its view changed since, or will); a request that came back here
+            # already (the two views disagree both ways, for a moment) stays,
+            # and the agent is handed over once it is idle.
             owner = self.peers.owner(recipient.type, recipient.key)
-            if owner is not None and owner.node_id not in request.route.visited_node_ids:
-                return await self._forward(request, remaining, owner)
+            if owner is not None:
+                visited = request.route.visited_node_ids
+                if owner.node_id not in visited or self.node_id not in visited:
+                    return await self._forward(request, remaining, owner)
+                try:
+                    return await self._deliver(request, recipient, remaining, trace)
+                finally:
+                    self._rebalance()
+        return await self._deliver(request, recipient, remaining, trace)
+
+    async def _deliver(
+        self,
+        request: agent_service_pb2.SendRequest,
+        recipient: AgentId,
+        remaining: float | None,
+        trace: Mapping[str, str],
+    ) -> agent_service_pb2.SendResponse:
+        """Hand a Send to the agent hosted here; its reply as the response."""
         envelope = request.envelope
         message = codec.decode(self._registry, envelope.payload)
         sender = codec.sender_of(envelope)

@@ -148,6 +148,8 @@ class Peers:
             )
             return
         known = set(group.members)
+        if resolved == known:
+            return
         for address in sorted(resolved - known):
             peer = self.add(f"{group.name}/{address}", address, group=group.name)
             if peer.learned and peer.group is None:
@@ -159,6 +161,10 @@ class Peers:
             logger.info("peer %s: %s no longer resolves, dropping it", group.name, address)
             if peer.group == group.name:
                 self._remove(peer)
+        # A member may be a peer connected already (it described this node
+        # first): the pool changed even though no connection did.
+        for listener in self._listeners:
+            listener()
 
     async def _refresh_forever(self) -> None:
         while self._running:
