@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from ravi import AgentId
 from ravi.conformance.v1.conformance_pb2 import Count, Counted, ReadCount
 from ravi.errors import RaviError
 from ravi.integrations.runtime.grpc import GrpcRuntime
-from ravi.testing import NodeProcess, start_node
+from ravi.testing import NodeProcess, eventually, ravi_command, start_node
 from tests.integration.conftest import node_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -137,3 +138,60 @@ async def test_each_message_checkpoints_lose_nothing_acknowledged_across_20_kill
         # What is held beyond the acknowledged ones is at most the one call per
         # round that the kill interrupted after its save.
         assert len(held[key]) - len(acknowledged[key]) <= 20
+
+
+async def run_ravi(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *ravi_command(),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_ravi_describe_shows_the_active_instances_of_each_type(tmp_path: Path) -> None:
+    node = await start_node(counter_node(tmp_path, "--idle-timeout", "1"))
+    try:
+        async with client_of(node) as client:
+            for key in KEYS[:3]:
+                await count(client, key, "one")
+            code, out, err = await run_ravi("describe", "--addr", node.address)
+            assert code == 0, err
+            (counter,) = json.loads(out)["agentTypes"]
+            assert (counter["agentType"], counter["activeInstances"]) == ("counter", "3")
+
+            async def passivated() -> None:
+                code, out, err = await run_ravi("describe", "--addr", node.address)
+                assert json.loads(out)["agentTypes"][0]["activeInstances"] == "0"
+
+            await eventually(passivated, timeout=30, interval=0.5)
+            assert await read(client, KEYS[:3]) == {key: ["one"] for key in KEYS[:3]}
+    finally:
+        assert await node.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--checkpoint", "sometimes"], "checkpoint must be one of passivation, each_message"),
+        (["--state-store", "mysql://db"], "unknown state store 'mysql://db'"),
+        (["--idle-timeout", "-1"], "idle_timeout must not be negative"),
+        (["--max-active-agents", "-5"], "max_active_agents must not be negative"),
+    ],
+)
+async def test_bad_lifecycle_flags_are_usage_errors(flags: list[str], message: str) -> None:
+    code, _, err = await run_ravi("node", "--listen", "127.0.0.1:0", *flags)
+    assert code == 2
+    assert message in err
+
+
+async def test_an_unreachable_state_store_stops_the_node_with_one_line() -> None:
+    code, _, err = await run_ravi(
+        "node", "--listen", "127.0.0.1:0", "--state-store", "postgresql://ravi@127.0.0.1:1/x"
+    )
+    assert code == 1
+    assert "cannot reach the state store postgresql://ravi@127.0.0.1:1/x" in err
+    assert "Traceback" not in err

@@ -11,7 +11,15 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-from ravi._interceptors import ForwardInput, HandleInput, Interceptor, PublishInput, SendInput
+from ravi._interceptors import (
+    ActivateInput,
+    ForwardInput,
+    HandleInput,
+    Interceptor,
+    PassivateInput,
+    PublishInput,
+    SendInput,
+)
 from ravi._serialization import registry
 from ravi.errors import RaviError, code_of
 
@@ -153,7 +161,7 @@ class TracingInterceptor(Interceptor):
 
 
 class MetricsInterceptor(Interceptor):
-    """MetricsInterceptor counts sends, handled and failed messages, and times handlers.
+    """MetricsInterceptor counts messages and agent lifecycles, and times handlers and activations.
 
     Args:
         meter_provider: the provider to record with (the global one when None).
@@ -170,6 +178,18 @@ class MetricsInterceptor(Interceptor):
         )
         self._duration = meter.create_histogram(
             "ravi.handler.duration", unit="s", description="how long handlers ran"
+        )
+        self._activated = meter.create_counter(
+            "ravi.agents.activated", description="agent instances activated here"
+        )
+        self._passivated = meter.create_counter(
+            "ravi.agents.passivated",
+            description="agent instances passivated here, by reason (idle, capacity, moved, stop)",
+        )
+        self._activation = meter.create_histogram(
+            "ravi.agent.activation.duration",
+            unit="s",
+            description="how long activating an instance took, its state load included",
         )
 
     async def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Any:
@@ -189,3 +209,20 @@ class MetricsInterceptor(Interceptor):
         finally:
             self._handled.add(1, attributes)
             self._duration.record(time.perf_counter() - started, attributes)
+
+    async def activate(
+        self, input: ActivateInput, next: Callable[[ActivateInput], Awaitable[None]]
+    ) -> None:
+        attributes = {"ravi.agent.type": input.agent_id.type}
+        started = time.perf_counter()
+        await next(input)
+        self._activation.record(time.perf_counter() - started, attributes)
+        self._activated.add(1, attributes)
+
+    async def passivate(
+        self, input: PassivateInput, next: Callable[[PassivateInput], Awaitable[None]]
+    ) -> None:
+        await next(input)
+        self._passivated.add(
+            1, {"ravi.agent.type": input.agent_id.type, "ravi.passivation.reason": input.reason}
+        )
