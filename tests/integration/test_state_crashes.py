@@ -164,7 +164,7 @@ async def test_ravi_describe_shows_the_active_instances_of_each_type(tmp_path: P
             assert (counter["agentType"], counter["activeInstances"]) == ("counter", "3")
 
             async def passivated() -> None:
-                code, out, err = await run_ravi("describe", "--addr", node.address)
+                _, out, _ = await run_ravi("describe", "--addr", node.address)
                 assert json.loads(out)["agentTypes"][0]["activeInstances"] == "0"
 
             await eventually(passivated, timeout=30, interval=0.5)
