@@ -5,10 +5,19 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 
-import { CountSchema, CountedSchema, EchoSchema, ReadCountSchema } from "@ravi-mesh/contract/ravi/conformance/v1/conformance_pb";
+import {
+  CountSchema,
+  CountedSchema,
+  EchoSchema,
+  EchoedSchema,
+  ReadCountSchema,
+} from "@ravi-mesh/contract/ravi/conformance/v1/conformance_pb";
 
-import { registerConformance } from "../src/agents/conformance.js";
+import { defineStatelessAgent } from "../src/agent.js";
+
 import { COUNTER_TYPE, counterAgent, registerCounter } from "../src/agents/counter.js";
 import { Lifecycle } from "../src/lifecycle.js";
 import type { RaviNode } from "../src/node.js";
@@ -16,6 +25,19 @@ import { MemoryStore, openStore, PostgresStore, SqliteStore } from "../src/store
 import { Code, eventually, Fixture, rejectsWith, testLogger } from "../test-support/helpers.js";
 
 const T = { timeout: 20_000 };
+
+// The collector, for a heap measure that does not count garbage.
+setFlagsFromString("--expose-gc");
+const collect = runInNewContext("gc") as () => void;
+
+function heapAfterCollection(): number {
+  collect();
+  return process.memoryUsage().heapUsed;
+}
+
+function echoAgent() {
+  return defineStatelessAgent().on(EchoSchema, EchoedSchema, (message) => ({ text: message.text }));
+}
 
 async function count(node: RaviNode, key: string, id: string): Promise<bigint> {
   const reply = await node.send({ type: COUNTER_TYPE, key }, CountSchema, { id });
@@ -48,12 +70,20 @@ describe("agent lifecycle", T, () => {
     assert.equal(await count(node, "b", "b2"), 2n);
   });
 
-  test("many stateless keys stay bounded", async () => {
-    const node = await fx.started({ nodeId: "many", maxActiveAgents: 100 }, (n) => registerConformance(n));
-    for (let i = 0; i < 5_000; i++) {
-      await node.send({ type: "conformance", key: `k${i}` }, EchoSchema, { text: "x" });
-    }
-    assert.ok((node.activeAgents().get("conformance") ?? 0) <= 100);
+  test("many stateless keys stay bounded, in the heap too", async () => {
+    const node = await fx.started({ nodeId: "many", maxActiveAgents: 100 }, (n) => n.register("echo", echoAgent()));
+    const touch = async (prefix: string, n: number): Promise<void> => {
+      for (let i = 0; i < n; i++) {
+        await node.send({ type: "echo", key: `${prefix}${i}` }, EchoSchema, { text: "x" });
+      }
+    };
+    await touch("w", 2_000);
+    const before = heapAfterCollection();
+    await touch("k", 20_000);
+    const grown = heapAfterCollection() - before;
+    assert.ok((node.activeAgents().get("echo") ?? 0) <= 100);
+    // An instance kept per key would hold more than 20 MiB here.
+    assert.ok(grown < 4 * 1024 * 1024, `the heap grew ${grown} bytes for 20,000 keys`);
   });
 
   test("each_message checkpoints, and a stale copy is refused and reloaded", async () => {

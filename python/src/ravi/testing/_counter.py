@@ -42,6 +42,6 @@ class CounterAgent(BaseAgent):
         self.ids = [str(i) for i in state.get("ids", [])]
 
 
-async def counter_setup(runtime: BaseRuntime, agent_type: str = "counter") -> None:
-    """Register the counter agent type on `runtime`."""
-    await CounterAgent.register(runtime, agent_type)
+async def counter_setup(runtime: BaseRuntime, counter_type: str = "counter") -> None:
+    """Register the counter agent type on `runtime` (`--setup-arg counter_type=NAME`)."""
+    await CounterAgent.register(runtime, counter_type)
