@@ -35,7 +35,7 @@ class Language:
         demo: bool = False,
         peers: tuple[str, ...] = (),
     ) -> list[str]:
-        """A node of this language: its id, listen address, conformance and counter agents, peers."""
+        """A node of this language: id, listen address, conformance and counter agents, peers."""
         command = [*self._expand(self.node), "--listen", listen, "--node-id", node_id]
         if conformance_type is not None:
             command += self._expand(self.conformance, conformance_type=conformance_type)
