@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -58,6 +59,13 @@ RETURNING version, state::text`
 SET version = version + 1, state = $3::jsonb, updated_at = now(),
     holder = CASE WHEN $6 THEN '' ELSE holder END
 WHERE agent_type = $1 AND agent_key = $2 AND version = $4 AND holder = $5
+RETURNING version`
+	// A first save: a new record, or the one this node's claim created (version 0).
+	postgresCreate = `INSERT INTO ravi_agent_state AS s (agent_type, agent_key, version, state, holder, updated_at)
+VALUES ($1, $2, 1, $3::jsonb, CASE WHEN $5 THEN '' ELSE $4 END, now())
+ON CONFLICT (agent_type, agent_key) DO UPDATE
+SET version = 1, state = EXCLUDED.state, holder = EXCLUDED.holder, updated_at = now()
+WHERE s.version = 0 AND s.holder = $4
 RETURNING version`
 	postgresRenew = `INSERT INTO ravi_holders (holder, renewed_at) VALUES ($1, now())
 ON CONFLICT (holder) DO UPDATE SET renewed_at = now()`
@@ -160,6 +168,7 @@ func (s *SQLiteStore) Close(context.Context) error {
 type PostgresStore struct {
 	dsn    string
 	db     *sql.DB
+	claims *sql.DB // claims and lease renewals: commits that need not wait for the disk
 	holder string
 	lease  time.Duration
 	stop   chan struct{}
@@ -186,7 +195,16 @@ func (s *PostgresStore) Open(ctx context.Context, holder string) error {
 		_ = db.Close()
 		return unavailable("cannot reach the state store %s: %v", redacted(s.dsn), err)
 	}
-	s.db = db
+	// A claim the server lost in a crash only lets another node claim the
+	// agent, and the saves of this node, which do wait for the disk, are then
+	// refused: claims need not wait for it.
+	claims, err := sql.Open("pgx", withParam(s.dsn, "synchronous_commit", "off"))
+	if err != nil {
+		_ = db.Close()
+		return unavailable("cannot reach the state store %s: %v", redacted(s.dsn), err)
+	}
+	claims.SetMaxOpenConns(10)
+	s.db, s.claims = db, claims
 	s.stop = make(chan struct{})
 	s.wg.Add(1)
 	go s.renew()
@@ -223,7 +241,7 @@ func (s *PostgresStore) renew() {
 			return
 		case <-tick.C:
 			ctx, cancel := context.WithTimeout(context.Background(), s.lease/3)
-			if _, err := s.db.ExecContext(ctx, postgresRenew, s.holder); err != nil {
+			if _, err := s.claims.ExecContext(ctx, postgresRenew, s.holder); err != nil {
 				slog.Warn("renewing the lease of a node failed", "holder", s.holder, "err", err)
 			}
 			cancel()
@@ -235,7 +253,7 @@ func (s *PostgresStore) renew() {
 func (s *PostgresStore) Load(ctx context.Context, id AgentID) (StoredState, error) {
 	var version int64
 	var state sql.NullString
-	err := s.db.QueryRowContext(ctx, postgresClaim, id.Type, id.Key, s.holder, s.lease.Seconds()).Scan(&version, &state)
+	err := s.claims.QueryRowContext(ctx, postgresClaim, id.Type, id.Key, s.holder, s.lease.Seconds()).Scan(&version, &state)
 	if errors.Is(err, sql.ErrNoRows) {
 		var holder string
 		if err := s.db.QueryRowContext(ctx, `SELECT holder FROM ravi_agent_state WHERE agent_type = $1 AND agent_key = $2`,
@@ -253,7 +271,12 @@ func (s *PostgresStore) Load(ctx context.Context, id AgentID) (StoredState, erro
 // Save writes state over version, if this node still holds id.
 func (s *PostgresStore) Save(ctx context.Context, id AgentID, state []byte, version int64, release bool) (int64, error) {
 	var saved int64
-	err := s.db.QueryRowContext(ctx, postgresSave, id.Type, id.Key, string(state), version, s.holder, release).Scan(&saved)
+	var err error
+	if version == 0 {
+		err = s.db.QueryRowContext(ctx, postgresCreate, id.Type, id.Key, string(state), s.holder, release).Scan(&saved)
+	} else {
+		err = s.db.QueryRowContext(ctx, postgresSave, id.Type, id.Key, string(state), version, s.holder, release).Scan(&saved)
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		found := "no record of it"
 		var current int64
@@ -284,9 +307,21 @@ func (s *PostgresStore) Close(ctx context.Context) error {
 	if _, err := s.db.ExecContext(ctx, `DELETE FROM ravi_holders WHERE holder = $1`, s.holder); err != nil {
 		slog.Warn("dropping the lease of a node failed", "holder", s.holder, "err", err)
 	}
-	err := s.db.Close()
-	s.db = nil
+	err := errors.Join(s.db.Close(), s.claims.Close())
+	s.db, s.claims = nil, nil
 	return err
+}
+
+// withParam adds a query parameter (a run-time parameter for pgx) to a URL.
+func withParam(dsn, name, value string) string {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return dsn
+	}
+	q := u.Query()
+	q.Set(name, value)
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 func nullBytes(s sql.NullString) []byte {

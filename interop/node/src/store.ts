@@ -227,6 +227,14 @@ SET version = version + 1, state = $3::jsonb, updated_at = now(),
 WHERE agent_type = $1 AND agent_key = $2 AND version = $4 AND holder = $5
 RETURNING version`;
 
+// A first save: a new record, or the one this node's claim created (version 0).
+const POSTGRES_CREATE = `INSERT INTO ravi_agent_state AS s (agent_type, agent_key, version, state, holder, updated_at)
+VALUES ($1, $2, 1, $3::jsonb, CASE WHEN $5 THEN '' ELSE $4 END, now())
+ON CONFLICT (agent_type, agent_key) DO UPDATE
+SET version = 1, state = EXCLUDED.state, holder = EXCLUDED.holder, updated_at = now()
+WHERE s.version = 0 AND s.holder = $4
+RETURNING version`;
+
 const POSTGRES_RENEW = `INSERT INTO ravi_holders (holder, renewed_at) VALUES ($1, now())
 ON CONFLICT (holder) DO UPDATE SET renewed_at = now()`;
 
@@ -239,6 +247,8 @@ ON CONFLICT (holder) DO UPDATE SET renewed_at = now()`;
  */
 export class PostgresStore implements StateStore {
   private pool: pg.Pool | undefined;
+  /** Claims and lease renewals: commits that need not wait for the disk. */
+  private claims: pg.Pool | undefined;
   private holder = "";
   private renewer: NodeJS.Timeout | undefined;
 
@@ -275,9 +285,21 @@ export class PostgresStore implements StateStore {
       await pool.end();
       throw unavailable(`cannot reach the state store ${this.shown}`, error);
     }
+    // A claim the server lost in a crash only lets another node claim the
+    // agent, and the saves of this node, which do wait for the disk, are then
+    // refused: claims need not wait for it.
+    const claims = new pg.Pool({
+      connectionString: this.url,
+      max: 10,
+      connectionTimeoutMillis: 10_000,
+      statement_timeout: 10_000,
+      options: "-c synchronous_commit=off",
+    });
+    claims.on("error", () => undefined);
     this.pool = pool;
+    this.claims = claims;
     this.renewer = setInterval(() => {
-      pool.query(POSTGRES_RENEW, [holder]).catch(() => undefined);
+      claims.query(POSTGRES_RENEW, [holder]).catch(() => undefined);
     }, this.leaseMs / 3);
     this.renewer.unref();
   }
@@ -292,7 +314,7 @@ export class PostgresStore implements StateStore {
   async load(agent: AgentAddress): Promise<StoredState> {
     const pool = this.connected();
     try {
-      const claimed = await pool.query<{ version: string; state: string | null }>(POSTGRES_CLAIM, [
+      const claimed = await (this.claims ?? pool).query<{ version: string; state: string | null }>(POSTGRES_CLAIM, [
         agent.type,
         agent.key,
         this.holder,
@@ -320,14 +342,17 @@ export class PostgresStore implements StateStore {
     const pool = this.connected();
     let saved: string | undefined;
     try {
-      const result = await pool.query<{ version: string }>(POSTGRES_SAVE, [
-        agent.type,
-        agent.key,
-        JSON.stringify(state),
-        version,
-        this.holder,
-        release,
-      ]);
+      const result =
+        version === 0
+          ? await pool.query<{ version: string }>(POSTGRES_CREATE, [agent.type, agent.key, JSON.stringify(state), this.holder, release])
+          : await pool.query<{ version: string }>(POSTGRES_SAVE, [
+              agent.type,
+              agent.key,
+              JSON.stringify(state),
+              version,
+              this.holder,
+              release,
+            ]);
       saved = result.rows[0]?.version;
     } catch (error) {
       throw unavailable(`saving the state of ${formatAgentId(agent)}`, error);
@@ -359,6 +384,7 @@ export class PostgresStore implements StateStore {
     }
     // Without a lease, whatever this node still holds is free at once.
     await pool.query("DELETE FROM ravi_holders WHERE holder = $1", [this.holder]).catch(() => undefined);
-    await pool.end();
+    await Promise.all([pool.end(), this.claims?.end()]);
+    this.claims = undefined;
   }
 }

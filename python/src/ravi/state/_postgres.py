@@ -59,6 +59,16 @@ WHERE agent_type = $1 AND agent_key = $2 AND version = $4 AND holder = $5
 RETURNING version
 """
 
+# A first save: a new record, or the one this node's claim created (version 0).
+_CREATE = """
+INSERT INTO ravi_agent_state AS s (agent_type, agent_key, version, state, holder, updated_at)
+VALUES ($1, $2, 1, $3::jsonb, CASE WHEN $5 THEN '' ELSE $4 END, now())
+ON CONFLICT (agent_type, agent_key) DO UPDATE
+SET version = 1, state = EXCLUDED.state, holder = EXCLUDED.holder, updated_at = now()
+WHERE s.version = 0 AND s.holder = $4
+RETURNING version
+"""
+
 _RENEW = """
 INSERT INTO ravi_holders (holder, renewed_at) VALUES ($1, now())
 ON CONFLICT (holder) DO UPDATE SET renewed_at = now()
@@ -99,6 +109,7 @@ class PostgresStore(StateStore):
         self._timeout = timeout
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._claims: asyncpg.Pool | None = None
         self._holder = ""
         self._renewer: asyncio.Task[None] | None = None
 
@@ -117,13 +128,11 @@ class PostgresStore(StateStore):
         if self._pool is not None:
             return
         try:
-            pool = await asyncpg.create_pool(
-                self.dsn,
-                min_size=1,
-                max_size=self._pool_size,
-                command_timeout=self._timeout,
-                timeout=self._timeout,
-            )
+            pool = await self._connect({})
+            # Claims and lease renewals commit without waiting for the disk: a
+            # claim the server lost in a crash only lets another node claim the
+            # agent, and the saves of this node, which do wait, are then refused.
+            claims = await self._connect({"synchronous_commit": "off"})
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             raise Unavailable(f"cannot reach the state store {_redacted(self.dsn)}: {exc}") from exc
         try:
@@ -133,11 +142,23 @@ class PostgresStore(StateStore):
                 await connection.execute(_SCHEMA)
             await pool.execute(_RENEW, holder)
         except (OSError, asyncpg.PostgresError) as exc:
-            await pool.close()
+            await asyncio.gather(pool.close(), claims.close())
             raise Unavailable(f"cannot use {_redacted(self.dsn)} as a state store: {exc}") from exc
-        self._pool = pool
+        self._pool, self._claims = pool, claims
         self._renewer = asyncio.get_running_loop().create_task(
-            self._renew_forever(pool), name="ravi-state-lease"
+            self._renew_forever(claims), name="ravi-state-lease"
+        )
+
+    async def _connect(self, settings: dict[str, str]) -> asyncpg.Pool:
+        import asyncpg  # noqa: PLC0415 - an optional extra, imported by open() first
+
+        return await asyncpg.create_pool(
+            self.dsn,
+            min_size=1,
+            max_size=self._pool_size,
+            command_timeout=self._timeout,
+            timeout=self._timeout,
+            server_settings=settings,
         )
 
     async def _renew_forever(self, pool: asyncpg.Pool) -> None:
@@ -155,7 +176,8 @@ class PostgresStore(StateStore):
 
     async def load(self, agent: AgentId) -> StoredState:
         pool = self._connected()
-        row = await pool.fetchrow(_CLAIM, agent.type, agent.key, self._holder, self._lease)
+        assert self._claims is not None
+        row = await self._claims.fetchrow(_CLAIM, agent.type, agent.key, self._holder, self._lease)
         if row is not None:
             return StoredState(decode_state(row[1]), int(row[0]))
         held_by = await pool.fetchval(
@@ -170,9 +192,12 @@ class PostgresStore(StateStore):
     ) -> int:
         text = encode_state(agent, state)
         pool = self._connected()
-        saved = await pool.fetchval(
-            _SAVE, agent.type, agent.key, text, version, self._holder, release
-        )
+        if version == 0:
+            saved = await pool.fetchval(_CREATE, agent.type, agent.key, text, self._holder, release)
+        else:
+            saved = await pool.fetchval(
+                _SAVE, agent.type, agent.key, text, version, self._holder, release
+            )
         if saved is None:
             row = await pool.fetchrow(
                 "SELECT version, holder FROM ravi_agent_state "
@@ -191,7 +216,8 @@ class PostgresStore(StateStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
         pool, self._pool = self._pool, None
-        if pool is None:
+        claims, self._claims = self._claims, None
+        if pool is None or claims is None:
             return
         try:
             # Without a lease, whatever this node still holds is free at once.
@@ -199,7 +225,7 @@ class PostgresStore(StateStore):
         except Exception as exc:  # closing goes on whatever the server says
             logger.warning("dropping the lease of %s failed: %r", self._holder, exc)
         finally:
-            await pool.close()
+            await asyncio.gather(pool.close(), claims.close())
 
 
 def _redacted(dsn: str) -> str:
