@@ -100,10 +100,18 @@ def test_exported_names() -> None:
     ]
     assert ravi.tools.__all__ == ["Tool", "ToolContext", "render", "tool"]
     assert ravi.server.__all__ == [
+        "Answered",
         "RaviServer",
+        "RestateThreads",
+        "RuntimeThreads",
+        "ThreadService",
+        "ThreadStore",
+        "ThreadSummary",
         "demo_model",
         "demo_setup",
         "demo_workflow_setup",
+        "event_json",
+        "restate_setup",
     ]
     assert ravi.telemetry.__all__ == [
         "MetricsInterceptor",

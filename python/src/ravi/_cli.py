@@ -162,16 +162,22 @@ def serve(
     restate_admin: Annotated[
         str, typer.Option(help="Restate's admin API (--runtime restate).")
     ] = "http://127.0.0.1:9070",
-    restate_listen: Annotated[
-        str,
-        typer.Option(help="HOST:PORT of this server's Restate deployment (--runtime restate)."),
-    ] = "127.0.0.1:9081",
     demo: Annotated[
         bool | None,
         typer.Option(
-            help="Host the demo assistant here (default: yes for local and restate "
-            "without --setup)."
+            help="Host the demo assistant here (local only; the default without --setup)."
         ),
+    ] = None,
+    data_dir: Annotated[
+        str,
+        typer.Option(
+            help="Where the thread history is kept (local and grpc): DIR/threads.db, SQLite.",
+            envvar="RAVI_DATA_DIR",
+        ),
+    ] = ".ravi",
+    store: Annotated[
+        str | None,
+        typer.Option(help="sqlite (default: in --data-dir) or memory: forgotten on restart."),
     ] = None,
     peer: Annotated[
         list[str] | None, typer.Option(help="A mesh node, NAME=HOST:PORT (--runtime grpc).")
@@ -200,8 +206,15 @@ def serve(
         str | None, typer.Option(help="The OpenAI-compatible endpoint, ending in /v1.")
     ] = None,
     run_timeout: Annotated[
-        float, typer.Option(help="Seconds a run may take, waiting for approvals included.")
-    ] = 3600.0,
+        float | None,
+        typer.Option(
+            help="Seconds a run may take, waiting for approvals included "
+            "(default: 3600; no limit with restate)."
+        ),
+    ] = None,
+    grace_period: Annotated[
+        float, typer.Option(help="Seconds requests in progress get to finish on SIGTERM.")
+    ] = 5.0,
     app_dir: Annotated[str, typer.Option(help="Where to import setup functions from.")] = ".",
 ) -> None:
     """Serve ReAct agents over HTTP: a web page, Server-Sent Events, and approvals."""
@@ -224,8 +237,10 @@ def serve(
             run_timeout=run_timeout,
             restate_ingress=restate_ingress,
             restate_admin=restate_admin,
-            restate_listen=restate_listen,
             demo=demo,
+            data_dir=data_dir,
+            store=store,
+            grace_period=grace_period,
         )
     except UsageError as error:
         typer.echo(f"ravi: {error}", err=True)

@@ -1,4 +1,4 @@
-"""The ravi server: runs ReAct agents for HTTP clients, streams their steps, takes approvals."""
+"""The ravi server: starts tasks for HTTP clients, streams their steps, takes approvals."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from importlib import resources
 from typing import Any, Literal
 
-from google.protobuf import json_format
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
@@ -20,8 +19,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ravi._ids import AgentId
-from ravi._subscriptions import TypeSubscription
 from ravi.agents._react import EVENTS_TOPIC
 from ravi.errors import (
     AlreadyExists,
@@ -32,11 +29,9 @@ from ravi.errors import (
     RaviError,
     ResourceExhausted,
     Unavailable,
-    code_of,
 )
 from ravi.react.v1 import react_pb2 as pb
-from ravi.runtime._base import BaseRuntime
-from ravi.server._threads import EventSink, Thread, ThreadStore
+from ravi.server._service import ThreadService
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -46,7 +41,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("ravi.server")
 
-SINK_TYPE = "ravi.server.events"
 _STATUS: dict[type[RaviError], int] = {
     NotFound: 404,
     AlreadyExists: 409,
@@ -105,46 +99,42 @@ class Respond(BaseModel):
 
 
 class RaviServer:
-    """RaviServer runs tasks on a ReAct agent type of a runtime, for HTTP clients.
+    """RaviServer is the HTTP front of a ThreadService: a web page, the API, live events.
 
-    It subscribes to the agents' RunEvents, keeps each thread's events, streams
-    them as Server-Sent Events and resolves approval promises. The runtime may
-    be a LocalRuntime hosting the agents (the monolith) or a GrpcRuntime that
-    joins a mesh where they run.
+    It streams each thread's events as Server-Sent Events (resuming after
+    `Last-Event-ID`), starts tasks and takes the answers to approval cards.
+    Everything it shows comes from the service: `RuntimeThreads` for the
+    monolith or a client node of a mesh, `RestateThreads` for durable runs
+    (then the server itself keeps nothing, and several can serve the same
+    threads).
 
     Args:
-        runtime: the runtime; the server starts and stops it with the app.
+        threads: the thread service; the server starts and stops it with the app.
         token: the bearer token every request must carry.
-        agent_type: the ReAct agent type tasks are sent to.
-        run_timeout: seconds a run may take, approvals included.
-        events_topic: the topic type the agents publish RunEvents on.
-        max_threads: threads kept in memory.
-        on_ready: called once the runtime has started and requests can be served.
+        agent_type: the agent type tasks run on (shown by `GET /info`).
+        events_topic: the topic type the agents publish RunEvents on (`GET /info`).
+        on_ready: called once the service has started and requests can be served.
     """
 
     def __init__(
         self,
-        runtime: BaseRuntime,
+        threads: ThreadService,
         *,
         token: str,
         agent_type: str = "assistant",
-        run_timeout: float = 3600.0,
         events_topic: str = EVENTS_TOPIC,
-        max_threads: int = 1000,
         on_ready: Callable[[], None] | None = None,
     ) -> None:
         if not token:
             raise ValueError("the server needs a bearer token")
-        self.runtime = runtime
-        self.store = ThreadStore(max_threads=max_threads)
+        self.threads = threads
         self._token = token
         self._agent_type = agent_type
-        self._run_timeout = run_timeout
         self._events_topic = events_topic
-        self._runs: set[asyncio.Task[None]] = set()
         self._on_ready = on_ready
+        self._stopping = asyncio.Event()
         self.startup_error: RaviError | None = None
-        """Why the runtime did not start, when it did not (uvicorn only logs it)."""
+        """Why the service did not start, when it did not (uvicorn only logs it)."""
         self.app: ASGIApp = _BearerAuth(self._starlette(), token)
 
     def _starlette(self) -> Starlette:
@@ -156,6 +146,7 @@ class RaviServer:
                 Route("/threads", self._start, methods=["POST"]),
                 Route("/threads/{thread_id}", self._status, methods=["GET"]),
                 Route("/threads/{thread_id}/tasks", self._next_task, methods=["POST"]),
+                Route("/threads/{thread_id}/rerun", self._rerun, methods=["POST"]),
                 Route("/threads/{thread_id}/events", self._events, methods=["GET"]),
                 Route("/respond/{request_id}", self._respond, methods=["POST"]),
             ],
@@ -169,33 +160,22 @@ class RaviServer:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        store = self.store
-        await EventSink.register(self.runtime, SINK_TYPE, lambda: EventSink(store))
-        await self.runtime.add_subscription(TypeSubscription(self._events_topic, SINK_TYPE))
         try:
-            await self.runtime.start()
+            await self.threads.start()
         except RaviError as error:
             self.startup_error = error
             raise
         try:
-            # A client node of a mesh learns the routes once its peers answered.
-            try:
-                await self.runtime.wait_until_ready(self._agent_type, timeout=15)
-            except TimeoutError:
-                logger.warning(
-                    "no node hosts agent type %r yet; runs fail until one does",
-                    self._agent_type,
-                )
             if self._on_ready is not None:
                 self._on_ready()
-            try:
-                yield
-            finally:
-                for run in list(self._runs):
-                    run.cancel()
-                await asyncio.gather(*self._runs, return_exceptions=True)
+            yield
         finally:
-            await self.runtime.stop()
+            self._stopping.set()
+            await self.threads.stop()
+
+    def shutting_down(self) -> None:
+        """End the event streams now: the server is stopping and waits for its connections."""
+        self._stopping.set()
 
     # --- endpoints -----------------------------------------------------------------
 
@@ -207,90 +187,73 @@ class RaviServer:
         return JSONResponse({"agent_type": self._agent_type, "events_topic": self._events_topic})
 
     async def _list(self, _request: Request) -> Response:
-        return JSONResponse({"threads": [t.summary() for t in self.store.threads()]})
+        return JSONResponse({"threads": await self.threads.threads()})
 
     async def _start(self, request: Request) -> Response:
         body = StartTask.model_validate(await _json(request))
-        return self._launch(body.thread_id or uuid.uuid4().hex, body)
+        summary = await self.threads.run(
+            body.thread_id or uuid.uuid4().hex,
+            body.content,
+            max_iterations=body.max_iterations,
+        )
+        return JSONResponse(summary, status_code=202)
 
     async def _next_task(self, request: Request) -> Response:
         thread_id = request.path_params["thread_id"]
-        self.store.get(thread_id)
         body = StartTask.model_validate(await _json(request))
         if body.thread_id not in (None, thread_id):
             raise FailedPrecondition(
                 f"the body names thread {body.thread_id!r}, the path {thread_id!r}"
             )
-        return self._launch(thread_id, body)
-
-    def _launch(self, thread_id: str, body: StartTask) -> Response:
-        agent = AgentId(self._agent_type, thread_id)  # validates the thread id as a key
-        run_id = f"run-{uuid.uuid4().hex}"
-        thread = self.store.start_run(thread_id, run_id, body.content)
-        task = pb.Task(
-            thread_id=thread_id, content=body.content, max_iterations=body.max_iterations
+        summary = await self.threads.run(
+            thread_id, body.content, max_iterations=body.max_iterations, new_thread=False
         )
-        run = asyncio.create_task(self._run(thread, agent, task, run_id))
-        self._runs.add(run)
-        run.add_done_callback(self._runs.discard)
-        return JSONResponse(thread.summary(), status_code=202)
+        return JSONResponse(summary, status_code=202)
 
-    async def _run(self, thread: Thread, agent: AgentId, task: pb.Task, run_id: str) -> None:
-        store = self.store
-        try:
-            result = await self.runtime.send_message(
-                task, agent, timeout=self._run_timeout, message_id=run_id
-            )
-        except Exception as error:  # the thread records how its run ended
-            failure = {"code": code_of(error).name, "message": str(error)}
-            store.finish_run(thread, run_id, None, failure)
-            return
-        except asyncio.CancelledError:
-            failure = {"code": "CANCELLED", "message": "the server stopped"}
-            store.finish_run(thread, run_id, None, failure)
-            raise
-        reply = json_format.MessageToDict(result, preserving_proto_field_name=True)
-        store.finish_run(thread, run_id, reply, None)
+    async def _rerun(self, request: Request) -> Response:
+        summary = await self.threads.rerun(request.path_params["thread_id"])
+        return JSONResponse(summary, status_code=202)
 
     async def _status(self, request: Request) -> Response:
-        return JSONResponse(self.store.get(request.path_params["thread_id"]).summary())
+        return JSONResponse(await self.threads.thread(request.path_params["thread_id"]))
 
     async def _events(self, request: Request) -> Response:
-        thread = self.store.get(request.path_params["thread_id"])
+        thread_id = request.path_params["thread_id"]
         after = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
         if not after.isdigit():
             return _problem(422, f"Last-Event-ID (or after) must be an event id, got {after!r}")
-        return EventSourceResponse(_stream(thread, int(after)), ping=15)
+        await self.threads.thread(thread_id)  # 404 before the stream starts
+        return EventSourceResponse(self._stream(thread_id, int(after)), ping=15)
+
+    async def _stream(self, thread_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
+        """The thread's events after `after`, then each new one, until the server stops."""
+        events = self.threads.events(thread_id, after)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        following: asyncio.Future[dict[str, Any]] | None = None
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(events))
+                await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    return
+                event = following.result()
+                following = None
+                yield {"id": str(event["seq"]), "event": event["kind"], "data": json.dumps(event)}
+        finally:
+            stopping.cancel()
+            if following is not None and not following.done():
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await following
+            closing = getattr(events, "aclose", None)
+            if closing is not None:
+                await closing()
 
     async def _respond(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]
-        thread = self.store.claim(request_id)
-        try:
-            answer = Respond.model_validate(await _json(request)).answer()
-        except BaseException:
-            self.store.unclaim(request_id)
-            raise
-        try:
-            await self.runtime.resolve_promise(f"approval-{request_id}", answer)
-        except AlreadyExists:
-            raise AlreadyExists(f"approval request {request_id!r} was answered already") from None
-        except BaseException:
-            self.store.unclaim(request_id)
-            raise
-        thread.pending.pop(request_id, None)
-        thread.notify()
-        return JSONResponse({"request_id": request_id, "thread_id": thread.id, "accepted": True})
-
-
-async def _stream(thread: Thread, after: int) -> AsyncIterator[dict[str, Any]]:
-    """The thread's events after `after`, then each new one as it comes."""
-    sent = after
-    while True:
-        wake = thread.wake
-        for event in [e for e in thread.events if e["seq"] > sent]:
-            sent = event["seq"]
-            yield {"id": str(sent), "event": event["kind"], "data": json.dumps(event)}
-        await wake.wait()
+        answer = Respond.model_validate(await _json(request)).answer()
+        answered = await self.threads.respond(request_id, answer)
+        return JSONResponse(answered, status_code=200 if answered["applied"] else 202)
 
 
 async def _json(request: Request) -> Any:

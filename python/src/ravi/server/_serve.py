@@ -1,11 +1,15 @@
-"""`ravi serve`: the server on uvicorn, over a LocalRuntime or as a client node of a mesh."""
+"""`ravi serve`: the server on uvicorn, over a LocalRuntime, a mesh, or Restate."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import uvicorn
 
@@ -15,6 +19,12 @@ from ravi.models import ChatModel
 from ravi.runtime import BaseRuntime, LocalRuntime
 from ravi.server._app import RaviServer
 from ravi.server._demo import demo_setup
+from ravi.server._service import ThreadService
+from ravi.server._store import ThreadStore
+from ravi.server._threads import RuntimeThreads
+
+DEFAULT_RUN_TIMEOUT = 3600.0
+"""Seconds a run may take on the runtimes that are not durable (no limit on Restate)."""
 
 
 @dataclass
@@ -32,12 +42,14 @@ class ServeConfig:
     setup_args: dict[str, str] = field(default_factory=dict)
     model: str = "demo"
     base_url: str | None = None
-    run_timeout: float = 3600.0
+    run_timeout: float | None = None
     log_level: str = "warning"
     restate_ingress: str = "http://127.0.0.1:8080"
     restate_admin: str = "http://127.0.0.1:9070"
-    restate_listen: str = "127.0.0.1:9081"
     demo: bool | None = None
+    data_dir: str = ".ravi"
+    store: str | None = None
+    grace_period: float = 5.0
 
 
 def _model(config: ServeConfig) -> ChatModel | None:
@@ -51,10 +63,13 @@ def _model(config: ServeConfig) -> ChatModel | None:
     return OpenAIChatModel(name, base_url=config.base_url)
 
 
-async def _runtime(config: ServeConfig) -> BaseRuntime:
+async def _threads(config: ServeConfig) -> ThreadService:
+    if config.runtime == "restate":
+        return _restate_threads(config)
     demo = config.demo if config.demo is not None else not config.setup
     if config.runtime == "local":
-        runtime: BaseRuntime = LocalRuntime(default_timeout=config.run_timeout)
+        timeout = config.run_timeout or DEFAULT_RUN_TIMEOUT
+        runtime: BaseRuntime = LocalRuntime(default_timeout=timeout)
     elif config.runtime == "grpc":
         if not config.peers:
             raise UsageError("--runtime grpc needs at least one --peer NAME=HOST:PORT")
@@ -66,28 +81,82 @@ async def _runtime(config: ServeConfig) -> BaseRuntime:
             options=GrpcRuntimeOptions(
                 node_id=f"ravi-server-{secrets.token_hex(3)}",
                 peer_token=config.peer_token,
-                default_timeout=config.run_timeout,
+                default_timeout=config.run_timeout or DEFAULT_RUN_TIMEOUT,
             ),
-        )
-    elif config.runtime == "restate":
-        from ravi.integrations.runtime.restate import RestateRuntime  # noqa: PLC0415 - an extra
-
-        runtime = RestateRuntime(
-            config.restate_ingress,
-            config.restate_admin,
-            listen=config.restate_listen,
-            default_timeout=config.run_timeout,
         )
     else:
         raise UsageError(f"--runtime must be local, grpc or restate, got {config.runtime!r}")
+    if config.store not in (None, "sqlite", "memory"):
+        raise UsageError(f"--store must be sqlite or memory, got {config.store!r}")
     if demo:
         await demo_setup(runtime, config.agent_type, _model(config))
     await _setup(runtime, NodeConfig(setup=config.setup, setup_arg=config.setup_args))
-    return runtime
+    store = (
+        ThreadStore.memory()
+        if config.store == "memory"
+        else ThreadStore.open(Path(config.data_dir))
+    )
+    return RuntimeThreads(
+        runtime,
+        store=store,
+        agent_type=config.agent_type,
+        run_timeout=config.run_timeout or DEFAULT_RUN_TIMEOUT,
+    )
+
+
+def _restate_threads(config: ServeConfig) -> ThreadService:
+    """The server over Restate keeps nothing and hosts nothing: the workers run the agents."""
+    if config.demo or config.setup:
+        raise UsageError(
+            "--runtime restate runs the agents in Restate workers, not here: drop --demo and "
+            "--setup, and start `ravi restate worker` (it hosts the demo assistant by default, "
+            "or your agents with --setup)"
+        )
+    if config.store is not None:
+        raise UsageError("--runtime restate keeps threads in Restate: drop --store")
+    from ravi.integrations.runtime.restate import RestateSettings  # noqa: PLC0415 - an extra
+    from ravi.server._restate import RestateThreads  # noqa: PLC0415 - needs the restate extra
+
+    return RestateThreads(
+        RestateSettings(config.restate_ingress, config.restate_admin),
+        agent_type=config.agent_type,
+        run_timeout=config.run_timeout,
+    )
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, stopped by SIGTERM or SIGINT with an exit status of 0.
+
+    uvicorn re-raises the signal it handled once it has drained, so a stopped
+    server would end "killed by SIGTERM"; a container platform reads that as
+    a failure. Here the signal only starts the drain: event streams end at
+    once, requests in progress get `timeout_graceful_shutdown` seconds.
+    """
+
+    def __init__(self, config: uvicorn.Config, server: RaviServer) -> None:
+        super().__init__(config)
+        self._ravi = server
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop, signum)
+        try:
+            yield
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    def _stop(self, signum: int) -> None:
+        if self.should_exit and signum == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: do not wait for the connections
+        self.handle_exit(signum, None)  # also tells sse-starlette's streams
+        self._ravi.shutting_down()
 
 
 async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) -> None:
-    """Serve until SIGTERM or SIGINT (uvicorn's handlers), then stop the runtime."""
+    """Serve until SIGTERM or SIGINT, then drain and stop the thread service (exit status 0)."""
     token = config.token or secrets.token_urlsafe(24)
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
@@ -97,7 +166,7 @@ async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) ->
     except OSError as error:
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {error}") from None
     # Listening now queues early connections until uvicorn accepts them, so the
-    # address can be announced as soon as the runtime has started.
+    # address can be announced as soon as the service has started.
     listener.listen(128)
     host, port = listener.getsockname()[:2]
     address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
@@ -108,16 +177,16 @@ async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) ->
             announce(f"open http://{address}/?token={token}")
 
     server = RaviServer(
-        await _runtime(config),
-        token=token,
-        agent_type=config.agent_type,
-        run_timeout=config.run_timeout,
-        on_ready=ready,
+        await _threads(config), token=token, agent_type=config.agent_type, on_ready=ready
     )
-    web = uvicorn.Server(
+    web = _Uvicorn(
         uvicorn.Config(
-            server.app, log_level=config.log_level, lifespan="on", timeout_graceful_shutdown=5
-        )
+            server.app,
+            log_level=config.log_level,
+            lifespan="on",
+            timeout_graceful_shutdown=int(config.grace_period) or 1,
+        ),
+        server,
     )
     try:
         await web.serve(sockets=[listener])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import json
 import logging
@@ -13,12 +12,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import restate
 from google.protobuf.message import DecodeError
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from ravi._agent import BaseAgent, agent_class_of
 from ravi._cancellation import CancellationToken
@@ -43,12 +41,14 @@ from ravi.errors import (
     handler_error,
     to_call_failure,
 )
+from ravi.integrations.runtime.restate import _sql
 from ravi.integrations.runtime.restate._context import (
     BYTES,
     PROMISES,
     RestateContext,
     _terminal,
 )
+from ravi.integrations.runtime.restate._deployment import Deployment, disarm_sdk_sigterm
 from ravi.integrations.runtime.restate._internal import (
     SUBSCRIPTIONS,
     SUBSCRIPTIONS_KEY,
@@ -62,6 +62,7 @@ logger = logging.getLogger("ravi.restate")
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = contract.DEFAULT_TIMEOUT_SECONDS
+DEFAULT_GRACE_PERIOD = 5.0
 # Envelope metadata carrying the caller's deadline (ms since the epoch) into
 # the invocation, where gRPC would carry it as the call's deadline.
 DEADLINE_KEY = "ravi-deadline-ms"
@@ -107,8 +108,14 @@ class RestateRuntime(BaseRuntime):
     with the message id as the idempotency key, so each message is processed
     once. Inside a handler, `send_message` is a durable call, `publish_message`
     durable one-way sends, `ctx.step` a journaled `run`, `ctx.wait_for` an
-    awakeable, and the agent's `save_state` its object state, loaded at the
-    start of every message.
+    awakeable, and the agent's `save_state` its object state.
+
+    Durable means deterministic: every attempt of an invocation (the first,
+    and each replay after a suspension or a restart) builds a fresh agent
+    instance with the factory and loads the object state into it, so a replay
+    journals exactly what the first attempt did. Nothing an instance keeps in
+    memory outlives the attempt; what must outlive it belongs in `save_state`
+    (written at the end of each message of an exclusive handler).
 
     Args:
         ingress_url: the Restate ingress (port 8080 by default).
@@ -125,6 +132,8 @@ class RestateRuntime(BaseRuntime):
         interceptors: hooks around sends, handler calls and publishes (tracing,
             metrics), as on the other runtimes; a handler's hooks run in the
             invocation, on every attempt.
+        grace_period: seconds the invocations in progress get on `stop()` to
+            reach their next durable wait, where they suspend.
     """
 
     def __init__(
@@ -138,6 +147,7 @@ class RestateRuntime(BaseRuntime):
         force_register: bool = False,
         message_registry: MessageRegistry = registry,
         interceptors: Sequence[Interceptor] = (),
+        grace_period: float = DEFAULT_GRACE_PERIOD,
     ) -> None:
         self._ingress = ingress_url.rstrip("/")
         self._admin = admin_url.rstrip("/")
@@ -146,16 +156,15 @@ class RestateRuntime(BaseRuntime):
         self._default_timeout = default_timeout
         self._force = force_register
         self._registry = message_registry
+        self._grace_period = grace_period
         self._types: dict[str, _Entry] = {}
-        self._instances: dict[AgentId, asyncio.Future[BaseAgent]] = {}
         self._subscriptions: dict[str, Subscription] = {}
         # Subscription id -> the id Restate keeps it under (an equal one's).
         self._stored_ids: dict[str, str] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._services: list[restate.Service | restate.VirtualObject | restate.Workflow] = []
         self._http: aiohttp.ClientSession | None = None
-        self._server: asyncio.Task[None] | None = None
-        self._shutdown = asyncio.Event()
+        self._server: Deployment | None = None
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -195,17 +204,9 @@ class RestateRuntime(BaseRuntime):
         listener.setblocking(False)
         bound = listener.getsockname()[1]
         self.deployment_uri = self._advertise or f"http://{host}:{bound}"
-        config = Config()
-        config.bind = [f"fd://{listener.fileno()}"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("ravi.restate.deployment")
         app = restate.app([*self._objects(), *self._services, *internal_services()])
-        self._shutdown.clear()
-        self._server = asyncio.get_running_loop().create_task(
-            serve(_without_lifespan(app), config, shutdown_trigger=self._shutdown.wait),
-            name="ravi-restate-deployment",
-        )
-        self._listener = listener
+        await asyncio.to_thread(disarm_sdk_sigterm, app)
+        self._server = Deployment(app, listener, self._grace_period)
         await self._register()
 
     async def _register(self) -> None:
@@ -230,20 +231,19 @@ class RestateRuntime(BaseRuntime):
             )
 
     async def stop(self) -> None:
+        """Stop serving: invocations in progress suspend (or are cut after the grace period).
+
+        Restate resumes them where they stopped, on this worker once it is
+        back at the same URI (or on another worker registered there).
+        """
         if self._server is not None:
-            self._shutdown.set()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server, 10)
+            await self._server.stop()
             self._server = None
-            with contextlib.suppress(OSError):  # the server may have closed it
-                self._listener.close()
+        if self._background:  # cancellations of calls given up on: short, bounded
+            await asyncio.wait(self._background, timeout=5)
         if self._http is not None:
             await self._http.close()
             self._http = None
-        instances = [f.result() for f in self._instances.values() if f.done() and not f.exception()]
-        self._instances.clear()
-        for agent in instances:
-            await agent.close()
 
     async def stop_when_idle(self, *, timeout: float | None = None) -> None:
         try:
@@ -356,9 +356,11 @@ class RestateRuntime(BaseRuntime):
             return await ctx.get("state", serde=BYTES) or b"{}"
 
         async def set_state(ctx: restate.ObjectContext, data: bytes) -> bytes:
-            agent = await self._instance(AgentId(agent_type, ctx.key()))
-            await agent.load_state(json.loads(data))
-            ctx.set("state", json.dumps(await agent.save_state()).encode(), serde=BYTES)
+            agent = await self._fresh(AgentId(agent_type, ctx.key()), data)
+            try:
+                ctx.set("state", json.dumps(await agent.save_state()).encode(), serde=BYTES)
+            finally:
+                await agent.close()
             return b""
 
         obj.handler("handle", kind=kind, **_BYTES_IO)(handle)
@@ -367,22 +369,14 @@ class RestateRuntime(BaseRuntime):
         obj.handler("set_state", kind="exclusive", **_BYTES_IO)(set_state)
         return obj
 
-    async def _instance(self, agent_id: AgentId) -> BaseAgent:
-        made = self._instances.get(agent_id)
-        if made is None:
-            made = self._instances[agent_id] = asyncio.get_running_loop().create_future()
-            try:
-                agent = self._types[agent_id.type].factory()
-                if isinstance(agent, Awaitable):
-                    agent = await agent
-                agent._ravi_bind(self, agent_id)
-                made.set_result(agent)
-            except BaseException as error:
-                del self._instances[agent_id]
-                made.set_exception(error)
-                made.exception()  # retrieved: the caller gets it raised below
-                raise
-        return await asyncio.shield(made)
+    async def _fresh(self, agent_id: AgentId, state: bytes | None) -> BaseAgent:
+        """A new instance of the agent, with its object state loaded: the same on every attempt."""
+        made = self._types[agent_id.type].factory()
+        agent: BaseAgent = await made if isinstance(made, Awaitable) else made
+        agent._ravi_bind(self, agent_id)
+        if state is not None:
+            await agent.load_state(json.loads(state))
+        return agent
 
     # --- handling, inside an invocation ----------------------------------------
 
@@ -406,14 +400,29 @@ class RestateRuntime(BaseRuntime):
         except (DecodeError, RaviError) as error:
             failure = error if isinstance(error, RaviError) else BadPayload(str(error))
             return agent_service_pb2.CallOutcome(failure=to_call_failure(failure))
-        entry = self._types[agent_type]
-        agent = await self._instance(agent_id)
-        persistent = not entry.cls.reentrant
-        saved: bytes | None = None
-        if persistent:
-            saved = await ctx.get("state", serde=BYTES)
-            if saved is not None:
-                await agent.load_state(json.loads(saved))
+        persistent = not self._types[agent_type].cls.reentrant
+        saved = await ctx.get("state", serde=BYTES)
+        agent = await self._fresh(agent_id, saved)
+        try:
+            outcome = await self._handle(ctx, agent, agent_id, message, request)
+            if persistent:
+                state = json.dumps(await agent.save_state()).encode()
+                # An unchanged state is not written again: a journal entry less
+                # per message for agents that keep none.
+                if state != (saved if saved is not None else b"{}"):
+                    ctx.set("state", state, serde=BYTES)
+        finally:
+            await agent.close()
+        return outcome
+
+    async def _handle(
+        self,
+        ctx: restate.ObjectContext,
+        agent: BaseAgent,
+        agent_id: AgentId,
+        message: Any,
+        request: agent_service_pb2.SendRequest,
+    ) -> agent_service_pb2.CallOutcome:
         metadata = request.envelope.metadata
         deadline_ms = metadata.pop(DEADLINE_KEY, "")
         deadline = int(deadline_ms) / 1000 if deadline_ms.isdigit() else None
@@ -425,25 +434,18 @@ class RestateRuntime(BaseRuntime):
             response = agent_service_pb2.SendResponse()
             if result is not None:
                 response.result.CopyFrom(codec.encode(self._registry, result))
-            outcome = agent_service_pb2.CallOutcome(result=response)
+            return agent_service_pb2.CallOutcome(result=response)
         except restate.TerminalError as error:
-            outcome = agent_service_pb2.CallOutcome(failure=to_call_failure(_terminal(error)))
+            return agent_service_pb2.CallOutcome(failure=to_call_failure(_terminal(error)))
         except NoHandler as error:
-            outcome = agent_service_pb2.CallOutcome(failure=to_call_failure(error))
+            return agent_service_pb2.CallOutcome(failure=to_call_failure(error))
         except Exception as error:
             if restate.is_internal_exception(error):
                 raise  # the SDK suspends or replays the invocation
             failure = handler_error(error, str(agent_id))
-            outcome = agent_service_pb2.CallOutcome(failure=to_call_failure(failure))
+            return agent_service_pb2.CallOutcome(failure=to_call_failure(failure))
         finally:
             _CURRENT.reset(token)
-        if persistent:
-            state = json.dumps(await agent.save_state()).encode()
-            # An unchanged state is not written again: a journal entry less per
-            # message for agents that keep none.
-            if state != (saved if saved is not None else b"{}"):
-                ctx.set("state", state, serde=BYTES)
-        return outcome
 
     def _call_handler(
         self, agent_id: AgentId, agent: BaseAgent, message: Any, rctx: RestateContext
@@ -520,7 +522,7 @@ class RestateRuntime(BaseRuntime):
         request = agent_service_pb2.SendRequest(
             recipient=codec.agent_id_to_wire(recipient), envelope=envelope
         )
-        url = f"{self._ingress}/{recipient.type}/{recipient.key}/handle"
+        url = f"{self._ingress}/{recipient.type}/{_path(recipient.key)}/handle"
         call = asyncio.ensure_future(
             self._post(url, request.SerializeToString(), message_id, limit)
         )
@@ -633,9 +635,9 @@ class RestateRuntime(BaseRuntime):
     async def _cancel_invocation(self, recipient: AgentId, handler: str, key: str) -> None:
         """Cancel the invocation of an outside call that gave up (deadline, cancellation)."""
         query = (
-            "SELECT id FROM sys_invocation WHERE target_service_name = '{}' AND "
-            "target_service_key = '{}' AND target_handler_name = '{}' AND idempotency_key = '{}'"
-        ).format(*(_sql(v) for v in (recipient.type, recipient.key, handler, key)))
+            "SELECT id FROM sys_invocation WHERE target_service_name = {} AND "
+            "target_service_key = {} AND target_handler_name = {} AND idempotency_key = {}"
+        ).format(*(_sql.literal(v) for v in (recipient.type, recipient.key, handler, key)))
         try:
             for _ in range(20):
                 rows = await self._query(query)
@@ -651,15 +653,7 @@ class RestateRuntime(BaseRuntime):
 
     async def _query(self, sql: str) -> list[dict[str, Any]]:
         """Rows of a query on Restate's introspection tables (admin API)."""
-        async with self._client().post(
-            f"{self._admin}/query",
-            json={"query": sql},
-            headers={"accept": "application/json"},
-        ) as response:
-            if response.status != 200:
-                raise Unavailable(f"Restate's query API answered {response.status}")
-            rows: list[dict[str, Any]] = (await response.json())["rows"]
-            return rows
+        return await _sql.query(self._client(), self._admin, sql)
 
     # --- publishing -------------------------------------------------------------------
 
@@ -702,7 +696,7 @@ class RestateRuntime(BaseRuntime):
             raise Unavailable(f"cannot read the subscriptions from Restate: {status} {data!r}")
         sends = [
             self._post(
-                f"{self._ingress}/{agent.type}/{agent.key}/deliver/send",
+                f"{self._ingress}/{agent.type}/{_path(agent.key)}/deliver/send",
                 body,
                 f"{message_id}/{agent.type}",
                 limit,
@@ -769,7 +763,7 @@ class RestateRuntime(BaseRuntime):
             except restate.TerminalError as error:
                 raise _terminal(error) from None
             return
-        url = f"{self._ingress}/{PROMISES}/{name}/resolve"
+        url = f"{self._ingress}/{PROMISES}/{_path(name)}/resolve"
         status, data = await self._post(url, payload, None, self._default_timeout)
         if status == 409:
             raise AlreadyExists(f"promise {name!r} is resolved already")
@@ -778,7 +772,7 @@ class RestateRuntime(BaseRuntime):
 
     async def agent_save_state(self, agent: AgentId) -> Mapping[str, Any]:
         status, data = await self._post(
-            f"{self._ingress}/{agent.type}/{agent.key}/get_state",
+            f"{self._ingress}/{agent.type}/{_path(agent.key)}/get_state",
             _NO_INPUT,
             None,
             self._default_timeout,
@@ -792,7 +786,7 @@ class RestateRuntime(BaseRuntime):
 
     async def agent_load_state(self, agent: AgentId, state: Mapping[str, Any]) -> None:
         status, data = await self._post(
-            f"{self._ingress}/{agent.type}/{agent.key}/set_state",
+            f"{self._ingress}/{agent.type}/{_path(agent.key)}/set_state",
             json.dumps(dict(state)).encode(),
             None,
             self._default_timeout,
@@ -803,7 +797,7 @@ class RestateRuntime(BaseRuntime):
             raise Unavailable(f"cannot load the state of {agent}: {status} {data!r}")
 
     async def save_state(self) -> Mapping[str, Any]:
-        names = ", ".join(f"'{_sql(t)}'" for t in self._types) or "''"
+        names = ", ".join(_sql.literal(t) for t in self._types) or "''"
         rows = await self._query(
             "SELECT service_name, service_key FROM state "
             f"WHERE key = 'state' AND service_name IN ({names})"
@@ -832,22 +826,6 @@ def _subscribers(subscriptions: list[dict[str, str]], topic: TopicId) -> list[Ag
     return list(found.values())
 
 
-def _sql(value: str) -> str:
-    return value.replace("'", "''")
-
-
-def _without_lifespan(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """The Restate app, answering the server's lifespan messages itself (it has none)."""
-
-    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        await app(scope, receive, send)
-
-    return wrapped
+def _path(key: str) -> str:
+    """An object key as one segment of an ingress URL: keys may hold '/', '?' or '#'."""
+    return quote(key, safe="")
