@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tracemalloc
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +202,26 @@ async def test_many_stateless_keys_stay_bounded_and_store_nothing() -> None:
         assert runtime.active_agents()["plain"] <= 50
         assert Plain.made == 2000
     assert len(store) == 0
+
+
+async def test_memory_stays_bounded_however_many_keys() -> None:
+    # DESIGN.md's memory target is a benchmark (bench/keys_ravi.py: 1,000,000
+    # keys); this is its quick guard: an instance kept per key would hold
+    # about 50 MiB more here.
+    runtime = await runtime_with(max_active_agents=100)
+    async with runtime:
+        for i in range(2000):
+            await add(runtime, f"warm-{i}", agent="plain")
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(20_000):
+                await add(runtime, f"key-{i}", agent="plain")
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert runtime.active_agents()["plain"] <= 100
+        assert grown < 2 * 1024 * 1024, f"{grown} bytes more for 20,000 keys"
 
 
 async def test_concurrent_first_messages_share_one_activation() -> None:

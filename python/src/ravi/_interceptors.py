@@ -63,7 +63,9 @@ class ForwardInput:
 
     `request` is the `ravi.mesh.v1.SendRequest` as it will go out (its route
     already counts this hop); `next_node` is filled in once the peer is chosen,
-    before `next` returns.
+    before `next` returns. A node of a `dns:` pool forwarding a key to its
+    owner among the members sets `next_node` to the owner before calling the
+    hooks.
     """
 
     recipient: AgentId
