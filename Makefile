@@ -32,6 +32,10 @@ NPM_STAMP := node_modules/.ravi-installed
 GO_TOOLS_STAMP := .tools/bin/.ravi-installed
 JAEGER := $(TOOLS_BIN)/jaeger
 CHROMIUM := /usr/bin/chromium
+# Debian 12's PostgreSQL, for the tests of the shared state store (the test
+# fixture starts its own server in a temporary folder on a free loopback port).
+POSTGRES_MAJOR := 15
+POSTGRES := /usr/lib/postgresql/$(POSTGRES_MAJOR)/bin/postgres
 
 GO_MODULES := gen/go interop/go
 
@@ -42,7 +46,7 @@ help: ## List the targets.
 # --- bootstrap -------------------------------------------------------------
 
 .PHONY: setup
-setup: $(VENV_STAMP) $(NPM_TOOLS_STAMP) $(NPM_STAMP) $(GO_TOOLS_STAMP) $(JAEGER) $(CHROMIUM) ## Install every pinned tool and dependency (idempotent).
+setup: $(VENV_STAMP) $(NPM_TOOLS_STAMP) $(NPM_STAMP) $(GO_TOOLS_STAMP) $(JAEGER) $(CHROMIUM) $(POSTGRES) ## Install every pinned tool and dependency (idempotent).
 
 $(VENV_STAMP): tools/requirements.txt python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,6 +82,18 @@ $(CHROMIUM):
 	$$as_root apt-get update; \
 	$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 	test -x $(CHROMIUM)
+
+# Debian's PostgreSQL server, pinned to its major version (Debian's archive
+# keeps only the current point release of each), installed like Chromium. Its
+# packaged cluster is not used: tests run servers of their own (ravi.testing).
+$(POSTGRES):
+	@if [ "$$(id -u)" -eq 0 ]; then as_root=; \
+	elif command -v sudo >/dev/null; then as_root=sudo; \
+	else echo "$(POSTGRES) is missing: install Debian's postgresql-$(POSTGRES_MAJOR) package as root, or install sudo" >&2; exit 1; fi; \
+	set -x; \
+	$$as_root apt-get update; \
+	$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-$(POSTGRES_MAJOR)
+	test -x $(POSTGRES)
 
 # --- code generation -------------------------------------------------------
 
@@ -173,7 +189,7 @@ build-node: $(NPM_STAMP)
 test: setup lint check-gen test-python test-go test-node test-containers ## Run every check and test (what CI runs).
 
 .PHONY: test-python
-test-python: $(VENV_STAMP) $(GO_TOOLS_STAMP) $(JAEGER) $(CHROMIUM) build $(NPM_TOOLS_STAMP)
+test-python: $(VENV_STAMP) $(GO_TOOLS_STAMP) $(JAEGER) $(CHROMIUM) $(POSTGRES) build $(NPM_TOOLS_STAMP)
 	$(PY) -m pytest tests --ignore=tests/containers
 
 .PHONY: test-go
@@ -297,6 +313,6 @@ lock-images: ## Re-resolve deploy/docker/requirements.txt from tools/requirement
 	$(PYTHON) -m venv .tools/lock-images-venv
 	.tools/lock-images-venv/bin/pip install --quiet pip-tools==7.6.2
 	.tools/lock-images-venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-find-links \
-	  --extra server --extra telemetry --extra restate --constraint tools/requirements.txt \
+	  --extra server --extra telemetry --extra restate --extra postgres --constraint tools/requirements.txt \
 	  --output-file deploy/docker/requirements.txt deploy/docker/requirements.in python/pyproject.toml
 	rm -rf .tools/lock-images-venv

@@ -11,6 +11,12 @@ the same run, and checks the ratios DESIGN.md section 8 sets as targets.
     python bench/run.py restate --runs 3 --save bench/results/restate.json
     python bench/run.py grpc --runs 5 --only ravi,ravi+tracing,ravi+tracing1% \
         --save bench/results/tracing-grpc.json
+    python bench/run.py lifecycle --runs 5 --save bench/results/lifecycle.json
+
+`local --baseline DIR` also runs LocalRuntime's workloads with the ravi of
+another checkout (`git worktree add DIR main`), interleaved with this one, so a
+change's cost shows as two ratios to the same floor measured in the same run;
+`--only floor,ravi,baseline` leaves the other commands out.
 """
 
 from __future__ import annotations
@@ -191,6 +197,10 @@ GRPC_TRACING_TARGETS = [
     ),
 ]
 
+# DESIGN.md section 8, "Memory": 1,000,000 distinct keys touched once on
+# LocalRuntime with max_active_agents=10_000 end at <= 200 MiB RSS. Absolute,
+# not a ratio: memory does not drift with the load of a shared machine.
+LIFECYCLE_LIMITS = [("keys", "rss_mib", 200.0, "1M keys, 10,000 active: RSS <= 200 MiB")]
 
 TRACED_COUNTS = ["--n", "5000", "--total", "5000", "--publishes", "1000"]
 # Tracing with 1% of traces sampled, set the standard way (the SDK reads it).
@@ -225,12 +235,26 @@ def local_commands(args: argparse.Namespace) -> dict[str, list[str]]:
             *TRACED_COUNTS,
         ],
     }
+    if args.baseline:
+        # The other checkout's ravi first on the path: its python/src and gen/python.
+        source = Path(args.baseline).resolve() / "python" / "src"
+        commands["baseline"] = ["env", f"PYTHONPATH={source}", python, str(BENCH / "local_ravi.py")]
     script = Path(args.anchors) / "bench_local.py" if args.anchors else None
     if args.autogen_python and script and script.exists():
         commands["autogen"] = [args.autogen_python, str(script)]
     else:
         print(f"AutoGen anchors not found ({script}); measuring without them", file=sys.stderr)
     return commands
+
+
+def lifecycle_commands(args: argparse.Namespace) -> dict[str, list[str]]:
+    python = sys.executable
+    return {
+        "keys": [python, str(BENCH / "keys_ravi.py")],
+        "keys+sqlite": [python, str(BENCH / "keys_ravi.py"), "--stateful", "--keys", "200000"],
+        "activation-sqlite": [python, str(BENCH / "activation_ravi.py"), "sqlite"],
+        "activation-postgres": [python, str(BENCH / "activation_ravi.py"), "postgres"],
+    }
 
 
 def grpc_commands(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -285,18 +309,21 @@ def report(targets: list[Target], medians: dict[str, dict[str, float]]) -> list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", choices=["local", "grpc", "restate"])
+    parser.add_argument("suite", choices=["local", "grpc", "restate", "lifecycle"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--autogen-python")
     parser.add_argument("--anchors")
-    parser.add_argument("--save")
+    parser.add_argument("--baseline", help="another checkout whose LocalRuntime to measure too")
     parser.add_argument(
         "--only", help="comma-separated commands to run (default all), e.g. ravi,ravi+tracing"
     )
+    parser.add_argument("--save")
     args = parser.parse_args()
 
     if args.suite == "local":
         commands, targets = local_commands(args), LOCAL_TARGETS + LOCAL_TRACING_TARGETS
+    elif args.suite == "lifecycle":
+        commands, targets = lifecycle_commands(args), []
     elif args.suite == "grpc":
         commands, targets = grpc_commands(args), GRPC_TARGETS + GRPC_TRACING_TARGETS
     else:
@@ -307,8 +334,6 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"--only: no command {sorted(unknown)}; have {sorted(commands)}")
         commands = {name: commands[name] for name in chosen}
-    # Restate's figures are milliseconds: one decimal would hide the ratio.
-    decimals = 3 if args.suite == "restate" else 1
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
     for i in range(args.runs):
         for name, command in commands.items():
@@ -320,6 +345,22 @@ def main() -> None:
         for name, rows in runs.items()
     }
 
+    if args.suite == "lifecycle":
+        report_lifecycle(args, commands, runs, medians)
+    else:
+        report_ratios(args, commands, runs, medians, targets)
+
+
+def report_ratios(
+    args: argparse.Namespace,
+    commands: dict[str, list[str]],
+    runs: dict[str, list[dict[str, float]]],
+    medians: dict[str, dict[str, float]],
+    targets: list[Target],
+) -> None:
+    """The table of medians, ravi's ratios to the anchors, and DESIGN.md's targets."""
+    # Restate's figures are milliseconds: one decimal would hide the ratio.
+    decimals = 3 if args.suite == "restate" else 1
     names = list(commands)
     metrics = sorted({k for row in medians.values() for k in row})
     print(f"\nMedians of {args.runs} runs ({platform.node()}, {os.cpu_count()} cores)\n")
@@ -337,6 +378,14 @@ def main() -> None:
         ]
         print(f"| {metric} | " + " | ".join(cells + ratios) + " |")
 
+    if "baseline" in medians:
+        print("\n| metric | ravi / floor | baseline / floor | change |")
+        print("|---|---|---|---|")
+        for metric in sorted(set(medians["ravi"]) & set(medians["floor"])):
+            now = medians["ravi"][metric] / medians["floor"][metric]
+            before = medians["baseline"][metric] / medians["floor"][metric]
+            print(f"| {metric} | {now:.3f} | {before:.3f} | {now / before - 1:+.1%} |")
+
     variants = [n for n in names if n.startswith("ravi+")]
     if variants:
         print("\n| metric | " + " | ".join(f"{v} / ravi" for v in variants) + " |")
@@ -347,23 +396,62 @@ def main() -> None:
 
     checks = report(targets, medians)
 
-    if args.save:
-        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.save).write_text(
-            json.dumps(
-                {
-                    "suite": args.suite,
-                    "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                    "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-                    "commands": {n: c[1:] for n, c in commands.items()},
-                    "medians": medians,
-                    "runs": runs,
-                    "targets": checks,
-                },
-                indent=1,
+    save(args, commands, runs, medians, checks)
+
+
+def report_lifecycle(
+    args: argparse.Namespace,
+    commands: dict[str, list[str]],
+    runs: dict[str, list[dict[str, float]]],
+    medians: dict[str, dict[str, float]],
+) -> None:
+    """The lifecycle suite's table: absolute figures, and the memory limit of DESIGN.md."""
+    print(f"\nMedians of {args.runs} runs ({platform.node()}, {os.cpu_count()} cores)\n")
+    print("| workload | metric | median | min | max |")
+    print("|---|---|---|---|---|")
+    for name, rows in runs.items():
+        for metric in sorted(medians[name]):
+            values = [r[metric] for r in rows]
+            print(
+                f"| {name} | {metric} | {medians[name][metric]:,.1f} | "
+                f"{min(values):,.1f} | {max(values):,.1f} |"
             )
-            + "\n"
+    print("\n| limit (DESIGN.md section 8) | measured | met |")
+    print("|---|---|---|")
+    checks = []
+    for name, metric, limit, source in LIFECYCLE_LIMITS:
+        measured = max(r[metric] for r in runs[name])
+        ok = measured <= limit
+        print(f"| {source} | {measured:.1f} (worst run) | {'yes' if ok else 'NO'} |")
+        checks.append({"target": source, "measured": measured, "met": ok})
+    save(args, commands, runs, medians, checks)
+
+
+def save(
+    args: argparse.Namespace,
+    commands: dict[str, list[str]],
+    runs: dict[str, list[dict[str, float]]],
+    medians: dict[str, dict[str, float]],
+    checks: list[dict[str, object]],
+) -> None:
+    if not args.save:
+        return
+    Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.save).write_text(
+        json.dumps(
+            {
+                "suite": args.suite,
+                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+                "commands": {n: c[1:] for n, c in commands.items()},
+                "medians": medians,
+                "runs": runs,
+                "targets": checks,
+            },
+            indent=1,
         )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

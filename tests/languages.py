@@ -20,6 +20,7 @@ class Language:
     name: str
     node: tuple[str, ...]
     conformance: tuple[str, ...]
+    counter: tuple[str, ...]
     demo: tuple[str, ...]
     built: str
     short: str
@@ -30,13 +31,16 @@ class Language:
         *extra: str,
         listen: str = "127.0.0.1:0",
         conformance_type: str | None = None,
+        counter: bool = False,
         demo: bool = False,
         peers: tuple[str, ...] = (),
     ) -> list[str]:
-        """A node of this language: its id, listen address, conformance agent and peers."""
+        """A node of this language: id, listen address, conformance and counter agents, peers."""
         command = [*self._expand(self.node), "--listen", listen, "--node-id", node_id]
         if conformance_type is not None:
             command += self._expand(self.conformance, conformance_type=conformance_type)
+        if counter:
+            command += self._expand(self.counter)
         if demo:
             command += self._expand(self.demo)
         for i, address in enumerate(peers):
@@ -86,6 +90,7 @@ def _load() -> dict[str, Language]:
             name=name,
             node=tuple(entry["node"]),
             conformance=tuple(entry["conformance"]),
+            counter=tuple(entry["counter"]),
             demo=tuple(entry["demo"]),
             built=entry["built"],
             short=entry["short"],

@@ -7,11 +7,11 @@
 #
 # Every Python package comes from deploy/docker/requirements.txt, locked with
 # hashes at the versions of tools/requirements.txt (`make lock-images`). The
-# image's virtualenv holds ravi with its server, telemetry and restate extras
-# and what they need at run time: no pip, no build backend. The base image is a
-# build argument (docker-compose.yml passes PYTHON_IMAGE); pin it by digest
-# (python:3.11-slim-bookworm@sha256:...) in production. No `# syntax` line: the
-# engine's own Dockerfile frontend builds this file, offline too.
+# image's virtualenv holds ravi with its server, telemetry, restate and postgres
+# extras and what they need at run time: no pip, no build backend. The base
+# image is a build argument (docker-compose.yml passes PYTHON_IMAGE); pin it by
+# digest (python:3.11-slim-bookworm@sha256:...) in production. No `# syntax`
+# line: the engine's own Dockerfile frontend builds this file, offline too.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build

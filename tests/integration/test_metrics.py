@@ -100,7 +100,12 @@ async def test_a_node_exports_its_metrics_over_otlp() -> None:
         async with (
             running_node(node_command("far", conformance="far")) as far,
             running_node(
-                node_command("m", conformance="work", peers=[far.address], extra=metered),
+                node_command(
+                    "m",
+                    conformance="work",
+                    peers=[far.address],
+                    extra=[*metered, "--idle-timeout", "2"],
+                ),
                 env=env,
             ) as node,
         ):
@@ -119,6 +124,7 @@ async def test_a_node_exports_its_metrics_over_otlp() -> None:
 
                 async def exported_while_sleeping() -> None:
                     assert receiver.value("ravi.mailbox.depth", **{"ravi.agent.type": "work"}) == 1
+                    assert receiver.value("ravi.agents.active", **{"ravi.agent.type": "work"}) == 2
                     assert receiver.value("ravi.peers.connected") == 1
 
                 await eventually(exported_while_sleeping, timeout=5)
@@ -130,6 +136,12 @@ async def test_a_node_exports_its_metrics_over_otlp() -> None:
                 assert receiver.value("ravi.messages.failed", **work) == 1
                 assert receiver.value("ravi.handler.duration", **work) == 5
                 assert receiver.value("ravi.mailbox.depth", **work) == 0
+                # Two keys (k, z), each activated once and passivated as idle.
+                assert receiver.value("ravi.agents.activated", **work) == 2
+                assert receiver.value("ravi.agent.activation.duration", **work) == 2
+                idle = {"ravi.passivation.reason": "idle"}
+                assert receiver.value("ravi.agents.passivated", **work, **idle) == 2
+                assert receiver.value("ravi.agents.active", **work) == 0
 
-            await eventually(exported, timeout=5)
+            await eventually(exported, timeout=15)
             assert receiver.services == {"m"}

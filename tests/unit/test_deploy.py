@@ -359,9 +359,9 @@ def test_the_python_image_lock_matches_the_tools_lock_and_is_complete() -> None:
     tools = locked(REPO_ROOT / "tools" / "requirements.txt")
     drift = {name: (v, tools.get(name)) for name, v in image.items() if tools.get(name) != v}
     assert drift == {}, f"run `make lock-images` after `make lock`: {drift}"
-    # Every dependency of ravi[server,telemetry,restate] and of hatchling is locked:
+    # Every dependency of ravi[server,telemetry,restate,postgres] and of hatchling is locked:
     # walked through the metadata of this virtualenv, which has the same pins.
-    wanted = ["hatchling", *_requirements("ravi", {"server", "telemetry", "restate"})]
+    wanted = ["hatchling", *_requirements("ravi", {"server", "telemetry", "restate", "postgres"})]
     seen: set[str] = set()
     while wanted:
         name = canonicalize_name(wanted.pop())

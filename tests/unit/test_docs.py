@@ -8,7 +8,13 @@ import pytest
 
 from tests.paths import REPO_ROOT
 
-PAGES = ["README.md", "docs/concepts.md", "docs/scaling-out.md", "docs/agents.md"]
+PAGES = [
+    "README.md",
+    "docs/concepts.md",
+    "docs/scaling-out.md",
+    "docs/agents.md",
+    "docs/state.md",
+]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 

@@ -30,6 +30,8 @@ from ravi.errors import Code, code_of, error_for
         (Code.UNAUTHENTICATED, None, errors.Unauthenticated),
         (Code.PERMISSION_DENIED, None, errors.PermissionDenied),
         (Code.ALREADY_EXISTS, None, errors.AlreadyExists),
+        (Code.ABORTED, "STALE_STATE", errors.StaleState),
+        (Code.ABORTED, None, errors.Aborted),
         (Code.INTERNAL, None, errors.Internal),
         (Code.DATA_LOSS, None, errors.RaviError),
         (Code.UNKNOWN, "SOMETHING_NEW", errors.RaviError),

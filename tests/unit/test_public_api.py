@@ -10,6 +10,7 @@ import ravi.integrations.runtime.restate
 import ravi.models
 import ravi.runtime
 import ravi.server
+import ravi.state
 import ravi.telemetry
 import ravi.testing
 import ravi.tools
@@ -17,6 +18,7 @@ import ravi.tools
 
 def test_exported_names() -> None:
     assert ravi.__all__ == [
+        "ActivateInput",
         "AgentId",
         "AgentType",
         "BaseAgent",
@@ -26,6 +28,7 @@ def test_exported_names() -> None:
         "Interceptor",
         "MessageContext",
         "MessageRegistry",
+        "PassivateInput",
         "PublishInput",
         "RaviError",
         "SendInput",
@@ -42,16 +45,28 @@ def test_exported_names() -> None:
         "type_subscription",
     ]
     assert ravi.runtime.__all__ == ["BaseRuntime", "LocalRuntime"]
+    assert ravi.state.__all__ == [
+        "MemoryStore",
+        "PostgresStore",
+        "SqliteStore",
+        "StateStore",
+        "StoredState",
+        "open_store",
+    ]
     assert ravi.testing.__all__ == [
         "ConformanceAgent",
+        "CounterAgent",
         "Jaeger",
         "NodeProcess",
+        "PostgresServer",
         "RestateServer",
         "conformance_setup",
+        "counter_setup",
         "eventually",
         "ravi_command",
         "running_jaeger",
         "running_node",
+        "running_postgres",
         "running_restate",
         "start_node",
     ]
@@ -106,7 +121,7 @@ def test_exported_names() -> None:
     ]
     assert sorted(ravi.errors.__all__) == ravi.errors.__all__
     modules = (ravi, ravi.runtime, ravi.testing, ravi.errors, ravi.agents, ravi.models)
-    for module in (*modules, ravi.tools, ravi.server, ravi.telemetry):
+    for module in (*modules, ravi.tools, ravi.server, ravi.telemetry, ravi.state):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
 
@@ -142,7 +157,15 @@ def test_grpc_runtime_is_a_facade() -> None:
     assert grpc.__all__ == ["GrpcRuntime", "GrpcRuntimeOptions", "PeerDiscovery"]
     # BaseRuntime's methods, plus the node's identity, its peers and readiness:
     # whatever the gRPC server calls goes through the mesh node's NodeHandler.
-    extra = ["address", "mailbox_depths", "node_id", "peers", "port", "wait_for_peers"]
+    extra = [
+        "active_agents",
+        "address",
+        "mailbox_depths",
+        "node_id",
+        "peers",
+        "port",
+        "wait_for_peers",
+    ]
     assert _public(grpc.GrpcRuntime) == sorted(BASE_RUNTIME + extra)
     assert not [name for name in dir(grpc.GrpcRuntime) if name.startswith("serve")]
     assert [f.name for f in dataclasses.fields(grpc.GrpcRuntimeOptions)] == [
@@ -164,6 +187,11 @@ def test_grpc_runtime_is_a_facade() -> None:
         "grace_period",
         "keepalive_time",
         "keepalive_timeout",
+        "idle_timeout",
+        "max_active_agents",
+        "checkpoint",
+        "state_store",
+        "data_dir",
     ]
 
 

@@ -24,10 +24,16 @@ type AgentType struct {
 	// by a send they are waiting on; other agents handle one message at a time,
 	// in order, and refuse such a call (REENTRANT_CALL).
 	Reentrant bool
-	// NewState, when set, creates the state of one agent instance the first
-	// time its AgentID receives a message; handlers reach it through
-	// Call.State or HandleMethod. Instances live as long as the node.
+	// NewState, when set, creates the state of one agent instance when its
+	// AgentID receives a message and has no active instance; handlers reach
+	// it through Call.State or HandleMethod. A state implementing StateSaver
+	// and StateLoader goes to the node's StateStore when the instance is
+	// passivated (Options.IdleTimeout, Options.MaxActiveAgents) and comes
+	// back when it is activated again.
 	NewState func(id AgentID) any
+	// Resident keeps the instances of the type active however idle they are
+	// (a state implementing Resident decides per instance).
+	Resident bool
 	// Subscriptions subscribe the type to topics when it is registered: a
 	// matching event goes to the agent whose key is the topic source.
 	Subscriptions []Filter

@@ -27,6 +27,7 @@ const (
 	ReasonHopLimitExceeded  = "HOP_LIMIT_EXCEEDED"
 	ReasonForwardingLoop    = "FORWARDING_LOOP"
 	ReasonMailboxFull       = "MAILBOX_FULL"
+	ReasonStaleState        = "STALE_STATE"
 )
 
 // Error is a failure with a gRPC status code, an optional ravi reason and

@@ -1,10 +1,13 @@
 package ravi
 
 import (
+	"container/list"
 	"context"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -15,7 +18,9 @@ import (
 // instance is one agent (an AgentID) with its state and mailbox. A
 // non-reentrant instance runs one delivery at a time, in arrival order, on a
 // goroutine that exists while the mailbox is not empty; a reentrant one runs
-// each delivery on its own goroutine.
+// each delivery on its own goroutine. Instances come and go (lifecycle.go):
+// a passivated one is retired, and a delivery that finds it so activates its
+// agent again.
 type instance struct {
 	id    AgentID
 	typ   *agentType
@@ -25,6 +30,14 @@ type instance struct {
 	queue   []*delivery
 	running bool
 	pending int // queued or running
+	retired bool
+
+	// Under Node.mu: the least recently used order and the last message.
+	elem     *list.Element
+	lastUsed time.Time
+
+	saveMu  sync.Mutex // serialises the saves of one instance
+	version int64      // of its state in the store, as loaded or last saved; -1 once stale
 }
 
 type delivery struct {
@@ -41,33 +54,9 @@ type outcome struct {
 	err   error
 }
 
-// instance returns the instance of id, creating it (and its state) the first
-// time.
-func (n *Node) instance(at *agentType, id AgentID) *instance {
-	n.mu.Lock()
-	inst := n.instances[id]
-	n.mu.Unlock()
-	if inst != nil {
-		return inst
-	}
-	n.instMu.Lock()
-	defer n.instMu.Unlock()
-	n.mu.Lock()
-	inst = n.instances[id]
-	n.mu.Unlock()
-	if inst != nil {
-		return inst
-	}
-	var state any
-	if at.newState != nil {
-		state = at.newState(id)
-	}
-	inst = &instance{id: id, typ: at, state: state}
-	n.mu.Lock()
-	n.instances[id] = inst
-	n.mu.Unlock()
-	return inst
-}
+// errRetired says the instance was passivated between its lookup and the
+// delivery: the caller looks the agent up again, which activates it anew.
+var errRetired = errors.New("ravi: the agent instance was passivated")
 
 // enqueue queues d, or fails with MAILBOX_FULL when capacity deliveries are
 // queued or running already.
@@ -81,6 +70,10 @@ func (n *Node) enqueue(inst *instance, d *delivery) error {
 			Message:  fmt.Sprintf("mailbox of %s is full (%d messages)", inst.id, n.opts.MailboxCapacity),
 			Metadata: map[string]string{"agent_type": inst.id.Type, "node_id": n.id},
 		}
+	}
+	if inst.retired {
+		inst.mu.Unlock()
+		return errRetired
 	}
 	inst.pending++
 	if inst.typ.reentrant {
@@ -151,6 +144,12 @@ func (n *Node) run(inst *instance, d *delivery) {
 		}()
 		return d.handler.fn(ctx, d.call, d.msg)
 	}()
+	if err == nil && n.checkpointEach {
+		// Saved before the reply goes out: an acknowledged message is durable.
+		if err = n.checkpoint(ctx, inst); err != nil {
+			reply = nil
+		}
+	}
 	if err != nil {
 		err = handlerFailure(inst.id, err)
 		if span != nil {

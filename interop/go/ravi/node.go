@@ -1,6 +1,7 @@
 package ravi
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -95,6 +96,25 @@ type Options struct {
 	// MailboxCapacity bounds the messages queued or running per agent;
 	// default 10,000. A send to a full mailbox fails with MAILBOX_FULL.
 	MailboxCapacity int
+	// IdleTimeout is how long an agent instance may go without a message
+	// before it is passivated (its state saved, the instance released);
+	// default 10 min, negative: never.
+	IdleTimeout time.Duration
+	// MaxActiveAgents bounds the active agent instances: beyond it the least
+	// recently used idle one is passivated; default 100,000, negative: no
+	// bound.
+	MaxActiveAgents int
+	// Checkpoint says when agent state is saved besides passivation and
+	// Shutdown: "passivation" (the default: only then) or "each_message"
+	// (after every handled message, before the reply).
+	Checkpoint string
+	// StateStore keeps the state of passivated agents; default a SQLite file
+	// in DataDir when set, else a MemoryStore. OpenStore makes one from the
+	// URLs of ravi node's --state-store.
+	StateStore StateStore
+	// DataDir is where the node keeps its data: agent state in
+	// DataDir/state.sqlite3 when StateStore is nil.
+	DataDir string
 	// Types resolves payload type names; default protoregistry.GlobalTypes.
 	Types TypeResolver
 	// ServerOptions are added to the gRPC server's (for example otelgrpc's
@@ -155,13 +175,22 @@ type Node struct {
 	stopOnce   sync.Once
 	peerWG     sync.WaitGroup
 	inflight   atomic.Int64 // unary calls being served
-	instMu     sync.Mutex   // serialises the creation of agent instances
+
+	// Agent lifecycles (lifecycle.go), under mu.
+	lru            *list.List // of *instance, most recently used first
+	activating     map[AgentID]chan struct{}
+	leaving        map[AgentID]chan struct{}
+	active         map[string]int
+	checkpointEach bool
+	storeOpen      chan struct{} // closed once the state store opened (or failed to)
+	storeErr       error
 }
 
 type agentType struct {
 	name      string
 	handlers  map[string]Handler
 	reentrant bool
+	resident  bool
 	newState  func(AgentID) any
 }
 
@@ -211,6 +240,9 @@ func NewNode(opts Options) (*Node, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if err := lifecycleOptions(&opts); err != nil {
+		return nil, err
+	}
 	if opts.NodeID == "" || len(opts.NodeID) > meshv1.MaxKeyBytes {
 		return nil, fmt.Errorf("ravi: invalid node id %q", opts.NodeID)
 	}
@@ -223,6 +255,11 @@ func NewNode(opts Options) (*Node, error) {
 		tr:          newNodeTracer(opts.TracerProvider, opts.NodeID),
 		agentTypes:  map[string]*agentType{},
 		instances:   map[AgentID]*instance{},
+		lru:         list.New(),
+		activating:  map[AgentID]chan struct{}{},
+		leaving:     map[AgentID]chan struct{}{},
+		active:      map[string]int{},
+		storeOpen:   make(chan struct{}),
 		peers:       map[string]*peer{},
 		streams:     map[*outStream]struct{}{},
 		promises:    map[string]*promise{},
@@ -230,6 +267,7 @@ func NewNode(opts Options) (*Node, error) {
 		stopCh:      make(chan struct{}),
 		serveDone:   make(chan struct{}),
 	}
+	n.checkpointEach = opts.Checkpoint == CheckpointEachMessage
 	n.baseCtx, n.cancelBase = context.WithCancel(context.Background())
 	n.peerCtx, n.cancelPeer = context.WithCancel(context.Background())
 	return n, nil
@@ -251,7 +289,7 @@ func (n *Node) Register(t AgentType) error {
 	if err := checkType("agent type", t.Name); err != nil {
 		return err
 	}
-	at := &agentType{name: t.Name, handlers: map[string]Handler{}, reentrant: t.Reentrant, newState: t.NewState}
+	at := &agentType{name: t.Name, handlers: map[string]Handler{}, reentrant: t.Reentrant, resident: t.Resident, newState: t.NewState}
 	for _, h := range t.Handlers {
 		if h.fn == nil {
 			return fmt.Errorf("ravi: agent type %q has an empty Handler", t.Name)
@@ -353,7 +391,9 @@ func (n *Node) infoLocked() *meshv1.NodeInfo {
 			handled = append(handled, t)
 		}
 		sort.Strings(handled)
-		info.AgentTypes = append(info.AgentTypes, &meshv1.AgentTypeInfo{AgentType: name, HandledTypes: handled})
+		info.AgentTypes = append(info.AgentTypes, &meshv1.AgentTypeInfo{
+			AgentType: name, HandledTypes: handled, ActiveInstances: uint64(max(n.active[name], 0)),
+		})
 	}
 	for _, s := range n.subs {
 		info.Subscriptions = append(info.Subscriptions, &meshv1.Subscription{Id: s.id, AgentType: s.agentType, Filter: s.filter.Proto()})
@@ -386,14 +426,32 @@ func (n *Node) filters() []*meshv1.TopicFilter {
 func (n *Node) Start() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	select {
+	case <-n.storeOpen:
+		return errors.New("ravi: a node starts once")
+	default:
+	}
 	if n.started || n.stopping {
 		return errors.New("ravi: a node starts once")
 	}
+	// The store knows the node by its id; activations wait until it is open.
+	ctx, cancel := context.WithTimeout(context.Background(), n.opts.DefaultTimeout)
+	n.storeErr = n.opts.StateStore.Open(ctx, n.id)
+	cancel()
+	close(n.storeOpen)
+	if n.storeErr != nil {
+		return n.storeErr
+	}
 	lis, err := net.Listen("tcp", n.opts.ListenAddr)
 	if err != nil {
+		_ = n.opts.StateStore.Close(context.Background())
 		return fmt.Errorf("ravi: listen on %s: %w", n.opts.ListenAddr, err)
 	}
 	n.started = true
+	if n.opts.IdleTimeout > 0 {
+		n.peerWG.Add(1)
+		go n.sweep()
+	}
 	kp := keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}
 	if n.opts.Keepalive != nil {
 		kp = *n.opts.Keepalive
@@ -522,6 +580,12 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		n.mu.Unlock()
 		for _, p := range peers {
 			_ = p.client.Close()
+		}
+		if started {
+			// A stop saves every agent: the calls had their grace period.
+			saveCtx, cancel := context.WithTimeout(context.Background(), n.opts.DefaultTimeout)
+			n.saveAll(saveCtx)
+			cancel()
 		}
 		n.cancelBase()
 		if !started {

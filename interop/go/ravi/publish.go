@@ -195,7 +195,6 @@ func (n *Node) deliverLocal(ctx context.Context, topic TopicID, topicP *meshv1.T
 			n.log.Warn("subscriber has no handler for the event", "agent_type", agentType, "message_type", msgType, "topic", topic.String())
 			continue
 		}
-		inst := n.instance(at, id)
 		dctx, cancel := context.WithTimeout(n.baseCtx, n.opts.DefaultTimeout)
 		call := &Call{
 			node:        n,
@@ -205,16 +204,30 @@ func (n *Node) deliverLocal(ctx context.Context, topic TopicID, topicP *meshv1.T
 			messageID:   env.GetMessageId(),
 			metadata:    env.GetMetadata(),
 			traceparent: env.GetMetadata()["traceparent"],
-			state:       inst.state,
 		}
 		call.deadline, _ = dctx.Deadline()
-		if err := n.enqueueWait(ctx, inst, &delivery{ctx: dctx, cancel: cancel, call: call, msg: msg, handler: h}); err != nil {
+		if err := n.deliverTo(ctx, at, id, &delivery{ctx: dctx, cancel: cancel, call: call, msg: msg, handler: h}); err != nil {
 			cancel()
 			return delivered, err
 		}
 		delivered++
 	}
 	return delivered, nil
+}
+
+// deliverTo queues a published message for the instance of id, activating
+// it when it has none, or anew when it was passivated meanwhile.
+func (n *Node) deliverTo(ctx context.Context, at *agentType, id AgentID, d *delivery) error {
+	for {
+		inst, err := n.instance(ctx, at, id)
+		if err != nil {
+			return err
+		}
+		d.call.state = inst.state
+		if err = n.enqueueWait(ctx, inst, d); err != errRetired {
+			return err
+		}
+	}
 }
 
 // enqueueWait queues d, waiting for room in a full mailbox until ctx is done

@@ -131,7 +131,6 @@ func (n *Node) handleLocal(ctx context.Context, at *agentType, to AgentID, req *
 			map[string]string{"agent_type": to.Type, "message_type": msgType, "node_id": n.id})
 	}
 	metadata := tc.merge(env.GetMetadata())
-	inst := n.instance(at, to)
 	call := &Call{
 		node:        n,
 		agent:       to,
@@ -141,12 +140,21 @@ func (n *Node) handleLocal(ctx context.Context, at *agentType, to AgentID, req *
 		chain:       env.GetCallChain(),
 		traceparent: metadata["traceparent"], // the envelope's, else the gRPC metadata's
 		spanCtx:     spanCtx,
-		state:       inst.state,
 	}
 	call.deadline, _ = ctx.Deadline()
 	d := &delivery{ctx: ctx, call: call, msg: msg, handler: h, done: make(chan outcome, 1)}
-	if err := n.enqueue(inst, d); err != nil {
-		return nil, err
+	for {
+		inst, err := n.instance(ctx, at, to)
+		if err != nil {
+			return nil, err
+		}
+		call.state = inst.state
+		if err = n.enqueue(inst, d); err != errRetired {
+			if err != nil {
+				return nil, err
+			}
+			break
+		}
 	}
 	select {
 	case o := <-d.done:

@@ -49,7 +49,7 @@ func (n *Node) inMailbox(ctx context.Context, inst *instance, fn func() error) e
 	}
 }
 
-func (n *Node) hostedInstance(id AgentID) (*instance, error) {
+func (n *Node) hostedInstance(ctx context.Context, id AgentID) (*instance, error) {
 	if err := id.Validate(); err != nil {
 		return nil, err
 	}
@@ -61,13 +61,13 @@ func (n *Node) hostedInstance(id AgentID) (*instance, error) {
 			fmt.Sprintf("node %s does not host agent type %q", n.id, id.Type),
 			map[string]string{"agent_type": id.Type, "node_id": n.id})
 	}
-	return n.instance(at, id), nil
+	return n.instance(ctx, at, id)
 }
 
 func (n *Node) saveState(ctx context.Context, req *meshv1.SaveStateRequest) (*meshv1.SaveStateResponse, error) {
 	var insts []*instance
 	if req.GetAgent() != nil {
-		inst, err := n.hostedInstance(AgentIDOf(req.GetAgent()))
+		inst, err := n.hostedInstance(ctx, AgentIDOf(req.GetAgent()))
 		if err != nil {
 			return nil, err
 		}
@@ -117,7 +117,7 @@ func (n *Node) loadState(ctx context.Context, req *meshv1.LoadStateRequest) (*me
 		if err != nil {
 			return nil, err
 		}
-		inst, err := n.hostedInstance(id)
+		inst, err := n.hostedInstance(ctx, id)
 		if err != nil {
 			return nil, err
 		}

@@ -51,7 +51,7 @@ export interface PublishOptions {
 export interface AgentContext<S> {
   /** This agent's id. */
   readonly id: AgentAddress;
-  /** The state of this agent instance (created once per key). */
+  /** The state of this agent instance (created on activation, loaded from the state store). */
   readonly state: S;
   /** The id of the node hosting the agent. */
   readonly nodeId: string;
@@ -116,10 +116,18 @@ export interface HandlerEntry<S> {
 }
 
 export interface AgentDefinitionOptions<S> {
-  /** Builds the state of one agent instance, when its first message arrives. */
+  /** Builds the state of one agent instance, when a message arrives for an agent with none active. */
   state: (id: AgentAddress) => S;
   /** Reentrant agents handle several messages at once, and may be called while waiting. */
   reentrant?: boolean;
+  /**
+   * Keeps the instances active however idle they are; a state object with
+   * `resident: true` decides per instance. Other instances are passivated
+   * when idle (NodeOptions.idleTimeoutMs) or beyond NodeOptions.maxActiveAgents:
+   * their state saved (`save`) to the node's state store, and loaded (`load`)
+   * into a new instance by the next message.
+   */
+  resident?: boolean;
   /**
    * Returns the state as a JSON object (SaveState). By default an object state
    * is copied through JSON, and any other state saves as {}.
@@ -156,6 +164,7 @@ function defaultLoad<S>(saved: JsonObject, state: S): S {
  */
 export class AgentDefinition<S> {
   readonly reentrant: boolean;
+  readonly resident: boolean;
   readonly createState: (id: AgentAddress) => S;
   readonly saveState: (state: S, id: AgentAddress) => JsonObject;
   readonly loadState: (saved: JsonObject, state: S, id: AgentAddress) => S;
@@ -163,6 +172,7 @@ export class AgentDefinition<S> {
 
   constructor(options: AgentDefinitionOptions<S>) {
     this.reentrant = options.reentrant ?? false;
+    this.resident = options.resident ?? false;
     this.createState = options.state;
     this.saveState = options.save ?? defaultSave;
     this.loadState = options.load ?? defaultLoad;

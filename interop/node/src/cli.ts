@@ -2,7 +2,9 @@
 // ravi-node: run a Node node of the ravi mesh, or call one.
 //
 //   ravi-node node --listen 127.0.0.1:PORT --node-id ID [--peer name=addr]... [--token T]
-//                  [--health-without-auth] [--max-message-bytes N] [--conformance-type NAME]
+//                  [--health-without-auth] [--max-message-bytes N] [--conformance-type NAME] [--counter-type NAME]
+//                  [--idle-timeout S] [--max-active-agents N] [--checkpoint passivation|each_message]
+//                  [--state-store memory|sqlite:PATH|postgresql://...] [--data-dir DIR]
 //                  [--otlp-endpoint URL] [--tls-cert F --tls-key F [--tls-client-ca F]]
 //                  [--peer-tls-ca F] [--peer-tls-cert F --peer-tls-key F] [--peer-tls-server-name N]
 //   ravi-node send --addr A [--token T] [--tls-ca F] [--timeout-ms N] --to type/key --type FULL.NAME --json '{...}'
@@ -34,12 +36,21 @@ import { setupTracing } from "./telemetry.js";
 import type { ClientTlsOptions, ServerTlsOptions } from "./tls.js";
 import { formatterAgent } from "./agents/formatter.js";
 import { CONFORMANCE_TYPE, registerConformance } from "./agents/conformance.js";
+import { COUNTER_TYPE, registerCounter } from "./agents/counter.js";
+import { CHECKPOINTS } from "./lifecycle.js";
+import { openStore, type StateStore } from "./store.js";
 
 const USAGE = `usage:
   ravi-node node --listen HOST:PORT --node-id ID [--advertise HOST:PORT] [--peer NAME=ADDR]... [--token T]
                  [--peer-dns-interval SECONDS] [--keepalive-time SECONDS] [--keepalive-timeout SECONDS]
                  [--health-without-auth] [--max-message-bytes N] [--conformance-type NAME] [--verbose]
-                 [--otlp-endpoint URL]
+                 [--counter-type NAME] [--otlp-endpoint URL]
+                 [--idle-timeout SECONDS] [--max-active-agents N] [--checkpoint passivation|each_message]
+                 [--state-store memory|sqlite:PATH|postgresql://USER@HOST/DB] [--data-dir DIR]
+  (agent instances idle for --idle-timeout seconds (default 600; 0: never), or the least recently used
+   beyond --max-active-agents (default 100000; 0: no bound), are passivated: their state saved to the
+   state store (default: sqlite in --data-dir, else memory); --checkpoint each_message also saves after
+   every handled message, before the reply)
                  [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
                  [--peer-tls-ca FILE] [--peer-tls-cert FILE --peer-tls-key FILE] [--peer-tls-server-name NAME]
   (--peer NAME=dns:HOST:PORT: every address HOST resolves to is a peer, resolved again every
@@ -263,6 +274,12 @@ async function runNode(args: string[]): Promise<number> {
       "health-without-auth": { type: "boolean" },
       "max-message-bytes": { type: "string" },
       "conformance-type": { type: "string" },
+      "counter-type": { type: "string" },
+      "idle-timeout": { type: "string" },
+      "max-active-agents": { type: "string" },
+      checkpoint: { type: "string" },
+      "state-store": { type: "string" },
+      "data-dir": { type: "string" },
       verbose: { type: "boolean" },
       "otlp-endpoint": { type: "string" },
       "tls-cert": { type: "string" },
@@ -299,6 +316,22 @@ async function runNode(args: string[]): Promise<number> {
   if (keepaliveTimeMs !== undefined && keepaliveTimeMs < DEFAULT_KEEPALIVE_TIME_MS / 2) {
     throw new UsageError(`--keepalive-time must be at least ${DEFAULT_KEEPALIVE_TIME_MS / 2000} s, got ${keepaliveTimeMs / 1000}`);
   }
+  const checkpoint = values.checkpoint;
+  if (checkpoint !== undefined && !CHECKPOINTS.includes(checkpoint)) {
+    throw new UsageError(`--checkpoint must be one of ${CHECKPOINTS.join(", ")}; got ${JSON.stringify(checkpoint)}`);
+  }
+  const idleTimeout = values["idle-timeout"];
+  if (idleTimeout !== undefined && !(Number(idleTimeout) >= 0)) {
+    throw new UsageError(`--idle-timeout must be seconds, not negative (0: never), got ${JSON.stringify(idleTimeout)}`);
+  }
+  let stateStore: StateStore | undefined;
+  if (values["state-store"] !== undefined) {
+    try {
+      stateStore = openStore(values["state-store"]);
+    } catch (error) {
+      throw new UsageError(asRaviError(error).message);
+    }
+  }
   const otlpEndpoint = values["otlp-endpoint"];
   if (otlpEndpoint !== undefined && !/^https?:\/\/[^/]+\/?$/.test(otlpEndpoint)) {
     throw new UsageError(`--otlp-endpoint must be http://HOST:PORT or https://HOST:PORT, got ${JSON.stringify(otlpEndpoint)}`);
@@ -323,11 +356,17 @@ async function runNode(args: string[]): Promise<number> {
       tls,
       peerTls,
       maxMessageBytes: integer(values["max-message-bytes"], "--max-message-bytes"),
+      idleTimeoutMs: idleTimeout === undefined ? undefined : Number(idleTimeout) * 1000,
+      maxActiveAgents: integer(values["max-active-agents"], "--max-active-agents"),
+      checkpoint,
+      stateStore,
+      dataDir: values["data-dir"],
       logger: stderrLogger(nodeId, values.verbose ?? false),
       tracerProvider: tracing?.tracerProvider,
     });
     node.register("formatter", formatterAgent());
     registerConformance(node, values["conformance-type"] ?? CONFORMANCE_TYPE);
+    registerCounter(node, values["counter-type"] ?? COUNTER_TYPE);
     address = await node.start();
   } catch (error) {
     await tracing?.shutdown();

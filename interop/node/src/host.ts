@@ -4,12 +4,22 @@ import type { DescMessage, JsonObject, Message, MessageInitShape } from "@bufbui
 import { Code, ConnectError } from "@connectrpc/connect";
 import { randomUUID } from "node:crypto";
 import { context as otelContext, type Context } from "@opentelemetry/api";
+import { DEFAULT_TIMEOUT_MS } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
 import type { Envelope, Payload } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 
-import type { AgentContext, AgentDefinition, PublishOptions, PublishResult, SendOptions, SendResult } from "./agent.js";
+import type {
+  AgentContext,
+  AgentDefinition,
+  HandlerEntry,
+  PublishOptions,
+  PublishResult,
+  SendOptions,
+  SendResult,
+} from "./agent.js";
 import { encodePayload } from "./codec.js";
 import { errors, handlerFailure, RaviError } from "./errors.js";
 import { formatAgentId, type AgentAddress, type TopicAddress } from "./ids.js";
+import { type Lifecycle, type LiveInstance } from "./lifecycle.js";
 import { MAX_TIMER_MS } from "./util.js";
 
 /** W3C trace context of a call. */
@@ -260,6 +270,8 @@ export interface Origin {
 export interface RegistrationHost {
   readonly nodeId: string;
   readonly mailboxCapacity: number;
+  /** Activations, passivations and the state store. */
+  readonly lifecycle: Lifecycle;
   readonly abortGraceMs: number;
   readonly promises: PromiseStore;
   sendFrom(origin: Origin, to: AgentAddress, payload: Payload, options: SendOptions): Promise<SendResult>;
@@ -299,32 +311,75 @@ export interface Registration {
     delivery: Delivery,
     room: AbortSignal,
   ): { readonly waiting: Promise<void> | undefined; readonly done: Promise<Payload | undefined> };
-  /** The keys of the instances created so far. */
+  /** The keys of the active instances. */
   keys(): string[];
-  /** The state of one instance (created if needed) as a JSON object. */
-  saveState(key: string): JsonObject;
-  /** Loads a JSON object into one instance (created if needed). */
-  loadState(key: string, saved: JsonObject): void;
+  /** The state of one instance (activated if needed) as a JSON object. */
+  saveState(key: string): Promise<JsonObject>;
+  /** Loads a JSON object into one instance (activated if needed). */
+  loadState(key: string, saved: JsonObject): Promise<void>;
   /** True when no instance has a message queued or running. */
   idle(): boolean;
 }
 
 /** Builds the Registration of an agent definition under a type name. */
 export function makeRegistration<S>(host: RegistrationHost, type: string, definition: AgentDefinition<S>): Registration {
-  interface Instance {
+  interface Instance extends LiveInstance {
     readonly id: AgentAddress;
     state: S;
     readonly mailbox: Mailbox;
   }
+  const lifecycle = host.lifecycle;
   const instances = new Map<string, Instance>();
-  const instance = (key: string): Instance => {
-    let found = instances.get(key);
-    if (found === undefined) {
-      const id = { type, key };
-      found = { id, state: definition.createState(id), mailbox: new Mailbox(formatAgentId(id), host.mailboxCapacity) };
-      instances.set(key, found);
+  const activating = new Map<string, Promise<Instance>>();
+
+  const activate = async (key: string, deadline: number): Promise<Instance> => {
+    const id = { type, key };
+    // The state this activation loads is the one a passivation still saves.
+    await lifecycle.left(id);
+    const state = definition.createState(id);
+    const target: Instance = {
+      id,
+      agent: id,
+      state,
+      mailbox: new Mailbox(formatAgentId(id), host.mailboxCapacity),
+      stateful: state !== undefined,
+      pending: 0,
+      lastUsed: Date.now(),
+      version: 0,
+      retired: false,
+      resident: () => definition.resident || (typeof state === "object" && state !== null && (state as { resident?: unknown }).resident === true),
+      snapshot: () => definition.saveState(target.state, id),
+      forget: () => {
+        if (instances.get(key) === target) {
+          instances.delete(key);
+        }
+      },
+    };
+    if (target.stateful) {
+      const stored = await lifecycle.load(id, deadline);
+      if (stored.state !== undefined) {
+        target.state = definition.loadState(stored.state, target.state, id);
+      }
+      target.version = stored.version;
     }
-    return found;
+    instances.set(key, target);
+    lifecycle.activated(target);
+    return target;
+  };
+
+  /** The active instance of `key`: at once when there is one, else once activated. */
+  const instance = (key: string, deadline: number): Instance | Promise<Instance> => {
+    const found = instances.get(key);
+    if (found !== undefined) {
+      lifecycle.touch(found);
+      return found;
+    }
+    let pending = activating.get(key);
+    if (pending === undefined) {
+      pending = activate(key, deadline).finally(() => activating.delete(key));
+      activating.set(key, pending);
+    }
+    return pending.then((target) => (target.retired ? instance(key, deadline) : target));
   };
 
   const context = (target: Instance, scope: CallScope, delivery: Delivery): AgentContext<S> => {
@@ -388,7 +443,26 @@ export function makeRegistration<S>(host: RegistrationHost, type: string, defini
     if (entry === undefined) {
       return { waiting: undefined, done: Promise.reject(errors.noHandler(type, typeName)) };
     }
-    const target = instance(key);
+    const found = instance(key, delivery.deadline);
+    if (!(found instanceof Promise)) {
+      return startOn(found, entry, typeName, message, delivery, room);
+    }
+    // Activated first (its state loaded): the message counts as waiting until then.
+    const started = found.then((target) => startOn(target, entry, typeName, message, delivery, room));
+    const done = started.then((s) => s.done);
+    const waiting = started.then((s) => s.waiting);
+    waiting.catch(() => undefined);
+    return { waiting, done };
+  };
+
+  const startOn = (
+    target: Instance,
+    entry: HandlerEntry<S>,
+    typeName: string,
+    message: Message,
+    delivery: Delivery,
+    room: AbortSignal | undefined,
+  ): { waiting: Promise<void> | undefined; done: Promise<Payload | undefined> } => {
     const scope = new CallScope(delivery.deadline, delivery.signal, `while ${formatAgentId(target.id)} handled ${typeName}`);
     let waiting: Promise<void> | undefined;
     const done = new Promise<Payload | undefined>((resolve, reject) => {
@@ -406,6 +480,10 @@ export function makeRegistration<S>(host: RegistrationHost, type: string, defini
               const value = await otelContext.with(delivery.context, () =>
                 entry.fn(message, context(target, scope, delivery)),
               );
+              if (lifecycle.checkpointEachMessage) {
+                // Saved before the reply goes out: an acknowledged message is durable.
+                await lifecycle.checkpoint(target);
+              }
               if (entry.output !== undefined && value !== undefined && value !== null) {
                 resolve(encodePayload(entry.output, value as MessageInitShape<DescMessage>));
               } else {
@@ -453,6 +531,12 @@ export function makeRegistration<S>(host: RegistrationHost, type: string, defini
         unqueued(error);
       }
     });
+    // Queued or running until it settles: the instance is not passivated meanwhile.
+    target.pending += 1;
+    void done.then(
+      () => (target.pending -= 1),
+      () => (target.pending -= 1),
+    );
     return { waiting, done };
   };
 
@@ -467,15 +551,18 @@ export function makeRegistration<S>(host: RegistrationHost, type: string, defini
     deliver,
     deliverEvent: start,
     keys: () => [...instances.keys()],
-    saveState: (key) => {
-      const target = instance(key);
+    saveState: async (key) => {
+      const target = await instance(key, Date.now() + DEFAULT_TIMEOUT_MS);
       return definition.saveState(target.state, target.id);
     },
-    loadState: (key, saved) => {
-      const target = instance(key);
+    loadState: async (key, saved) => {
+      const target = await instance(key, Date.now() + DEFAULT_TIMEOUT_MS);
       target.state = definition.loadState(saved, target.state, target.id);
+      if (lifecycle.checkpointEachMessage) {
+        await lifecycle.checkpoint(target);
+      }
     },
-    idle: () => [...instances.values()].every((i) => i.mailbox.idle),
+    idle: () => activating.size === 0 && [...instances.values()].every((i) => i.mailbox.idle && i.pending === 0),
   };
 }
 

@@ -69,6 +69,15 @@ export {
 } from "./node.js";
 export { BACKOFF_INITIAL_MS, BACKOFF_MAX_MS, type Logger } from "./peers.js";
 export { DEFAULT_PEER_DNS_INTERVAL_MS, resolveDns, type Resolver } from "./node/discovery.js";
+export { CHECKPOINT_EACH_MESSAGE, type LifecycleOptions } from "./lifecycle.js";
+export {
+  MemoryStore,
+  PostgresStore,
+  SqliteStore,
+  openStore,
+  type StateStore,
+  type StoredState,
+} from "./store.js";
 export { rendezvousPick, rendezvousScore } from "./rendezvous.js";
 export { TRACER_NAME, extractContext, injectContext } from "./tracing.js";
 export { type ClientTlsOptions, type ServerTlsOptions } from "./tls.js";

@@ -22,6 +22,7 @@ import type { RaviClient, SendReply, TopicFilterSpec } from "./client.js";
 import { encodePayload, type TypeRegistry } from "./codec.js";
 import type { Origin, PromiseStore, RegistrationHost } from "./host.js";
 import type { AgentAddress, TopicAddress } from "./ids.js";
+import type { Lifecycle } from "./lifecycle.js";
 import type { Logger, PeerHost, PeerLink } from "./peers.js";
 import { extractContext } from "./tracing.js";
 import { NodeCore } from "./node/core.js";
@@ -62,6 +63,7 @@ export class RaviNode implements PeerHost, RegistrationHost {
   readonly mailboxCapacity: number;
   readonly abortGraceMs: number;
   readonly promises: PromiseStore;
+  readonly lifecycle: Lifecycle;
   private readonly core: NodeCore;
 
   constructor(options: NodeOptions) {
@@ -73,6 +75,12 @@ export class RaviNode implements PeerHost, RegistrationHost {
     this.mailboxCapacity = core.mailboxCapacity;
     this.abortGraceMs = core.abortGraceMs;
     this.promises = core.promises;
+    this.lifecycle = core.lifecycle;
+  }
+
+  /** Active (not passivated) agent instances per hosted agent type. */
+  activeAgents(): Map<string, number> {
+    return this.core.activeAgents();
   }
 
   /** host:port as peers should dial it; empty before start(). */
@@ -255,14 +263,14 @@ export class RaviNode implements PeerHost, RegistrationHost {
     return resolvePromise(this.core, name, value, options);
   }
 
-  /** The JSON state of one local agent, or of every local agent instance, by "type/key". */
-  saveState(agent?: AgentAddress): Record<string, Payload> {
+  /** The JSON state of one local agent, or of every active local agent instance, by "type/key". */
+  saveState(agent?: AgentAddress): Promise<Record<string, Payload>> {
     return saveState(this.core, agent);
   }
 
-  /** Loads JSON states ("type/key" -> Struct JSON payload) into local agents, creating them as needed. */
-  loadState(states: Readonly<Record<string, Payload>>): void {
-    loadState(this.core, states);
+  /** Loads JSON states ("type/key" -> Struct JSON payload) into local agents, activating them as needed. */
+  loadState(states: Readonly<Record<string, Payload>>): Promise<void> {
+    return loadState(this.core, states);
   }
 
   // --- PeerHost: what the node's peer links call ------------------------------

@@ -142,7 +142,7 @@ describe("ravi-node command line", T, () => {
     assert.equal(info.nodeId, "cli-a");
     assert.equal(info.language, "node");
     assert.equal(info.contractVersion, CONTRACT_VERSION);
-    assert.deepEqual(info.agentTypes.map((t) => t.agentType).sort(), ["conformance", "formatter"]);
+    assert.deepEqual(info.agentTypes.map((t) => t.agentType).sort(), ["conformance", "counter", "formatter"]);
 
     const formatted = await run([
       "send", "--addr", a.address, "--timeout-ms", "5000", "--to", "formatter/default",

@@ -11,7 +11,15 @@ from ravi._agent import BaseAgent, message_handler
 from ravi._cancellation import CancellationToken
 from ravi._context import MessageContext
 from ravi._ids import AgentId, AgentType, TopicId
-from ravi._interceptors import ForwardInput, HandleInput, Interceptor, PublishInput, SendInput
+from ravi._interceptors import (
+    ActivateInput,
+    ForwardInput,
+    HandleInput,
+    Interceptor,
+    PassivateInput,
+    PublishInput,
+    SendInput,
+)
 from ravi._serialization import MessageRegistry, message_type, registry
 from ravi._subscriptions import (
     Subscription,
@@ -24,6 +32,7 @@ from ravi._version import __version__
 from ravi.errors import RaviError
 
 __all__ = [
+    "ActivateInput",
     "AgentId",
     "AgentType",
     "BaseAgent",
@@ -33,6 +42,7 @@ __all__ = [
     "Interceptor",
     "MessageContext",
     "MessageRegistry",
+    "PassivateInput",
     "PublishInput",
     "RaviError",
     "SendInput",

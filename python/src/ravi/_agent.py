@@ -93,9 +93,19 @@ class BaseAgent:
     that instance's messages one at a time, in order. Set `reentrant = True` on a
     class whose instances may handle several messages at once (and so may call
     themselves).
+
+    An instance that goes without messages for the runtime's `idle_timeout`, or
+    is the least recently used beyond its `max_active_agents`, is passivated:
+    its `save_state()` goes to the runtime's state store, `close()` is called,
+    and the next message creates a new instance that gets the state back
+    through `load_state()`. An instance with a message queued or running
+    (including a handler awaiting `ctx.wait_for`) is never passivated; set
+    `resident = True` on a class, or on one instance, to keep it active
+    regardless.
     """
 
     reentrant: ClassVar[bool] = False
+    resident: bool = False
     _ravi_handlers: ClassVar[dict[type, tuple[str, Handler]]] = {}
     _ravi_dispatch: ClassVar[dict[type, Handler]] = {}
     _ravi_subscription_factories: ClassVar[tuple[SubscriptionFactory, ...]] = ()
@@ -251,7 +261,7 @@ class BaseAgent:
         """Restore state returned by `save_state` (nothing to restore by default)."""
 
     async def close(self) -> None:
-        """Release resources when the runtime stops."""
+        """Release resources when the instance is passivated or the runtime stops."""
 
 
 def _require_no_arg_constructor(cls: type) -> None:

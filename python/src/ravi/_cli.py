@@ -317,7 +317,10 @@ def describe(
     timeout: Timeout = 10.0,
     tls_ca: CaFile = None,
 ) -> None:
-    """Print a node's description: id, contract version, agent types, subscriptions."""
+    """Print a node's description: id, contract version, agent types, subscriptions.
+
+    Each agent type comes with the number of its instances active on the node.
+    """
     from ravi._mesh_cli import describe, print_json  # noqa: PLC0415
 
     print_json(_run(describe(addr, token=token, timeout=timeout, ca=tls_ca)))

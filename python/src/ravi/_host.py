@@ -12,6 +12,14 @@ own task and then `uncancel()`s it). Deadlock by re-entry is refused up front:
 each running call knows the chain of non-reentrant agents blocked waiting on it,
 so a send that targets one of them fails with `ReentrantCall` instead of
 hanging.
+
+Instances come and go: one idle for `idle_timeout`, or the least recently used
+beyond `max_active_agents`, is passivated (its state saved to the host's
+`StateStore`, the instance and its mailbox released) and activated again, its
+state loaded, by its next message. The message path only sets a mailbox's
+`used` flag; the idle sweep (a task waking every quarter of `idle_timeout`)
+and the eviction at activation read it, the CLOCK way: a used instance gets a
+second chance.
 """
 
 from __future__ import annotations
@@ -31,20 +39,23 @@ from ravi._cancellation import CancellationToken
 from ravi._context import MessageContext
 from ravi._deadlines import Deadlines
 from ravi._ids import AgentId, TopicId
-from ravi._interceptors import HandleInput, Interceptor, chain
+from ravi._interceptors import ActivateInput, HandleInput, Interceptor, PassivateInput, chain
 from ravi._subscriptions import Subscription, TypeSubscription
 from ravi.errors import (
     AgentTypeNotFound,
     AlreadyExists,
     Cancelled,
     DeadlineExceeded,
+    InvalidArgument,
     MailboxFull,
     NotFound,
     RaviError,
     ReentrantCall,
+    StaleState,
     Unavailable,
     handler_error,
 )
+from ravi.state import MemoryStore, StateStore
 
 if TYPE_CHECKING:
     from ravi.runtime._base import BaseRuntime
@@ -62,6 +73,12 @@ _NO_CHAIN: tuple[tuple[str, str], ...] = ()
 # Resolved promises a host remembers (to refuse a second answer) at most.
 MAX_RESOLVED_PROMISES = 100_000
 
+CHECKPOINTS = ("passivation", "each_message")
+"""When agent state is saved: on passivation and stop only, or also after each message."""
+
+# Instances saved at once when a runtime stops, at most.
+_SAVE_CONCURRENCY = 32
+
 _message_ids = itertools.count(1)
 _id_prefix = os.urandom(6).hex()
 
@@ -75,6 +92,23 @@ def new_message_id() -> str:
 class _AgentRegistration:
     factory: AgentFactory
     agent_class: type[BaseAgent]
+
+
+_STATEFUL: dict[type, bool] = {}
+
+
+def _stateful(cls: type[BaseAgent]) -> bool:
+    """Whether instances of `cls` have state to save (they override save or load)."""
+    found = _STATEFUL.get(cls)
+    if found is None:
+        found = _STATEFUL[cls] = (
+            cls.save_state is not BaseAgent.save_state or cls.load_state is not BaseAgent.load_state
+        )
+    return found
+
+
+def _closes(cls: type[BaseAgent]) -> bool:
+    return cls.close is not BaseAgent.close
 
 
 class _Context(MessageContext):
@@ -259,6 +293,7 @@ class _Mailbox:
         "agent_id",
         "busy",
         "capacity",
+        "checkpoint",
         "dispatch",
         "handlers",
         "host",
@@ -266,12 +301,20 @@ class _Mailbox:
         "key",
         "pending",
         "queue",
+        "quiet_since",
         "reentrant",
+        "retired",
+        "save_lock",
+        "stateful",
         "task",
+        "used",
+        "version",
         "waiter",
     )
 
-    def __init__(self, host: AgentHost, agent: BaseAgent, agent_id: AgentId) -> None:
+    def __init__(
+        self, host: AgentHost, agent: BaseAgent, agent_id: AgentId, version: int = 0
+    ) -> None:
         self.host = host
         self.agent = agent
         self.agent_id = agent_id
@@ -283,13 +326,21 @@ class _Mailbox:
         self.queue: deque[_Call | _Publication] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.pending = 0
+        # The worker starts with the first message that has to queue: most
+        # instances only ever handle messages inline, in their callers' tasks.
         self.task: asyncio.Task[None] | None = None
         self.inflight: set[asyncio.Task[None]] = set()
         self.busy: _Call | _Publication | None = None
-        if not self.reentrant:
-            self.task = host.loop.create_task(
-                self._serve(), name=f"ravi-mailbox-{agent_id}", context=contextvars.Context()
-            )
+        self.used = False
+        """Set by every message after the first, cleared by the idle sweep and the eviction."""
+        self.quiet_since = host.loop.time()
+        self.retired = False
+        """Passivated or discarded: no longer the instance of its key."""
+        self.stateful = _stateful(type(agent))
+        self.version = version
+        """The version of the agent's state in the store, as loaded or last saved."""
+        self.checkpoint = self.stateful and host.checkpoint_each_message
+        self.save_lock = asyncio.Lock() if self.checkpoint else None
 
     def idle(self) -> bool:
         """Whether a send may run in the caller's task without breaking the order."""
@@ -311,7 +362,11 @@ class _Mailbox:
             task.add_done_callback(self.inflight.discard)
             return
         self.queue.append(entry)
-        if self.busy is None:
+        if self.task is None:
+            self.task = self.host.loop.create_task(
+                self._serve(), name=f"ravi-mailbox-{self.agent_id}", context=contextvars.Context()
+            )
+        elif self.busy is None:
             waiter = self.waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -364,6 +419,8 @@ class _Mailbox:
         dispatch = self.dispatch
         while not host.stopping:
             if not queue or self.busy is not None:
+                if self.retired and not queue:
+                    return
                 self.waiter = loop.create_future()
                 await self.waiter
                 self.waiter = None
@@ -380,6 +437,8 @@ class _Mailbox:
                         await handler(agent, message, entry)
                     else:
                         await intercepted(HandleInput(self.agent_id, message, entry))
+                    if self.checkpoint:
+                        await host.checkpoint(self)
                 except Exception as exc:
                     self._log_failure(entry, exc)
                 finally:
@@ -398,6 +457,8 @@ class _Mailbox:
                         result = await handler(agent, message, call)
                     else:
                         result = await intercepted(HandleInput(self.agent_id, message, call))
+                    if self.checkpoint:
+                        await host.checkpoint(self)
                 except asyncio.CancelledError:
                     if not self._stopped_early(call):
                         raise
@@ -424,6 +485,8 @@ class _Mailbox:
                 result = await self.dispatch(type(call.message))(self.agent, call.message, call)
             else:
                 result = await intercepted(HandleInput(self.agent_id, call.message, call))
+            if self.checkpoint:
+                await self.host.checkpoint(self)
         except asyncio.CancelledError:
             if not self._stopped_early(call):
                 raise
@@ -447,12 +510,40 @@ class _Mailbox:
                 await self.dispatch(type(message))(self.agent, message, publication)
             else:
                 await intercepted(HandleInput(self.agent_id, message, publication))
+            if self.checkpoint:
+                await self.host.checkpoint(self)
         except Exception as exc:
             self._log_failure(publication, exc)
         finally:
             current_call.reset(token)
             self.pending -= 1
             self.host.call_done()
+
+    def passivatable(self) -> bool:
+        """Whether the instance may go now: nothing queued or running, not resident."""
+        return (
+            not self.pending
+            and self.busy is None
+            and not self.queue
+            and not getattr(self.agent, "resident", False)
+        )
+
+    def retire(self) -> None:
+        """Stop being the instance of its key; the worker ends once the queue is empty."""
+        self.retired = True
+        self._wake()
+
+    def fail_queued(self, error: RaviError) -> None:
+        """Fail the queued sends with `error` and drop the queued publications."""
+        host = self.host
+        while self.queue:
+            entry = self.queue.popleft()
+            if isinstance(entry, _Call):
+                entry.stop(error)
+            else:
+                self._log_failure(entry, error)
+            self.pending -= 1
+            host.call_done()
 
     def _log_failure(self, publication: _Publication, exc: Exception) -> None:
         logger.error(
@@ -496,8 +587,39 @@ class _Mailbox:
         call.finish(result)
 
 
+@dataclass(frozen=True)
+class Lifecycle:
+    """How agent instances come and go on a host, and where their state goes.
+
+    Attributes:
+        idle_timeout: seconds without a message after which an instance is
+            passivated; 0 never.
+        max_active_agents: active instances at most (the least recently used
+            idle one is passivated to make room); 0 no bound.
+        checkpoint: "passivation" saves state on passivation and stop only;
+            "each_message" also after every handled message, before its reply.
+        state_store: where passivated agents keep their state (memory when None).
+    """
+
+    idle_timeout: float = 0.0
+    max_active_agents: int = 0
+    checkpoint: str = "passivation"
+    state_store: StateStore | None = None
+
+    def __post_init__(self) -> None:
+        check_lifecycle(self.idle_timeout, self.max_active_agents, self.checkpoint)
+
+
 class AgentHost:
-    """The agents hosted by one process: registrations, instances, mailboxes, subscriptions."""
+    """The agents hosted by one process: registrations, instances, mailboxes, subscriptions.
+
+    Args:
+        runtime: the public runtime agents are bound to.
+        default_timeout: seconds a send may take when it names none.
+        mailbox_capacity: messages queued or running per instance at most.
+        interceptors: hooks around handler calls, activations and passivations.
+        lifecycle: passivation settings and the state store.
+    """
 
     def __init__(
         self,
@@ -506,19 +628,35 @@ class AgentHost:
         default_timeout: float,
         mailbox_capacity: int,
         interceptors: Sequence[Interceptor] = (),
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         if default_timeout <= 0:
             raise ValueError("default_timeout must be positive")
         if mailbox_capacity < 1:
             raise ValueError("mailbox_capacity must be at least 1")
+        lifecycle = lifecycle or Lifecycle()
         self.runtime = runtime
         self.default_timeout = default_timeout
         self.mailbox_capacity = mailbox_capacity
+        self.idle_timeout = lifecycle.idle_timeout
+        self.max_active_agents = lifecycle.max_active_agents
+        self.checkpoint_each_message = lifecycle.checkpoint == "each_message"
+        store = lifecycle.state_store
+        self.store = store if store is not None else MemoryStore()
+        self._store_open: asyncio.Event | None = None
+        self._store_error: BaseException | None = None
+        self._passivating: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self.active: dict[str, int] = {}
+        """Active instances per agent type."""
         self.registrations: dict[str, _AgentRegistration] = {}
         self.subscriptions: dict[str, Subscription] = {}
         self._by_topic_type: dict[str, tuple[str, ...]] = {}
-        self._mailboxes: dict[tuple[str, str], _Mailbox] = {}
+        # Oldest activation (or second chance) first: the eviction's clock hand.
+        self._mailboxes: OrderedDict[tuple[str, str], _Mailbox] = OrderedDict()
         self._activating: dict[tuple[str, str], asyncio.Future[_Mailbox]] = {}
+        self._deadline_of: dict[tuple[str, str], float] = {}
+        self._leaving: dict[tuple[str, str], _Mailbox] = {}
         self._promises: dict[str, asyncio.Future[Any]] = {}
         # Resolved promises, oldest first: kept to refuse a second answer, up
         # to a bound, so that a long-running node does not grow without end.
@@ -533,6 +671,16 @@ class AgentHost:
         self._registered: asyncio.Event | None = None
         self.handle_chain = (
             chain(interceptors, lambda i: i.handle, self._handle_input) if interceptors else None
+        )
+        self._activate_chain = (
+            chain(interceptors, lambda i: i.activate, self._activate_input)
+            if interceptors
+            else None
+        )
+        self._passivate_chain = (
+            chain(interceptors, lambda i: i.passivate, self._passivate_input)
+            if interceptors
+            else None
         )
 
     def _handle_input(self, input: HandleInput) -> Awaitable[Any]:
@@ -567,16 +715,42 @@ class AgentHost:
             return
         self._loop = asyncio.get_running_loop()
         self._deadlines = Deadlines(self._loop)
+        self._store_open = asyncio.Event()
+        self._store_error = None
         self.running = True
         self.stopping = False
+        if self.idle_timeout > 0:
+            self._sweeper = self._loop.create_task(self._sweep(), name="ravi-idle-sweep")
         if self._registered is not None:
             self._registered.set()
+
+    async def open_store(self, holder: str) -> None:
+        """Open the state store for this host (as `holder` in a shared one).
+
+        Activations of agents with state wait for it, so a server may already
+        serve calls while it opens.
+
+        Raises:
+            Unavailable: the store cannot be reached (activations fail with it too).
+        """
+        event = self._store_open
+        assert event is not None, "start() the host first"
+        try:
+            await self.store.open(holder)
+        except BaseException as exc:
+            self._store_error = exc
+            raise
+        finally:
+            event.set()
 
     async def stop(self) -> None:
         if not self.running:
             return
         self.running = False
         self.stopping = True
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
         mailboxes = list(self._mailboxes.values())
         for call in list(self.inline):
             call.stop(Cancelled("runtime stopped while the message was being handled"))
@@ -595,15 +769,31 @@ class AgentHost:
             if not future.done():
                 future.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for mailbox in mailboxes:
-            await mailbox.agent.close()
         self._mailboxes.clear()
+        self.active.clear()
+        # Graceful or not, a stop saves what the instances hold: the handlers
+        # were given their grace period (GrpcRuntime) or cancelled above.
+        if sweeper is not None:
+            await asyncio.gather(sweeper, return_exceptions=True)
+        await self._save_all(mailboxes)
         self._promises.clear()
         self._resolved.clear()
         if self._deadlines is not None:
             self._deadlines.clear()
         self.outstanding = 0
         self.wake_idle_waiters()
+
+    async def _save_all(self, mailboxes: list[_Mailbox]) -> None:
+        """Save the state of every instance a stopping host had, then close the store."""
+        await asyncio.gather(*self._passivating.values(), return_exceptions=True)
+        for start in range(0, len(mailboxes), _SAVE_CONCURRENCY):
+            await asyncio.gather(
+                *(
+                    self._let_go(mailbox, "stop")
+                    for mailbox in mailboxes[start : start + _SAVE_CONCURRENCY]
+                )
+            )
+        await self._close_store()
 
     async def wait_idle(self, timeout: float | None) -> None:
         if self.outstanding == 0:
@@ -691,11 +881,33 @@ class AgentHost:
     async def mailbox(self, agent_id: AgentId) -> _Mailbox:
         key = (agent_id.type, agent_id.key)
         mailbox = self._mailboxes.get(key)
-        if mailbox is not None:
-            return mailbox
-        return await self._activate(key, agent_id)
+        if mailbox is None:
+            mailbox = await self._activated(key, agent_id, self.loop.time() + self.default_timeout)
+        mailbox.used = True
+        return mailbox
 
-    async def _activate(self, key: tuple[str, str], agent_id: AgentId) -> _Mailbox:
+    async def _activated(
+        self, key: tuple[str, str], agent_id: AgentId, deadline: float
+    ) -> _Mailbox:
+        """The instance of a key that has none yet: activated now, or by a concurrent caller.
+
+        A new instance is not marked used: its place at the end of the eviction
+        order says it is the most recent; `used` marks its later messages.
+        """
+        mailbox = await self._activate(key, agent_id, deadline)
+        while mailbox.retired:
+            # Activated by another caller, and passivated before this one resumed.
+            mailbox = await self._activate(key, agent_id, deadline)
+        return mailbox
+
+    async def _activate(
+        self, key: tuple[str, str], agent_id: AgentId, deadline: float | None = None
+    ) -> _Mailbox:
+        """The instance of `key`, created (its state loaded) for its first message.
+
+        A caller that was not the one creating it must check `retired` on what
+        it gets: the instance may have been passivated before it resumed.
+        """
         pending = self._activating.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -707,17 +919,21 @@ class AgentHost:
         future: asyncio.Future[_Mailbox] = self.loop.create_future()
         self._activating[key] = future
         try:
-            agent = registration.factory()
-            if isinstance(agent, Awaitable):
-                agent = await agent
-            if not isinstance(agent, registration.agent_class):
-                raise TypeError(
-                    f"the factory of agent type {agent_id.type!r} returned "
-                    f"{type(agent).__qualname__}, not a {registration.agent_class.__qualname__}"
-                )
-            agent._ravi_bind(self.runtime, agent_id)
-            mailbox = _Mailbox(self, agent, agent_id)
-            self._mailboxes[key] = mailbox
+            leaving = self._passivating.get(key)
+            if leaving is not None:
+                # The state this activation loads is the one the passivation saves.
+                await asyncio.shield(leaving)
+            if deadline is None:
+                deadline = self.loop.time() + self.default_timeout
+            if self._activate_chain is None:
+                await self._create(registration, key, agent_id, deadline)
+            else:
+                self._deadline_of[key] = deadline
+                try:
+                    await self._activate_chain(ActivateInput(agent_id))
+                finally:
+                    self._deadline_of.pop(key, None)
+            mailbox = self._mailboxes[key]
             future.set_result(mailbox)
             return mailbox
         except BaseException as exc:
@@ -727,8 +943,235 @@ class AgentHost:
         finally:
             del self._activating[key]
 
+    async def _activate_input(self, input: ActivateInput) -> None:
+        key = (input.agent_id.type, input.agent_id.key)
+        registration = self.registrations[input.agent_id.type]
+        mailbox = await self._create(registration, key, input.agent_id, self._deadline_of[key])
+        input.loaded_version = mailbox.version
+
+    async def _create(
+        self,
+        registration: _AgentRegistration,
+        key: tuple[str, str],
+        agent_id: AgentId,
+        deadline: float,
+    ) -> _Mailbox:
+        agent = registration.factory()
+        if isinstance(agent, Awaitable):
+            agent = await agent
+        if not isinstance(agent, registration.agent_class):
+            raise TypeError(
+                f"the factory of agent type {agent_id.type!r} returned "
+                f"{type(agent).__qualname__}, not a {registration.agent_class.__qualname__}"
+            )
+        agent._ravi_bind(self.runtime, agent_id)
+        version = 0
+        if _stateful(type(agent)):
+            version = await self._load(agent, agent_id, deadline)
+        if self.max_active_agents and len(self._mailboxes) >= self.max_active_agents:
+            self._make_room()
+        if not self.running:
+            raise Unavailable("the runtime stopped while the agent was being activated")
+        mailbox = _Mailbox(self, agent, agent_id, version)
+        self._mailboxes[key] = mailbox
+        self.active[agent_id.type] = self.active.get(agent_id.type, 0) + 1
+        return mailbox
+
+    async def _load(self, agent: BaseAgent, agent_id: AgentId, deadline: float) -> int:
+        """Load `agent`'s stored state into it; returns its version.
+
+        A shared store answers that another node holds the agent while that
+        node hands it over (a pool rebalancing): wait for it, up to `deadline`.
+        """
+        event = self._store_open
+        assert event is not None
+        if not event.is_set():
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await event.wait()
+            except TimeoutError:
+                raise Unavailable("the state store did not open before the deadline") from None
+        if self._store_error is not None:
+            raise Unavailable(f"the state store is not available: {self._store_error}")
+        delay = 0.005
+        while True:
+            stored = await self.store.load(agent_id)
+            if not stored.held_by:
+                break
+            if self.loop.time() + delay >= deadline:
+                raise Unavailable(
+                    f"{agent_id} is held by node {stored.held_by!r}, which did not let it go "
+                    "before the deadline (it saves the agent's state first)",
+                    metadata={"agent_type": agent_id.type, "node_id": stored.held_by},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        if stored.state is not None:
+            await agent.load_state(stored.state)
+        return stored.version
+
+    # --- passivation -------------------------------------------------------
+
+    def _make_room(self) -> None:
+        """Passivate the least recently used idle instances until there is room for one more.
+
+        The order of `_mailboxes` is the order of activation; an instance used
+        since it was last looked at moves to the end instead of going (CLOCK,
+        a second chance), so the hot path never reorders anything. When every
+        instance is busy or resident, the bound is exceeded until one is not.
+        """
+        mailboxes = self._mailboxes
+        bound = self.max_active_agents
+        for _ in range(2 * len(mailboxes)):
+            if len(mailboxes) < bound:
+                return
+            key, mailbox = next(iter(mailboxes.items()))
+            if not mailbox.used and mailbox.passivatable():
+                self.passivate(mailbox, "capacity")
+                continue
+            mailbox.used = False
+            mailboxes.move_to_end(key)
+
+    def passivate(self, mailbox: _Mailbox, reason: str) -> asyncio.Future[None] | None:
+        """Let an idle instance go: it stops being its key's instance at once.
+
+        Returns what is left to do (saving its state, closing it) as a task
+        that a new activation of the key waits for, or None when nothing is.
+        """
+        key = mailbox.key
+        if self._mailboxes.get(key) is mailbox:
+            del self._mailboxes[key]
+            self.active[key[0]] -= 1
+        mailbox.retire()
+        if not (mailbox.stateful or _closes(type(mailbox.agent)) or self._passivate_chain):
+            return None
+        task = self.loop.create_task(self._let_go(mailbox, reason))
+        self._passivating[key] = task
+
+        def done(_: asyncio.Future[None]) -> None:
+            if self._passivating.get(key) is task:
+                del self._passivating[key]
+
+        task.add_done_callback(done)
+        return task
+
+    async def _let_go(self, mailbox: _Mailbox, reason: str) -> None:
+        if self._passivate_chain is None:
+            await self._save_and_close(mailbox, reason)
+            return
+        key = mailbox.key
+        self._leaving[key] = mailbox
+        try:
+            await self._passivate_chain(PassivateInput(mailbox.agent_id, reason))
+        except Exception as exc:
+            logger.error("an interceptor failed passivating %s", mailbox.agent_id, exc_info=exc)
+        finally:
+            if self._leaving.get(key) is mailbox:
+                del self._leaving[key]
+
+    async def _passivate_input(self, input: PassivateInput) -> None:
+        mailbox = self._leaving[(input.agent_id.type, input.agent_id.key)]
+        input.saved = await self._save_and_close(mailbox, input.reason)
+
+    async def _save_and_close(self, mailbox: _Mailbox, reason: str) -> bool:
+        """Save the state of a passivated instance (unless stale), then close it."""
+        saved = False
+        agent = mailbox.agent
+        if mailbox.stateful and mailbox.version >= 0:
+            try:
+                state = await agent.save_state()
+                mailbox.version = await self.store.save(
+                    mailbox.agent_id, state, mailbox.version, release=True
+                )
+                saved = True
+            except StaleState as error:
+                logger.warning("%s was not saved on %s: %s", mailbox.agent_id, reason, error)
+            except Exception as exc:
+                logger.error(
+                    "saving the state of %s on %s failed", mailbox.agent_id, reason, exc_info=exc
+                )
+        if _closes(type(agent)):
+            try:
+                await agent.close()
+            except Exception as exc:
+                logger.error("closing %s failed", mailbox.agent_id, exc_info=exc)
+        return saved
+
+    async def checkpoint(self, mailbox: _Mailbox) -> None:
+        """Save a running instance's state after a message (`checkpoint="each_message"`).
+
+        Raises:
+            StaleState: the store has moved on (another node took the agent over):
+                the instance is discarded, its queued messages fail with the error.
+        """
+        lock = mailbox.save_lock
+        assert lock is not None
+        async with lock:
+            if mailbox.version < 0:
+                raise StaleState(f"{mailbox.agent_id} was discarded: its state is stale")
+            try:
+                state = await mailbox.agent.save_state()
+                mailbox.version = await self.store.save(mailbox.agent_id, state, mailbox.version)
+            except InvalidArgument:
+                raise  # state that cannot be stored: nothing was written
+            except BaseException as exc:
+                # Whether the write landed is unknown (or it was refused): the
+                # next message loads the agent from the store afresh.
+                self._discard(mailbox, exc)
+                raise
+
+    def _discard(self, mailbox: _Mailbox, cause: BaseException) -> None:
+        mailbox.version = -1
+        key = mailbox.key
+        if self._mailboxes.get(key) is mailbox:
+            del self._mailboxes[key]
+            self.active[key[0]] -= 1
+        error = (
+            cause
+            if isinstance(cause, StaleState)
+            else StaleState(
+                f"{mailbox.agent_id} was discarded: saving its state failed ({cause!r})"
+            )
+        )
+        mailbox.fail_queued(error)
+        mailbox.retire()
+
+    async def _sweep(self) -> None:
+        """Passivate the instances idle for `idle_timeout`, every quarter of it."""
+        loop = self.loop
+        timeout = self.idle_timeout
+        while self.running:
+            await asyncio.sleep(timeout / 4)
+            now = loop.time()
+            try:
+                for mailbox in list(self._mailboxes.values()):
+                    if mailbox.used:
+                        mailbox.used = False
+                        mailbox.quiet_since = now
+                    elif (
+                        now - mailbox.quiet_since >= timeout
+                        and not mailbox.retired
+                        and mailbox.passivatable()
+                    ):
+                        self.passivate(mailbox, "idle")
+            except Exception as exc:  # one bad instance must not end the sweeps
+                logger.error("the idle sweep failed", exc_info=exc)
+
+    async def _close_store(self) -> None:
+        event = self._store_open
+        if event is None or not event.is_set() or self._store_error is not None:
+            return
+        try:
+            await self.store.close()
+        except Exception as exc:
+            logger.error("closing the state store failed", exc_info=exc)
+
     def agents(self) -> Iterable[_Mailbox]:
         return self._mailboxes.values()
+
+    def active_agents(self) -> dict[str, int]:
+        """Active instances per agent type (every registered type, 0 included)."""
+        return {agent_type: self.active.get(agent_type, 0) for agent_type in self.registrations}
 
     def depths(self) -> dict[str, int]:
         """Messages queued or running, per agent type."""
@@ -759,10 +1202,12 @@ class AgentHost:
         if not self.running:
             raise Unavailable("the runtime is not running: call `await runtime.start()` first")
         mailbox = self._mailboxes.get((recipient.type, recipient.key))
-        if mailbox is None:
-            mailbox = await self._activate((recipient.type, recipient.key), recipient)
         loop = self.loop
         deadline = loop.time() + (self.default_timeout if timeout is None else timeout)
+        if mailbox is None:
+            mailbox = await self._activated((recipient.type, recipient.key), recipient, deadline)
+        else:
+            mailbox.used = True
         chain = call_chain
         parent = current_call.get()
         if parent is not None:
@@ -811,12 +1256,15 @@ class AgentHost:
         timeout: float | None,
         remote: Callable[[str, _Publication], None] | None = None,
         agent_types: tuple[str, ...] | None = None,
+        elsewhere: Callable[[str, str], bool] | None = None,
     ) -> int:
         """Deliver to every matching subscriber hosted here; returns the number of deliveries.
 
         A subscription naming an agent type not registered here goes to `remote`
         (GrpcRuntime sends it on to the node hosting the type), or is logged.
         `agent_types` delivers to those agent types instead of the subscribed ones.
+        `elsewhere(agent_type, key)` says an agent lives on another member of
+        this node's pool, which delivers the publication itself.
         """
         if not self.running:
             raise Unavailable("the runtime is not running: call `await runtime.start()` first")
@@ -833,21 +1281,20 @@ class AgentHost:
         delivered = 0
         for agent_type in agent_types:
             key = (agent_type, source)
-            if key == sender_key:
+            if key == sender_key or (elsewhere is not None and elsewhere(agent_type, source)):
                 continue
             mailbox = self._mailboxes.get(key)
             if mailbox is None:
                 if agent_type not in self.registrations:
-                    if remote is not None:
-                        remote(agent_type, publication)
-                        continue
-                    logger.warning(
-                        "a subscription to %r names agent type %r, which is not registered",
-                        topic.type,
-                        agent_type,
-                    )
+                    self._not_hosted(agent_type, publication, remote)
                     continue
-                mailbox = await self._activate(key, AgentId(agent_type, source))
+                if deadline is None:
+                    deadline = self.loop.time() + (
+                        self.default_timeout if timeout is None else timeout
+                    )
+                mailbox = await self._activated(key, AgentId(agent_type, source), deadline)
+            else:
+                mailbox.used = True
             if mailbox.pending >= mailbox.capacity:
                 if deadline is None:
                     deadline = self.loop.time() + (
@@ -857,6 +1304,21 @@ class AgentHost:
             mailbox.put(publication)
             delivered += 1
         return delivered
+
+    @staticmethod
+    def _not_hosted(
+        agent_type: str,
+        publication: _Publication,
+        remote: Callable[[str, _Publication], None] | None,
+    ) -> None:
+        if remote is not None:
+            remote(agent_type, publication)
+            return
+        logger.warning(
+            "a subscription to %r names agent type %r, which is not registered",
+            publication.topic.type if publication.topic else "",
+            agent_type,
+        )
 
     async def _wait_for_room(self, mailbox: _Mailbox, deadline: float) -> None:
         # Back-pressure for publishers: poll at a short interval instead of adding
@@ -920,6 +1382,24 @@ class AgentHost:
     async def load_agent(self, agent_id: AgentId, state: Mapping[str, Any]) -> None:
         mailbox = await self.mailbox(agent_id)
         await mailbox.agent.load_state(state)
+        if mailbox.checkpoint:
+            await self.checkpoint(mailbox)
+
+
+def check_lifecycle(idle_timeout: float, max_active_agents: int, checkpoint: str) -> None:
+    """Refuse lifecycle settings that cannot work, naming the setting.
+
+    Raises:
+        ValueError: a setting is out of its range.
+    """
+    if idle_timeout < 0:
+        raise ValueError(f"idle_timeout must not be negative (0: never), got {idle_timeout}")
+    if max_active_agents < 0:
+        raise ValueError(
+            f"max_active_agents must not be negative (0: no bound), got {max_active_agents}"
+        )
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}; got {checkpoint!r}")
 
 
 def _inherited(parent: _Frame) -> tuple[float | None, tuple[tuple[str, str], ...]] | None:

@@ -1,4 +1,4 @@
-"""Interceptors: hooks around sending, handling and publishing messages.
+"""Interceptors: hooks around sending, handling and publishing messages, and agent lifecycles.
 
 Tracing, metrics, auth propagation and auditing plug in here. Each hook takes
 one dataclass input (so fields can be added without breaking overrides) and
@@ -67,7 +67,9 @@ class ForwardInput:
 
     `request` is the `ravi.mesh.v1.SendRequest` as it will go out (its route
     already counts this hop); `next_node` is filled in once the peer is chosen,
-    before `next` returns.
+    before `next` returns. A node of a `dns:` pool forwarding a key to its
+    owner among the members sets `next_node` to the owner before calling the
+    hooks.
     """
 
     recipient: AgentId
@@ -76,6 +78,34 @@ class ForwardInput:
     timeout: float
     metadata: dict[str, str] = field(default_factory=dict)
     next_node: str = ""
+
+
+@dataclass(slots=True)
+class ActivateInput:
+    """ActivateInput describes an agent instance being created for its first message.
+
+    `next` builds the instance and, for an agent with state, loads it from the
+    state store; `loaded_version` is then the version loaded (0: none).
+    """
+
+    agent_id: AgentId
+    loaded_version: int = 0
+
+
+@dataclass(slots=True)
+class PassivateInput:
+    """PassivateInput describes an agent instance being let go.
+
+    `reason` says why: "idle" (no message for `idle_timeout`), "capacity"
+    (beyond `max_active_agents`), "moved" (another node of its pool owns the
+    key now) or "stop" (the runtime stops). `next` saves its state to the
+    store (for an agent with state) and closes it; `saved` says whether a
+    save succeeded.
+    """
+
+    agent_id: AgentId
+    reason: str
+    saved: bool = False
 
 
 class Interceptor:
@@ -110,6 +140,18 @@ class Interceptor:
 
 
 Hook = Callable[[T, Callable[[T], Awaitable[Any]]], Awaitable[Any]]
+
+    async def activate(
+        self, input: ActivateInput, next: Callable[[ActivateInput], Awaitable[None]]
+    ) -> None:
+        """Around the activation of an agent instance (off the message path)."""
+        await next(input)
+
+    async def passivate(
+        self, input: PassivateInput, next: Callable[[PassivateInput], Awaitable[None]]
+    ) -> None:
+        """Around the passivation of an agent instance (off the message path)."""
+        await next(input)
 
 
 def chain(

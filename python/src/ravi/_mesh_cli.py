@@ -223,7 +223,9 @@ async def run_node(config: NodeConfig, *, announce: Callable[[str], None]) -> No
     runtime = build_runtime(config, telemetry.interceptors if telemetry else ())
     if telemetry is not None:
         telemetry.observe(
-            runtime.mailbox_depths, lambda: len([p for p in runtime.peers() if p.connected])
+            runtime.mailbox_depths,
+            lambda: len([p for p in runtime.peers() if p.connected]),
+            runtime.active_agents,
         )
     await _setup(runtime, config)
     stopping = asyncio.Event()
@@ -356,7 +358,8 @@ async def describe(address: str, *, token: str | None, timeout: float, ca: str |
                 agent_service_pb2.DescribeRequest(), timeout=timeout, metadata=_metadata(token)
             )
         )
-    return json_format.MessageToDict(response.node)
+    # Every field, zeros too: an agent type with no active instance says "activeInstances": 0.
+    return json_format.MessageToDict(response.node, always_print_fields_with_no_presence=True)
 
 
 async def subscribe(

@@ -23,6 +23,8 @@ in-process, on another node in another language, or on Restate.
     │   ├── HopLimitExceeded       FAILED_PRECONDITION  HOP_LIMIT_EXCEEDED
     │   └── ForwardingLoop         FAILED_PRECONDITION  FORWARDING_LOOP
     ├── AlreadyExists              ALREADY_EXISTS
+    ├── Aborted                    ABORTED
+    │   └── StaleState             ABORTED              STALE_STATE
     ├── DeadlineExceeded           DEADLINE_EXCEEDED
     ├── Cancelled                  CANCELLED
     ├── Unavailable                UNAVAILABLE
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from ravi.mesh.v1 import agent_service_pb2
 
 __all__ = [
+    "Aborted",
     "AgentTypeNotFound",
     "AlreadyExists",
     "BadId",
@@ -79,6 +82,7 @@ __all__ = [
     "RaviError",
     "ReentrantCall",
     "ResourceExhausted",
+    "StaleState",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
@@ -252,6 +256,23 @@ class AlreadyExists(RaviError):
     default_code = Code.ALREADY_EXISTS
 
 
+class Aborted(RaviError):
+    """The operation lost a race with a concurrent one (a conflicting write)."""
+
+    default_code = Code.ABORTED
+
+
+class StaleState(Aborted):
+    """A write of agent state was refused: the store holds a newer version, or another holder.
+
+    The node that tried it held a stale copy of the agent (the key moved to
+    another node, which saved since): it discards its instance, and the next
+    message activates the agent again from the stored state.
+    """
+
+    default_reason = "STALE_STATE"
+
+
 class DeadlineExceeded(RaviError):
     """The call's deadline passed before it completed."""
 
@@ -351,6 +372,7 @@ _BY_REASON: dict[str, type[RaviError]] = {
         ForwardingLoop,
         PeerUnavailable,
         MailboxFull,
+        StaleState,
     )
     if cls.default_reason is not None
 }
@@ -359,6 +381,7 @@ _BY_CODE: dict[Code, type[RaviError]] = {
     Code.INVALID_ARGUMENT: InvalidArgument,
     Code.FAILED_PRECONDITION: FailedPrecondition,
     Code.ALREADY_EXISTS: AlreadyExists,
+    Code.ABORTED: Aborted,
     Code.DEADLINE_EXCEEDED: DeadlineExceeded,
     Code.CANCELLED: Cancelled,
     Code.UNAVAILABLE: Unavailable,

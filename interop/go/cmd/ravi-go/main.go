@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -160,6 +161,13 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	healthWithoutAuth := fs.Bool("health-without-auth", false, "serve health checks without the token")
 	maxBytes := fs.Int("max-message-bytes", ravi.DefaultMaxMessageBytes, "largest message accepted or sent")
 	confType := fs.String("conformance-type", agents.ConformanceType, "agent type of the conformance agent")
+	counterType := fs.String("counter-type", agents.CounterType, "agent type of the counter agent (its state goes to the state store)")
+	idleTimeout := seconds(ravi.DefaultIdleTimeout)
+	fs.Var(idleTimeout, "idle-timeout", "seconds (or a duration such as 10m) an agent instance may go without a message before it is passivated (its state saved, the instance released); 0: never")
+	maxActive := fs.Int("max-active-agents", ravi.DefaultMaxActiveAgents, "active agent instances at most: beyond it the least recently used idle one is passivated; 0: no bound")
+	checkpoint := fs.String("checkpoint", ravi.DefaultCheckpoint, "when agent state is saved besides passivation and stop: passivation, or each_message (after every handled message, before the reply)")
+	stateStore := fs.String("state-store", "", "where agent state goes: memory, sqlite:PATH or postgresql://USER@HOST/DB (default: sqlite in --data-dir, else memory)")
+	dataDir := fs.String("data-dir", "", "keep the node's data here: agent state in DIR/"+ravi.StateFile)
 	formatWith := fs.String("format-with", "", "agent type of a formatter the reviewer sends approved drafts to")
 	grace := fs.Duration("grace", ravi.DefaultGracePeriod, "how long in-flight calls may drain on shutdown")
 	keepaliveTime := fs.Float64("keepalive-time", meshv1.DefaultKeepaliveTime.Seconds(), "seconds between two pings (HTTP/2 PING) of each peer's connection")
@@ -180,6 +188,12 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	}
 	if *keepaliveTimeout <= 0 {
 		return usageError{fmt.Sprintf("--keepalive-timeout must be positive, got %v", *keepaliveTimeout)}
+	}
+	if *maxActive < 0 {
+		return usageError{fmt.Sprintf("--max-active-agents must not be negative (0: no bound), got %d", *maxActive)}
+	}
+	if *checkpoint != ravi.DefaultCheckpoint && *checkpoint != ravi.CheckpointEachMessage {
+		return usageError{fmt.Sprintf("--checkpoint must be one of %s, %s; got %q", ravi.DefaultCheckpoint, ravi.CheckpointEachMessage, *checkpoint)}
 	}
 	// TLS files are read now: a bad one fails before anything is served.
 	serverCreds, err := serveTLS.serverOption()
@@ -210,6 +224,17 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 		MaxMessageBytes:   *maxBytes,
 		GracePeriod:       *grace,
 		Logger:            logger,
+		// The flags mean what ravi node's mean: 0 turns the bound off, where
+		// the zero value of an Options field means its default.
+		IdleTimeout:     neverIfZero(time.Duration(*idleTimeout)),
+		MaxActiveAgents: neverIfZero(*maxActive),
+		Checkpoint:      *checkpoint,
+		DataDir:         *dataDir,
+	}
+	if *stateStore != "" {
+		if opts.StateStore, err = ravi.OpenStore(*stateStore); err != nil {
+			return usageError{err.Error()}
+		}
 	}
 	if serverCreds != nil {
 		// One listener: AgentService, grpc.health.v1 and reflection all over TLS.
@@ -244,6 +269,9 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	if err := node.Register(agents.ConformanceAgentType(*confType)); err != nil {
 		return err
 	}
+	if err := node.Register(agents.CounterAgentType(*counterType)); err != nil {
+		return err
+	}
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(signals)
@@ -269,6 +297,37 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
+}
+
+// secondsFlag is a duration written in seconds ("600", "0.5"), as ravi
+// node's flags take them, or as a Go duration ("10m").
+type secondsFlag time.Duration
+
+func seconds(d time.Duration) *secondsFlag { s := secondsFlag(d); return &s }
+
+func (s *secondsFlag) String() string { return time.Duration(*s).String() }
+
+func (s *secondsFlag) Set(v string) error {
+	if f, err := strconv.ParseFloat(v, 64); err == nil {
+		if f < 0 {
+			return fmt.Errorf("must not be negative, got %s", v)
+		}
+		*s = secondsFlag(f * float64(time.Second))
+		return nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return fmt.Errorf("want seconds or a duration such as 10m, got %q", v)
+	}
+	*s = secondsFlag(d)
+	return nil
+}
+
+func neverIfZero[T time.Duration | int](v T) T {
+	if v == 0 {
+		return -1
+	}
+	return v
 }
 
 type clientFlags struct {

@@ -13,6 +13,7 @@ import {
 } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
 import { NodeInfoSchema, type Envelope, type NodeInfo } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 import { randomUUID } from "node:crypto";
+import { join } from "node:path";
 import { EventEmitter } from "node:events";
 import * as http2 from "node:http2";
 import type { TlsOptions } from "node:tls";
@@ -30,10 +31,12 @@ import {
 } from "../host.js";
 import { checkAgentType, checkTopicType } from "../ids.js";
 import { PeerLink, type Logger, type PeerHost } from "../peers.js";
+import { SqliteStore } from "../store.js";
 import { clientTlsMaterial, serverTlsOptions, type ClientTlsMaterial } from "../tls.js";
+import { Lifecycle } from "../lifecycle.js";
 import { NodeTracing } from "../tracing.js";
 import { dnsTarget } from "./discovery.js";
-import { AGENT_SERVICE_NAME, LANGUAGE, NodeOptions, SubscriptionInfo, stderrLogger } from "./options.js";
+import { AGENT_SERVICE_NAME, LANGUAGE, NodeOptions, STATE_FILE, SubscriptionInfo, stderrLogger } from "./options.js";
 import { StreamSubscriber, filterProto } from "./streams.js";
 
 export interface RouteEntry {
@@ -79,6 +82,7 @@ export class NodeCore {
   readonly mailboxCapacity: number;
   readonly abortGraceMs: number;
   readonly promises = new PromiseStore();
+  readonly lifecycle: Lifecycle;
   readonly options: NodeOptions;
   readonly maxMessageBytes: number;
   readonly defaultTimeoutMs: number;
@@ -132,6 +136,13 @@ export class NodeCore {
     this.streamQueueCapacity = options.streamQueueCapacity ?? 10_000;
     this.mailboxCapacity = options.mailboxCapacity ?? DEFAULT_MAILBOX_CAPACITY;
     this.abortGraceMs = options.abortGraceMs ?? 1000;
+    this.lifecycle = new Lifecycle(
+      {
+        ...options,
+        stateStore: options.stateStore ?? (options.dataDir === undefined ? undefined : new SqliteStore(join(options.dataDir, STATE_FILE))),
+      },
+      this.logger,
+    );
     this.tracing = new NodeTracing(options.nodeId, LANGUAGE, options.tracerProvider);
     this.types.add(file_google_protobuf_struct, ...(options.types ?? []));
     // Read and checked now: a missing or unusable file fails here, not at the first call.
@@ -237,7 +248,11 @@ export class NodeCore {
     return create(NodeInfoSchema, {
       nodeId: this.nodeId,
       contractVersion: CONTRACT_VERSION,
-      agentTypes: [...this.registrations.values()].map((r) => ({ agentType: r.type, handledTypes: r.handledTypes() })),
+      agentTypes: [...this.registrations.values()].map((r) => ({
+        agentType: r.type,
+        handledTypes: r.handledTypes(),
+        activeInstances: BigInt(this.lifecycle.active.get(r.type) ?? 0),
+      })),
       subscriptions: [...this.subscriptionsById.values()].map((s) => ({
         id: s.id,
         agentType: s.agentType,
@@ -248,6 +263,11 @@ export class NodeCore {
       incarnation: this.incarnation,
       revision: this.revision,
     });
+  }
+
+  /** Active (not passivated) agent instances per hosted agent type. */
+  activeAgents(): Map<string, number> {
+    return new Map([...this.registrations.keys()].map((type) => [type, this.lifecycle.active.get(type) ?? 0]));
   }
 
   refuseWhenStopping(): void {

@@ -4,6 +4,7 @@ import { type Interceptor } from "@connectrpc/connect";
 import { type TracerProvider } from "@opentelemetry/api";
 import { AgentService } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
 import { type TopicFilterSpec } from "../client.js";
+import { type LifecycleOptions } from "../lifecycle.js";
 import { type Logger } from "../peers.js";
 import { type ClientTlsOptions, type ServerTlsOptions } from "../tls.js";
 import { type Resolver } from "./discovery.js";
@@ -14,7 +15,15 @@ export const LANGUAGE = "node";
 
 export const AGENT_SERVICE_NAME = AgentService.typeName;
 
-export interface NodeOptions {
+/** The SQLite file of agent state in NodeOptions.dataDir. */
+export const STATE_FILE = "state.sqlite3";
+
+/**
+ * The options of a node. The lifecycle options (idleTimeoutMs,
+ * maxActiveAgents, checkpoint, stateStore) say when agent instances are
+ * passivated and where their state goes, as ravi node's and ravi-go's do.
+ */
+export interface NodeOptions extends LifecycleOptions {
   /** The node's id, unique in the mesh. */
   nodeId: string;
   /** The interface to listen on (default 127.0.0.1: loopback only). */
@@ -91,6 +100,8 @@ export interface NodeOptions {
   types?: readonly (DescFile | DescMessage)[] | undefined;
   /** Where log lines go (default: warnings and errors to stderr). */
   logger?: Logger | undefined;
+  /** Where the node keeps its data: agent state in dataDir/state.sqlite3 when stateStore is unset. */
+  dataDir?: string | undefined;
 }
 
 /** A subscription: events on matching topics go to agent (agentType, topic.source). */

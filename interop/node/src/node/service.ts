@@ -39,6 +39,8 @@ export async function start(node: NodeCore): Promise<string> {
   if (node.state !== "new") {
     throw new RaviError(Code.FailedPrecondition, `node ${node.nodeId} was started already`);
   }
+  // The store knows the node by its id; it opens before anything is served.
+  await node.lifecycle.start(node.nodeId);
   // Reflection describes every type a client needs (agent_service.proto): the
   // handled message types, ErrorReason, and google.rpc.Status / ErrorInfo, so
   // grpcurl prints error details decoded.
@@ -150,6 +152,8 @@ export async function shutdown(node: NodeCore, graceMs: number): Promise<void> {
     await closed;
     clearTimeout(force);
   }
+  // A stop saves every agent: the calls had their grace period.
+  await node.lifecycle.stop();
   node.state = "stopped";
 }
 

@@ -88,12 +88,12 @@ export async function resolvePromise(node: NodeCore, name: string, value: Payloa
   }
 }
 
-export function handleSaveState(node: NodeCore, request: SaveStateRequest): { states: Record<string, Payload> } {
-  return { states: saveState(node, request.agent) };
+export async function handleSaveState(node: NodeCore, request: SaveStateRequest): Promise<{ states: Record<string, Payload> }> {
+  return { states: await saveState(node, request.agent) };
 }
 
-/** The JSON state of one local agent, or of every local agent instance, by "type/key". */
-export function saveState(node: NodeCore, agent?: AgentAddress): Record<string, Payload> {
+/** The JSON state of one local agent, or of every active local agent instance, by "type/key". */
+export async function saveState(node: NodeCore, agent?: AgentAddress): Promise<Record<string, Payload>> {
   const states: Record<string, Payload> = {};
   if (agent !== undefined) {
     const id = checkAgentId(agent);
@@ -101,24 +101,24 @@ export function saveState(node: NodeCore, agent?: AgentAddress): Record<string, 
     if (registration === undefined) {
       throw errors.agentTypeNotFound(id.type, node.nodeId);
     }
-    states[formatAgentId(id)] = jsonObjectPayload(registration.saveState(id.key));
+    states[formatAgentId(id)] = jsonObjectPayload(await registration.saveState(id.key));
     return states;
   }
   for (const registration of node.registrations.values()) {
     for (const key of registration.keys()) {
-      states[`${registration.type}/${key}`] = jsonObjectPayload(registration.saveState(key));
+      states[`${registration.type}/${key}`] = jsonObjectPayload(await registration.saveState(key));
     }
   }
   return states;
 }
 
-export function handleLoadState(node: NodeCore, request: LoadStateRequest): Record<string, never> {
-  loadState(node, request.states);
+export async function handleLoadState(node: NodeCore, request: LoadStateRequest): Promise<Record<string, never>> {
+  await loadState(node, request.states);
   return {};
 }
 
-/** Loads JSON states ("type/key" -> Struct JSON payload) into local agents, creating them as needed. */
-export function loadState(node: NodeCore, states: Readonly<Record<string, Payload>>): void {
+/** Loads JSON states ("type/key" -> Struct JSON payload) into local agents, activating them as needed. */
+export async function loadState(node: NodeCore, states: Readonly<Record<string, Payload>>): Promise<void> {
   const parsed = Object.entries(states).map(([key, payload]) => {
     const id = parseAgentId(key);
     const registration = node.registrations.get(id.type);
@@ -128,6 +128,6 @@ export function loadState(node: NodeCore, states: Readonly<Record<string, Payloa
     return { registration, key: id.key, saved: jsonObjectOf(payload, key) };
   });
   for (const { registration, key, saved } of parsed) {
-    registration.loadState(key, saved);
+    await registration.loadState(key, saved);
   }
 }

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any
 
 from ravi._cancellation import CancellationToken
-from ravi._host import AgentHost, _Publication, nested_call, new_message_id
+from ravi._host import AgentHost, Lifecycle, _Publication, nested_call, new_message_id
 from ravi._ids import AgentId, AgentType
 from ravi._interceptors import ForwardInput, Interceptor, PublishInput, SendInput, chain
 from ravi._mesh import codec
@@ -65,6 +65,7 @@ class MeshNode:
         interceptors: hooks around sends, handler calls, publishes and forwards.
         registry: where message types are looked up by name.
         discovery: how "dns:" peers are resolved.
+        lifecycle: passivation settings and the state store of the AgentHost.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class MeshNode:
         interceptors: Sequence[Interceptor],
         registry: MessageRegistry,
         discovery: PeerDiscovery | None,
+        lifecycle: Lifecycle,
     ) -> None:
         self._listen_host = listen_host
         self.port = port
@@ -94,6 +96,7 @@ class MeshNode:
             default_timeout=default_timeout,
             mailbox_capacity=mailbox_capacity,
             interceptors=interceptors,
+            lifecycle=lifecycle,
         )
         # Interceptors hook in here (and in AgentHost for `handle`): a chain is
         # built only when there are interceptors, so without them the hot path
@@ -122,6 +125,12 @@ class MeshNode:
         self._background: set[asyncio.Task[Any]] = set()
         self.peers.on_change(self._routes_changed)
         self._routes_changed_event: asyncio.Event | None = None
+        self._pooled = False
+        """This node is a member of a `dns:` pool: keys of its types have an owner among members."""
+        self._rebalancer: asyncio.Task[None] | None = None
+        self._rebalance_again = False
+        self.handed_over = 0
+        """Agent instances this node passivated because another member of its pool owns them."""
 
     # --- identity ------------------------------------------------------------
 
@@ -151,6 +160,7 @@ class MeshNode:
     def node_info(self) -> types_pb2.NodeInfo:
         """This node's description, as Describe answers it."""
         registrations = self.host.registrations
+        active = self.host.active
         return types_pb2.NodeInfo(
             node_id=self.node_id,
             contract_version=codec.CONTRACT_VERSION,
@@ -161,6 +171,7 @@ class MeshNode:
                         self._registry.type_name(t)
                         for t in registration.agent_class.handled_types()
                     ],
+                    active_instances=active.get(agent_type, 0),
                 )
                 for agent_type, registration in registrations.items()
             ],
@@ -181,8 +192,68 @@ class MeshNode:
             self.streams.node_changed(self.node_info())
 
     def _routes_changed(self) -> None:
+        self._pooled = self.peers.pooled()
+        if self._pooled and self.host.running:
+            self._rebalance()
         if self._routes_changed_event is not None:
             self._routes_changed_event.set()
+
+    # --- pools: placement among members, hand-over on rebalancing ---------------
+
+    def _placed_elsewhere(self, agent_type: str, key: str) -> bool:
+        """Whether another member of this node's pool owns an agent of a type hosted here."""
+        return self.host.hosts(agent_type) and self.peers.owner(agent_type, key) is not None
+
+    def _rebalance(self) -> None:
+        """Hand over the active agents another member of the pool owns now (in the background)."""
+        if self._rebalancer is not None and not self._rebalancer.done():
+            self._rebalance_again = True
+            return
+        task = asyncio.get_running_loop().create_task(self._hand_over(), name="ravi-rebalance")
+        self._rebalancer = task
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _hand_over(self) -> None:
+        """Passivate (saving their state) the instances whose key moved, once each is idle.
+
+        Messages for a moved key go to its new owner from now on (`_send`,
+        `serve_send`), so the ones queued or running here finish first; the
+        new owner's activation waits until this node let the agent go.
+        """
+        host = self.host
+        delay = 0.002
+        while True:
+            self._rebalance_again = False
+            moving = [m for m in host.agents() if self._placed_elsewhere(*m.key)]
+            saving: list[asyncio.Future[None]] = []
+            handed = 0
+            while moving and host.running:
+                busy = []
+                for mailbox in moving:
+                    if mailbox.retired or not self._placed_elsewhere(*mailbox.key):
+                        continue
+                    if mailbox.pending or mailbox.busy is not None or mailbox.queue:
+                        busy.append(mailbox)
+                        continue
+                    handed += 1
+                    task = host.passivate(mailbox, "moved")
+                    if task is not None:
+                        saving.append(task)
+                moving = busy
+                if moving:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            await asyncio.gather(*saving, return_exceptions=True)
+            if handed:
+                self.handed_over += handed
+                logger.info(
+                    "handed over %d agent(s) to other members of the pool (%d so far)",
+                    handed,
+                    self.handed_over,
+                )
+            if not self._rebalance_again:
+                return
 
     def reaches(self, agent_type: str) -> bool:
         """Whether a send to `agent_type` has somewhere to go now (here or a connected peer)."""
@@ -298,7 +369,10 @@ class MeshNode:
         message_id: str | None,
         metadata: Mapping[str, str] | None,
     ) -> Any:
-        if self.host.hosts(recipient.type):
+        owner = None
+        if self.host.hosts(recipient.type) and (
+            not self._pooled or (owner := self.peers.owner(recipient.type, recipient.key)) is None
+        ):
             return await self.host.send(
                 message,
                 recipient,
@@ -317,7 +391,7 @@ class MeshNode:
         request = agent_service_pb2.SendRequest(
             recipient=codec.agent_id_to_wire(recipient), envelope=envelope
         )
-        response = await self._call_peer(request, remaining, frozenset(), cancellation)
+        response = await self._call_peer(request, remaining, frozenset(), cancellation, owner)
         if not response.HasField("result"):
             return None
         return codec.decode(self._registry, response.result)
@@ -338,9 +412,11 @@ class MeshNode:
         remaining: float,
         exclude: frozenset[str],
         cancellation: CancellationToken | None = None,
+        peer: Peer | None = None,
     ) -> Awaitable[agent_service_pb2.SendResponse]:
         recipient = request.recipient
-        peer = self.peers.route(recipient.type, recipient.key, exclude)
+        if peer is None:
+            peer = self.peers.route(recipient.type, recipient.key, exclude)
         if peer is None:
             raise self._no_route(recipient.type, exclude)
         return peer.transport.send(request, remaining, cancellation)
@@ -376,6 +452,7 @@ class MeshNode:
             metadata=input.metadata,
             timeout=input.timeout,
             remote=self._deliver_remote,
+            elsewhere=self._placed_elsewhere if self._pooled else None,
         )
         if self.serving:
             subscribers = self.streams.matching(input.topic.type, origin=None)
@@ -468,6 +545,7 @@ class MeshNode:
             metadata=dict(event.envelope.metadata),
             timeout=None,
             remote=self._deliver_remote,
+            elsewhere=self._placed_elsewhere if self._pooled else None,
         )
 
     # --- serving (NodeHandler) -----------------------------------------------
@@ -508,6 +586,31 @@ class MeshNode:
         recipient = codec.agent_id_from_wire(request.recipient, "recipient")
         if not self.host.hosts(recipient.type):
             return await self._forward(request, remaining)
+        if self._pooled:
+            # Another member owns the key: a caller placed it by another view of
+            # the pool. The owner handles it, even one the request came from
+            # (its view changed since, or will); a request that came back here
+            # already (the two views disagree both ways, for a moment) stays,
+            # and the agent is handed over once it is idle.
+            owner = self.peers.owner(recipient.type, recipient.key)
+            if owner is not None:
+                visited = request.route.visited_node_ids
+                if owner.node_id not in visited or self.node_id not in visited:
+                    return await self._forward(request, remaining, owner)
+                try:
+                    return await self._deliver(request, recipient, remaining, trace)
+                finally:
+                    self._rebalance()
+        return await self._deliver(request, recipient, remaining, trace)
+
+    async def _deliver(
+        self,
+        request: agent_service_pb2.SendRequest,
+        recipient: AgentId,
+        remaining: float | None,
+        trace: Mapping[str, str],
+    ) -> agent_service_pb2.SendResponse:
+        """Hand a Send to the agent hosted here; its reply as the response."""
         envelope = request.envelope
         message = codec.decode(self._registry, envelope.payload)
         sender = codec.sender_of(envelope)
@@ -540,7 +643,10 @@ class MeshNode:
         )
 
     async def _forward(
-        self, request: agent_service_pb2.SendRequest, remaining: float | None
+        self,
+        request: agent_service_pb2.SendRequest,
+        remaining: float | None,
+        to: Peer | None = None,
     ) -> agent_service_pb2.SendResponse:
         visited = frozenset(request.route.visited_node_ids)
         if self.node_id in visited:
@@ -559,13 +665,14 @@ class MeshNode:
         forwarded.route.visited_node_ids.append(self.node_id)
         timeout = self._default_timeout if remaining is None else remaining
         if self._forward_chain is None:
-            return await self._call_peer(forwarded, timeout, visited | {self.node_id})
+            return await self._call_peer(forwarded, timeout, visited | {self.node_id}, peer=to)
         hop = ForwardInput(
             codec.agent_id_from_wire(request.recipient),
             forwarded.route.hop_count,
             forwarded,
             timeout,
             dict(request.envelope.metadata),
+            next_node=to.node_id if to is not None else "",
         )
         response: agent_service_pb2.SendResponse = await self._forward_chain(hop)
         return response
@@ -573,9 +680,14 @@ class MeshNode:
     async def _forward_input(self, hop: ForwardInput) -> agent_service_pb2.SendResponse:
         forwarded: agent_service_pb2.SendRequest = hop.request
         exclude = frozenset(forwarded.route.visited_node_ids)
-        peer = self.peers.route(hop.recipient.type, hop.recipient.key, exclude)
+        peer = None
+        if hop.next_node:
+            # Placed by the pool (the key's owner): still that node, if connected.
+            peer = next((p for p in self.peers.connected() if p.node_id == hop.next_node), None)
+        if peer is None:
+            peer = self.peers.route(hop.recipient.type, hop.recipient.key, exclude)
         hop.next_node = peer.node_id if peer is not None else ""
-        return await self._call_peer(forwarded, hop.timeout, exclude)
+        return await self._call_peer(forwarded, hop.timeout, exclude, peer=peer)
 
     async def serve_publish(
         self,
@@ -596,6 +708,7 @@ class MeshNode:
             metadata=metadata,
             timeout=remaining,
             remote=self._deliver_remote,
+            elsewhere=self._placed_elsewhere if self._pooled else None,
         )
         streamed = 0
         if request.scope != agent_service_pb2.PUBLISH_SCOPE_NODE:

@@ -95,6 +95,8 @@ class _DnsGroup:
         self.host = host
         self.port = port
         self.members: dict[str, Peer] = {}
+        self.joined = False
+        """The name resolved to this node once: the node belongs to the pool it names."""
 
 
 class Peers:
@@ -150,6 +152,8 @@ class Peers:
             )
             return
         known = set(group.members)
+        if resolved == known:
+            return
         for address in sorted(resolved - known):
             peer = self.add(f"{group.name}/{address}", address, group=group.name)
             if peer.learned and peer.group is None:
@@ -161,6 +165,10 @@ class Peers:
             logger.info("peer %s: %s no longer resolves, dropping it", group.name, address)
             if peer.group == group.name:
                 self._remove(peer)
+        # A member may be a peer connected already (it described this node
+        # first): the pool changed even though no connection did.
+        for listener in self._listeners:
+            listener()
 
     async def _refresh_forever(self) -> None:
         while self._running:
@@ -261,6 +269,38 @@ class Peers:
             return candidates[0]
         return max(candidates, key=lambda p: rendezvous_score(p.node_id, agent_type, key))
 
+    def pooled(self) -> bool:
+        """Whether this node belongs to a `dns:` pool, which places keys among its members."""
+        return any(group.joined for group in self._groups.values())
+
+    def owner(self, agent_type: str, key: str) -> Peer | None:
+        """The member of this node's pools an agent id lives on; None when it is this node.
+
+        Among the members a pool's name resolves to now that host the type
+        (this node too while the name resolves to it), rendezvous hashing picks
+        one, as callers outside the pool do. A node the name no longer resolves
+        to owns nothing of the pool's types; one outside every pool owns what
+        it is sent.
+        """
+        best: Peer | None = None
+        best_score = -1
+        member = False
+        for group in self._groups.values():
+            if not group.joined:
+                continue
+            for peer in group.members.values():
+                if peer.is_self:
+                    member = True
+                elif agent_type in peer.types:
+                    score = rendezvous_score(peer.node_id, agent_type, key)
+                    if score > best_score:
+                        best, best_score = peer, score
+        if best is None:
+            return None
+        if member and rendezvous_score(self._owner.node_id, agent_type, key) > best_score:
+            return None
+        return best
+
     def resubscribe(self) -> None:
         """Reopen every stream, because this node's subscription filters changed."""
         for peer in self._peers.values():
@@ -307,6 +347,10 @@ class Peers:
                 peer.is_self = True
                 level = logging.DEBUG if peer.group else logging.WARNING
                 logger.log(level, "not peering with %s at %s: %s", peer.name, peer.address, reason)
+                group = self._groups.get(peer.group or "")
+                if group is not None and not group.joined:
+                    group.joined = True
+                    logger.info("this node is a member of the pool %s", group.name)
                 return
             finally:
                 peer.stream = None

@@ -161,7 +161,12 @@ class BaseRuntime(ABC):
 
     @abstractmethod
     async def save_state(self) -> Mapping[str, Any]:
-        """The state of every agent instance, keyed by "type/key"."""
+        """The state of every agent instance, keyed by "type/key".
+
+        On LocalRuntime and GrpcRuntime, of every active instance: a passivated
+        agent's state is in the runtime's state store (`agent_save_state`
+        activates one and returns its state).
+        """
 
     @abstractmethod
     async def load_state(self, state: Mapping[str, Any]) -> None:

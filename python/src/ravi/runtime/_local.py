@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ravi._cancellation import CancellationToken
-from ravi._host import AgentHost, new_message_id
+from ravi._host import AgentHost, Lifecycle, new_message_id
 from ravi._ids import AgentId, AgentType, TopicId
 from ravi._interceptors import Interceptor, PublishInput, SendInput, chain
 from ravi._subscriptions import Subscription
 from ravi.mesh.v1 import contract
 from ravi.runtime._base import Agent, BaseRuntime
+from ravi.state import StateStore, open_store
 
 DEFAULT_TIMEOUT = contract.DEFAULT_TIMEOUT_SECONDS
 DEFAULT_MAILBOX_CAPACITY = contract.DEFAULT_MAILBOX_CAPACITY
+DEFAULT_IDLE_TIMEOUT = contract.DEFAULT_IDLE_TIMEOUT_SECONDS
+DEFAULT_MAX_ACTIVE_AGENTS = contract.DEFAULT_MAX_ACTIVE_AGENTS
+DEFAULT_CHECKPOINT = contract.DEFAULT_CHECKPOINT
 
 
 class LocalRuntime(BaseRuntime):
@@ -26,11 +32,26 @@ class LocalRuntime(BaseRuntime):
     for room until its deadline (back-pressure), so memory stays bounded under
     overload.
 
+    Agent instances come and go: one idle for `idle_timeout`, or the least
+    recently used idle one beyond `max_active_agents`, is passivated (its
+    `save_state()` kept in `state_store`) and activated again by its next
+    message, with `load_state()`. State is also saved when the runtime stops,
+    and after every handled message with `checkpoint="each_message"`
+    (docs/state.md).
+
     Args:
         default_timeout: seconds a send may take when it names no timeout.
         mailbox_capacity: messages queued or running per agent instance at most.
-        interceptors: hooks around sends, handler calls and publishes (tracing,
-            metrics); the first is outermost.
+        interceptors: hooks around sends, handler calls, publishes, activations
+            and passivations (tracing, metrics); the first is outermost.
+        idle_timeout: seconds without a message before an instance is
+            passivated; 0 never.
+        max_active_agents: active instances at most; 0 no bound.
+        checkpoint: "passivation" (save on passivation and stop) or
+            "each_message" (also after every handled message, before the reply).
+        state_store: where passivated agents keep their state: a `StateStore`
+            or a URL (`memory`, `sqlite:PATH`, `postgresql://…`); in this
+            process's memory by default.
     """
 
     def __init__(
@@ -39,13 +60,25 @@ class LocalRuntime(BaseRuntime):
         default_timeout: float = DEFAULT_TIMEOUT,
         mailbox_capacity: int = DEFAULT_MAILBOX_CAPACITY,
         interceptors: Sequence[Interceptor] = (),
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_active_agents: int = DEFAULT_MAX_ACTIVE_AGENTS,
+        checkpoint: str = DEFAULT_CHECKPOINT,
+        state_store: StateStore | str | None = None,
     ) -> None:
         self._host = AgentHost(
             self,
             default_timeout=default_timeout,
             mailbox_capacity=mailbox_capacity,
             interceptors=interceptors,
+            lifecycle=Lifecycle(
+                idle_timeout,
+                max_active_agents,
+                checkpoint,
+                open_store(state_store) if isinstance(state_store, str) else state_store,
+            ),
         )
+        # The name this runtime holds agents under in a shared store.
+        self._holder = f"local-{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self._send_chain = (
             chain(interceptors, lambda i: i.send, self._send_input) if interceptors else None
         )
@@ -54,7 +87,14 @@ class LocalRuntime(BaseRuntime):
         )
 
     async def start(self) -> None:
+        if self._host.running:
+            return
         self._host.start()
+        try:
+            await self._host.open_store(self._holder)
+        except BaseException:
+            await self._host.stop()
+            raise
 
     async def stop(self) -> None:
         await self._host.stop()
@@ -175,6 +215,10 @@ class LocalRuntime(BaseRuntime):
     def mailbox_depths(self) -> dict[str, int]:
         """Messages queued or running in this runtime's mailboxes, per agent type."""
         return self._host.depths()
+
+    def active_agents(self) -> dict[str, int]:
+        """Active (not passivated) agent instances, per registered agent type."""
+        return self._host.active_agents()
 
     async def agent_save_state(self, agent: AgentId) -> Mapping[str, Any]:
         return await self._host.save_agent(agent)

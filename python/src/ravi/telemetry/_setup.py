@@ -46,13 +46,16 @@ class Telemetry:
         self,
         depths: Callable[[], Mapping[str, int]],
         peers: Callable[[], int] | None = None,
+        active: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
-        """Report mailbox depths per agent type and connected peers as gauges.
+        """Report mailbox depths, active agents per type and connected peers as gauges.
 
         Args:
             depths: returns the messages queued or running per agent type
                 (`runtime.mailbox_depths`).
             peers: returns the number of connected peers, for a GrpcRuntime.
+            active: returns the active (not passivated) instances per agent type
+                (`runtime.active_agents`).
         """
         meter = self.meter_provider.get_meter("ravi")
 
@@ -60,6 +63,15 @@ class Telemetry:
             return [Observation(n, {"ravi.agent.type": t}) for t, n in depths().items()]
 
         meter.create_observable_gauge("ravi.mailbox.depth", [depth])
+        if active is not None:
+            instances = active
+
+            def activated(_options: CallbackOptions) -> Iterable[Observation]:
+                return [Observation(n, {"ravi.agent.type": t}) for t, n in instances().items()]
+
+            meter.create_observable_gauge(
+                "ravi.agents.active", [activated], description="active agent instances"
+            )
         if peers is not None:
             count = peers
 

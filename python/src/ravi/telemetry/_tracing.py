@@ -48,7 +48,15 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation import _SPAN_KEY
 
-from ravi._interceptors import ForwardInput, HandleInput, Interceptor, PublishInput, SendInput
+from ravi._interceptors import (
+    ActivateInput,
+    ForwardInput,
+    HandleInput,
+    Interceptor,
+    PassivateInput,
+    PublishInput,
+    SendInput,
+)
 from ravi._mesh.codec import UNARY_RPCS
 from ravi._serialization import registry
 from ravi.errors import RaviError, code_of
@@ -465,7 +473,7 @@ def _record_failure(span: Span, error: Exception) -> None:
 
 
 class MetricsInterceptor(Interceptor):
-    """MetricsInterceptor counts sends, handled and failed messages, and times handlers.
+    """MetricsInterceptor counts messages and agent lifecycles, and times handlers and activations.
 
     Counts are kept in the process and reported when the metrics are collected
     (observable counters: the same cumulative sums, without the SDK's cost per
@@ -488,6 +496,9 @@ class MetricsInterceptor(Interceptor):
         self._handled = counts.handled
         self._failed = counts.failed
         self._duration = counts.duration
+        self._activated = counts.activated
+        self._passivated = counts.passivated
+        self._activation = counts.activation
         self._attributes: dict[str, dict[str, str]] = {}
 
     def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
@@ -535,6 +546,23 @@ class MetricsInterceptor(Interceptor):
         key = (agent_type, code_of(error).name)
         self._failed[key] = self._failed.get(key, 0) + 1
 
+    async def activate(
+        self, input: ActivateInput, next: Callable[[ActivateInput], Awaitable[None]]
+    ) -> None:
+        attributes = {"ravi.agent.type": input.agent_id.type}
+        started = time.perf_counter()
+        await next(input)
+        self._activation.record(time.perf_counter() - started, attributes)
+        self._activated.add(1, attributes)
+
+    async def passivate(
+        self, input: PassivateInput, next: Callable[[PassivateInput], Awaitable[None]]
+    ) -> None:
+        await next(input)
+        self._passivated.add(
+            1, {"ravi.agent.type": input.agent_id.type, "ravi.passivation.reason": input.reason}
+        )
+
 
 class _Counts:
     """The messages counted for one meter provider, and the instruments reporting them."""
@@ -558,6 +586,20 @@ class _Counts:
         )
         self.duration = meter.create_histogram(
             "ravi.handler.duration", unit="s", description="how long handlers ran"
+        )
+        # Activations and passivations are rare next to messages: the SDK's
+        # synchronous instruments cost nothing that matters there.
+        self.activated = meter.create_counter(
+            "ravi.agents.activated", description="agent instances activated here"
+        )
+        self.passivated = meter.create_counter(
+            "ravi.agents.passivated",
+            description="agent instances passivated here, by reason (idle, capacity, moved, stop)",
+        )
+        self.activation = meter.create_histogram(
+            "ravi.agent.activation.duration",
+            unit="s",
+            description="how long activating an instance took, its state load included",
         )
 
     def _observe_sent(self, _options: CallbackOptions) -> list[Observation]:

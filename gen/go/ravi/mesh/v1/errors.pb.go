@@ -75,6 +75,10 @@ const (
 	// ERROR_REASON_MAILBOX_FULL: the agent's mailbox or the node's queue is at its
 	// bound (status RESOURCE_EXHAUSTED).
 	ErrorReason_ERROR_REASON_MAILBOX_FULL ErrorReason = 10
+	// ERROR_REASON_STALE_STATE: a node tried to save agent state over a newer
+	// version, or for an agent another node holds now (the key moved); the
+	// write was refused and the node's instance is discarded (status ABORTED).
+	ErrorReason_ERROR_REASON_STALE_STATE ErrorReason = 11
 )
 
 // Enum value maps for ErrorReason.
@@ -91,6 +95,7 @@ var (
 		8:  "ERROR_REASON_HOP_LIMIT_EXCEEDED",
 		9:  "ERROR_REASON_FORWARDING_LOOP",
 		10: "ERROR_REASON_MAILBOX_FULL",
+		11: "ERROR_REASON_STALE_STATE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":          0,
@@ -104,6 +109,7 @@ var (
 		"ERROR_REASON_HOP_LIMIT_EXCEEDED":   8,
 		"ERROR_REASON_FORWARDING_LOOP":      9,
 		"ERROR_REASON_MAILBOX_FULL":         10,
+		"ERROR_REASON_STALE_STATE":          11,
 	}
 )
 
@@ -138,7 +144,7 @@ var File_ravi_mesh_v1_errors_proto protoreflect.FileDescriptor
 
 const file_ravi_mesh_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x19ravi/mesh/v1/errors.proto\x12\fravi.mesh.v1*\xf1\x02\n" +
+	"\x19ravi/mesh/v1/errors.proto\x12\fravi.mesh.v1*\x8f\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12%\n" +
 	"!ERROR_REASON_AGENT_TYPE_NOT_FOUND\x10\x01\x12\x1b\n" +
@@ -151,7 +157,8 @@ const file_ravi_mesh_v1_errors_proto_rawDesc = "" +
 	"\x1fERROR_REASON_HOP_LIMIT_EXCEEDED\x10\b\x12 \n" +
 	"\x1cERROR_REASON_FORWARDING_LOOP\x10\t\x12\x1d\n" +
 	"\x19ERROR_REASON_MAILBOX_FULL\x10\n" +
-	"B6Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3"
+	"\x12\x1c\n" +
+	"\x18ERROR_REASON_STALE_STATE\x10\vB6Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_ravi_mesh_v1_errors_proto_rawDescOnce sync.Once

@@ -537,9 +537,14 @@ type AgentTypeInfo struct {
 	AgentType string `protobuf:"bytes,1,opt,name=agent_type,json=agentType,proto3" json:"agent_type,omitempty"`
 	// handled_types lists the full names of the message types the agent has
 	// handlers for, as they appear in Payload.type.
-	HandledTypes  []string `protobuf:"bytes,2,rep,name=handled_types,json=handledTypes,proto3" json:"handled_types,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	HandledTypes []string `protobuf:"bytes,2,rep,name=handled_types,json=handledTypes,proto3" json:"handled_types,omitempty"`
+	// active_instances is how many instances of the type are active on the node
+	// when it answers (created and not passivated). It changes with every
+	// activation and passivation, so a node sends it in Describe answers and
+	// not as a change on its Subscribe streams.
+	ActiveInstances uint64 `protobuf:"varint,3,opt,name=active_instances,json=activeInstances,proto3" json:"active_instances,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AgentTypeInfo) Reset() {
@@ -584,6 +589,13 @@ func (x *AgentTypeInfo) GetHandledTypes() []string {
 		return x.HandledTypes
 	}
 	return nil
+}
+
+func (x *AgentTypeInfo) GetActiveInstances() uint64 {
+	if x != nil {
+		return x.ActiveInstances
+	}
+	return 0
 }
 
 // NodeInfo describes a node: who it is, which contract it speaks and what it
@@ -740,11 +752,12 @@ const file_ravi_mesh_v1_types_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
 	"agent_type\x18\x02 \x01(\tR\tagentType\x121\n" +
-	"\x06filter\x18\x03 \x01(\v2\x19.ravi.mesh.v1.TopicFilterR\x06filter\"S\n" +
+	"\x06filter\x18\x03 \x01(\v2\x19.ravi.mesh.v1.TopicFilterR\x06filter\"~\n" +
 	"\rAgentTypeInfo\x12\x1d\n" +
 	"\n" +
 	"agent_type\x18\x01 \x01(\tR\tagentType\x12#\n" +
-	"\rhandled_types\x18\x02 \x03(\tR\fhandledTypes\"\xc2\x02\n" +
+	"\rhandled_types\x18\x02 \x03(\tR\fhandledTypes\x12)\n" +
+	"\x10active_instances\x18\x03 \x01(\x04R\x0factiveInstances\"\xc2\x02\n" +
 	"\bNodeInfo\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12)\n" +
 	"\x10contract_version\x18\x02 \x01(\tR\x0fcontractVersion\x12<\n" +

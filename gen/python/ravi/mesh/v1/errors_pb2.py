@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ravi/mesh/v1/errors.proto\x12\x0cravi.mesh.v1*\xf1\x02\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12%\n!ERROR_REASON_AGENT_TYPE_NOT_FOUND\x10\x01\x12\x1b\n\x17\x45RROR_REASON_NO_HANDLER\x10\x02\x12\x1c\n\x18\x45RROR_REASON_BAD_PAYLOAD\x10\x03\x12\x17\n\x13\x45RROR_REASON_BAD_ID\x10\x04\x12\x1f\n\x1b\x45RROR_REASON_HANDLER_FAILED\x10\x05\x12\x1f\n\x1b\x45RROR_REASON_REENTRANT_CALL\x10\x06\x12!\n\x1d\x45RROR_REASON_PEER_UNAVAILABLE\x10\x07\x12#\n\x1f\x45RROR_REASON_HOP_LIMIT_EXCEEDED\x10\x08\x12 \n\x1c\x45RROR_REASON_FORWARDING_LOOP\x10\t\x12\x1d\n\x19\x45RROR_REASON_MAILBOX_FULL\x10\nB6Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ravi/mesh/v1/errors.proto\x12\x0cravi.mesh.v1*\x8f\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12%\n!ERROR_REASON_AGENT_TYPE_NOT_FOUND\x10\x01\x12\x1b\n\x17\x45RROR_REASON_NO_HANDLER\x10\x02\x12\x1c\n\x18\x45RROR_REASON_BAD_PAYLOAD\x10\x03\x12\x17\n\x13\x45RROR_REASON_BAD_ID\x10\x04\x12\x1f\n\x1b\x45RROR_REASON_HANDLER_FAILED\x10\x05\x12\x1f\n\x1b\x45RROR_REASON_REENTRANT_CALL\x10\x06\x12!\n\x1d\x45RROR_REASON_PEER_UNAVAILABLE\x10\x07\x12#\n\x1f\x45RROR_REASON_HOP_LIMIT_EXCEEDED\x10\x08\x12 \n\x1c\x45RROR_REASON_FORWARDING_LOOP\x10\t\x12\x1d\n\x19\x45RROR_REASON_MAILBOX_FULL\x10\n\x12\x1c\n\x18\x45RROR_REASON_STALE_STATE\x10\x0b\x42\x36Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z4github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1;meshv1'
   _globals['_ERRORREASON']._serialized_start=44
-  _globals['_ERRORREASON']._serialized_end=413
+  _globals['_ERRORREASON']._serialized_end=443
 # @@protoc_insertion_point(module_scope)

@@ -74,6 +74,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_MAILBOX_FULL: the agent's mailbox or the node's queue is at its
     bound (status RESOURCE_EXHAUSTED).
     """
+    ERROR_REASON_STALE_STATE: _ErrorReason.ValueType  # 11
+    """ERROR_REASON_STALE_STATE: a node tried to save agent state over a newer
+    version, or for an agent another node holds now (the key moved); the
+    write was refused and the node's instance is discarded (status ABORTED).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the reasons a node reports in the google.rpc.ErrorInfo
@@ -139,5 +144,10 @@ ERROR_REASON_FORWARDING_LOOP: ErrorReason.ValueType  # 9
 ERROR_REASON_MAILBOX_FULL: ErrorReason.ValueType  # 10
 """ERROR_REASON_MAILBOX_FULL: the agent's mailbox or the node's queue is at its
 bound (status RESOURCE_EXHAUSTED).
+"""
+ERROR_REASON_STALE_STATE: ErrorReason.ValueType  # 11
+"""ERROR_REASON_STALE_STATE: a node tried to save agent state over a newer
+version, or for an agent another node holds now (the key moved); the
+write was refused and the node's instance is discarded (status ABORTED).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

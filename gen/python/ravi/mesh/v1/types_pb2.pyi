@@ -322,8 +322,15 @@ class AgentTypeInfo(_message.Message):
 
     AGENT_TYPE_FIELD_NUMBER: _builtins.int
     HANDLED_TYPES_FIELD_NUMBER: _builtins.int
+    ACTIVE_INSTANCES_FIELD_NUMBER: _builtins.int
     agent_type: _builtins.str
     """agent_type is the registered type name."""
+    active_instances: _builtins.int
+    """active_instances is how many instances of the type are active on the node
+    when it answers (created and not passivated). It changes with every
+    activation and passivation, so a node sends it in Describe answers and
+    not as a change on its Subscribe streams.
+    """
     @_builtins.property
     def handled_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """handled_types lists the full names of the message types the agent has
@@ -335,10 +342,11 @@ class AgentTypeInfo(_message.Message):
         *,
         agent_type: _builtins.str = ...,
         handled_types: _abc.Iterable[_builtins.str] | None = ...,
+        active_instances: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_type", b"agent_type", "handled_types", b"handled_types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_instances", b"active_instances", "agent_type", b"agent_type", "handled_types", b"handled_types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

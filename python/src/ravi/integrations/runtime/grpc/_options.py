@@ -12,9 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ravi._host import check_lifecycle
 from ravi._options import option
+from ravi.errors import InvalidArgument
 from ravi.integrations.runtime.grpc._security import TlsConfig
 from ravi.mesh.v1 import contract
+from ravi.state import MemoryStore, SqliteStore, StateStore, open_store
+
+STATE_FILE = "state.sqlite3"
+"""The SQLite file of agent state in a node's `data_dir`."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +103,38 @@ class GrpcRuntimeOptions:
             "calls fail UNAVAILABLE and its agent types with them."
         ),
     )
+    idle_timeout: float = field(
+        default=contract.DEFAULT_IDLE_TIMEOUT_SECONDS,
+        metadata=option(
+            "Seconds an agent instance may go without a message before it is passivated "
+            "(its state saved, the instance released); 0 never."
+        ),
+    )
+    max_active_agents: int = field(
+        default=contract.DEFAULT_MAX_ACTIVE_AGENTS,
+        metadata=option(
+            "Active agent instances at most: beyond it the least recently used idle one "
+            "is passivated; 0 no bound."
+        ),
+    )
+    checkpoint: str = field(
+        default=contract.DEFAULT_CHECKPOINT,
+        metadata=option(
+            "When agent state is saved besides passivation and stop: passivation (only "
+            "then) or each_message (after every handled message, before the reply)."
+        ),
+    )
+    state_store: str | None = field(
+        default=None,
+        metadata=option(
+            "Where agent state goes: memory, sqlite:PATH or postgresql://USER@HOST/DB "
+            "(shared by the nodes of a mesh) [default: sqlite in --data-dir, else memory]."
+        ),
+    )
+    data_dir: Path | None = field(
+        default=None,
+        metadata=option("Keep the node's data here: agent state in DIR/state.sqlite3."),
+    )
 
     def __post_init__(self) -> None:
         if self.default_timeout <= 0:
@@ -116,6 +154,20 @@ class GrpcRuntimeOptions:
             )
         if self.keepalive_timeout <= 0:
             raise ValueError(f"keepalive_timeout must be positive, got {self.keepalive_timeout}")
+        check_lifecycle(self.idle_timeout, self.max_active_agents, self.checkpoint)
+        if self.state_store is not None:
+            try:
+                open_store(self.state_store)
+            except InvalidArgument as error:
+                raise ValueError(f"state_store: {error}") from None
+
+    def store(self) -> StateStore:
+        """The state store these options name (`state_store`, else `data_dir`, else memory)."""
+        if self.state_store is not None:
+            return open_store(self.state_store)
+        if self.data_dir is not None:
+            return SqliteStore(self.data_dir / STATE_FILE)
+        return MemoryStore()
 
     def server_tls(self) -> TlsConfig | None:
         """The TLS the node serves with, if any."""

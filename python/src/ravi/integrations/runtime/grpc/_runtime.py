@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ravi._cancellation import CancellationToken
-from ravi._host import new_message_id
+from ravi._host import Lifecycle, new_message_id
 from ravi._ids import AgentId, AgentType, TopicId
 from ravi._interceptors import Interceptor, PublishInput
 from ravi._mesh.discovery import PeerDiscovery
@@ -20,6 +20,7 @@ from ravi.integrations.runtime.grpc._options import GrpcRuntimeOptions
 from ravi.integrations.runtime.grpc._server import GrpcServer
 from ravi.integrations.runtime.grpc._transport import dialer
 from ravi.runtime._base import Agent, BaseRuntime
+from ravi.state import StateStore
 
 
 class GrpcRuntime(BaseRuntime):
@@ -46,6 +47,8 @@ class GrpcRuntime(BaseRuntime):
         interceptors: hooks around sends, handler calls, publishes and forwards.
         registry: the message registry for payloads (the process-wide one by default).
         discovery: how "dns:" peers are resolved and how often (every 10 s by default).
+        state_store: where passivated agents keep their state, when not the
+            store `options` name (`state_store`, `data_dir`; memory by default).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class GrpcRuntime(BaseRuntime):
         interceptors: Sequence[Interceptor] = (),
         registry: MessageRegistry | None = None,
         discovery: PeerDiscovery | None = None,
+        state_store: StateStore | None = None,
     ) -> None:
         options = options or GrpcRuntimeOptions()
         self._options = options
@@ -84,6 +88,12 @@ class GrpcRuntime(BaseRuntime):
             interceptors=interceptors,
             registry=registry or default_registry,
             discovery=discovery,
+            lifecycle=Lifecycle(
+                options.idle_timeout,
+                options.max_active_agents,
+                options.checkpoint,
+                state_store if state_store is not None else options.store(),
+            ),
         )
         self._server: GrpcServer | None = None
 
@@ -111,6 +121,10 @@ class GrpcRuntime(BaseRuntime):
     def mailbox_depths(self) -> dict[str, int]:
         """Messages queued or running in this runtime's mailboxes, per agent type."""
         return self._node.host.depths()
+
+    def active_agents(self) -> dict[str, int]:
+        """Active (not passivated) agent instances on this node, per registered agent type."""
+        return self._node.host.active_agents()
 
     async def wait_until_ready(self, *agent_types: str, timeout: float = 10.0) -> None:
         """Wait until this node can reach every one of `agent_types`.
@@ -147,6 +161,12 @@ class GrpcRuntime(BaseRuntime):
             node.port = server.port
             node.serving = True
             self._server = server
+        try:
+            # The store knows the node by its id, known once the server has its port.
+            await node.host.open_store(node.node_id)
+        except BaseException:
+            await self.stop()
+            raise
         await node.connect()
 
     async def stop(self) -> None:
