@@ -196,6 +196,54 @@ async def test_the_server_joins_a_mesh_where_the_agent_runs() -> None:
     assert seen[-1]["final"]["content"].startswith("Done. Report sent to team@example.com")
 
 
+@pytest.mark.parametrize("runtime", ["local", "grpc"])
+async def test_an_edit_that_does_not_validate_is_refused_and_the_card_stays_pending(
+    runtime: str,
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        command = serve_command()
+        if runtime == "grpc":  # the schema travels in the event, from the node hosting the agent
+            node = [*ravi_command(), "node", "--listen", "127.0.0.1:0", "--node-id", "agents"]
+            node += ["--setup", "ravi.server:demo_setup"]
+            agents = await stack.enter_async_context(running_node(node))
+            command = serve_command("--runtime", "grpc", "--peer", f"agents={agents.address}")
+        server = await stack.enter_async_context(running_node(command))
+        client = await stack.enter_async_context(client_for(server))
+        await client.post("/threads", json={"thread_id": "edit", "content": "grpc"})
+        request = await anext(
+            e async for e in events(client, "edit") if e["kind"] == "approval_request"
+        )
+        asked = request["approval_request"]
+        assert json.loads(asked["parameters_json"])["required"] == ["to", "summary"]
+        respond = f"/respond/{asked['request_id']}"
+        for arguments, problems in [
+            (
+                {"to": 42},
+                [
+                    (["arguments"], "'summary' is a required property"),
+                    (["arguments", "to"], "42 is not of type 'string'"),
+                ],
+            ),
+            (
+                {"to": "a@b.c", "summary": "s", "cc": "x"},
+                [(["arguments"], "Additional properties are not allowed ('cc' was unexpected)")],
+            ),
+        ]:
+            refused = await client.post(respond, json={"action": "edit", "arguments": arguments})
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["code"] == "INVALID_ARGUMENT"
+            assert [(p["loc"], p["msg"]) for p in refused.json()["error"]] == problems
+        status = (await client.get("/threads/edit")).json()
+        assert status["status"] == "waiting_for_approval"
+        assert [p["approval_request"]["request_id"] for p in status["pending_approvals"]] == [
+            asked["request_id"]
+        ]
+        edit = {"action": "edit", "arguments": {"to": "boss@example.com", "summary": "s"}}
+        assert (await client.post(respond, json=edit)).status_code == 200
+        final = await anext(e async for e in events(client, "edit") if e["kind"] == "final")
+        assert final["final"]["content"].startswith("Done. Report sent to boss@example.com")
+
+
 async def test_an_approval_whose_run_ended_is_refused() -> None:
     async with (
         running_node(serve_command("--run-timeout", "1")) as server,

@@ -25,6 +25,7 @@ from ravi.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    InvalidToolCall,
     NotFound,
     RaviError,
     ResourceExhausted,
@@ -275,6 +276,11 @@ def _problem(status: int, detail: Any) -> JSONResponse:
 async def _ravi_error(_request: Request, error: Exception) -> Response:
     assert isinstance(error, RaviError)
     status = next((s for cls, s in _STATUS.items() if isinstance(error, cls)), 500)
+    if isinstance(error, InvalidToolCall) and error.problems:
+        # Edited arguments that do not validate: listed as a body that does not
+        # validate is, each problem located in the body's `arguments`.
+        problems = [{"loc": ["arguments", *where], "msg": what} for where, what in error.problems]
+        return JSONResponse({"error": problems, "code": error.code.name}, status_code=status)
     return JSONResponse({"error": str(error), "code": error.code.name}, status_code=status)
 
 

@@ -216,6 +216,7 @@ class RuntimeThreads:
             model.check_answerable(request_id, found[1] if found else None)
             assert found is not None
             thread_id = found[0]
+            model.check_edit(self._record(thread_id)["pending"].get(request_id), answer)
             # Claimed before the promise is resolved: two answers racing get one winner.
             self.store.set_approvals(thread_id, {request_id: "answered"})
         try:
