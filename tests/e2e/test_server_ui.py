@@ -102,6 +102,15 @@ async def thread_summary(api: httpx.AsyncClient, thread_id: str) -> dict[str, An
     return summary
 
 
+async def waiting_thread(api: httpx.AsyncClient, content: str) -> str:
+    """A thread whose run waits for its approval; its id."""
+    started = await api.post("/threads", json={"content": content})
+    assert started.status_code == 202, started.text
+    thread_id: str = started.json()["thread_id"]
+    await until_waiting(api, thread_id)
+    return thread_id
+
+
 async def until_waiting(api: httpx.AsyncClient, thread_id: str) -> dict[str, Any]:
     async with asyncio.timeout(10):
         while True:
@@ -254,9 +263,7 @@ async def test_the_page_resumes_a_dropped_stream(
     server: NodeProcess, page: Page, api: httpx.AsyncClient
 ) -> None:
     """The first event stream ends after 3 events; the page reconnects with Last-Event-ID: 3."""
-    started = await api.post("/threads", json={"content": "Notes on approval"})
-    thread_id = started.json()["thread_id"]
-    await until_waiting(api, thread_id)
+    thread_id = await waiting_thread(api, "Notes on approval")
     # The server's own frames (CRLF line ends) for events 1 to 3, and a ping comment.
     raw = b""
     async with api.stream("GET", f"/threads/{thread_id}/events") as stream:
@@ -401,9 +408,7 @@ async def test_changing_the_address_hash_switches_threads(
 async def test_working_names_what_the_run_is_doing(
     server: NodeProcess, page: Page, api: httpx.AsyncClient
 ) -> None:
-    started = await api.post("/threads", json={"content": "Notes on restate"})
-    thread_id = started.json()["thread_id"]
-    await until_waiting(api, thread_id)
+    thread_id = await waiting_thread(api, "Notes on restate")
     await page.goto(url(server, f"#thread={thread_id}"))
     working = page.get_by_test_id("working")
     await expect(working).to_have_text("Waiting for your approval to run send_report…")

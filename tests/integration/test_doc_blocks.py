@@ -45,9 +45,17 @@ def _needs(page: str, what: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def needed(page: str, ports: Ports, folder: Path) -> AsyncIterator[dict[str, str]]:
-    """Start what the page's blocks need; the environment that points at it."""
-    env: dict[str, str] = {}
+async def reader(page: str, tmp_path: Path) -> AsyncIterator[tuple[Path, Ports, dict[str, str]]]:
+    """A reader's folder with the page's files, its ports, and what its blocks need.
+
+    Yields the folder, the page's ports and the environment that points at
+    what was started.
+    """
+    folder = tmp_path / "reader"
+    folder.mkdir()
+    doc_blocks.write_files(page, folder)
+    ports = Ports()
+    env: dict[str, str] = {**OPENAI}
     async with contextlib.AsyncExitStack() as stack:
         for need in sorted({n for b in blocks(page) for n in b.needs}):
             if need == "restate-server":
@@ -71,17 +79,13 @@ async def needed(page: str, ports: Ports, folder: Path) -> AsyncIterator[dict[st
                 await stack.enter_async_context(running_node(command))
             else:
                 raise AssertionError(f"{page}: no fixture gives {need!r}")
-        yield env
+        yield folder, ports, env
 
 
 @pytest.mark.parametrize("page", _shell_pages())
 async def test_shell_blocks_run_as_written(page: str, tmp_path: Path) -> None:
-    folder = tmp_path / "reader"
-    folder.mkdir()
-    doc_blocks.write_files(page, folder)
-    ports = Ports()
-    async with needed(page, ports, folder) as extra:
-        env = doc_blocks.shell_env(folder, {**OPENAI, **doc_blocks.jaeger_env(ports), **extra})
+    async with reader(page, tmp_path) as (folder, ports, extra):
+        env = doc_blocks.shell_env(folder, {**doc_blocks.jaeger_env(ports), **extra})
         async with doc_blocks.session(folder, env, ports) as terminal:
             for block in blocks(page):
                 if not _runnable(block, "sh"):
@@ -111,17 +115,13 @@ def _python_pages_with_servers() -> list[object]:
 
 @pytest.mark.parametrize("page", _python_pages_with_servers())
 async def test_python_examples_that_need_a_server_run(page: str, tmp_path: Path) -> None:
-    folder = tmp_path / "reader"
-    folder.mkdir()
-    doc_blocks.write_files(page, folder)
-    ports = Ports()
-    async with needed(page, ports, folder) as extra:
+    async with reader(page, tmp_path) as (folder, ports, extra):
         program = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
             ports.apply(doc_blocks.python_program(page)),
             cwd=folder,
-            env=doc_blocks.shell_env(folder, {**OPENAI, **extra}),
+            env=doc_blocks.shell_env(folder, extra),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
