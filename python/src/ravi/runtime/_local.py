@@ -21,6 +21,7 @@ DEFAULT_MAILBOX_CAPACITY = contract.DEFAULT_MAILBOX_CAPACITY
 DEFAULT_IDLE_TIMEOUT = contract.DEFAULT_IDLE_TIMEOUT_SECONDS
 DEFAULT_MAX_ACTIVE_AGENTS = contract.DEFAULT_MAX_ACTIVE_AGENTS
 DEFAULT_CHECKPOINT = contract.DEFAULT_CHECKPOINT
+DEFAULT_GRACE_PERIOD = contract.DEFAULT_GRACE_PERIOD_SECONDS
 
 
 class LocalRuntime(BaseRuntime):
@@ -39,6 +40,10 @@ class LocalRuntime(BaseRuntime):
     and after every handled message with `checkpoint="each_message"`
     (docs/state.md).
 
+    `stop()` ends the sends in progress at once, but first delivers what was
+    published before it: an agent that publishes its last events and returns
+    does not lose them to the `async with` block ending right after.
+
     Args:
         default_timeout: seconds a send may take when it names no timeout.
         mailbox_capacity: messages queued or running per agent instance at most.
@@ -52,6 +57,8 @@ class LocalRuntime(BaseRuntime):
         state_store: where passivated agents keep their state: a `StateStore`
             or a URL (`memory`, `sqlite:PATH`, `postgresql://…`); in this
             process's memory by default.
+        grace_period: seconds `stop()` gives the subscribers of what was
+            published before it; what still runs then is cancelled.
     """
 
     def __init__(
@@ -64,7 +71,11 @@ class LocalRuntime(BaseRuntime):
         max_active_agents: int = DEFAULT_MAX_ACTIVE_AGENTS,
         checkpoint: str = DEFAULT_CHECKPOINT,
         state_store: StateStore | str | None = None,
+        grace_period: float = DEFAULT_GRACE_PERIOD,
     ) -> None:
+        if grace_period < 0:
+            raise ValueError(f"grace_period must not be negative, got {grace_period}")
+        self._grace_period = grace_period
         self._host = AgentHost(
             self,
             default_timeout=default_timeout,
@@ -97,7 +108,7 @@ class LocalRuntime(BaseRuntime):
             raise
 
     async def stop(self) -> None:
-        await self._host.stop()
+        await self._host.stop(self._grace_period)
 
     async def stop_when_idle(self, *, timeout: float | None = None) -> None:
         await self._host.wait_idle(timeout)
