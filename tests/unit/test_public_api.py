@@ -3,6 +3,7 @@
 import ravi
 import ravi.agents
 import ravi.errors
+import ravi.integrations.a2a
 import ravi.models
 import ravi.runtime
 import ravi.server
@@ -92,8 +93,9 @@ def test_exported_names() -> None:
         "TracingInterceptor",
         "configure",
     ]
+    assert ravi.integrations.a2a.__all__ == ["A2AAgent", "A2AGateway", "ExposedAgent"]
     assert sorted(ravi.errors.__all__) == ravi.errors.__all__
     modules = (ravi, ravi.runtime, ravi.testing, ravi.errors, ravi.agents, ravi.models)
-    for module in (*modules, ravi.tools, ravi.server, ravi.telemetry):
+    for module in (*modules, ravi.tools, ravi.server, ravi.telemetry, ravi.integrations.a2a):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

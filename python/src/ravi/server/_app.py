@@ -142,11 +142,17 @@ class RaviServer:
         self._agent_type = agent_type
         self._run_timeout = run_timeout
         self._events_topic = events_topic
-        self._runs: set[asyncio.Task[None]] = set()
+        self._runs: dict[str, asyncio.Task[None]] = {}  # run id -> the run
+        self._stopping = False
         self._on_ready = on_ready
         self.startup_error: RaviError | None = None
         """Why the runtime did not start, when it did not (uvicorn only logs it)."""
         self.app: ASGIApp = _BearerAuth(self._starlette(), token)
+
+    @property
+    def token(self) -> str:
+        """The bearer token requests need (the A2A gateway asks its callers for it too)."""
+        return self._token
 
     def _starlette(self) -> Starlette:
         return Starlette(
@@ -168,8 +174,16 @@ class RaviServer:
             lifespan=self._lifespan,
         )
 
+    def _lifespan(self, _app: Starlette) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.serving()
+
     @contextlib.asynccontextmanager
-    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+    async def serving(self) -> AsyncIterator[None]:
+        """Start the runtime and receive run events until the context exits.
+
+        The app's lifespan enters it; an app that mounts this server's
+        endpoints under its own lifespan (the A2A gateway) enters it there.
+        """
         store = self.store
         await EventSink.register(self.runtime, SINK_TYPE, lambda: EventSink(store))
         await self.runtime.add_subscription(TypeSubscription(self._events_topic, SINK_TYPE))
@@ -193,9 +207,11 @@ class RaviServer:
             try:
                 yield
             finally:
-                for run in list(self._runs):
+                self._stopping = True
+                runs = list(self._runs.values())
+                for run in runs:
                     run.cancel()
-                await asyncio.gather(*self._runs, return_exceptions=True)
+                await asyncio.gather(*runs, return_exceptions=True)
         finally:
             await self.runtime.stop()
 
@@ -213,7 +229,8 @@ class RaviServer:
 
     async def _start(self, request: Request) -> Response:
         body = StartTask.model_validate(await _json(request))
-        return self._launch(body.thread_id or uuid.uuid4().hex, body)
+        thread = self.launch(body.thread_id or uuid.uuid4().hex, body.content, body.max_iterations)
+        return JSONResponse(thread.summary(), status_code=202)
 
     async def _next_task(self, request: Request) -> Response:
         thread_id = request.path_params["thread_id"]
@@ -223,19 +240,52 @@ class RaviServer:
             raise FailedPrecondition(
                 f"the body names thread {body.thread_id!r}, the path {thread_id!r}"
             )
-        return self._launch(thread_id, body)
-
-    def _launch(self, thread_id: str, body: StartTask) -> Response:
-        agent = AgentId(self._agent_type, thread_id)  # validates the thread id as a key
-        run_id = f"run-{uuid.uuid4().hex}"
-        thread = self.store.start_run(thread_id, run_id, body.content)
-        task = pb.Task(
-            thread_id=thread_id, content=body.content, max_iterations=body.max_iterations
-        )
-        run = asyncio.create_task(self._run(thread, agent, task, run_id))
-        self._runs.add(run)
-        run.add_done_callback(self._runs.discard)
+        thread = self.launch(thread_id, body.content, body.max_iterations)
         return JSONResponse(thread.summary(), status_code=202)
+
+    def launch(
+        self,
+        thread_id: str,
+        content: str,
+        max_iterations: int = 0,
+        *,
+        run_id: str | None = None,
+        agent_type: str | None = None,
+    ) -> Thread:
+        """Start a run of a task on a thread (created if new) and return the thread.
+
+        Args:
+            thread_id: the thread; the agent key.
+            content: the task's request.
+            max_iterations: model steps at most (0: the agent's own limit).
+            run_id: the run's id (the Task's message id); generated when None.
+            agent_type: the ReAct agent type to run it on (the server's own when None).
+
+        Raises:
+            BadId: the thread id is not a valid agent key.
+            FailedPrecondition: the thread has a run in progress.
+        """
+        agent = AgentId(agent_type or self._agent_type, thread_id)  # validates the key
+        run_id = run_id or f"run-{uuid.uuid4().hex}"
+        thread = self.store.start_run(thread_id, run_id, content)
+        task = pb.Task(thread_id=thread_id, content=content, max_iterations=max_iterations)
+        run = asyncio.create_task(self._run(thread, agent, task, run_id))
+        self._runs[run_id] = run
+        run.add_done_callback(lambda _: self._runs.pop(run_id, None))
+        return thread
+
+    async def cancel(self, run_id: str, *, timeout: float = 10.0) -> bool:
+        """Cancel a run in progress and wait (up to `timeout` seconds) until it ended.
+
+        The runtime carries the cancellation to the agent. Returns False when
+        no run with this id is in progress here.
+        """
+        run = self._runs.get(run_id)
+        if run is None:
+            return False
+        run.cancel()
+        await asyncio.wait([run], timeout=timeout)
+        return True
 
     async def _run(self, thread: Thread, agent: AgentId, task: pb.Task, run_id: str) -> None:
         store = self.store
@@ -248,8 +298,8 @@ class RaviServer:
             store.finish_run(thread, run_id, None, failure)
             return
         except asyncio.CancelledError:
-            failure = {"code": "CANCELLED", "message": "the server stopped"}
-            store.finish_run(thread, run_id, None, failure)
+            reason = "the server stopped" if self._stopping else "the run was cancelled"
+            store.finish_run(thread, run_id, None, {"code": "CANCELLED", "message": reason})
             raise
         reply = json_format.MessageToDict(result, preserving_proto_field_name=True)
         store.finish_run(thread, run_id, reply, None)
@@ -262,18 +312,46 @@ class RaviServer:
         after = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
         if not after.isdigit():
             return _problem(422, f"Last-Event-ID (or after) must be an event id, got {after!r}")
-        return EventSourceResponse(_stream(thread, int(after)), ping=15)
+        return EventSourceResponse(_sse(self.events(thread.id, int(after))), ping=15)
+
+    async def events(self, thread_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """The thread's events after `after` (a seq), then each new one as it comes; endless.
+
+        Raises:
+            NotFound: no such thread.
+        """
+        thread = self.store.get(thread_id)
+        sent = after
+        while True:
+            wake = thread.wake
+            for event in [e for e in thread.events if e["seq"] > sent]:
+                sent = event["seq"]
+                yield event
+            await wake.wait()
 
     async def _respond(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]
         thread = self.store.claim(request_id)
         try:
-            answer = Respond.model_validate(await _json(request)).answer()
+            body = Respond.model_validate(await _json(request))
         except BaseException:
             self.store.unclaim(request_id)
             raise
+        self.store.unclaim(request_id)
+        thread = await self.respond(request_id, body)
+        return JSONResponse({"request_id": request_id, "thread_id": thread.id, "accepted": True})
+
+    async def respond(self, request_id: str, body: Respond) -> Thread:
+        """Answer a pending approval request (what POST /respond/{request_id} does).
+
+        Raises:
+            NotFound: no such request.
+            AlreadyExists: it was answered already.
+            FailedPrecondition: the run that asked ended.
+        """
+        thread = self.store.claim(request_id)
         try:
-            await self.runtime.resolve_promise(f"approval-{request_id}", answer)
+            await self.runtime.resolve_promise(f"approval-{request_id}", body.answer())
         except AlreadyExists:
             raise AlreadyExists(f"approval request {request_id!r} was answered already") from None
         except BaseException:
@@ -281,18 +359,12 @@ class RaviServer:
             raise
         thread.pending.pop(request_id, None)
         thread.notify()
-        return JSONResponse({"request_id": request_id, "thread_id": thread.id, "accepted": True})
+        return thread
 
 
-async def _stream(thread: Thread, after: int) -> AsyncIterator[dict[str, Any]]:
-    """The thread's events after `after`, then each new one as it comes."""
-    sent = after
-    while True:
-        wake = thread.wake
-        for event in [e for e in thread.events if e["seq"] > sent]:
-            sent = event["seq"]
-            yield {"id": str(sent), "event": event["kind"], "data": json.dumps(event)}
-        await wake.wait()
+async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    async for event in events:
+        yield {"id": str(event["seq"]), "event": event["kind"], "data": json.dumps(event)}
 
 
 async def _json(request: Request) -> Any:

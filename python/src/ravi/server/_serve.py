@@ -38,6 +38,10 @@ class ServeConfig:
     restate_admin: str = "http://127.0.0.1:9070"
     restate_listen: str = "127.0.0.1:9081"
     demo: bool | None = None
+    a2a: bool = False
+    a2a_agents: list[str] = field(default_factory=list)
+    a2a_grpc: str | None = "127.0.0.1:0"
+    a2a_url: str | None = None
 
 
 def _model(config: ServeConfig) -> ChatModel | None:
@@ -51,8 +55,14 @@ def _model(config: ServeConfig) -> ChatModel | None:
     return OpenAIChatModel(name, base_url=config.base_url)
 
 
-async def _runtime(config: ServeConfig) -> BaseRuntime:
+def hosts_demo(config: ServeConfig) -> bool:
+    """Whether the server hosts the demo assistant (never as a client of a mesh)."""
     demo = config.demo if config.demo is not None else not config.setup
+    return demo and config.runtime != "grpc"
+
+
+async def _runtime(config: ServeConfig) -> BaseRuntime:
+    demo = hosts_demo(config)
     if config.runtime == "local":
         runtime: BaseRuntime = LocalRuntime(default_timeout=config.run_timeout)
     elif config.runtime == "grpc":
@@ -60,7 +70,6 @@ async def _runtime(config: ServeConfig) -> BaseRuntime:
             raise UsageError("--runtime grpc needs at least one --peer NAME=HOST:PORT")
         if config.demo:
             raise UsageError("--runtime grpc runs the agents of the mesh: drop --demo")
-        demo = False
         runtime = GrpcRuntime(
             remote_peers=config.peers,
             node_id=f"ravi-server-{secrets.token_hex(3)}",
@@ -105,17 +114,23 @@ async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) ->
         if not config.token:
             announce(f"open http://{address}/?token={token}")
 
+    a2a = config.a2a or bool(config.a2a_agents)
     server = RaviServer(
         await _runtime(config),
         token=token,
         agent_type=config.agent_type,
         run_timeout=config.run_timeout,
-        on_ready=ready,
+        on_ready=None if a2a else ready,
     )
+    app = server.app
+    if a2a:
+        try:
+            from ravi.integrations.a2a._serve import gateway_app  # noqa: PLC0415 - an extra
+        except ImportError as error:
+            raise UsageError(str(error)) from None
+        app = gateway_app(server, config, address=address, ready=ready, announce=announce)
     web = uvicorn.Server(
-        uvicorn.Config(
-            server.app, log_level=config.log_level, lifespan="on", timeout_graceful_shutdown=5
-        )
+        uvicorn.Config(app, log_level=config.log_level, lifespan="on", timeout_graceful_shutdown=5)
     )
     try:
         await web.serve(sockets=[listener])

@@ -1,0 +1,494 @@
+"""A2A tasks run by ravi agents: ReAct runs on threads, and request/reply calls.
+
+The a2a-sdk request handler keeps the tasks, streams and cancellations; the
+executors here turn a task into ravi work. A ReAct task is a run of the
+server's thread machinery: the task id is the run id, the contextId the
+thread, and the run's events become status updates, an approval request
+`input-required`. A request/reply task is one `send_message` whose reply
+becomes an artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeVar
+
+import grpc.aio
+from a2a.helpers import get_message_text, new_data_part
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.context import ServerCallContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.tasks import InMemoryTaskStore, TaskStore, TaskUpdater
+from a2a.types import (
+    AgentCard,
+    InvalidParamsError,
+    Message,
+    SendMessageRequest,
+    Task,
+    TaskState,
+    TaskStatus,
+    UnsupportedOperationError,
+)
+from pydantic import ValidationError
+
+from ravi._ids import AgentId
+from ravi.errors import BadId, InvalidToolCall, RaviError
+from ravi.integrations.a2a._cards import ExposedAgent, type_name
+from ravi.integrations.a2a._parts import (
+    data_of,
+    decode_message,
+    encode_message,
+    failure,
+    text_and_data,
+)
+from ravi.server import RaviServer
+from ravi.server._app import Respond
+from ravi.server._threads import Thread
+
+_TERMINAL = {
+    TaskState.TASK_STATE_COMPLETED,
+    TaskState.TASK_STATE_CANCELED,
+    TaskState.TASK_STATE_FAILED,
+    TaskState.TASK_STATE_REJECTED,
+}
+_ANSWERS = {"approve": "approve", "yes": "approve", "reject": "reject", "no": "reject"}
+T = TypeVar("T")
+DEFAULT_KEY = "default"
+"""The agent key of a request/reply call whose message names no contextId."""
+
+
+class TaskHandler(DefaultRequestHandler):
+    """TaskHandler is a2a-sdk's request handler, with ravi's checks before a message runs.
+
+    A message the agent cannot take (a bad approval answer, a request that
+    does not decode, a thread that is busy) is refused with an A2A error and
+    changes no task: a task waiting for an approval stays `input-required`.
+    """
+
+    def __init__(self, executor: RaviExecutor, card: AgentCard) -> None:
+        self._store: TaskStore = InMemoryTaskStore()
+        super().__init__(agent_executor=executor, task_store=self._store, agent_card=card)
+        self._executor = executor
+
+    async def on_message_send(
+        self, params: SendMessageRequest, context: ServerCallContext
+    ) -> Message | Task:
+        await self._executor.admit(params, context, self._store)
+        result: Message | Task = await super().on_message_send(params, context)
+        return result
+
+    async def on_message_send_stream(  # type: ignore[override]  # the SDK's is a decorated generator
+        self, params: SendMessageRequest, context: ServerCallContext
+    ) -> AsyncIterator[Any]:
+        await self._executor.admit(params, context, self._store)
+        async for event in super().on_message_send_stream(params, context):
+            yield event
+
+
+class RaviExecutor(AgentExecutor):
+    """An executor that checks a message before the SDK makes it a task."""
+
+    def __init__(self, exposed: ExposedAgent) -> None:
+        self.exposed = exposed
+        self._executing: set[str] = set()
+        self._cancelled: set[str] = set()
+
+    @abstractmethod
+    async def admit(
+        self, params: SendMessageRequest, context: ServerCallContext, store: TaskStore
+    ) -> None:
+        """Refuse a message this agent cannot take (an A2A error), before it touches a task."""
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task_id = _required(context.task_id)
+        self._executing.add(task_id)
+        try:
+            await self._execute(context, event_queue)
+        finally:
+            self._executing.discard(task_id)
+            self._cancelled.discard(task_id)
+
+    @abstractmethod
+    async def _execute(self, context: RequestContext, event_queue: EventQueue) -> None: ...
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task_id = _required(context.task_id)
+        self._cancelled.add(task_id)
+        try:
+            await self._stop(task_id)
+            await _updater(context, event_queue).cancel()
+        finally:
+            if task_id not in self._executing:
+                self._cancelled.discard(task_id)
+
+    async def _stop(self, task_id: str) -> None:
+        """Stop the ravi work of a task being cancelled (the SDK cancels `execute` after)."""
+
+
+class ThreadExecutor(RaviExecutor):
+    """ThreadExecutor runs A2A tasks as ReAct runs on the server's threads.
+
+    The contextId is the thread id (and the agent key), the task id the run
+    id. Each run event becomes a status update carrying the event as a data
+    part; an approval request makes the task `input-required`, and the
+    client's next message in the task answers it as `POST /respond` would.
+    """
+
+    def __init__(self, exposed: ExposedAgent, server: RaviServer) -> None:
+        super().__init__(exposed)
+        self._server = server
+
+    async def admit(
+        self, params: SendMessageRequest, context: ServerCallContext, store: TaskStore
+    ) -> None:
+        message = params.message
+        if message.task_id:
+            task = await store.get(message.task_id, context)
+            if task is None or task.status.state in _TERMINAL:
+                return  # the SDK answers: no such task, or a finished one
+            if task.status.state != TaskState.TASK_STATE_INPUT_REQUIRED:
+                raise UnsupportedOperationError(
+                    f"task {task.id} is {TaskState.Name(task.status.state)}: it takes a "
+                    "message only while it waits for an approval (input-required)"
+                )
+            self._answer(message, task)
+            return
+        if not get_message_text(message).strip():
+            raise InvalidParamsError(
+                message=f"{self.exposed.agent_type} takes its task as a text part"
+            )
+        if message.context_id:
+            try:
+                AgentId(self.exposed.agent_type, message.context_id)
+            except BadId as error:
+                raise InvalidParamsError(message=f"contextId: {error}") from None
+            thread = _thread(self._server, message.context_id)
+            if thread is not None:
+                _check_thread(thread, self.exposed.agent_type)
+
+    async def _execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        updater = _updater(context, event_queue)
+        run_id, thread_id = updater.task_id, updater.context_id
+        task = context.current_task
+        if task is None:
+            message = _required(context.message)
+            await event_queue.enqueue_event(
+                Task(
+                    id=run_id,
+                    context_id=thread_id,
+                    status=TaskStatus(state=TaskState.TASK_STATE_SUBMITTED),
+                    history=[message],
+                )
+            )
+            thread = _thread(self._server, thread_id)
+            after = thread.last_seq if thread is not None else 0
+            try:
+                self._server.launch(
+                    thread_id,
+                    get_message_text(message),
+                    run_id=run_id,
+                    agent_type=self.exposed.agent_type,
+                )
+            except RaviError as error:
+                await updater.failed(
+                    updater.new_agent_message(text_and_data(str(error), failure(error)))
+                )
+                return
+        else:
+            request_id, answer = self._answer(_required(context.message), task)
+            after = self._asked_at(thread_id, request_id)
+            # Answered elsewhere (the web page) or the run ended: then its
+            # events below say what became of it.
+            with contextlib.suppress(RaviError):
+                await self._server.respond(request_id, answer)
+        await self._follow(thread_id, run_id, after, updater)
+
+    async def _follow(self, thread_id: str, run_id: str, after: int, updater: TaskUpdater) -> None:
+        """Turn the run's events after `after` into task updates, until it waits or ends."""
+        async for event in _run_events(self._server, thread_id, run_id, after):
+            if run_id in self._cancelled:
+                return  # cancel() reports the end
+            kind = event["kind"]
+            if kind == "approval_request":
+                text, data = self._approval(event)
+                await updater.requires_input(updater.new_agent_message(text_and_data(text, data)))
+                return
+            if kind == "final":
+                result = event["final"]
+                await updater.add_artifact(text_and_data(result["content"], result), name="result")
+                await updater.complete()
+                return
+            if kind == "failed":
+                failed = event["failed"]
+                message = updater.new_agent_message(text_and_data(failed["message"], failed))
+                if failed["code"] == "CANCELLED":
+                    await updater.cancel(message)
+                else:
+                    await updater.failed(message)
+                return
+            await updater.start_work(
+                updater.new_agent_message(text_and_data(_summary(event), event))
+            )
+
+    def _approval(self, event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        request = event["approval_request"]
+        call = request["call"]
+        arguments = json.loads(call["arguments_json"] or "{}")
+        data: dict[str, Any] = {
+            "kind": "approval_request",
+            "request_id": request["request_id"],
+            "tool": call["tool"],
+            "arguments": arguments,
+            "description": request["description"],
+            "run_id": event["run_id"],
+            "seq": event["seq"],
+        }
+        tool = self.exposed.tool(call["tool"])
+        if tool is not None:
+            data["parameters"] = tool.spec.parameters
+        text = (
+            f"{call['tool']} wants to run with {json.dumps(arguments)}. Answer approve or "
+            'reject (text), or a data part {"action": "approve" | "reject" | "edit", '
+            '"arguments": {...}, "reason": "..."}.'
+        )
+        return text, data
+
+    def _answer(self, message: Message, task: Task) -> tuple[str, Respond]:
+        """The pending approval this message answers, and the answer, checked as POST /respond.
+
+        Raises:
+            InvalidParamsError: the answer is not approve, reject or a valid edit.
+        """
+        pending = self._pending(task)
+        if not pending:
+            raise InvalidParamsError(
+                message=f"task {task.id} has no approval waiting for an answer"
+            )
+        fields = _answer_fields(message)
+        named = fields.pop("request_id", None)
+        if named is not None and named not in pending:
+            raise InvalidParamsError(
+                message=f"request_id {named!r} is not waiting in task {task.id}; "
+                f"waiting: {', '.join(pending)}"
+            )
+        request_id = named or next(iter(pending))
+        fields.setdefault("answered_by", "a2a")
+        try:
+            answer = Respond.model_validate(fields)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'answer'}: {e['msg']}"
+                for e in error.errors(include_url=False)
+            )
+            raise InvalidParamsError(message=f"the answer is not valid: {problems}") from None
+        if answer.action == "edit":
+            tool = self.exposed.tool(pending[request_id]["approval_request"]["call"]["tool"])
+            if tool is not None:
+                try:
+                    tool.validate(answer.arguments or {})
+                except InvalidToolCall as error:
+                    raise InvalidParamsError(
+                        message=f"the edited arguments do not validate: {error}"
+                    ) from None
+        return request_id, answer
+
+    def _pending(self, task: Task) -> dict[str, dict[str, Any]]:
+        thread = _thread(self._server, task.context_id)
+        if thread is None:
+            return {}
+        return {r: e for r, e in thread.pending.items() if e["run_id"] == task.id}
+
+    def _asked_at(self, thread_id: str, request_id: str) -> int:
+        thread = self._server.store.get(thread_id)
+        for event in thread.events:
+            if (
+                event["kind"] == "approval_request"
+                and event["approval_request"]["request_id"] == request_id
+            ):
+                return int(event["seq"])
+        return thread.last_seq
+
+    async def _stop(self, task_id: str) -> None:
+        await self._server.cancel(task_id)
+
+
+class RequestExecutor(RaviExecutor):
+    """RequestExecutor runs an A2A task as one `send_message` to a request/reply agent.
+
+    The message's data part names the request type ({"@type": NAME,
+    ...fields}); the reply becomes the task's artifact, an error a failed task
+    carrying its code. The contextId is the agent key ("default" when the
+    client names none).
+    """
+
+    def __init__(self, exposed: ExposedAgent, server: RaviServer) -> None:
+        super().__init__(exposed)
+        self._runtime = server.runtime
+
+    async def admit(
+        self, params: SendMessageRequest, context: ServerCallContext, store: TaskStore
+    ) -> None:
+        message = params.message
+        if message.task_id:
+            return  # a finished task: the SDK refuses it
+        if not message.context_id:
+            message.context_id = DEFAULT_KEY
+        else:
+            try:
+                AgentId(self.exposed.agent_type, message.context_id)
+            except BadId as error:
+                raise InvalidParamsError(message=f"contextId: {error}") from None
+        self._request(message)
+
+    def _request(self, message: Message) -> Any:
+        data = [data_of(p) for p in message.parts if p.HasField("data")]
+        try:
+            if len(data) != 1:
+                raise InvalidParamsError(
+                    message=f"{self.exposed.agent_type} takes one data part naming its "
+                    'request type: {"@type": "TYPE", ...fields}'
+                )
+            request = decode_message(data[0])
+        except RaviError as error:
+            raise InvalidParamsError(message=str(error)) from None
+        cls = self.exposed.agent_class
+        if cls is not None and not any(isinstance(request, t) for t in cls.handled_types()):
+            names = ", ".join(sorted(type_name(t) for t in cls.handled_types()))
+            raise InvalidParamsError(
+                message=f"{self.exposed.agent_type} has no handler for "
+                f"{data[0]['@type']}; it takes {names}"
+            )
+        return request
+
+    async def _execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        updater = _updater(context, event_queue)
+        message = _required(context.message)
+        await event_queue.enqueue_event(
+            Task(
+                id=updater.task_id,
+                context_id=updater.context_id,
+                status=TaskStatus(state=TaskState.TASK_STATE_WORKING),
+                history=[message],
+            )
+        )
+        agent = AgentId(self.exposed.agent_type, updater.context_id)
+        try:
+            reply = await self._runtime.send_message(
+                self._request(message), agent, timeout=_time_remaining(context.call_context)
+            )
+            parts = [] if reply is None else [new_data_part(encode_message(reply))]
+        except RaviError as error:
+            if updater.task_id not in self._cancelled:
+                await updater.failed(
+                    updater.new_agent_message(text_and_data(str(error), failure(error)))
+                )
+            return
+        if updater.task_id in self._cancelled:
+            return
+        if parts:
+            await updater.add_artifact(parts, name="reply")
+        await updater.complete()
+
+
+async def _run_events(
+    server: RaviServer, thread_id: str, run_id: str, after: int
+) -> AsyncIterator[dict[str, Any]]:
+    """The run's events after seq `after` as they come, and a `failed` one if it ends without."""
+    thread = server.store.get(thread_id)
+    seen = after
+    while True:
+        wake = thread.wake
+        for event in [e for e in thread.events if e["seq"] > seen]:
+            seen = event["seq"]
+            if event["run_id"] == run_id:
+                yield event
+                if event["kind"] in ("final", "failed"):
+                    return
+        if thread.run_id != run_id or not thread.running:
+            error = (thread.error if thread.run_id == run_id else None) or {
+                "code": "UNKNOWN",
+                "message": "the run ended without a result",
+            }
+            yield {"kind": "failed", "failed": error, "run_id": run_id, "seq": seen}
+            return
+        await wake.wait()
+
+
+def _summary(event: Mapping[str, Any]) -> str:
+    """A line of text for a run event, for clients that show text."""
+    kind = event["kind"]
+    if kind == "started":
+        return f"Working on: {event['started']['content']}"
+    if kind == "model_step":
+        step = event["model_step"]
+        calls = ", ".join(c["tool"] for c in step.get("tool_calls", []))
+        return str(step.get("content") or f"Calling {calls}")
+    if kind == "tool_result":
+        result = event["tool_result"]
+        return f"{result['call']['tool']}: {result['output']}"
+    if kind == "approval_decision":
+        decision = event["approval_decision"]
+        action = str(decision["answer"]["action"]).removeprefix("APPROVAL_ACTION_").lower()
+        return f"Approval {decision['request_id']}: {action}"
+    return str(kind)
+
+
+def _answer_fields(message: Message) -> dict[str, Any]:
+    """The answer's fields from a data part, or from the text approve / reject."""
+    for part in message.parts:
+        if part.HasField("data"):
+            data = data_of(part)
+            if not isinstance(data, dict):
+                raise InvalidParamsError(message="the answer's data part must be an object")
+            return dict(data)
+    text = get_message_text(message).strip().lower()
+    action = _ANSWERS.get(text)
+    if action is None:
+        raise InvalidParamsError(
+            message='answer approve or reject, or send a data part {"action": "approve" | '
+            '"reject" | "edit", "arguments": {...}, "reason": "..."}'
+        )
+    return {"action": action}
+
+
+def _thread(server: RaviServer, thread_id: str) -> Thread | None:
+    try:
+        return server.store.get(thread_id)
+    except RaviError:
+        return None
+
+
+def _check_thread(thread: Thread, agent_type: str) -> None:
+    owner = next((e["agent_type"] for e in reversed(thread.events) if e.get("agent_type")), None)
+    if owner is not None and owner != agent_type:
+        raise InvalidParamsError(
+            message=f"context {thread.id!r} is a conversation with agent {owner!r}, "
+            f"not {agent_type!r}"
+        )
+    if thread.running:
+        raise UnsupportedOperationError(
+            f"context {thread.id!r} has a task in progress ({thread.run_id}); "
+            "continue that task or wait for it to finish"
+        )
+
+
+def _updater(context: RequestContext, event_queue: EventQueue) -> TaskUpdater:
+    return TaskUpdater(event_queue, _required(context.task_id), _required(context.context_id))
+
+
+def _time_remaining(call: ServerCallContext) -> float | None:
+    """The client's gRPC deadline, when it set one (JSON-RPC has none)."""
+    grpc_context = call.state.get("grpc_context")
+    if isinstance(grpc_context, grpc.aio.ServicerContext):
+        remaining = grpc_context.time_remaining()
+        return None if remaining is None else max(remaining, 0.0)
+    return None
+
+
+def _required(value: T | None) -> T:
+    assert value is not None, "the SDK sets this for every execution"
+    return value

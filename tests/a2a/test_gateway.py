@@ -1,0 +1,402 @@
+"""The official Python A2A client (a2a-sdk) drives `ravi serve --a2a`, over JSON-RPC and gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from a2a.client import A2ACardResolver, Client, ClientCallContext
+from a2a.helpers import get_data_parts, get_message_text, new_data_part, new_text_part
+from a2a.types import (
+    CancelTaskRequest,
+    GetTaskRequest,
+    InvalidParamsError,
+    Message,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    SubscribeToTaskRequest,
+    Task,
+    TaskState,
+    UnsupportedOperationError,
+)
+from a2a.utils.errors import A2AError
+
+from ravi.testing import eventually
+from tests.a2a.conftest import TOKEN, Gateway, session
+
+pytestmark = [
+    pytest.mark.a2a,
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.timeout(120),
+]
+
+BINDINGS = ["JSONRPC", "GRPC"]
+INPUT_REQUIRED = TaskState.TASK_STATE_INPUT_REQUIRED
+COMPLETED = TaskState.TASK_STATE_COMPLETED
+CANCELED = TaskState.TASK_STATE_CANCELED
+
+
+def user(
+    text: str | None = None,
+    *,
+    data: Any = None,
+    task: Task | None = None,
+    context_id: str = "",
+) -> SendMessageRequest:
+    parts = [new_text_part(text)] if text is not None else []
+    if data is not None:
+        parts.append(new_data_part(data))
+    message = Message(
+        role=Role.ROLE_USER,
+        message_id=uuid.uuid4().hex,
+        parts=parts,
+        task_id=task.id if task else "",
+        context_id=task.context_id if task else context_id,
+    )
+    return SendMessageRequest(message=message)
+
+
+async def events(stream: AsyncIterator[StreamResponse]) -> list[StreamResponse]:
+    return [event async for event in stream]
+
+
+def state(event: StreamResponse) -> TaskState.ValueType | None:
+    if event.HasField("task"):
+        return event.task.status.state
+    if event.HasField("status_update"):
+        return event.status_update.status.state
+    return None
+
+
+def states(received: list[StreamResponse]) -> list[TaskState.ValueType]:
+    return [s for s in map(state, received) if s is not None]
+
+
+def first_task(received: list[StreamResponse]) -> Task:
+    return next(e.task for e in received if e.HasField("task"))
+
+
+def approval(received: list[StreamResponse]) -> dict[str, Any]:
+    """The approval request of the last input-required update."""
+    update = next(
+        e.status_update
+        for e in reversed(received)
+        if e.HasField("status_update") and e.status_update.status.state == INPUT_REQUIRED
+    )
+    (data,) = get_data_parts(update.status.message.parts)
+    assert data["kind"] == "approval_request"
+    return dict(data)
+
+
+async def until_approval(client: Client, text: str) -> tuple[Task, dict[str, Any]]:
+    """Stream a task to the assistant up to its approval request."""
+    received = await events(client.send_message(user(text), context=session()))
+    assert states(received)[-1] == INPUT_REQUIRED, states(received)
+    return first_task(received), approval(received)
+
+
+def result_text(received: list[StreamResponse]) -> str:
+    artifact = next(e.artifact_update.artifact for e in received if e.HasField("artifact_update"))
+    assert artifact.name == "result"
+    return get_message_text(Message(parts=artifact.parts))
+
+
+async def test_cards_are_public_and_describe_each_agent(gateway: Gateway) -> None:
+    async with httpx.AsyncClient() as http:
+        main = await A2ACardResolver(http, gateway.url).get_agent_card()
+        librarian = await A2ACardResolver(http, gateway.card_url("librarian")).get_agent_card()
+    assert main.name == "assistant"
+    assert "looks up" in main.description
+    skills = {s.id: s for s in main.skills}
+    assert set(skills) == {"look_up", "send_report"}
+    assert "approval" in skills["send_report"].tags
+    bindings = {i.protocol_binding: i for i in main.supported_interfaces}
+    assert bindings["JSONRPC"].url == f"{gateway.url}/a2a/assistant"
+    assert bindings["GRPC"].tenant == "assistant"
+    assert main.security_schemes["bearer"].http_auth_security_scheme.scheme == "bearer"
+    assert main.capabilities.streaming
+    assert librarian.description == "Librarian finds ravi's notes on a query."
+    (skill,) = librarian.skills
+    assert skill.id == "ravi.examples.v1.SearchQuery"
+    assert skill.description == "Search the notes; `limit` caps the hits."
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_a_call_without_the_token_is_refused(gateway: Gateway, binding: str) -> None:
+    client = await gateway.client("librarian", binding)
+    try:
+        with pytest.raises(A2AError) as refused:
+            await client.get_task(GetTaskRequest(id="nope"), context=ClientCallContext())
+    finally:
+        await client.close()
+    cause = refused.value.__cause__
+    if binding == "GRPC":
+        assert isinstance(cause, grpc.aio.AioRpcError)
+        assert cause.code() == grpc.StatusCode.UNAUTHENTICATED
+    else:
+        assert isinstance(cause, httpx.HTTPStatusError)
+        assert cause.response.status_code == 401
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_send_to_a_plain_agent_returns_its_reply_as_an_artifact(
+    gateway: Gateway, binding: str
+) -> None:
+    client = await gateway.client("librarian", binding, streaming=False)
+    try:
+        query = {"@type": "ravi.examples.v1.SearchQuery", "query": "approvals", "limit": 2}
+        (response,) = await events(client.send_message(user(data=query), context=session()))
+        task = response.task
+        assert task.status.state == COMPLETED
+        assert task.context_id == "default"
+        (artifact,) = task.artifacts
+        (reply,) = get_data_parts(artifact.parts)
+        assert reply["@type"] == "ravi.examples.v1.SearchResult"
+        assert [h["snippet"] for h in reply["hits"]] == ["approvals #1", "approvals #2"]
+        assert reply["searcher"] == "default"
+
+        # A handler error fails the task with the ravi code; a bad request changes no task.
+        failing = {"@type": "ravi.examples.v1.SearchQuery", "query": ""}
+        (response,) = await events(client.send_message(user(data=failing), context=session()))
+        assert response.task.status.state == TaskState.TASK_STATE_FAILED
+        (error,) = get_data_parts(response.task.status.message.parts)
+        assert error["code"] == "INVALID_ARGUMENT"
+        crashing = {"@type": "ravi.examples.v1.SearchQuery", "query": "boom"}
+        (response,) = await events(client.send_message(user(data=crashing), context=session()))
+        (error,) = get_data_parts(response.task.status.message.parts)
+        assert error["code"] == "UNKNOWN"
+        assert error["reason"] == "HANDLER_FAILED"
+        assert "the shelf fell over" in error["message"]
+        for bad, expected in [
+            ({"query": "x"}, "naming its type"),
+            ({"@type": "no.such.Type"}, "unknown message type"),
+            ({"@type": "ravi.examples.v1.Draft", "text": "x"}, "no handler"),
+            ({"@type": "ravi.examples.v1.SearchQuery", "limit": "many"}, "cannot decode"),
+        ]:
+            with pytest.raises(InvalidParamsError, match=expected):
+                await events(client.send_message(user(data=bad), context=session()))
+        with pytest.raises(InvalidParamsError, match="one data part"):
+            await events(client.send_message(user("find approvals"), context=session()))
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_a_react_task_streams_to_an_approval_and_completes_once_approved(
+    gateway: Gateway, binding: str
+) -> None:
+    client = await gateway.client("assistant", binding)
+    try:
+        received = await events(client.send_message(user("restate approvals"), context=session()))
+        task = first_task(received)
+        assert states(received)[0] == TaskState.TASK_STATE_SUBMITTED
+        assert set(states(received)[1:-1]) == {TaskState.TASK_STATE_WORKING}
+        assert states(received)[-1] == INPUT_REQUIRED
+        steps = [
+            data["kind"]
+            for e in received
+            if e.HasField("status_update") and e.status_update.status.HasField("message")
+            for data in get_data_parts(e.status_update.status.message.parts)
+        ]
+        assert steps == ["started", "model_step", "tool_result", "model_step", "approval_request"]
+        asked = approval(received)
+        assert asked["tool"] == "send_report"
+        assert asked["arguments"]["to"] == "team@example.com"
+        assert asked["run_id"] == task.id
+        assert asked["parameters"]["required"] == ["to", "summary"]
+
+        # The contextId is the server's thread, and the approval its pending card.
+        async with gateway.api() as api:
+            thread = (await api.get(f"/threads/{task.context_id}")).json()
+        assert thread["status"] == "waiting_for_approval"
+        assert [p["approval_request"]["request_id"] for p in thread["pending_approvals"]] == [
+            asked["request_id"]
+        ]
+
+        fetched = await client.get_task(GetTaskRequest(id=task.id), context=session())
+        assert fetched.status.state == INPUT_REQUIRED
+        assert fetched.context_id == task.context_id
+
+        received = await events(client.send_message(user("approve", task=task), context=session()))
+        assert states(received)[-1] == COMPLETED
+        assert result_text(received).startswith("Done. Report sent to team@example.com")
+        fetched = await client.get_task(GetTaskRequest(id=task.id), context=session())
+        assert fetched.status.state == COMPLETED
+        assert get_message_text(Message(parts=fetched.artifacts[0].parts)).startswith("Done.")
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_a_rejected_call_does_not_run_and_the_task_completes(
+    gateway: Gateway, binding: str
+) -> None:
+    client = await gateway.client("assistant", binding)
+    try:
+        task, _ = await until_approval(client, "grpc")
+        reject = {"action": "reject", "reason": "not today"}
+        received = await events(
+            client.send_message(user(data=reject, task=task), context=session())
+        )
+        assert states(received)[-1] == COMPLETED
+        text = result_text(received)
+        assert text.startswith("I did not send the report.")
+        assert "not today" in text
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_an_edit_with_bad_arguments_is_refused_and_the_task_still_waits(
+    gateway: Gateway, binding: str
+) -> None:
+    client = await gateway.client("assistant", binding)
+    try:
+        task, asked = await until_approval(client, "local")
+        for bad in [
+            {"action": "edit", "arguments": {"to": 5}},
+            {"action": "edit"},
+            {"action": "edit", "arguments": "ops@example.com"},
+            {"action": "maybe"},
+            {"action": "approve", "request_id": "not-a-request"},
+        ]:
+            with pytest.raises(InvalidParamsError):
+                await events(client.send_message(user(data=bad, task=task), context=session()))
+        with pytest.raises(InvalidParamsError, match="answer approve or reject"):
+            await events(client.send_message(user("perhaps", task=task), context=session()))
+        fetched = await client.get_task(GetTaskRequest(id=task.id), context=session())
+        assert fetched.status.state == INPUT_REQUIRED
+
+        edit = {
+            "action": "edit",
+            "request_id": asked["request_id"],
+            "arguments": {"to": "ops@example.com", "summary": "edited"},
+        }
+        received = await events(client.send_message(user(data=edit, task=task), context=session()))
+        assert states(received)[-1] == COMPLETED
+        assert "Report sent to ops@example.com (6 characters" in result_text(received)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_cancel_ends_the_run_waiting_for_approval(gateway: Gateway, binding: str) -> None:
+    client = await gateway.client("assistant", binding)
+    try:
+        task, _ = await until_approval(client, "approval")
+        canceled = await client.cancel_task(CancelTaskRequest(id=task.id), context=session())
+        assert canceled.status.state == CANCELED
+        async with gateway.api() as api:
+            thread = (await api.get(f"/threads/{task.context_id}")).json()
+        assert thread["status"] == "failed"
+        assert thread["error"]["code"] == "CANCELLED"
+        with pytest.raises(A2AError):
+            await client.cancel_task(CancelTaskRequest(id=task.id), context=session())
+        # The thread takes the next task.
+        received = await events(
+            client.send_message(user("grpc", context_id=task.context_id), context=session())
+        )
+        assert states(received)[-1] == INPUT_REQUIRED
+        assert first_task(received).context_id == task.context_id
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_cancel_stops_a_working_task_at_once(gateway: Gateway, binding: str) -> None:
+    client = await gateway.client("slowpoke", binding)
+    try:
+        stream = client.send_message(user("wait"), context=session())
+        task: Task | None = None
+        async for event in stream:
+            if event.HasField("task"):
+                task = event.task
+            if event.HasField("status_update") and any(
+                data["kind"] == "model_step"
+                for data in get_data_parts(event.status_update.status.message.parts)
+            ):
+                break  # the model asked for the tool call, which takes 120 s
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        canceled = await client.cancel_task(CancelTaskRequest(id=task.id), context=session())
+        assert canceled.status.state == CANCELED
+        assert loop.time() - started < 15  # the tool call would take 120 s
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_a_dropped_stream_is_resumed_by_resubscribing(gateway: Gateway, binding: str) -> None:
+    client = await gateway.client("assistant", binding)
+    try:
+        stream = client.send_message(user("restate"), context=session())
+        first = await anext(stream)
+        await stream.aclose()  # type: ignore[attr-defined]
+        task = first.task
+
+        async def waiting() -> bool:
+            fetched = await client.get_task(GetTaskRequest(id=task.id), context=session())
+            return fetched.status.state == INPUT_REQUIRED
+
+        await eventually(waiting, timeout=30)
+        resumed = client.subscribe(SubscribeToTaskRequest(id=task.id), context=session())
+        snapshot = await anext(resumed)
+        assert snapshot.task.id == task.id
+        assert snapshot.task.status.state == INPUT_REQUIRED
+        (asked,) = get_data_parts(snapshot.task.status.message.parts)
+        assert asked["kind"] == "approval_request"
+
+        approved = asyncio.create_task(
+            events(client.send_message(user("approve", task=task), context=session()))
+        )
+        later = await asyncio.wait_for(events(resumed), 60)
+        await approved
+        assert states(later)[-1] == COMPLETED
+        assert result_text(later).startswith("Done. Report sent")
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_messages_to_a_busy_or_foreign_context_are_refused(
+    gateway: Gateway, binding: str
+) -> None:
+    client = await gateway.client("assistant", binding)
+    slow = await gateway.client("slowpoke", binding)
+    try:
+        task, _ = await until_approval(client, "grpc")
+        with pytest.raises(UnsupportedOperationError, match="in progress"):
+            await events(
+                client.send_message(user("again", context_id=task.context_id), context=session())
+            )
+        with pytest.raises(InvalidParamsError, match="conversation with agent 'assistant'"):
+            await events(
+                slow.send_message(user("wait", context_id=task.context_id), context=session())
+            )
+        with pytest.raises(InvalidParamsError, match="contextId"):
+            await events(client.send_message(user("x", context_id="bad\nid"), context=session()))
+        with pytest.raises(InvalidParamsError, match="text part"):
+            await events(client.send_message(user(data={"a": 1}), context=session()))
+        await client.cancel_task(CancelTaskRequest(id=task.id), context=session())
+        with pytest.raises(A2AError):
+            await events(client.send_message(user("approve", task=task), context=session()))
+    finally:
+        await client.close()
+        await slow.close()
+
+
+async def test_the_server_api_still_needs_its_token(gateway: Gateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url) as anonymous:
+        assert (await anonymous.get("/threads")).status_code == 401
+        assert (await anonymous.post("/a2a/assistant", json={})).status_code == 401
+    async with gateway.api() as api:
+        assert (await api.get("/threads")).status_code == 200
+    assert TOKEN
