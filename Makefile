@@ -51,7 +51,7 @@ $(NPM_TOOLS_STAMP): tools/package.json tools/package-lock.json
 	npm ci --prefix tools --no-audit --no-fund --loglevel=error
 	touch $@
 
-$(NPM_STAMP): package.json package-lock.json gen/ts/package.json interop/node/package.json
+$(NPM_STAMP): package.json package-lock.json gen/ts/package.json interop/node/package.json interop/a2a-js/package.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
@@ -141,10 +141,11 @@ $(TOOLS_BIN)/ravi-go: $(GO_SOURCES)
 .PHONY: build-go
 build-go: $(TOOLS_BIN)/ravi-go
 
-# Builds gen/ts and interop/node with strict tsc: the TypeScript type check.
+# Builds gen/ts, interop/node and the A2A interop driver (interop/a2a-js) with
+# strict tsc: the TypeScript type check.
 .PHONY: build-node
 build-node: $(NPM_STAMP)
-	$(TSC) -b interop/node
+	$(TSC) -b interop/node interop/a2a-js
 
 # --- test ------------------------------------------------------------------
 
@@ -224,7 +225,7 @@ lock: ## Re-resolve tools/requirements.in into the pinned tools/requirements.txt
 
 .PHONY: clean
 clean: ## Remove every bootstrapped folder and build output.
-	rm -rf $(VENV) .tools tools/node_modules node_modules gen/ts/dist interop/node/dist \
+	rm -rf $(VENV) .tools tools/node_modules node_modules gen/ts/dist interop/node/dist interop/a2a-js/dist \
 	  .mypy_cache .ruff_cache .pytest_cache .hypothesis python/dist
 
 # The Python image's lock (deploy/docker/requirements.txt): ravi's dependencies
