@@ -9,7 +9,7 @@ from ravi import BaseAgent, MessageContext, message_handler
 from ravi.agents import ReActAgent
 from ravi.errors import InvalidArgument
 from ravi.examples.v1 import examples_pb2 as ex
-from ravi.integrations.a2a import ExposedAgent
+from ravi.integrations.a2a import A2AAgent, ExposedAgent
 from ravi.models import ChatMessage, ScriptedModel, ToolCall
 from ravi.runtime import BaseRuntime
 from ravi.server import demo_setup
@@ -72,3 +72,13 @@ assistant = ExposedAgent(
     tools=[look_up, send_report],
     description="The demo assistant: looks up ravi's notes and e-mails reports.",
 )
+
+
+async def remote_weather(
+    runtime: BaseRuntime, card_url: str, token: str = "", binding: str = ""
+) -> None:
+    """Register the A2A sample agent at `card_url` as the agent type "weather"."""
+    bindings = [binding] if binding else None
+    await A2AAgent.register(
+        runtime, "weather", lambda: A2AAgent(card_url, token=token or None, bindings=bindings)
+    )

@@ -342,9 +342,9 @@ async def test_a_dropped_stream_is_resumed_by_resubscribing(gateway: Gateway, bi
         await stream.aclose()  # type: ignore[attr-defined]
         task = first.task
 
-        async def waiting() -> bool:
+        async def waiting() -> None:
             fetched = await client.get_task(GetTaskRequest(id=task.id), context=session())
-            return fetched.status.state == INPUT_REQUIRED
+            assert fetched.status.state == INPUT_REQUIRED
 
         await eventually(waiting, timeout=30)
         resumed = client.subscribe(SubscribeToTaskRequest(id=task.id), context=session())

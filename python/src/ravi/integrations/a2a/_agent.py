@@ -22,7 +22,6 @@ from a2a.client import (
     ClientConfig,
     ClientFactory,
 )
-from a2a.helpers import new_text_part
 from a2a.types import (
     CancelTaskRequest,
     ContentTypeNotSupportedError,
@@ -97,7 +96,7 @@ class A2AAgent(BaseAgent):
     The agent key is the A2A contextId: one key is one conversation, its calls
     made one at a time. A `ravi.a2a.v1.SendRequest` gets a `SendReply` (a
     completed task's artifacts, or a task waiting for input, to continue with
-    `task_id`); a plain string gets the answer's text. A task that fails, is
+    `task_id`). A task that fails, is
     rejected or canceled raises the matching ravi error; an unreachable or
     vanished remote raises `Unavailable`. The caller's deadline and
     cancellation reach the remote (a cancelled call cancels the remote task),
@@ -149,66 +148,37 @@ class A2AAgent(BaseAgent):
             message.metadata.CopyFrom(request.metadata)
         return await self._call(message, ctx)
 
-    @message_handler
-    async def on_text(self, text: str, ctx: MessageContext) -> str:
-        """Send text to the remote agent and return the text of its answer."""
-        message = Message(
-            role=Role.ROLE_USER,
-            message_id=ctx.message_id or uuid.uuid4().hex,
-            context_id=self.id.key,
-            parts=[new_text_part(text)],
-        )
-        reply = await self._call(message, ctx)
-        if reply.state in (rpb.TASK_STATE_INPUT_REQUIRED, rpb.TASK_STATE_AUTH_REQUIRED):
-            raise FailedPrecondition(
-                f"the remote agent's task {reply.task_id} waits for input "
-                f"({rpb.TaskState.Name(reply.state)}): {reply.text}; continue it with a "
-                "ravi.a2a.v1.SendRequest naming task_id"
-            )
-        return reply.text
-
     async def _call(self, message: Message, ctx: MessageContext) -> rpb.SendReply:
         remaining = ctx.time_remaining()
         timeout = self._timeout if remaining is None else remaining
         call = ClientCallContext(timeout=timeout, service_parameters=_trace_headers(ctx))
-        progress = _Progress()
+        exchange: _Exchange | None = None
         try:
             async with asyncio.timeout(timeout):
-                client = await self._client()
-                stream = cast(
-                    "AsyncGenerator[StreamResponse, None]",
-                    client.send_message(SendMessageRequest(message=message), context=call),
-                )
-                async with contextlib.aclosing(stream):
-                    async for event in stream:
-                        if progress.add(event):
-                            break
+                connection = self._connect()
+                exchange = _Exchange(connection, await connection.client(), message, call)
+                progress = await exchange.result()
         except TimeoutError:
-            self._forward_cancel(progress.task_id)
+            if exchange is not None:
+                exchange.abandon()
             raise DeadlineExceeded(
                 f"the remote A2A agent {self._remote.card_url} did not answer within {timeout:g}s",
                 remote=True,
             ) from None
         except asyncio.CancelledError:
-            self._forward_cancel(progress.task_id)
-            raise
-        except RaviError:
+            if exchange is not None:
+                exchange.abandon()
             raise
         except Exception as error:  # the SDK's and the transports' errors, mapped once
-            self._forward_cancel(progress.task_id)
+            if exchange is not None:
+                exchange.abandon()
             raise _ravi_error(error, self._remote.card_url) from error
         return progress.reply(self._remote.card_url)
 
-    async def _client(self) -> Client:
+    def _connect(self) -> _Connection:
         if self._connection is None:
             self._connection = _Connection.acquire(self._remote)
-        return await self._connection.client()
-
-    def _forward_cancel(self, task_id: str) -> None:
-        """Cancel the remote task in the background: the caller gave up on it."""
-        if not task_id or self._connection is None:
-            return
-        self._connection.cancel_later(task_id)
+        return self._connection
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -396,7 +366,7 @@ class _Connection:
         self._client: Client | None = None
         self._http: httpx.AsyncClient | None = None
         self._lock = asyncio.Lock()
-        self._cancels: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
     def acquire(cls, remote: _Remote) -> _Connection:
@@ -412,8 +382,8 @@ class _Connection:
         if self._users > 0:
             return
         self._open.pop((asyncio.get_running_loop(), self._remote), None)
-        if self._cancels:
-            await asyncio.wait(self._cancels, timeout=CANCEL_TIMEOUT)
+        if self._background:
+            await asyncio.wait(self._background, timeout=2 * CANCEL_TIMEOUT)
         if self._client is not None:
             await self._client.close()
         if self._http is not None:
@@ -441,16 +411,17 @@ class _Connection:
         )
         return ClientFactory(config).create(card)
 
-    def cancel_later(self, task_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._cancel(task_id))
-        self._cancels.add(task)
-        task.add_done_callback(self._cancels.discard)
+    def keep(self, task: asyncio.Task[None]) -> None:
+        """Keep a background task (a stream being wound down) until it ends."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
-    async def _cancel(self, task_id: str) -> None:
+    async def cancel(self, task_id: str) -> None:
+        """Cancel a remote task, best effort: the caller has its error already."""
         client = self._client
         if client is None:
             return
-        with contextlib.suppress(Exception):  # best effort: the caller has its error already
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 client.cancel_task(
                     CancelTaskRequest(id=task_id),
@@ -458,6 +429,57 @@ class _Connection:
                 ),
                 CANCEL_TIMEOUT,
             )
+
+
+class _Exchange:
+    """One message's stream of events, read by a task of its own.
+
+    The stream outlives a caller that gives up: when the caller's deadline
+    passes or it cancels before the remote task's id arrived, the stream is
+    read on until it does, so that the remote task can be cancelled.
+    """
+
+    def __init__(
+        self, connection: _Connection, client: Client, message: Message, call: ClientCallContext
+    ) -> None:
+        self.progress = _Progress()
+        self._connection = connection
+        self._known = asyncio.Event()
+        self._reader = asyncio.get_running_loop().create_task(self._read(client, message, call))
+
+    async def _read(self, client: Client, message: Message, call: ClientCallContext) -> None:
+        stream = cast(
+            "AsyncGenerator[StreamResponse, None]",
+            client.send_message(SendMessageRequest(message=message), context=call),
+        )
+        try:
+            async for event in stream:
+                finished = self.progress.add(event)
+                if self.progress.task_id:
+                    self._known.set()
+                if finished:
+                    break
+        finally:
+            self._known.set()
+            await stream.aclose()
+
+    async def result(self) -> _Progress:
+        """The progress once the task finished or waits; raises what the stream raised."""
+        await asyncio.shield(self._reader)
+        return self.progress
+
+    def abandon(self) -> None:
+        """The caller gave up: cancel the remote task (once its id is known), in the background."""
+        self._connection.keep(asyncio.get_running_loop().create_task(self._wind_down()))
+
+    async def _wind_down(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._known.wait(), CANCEL_TIMEOUT)
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+        progress = self.progress
+        if progress.task_id and progress.state not in _FINISHED:
+            await self._connection.cancel(progress.task_id)
 
 
 def _card_location(card_url: str) -> tuple[str, str]:

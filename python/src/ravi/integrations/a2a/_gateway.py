@@ -246,8 +246,10 @@ class _TenantRouter(RequestHandler):
     async def on_message_send_stream(  # type: ignore[override]  # a generator, as the SDK calls it
         self, params: Any, context: ServerCallContext
     ) -> AsyncIterator[Any]:
-        async for event in self._handler(context).on_message_send_stream(params, context):
-            yield event
+        stream = self._handler(context).on_message_send_stream(params, context)
+        async with contextlib.aclosing(stream) as events:
+            async for event in events:
+                yield event
 
     async def on_create_task_push_notification_config(
         self, params: Any, context: ServerCallContext
@@ -262,8 +264,10 @@ class _TenantRouter(RequestHandler):
     async def on_subscribe_to_task(  # type: ignore[override]  # a generator, as the SDK calls it
         self, params: Any, context: ServerCallContext
     ) -> AsyncIterator[Any]:
-        async for event in self._handler(context).on_subscribe_to_task(params, context):
-            yield event
+        stream = self._handler(context).on_subscribe_to_task(params, context)
+        async with contextlib.aclosing(stream) as events:
+            async for event in events:
+                yield event
 
     async def on_list_task_push_notification_configs(
         self, params: Any, context: ServerCallContext

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, TypeVar
 
 import grpc.aio
@@ -81,12 +81,14 @@ class TaskHandler(DefaultRequestHandler):
         result: Message | Task = await super().on_message_send(params, context)
         return result
 
-    async def on_message_send_stream(  # type: ignore[override]  # the SDK's is a decorated generator
+    async def on_message_send_stream(
         self, params: SendMessageRequest, context: ServerCallContext
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         await self._executor.admit(params, context, self._store)
-        async for event in super().on_message_send_stream(params, context):
-            yield event
+        # Closing this stream closes the SDK's at once (a client that left).
+        async with contextlib.aclosing(super().on_message_send_stream(params, context)) as events:
+            async for event in events:
+                yield event
 
 
 class RaviExecutor(AgentExecutor):
