@@ -189,7 +189,7 @@ $(BENCH_AUTOGEN_STAMP):
 	else echo "AutoGen anchors not found at $(AUTOGEN_ANCHORS): benchmarks run without them"; fi
 
 .PHONY: bench
-bench: bench-local bench-grpc bench-restate ## Run the benchmarks (medians of BENCH_RUNS runs, ratios to the anchors).
+bench: bench-local bench-grpc bench-restate bench-a2a ## Run the benchmarks (medians of BENCH_RUNS runs, ratios to the anchors).
 
 .PHONY: bench-local
 bench-local: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
@@ -205,6 +205,14 @@ bench-grpc: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
 .PHONY: bench-restate
 bench-restate: $(VENV_STAMP) $(NPM_TOOLS_STAMP)
 	$(PY) bench/run.py restate --runs $(BENCH_RUNS) --save bench/results/restate.json
+
+# The A2A gateway beside a bare a2a-sdk server with the same echo agent
+# (medians of at least 5 interleaved runs: the gap is small next to the noise).
+A2A_BENCH_RUNS ?= $(if $(filter-out 0 1 2 3 4,$(BENCH_RUNS)),$(BENCH_RUNS),5)
+
+.PHONY: bench-a2a
+bench-a2a: $(VENV_STAMP)
+	$(PY) bench/run.py a2a --runs $(A2A_BENCH_RUNS) --save bench/results/a2a.json
 
 # --- demo ------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ the same run, and checks the ratios DESIGN.md section 8 sets as targets.
     python bench/run.py local --runs 3 --autogen-python .tools/bench-autogen/bin/python \
         --anchors ../shared/anchors/autogen --save bench/results/local.json
     python bench/run.py restate --runs 3 --save bench/results/restate.json
+    python bench/run.py a2a --runs 5 --save bench/results/a2a.json
 """
 
 from __future__ import annotations
@@ -112,6 +113,17 @@ RESTATE_TARGETS = [
 ]
 
 
+# DESIGN.md section 8, A2A row: a message/send round trip through ravi's
+# gateway costs at most 1.2 x the same echo agent on a bare a2a-sdk server, in
+# the same run; on each binding.
+A2A_TARGETS = [
+    Target(
+        "jsonrpc_p50_us", "floor", 1.2, False, "JSON-RPC message/send p50 <= 1.2 x bare a2a-sdk"
+    ),
+    Target("grpc_p50_us", "floor", 1.2, False, "gRPC message/send p50 <= 1.2 x bare a2a-sdk"),
+]
+
+
 TRACED_COUNTS = ["--n", "5000", "--total", "5000", "--publishes", "1000"]
 # Tracing with 1% of traces sampled, set the standard way (the SDK reads it).
 SAMPLED_1PCT = [
@@ -178,9 +190,17 @@ def restate_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     }
 
 
+def a2a_commands(args: argparse.Namespace) -> dict[str, list[str]]:
+    python = sys.executable
+    return {
+        "floor": [python, str(BENCH / "a2a_bare.py")],
+        "ravi": [python, str(BENCH / "a2a_ravi.py")],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", choices=["local", "grpc", "restate"])
+    parser.add_argument("suite", choices=["local", "grpc", "restate", "a2a"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--autogen-python")
     parser.add_argument("--anchors")
@@ -191,6 +211,8 @@ def main() -> None:
         commands, targets = local_commands(args), LOCAL_TARGETS
     elif args.suite == "grpc":
         commands, targets = grpc_commands(args), GRPC_TARGETS
+    elif args.suite == "a2a":
+        commands, targets = a2a_commands(args), A2A_TARGETS
     else:
         commands, targets = restate_commands(args), RESTATE_TARGETS
     # Restate's figures are milliseconds: one decimal would hide the ratio.

@@ -141,7 +141,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--token")
     token = parser.parse_args().token
-    listener = socket.socket()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)
     http_url = f"http://127.0.0.1:{listener.getsockname()[1]}"

@@ -97,7 +97,10 @@ async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) ->
     """Serve until SIGTERM or SIGINT (uvicorn's handlers), then stop the runtime."""
     token = config.token or secrets.token_urlsafe(24)
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio turns Nagle off only on sockets
+    # that say they are TCP, and with Nagle on every response waits ~40 ms for
+    # the client's delayed ACK.
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((config.host, config.port))
