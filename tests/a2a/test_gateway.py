@@ -27,8 +27,9 @@ from a2a.types import (
 )
 from a2a.utils.errors import A2AError
 
-from ravi.testing import eventually
-from tests.a2a.conftest import TOKEN, Gateway, session
+from ravi.testing import eventually, ravi_command, running_node
+from tests.a2a.conftest import TOKEN, Gateway, serve_command, session
+from tests.paths import REPO_ROOT
 
 pytestmark = [
     pytest.mark.a2a,
@@ -400,3 +401,81 @@ async def test_the_server_api_still_needs_its_token(gateway: Gateway) -> None:
     async with gateway.api() as api:
         assert (await api.get("/threads")).status_code == 200
     assert TOKEN
+
+
+async def test_an_approval_answered_on_the_web_page_resumes_the_task(gateway: Gateway) -> None:
+    client = await gateway.client("assistant", "JSONRPC")
+    try:
+        task, asked = await until_approval(client, "grpc")
+        async with gateway.api() as api:
+            answered = await api.post(f"/respond/{asked['request_id']}", json={"action": "approve"})
+        assert answered.status_code == 200
+        # The next message resumes the task; it answers nothing, as nothing waits.
+        received = await events(client.send_message(user("go on", task=task), context=session()))
+        assert states(received)[-1] == COMPLETED
+        assert result_text(received).startswith("Done. Report sent")
+    finally:
+        await client.close()
+
+
+async def test_a_task_past_its_runs_deadline_fails_with_the_code() -> None:
+    async with running_node(serve_command("--run-timeout", "2")) as node:
+        gateway = Gateway(node)
+        client = await gateway.client("assistant", "GRPC")
+        try:
+            task, _ = await until_approval(client, "grpc")
+
+            async def run_ended() -> None:
+                async with gateway.api() as api:
+                    thread = (await api.get(f"/threads/{task.context_id}")).json()
+                assert thread["status"] == "failed"
+
+            await eventually(run_ended, timeout=30)
+            received = await events(
+                client.send_message(user("approve", task=task), context=session())
+            )
+            assert states(received)[-1] == TaskState.TASK_STATE_FAILED
+            update = received[-1].status_update
+            (error,) = get_data_parts(update.status.message.parts)
+            assert error["code"] == "DEADLINE_EXCEEDED"
+        finally:
+            await client.close()
+
+
+async def test_the_gateway_serves_agents_that_run_on_a_mesh() -> None:
+    """`ravi serve --runtime grpc --a2a`: agents on a `ravi node`, the server a client."""
+    node_command = [*ravi_command(), "node", "--node-id", "agents", "--listen", "127.0.0.1:0"]
+    node_command += ["--app-dir", str(REPO_ROOT), "--setup", "tests.a2a.agents:setup"]
+    async with running_node(node_command) as agents:
+        serve = [*ravi_command(), "serve", "--port", "0", "--token", TOKEN, "--a2a"]
+        serve += ["--runtime", "grpc", "--peer", f"agents={agents.address}"]
+        serve += ["--app-dir", str(REPO_ROOT)]
+        for name in ("assistant", "librarian"):
+            serve += ["--a2a-agent", f"tests.a2a.agents:{name}"]
+        async with running_node(serve) as node:
+            gateway = Gateway(node)
+            librarian = await gateway.client("librarian", "GRPC", streaming=False)
+            assistant = await gateway.client("assistant", "JSONRPC")
+            try:
+                query = {"@type": "ravi.examples.v1.SearchQuery", "query": "mesh"}
+                (response,) = await events(
+                    librarian.send_message(user(data=query), context=session())
+                )
+                (reply,) = get_data_parts(response.task.artifacts[0].parts)
+                assert reply["hits"][0]["snippet"] == "mesh #1"
+
+                task, _ = await until_approval(assistant, "restate")
+                received = await events(
+                    assistant.send_message(user("approve", task=task), context=session())
+                )
+                assert states(received)[-1] == COMPLETED
+                assert result_text(received).startswith("Done. Report sent")
+
+                task, _ = await until_approval(assistant, "grpc")
+                canceled = await assistant.cancel_task(
+                    CancelTaskRequest(id=task.id), context=session()
+                )
+                assert canceled.status.state == CANCELED
+            finally:
+                await librarian.close()
+                await assistant.close()

@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Mount
 
 from ravi.errors import Unavailable
 from ravi.integrations.a2a._cards import Bindings, ExposedAgent, agent_card
+from ravi.integrations.a2a._runs import ServerRuns
 from ravi.integrations.a2a._tasks import (
     RaviExecutor,
     RequestExecutor,
@@ -100,9 +101,12 @@ class A2AGateway:
         self._grpc: grpc.aio.Server | None = None
         self._grpc_port: int | None = None
         self._handlers: dict[str, TaskHandler] = {}
+        runs = ServerRuns(server)
         for agent in exposed:
             executor: RaviExecutor = (
-                ThreadExecutor(agent, server) if agent.is_react else RequestExecutor(agent, server)
+                ThreadExecutor(agent, runs)
+                if agent.is_react
+                else RequestExecutor(agent, server.runtime)
             )
             card = agent_card(agent, Bindings("http://localhost", None))
             self._handlers[agent.agent_type] = TaskHandler(executor, card)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 from abc import abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, TypeVar
 
 import grpc.aio
@@ -45,9 +45,9 @@ from ravi.integrations.a2a._parts import (
     failure,
     text_and_data,
 )
-from ravi.server import RaviServer
+from ravi.integrations.a2a._runs import ThreadRuns, ThreadView
+from ravi.runtime import BaseRuntime
 from ravi.server._app import Respond
-from ravi.server._threads import Thread
 
 _TERMINAL = {
     TaskState.TASK_STATE_COMPLETED,
@@ -140,9 +140,9 @@ class ThreadExecutor(RaviExecutor):
     client's next message in the task answers it as `POST /respond` would.
     """
 
-    def __init__(self, exposed: ExposedAgent, server: RaviServer) -> None:
+    def __init__(self, exposed: ExposedAgent, runs: ThreadRuns) -> None:
         super().__init__(exposed)
-        self._server = server
+        self._runs = runs
 
     async def admit(
         self, params: SendMessageRequest, context: ServerCallContext, store: TaskStore
@@ -157,7 +157,7 @@ class ThreadExecutor(RaviExecutor):
                     f"task {task.id} is {TaskState.Name(task.status.state)}: it takes a "
                     "message only while it waits for an approval (input-required)"
                 )
-            self._answer(message, task)
+            await self._answer(message, task)
             return
         if not get_message_text(message).strip():
             raise InvalidParamsError(
@@ -168,7 +168,7 @@ class ThreadExecutor(RaviExecutor):
                 AgentId(self.exposed.agent_type, message.context_id)
             except BadId as error:
                 raise InvalidParamsError(message=f"contextId: {error}") from None
-            thread = _thread(self._server, message.context_id)
+            thread = await self._runs.view(message.context_id)
             if thread is not None:
                 _check_thread(thread, self.exposed.agent_type)
 
@@ -186,10 +186,10 @@ class ThreadExecutor(RaviExecutor):
                     history=[message],
                 )
             )
-            thread = _thread(self._server, thread_id)
+            thread = await self._runs.view(thread_id)
             after = thread.last_seq if thread is not None else 0
             try:
-                self._server.launch(
+                await self._runs.start(
                     thread_id,
                     get_message_text(message),
                     run_id=run_id,
@@ -201,17 +201,20 @@ class ThreadExecutor(RaviExecutor):
                 )
                 return
         else:
-            request_id, answer = self._answer(_required(context.message), task)
-            after = self._asked_at(thread_id, request_id)
-            # Answered elsewhere (the web page) or the run ended: then its
-            # events below say what became of it.
-            with contextlib.suppress(RaviError):
-                await self._server.respond(request_id, answer)
+            # The task waits at the approval request its status message shows.
+            asked = _asked(task)
+            after = int(asked["seq"]) if asked else 0
+            answered = await self._answer(_required(context.message), task)
+            if answered is not None:
+                # Answered elsewhere meanwhile (the web page), or the run
+                # ended: then its events below say what became of it.
+                with contextlib.suppress(RaviError):
+                    await self._runs.respond(*answered)
         await self._follow(thread_id, run_id, after, updater)
 
     async def _follow(self, thread_id: str, run_id: str, after: int, updater: TaskUpdater) -> None:
         """Turn the run's events after `after` into task updates, until it waits or ends."""
-        async for event in _run_events(self._server, thread_id, run_id, after):
+        async for event in self._runs.run_events(thread_id, run_id, after):
             if run_id in self._cancelled:
                 return  # cancel() reports the end
             kind = event["kind"]
@@ -259,17 +262,22 @@ class ThreadExecutor(RaviExecutor):
         )
         return text, data
 
-    def _answer(self, message: Message, task: Task) -> tuple[str, Respond]:
+    async def _answer(self, message: Message, task: Task) -> tuple[str, Respond] | None:
         """The pending approval this message answers, and the answer, checked as POST /respond.
+
+        None when no approval of the task's run waits any more (it was
+        answered elsewhere, or the run ended): the message then only resumes
+        the task, which reports what became of the run.
 
         Raises:
             InvalidParamsError: the answer is not approve, reject or a valid edit.
         """
-        pending = self._pending(task)
+        thread = await self._runs.view(task.context_id)
+        pending = {
+            r: e for r, e in (thread.pending if thread else {}).items() if e["run_id"] == task.id
+        }
         if not pending:
-            raise InvalidParamsError(
-                message=f"task {task.id} has no approval waiting for an answer"
-            )
+            return None
         fields = _answer_fields(message)
         named = fields.pop("request_id", None)
         if named is not None and named not in pending:
@@ -298,24 +306,8 @@ class ThreadExecutor(RaviExecutor):
                     ) from None
         return request_id, answer
 
-    def _pending(self, task: Task) -> dict[str, dict[str, Any]]:
-        thread = _thread(self._server, task.context_id)
-        if thread is None:
-            return {}
-        return {r: e for r, e in thread.pending.items() if e["run_id"] == task.id}
-
-    def _asked_at(self, thread_id: str, request_id: str) -> int:
-        thread = self._server.store.get(thread_id)
-        for event in thread.events:
-            if (
-                event["kind"] == "approval_request"
-                and event["approval_request"]["request_id"] == request_id
-            ):
-                return int(event["seq"])
-        return thread.last_seq
-
     async def _stop(self, task_id: str) -> None:
-        await self._server.cancel(task_id)
+        await self._runs.cancel(task_id)
 
 
 class RequestExecutor(RaviExecutor):
@@ -327,9 +319,9 @@ class RequestExecutor(RaviExecutor):
     client names none).
     """
 
-    def __init__(self, exposed: ExposedAgent, server: RaviServer) -> None:
+    def __init__(self, exposed: ExposedAgent, runtime: BaseRuntime) -> None:
         super().__init__(exposed)
-        self._runtime = server.runtime
+        self._runtime = runtime
 
     async def admit(
         self, params: SendMessageRequest, context: ServerCallContext, store: TaskStore
@@ -396,30 +388,6 @@ class RequestExecutor(RaviExecutor):
         await updater.complete()
 
 
-async def _run_events(
-    server: RaviServer, thread_id: str, run_id: str, after: int
-) -> AsyncIterator[dict[str, Any]]:
-    """The run's events after seq `after` as they come, and a `failed` one if it ends without."""
-    thread = server.store.get(thread_id)
-    seen = after
-    while True:
-        wake = thread.wake
-        for event in [e for e in thread.events if e["seq"] > seen]:
-            seen = event["seq"]
-            if event["run_id"] == run_id:
-                yield event
-                if event["kind"] in ("final", "failed"):
-                    return
-        if thread.run_id != run_id or not thread.running:
-            error = (thread.error if thread.run_id == run_id else None) or {
-                "code": "UNKNOWN",
-                "message": "the run ended without a result",
-            }
-            yield {"kind": "failed", "failed": error, "run_id": run_id, "seq": seen}
-            return
-        await wake.wait()
-
-
 def _summary(event: Mapping[str, Any]) -> str:
     """A line of text for a run event, for clients that show text."""
     kind = event["kind"]
@@ -457,25 +425,28 @@ def _answer_fields(message: Message) -> dict[str, Any]:
     return {"action": action}
 
 
-def _thread(server: RaviServer, thread_id: str) -> Thread | None:
-    try:
-        return server.store.get(thread_id)
-    except RaviError:
-        return None
-
-
-def _check_thread(thread: Thread, agent_type: str) -> None:
-    owner = next((e["agent_type"] for e in reversed(thread.events) if e.get("agent_type")), None)
-    if owner is not None and owner != agent_type:
+def _check_thread(thread: ThreadView, agent_type: str) -> None:
+    if thread.agent_type is not None and thread.agent_type != agent_type:
         raise InvalidParamsError(
-            message=f"context {thread.id!r} is a conversation with agent {owner!r}, "
-            f"not {agent_type!r}"
+            message=f"context {thread.thread_id!r} is a conversation with agent "
+            f"{thread.agent_type!r}, not {agent_type!r}"
         )
     if thread.running:
         raise UnsupportedOperationError(
-            f"context {thread.id!r} has a task in progress ({thread.run_id}); "
+            f"context {thread.thread_id!r} has a task in progress ({thread.run_id}); "
             "continue that task or wait for it to finish"
         )
+
+
+def _asked(task: Task) -> dict[str, Any] | None:
+    """The approval request a waiting task's status message carries."""
+    message = task.status.message if task.status.HasField("message") else None
+    for part in message.parts if message is not None else ():
+        if part.HasField("data"):
+            data = data_of(part)
+            if isinstance(data, dict) and data.get("kind") == "approval_request":
+                return data
+    return None
 
 
 def _updater(context: RequestContext, event_queue: EventQueue) -> TaskUpdater:
