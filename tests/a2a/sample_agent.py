@@ -1,6 +1,6 @@
 """A weather agent built with a2a-sdk alone (no ravi), for A2AAgent's tests and the benchmark.
 
-It serves JSON-RPC (with an Agent Card) and gRPC, and prints what a test
+It serves JSON-RPC, HTTP+JSON and gRPC (with an Agent Card), and prints what a test
 waits for: its addresses, "working TASK" when a slow task starts, "canceled
 TASK" when one is canceled, and "traceparent VALUE" for each message.
 
@@ -26,7 +26,11 @@ from a2a.helpers import get_message_text, new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
-from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.routes import (
+    create_agent_card_routes,
+    create_jsonrpc_routes,
+    create_rest_routes,
+)
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
 from a2a.types import (
     AgentCapabilities,
@@ -108,6 +112,9 @@ def card(http_url: str, grpc_address: str) -> AgentCard:
         version="1.0.0",
         supported_interfaces=[
             AgentInterface(url=http_url, protocol_binding="JSONRPC", protocol_version="1.0"),
+            AgentInterface(
+                url=f"{http_url}/rest", protocol_binding="HTTP+JSON", protocol_version="1.0"
+            ),
             AgentInterface(url=grpc_address, protocol_binding="GRPC", protocol_version="1.0"),
         ],
         capabilities=AgentCapabilities(streaming=True),
@@ -122,13 +129,14 @@ def card(http_url: str, grpc_address: str) -> AgentCard:
 
 
 class _Token:
-    """Refuses JSON-RPC calls without the bearer token (the card stays public)."""
+    """Refuses HTTP calls without the bearer token (the card stays public)."""
 
     def __init__(self, app: Starlette, token: str | None) -> None:
         self._app, self._token = app, token
 
     async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
-        if self._token and scope["type"] == "http" and scope["path"] == "/":
+        public = scope.get("path") == "/.well-known/agent-card.json"
+        if self._token and scope["type"] == "http" and not public:
             request = Request(scope)
             if request.headers.get("authorization") != f"Bearer {self._token}":
                 response: Response = JSONResponse({"error": "unauthorized"}, status_code=401)
@@ -164,6 +172,7 @@ async def main() -> None:
             await handler.aclose()
 
     routes = [*create_agent_card_routes(agent_card), *create_jsonrpc_routes(handler, "/")]
+    routes += create_rest_routes(handler, path_prefix="/rest")
     app = _Token(Starlette(routes=routes, lifespan=lifespan), token)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     await server.serve(sockets=[listener])

@@ -76,7 +76,7 @@ async def sample() -> AsyncIterator[NodeProcess]:
         yield node
 
 
-@pytest.mark.parametrize("binding", ["JSONRPC", "GRPC"])
+@pytest.mark.parametrize("binding", ["JSONRPC", "GRPC", "HTTP+JSON"])
 async def test_a_mesh_agent_calls_the_remote_agent_and_continues_its_task(
     sample: NodeProcess, binding: str
 ) -> None:
@@ -163,19 +163,19 @@ async def test_the_deadline_and_cancellation_reach_the_remote_task(sample: NodeP
 
 async def test_the_trace_context_travels_to_the_remote(sample: NodeProcess) -> None:
     async with LocalRuntime() as runtime:
-        for binding in ("JSONRPC", "GRPC"):
+        for binding in ("JSONRPC", "GRPC", "HTTP+JSON"):
             await A2AAgent.register(
                 runtime,
-                f"weather-{binding.lower()}",
+                f"weather-{binding.lower().replace('+', '-')}",
                 lambda b=binding: A2AAgent(card_url(sample), token=REMOTE_TOKEN, bindings=[b]),
             )
             await runtime.send_message(
                 ask("Oslo"),
-                AgentId(f"weather-{binding.lower()}", "traced"),
+                AgentId(f"weather-{binding.lower().replace('+', '-')}", "traced"),
                 metadata={"traceparent": TRACEPARENT},
             )
     traced = [line for line in sample.output if line.strip() == f"traceparent {TRACEPARENT}"]
-    assert len(traced) == 2
+    assert len(traced) == 3
 
 
 async def test_a_traced_call_continues_the_callers_trace(sample: NodeProcess) -> None:

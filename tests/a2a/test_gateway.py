@@ -16,12 +16,15 @@ from a2a.types import (
     CancelTaskRequest,
     GetTaskRequest,
     InvalidParamsError,
+    ListTasksRequest,
     Message,
+    PushNotificationNotSupportedError,
     Role,
     SendMessageRequest,
     StreamResponse,
     SubscribeToTaskRequest,
     Task,
+    TaskPushNotificationConfig,
     TaskState,
     UnsupportedOperationError,
 )
@@ -37,7 +40,7 @@ pytestmark = [
     pytest.mark.timeout(120),
 ]
 
-BINDINGS = ["JSONRPC", "GRPC"]
+BINDINGS = ["JSONRPC", "GRPC", "HTTP+JSON"]
 INPUT_REQUIRED = TaskState.TASK_STATE_INPUT_REQUIRED
 COMPLETED = TaskState.TASK_STATE_COMPLETED
 CANCELED = TaskState.TASK_STATE_CANCELED
@@ -479,3 +482,22 @@ async def test_the_gateway_serves_agents_that_run_on_a_mesh() -> None:
             finally:
                 await librarian.close()
                 await assistant.close()
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_tasks_are_listed_and_push_notifications_are_refused(
+    gateway: Gateway, binding: str
+) -> None:
+    client = await gateway.client("assistant", binding)
+    try:
+        task, _ = await until_approval(client, "restate")
+        listed = await client.list_tasks(
+            ListTasksRequest(context_id=task.context_id), context=session()
+        )
+        assert [t.id for t in listed.tasks] == [task.id]
+        config = TaskPushNotificationConfig(task_id=task.id, url="https://example.test/hook")
+        with pytest.raises(PushNotificationNotSupportedError):
+            await client.create_task_push_notification_config(config, context=session())
+        await client.cancel_task(CancelTaskRequest(id=task.id), context=session())
+    finally:
+        await client.close()

@@ -34,7 +34,7 @@ STEPS = [
 ]
 
 
-@pytest.mark.parametrize("binding", ["JSONRPC", "GRPC"])
+@pytest.mark.parametrize("binding", ["JSONRPC", "GRPC", "HTTP+JSON"])
 async def test_the_js_client_drives_the_gateway(gateway: Gateway, binding: str) -> None:
     assert DRIVER.exists(), f"{DRIVER} is missing: run `make build-node`"
     process = await asyncio.create_subprocess_exec(

@@ -8,7 +8,13 @@ import pytest
 
 from tests.paths import REPO_ROOT
 
-PAGES = ["README.md", "docs/concepts.md", "docs/scaling-out.md", "docs/agents.md"]
+PAGES = [
+    "README.md",
+    "docs/concepts.md",
+    "docs/scaling-out.md",
+    "docs/agents.md",
+    "docs/a2a.md",
+]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -42,3 +48,11 @@ def test_go_and_node_examples_are_the_code_the_tests_build() -> None:
     assert len(blocks) == 4
     for block in blocks:
         assert block in sources, f"docs/interop.md shows code that is not in {SOURCES}:\n{block}"
+
+
+def test_the_a2a_page_shows_the_code_the_interop_tests_run() -> None:
+    source = (REPO_ROOT / "interop" / "a2a-js" / "src" / "drive.ts").read_text()
+    blocks = GO_OR_TS.findall((REPO_ROOT / "docs" / "a2a.md").read_text())
+    assert len(blocks) == 2
+    for block in blocks:
+        assert block in source, f"docs/a2a.md shows code that is not in drive.ts:\n{block}"

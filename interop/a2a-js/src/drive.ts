@@ -7,7 +7,7 @@
 // resumed with SubscribeToTask. It prints "ok <step>" per step and exits 1 on
 // the first failure.
 //
-//	ravi-a2a-drive --server http://127.0.0.1:8000 --token T --binding JSONRPC|GRPC
+//	ravi-a2a-drive --server http://127.0.0.1:8000 --token T --binding JSONRPC|GRPC|HTTP+JSON
 
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
@@ -21,6 +21,7 @@ import {
   ClientFactory,
   JsonRpcTransportFactory,
   type RequestOptions,
+  RestTransportFactory,
 } from "@a2a-js/sdk/client";
 import { GrpcTransportFactory } from "@a2a-js/sdk/client/grpc";
 
@@ -51,7 +52,7 @@ function cardUrl(agentType: string): string {
 
 async function connect(agentType: string): Promise<Client> {
   const factory = new ClientFactory({
-    transports: [new JsonRpcTransportFactory(), new GrpcTransportFactory()],
+    transports: [new JsonRpcTransportFactory(), new RestTransportFactory(), new GrpcTransportFactory()],
     preferredTransports: [binding],
   });
   // The full card URL with an empty path: the card lives under the agent's path.

@@ -88,12 +88,18 @@ class Bindings:
 
 def agent_card(exposed: ExposedAgent, bindings: Bindings) -> AgentCard:
     """The Agent Card of one exposed agent type."""
+    base = f"{bindings.http_url}/a2a/{exposed.agent_type}"
     interfaces = [
         AgentInterface(
-            url=f"{bindings.http_url}/a2a/{exposed.agent_type}",
+            url=base,
             protocol_binding=TransportProtocol.JSONRPC.value,
             protocol_version=PROTOCOL_VERSION_CURRENT,
-        )
+        ),
+        AgentInterface(
+            url=f"{base}/rest",
+            protocol_binding=TransportProtocol.HTTP_JSON.value,
+            protocol_version=PROTOCOL_VERSION_CURRENT,
+        ),
     ]
     if bindings.grpc_address is not None:
         # One gRPC service serves every exposed type; the tenant selects one.

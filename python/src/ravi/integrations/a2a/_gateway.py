@@ -15,7 +15,11 @@ import grpc
 import grpc.aio
 from a2a.server.context import ServerCallContext
 from a2a.server.request_handlers import GrpcHandler, RequestHandler
-from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.routes import (
+    create_agent_card_routes,
+    create_jsonrpc_routes,
+    create_rest_routes,
+)
 from a2a.types import AgentCard, a2a_pb2, a2a_pb2_grpc
 from a2a.utils.errors import InvalidParamsError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -49,11 +53,13 @@ class A2AGateway:
     """A2AGateway serves agent types of a RaviServer's runtime as A2A agents.
 
     It is built on a2a-sdk: its request handler keeps the tasks and streams,
-    and its JSON-RPC and gRPC applications speak the protocol. Each exposed
-    type gets an Agent Card, public at `/a2a/{type}/.well-known/agent-card.json`
-    (the first type's also at `/.well-known/agent-card.json`), a JSON-RPC
-    endpoint at `/a2a/{type}`, and a tenant of one gRPC `A2AService`. Every
-    call needs the server's bearer token, as the cards declare.
+    and its JSON-RPC, HTTP+JSON and gRPC applications speak the protocol. Each
+    exposed type gets an Agent Card, public at
+    `/a2a/{type}/.well-known/agent-card.json` (the first type's also at
+    `/.well-known/agent-card.json`), a JSON-RPC endpoint at `/a2a/{type}`, an
+    HTTP+JSON one under `/a2a/{type}/rest`, and a tenant of one gRPC
+    `A2AService`. Every call needs the server's bearer token, as the cards
+    declare.
 
     A ReAct type's tasks are runs on the server's threads (the contextId is the
     thread id) and its approvals are `input-required`; any other type answers
@@ -158,10 +164,14 @@ class A2AGateway:
         routes += create_agent_card_routes(
             self.card(first), card_modifier=self._card_modifier(first)
         )
-        rpc: list[BaseRoute] = []
+        bindings: list[BaseRoute] = []
         for name, handler in self._handlers.items():
-            rpc += create_jsonrpc_routes(handler, f"/{name}")
-        routes.append(Mount("/a2a", app=_BearerAuth(Starlette(routes=rpc), self.server.token)))
+            bindings += create_jsonrpc_routes(handler, f"/{name}")
+            # An app of its own: the SDK's REST routes end in a catch-all tenant mount.
+            rest = Starlette(routes=create_rest_routes(handler))
+            bindings.append(Mount(f"/{name}/rest", app=rest))
+        protected = _BearerAuth(Starlette(routes=bindings), self.server.token)
+        routes.append(Mount("/a2a", app=protected))
         routes.append(Mount("/", app=self.server.app))
         return Starlette(routes=routes, lifespan=self._lifespan)
 
