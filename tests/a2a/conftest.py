@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -60,6 +61,17 @@ class Gateway:
             grpc_channel_factory=grpc.aio.insecure_channel,
         )
         return ClientFactory(config).create(card, interceptors=[AuthInterceptor(credentials)])
+
+    @contextlib.asynccontextmanager
+    async def connected(
+        self, agent_type: str, binding: str, *, streaming: bool = True
+    ) -> AsyncIterator[Client]:
+        """`client`, closed at the end."""
+        client = await self.client(agent_type, binding, streaming=streaming)
+        try:
+            yield client
+        finally:
+            await client.close()
 
     def api(self) -> httpx.AsyncClient:
         """The server's own HTTP API (threads, approvals), with the token."""

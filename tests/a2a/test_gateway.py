@@ -10,7 +10,15 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from a2a.client import A2ACardResolver, Client, ClientCallContext
+from a2a.client import (
+    A2ACardResolver,
+    AuthInterceptor,
+    Client,
+    ClientCallContext,
+    ClientConfig,
+    ClientFactory,
+    InMemoryContextCredentialStore,
+)
 from a2a.helpers import get_data_parts, get_message_text, new_data_part, new_text_part
 from a2a.types import (
     CancelTaskRequest,
@@ -133,12 +141,9 @@ async def test_cards_are_public_and_describe_each_agent(gateway: Gateway) -> Non
 
 @pytest.mark.parametrize("binding", BINDINGS)
 async def test_a_call_without_the_token_is_refused(gateway: Gateway, binding: str) -> None:
-    client = await gateway.client("librarian", binding)
-    try:
+    async with gateway.connected("librarian", binding) as client:
         with pytest.raises(A2AError) as refused:
             await client.get_task(GetTaskRequest(id="nope"), context=ClientCallContext())
-    finally:
-        await client.close()
     cause = refused.value.__cause__
     if binding == "GRPC":
         assert isinstance(cause, grpc.aio.AioRpcError)
@@ -152,8 +157,7 @@ async def test_a_call_without_the_token_is_refused(gateway: Gateway, binding: st
 async def test_send_to_a_plain_agent_returns_its_reply_as_an_artifact(
     gateway: Gateway, binding: str
 ) -> None:
-    client = await gateway.client("librarian", binding, streaming=False)
-    try:
+    async with gateway.connected("librarian", binding, streaming=False) as client:
         query = {"@type": "ravi.examples.v1.SearchQuery", "query": "approvals", "limit": 2}
         (response,) = await events(client.send_message(user(data=query), context=session()))
         task = response.task
@@ -187,16 +191,13 @@ async def test_send_to_a_plain_agent_returns_its_reply_as_an_artifact(
                 await events(client.send_message(user(data=bad), context=session()))
         with pytest.raises(InvalidParamsError, match="one data part"):
             await events(client.send_message(user("find approvals"), context=session()))
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("binding", BINDINGS)
 async def test_a_react_task_streams_to_an_approval_and_completes_once_approved(
     gateway: Gateway, binding: str
 ) -> None:
-    client = await gateway.client("assistant", binding)
-    try:
+    async with gateway.connected("assistant", binding) as client:
         received = await events(client.send_message(user("restate approvals"), context=session()))
         task = first_task(received)
         assert states(received)[0] == TaskState.TASK_STATE_SUBMITTED
@@ -233,16 +234,13 @@ async def test_a_react_task_streams_to_an_approval_and_completes_once_approved(
         fetched = await client.get_task(GetTaskRequest(id=task.id), context=session())
         assert fetched.status.state == COMPLETED
         assert get_message_text(Message(parts=fetched.artifacts[0].parts)).startswith("Done.")
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("binding", BINDINGS)
 async def test_a_rejected_call_does_not_run_and_the_task_completes(
     gateway: Gateway, binding: str
 ) -> None:
-    client = await gateway.client("assistant", binding)
-    try:
+    async with gateway.connected("assistant", binding) as client:
         task, _ = await until_approval(client, "grpc")
         reject = {"action": "reject", "reason": "not today"}
         received = await events(
@@ -252,16 +250,13 @@ async def test_a_rejected_call_does_not_run_and_the_task_completes(
         text = result_text(received)
         assert text.startswith("I did not send the report.")
         assert "not today" in text
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("binding", BINDINGS)
 async def test_an_edit_with_bad_arguments_is_refused_and_the_task_still_waits(
     gateway: Gateway, binding: str
 ) -> None:
-    client = await gateway.client("assistant", binding)
-    try:
+    async with gateway.connected("assistant", binding) as client:
         task, asked = await until_approval(client, "local")
         for bad in [
             {"action": "edit", "arguments": {"to": 5}},
@@ -285,14 +280,11 @@ async def test_an_edit_with_bad_arguments_is_refused_and_the_task_still_waits(
         received = await events(client.send_message(user(data=edit, task=task), context=session()))
         assert states(received)[-1] == COMPLETED
         assert "Report sent to ops@example.com (6 characters" in result_text(received)
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("binding", BINDINGS)
 async def test_cancel_ends_the_run_waiting_for_approval(gateway: Gateway, binding: str) -> None:
-    client = await gateway.client("assistant", binding)
-    try:
+    async with gateway.connected("assistant", binding) as client:
         task, _ = await until_approval(client, "approval")
         canceled = await client.cancel_task(CancelTaskRequest(id=task.id), context=session())
         assert canceled.status.state == CANCELED
@@ -308,14 +300,11 @@ async def test_cancel_ends_the_run_waiting_for_approval(gateway: Gateway, bindin
         )
         assert states(received)[-1] == INPUT_REQUIRED
         assert first_task(received).context_id == task.context_id
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("binding", BINDINGS)
 async def test_cancel_stops_a_working_task_at_once(gateway: Gateway, binding: str) -> None:
-    client = await gateway.client("slowpoke", binding)
-    try:
+    async with gateway.connected("slowpoke", binding) as client:
         stream = client.send_message(user("wait"), context=session())
         task: Task | None = None
         async for event in stream:
@@ -333,14 +322,11 @@ async def test_cancel_stops_a_working_task_at_once(gateway: Gateway, binding: st
         canceled = await client.cancel_task(CancelTaskRequest(id=task.id), context=session())
         assert canceled.status.state == CANCELED
         assert loop.time() - started < 15  # the tool call would take 120 s
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("binding", BINDINGS)
 async def test_a_dropped_stream_is_resumed_by_resubscribing(gateway: Gateway, binding: str) -> None:
-    client = await gateway.client("assistant", binding)
-    try:
+    async with gateway.connected("assistant", binding) as client:
         stream = client.send_message(user("restate"), context=session())
         first = await anext(stream)
         await stream.aclose()  # type: ignore[attr-defined]
@@ -365,17 +351,16 @@ async def test_a_dropped_stream_is_resumed_by_resubscribing(gateway: Gateway, bi
         await approved
         assert states(later)[-1] == COMPLETED
         assert result_text(later).startswith("Done. Report sent")
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("binding", BINDINGS)
 async def test_messages_to_a_busy_or_foreign_context_are_refused(
     gateway: Gateway, binding: str
 ) -> None:
-    client = await gateway.client("assistant", binding)
-    slow = await gateway.client("slowpoke", binding)
-    try:
+    async with (
+        gateway.connected("assistant", binding) as client,
+        gateway.connected("slowpoke", binding) as slow,
+    ):
         task, _ = await until_approval(client, "grpc")
         with pytest.raises(UnsupportedOperationError, match="in progress"):
             await events(
@@ -392,9 +377,6 @@ async def test_messages_to_a_busy_or_foreign_context_are_refused(
         await client.cancel_task(CancelTaskRequest(id=task.id), context=session())
         with pytest.raises(A2AError):
             await events(client.send_message(user("approve", task=task), context=session()))
-    finally:
-        await client.close()
-        await slow.close()
 
 
 async def test_the_server_api_still_needs_its_token(gateway: Gateway) -> None:
@@ -407,8 +389,7 @@ async def test_the_server_api_still_needs_its_token(gateway: Gateway) -> None:
 
 
 async def test_an_approval_answered_on_the_web_page_resumes_the_task(gateway: Gateway) -> None:
-    client = await gateway.client("assistant", "JSONRPC")
-    try:
+    async with gateway.connected("assistant", "JSONRPC") as client:
         task, asked = await until_approval(client, "grpc")
         async with gateway.api() as api:
             answered = await api.post(f"/respond/{asked['request_id']}", json={"action": "approve"})
@@ -417,15 +398,12 @@ async def test_an_approval_answered_on_the_web_page_resumes_the_task(gateway: Ga
         received = await events(client.send_message(user("go on", task=task), context=session()))
         assert states(received)[-1] == COMPLETED
         assert result_text(received).startswith("Done. Report sent")
-    finally:
-        await client.close()
 
 
 async def test_a_task_past_its_runs_deadline_fails_with_the_code() -> None:
     async with running_node(serve_command("--run-timeout", "2")) as node:
         gateway = Gateway(node)
-        client = await gateway.client("assistant", "GRPC")
-        try:
+        async with gateway.connected("assistant", "GRPC") as client:
             task, _ = await until_approval(client, "grpc")
 
             async def run_ended() -> None:
@@ -441,8 +419,6 @@ async def test_a_task_past_its_runs_deadline_fails_with_the_code() -> None:
             update = received[-1].status_update
             (error,) = get_data_parts(update.status.message.parts)
             assert error["code"] == "DEADLINE_EXCEEDED"
-        finally:
-            await client.close()
 
 
 async def test_the_gateway_serves_agents_that_run_on_a_mesh() -> None:
@@ -457,9 +433,10 @@ async def test_the_gateway_serves_agents_that_run_on_a_mesh() -> None:
             serve += ["--a2a-agent", f"tests.a2a.agents:{name}"]
         async with running_node(serve) as node:
             gateway = Gateway(node)
-            librarian = await gateway.client("librarian", "GRPC", streaming=False)
-            assistant = await gateway.client("assistant", "JSONRPC")
-            try:
+            async with (
+                gateway.connected("librarian", "GRPC", streaming=False) as librarian,
+                gateway.connected("assistant", "JSONRPC") as assistant,
+            ):
                 query = {"@type": "ravi.examples.v1.SearchQuery", "query": "mesh"}
                 (response,) = await events(
                     librarian.send_message(user(data=query), context=session())
@@ -479,17 +456,13 @@ async def test_the_gateway_serves_agents_that_run_on_a_mesh() -> None:
                     CancelTaskRequest(id=task.id), context=session()
                 )
                 assert canceled.status.state == CANCELED
-            finally:
-                await librarian.close()
-                await assistant.close()
 
 
 @pytest.mark.parametrize("binding", BINDINGS)
 async def test_tasks_are_listed_and_push_notifications_are_refused(
     gateway: Gateway, binding: str
 ) -> None:
-    client = await gateway.client("assistant", binding)
-    try:
+    async with gateway.connected("assistant", binding) as client:
         task, _ = await until_approval(client, "restate")
         listed = await client.list_tasks(
             ListTasksRequest(context_id=task.context_id), context=session()
@@ -499,5 +472,21 @@ async def test_tasks_are_listed_and_push_notifications_are_refused(
         with pytest.raises(PushNotificationNotSupportedError):
             await client.create_task_push_notification_config(config, context=session())
         await client.cancel_task(CancelTaskRequest(id=task.id), context=session())
+
+
+async def test_a_grpc_tenant_names_a_served_agent_type(gateway: Gateway) -> None:
+    async with httpx.AsyncClient() as http:
+        card = await A2ACardResolver(http, gateway.url).get_agent_card()
+    for interface in card.supported_interfaces:
+        interface.tenant = "nope"
+    credentials = InMemoryContextCredentialStore()
+    await credentials.set_credentials("tests", "bearer", TOKEN)
+    config = ClientConfig(
+        supported_protocol_bindings=["GRPC"], grpc_channel_factory=grpc.aio.insecure_channel
+    )
+    client = ClientFactory(config).create(card, interceptors=[AuthInterceptor(credentials)])
+    try:
+        with pytest.raises(InvalidParamsError, match="no agent type 'nope' here"):
+            await client.get_task(GetTaskRequest(id="x"), context=session())
     finally:
         await client.close()

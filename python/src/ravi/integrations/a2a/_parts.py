@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from a2a.helpers import new_data_part, new_text_part
 from a2a.types import Artifact, Part
@@ -13,6 +13,8 @@ from google.protobuf import json_format, struct_pb2
 from ravi._serialization import JSON, JSON_VALUE, registry
 from ravi.a2a.v1 import a2a_pb2 as rpb
 from ravi.errors import BadPayload, RaviError, code_of
+
+P = TypeVar("P", Part, rpb.Part)
 
 TYPE_KEY = "@type"
 """The key of a data part that names a message type, as in protobuf's JSON for Any."""
@@ -71,40 +73,32 @@ def text_and_data(text: str, data: Any) -> list[Part]:
 
 def to_ravi_parts(parts: Iterable[Part]) -> list[rpb.Part]:
     """A2A parts as the ravi.a2a.v1 parts a mesh caller reads."""
-    converted = []
-    for part in parts:
-        ours = rpb.Part(media_type=part.media_type, filename=part.filename)
-        kind = part.WhichOneof("content")
-        if kind == "text":
-            ours.text = part.text
-        elif kind == "data":
-            ours.data.CopyFrom(part.data)
-        elif kind == "raw":
-            ours.raw = part.raw
-        elif kind == "url":
-            ours.url = part.url
-        converted.append(ours)
-    return converted
+    return [_copy(part, rpb.Part()) for part in parts]
 
 
 def from_ravi_parts(parts: Iterable[rpb.Part]) -> list[Part]:
-    """ravi.a2a.v1 parts as A2A parts."""
+    """ravi.a2a.v1 parts as A2A parts.
+
+    Raises:
+        BadPayload: a part has no content.
+    """
     converted = []
     for part in parts:
-        theirs = Part(media_type=part.media_type, filename=part.filename)
-        kind = part.WhichOneof("content")
-        if kind == "text":
-            theirs.text = part.text
-        elif kind == "data":
-            theirs.data.CopyFrom(part.data)
-        elif kind == "raw":
-            theirs.raw = part.raw
-        elif kind == "url":
-            theirs.url = part.url
-        else:
+        if part.WhichOneof("content") is None:
             raise BadPayload("a ravi.a2a.v1.Part has no content: set text, data, raw or url")
-        converted.append(theirs)
+        converted.append(_copy(part, Part()))
     return converted
+
+
+def _copy(part: Part | rpb.Part, into: P) -> P:
+    """Copy a part between the two messages, whose fields have the same names."""
+    into.media_type, into.filename = part.media_type, part.filename
+    kind = part.WhichOneof("content")
+    if kind == "data":
+        into.data.CopyFrom(part.data)
+    elif kind is not None:
+        setattr(into, kind, getattr(part, kind))
+    return into
 
 
 def to_ravi_artifacts(artifacts: Iterable[Artifact]) -> list[rpb.Artifact]:

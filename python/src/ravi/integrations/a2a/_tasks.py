@@ -164,10 +164,7 @@ class ThreadExecutor(RaviExecutor):
                 message=f"{self.exposed.agent_type} takes its task as a text part"
             )
         if message.context_id:
-            try:
-                AgentId(self.exposed.agent_type, message.context_id)
-            except BadId as error:
-                raise InvalidParamsError(message=f"contextId: {error}") from None
+            _check_key(self.exposed.agent_type, message.context_id)
             thread = await self._runs.view(message.context_id)
             if thread is not None:
                 _check_thread(thread, self.exposed.agent_type)
@@ -331,11 +328,7 @@ class RequestExecutor(RaviExecutor):
             return  # a finished task: the SDK refuses it
         if not message.context_id:
             message.context_id = DEFAULT_KEY
-        else:
-            try:
-                AgentId(self.exposed.agent_type, message.context_id)
-            except BadId as error:
-                raise InvalidParamsError(message=f"contextId: {error}") from None
+        _check_key(self.exposed.agent_type, message.context_id)
         self._request(message)
 
     def _request(self, message: Message) -> Any:
@@ -423,6 +416,14 @@ def _answer_fields(message: Message) -> dict[str, Any]:
             '"reject" | "edit", "arguments": {...}, "reason": "..."}'
         )
     return {"action": action}
+
+
+def _check_key(agent_type: str, context_id: str) -> None:
+    """Refuse a contextId that cannot be an agent key."""
+    try:
+        AgentId(agent_type, context_id)
+    except BadId as error:
+        raise InvalidParamsError(message=f"contextId: {error}") from None
 
 
 def _check_thread(thread: ThreadView, agent_type: str) -> None:
