@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from ravi import BaseAgent, MessageContext, message_handler
+from ravi import AgentId, BaseAgent, MessageContext, message_handler, message_type
+from ravi.a2a.v1 import a2a_pb2 as rpb
 from ravi.agents import ReActAgent
 from ravi.errors import InvalidArgument
 from ravi.examples.v1 import examples_pb2 as ex
@@ -74,11 +76,30 @@ assistant = ExposedAgent(
 )
 
 
+@message_type("a2a_tests.PlanTrip")
+@dataclass
+class PlanTrip:
+    """Plan a trip to a city."""
+
+    city: str
+
+
+class TripPlanner(BaseAgent):
+    """TripPlanner asks the weather agent, an A2A agent, before it plans a trip."""
+
+    @message_handler
+    async def on_plan(self, trip: PlanTrip, ctx: MessageContext) -> str:
+        ask = rpb.SendRequest(parts=[rpb.Part(text=trip.city)])
+        reply = await self.send_message(ask, AgentId("weather", self.id.key))
+        return f"Pack for this: {reply.text}"
+
+
 async def remote_weather(
     runtime: BaseRuntime, card_url: str, token: str = "", binding: str = ""
 ) -> None:
-    """Register the A2A sample agent at `card_url` as the agent type "weather"."""
+    """Register the A2A sample agent at `card_url` as "weather", and "planner", which asks it."""
     bindings = [binding] if binding else None
     await A2AAgent.register(
         runtime, "weather", lambda: A2AAgent(card_url, token=token or None, bindings=bindings)
     )
+    await TripPlanner.register(runtime, "planner")

@@ -33,6 +33,7 @@ from ravi.integrations.runtime.grpc import GrpcRuntime
 from ravi.runtime import LocalRuntime
 from ravi.telemetry import TracingInterceptor
 from ravi.testing import NodeProcess, eventually, ravi_command, running_node, start_node
+from tests.a2a.agents import PlanTrip
 from tests.conformance.conftest import GO_BINARY
 from tests.paths import REPO_ROOT
 
@@ -207,20 +208,23 @@ def weather_node(sample: NodeProcess, binding: str = "") -> list[str]:
 async def test_killing_the_remote_mid_call_is_unavailable_within_the_deadline(
     binding: str,
 ) -> None:
-    """Python callers reach the A2AAgent on a `ravi node`; the remote dies under the call."""
+    """A Python agent on a `ravi node` calls the A2AAgent beside it; the remote dies mid-call."""
     sample = await start_node(sample_command())
     try:
         async with (
             running_node(weather_node(sample, binding)) as node,
             GrpcRuntime(remote_peers={"py": node.address}) as caller,
         ):
-            await caller.wait_for_route("weather", timeout=30)
+            await caller.wait_for_route("planner", timeout=30)
             reply = await caller.send_message(ask("Oslo"), AgentId("weather", "mesh"))
             assert reply.text == "Sunny in Oslo"
+            planned = await caller.send_message(PlanTrip("Bergen"), AgentId("planner", "trip"))
+            assert planned == "Pack for this: Sunny in Bergen"
 
+            # The planner agent calls the A2A agent; the remote dies under the call.
             loop = asyncio.get_running_loop()
             call = asyncio.create_task(
-                caller.send_message(ask("slow"), AgentId("weather", "killed"), timeout=60)
+                caller.send_message(PlanTrip("slow"), AgentId("planner", "killed"), timeout=60)
             )
             await printed(sample, "working")
             await sample.kill()
