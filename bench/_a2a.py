@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc.aio
@@ -34,8 +36,20 @@ def request(seq: int) -> SendMessageRequest:
     return SendMessageRequest(message=message)
 
 
-async def round_trips(card_base: str, binding: str, n: int, warmup: int) -> dict[str, float]:
-    """`n` sequential message/send round trips on one binding, after `warmup` untimed ones."""
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) a process has used, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def round_trips(
+    card_base: str, binding: str, n: int, warmup: int, server_pid: int
+) -> dict[str, float]:
+    """`n` sequential message/send round trips on one binding, after `warmup` untimed ones.
+
+    Besides the latencies, the server's CPU time per round trip: on a shared
+    machine it varies far less than wall time.
+    """
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with httpx.AsyncClient(headers=headers, timeout=30) as http:
         card = await A2ACardResolver(http, card_base).get_agent_card()
@@ -53,12 +67,14 @@ async def round_trips(card_base: str, binding: str, n: int, warmup: int) -> dict
             for seq in range(warmup):
                 await _send(client, seq, context)
             latencies: list[int] = []
+            cpu_before = cpu_seconds(server_pid)
             started_all = time.perf_counter()
             for seq in range(n):
                 started = time.perf_counter_ns()
                 await _send(client, seq, context)
                 latencies.append(time.perf_counter_ns() - started)
             rate = n / (time.perf_counter() - started_all)
+            cpu_us = (cpu_seconds(server_pid) - cpu_before) / n * 1e6
         finally:
             await client.close()
     latencies.sort()
@@ -67,6 +83,7 @@ async def round_trips(card_base: str, binding: str, n: int, warmup: int) -> dict
         f"{prefix}_msgs_s": rate,
         f"{prefix}_p50_us": percentile_us(latencies, 0.5),
         f"{prefix}_p99_us": percentile_us(latencies, 0.99),
+        f"{prefix}_server_cpu_us": cpu_us,
     }
 
 
@@ -93,13 +110,15 @@ def run(bench: str, serve: Callable[[Any], None]) -> None:
     ready: Any = context.Queue()
     server = context.Process(target=serve, args=(ready,), daemon=True)
     server.start()
+    pid = server.pid
+    assert pid is not None
     try:
         card_base = ready.get(timeout=60)
 
         async def drive() -> dict[str, float]:
             row: dict[str, float] = {}
             for binding in ("JSONRPC", "GRPC"):
-                row |= await round_trips(card_base, binding, args.n, args.warmup)
+                row |= await round_trips(card_base, binding, args.n, args.warmup, pid)
             return row
 
         row = asyncio.run(drive())

@@ -246,7 +246,10 @@ async def test_the_go_member_calls_the_remote_agent_through_the_mesh() -> None:
                 request = {"parts": [{"text": "Oslo"}]}
                 send = [str(GO_BINARY), "send", "--addr", go.address, "--to", "weather/go"]
                 send += ["--type", "ravi.a2a.v1.SendRequest", "--timeout", "60s"]
-                output = await _go(send, "--json", json.dumps(request))
+                # The Go node learns from its peer that the Python node hosts "weather".
+                output = await eventually(
+                    lambda: _go(send, "--json", json.dumps(request)), timeout=30, interval=0.2
+                )
                 reply = json.loads(output)
                 assert reply["type"] == "ravi.a2a.v1.SendReply", reply
                 assert reply["result"]["text"] == "Sunny in Oslo"

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import grpc
 import grpc.aio
 from a2a.server.context import ServerCallContext
-from a2a.server.request_handlers import GrpcHandler, RequestHandler
+from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler, RequestHandler
 from a2a.server.routes import (
     create_agent_card_routes,
     create_jsonrpc_routes,
@@ -35,8 +35,8 @@ from ravi.integrations.a2a._runs import ServerRuns
 from ravi.integrations.a2a._tasks import (
     RaviExecutor,
     RequestExecutor,
-    TaskHandler,
     ThreadExecutor,
+    task_handler,
 )
 from ravi.server import RaviServer
 from ravi.server._app import ASGIApp, Receive, Scope, Send, _BearerAuth
@@ -106,7 +106,7 @@ class A2AGateway:
         self._on_ready = on_ready
         self._grpc: grpc.aio.Server | None = None
         self._grpc_port: int | None = None
-        self._handlers: dict[str, TaskHandler] = {}
+        self._handlers: dict[str, DefaultRequestHandler] = {}
         runs = ServerRuns(server)
         for agent in exposed:
             executor: RaviExecutor = (
@@ -115,7 +115,7 @@ class A2AGateway:
                 else RequestExecutor(agent, server.runtime)
             )
             card = agent_card(agent, Bindings("http://localhost", None))
-            self._handlers[agent.agent_type] = TaskHandler(executor, card)
+            self._handlers[agent.agent_type] = task_handler(executor, card)
         self.app: ASGIApp = _RememberUrl(self._starlette())
 
     @property
@@ -233,11 +233,11 @@ class _TenantRouter(RequestHandler):
     every request. No tenant means the first exposed type.
     """
 
-    def __init__(self, handlers: dict[str, TaskHandler], default: str) -> None:
+    def __init__(self, handlers: dict[str, DefaultRequestHandler], default: str) -> None:
         self._handlers = handlers
         self._default = default
 
-    def _handler(self, context: ServerCallContext) -> TaskHandler:
+    def _handler(self, context: ServerCallContext) -> DefaultRequestHandler:
         tenant = context.tenant or self._default
         handler = self._handlers.get(tenant)
         if handler is None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 from abc import abstractmethod
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import grpc.aio
 from a2a.helpers import get_message_text, new_data_part
-from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.agent_execution import AgentExecutor, RequestContext, RequestContextBuilder
 from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
@@ -61,34 +61,59 @@ DEFAULT_KEY = "default"
 """The agent key of a request/reply call whose message names no contextId."""
 
 
-class TaskHandler(DefaultRequestHandler):
-    """TaskHandler is a2a-sdk's request handler, with ravi's checks before a message runs.
+def task_handler(executor: RaviExecutor, card: AgentCard) -> DefaultRequestHandler:
+    """a2a-sdk's request handler for one agent type, admitting each message first.
 
     A message the agent cannot take (a bad approval answer, a request that
     does not decode, a thread that is busy) is refused with an A2A error and
     changes no task: a task waiting for an approval stays `input-required`.
     """
+    store = InMemoryTaskStore()
+    return DefaultRequestHandler(
+        agent_executor=executor,
+        task_store=store,
+        agent_card=card,
+        request_context_builder=_Admission(executor, store),
+    )
 
-    def __init__(self, executor: RaviExecutor, card: AgentCard) -> None:
-        self._store: TaskStore = InMemoryTaskStore()
-        super().__init__(agent_executor=executor, task_store=self._store, agent_card=card)
+
+class Admitted(RequestContext):
+    """A request context carrying what admission made of the message (a decoded request)."""
+
+    prepared: Any = None
+
+
+class _Admission(RequestContextBuilder):
+    """Builds each request's context once the executor admitted the message.
+
+    The SDK builds the context before it makes or touches a task, so an error
+    raised here refuses the message and nothing else happens.
+    """
+
+    def __init__(self, executor: RaviExecutor, store: TaskStore) -> None:
         self._executor = executor
+        self._store = store
 
-    async def on_message_send(
-        self, params: SendMessageRequest, context: ServerCallContext
-    ) -> Message | Task:
-        await self._executor.admit(params, context, self._store)
-        result: Message | Task = await super().on_message_send(params, context)
-        return result
-
-    async def on_message_send_stream(
-        self, params: SendMessageRequest, context: ServerCallContext
-    ) -> AsyncGenerator[Any, None]:
-        await self._executor.admit(params, context, self._store)
-        # Closing this stream closes the SDK's at once (a client that left).
-        async with contextlib.aclosing(super().on_message_send_stream(params, context)) as events:
-            async for event in events:
-                yield event
+    async def build(
+        self,
+        context: ServerCallContext,
+        params: SendMessageRequest | None = None,
+        task_id: str | None = None,
+        context_id: str | None = None,
+        task: Task | None = None,
+    ) -> RequestContext:
+        prepared = None
+        if params is not None:
+            prepared = await self._executor.admit(params, context, self._store)
+        admitted = Admitted(
+            call_context=context,
+            request=params,
+            task_id=task_id,
+            context_id=context_id,
+            task=task,
+        )
+        admitted.prepared = prepared
+        return admitted
 
 
 class RaviExecutor(AgentExecutor):
@@ -102,8 +127,11 @@ class RaviExecutor(AgentExecutor):
     @abstractmethod
     async def admit(
         self, params: SendMessageRequest, context: ServerCallContext, store: TaskStore
-    ) -> None:
-        """Refuse a message this agent cannot take (an A2A error), before it touches a task."""
+    ) -> Any:
+        """Refuse a message this agent cannot take (an A2A error), before it touches a task.
+
+        Returns what the execution may use of the work done (a decoded request).
+        """
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         task_id = _required(context.task_id)
@@ -322,14 +350,14 @@ class RequestExecutor(RaviExecutor):
 
     async def admit(
         self, params: SendMessageRequest, context: ServerCallContext, store: TaskStore
-    ) -> None:
+    ) -> Any:
         message = params.message
         if message.task_id:
-            return  # a finished task: the SDK refuses it
+            return None  # a finished task: the SDK refuses it
         if not message.context_id:
             message.context_id = DEFAULT_KEY
         _check_key(self.exposed.agent_type, message.context_id)
-        self._request(message)
+        return self._request(message)
 
     def _request(self, message: Message) -> Any:
         data = [data_of(p) for p in message.parts if p.HasField("data")]
@@ -364,8 +392,11 @@ class RequestExecutor(RaviExecutor):
         )
         agent = AgentId(self.exposed.agent_type, updater.context_id)
         try:
+            request = context.prepared if isinstance(context, Admitted) else None
             reply = await self._runtime.send_message(
-                self._request(message), agent, timeout=_time_remaining(context.call_context)
+                request if request is not None else self._request(message),
+                agent,
+                timeout=_time_remaining(context.call_context),
             )
             parts = [] if reply is None else [new_data_part(encode_message(reply))]
         except RaviError as error:
@@ -455,12 +486,12 @@ def _updater(context: RequestContext, event_queue: EventQueue) -> TaskUpdater:
 
 
 def _time_remaining(call: ServerCallContext) -> float | None:
-    """The client's gRPC deadline, when it set one (JSON-RPC has none)."""
-    grpc_context = call.state.get("grpc_context")
-    if isinstance(grpc_context, grpc.aio.ServicerContext):
-        remaining = grpc_context.time_remaining()
-        return None if remaining is None else max(remaining, 0.0)
-    return None
+    """The client's gRPC deadline, when it set one (JSON-RPC and HTTP+JSON have none)."""
+    grpc_context: grpc.aio.ServicerContext[Any, Any] | None = call.state.get("grpc_context")
+    if grpc_context is None:
+        return None
+    remaining = grpc_context.time_remaining()
+    return None if remaining is None else max(remaining, 0.0)
 
 
 def _required(value: T | None) -> T:
