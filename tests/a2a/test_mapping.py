@@ -31,7 +31,7 @@ from ravi.errors import (
     Unavailable,
 )
 from ravi.examples.v1 import examples_pb2 as ex
-from ravi.integrations.a2a import ExposedAgent
+from ravi.integrations.a2a import A2AGateway, ExposedAgent
 from ravi.integrations.a2a._agent import _ravi_error, _task_failure
 from ravi.integrations.a2a._cards import Bindings, agent_card
 from ravi.integrations.a2a._parts import (
@@ -44,6 +44,8 @@ from ravi.integrations.a2a._parts import (
     value,
 )
 from ravi.integrations.a2a._serve import exposed_agent
+from ravi.runtime import LocalRuntime
+from ravi.server import RaviServer
 from ravi.server._demo import look_up, send_report
 
 pytestmark = pytest.mark.a2a
@@ -224,3 +226,31 @@ def test_a_part_of_the_sdk_type_is_what_the_gateway_sends() -> None:
     assert isinstance(text, Part)
     assert text.text == "hello"
     assert data.data.struct_value.fields["k"].number_value == 1
+
+
+def test_the_gateway_writes_its_public_addresses_in_the_cards() -> None:
+    server = RaviServer(LocalRuntime(), token="t")
+    gateway = A2AGateway(
+        server,
+        ["echo", ExposedAgent("greeter", Greeter)],
+        url="https://agents.example.test/",
+        grpc_address="grpc.agents.example.test:443",
+    )
+    card = gateway.card("greeter")
+    assert [i.url for i in card.supported_interfaces] == [
+        "https://agents.example.test/a2a/greeter",
+        "https://agents.example.test/a2a/greeter/rest",
+        "grpc.agents.example.test:443",
+    ]
+    assert gateway.grpc_address is None  # not started
+    unbound = A2AGateway(server, ["echo"], grpc_listen=None).card("echo", "http://h:1")
+    assert [i.url for i in unbound.supported_interfaces] == [
+        "http://h:1/a2a/echo",
+        "http://h:1/a2a/echo/rest",
+    ]
+    with pytest.raises(KeyError, match="does not serve"):
+        gateway.card("nobody")
+    with pytest.raises(ValueError, match="at least one"):
+        A2AGateway(server, [])
+    with pytest.raises(ValueError, match="twice"):
+        A2AGateway(server, ["echo", "echo"])

@@ -43,8 +43,8 @@ from ravi.server._app import ASGIApp, Receive, Scope, Send, _BearerAuth
 
 logger = logging.getLogger("ravi.a2a")
 
-# The base URL the client used, for cards built per request when no URL is configured.
-_request_url: contextvars.ContextVar[str] = contextvars.ContextVar("ravi_a2a_request_url")
+# The request being served, for cards built with the URL the client used.
+_request_scope: contextvars.ContextVar[Scope] = contextvars.ContextVar("ravi_a2a_request_scope")
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _SERVICE = a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].full_name
 
@@ -177,7 +177,9 @@ class A2AGateway:
 
     def _card_modifier(self, agent_type: str) -> Callable[[AgentCard], Awaitable[AgentCard]]:
         async def modify(_card: AgentCard) -> AgentCard:
-            return self.card(agent_type, _request_url.get(None))
+            scope = _request_scope.get(None)
+            base_url = str(Request(scope).base_url) if scope is not None else None
+            return self.card(agent_type, base_url)
 
         return modify
 
@@ -336,7 +338,7 @@ def _unauthenticated(handler: Handler) -> Handler:
 
 
 class _RememberUrl:
-    """Notes the base URL of each HTTP request, for the cards built for it."""
+    """Notes each HTTP request, for the cards built with the URL it came to."""
 
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
@@ -345,11 +347,11 @@ class _RememberUrl:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        token = _request_url.set(str(Request(scope).base_url).rstrip("/"))
+        token = _request_scope.set(scope)
         try:
             await self._app(scope, receive, send)
         finally:
-            _request_url.reset(token)
+            _request_scope.reset(token)
 
 
 def _is_wildcard(host: str) -> bool:
