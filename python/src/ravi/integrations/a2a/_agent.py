@@ -96,11 +96,10 @@ class A2AAgent(BaseAgent):
     The agent key is the A2A contextId: one key is one conversation, its calls
     made one at a time. A `ravi.a2a.v1.SendRequest` gets a `SendReply` (a
     completed task's artifacts, or a task waiting for input, to continue with
-    `task_id`). A task that fails, is
-    rejected or canceled raises the matching ravi error; an unreachable or
-    vanished remote raises `Unavailable`. The caller's deadline and
-    cancellation reach the remote (a cancelled call cancels the remote task),
-    and so does the W3C trace context.
+    `task_id`). A task that fails, is rejected or canceled raises the matching
+    ravi error; an unreachable or vanished remote raises `Unavailable`. The
+    caller's deadline and cancellation reach the remote (a cancelled call
+    cancels the remote task), and so does the W3C trace context.
 
     Instances of one card share their connections.
 
