@@ -6,7 +6,6 @@ import contextlib
 import contextvars
 import hmac
 import ipaddress
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
@@ -40,8 +39,6 @@ from ravi.integrations.a2a._tasks import (
 )
 from ravi.server import RaviServer
 from ravi.server._app import ASGIApp, Receive, Scope, Send, _BearerAuth
-
-logger = logging.getLogger("ravi.a2a")
 
 # The request being served, for cards built with the URL the client used.
 _request_scope: contextvars.ContextVar[Scope] = contextvars.ContextVar("ravi_a2a_request_scope")
