@@ -17,7 +17,10 @@ PY := $(VENV)/bin/python
 TOOLS_BIN := $(CURDIR)/.tools/bin
 BUF := tools/node_modules/.bin/buf
 TSC := node_modules/.bin/tsc
-CONTRACT_RELEASE := proto/releases/ravi-v1.1.0.json
+# The contract version is recorded once, in proto/ravi/mesh/v1/contract.toml; `buf breaking`
+# checks against the newest released image, `make release-contract` records the current one.
+CONTRACT_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' proto/ravi/mesh/v1/contract.toml)
+CONTRACT_RELEASE := $(shell ls proto/releases/ravi-v*.json | sort -V | tail -n 1)
 
 # Go never downloads another toolchain: the machine's Go 1.26 builds everything.
 export GOTOOLCHAIN := local
@@ -83,6 +86,8 @@ gen: $(VENV_STAMP) $(NPM_TOOLS_STAMP) $(GO_TOOLS_STAMP) ## Generate Python, Go a
 	rm -rf gen/python/ravi gen/go/ravi gen/ts/ravi gen/ts/grpc gen/ts/google
 	$(BUF) generate 2> >(grep -v '^Writing mypy to' >&2)
 	find gen/python/ravi -mindepth 1 -type d -exec touch {}/__init__.py \;
+	# The contract's shared facts (version, hop limit, default options) as constants.
+	$(PY) tools/gen-contract
 	# TypeScript for the standard gRPC protos the Node member serves (health,
 	# reflection, google.rpc status details), vendored in third_party/proto.
 	$(BUF) generate --template third_party/buf.gen.ts.yaml
@@ -100,8 +105,7 @@ vectors: setup build-node ## Rewrite the shared protobuf test vectors of every l
 
 .PHONY: release-contract
 release-contract: $(NPM_TOOLS_STAMP) ## Record the contract as released: the image `buf breaking` checks against.
-	mkdir -p $(dir $(CONTRACT_RELEASE))
-	$(BUF) build --exclude-source-info -o $(CONTRACT_RELEASE)
+	$(BUF) build --exclude-source-info -o proto/releases/ravi-v$(CONTRACT_VERSION).json
 
 # --- lint ------------------------------------------------------------------
 
@@ -150,11 +154,11 @@ build-node: $(NPM_STAMP)
 # --- test ------------------------------------------------------------------
 
 .PHONY: test
-test: setup lint check-gen test-python test-go test-node ## Run every check and test (what CI runs).
+test: setup lint check-gen test-python test-go test-node test-containers ## Run every check and test (what CI runs).
 
 .PHONY: test-python
 test-python: $(VENV_STAMP) $(GO_TOOLS_STAMP) $(JAEGER) $(CHROMIUM) build $(NPM_TOOLS_STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/containers
 
 .PHONY: test-go
 test-go:
@@ -171,6 +175,35 @@ test-node: build-node
 .PHONY: validate-deploy
 validate-deploy: $(VENV_STAMP) $(NPM_TOOLS_STAMP) $(GO_TOOLS_STAMP) ## Validate docker-compose.yml, deploy/k8s and the Dockerfiles.
 	$(PY) -m pytest -q tests/unit/test_deploy.py
+
+# --- containers ------------------------------------------------------------
+
+# tests/containers builds the images and runs docker-compose.yml in a private
+# Docker engine (its own network and mount namespaces, socket and data root; see
+# tests/containers/_engine.py). The engine comes from Debian packages, unpacked
+# into a machine-level cache named after their versions, never installed into
+# the system: dockerd, containerd, the CLI, compose and buildx from trixie
+# (bookworm's dockerd 20.10 and compose 1.29 cannot run the compose file) and
+# runc and tini from bookworm (trixie's runc needs glibc 2.38). The stand-in base
+# images are cached there too (tests/containers/_images.py). A second run on
+# the same machine installs and builds none of it again.
+RAVI_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ravi
+ENGINE_PACKAGES := docker.io=26.1.5+dfsg1-9+deb13u1+b1 docker-cli=26.1.5+dfsg1-9+deb13u1+b1 \
+  containerd=1.7.24~ds1-6+deb13u1 docker-compose=2.26.1-4 docker-buildx=0.13.1+ds1-3 \
+  runc=1.1.5+ds1-1+deb12u1 tini=0.19.0-1+b3
+ENGINE := $(RAVI_CACHE)/containers/engine-$(shell echo '$(ENGINE_PACKAGES)' | sha256sum | cut -c1-16)
+
+.PHONY: test-containers
+test-containers: $(VENV_STAMP) $(JAEGER) $(NPM_TOOLS_STAMP) containers-engine ## Build the images and run docker-compose.yml in a private Docker engine.
+	RAVI_CACHE=$(RAVI_CACHE) $(PY) -m pytest tests/containers
+
+# Links .tools/engine to the engine (tests/containers finds it there), after
+# unpacking it when this machine has not yet. Installs nothing when not root:
+# then tests/containers skips, saying why.
+.PHONY: containers-engine
+containers-engine:
+	@if [ ! -x $(ENGINE)/usr/sbin/dockerd ]; then tests/containers/install-engine.sh $(ENGINE) $(ENGINE_PACKAGES); fi
+	@if [ -x $(ENGINE)/usr/sbin/dockerd ]; then mkdir -p .tools && ln -sfn $(ENGINE) .tools/engine; fi
 
 # --- benchmarks ------------------------------------------------------------
 

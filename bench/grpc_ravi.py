@@ -17,7 +17,7 @@ from _workload import TEXT, emit, percentile_us, tracing
 from grpc_agents import Arm, Done, Ping, Wait
 
 from ravi import AgentId, Interceptor, TopicId
-from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.testing import ravi_command, running_node
 
 BENCH = Path(__file__).resolve().parent
@@ -85,10 +85,13 @@ async def main() -> None:
             command += ["--otlp-endpoint", endpoint]
         async with running_node(command) as b:
             a = GrpcRuntime(
-                port=0, node_id="a", remote_peers={"b": b.address}, interceptors=interceptors
+                port=0,
+                remote_peers={"b": b.address},
+                options=GrpcRuntimeOptions(node_id="a"),
+                interceptors=interceptors,
             )
             async with a:
-                await a.wait_for_route("echo")
+                await a.wait_until_ready("echo")
                 await asyncio.sleep(0.5)  # b subscribes to a's stream once a described it
                 row = await drive(a, args)
     emit(

@@ -69,7 +69,7 @@ async def main() -> None:
         client = GrpcRuntime(remote_peers={n: p.address for n, p in nodes.items()})
         async with client:
             for agent_type in AGENT.values():
-                await client.wait_for_route(agent_type)
+                await client.wait_until_ready(agent_type)
             await asyncio.sleep(1)  # every node learns the nodes that list it
             direct = {}
             for language in LANGUAGES:

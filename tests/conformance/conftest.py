@@ -1,14 +1,13 @@
 """Fixtures of the protocol conformance suite: one running node per implementation.
 
-The suite talks to nodes over raw gRPC only, so it runs unchanged against the
-Python, Go and Node implementations. Each implementation hosts the conformance
+The suite talks to nodes over raw gRPC only, so it runs unchanged against every
+language of interop/languages.toml (Python, Go and Node). Each implementation hosts the conformance
 agent (proto/ravi/conformance/v1/conformance.proto) as "conformance"; known gaps
 are listed in exclusions.toml with their reason.
 """
 
 from __future__ import annotations
 
-import shutil
 import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,44 +16,29 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from ravi.testing import NodeProcess, ravi_command, start_node
-from tests.paths import REPO_ROOT
+from ravi.testing import NodeProcess, start_node
+from tests.languages import LANGUAGES, Language
 
 TOKEN = "conformance-secret"
 MAX_MESSAGE_BYTES = 1024 * 1024
 EXCLUSIONS = tomllib.loads((Path(__file__).parent / "exclusions.toml").read_text())
-GO_BINARY = REPO_ROOT / ".tools" / "bin" / "ravi-go"
-NODE_CLI = REPO_ROOT / "interop" / "node" / "dist" / "src" / "cli.js"
-IMPLEMENTATIONS = ("python", "go", "node")
+CONFORMANCE_TYPE = "conformance"
 
 
 @dataclass(frozen=True)
 class Implementation:
     name: str
     language: str
+    entry: Language
 
     def command(self, node_id: str, *extra: str) -> list[str]:
-        common = ["--listen", "127.0.0.1:0", "--node-id", node_id]
-        common += ["--max-message-bytes", str(MAX_MESSAGE_BYTES), *extra]
-        if self.name == "python":
-            return [
-                *ravi_command(),
-                "node",
-                *common,
-                "--setup",
-                "ravi.testing:conformance_setup",
-            ]
-        if self.name == "go":
-            return [str(GO_BINARY), "node", *common]
-        node = shutil.which("node") or "node"
-        return [node, str(NODE_CLI), "node", *common]
-
-    def available(self) -> bool:
-        if self.name == "go":
-            return GO_BINARY.exists()
-        if self.name == "node":
-            return NODE_CLI.exists()
-        return True
+        return self.entry.command(
+            node_id,
+            "--max-message-bytes",
+            str(MAX_MESSAGE_BYTES),
+            *extra,
+            conformance_type=CONFORMANCE_TYPE,
+        )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -68,10 +52,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 
 
-@pytest.fixture(scope="module", params=IMPLEMENTATIONS)
+@pytest.fixture(scope="module", params=list(LANGUAGES))
 def implementation(request: pytest.FixtureRequest) -> Implementation:
-    implementation = Implementation(request.param, request.param)
-    if not implementation.available():
+    implementation = Implementation(request.param, request.param, LANGUAGES[request.param])
+    if not implementation.entry.available():
         pytest.fail(
             f"the {request.param} node is not built: run `make build` (or `make test`) first"
         )

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from ravi.conformance.v1 import conformance_pb2 as conf
 from ravi.errors import Code, RaviError, from_grpc_error
 from ravi.mesh.v1 import agent_service_pb2 as svc
-from ravi.mesh.v1 import agent_service_pb2_grpc, types_pb2
+from ravi.mesh.v1 import agent_service_pb2_grpc, contract, types_pb2
 from ravi.testing import NodeProcess, eventually
 from tests.conformance.conftest import MAX_MESSAGE_BYTES, TOKEN, Implementation
 
@@ -107,7 +107,7 @@ async def test_describe_names_the_node_contract_and_agents(
     async with stub_for(node) as stub:
         info = (await stub.Describe(svc.DescribeRequest(), timeout=10)).node
     assert info.node_id == node.node_id
-    assert info.contract_version == "1.1.0"
+    assert info.contract_version == contract.VERSION
     assert info.language == implementation.language
     assert info.incarnation
     hosted = {t.agent_type: set(t.handled_types) for t in info.agent_types}

@@ -7,6 +7,7 @@ suite runs whether the agents share the test's process or live on other nodes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -242,10 +243,17 @@ class Recorder(BaseAgent):
         return self._observed()
 
     async def save_state(self) -> Mapping[str, Any]:
-        return {"value": self.state_value}
+        # What it observed is state too: RestateRuntime builds a fresh instance
+        # for every message, so only saved state outlives one.
+        state: dict[str, Any] = {"value": self.state_value}
+        if self.observed is not None:
+            state["observed"] = dataclasses.asdict(self.observed)
+        return state
 
     async def load_state(self, state: Mapping[str, Any]) -> None:
-        self.state_value = str(state["value"])
+        self.state_value = str(state.get("value", ""))
+        observed = state.get("observed")
+        self.observed = Observed(**observed) if observed is not None else None
 
 
 class ReentrantRecorder(Recorder):

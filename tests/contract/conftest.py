@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from ravi import AgentId, Interceptor
 from ravi.errors import AgentTypeNotFound
-from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.integrations.runtime.restate import RestateRuntime
 from ravi.runtime import BaseRuntime, LocalRuntime
 from ravi.testing import eventually, ravi_command, running_node, running_restate
@@ -27,7 +27,7 @@ from tests.paths import REPO_ROOT, RESTATE_SERVER
 MAILBOX_CAPACITY = 50
 DEFAULT_TIMEOUT = 10.0
 
-RUNTIME_KINDS = ["local", "local-intercepted", "grpc", "restate"]
+RUNTIME_KINDS = ["local", "local-intercepted", "grpc", "restate", "restate-intercepted"]
 
 
 class PassThrough(Interceptor):
@@ -46,7 +46,7 @@ def node_command(node_id: str, setup: str, *peers: str) -> list[str]:
 
 @pytest_asyncio.fixture(params=RUNTIME_KINDS)
 async def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BaseRuntime]:
-    if request.param == "restate":
+    if request.param.startswith("restate"):
         # A fresh server per test: object state and journals start empty.
         async with running_restate(RESTATE_SERVER, tmp_path / "restate") as server:
             durable = RestateRuntime(
@@ -54,6 +54,7 @@ async def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
                 server.admin_url,
                 listen="127.0.0.1:0",
                 default_timeout=DEFAULT_TIMEOUT,
+                interceptors=[PassThrough()] if request.param == "restate-intercepted" else [],
             )
             await register(durable, NODE_A_TYPES + NODE_B_TYPES)
             async with durable:
@@ -65,11 +66,11 @@ async def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             async with running_node(command) as b:
                 client = GrpcRuntime(
                     remote_peers={"node-a": a.address, "node-b": b.address},
-                    default_timeout=DEFAULT_TIMEOUT,
+                    options=GrpcRuntimeOptions(default_timeout=DEFAULT_TIMEOUT),
                 )
                 async with client:
                     await asyncio.gather(
-                        *(client.wait_for_route(t) for t in NODE_A_TYPES + NODE_B_TYPES)
+                        *(client.wait_until_ready(t) for t in NODE_A_TYPES + NODE_B_TYPES)
                     )
                     # node-a learns node-b when node-b describes it: wait until a
                     # call from node-a reaches node-b.

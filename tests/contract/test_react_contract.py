@@ -20,7 +20,7 @@ import pytest_asyncio
 from ravi import AgentId, BaseAgent, MessageContext, TypeSubscription, message_handler
 from ravi.agents import EVENTS_TOPIC, ApprovalAnswer, Result, RunEvent, Task
 from ravi.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.integrations.runtime.restate import RestateRuntime
 from ravi.react.v1 import react_pb2 as pb
 from ravi.runtime import BaseRuntime, LocalRuntime
@@ -64,11 +64,13 @@ async def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     command = [*ravi_command(), "node", "--listen", "127.0.0.1:0", "--node-id", "react"]
     command += ["--app-dir", str(REPO_ROOT), "--setup", "tests.contract.react_harness:setup"]
     async with running_node(command) as node:
-        client = GrpcRuntime(remote_peers={"react": node.address}, default_timeout=20)
+        client = GrpcRuntime(
+            remote_peers={"react": node.address}, options=GrpcRuntimeOptions(default_timeout=20)
+        )
         await Events.register(client, "events")
         await client.add_subscription(TypeSubscription(EVENTS_TOPIC, "events"))
         async with client:
-            await client.wait_for_route("react-tools")
+            await client.wait_until_ready("react-tools")
             # The node streams events to the client once the client described it.
             await eventually(lambda: _probe(client), timeout=10)
             yield client

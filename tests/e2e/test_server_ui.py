@@ -18,7 +18,7 @@ import httpx
 import pytest
 from playwright.async_api import Page, Route, async_playwright, expect
 
-from ravi.testing import NodeProcess, ravi_command, running_node
+from ravi.testing import NodeProcess, ravi_command, running_node, start_node
 from tests.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -32,7 +32,8 @@ TIMEOUT_MS = 10_000
 
 @pytest.fixture
 async def server() -> AsyncIterator[NodeProcess]:
-    async with running_node([*ravi_command(), "serve", "--port", "0", "--token", TOKEN]) as node:
+    command = [*ravi_command(), "serve", "--port", "0", "--token", TOKEN, "--store", "memory"]
+    async with running_node(command) as node:
         yield node
 
 
@@ -256,3 +257,42 @@ async def test_the_page_resumes_a_dropped_stream(
     await expect(page.get_by_test_id("connection")).to_have_text("live")
     await card.get_by_test_id("approve").click()
     await expect(page.get_by_test_id("final-answer")).to_contain_text("Report sent")
+
+
+async def test_a_run_cut_by_a_restart_is_shown_interrupted_and_runs_again(
+    chromium: Path, tmp_path: Path
+) -> None:
+    command = [*ravi_command(), "serve", "--port", "0", "--token", TOKEN]
+    command += ["--data-dir", str(tmp_path / "threads")]
+    first = await start_node(command)
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://{first.address}", headers=AUTH, timeout=10
+        ) as client:
+            started = await client.post("/threads", json={"content": "Notes on approvals"})
+            thread_id = started.json()["thread_id"]
+            await until_waiting(client, thread_id)
+    finally:
+        await first.kill()  # the monolith dies with the run waiting for its approval
+    async with running_node(command) as server, async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(chromium), headless=True)
+        async with browser:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            await page.goto(url(server, f"#thread={thread_id}"))
+            await expect(page.get_by_test_id("thread-status")).to_have_text(
+                "interrupted", timeout=TIMEOUT_MS
+            )
+            await expect(page.get_by_test_id("conversation")).to_contain_text(
+                "the server stopped while this run was in progress", timeout=TIMEOUT_MS
+            )
+            rerun = page.get_by_test_id("rerun")
+            await expect(rerun).to_be_visible(timeout=TIMEOUT_MS)
+            await screenshot(page, "interrupted.png")
+            await rerun.click()
+            card = page.get_by_test_id("approval-card").last
+            await expect(card.get_by_test_id("approve")).to_be_visible(timeout=TIMEOUT_MS)
+            await card.get_by_test_id("approve").click()
+            await expect(page.get_by_test_id("final-answer").last).to_contain_text(
+                "Report sent to team@example.com", timeout=TIMEOUT_MS
+            )
+            await expect(rerun).to_be_hidden(timeout=TIMEOUT_MS)

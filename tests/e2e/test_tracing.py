@@ -16,7 +16,7 @@ from ravi._demo.agents import ProgressPrinter
 from ravi.conformance.v1 import conformance_pb2 as conf
 from ravi.errors import HandlerFailed
 from ravi.examples.v1.examples_pb2 import Task
-from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.telemetry import configure
 from ravi.testing import (
     Jaeger,
@@ -26,7 +26,7 @@ from ravi.testing import (
     running_jaeger,
     start_node,
 )
-from tests.interop.conftest import go_node, node_node
+from tests.interop.conftest import COMMANDS
 from tests.paths import REPO_ROOT, TOOLS_BIN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -48,9 +48,9 @@ async def traced_task(jaeger: Jaeger) -> str:
     try:
         b = await start_node(python_node("node-b", ["ravi._demo.nodes:writer"]), env=env)
         nodes.append(b)
-        js = await start_node(node_node("node-js", b.address), env=env)
+        js = await start_node(COMMANDS["node"]("node-js", b.address), env=env)
         nodes.append(js)
-        go = await start_node(go_node("node-go", b.address, js.address), env=env)
+        go = await start_node(COMMANDS["go"]("node-go", b.address, js.address), env=env)
         nodes.append(go)
         a = await start_node(
             python_node("node-a", ["ravi._demo.nodes:node_a"], b.address, js.address, go.address),
@@ -62,8 +62,8 @@ async def traced_task(jaeger: Jaeger) -> str:
         ProgressPrinter.events.clear()
         ProgressPrinter.finished.clear()
         client = GrpcRuntime(
-            node_id="e2e-client",
             remote_peers={n.node_id: n.address for n in nodes},
+            options=GrpcRuntimeOptions(node_id="e2e-client"),
             interceptors=telemetry.interceptors,
         )
         await ProgressPrinter.register(client, "progress_printer")

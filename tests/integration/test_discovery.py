@@ -25,11 +25,11 @@ import pytest
 import pytest_asyncio
 
 from ravi import AgentId
+from ravi._mesh.codec import rendezvous_score
+from ravi._mesh.discovery import dns_target, resolve_dns
 from ravi.conformance.v1.conformance_pb2 import Echo, Echoed
 from ravi.errors import RaviError
 from ravi.integrations.runtime.grpc import GrpcRuntime, PeerDiscovery
-from ravi.integrations.runtime.grpc._peers import dns_target, resolve_dns
-from ravi.integrations.runtime.grpc._wire import rendezvous_score
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
 from ravi.testing import NodeProcess, eventually, ravi_command, running_node, start_node
 from tests.tls import make_certificates

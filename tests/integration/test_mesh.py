@@ -12,10 +12,10 @@ import grpc.aio
 import pytest
 
 from ravi import AgentId
+from ravi._mesh.codec import rendezvous_score
 from ravi.conformance.v1 import conformance_pb2 as conf
 from ravi.errors import AgentTypeNotFound, Code, RaviError, from_grpc_error
-from ravi.integrations.runtime.grpc import GrpcRuntime
-from ravi.integrations.runtime.grpc._wire import rendezvous_score
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.mesh.v1 import agent_service_pb2 as svc
 from ravi.mesh.v1 import agent_service_pb2_grpc, types_pb2
 from ravi.testing import NodeProcess, eventually, running_node, start_node
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 async def client(*nodes: NodeProcess, **options: float) -> AsyncIterator[GrpcRuntime]:
     runtime = GrpcRuntime(
         remote_peers={n.node_id: n.address for n in nodes},
-        default_timeout=options.get("default_timeout", 10.0),
+        options=GrpcRuntimeOptions(default_timeout=options.get("default_timeout", 10.0)),
     )
     async with runtime:
         yield runtime
@@ -75,7 +75,7 @@ async def test_send_and_publish_across_nodes_both_ways() -> None:
         client(a, b) as runtime,
     ):
         for agent_type in ("conf-a", "conf-b"):
-            await runtime.wait_for_route(agent_type)
+            await runtime.wait_until_ready(agent_type)
 
         async def a_reaches_b() -> conf.Echoed:
             return await runtime.send_message(  # type: ignore[no-any-return]
@@ -172,7 +172,7 @@ async def test_a_restarted_peer_rejoins_without_touching_the_others() -> None:
         b = await start_node(node_command("b", conformance="conf-b", peers=[a.address]))
         try:
             async with client(a, b) as runtime:
-                await runtime.wait_for_route("conf-b")
+                await runtime.wait_until_ready("conf-b")
                 assert (await echo(runtime, AgentId("conf-b", "k"))).node_id == "b"
                 port = b.port
                 await b.kill()
@@ -224,14 +224,14 @@ async def test_types_registered_after_start_reach_the_peers() -> None:
         running_node(node_command("r", setup=["tests.integration.agents:registrar"])) as r,
         client(r) as runtime,
     ):
-        await runtime.wait_for_route("registrar")
+        await runtime.wait_until_ready("registrar")
         with pytest.raises(AgentTypeNotFound):
             await echo(runtime, AgentId("late", "k"))
         assert await runtime.send_message(RegisterType("late"), AgentId("registrar", "x")) == (
             "late"
         )
         started = time.monotonic()
-        await runtime.wait_for_route("late", timeout=5)
+        await runtime.wait_until_ready("late", timeout=5)
         assert time.monotonic() - started < 1.0
         assert (await echo(runtime, AgentId("late", "k"))).node_id == "r"
 
@@ -243,7 +243,7 @@ async def test_killing_a_node_fails_its_calls_fast_and_spares_the_others() -> No
         try:
             async with client(victim, survivor, default_timeout=deadline) as runtime:
                 for agent_type in ("victim", "survivor"):
-                    await runtime.wait_for_route(agent_type)
+                    await runtime.wait_until_ready(agent_type)
 
                 async def call(i: int) -> tuple[object, float]:
                     started = time.monotonic()
@@ -267,5 +267,5 @@ async def test_killing_a_node_fails_its_calls_fast_and_spares_the_others() -> No
             assert elapsed < deadline + 1.0
         assert sum(r.code is Code.UNAVAILABLE for r, _ in outcomes) >= 90  # type: ignore[union-attr]
         async with client(survivor) as runtime:
-            await runtime.wait_for_route("survivor")
+            await runtime.wait_until_ready("survivor")
             assert (await echo(runtime, AgentId("survivor", "k"))).node_id == "survivor"

@@ -106,7 +106,7 @@ async def test_a_node_exports_its_metrics_over_otlp() -> None:
         ):
             runtime = GrpcRuntime(remote_peers={"m": node.address})
             async with runtime:
-                await runtime.wait_for_route("work")
+                await runtime.wait_until_ready("work")
                 for i in range(3):
                     await runtime.send_message(conf.Echo(text=f"{i}"), AgentId("work", "k"))
                 with pytest.raises(HandlerFailed):

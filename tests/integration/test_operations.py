@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ravi import AgentId
 from ravi.conformance.v1 import conformance_pb2 as conf
 from ravi.errors import Code, RaviError
-from ravi.integrations.runtime.grpc import GrpcRuntime, TlsConfig
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.testing import eventually, running_node, start_node
 from tests.integration.conftest import node_command
 from tests.paths import TOOLS_BIN
@@ -163,14 +163,14 @@ async def test_mutual_tls_admits_clients_with_a_certificate_only(certificates: P
         "--tls-client-ca", str(certificates / "ca.pem"),
     ]  # fmt: skip
     async with running_node(node_command("tls", conformance="conformance", extra=tls)) as node:
-        trusted = TlsConfig(
-            cert_file=certificates / "client.pem",
-            key_file=certificates / "client.key",
-            ca_file=certificates / "ca.pem",
+        trusted = GrpcRuntimeOptions(
+            peer_tls_cert=certificates / "client.pem",
+            peer_tls_key=certificates / "client.key",
+            peer_tls_ca=certificates / "ca.pem",
         )
-        runtime = GrpcRuntime(remote_peers={"tls": node.address}, peer_tls=trusted)
+        runtime = GrpcRuntime(remote_peers={"tls": node.address}, options=trusted)
         async with runtime:
-            await runtime.wait_for_route("conformance")
+            await runtime.wait_until_ready("conformance")
             reply = await runtime.send_message(
                 conf.Echo(text="over mTLS"), AgentId("conformance", "k")
             )
@@ -178,12 +178,11 @@ async def test_mutual_tls_admits_clients_with_a_certificate_only(certificates: P
 
         anonymous = GrpcRuntime(
             remote_peers={"tls": node.address},
-            peer_tls=TlsConfig(ca_file=certificates / "ca.pem"),
-            default_timeout=2,
+            options=GrpcRuntimeOptions(peer_tls_ca=certificates / "ca.pem", default_timeout=2),
         )
         async with anonymous:
             with pytest.raises(TimeoutError):
-                await anonymous.wait_for_route("conformance", timeout=2)
+                await anonymous.wait_until_ready("conformance", timeout=2)
 
         async with grpc.aio.insecure_channel(node.address) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -203,7 +202,7 @@ async def test_graceful_stop_flips_health_and_drains_in_flight_calls() -> None:
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
             runtime = GrpcRuntime(remote_peers={"drain": node.address})
             async with runtime:
-                await runtime.wait_for_route("conformance")
+                await runtime.wait_until_ready("conformance")
                 in_flight = asyncio.ensure_future(
                     runtime.send_message(
                         conf.Sleep(millis=1500, tag="drained"), AgentId("conformance", "k")

@@ -1,16 +1,20 @@
-"""The ravi server over HTTP: its API, its errors, 50 threads at once, and over a mesh."""
+"""The ravi server over HTTP: its API, its errors, 50 threads at once, over a mesh, its SQLite
+history across restarts, and SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from ravi.testing import NodeProcess, ravi_command, running_node
+from ravi.testing import NodeProcess, ravi_command, running_node, start_node
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -19,7 +23,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def serve_command(*extra: str) -> list[str]:
-    return [*ravi_command(), "serve", "--port", "0", "--token", TOKEN, *extra]
+    """`ravi serve` on a free port; threads in memory unless `extra` names a --data-dir."""
+    store = [] if "--data-dir" in extra else ["--store", "memory"]
+    return [*ravi_command(), "serve", "--port", "0", "--token", TOKEN, *store, *extra]
 
 
 def client_for(server: NodeProcess) -> httpx.AsyncClient:
@@ -210,3 +216,126 @@ async def test_an_approval_whose_run_ended_is_refused() -> None:
         late = await client.post(f"/respond/{request_id}", json={"action": "approve"})
         assert late.status_code == 409
         assert "no longer pending" in late.json()["error"]
+
+
+async def approval_card(client: httpx.AsyncClient, thread: str, after: int = 0) -> dict[str, Any]:
+    async for event in events(client, thread, after):
+        if event["kind"] == "approval_request":
+            return event
+    raise AssertionError(f"{thread}: the stream ended before an approval card")
+
+
+async def until_final(client: httpx.AsyncClient, thread: str, after: int) -> dict[str, Any]:
+    async for event in events(client, thread, after):
+        if event["kind"] in ("final", "failed"):
+            return event
+    raise AssertionError(f"{thread}: the stream ended before the run did")
+
+
+async def test_threads_outlive_a_restart_and_a_run_in_flight_is_interrupted(
+    tmp_path: Path,
+) -> None:
+    command = serve_command("--data-dir", str(tmp_path / "data"))
+    server = await start_node(command)
+    try:
+        async with client_for(server) as client:
+            done = await run_thread(client, 0)
+            await client.post("/threads", json={"thread_id": "cut", "content": "grpc"})
+            asked = await approval_card(client, "cut")
+    finally:
+        await server.kill()  # kill -9 with a run waiting for approval
+    async with running_node(command) as server, client_for(server) as client:
+        listed = {t["thread_id"]: t for t in (await client.get("/threads")).json()["threads"]}
+        assert listed["th-0"]["status"] == "completed"
+        assert listed["th-0"]["result"]["content"] == done[-1]["final"]["content"]
+        replayed = [e async for e in _until(events(client, "th-0"), "final")]
+        assert replayed == done  # every event kept, ids and all
+        cut = listed["cut"]
+        assert (cut["status"], cut["error"]["code"]) == ("interrupted", "ABORTED")
+        assert cut["pending_approvals"] == []
+        request_id = asked["approval_request"]["request_id"]
+        late = await client.post(f"/respond/{request_id}", json={"action": "approve"})
+        assert (late.status_code, late.json()["code"]) == (409, "FAILED_PRECONDITION")
+        assert (await client.post("/threads/th-0/rerun")).status_code == 409  # not interrupted
+        rerun = await client.post("/threads/cut/rerun")
+        assert rerun.status_code == 202, rerun.text
+        assert (rerun.json()["status"], rerun.json()["runs"]) == ("running", 2)
+        again = await approval_card(client, "cut", after=asked["seq"])
+        assert again["run_id"] != asked["run_id"]
+        answered = await client.post(
+            f"/respond/{again['approval_request']['request_id']}", json={"action": "approve"}
+        )
+        assert answered.status_code == 200, answered.text
+        final = await until_final(client, "cut", again["seq"])
+        assert final["final"]["content"].startswith("Done. Report sent to team@example.com")
+
+
+async def _until(stream: AsyncIterator[dict[str, Any]], kind: str) -> AsyncIterator[dict[str, Any]]:
+    async for event in stream:
+        yield event
+        if event["kind"] == kind:
+            return
+
+
+async def test_one_data_dir_serves_one_server_and_memory_forgets(tmp_path: Path) -> None:
+    command = serve_command("--data-dir", str(tmp_path / "data"))
+    async with running_node(command):
+        second = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        output, _ = await asyncio.wait_for(second.communicate(), 60)
+        assert second.returncode == 1, output
+        assert f"another ravi server keeps its threads in {tmp_path / 'data'}" in output.decode()
+    unwritable = tmp_path / "file"
+    unwritable.write_text("not a folder")
+    refused = await asyncio.create_subprocess_exec(
+        *serve_command("--data-dir", str(unwritable)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(refused.communicate(), 60)
+    assert refused.returncode == 1
+    assert "pass --data-dir DIR, or --store memory" in output.decode()
+    async with running_node(serve_command()) as server, client_for(server) as client:
+        await run_thread(client, 0)
+    async with running_node(serve_command()) as server, client_for(server) as client:
+        assert (await client.get("/threads/th-0")).status_code == 404
+
+
+async def sigterm(server: NodeProcess, limit: float) -> None:
+    """SIGTERM the server: it exits 0 within `limit` seconds."""
+    started = time.monotonic()
+    code = await server.stop(timeout=limit + 10)
+    took = time.monotonic() - started
+    assert code == 0, "".join(server.output)
+    assert took < limit, f"took {took:.1f} s"
+
+
+@pytest.mark.parametrize("runtime", ["local", "grpc"])
+async def test_sigterm_exits_0_within_the_grace_period_idle_and_busy(
+    runtime: str, tmp_path: Path
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        extra = ["--data-dir", str(tmp_path / "data"), "--grace-period", "5"]
+        if runtime == "grpc":
+            node_command = [*ravi_command(), "node", "--listen", "127.0.0.1:0"]
+            node_command += ["--node-id", "agents", "--setup", "ravi.server:demo_setup"]
+            node = await stack.enter_async_context(running_node(node_command))
+            extra += ["--runtime", "grpc", "--peer", f"agents={node.address}"]
+        idle = await start_node(serve_command(*extra))
+        await sigterm(idle, 3.0)
+        busy = await start_node(serve_command(*extra))
+        try:
+            async with client_for(busy) as client:
+                await client.post("/threads", json={"thread_id": "busy", "content": "grpc"})
+                await approval_card(client, "busy")
+                stream = asyncio.ensure_future(until_final(client, "busy", 0))
+                await asyncio.sleep(0.3)  # a stream open, a run waiting for its approval
+                await sigterm(busy, 5.0 + 2.0)
+                with contextlib.suppress(Exception):
+                    await stream
+        finally:
+            await busy.kill()
+        async with running_node(serve_command(*extra)) as again, client_for(again) as client:
+            status = (await client.get("/threads/busy")).json()
+            assert (status["status"], status["error"]["code"]) == ("interrupted", "ABORTED")

@@ -22,11 +22,19 @@ from ravi.errors import (
     RaviError,
 )
 from ravi.examples.v1.examples_pb2 import Task, TaskResult
-from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.mesh.v1 import agent_service_pb2 as svc
 from ravi.mesh.v1 import agent_service_pb2_grpc, types_pb2
 from ravi.testing import NodeProcess, eventually, start_node
-from tests.interop.conftest import COMMANDS, CONFORMANCE, LANGUAGES, Mesh, python_node
+from tests.interop.conftest import (
+    COMMANDS,
+    CONFORMANCE,
+    LANGUAGES,
+    MEMBERS,
+    NODE_IDS,
+    Mesh,
+    python_node,
+)
 
 pytestmark = [
     pytest.mark.interop,
@@ -34,13 +42,12 @@ pytestmark = [
     pytest.mark.timeout(120),
 ]
 
-NODE_IDS = {"python": "py", "go": "go", "node": "nd"}
-
 
 @contextlib.asynccontextmanager
 async def client(*nodes: NodeProcess, timeout: float = 10.0) -> AsyncIterator[GrpcRuntime]:
     runtime = GrpcRuntime(
-        remote_peers={n.node_id: n.address for n in nodes}, default_timeout=timeout
+        remote_peers={n.node_id: n.address for n in nodes},
+        options=GrpcRuntimeOptions(default_timeout=timeout),
     )
     async with runtime:
         yield runtime
@@ -48,7 +55,7 @@ async def client(*nodes: NodeProcess, timeout: float = 10.0) -> AsyncIterator[Gr
 
 async def routes_everywhere(runtime: GrpcRuntime) -> None:
     for agent_type in CONFORMANCE.values():
-        await runtime.wait_for_route(agent_type)
+        await runtime.wait_until_ready(agent_type)
 
 
 PAIRS = list(itertools.permutations(LANGUAGES, 2))
@@ -119,7 +126,7 @@ async def test_a_python_task_flows_through_go_and_node_agents_and_back(mesh: Mes
     await runtime.add_subscription(TypeSubscription("progress", "progress_printer"))
     async with runtime:
         for agent_type in ("orchestrator", "reviewer", "formatter"):
-            await runtime.wait_for_route(agent_type)
+            await runtime.wait_until_ready(agent_type)
         result = await runtime.send_message(
             Task(thread_id="matrix", content="How are deadlines propagated?"),
             AgentId("orchestrator", "matrix"),
@@ -137,7 +144,7 @@ async def test_a_python_task_flows_through_go_and_node_agents_and_back(mesh: Mes
     assert result.content.startswith("## How are deadlines propagated")
 
 
-@pytest.mark.parametrize("language", ["go", "node"])
+@pytest.mark.parametrize("language", MEMBERS)
 async def test_errors_raised_in_go_and_node_reach_python_typed(mesh: Mesh, language: str) -> None:
     agent = AgentId(CONFORMANCE[language], "errors")
     async with client(*mesh.nodes.values()) as runtime:
@@ -155,7 +162,7 @@ async def test_errors_raised_in_go_and_node_reach_python_typed(mesh: Mesh, langu
         assert "not now" in str(refused.value)
 
 
-@pytest.mark.parametrize("language", ["go", "node"])
+@pytest.mark.parametrize("language", MEMBERS)
 async def test_a_killed_go_or_node_node_fails_calls_fast_and_rejoins(language: str) -> None:
     deadline = 5.0
     python = await start_node(python_node("py-survivor"))
@@ -208,4 +215,4 @@ async def test_a_killed_go_or_node_node_fails_calls_fast_and_rejoins(language: s
 
 async def routes_everywhere_of(runtime: GrpcRuntime, *agent_types: str) -> None:
     for agent_type in agent_types:
-        await runtime.wait_for_route(agent_type)
+        await runtime.wait_until_ready(agent_type)

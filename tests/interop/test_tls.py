@@ -16,15 +16,13 @@ import pytest
 from ravi import AgentId
 from ravi.conformance.v1 import conformance_pb2 as conf
 from ravi.errors import AgentTypeNotFound
-from ravi.integrations.runtime.grpc import GrpcRuntime, TlsConfig
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
 from ravi.testing import eventually, running_node
-from tests.interop.conftest import COMMANDS, CONFORMANCE, python_node
+from tests.interop.conftest import COMMANDS, CONFORMANCE, MEMBERS, python_node
 from tests.tls import make_certificates
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
-
-MEMBERS = ("go", "node")
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +62,15 @@ async def test_a_node_serving_mutual_tls_admits_python_clients_with_a_certificat
     agent_type, node_id = CONFORMANCE[language], f"{language}-tls"
     command = [*COMMANDS[language](node_id), *serving_mutual_tls(certificates)]
     async with running_node(command) as node:
-        trusted = TlsConfig(
-            cert_file=certificates / "client.pem",
-            key_file=certificates / "client.key",
-            ca_file=certificates / "ca.pem",
+        trusted = GrpcRuntimeOptions(
+            peer_tls_cert=certificates / "client.pem",
+            peer_tls_key=certificates / "client.key",
+            peer_tls_ca=certificates / "ca.pem",
         )
         async with GrpcRuntime(
-            port=None, remote_peers={"member": node.address}, peer_tls=trusted
+            port=None, remote_peers={"member": node.address}, options=trusted
         ) as runtime:
-            await runtime.wait_for_route(agent_type, timeout=10)
+            await runtime.wait_until_ready(agent_type, timeout=10)
             reply = await echo(runtime, agent_type, "python over mTLS")
         assert (reply.text, reply.language, reply.node_id) == (
             "python over mTLS",
@@ -85,12 +83,11 @@ async def test_a_node_serving_mutual_tls_admits_python_clients_with_a_certificat
         anonymous = GrpcRuntime(
             port=None,
             remote_peers={"member": node.address},
-            peer_tls=TlsConfig(ca_file=certificates / "ca.pem"),
-            default_timeout=2,
+            options=GrpcRuntimeOptions(peer_tls_ca=certificates / "ca.pem", default_timeout=2),
         )
         async with anonymous:
             with pytest.raises(TimeoutError):
-                await anonymous.wait_for_route(agent_type, timeout=2)
+                await anonymous.wait_until_ready(agent_type, timeout=2)
             with pytest.raises(AgentTypeNotFound, match="0 peer"):
                 await echo(anonymous, agent_type, "no certificate")
         # On the wire, that is UNAVAILABLE, and so is a plaintext client.
@@ -106,9 +103,9 @@ async def test_a_node_serving_mutual_tls_admits_python_clients_with_a_certificat
 
         # The node kept serving those with a certificate.
         async with GrpcRuntime(
-            port=None, remote_peers={"member": node.address}, peer_tls=trusted
+            port=None, remote_peers={"member": node.address}, options=trusted
         ) as runtime:
-            await runtime.wait_for_route(agent_type, timeout=10)
+            await runtime.wait_until_ready(agent_type, timeout=10)
             reply = await echo(runtime, agent_type, "still serving")
         assert reply.text == "still serving"
 
@@ -140,10 +137,12 @@ async def test_a_node_dials_a_python_mutual_tls_peer(language: str, certificates
         async with (
             running_node(dialling) as member,
             GrpcRuntime(
-                port=None, remote_peers={"member": member.address}, default_timeout=5
+                port=None,
+                remote_peers={"member": member.address},
+                options=GrpcRuntimeOptions(default_timeout=5),
             ) as runtime,
         ):
-            await runtime.wait_for_route(agent_type, timeout=10)
+            await runtime.wait_until_ready(agent_type, timeout=10)
             reply = await eventually(
                 lambda: forward_to_python(runtime, agent_type, f"{language} to python over mTLS"),
                 timeout=10,

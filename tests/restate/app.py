@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ravi.agents import ReActAgent
 from ravi.integrations.runtime.restate import AgentWorkflow, RestateRuntime
 from ravi.models import ChatMessage, ScriptedModel, call, say
 from ravi.tools import ToolContext, tool
@@ -96,8 +97,19 @@ MODELS = {
         [call("record", tag="l", seconds=0.2), call("charge", cents=1000), _last],
         name="ledger",
     ),
+    "slow": ScriptedModel([call("record", tag="slow", seconds=3.0), _last], name="slow"),
+    # The model the Scaling Out page's sample names, played by a script.
+    "gpt-4o": ScriptedModel(
+        [call("record", tag="q3", seconds=0.0), call("pay", cents=4200), _last], name="gpt-4o"
+    ),
 }
 
 
 def setup(runtime: RestateRuntime) -> None:
-    runtime.register_workflow(AgentWorkflow(models=MODELS, tools=[record, charge, pay]))
+    AgentWorkflow(models=MODELS, tools=[record, charge, pay]).register(runtime)
+
+
+async def assistant_setup(runtime: RestateRuntime) -> None:
+    """The serve path's agent: a ReActAgent ("assistant") whose one tool pays, once approved."""
+    model = ScriptedModel([call("pay", cents=700), _last], name="payer")
+    await ReActAgent.register(runtime, "assistant", lambda: ReActAgent(model, [pay]))

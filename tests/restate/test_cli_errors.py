@@ -24,8 +24,7 @@ def closed_port() -> int:
     "arguments",
     [
         "restate worker --listen 127.0.0.1:0 --admin {admin}",
-        "serve --runtime restate --restate-listen 127.0.0.1:0 --port 0 --token t "
-        "--restate-admin {admin}",
+        "serve --runtime restate --port 0 --token t --restate-admin {admin}",
     ],
     ids=["worker", "serve"],
 )

@@ -17,57 +17,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from ravi.errors import NotFound
 from ravi.integrations.runtime.restate import RestateSettings, RestateWorkflowClient
-from ravi.testing import NodeProcess, RestateServer, eventually, ravi_command, start_node
-from tests.paths import REPO_ROOT, RESTATE_SERVER
+from ravi.testing import RestateServer, eventually
+from tests.paths import RESTATE_SERVER
+from tests.restate.processes import Worker
 
 pytestmark = [pytest.mark.restate, pytest.mark.timeout(240)]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class Worker:
-    """A `ravi restate worker` process that can be killed and started again."""
-
-    def __init__(self, server: RestateServer, folder: Path) -> None:
-        self.command = [
-            *ravi_command(),
-            "restate",
-            "worker",
-            "--ingress",
-            server.ingress_url,
-            "--admin",
-            server.admin_url,
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--setup",
-            "tests.restate.app:setup",
-            "--app-dir",
-            str(REPO_ROOT),
-        ]
-        self.env = {"RAVI_TEST_DIR": str(folder)}
-        self.process: NodeProcess | None = None
-
-    async def start(self) -> None:
-        self.process = await start_node(self.command, env=self.env)
-
-    async def kill(self) -> None:
-        if self.process is not None:
-            await self.process.kill()
-            self.process = None
-
-    async def stop(self) -> None:
-        if self.process is not None:
-            await self.process.stop()
-            self.process = None
 
 
 @pytest_asyncio.fixture
@@ -82,7 +37,7 @@ async def server(tmp_path: Path) -> AsyncIterator[RestateServer]:
 
 @pytest_asyncio.fixture
 async def worker(server: RestateServer, tmp_path: Path) -> AsyncIterator[Worker]:
-    process = Worker(server, tmp_path)
+    process = Worker(server, tmp_path, "tests.restate.app:setup")
     await process.start()
     try:
         yield process
@@ -109,17 +64,20 @@ async def status_of(client: RestateWorkflowClient, workflow_id: str, wanted: str
         assert status["status"] == wanted, status
         return status
 
-    return await eventually(reached, timeout=60, interval=0.1, retry_on=(AssertionError, NotFound))
+    return await eventually(reached, timeout=60, interval=0.1)
 
 
 async def approve_until_completed(
     client: RestateWorkflowClient, workflow_id: str, waiting: dict[str, Any], tmp_path: Path
 ) -> None:
     """Approve the charge the workflow waits for; it completes, the step before it ran once."""
-    (promise,) = waiting["waiting_for"]
-    await client.resolve_promise(
-        workflow_id=workflow_id, promise_name=promise, value={"action": "approve"}
+    (approval,) = waiting["pending_approvals"]
+    assert approval["promise"] == f"approval-{approval['request_id']}"
+    assert waiting["waiting_for"] == [approval["promise"]]
+    resolved = await client.resolve_promise(
+        workflow_id=workflow_id, promise_name=approval["promise"], value={"action": "approve"}
     )
+    assert resolved == "resolved"
     status = await status_of(client, workflow_id, "completed")
     assert status["result"]["content"].startswith("charged 500")
     assert executions(tmp_path) == ["before"]
@@ -220,6 +178,7 @@ async def test_a_run_naming_an_unknown_model_fails_with_not_found(
     status = await status_of(client, workflow_id, "failed")
     assert status["error"]["code"] == "NOT_FOUND"
     assert status["error"]["message"].startswith("no model 'nope' (the models: ")
+    shown = ("waiting_for", "pending_approvals")  # views of the state, not the result
     assert await client.wait_for_result(workflow_id, timeout=30) == {
-        k: v for k, v in status.items() if k != "waiting_for"
+        k: v for k, v in status.items() if k not in shown
     }

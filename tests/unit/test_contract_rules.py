@@ -5,17 +5,26 @@ released contract; these tests prove it catches a breaking edit by applying
 several to a copy of the contract.
 """
 
+import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from tests.paths import BUF, REPO_ROOT
 
+FACTS = REPO_ROOT / "proto" / "ravi" / "mesh" / "v1" / "contract.toml"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
 RELEASES = sorted((REPO_ROOT / "proto" / "releases").glob("ravi-v*.json"))
-RELEASE = REPO_ROOT / "proto" / "releases" / "ravi-v1.1.0.json"
+RELEASE = max(RELEASES, key=lambda path: _version(path.stem.removeprefix("ravi-v")))
 
 
 def _buf(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -40,10 +49,27 @@ def _edit(root: Path, relative: str, pattern: str, replacement: str) -> None:
 
 
 def test_the_latest_release_is_the_one_make_lint_checks_against() -> None:
-    assert RELEASE in RELEASES
-    assert (
-        f"CONTRACT_RELEASE := proto/releases/{RELEASE.name}" in (REPO_ROOT / "Makefile").read_text()
+    dry_run = subprocess.run(
+        ["make", "-n", "lint-proto"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
+    assert f"breaking --against proto/releases/{RELEASE.name}" in dry_run.stdout
+
+
+def test_the_recorded_version_is_the_released_contract_or_a_newer_one(tmp_path: Path) -> None:
+    # The version every language reports comes from contract.toml (make gen). A
+    # released version names exactly the contract of its image; a contract that
+    # changed since carries a newer version until `make release-contract`.
+    recorded = tomllib.loads(FACTS.read_text())["version"]
+    latest = RELEASE.stem.removeprefix("ravi-v")
+    assert _version(recorded) >= _version(latest)
+    if recorded == latest:
+        image = tmp_path / "image.json"
+        result = _buf("build", "--exclude-source-info", "-o", str(image), cwd=REPO_ROOT)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(image.read_text()) == json.loads(RELEASE.read_text()), (
+            f"proto/ changed since contract {latest} was released: record a new version "
+            "in proto/ravi/mesh/v1/contract.toml"
+        )
 
 
 @pytest.mark.parametrize("release", RELEASES, ids=lambda path: path.stem)

@@ -1,5 +1,8 @@
 """The deployment files, checked without a container engine or a cluster.
 
+(tests/containers builds the images and runs docker-compose.yml with a real
+engine; this file checks what needs none, in seconds.)
+
 - docker-compose.yml against the compose-spec JSON schema (the copy the npm
   package dclint ships, pinned in tools/package.json), with the pinned Python
   jsonschema;
@@ -49,7 +52,8 @@ KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 KUSTOMIZE = TOOLS_BIN / "kustomize"
 KUBECONFORM = TOOLS_BIN / "kubeconform"
 MESH_PORT = 50051
-RAVI_SERVICES = ("node-a", "node-b", "node-go", "node-js", "server")
+RAVI_SERVICES = ("node-a", "node-b", "node-go", "node-js", "server", "restate-worker")
+MESH_NODES = ("node-a", "node-b", "node-go", "node-js")
 AGENT_POOLS = ("orchestrator", "writer", "reviewer", "formatter")
 
 
@@ -60,6 +64,23 @@ def load_compose() -> dict[str, Any]:
     """docker-compose.yml as compose reads it (YAML merge keys resolved)."""
     document: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
     return document
+
+
+_DEFAULTED = re.compile(r"\$\{(?P<name>[A-Z_]+):-(?P<default>[^}]+)\}")
+
+
+def compose_variables() -> dict[str, str]:
+    """The compose file's variables that have a default (its images), by name."""
+    found: dict[str, str] = {}
+    for match in _DEFAULTED.finditer(COMPOSE_FILE.read_text()):
+        default = found.setdefault(match["name"], match["default"])
+        assert default == match["default"], f"{match['name']} has two defaults"
+    return found
+
+
+def resolve(value: str) -> str:
+    """A compose string with `${NAME:-default}` replaced by its default."""
+    return _DEFAULTED.sub(lambda match: match["default"], value)
 
 
 @dataclass
@@ -83,6 +104,18 @@ class Dockerfile:
         parsed = json.loads(value)
         assert isinstance(parsed, list), f"{instruction} must be in exec form: {value}"
         return [str(part) for part in parsed]
+
+
+def build_arguments(path: Path) -> dict[str, str]:
+    """The ARGs a Dockerfile declares before its first FROM (its base images), with defaults."""
+    arguments = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("FROM"):
+            break
+        if line.startswith("ARG "):
+            name, _, default = line.removeprefix("ARG ").partition("=")
+            arguments[name] = default
+    return arguments
 
 
 def parse_dockerfile(path: Path) -> Dockerfile:
@@ -166,11 +199,19 @@ def test_compose_wires_the_mesh_by_service_name() -> None:
     for name in RAVI_SERVICES:
         service = services[name]
         assert set(service.get("depends_on", {})) <= set(services)
-        assert service["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
-        assert service["environment"]["RAVI_TOKEN"].startswith("${RAVI_TOKEN:?")
         assert service["read_only"] is True
         assert service["healthcheck"]["test"][0] == "CMD"
         command = flags(service["command"])
+        if name == "restate-worker":
+            assert service["command"][:2] == ["restate", "worker"]
+            assert command["--advertise"] == ["http://restate-worker:9080"]
+            assert command["--ingress"] == ["http://restate:8080"]
+            assert command["--admin"] == ["http://restate:9070"]
+            assert service["depends_on"]["restate"]["condition"] == "service_healthy"
+            continue
+        # The mesh's services: its token, and traces to Jaeger.
+        assert service["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+        assert service["environment"]["RAVI_TOKEN"].startswith("${RAVI_TOKEN:?")
         for peer in command.get("--peer", []):
             _, _, address = peer.partition("=")
             host, _, port = address.rpartition(":")
@@ -185,8 +226,43 @@ def test_compose_wires_the_mesh_by_service_name() -> None:
         assert command["--advertise"] == [f"{name}:{MESH_PORT}"]
         assert command["--node-id"] == [name]
         assert "--health-without-auth" in command
-    assert services["restate"]["image"] == "docker.io/restatedev/restate:1.7.12"
-    assert re.fullmatch(r"jaegertracing/jaeger:2\.\d+\.\d+", services["jaeger"]["image"])
+
+
+def test_every_long_running_service_has_a_health_check() -> None:
+    services = load_compose()["services"]
+    for name, service in services.items():
+        check = service["healthcheck"]
+        assert check["test"][0] == "CMD", name
+        assert check["start_interval"] == "1s", name
+
+
+def test_compose_names_the_upstream_images_through_variables() -> None:
+    """Defaults are the upstream images, so `docker compose up` needs no variable set."""
+    services = load_compose()["services"]
+    variables = compose_variables()
+    assert services["restate"]["image"] == "${RESTATE_IMAGE:-docker.io/restatedev/restate:1.7.12}"
+    # The restate-server the tests run (tools/package.json) is the image's version.
+    tools = json.loads((REPO_ROOT / "tools" / "package.json").read_text())
+    restate = tools["devDependencies"]["@restatedev/restate-server"]
+    assert variables["RESTATE_IMAGE"] == f"docker.io/restatedev/restate:{restate}"
+    assert re.fullmatch(r"jaegertracing/jaeger:2\.\d+\.\d+", variables["JAEGER_IMAGE"])
+    assert services["jaeger"]["image"] == "${JAEGER_IMAGE:-" + variables["JAEGER_IMAGE"] + "}"
+    for name in RAVI_SERVICES:
+        build = services[name]["build"]
+        dockerfile = build_arguments(REPO_ROOT / build["dockerfile"])
+        # Each base image ARG is passed, under its own name, defaulting to the Dockerfile's.
+        assert build["args"] == {
+            arg: f"${{{arg}:-{default}}}" for arg, default in dockerfile.items()
+        }
+    assert set(variables) == {
+        "PYTHON_IMAGE",
+        "GO_IMAGE",
+        "NODE_IMAGE",
+        "GO_RUNTIME_IMAGE",
+        "NODE_RUNTIME_IMAGE",
+        "RESTATE_IMAGE",
+        "JAEGER_IMAGE",
+    }
 
 
 def test_compose_uses_the_demo_mesh_arguments() -> None:
@@ -221,6 +297,7 @@ def test_compose_builds_each_ravi_service_from_its_dockerfile() -> None:
         "node-a": "deploy/docker/python.Dockerfile",
         "node-b": "deploy/docker/python.Dockerfile",
         "server": "deploy/docker/python.Dockerfile",
+        "restate-worker": "deploy/docker/python.Dockerfile",
         "node-go": "deploy/docker/go.Dockerfile",
         "node-js": "deploy/docker/node.Dockerfile",
     }

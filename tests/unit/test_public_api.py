@@ -1,9 +1,13 @@
 """The public API, pinned: a change to these names shows up in review."""
 
+import dataclasses
+
 import ravi
 import ravi.agents
 import ravi.errors
 import ravi.integrations.a2a
+import ravi.integrations.runtime.grpc
+import ravi.integrations.runtime.restate
 import ravi.models
 import ravi.runtime
 import ravi.server
@@ -82,10 +86,18 @@ def test_exported_names() -> None:
     ]
     assert ravi.tools.__all__ == ["Tool", "ToolContext", "render", "tool"]
     assert ravi.server.__all__ == [
+        "Answered",
         "RaviServer",
+        "RestateThreads",
+        "RuntimeThreads",
+        "ThreadService",
+        "ThreadStore",
+        "ThreadSummary",
         "demo_model",
         "demo_setup",
         "demo_workflow_setup",
+        "event_json",
+        "restate_setup",
     ]
     assert ravi.telemetry.__all__ == [
         "MetricsInterceptor",
@@ -99,3 +111,70 @@ def test_exported_names() -> None:
     for module in (*modules, ravi.tools, ravi.server, ravi.telemetry, ravi.integrations.a2a):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
+
+
+def _public(cls: type) -> list[str]:
+    return sorted(name for name in dir(cls) if not name.startswith("_"))
+
+
+BASE_RUNTIME = [
+    "add_subscription",
+    "agent_load_state",
+    "agent_save_state",
+    "load_state",
+    "publish_message",
+    "register_factory",
+    "remove_subscription",
+    "resolve_promise",
+    "save_state",
+    "send_message",
+    "start",
+    "stop",
+    "stop_when_idle",
+    "wait_until_ready",
+]
+
+
+def test_base_runtime_methods() -> None:
+    assert _public(ravi.runtime.BaseRuntime) == BASE_RUNTIME
+
+
+def test_grpc_runtime_is_a_facade() -> None:
+    grpc = ravi.integrations.runtime.grpc
+    assert grpc.__all__ == ["GrpcRuntime", "GrpcRuntimeOptions", "PeerDiscovery"]
+    # BaseRuntime's methods, plus the node's identity, its peers and readiness:
+    # whatever the gRPC server calls goes through the mesh node's NodeHandler.
+    extra = ["address", "mailbox_depths", "node_id", "peers", "port", "wait_for_peers"]
+    assert _public(grpc.GrpcRuntime) == sorted(BASE_RUNTIME + extra)
+    assert not [name for name in dir(grpc.GrpcRuntime) if name.startswith("serve")]
+    assert [f.name for f in dataclasses.fields(grpc.GrpcRuntimeOptions)] == [
+        "node_id",
+        "advertise",
+        "token",
+        "peer_token",
+        "health_without_auth",
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "peer_tls_ca",
+        "peer_tls_cert",
+        "peer_tls_key",
+        "peer_tls_server_name",
+        "default_timeout",
+        "mailbox_capacity",
+        "max_message_bytes",
+        "grace_period",
+    ]
+
+
+def test_restate_package() -> None:
+    restate = ravi.integrations.runtime.restate
+    assert restate.__all__ == [
+        "AgentWorkflow",
+        "RestateRuntime",
+        "RestateSettings",
+        "RestateWorkflowClient",
+    ]
+    extra = ["add_service", "message_registry", "running"]
+    assert _public(restate.RestateRuntime) == sorted(BASE_RUNTIME + extra)
+    assert not [name for name in dir(restate.RestateRuntime) if name.startswith("serve")]

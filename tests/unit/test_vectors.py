@@ -15,9 +15,10 @@ from google.protobuf import descriptor_pool, json_format, message, message_facto
 
 from ravi.examples.v1 import examples_pb2
 from ravi.mesh.v1 import agent_service_pb2, types_pb2
+from tests.languages import LANGUAGES as ALL_LANGUAGES
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
-LANGUAGES = ("python", "go", "node")
+LANGUAGES = tuple(ALL_LANGUAGES)
 CASES: list[dict[str, Any]] = json.loads((VECTORS / "cases.json").read_text())["cases"]
 
 # Importing the generated modules registers their types in the default pool.

@@ -40,7 +40,7 @@ func WithToken(token string) ClientOption { return func(o *clientOptions) { o.to
 func WithMaxMessageBytes(n int) ClientOption { return func(o *clientOptions) { o.maxBytes = n } }
 
 // WithDefaultTimeout is the deadline of unary calls whose context has none
-// (default 30 s).
+// (default 60 s, DefaultTimeout).
 func WithDefaultTimeout(d time.Duration) ClientOption {
 	return func(o *clientOptions) { o.timeout = d }
 }

@@ -27,22 +27,24 @@ import (
 )
 
 // ContractVersion is the version of the ravi.mesh.v1 contract this package
-// implements.
-const ContractVersion = "1.1.0"
+// implements (recorded once, in proto/ravi/mesh/v1/contract.toml).
+const ContractVersion = meshv1.ContractVersion
 
 // Language is the language a Go node reports in its NodeInfo.
 const Language = "go"
 
-// HopLimit is the number of forwards after which a Send is refused.
-const HopLimit = 8
+// HopLimit is the number of forwards after which a Send is refused, the same
+// in every language.
+const HopLimit = meshv1.HopLimit
 
-// Defaults of Options.
+// Defaults of Options. Those the members share come from the contract's facts
+// (proto/ravi/mesh/v1/contract.toml), so Python, Go and Node agree.
 const (
 	DefaultListenAddr      = "127.0.0.1:0"
-	DefaultMaxMessageBytes = 4 << 20
-	DefaultTimeout         = 30 * time.Second
-	DefaultGracePeriod     = 5 * time.Second
-	DefaultMailboxCapacity = 1024
+	DefaultMaxMessageBytes = meshv1.DefaultMaxMessageBytes
+	DefaultTimeout         = meshv1.DefaultTimeout
+	DefaultGracePeriod     = meshv1.DefaultGracePeriod
+	DefaultMailboxCapacity = meshv1.DefaultMailboxCapacity
 )
 
 // Options configure a Node. The zero value of every field has a useful
@@ -77,10 +79,10 @@ type Options struct {
 	// GracePeriod bounds the drain of in-flight calls in Stop; default 5 s.
 	GracePeriod time.Duration
 	// DefaultTimeout is the deadline of calls that arrive without one, and of
-	// the handling of published events; default 30 s.
+	// the handling of published events; default 60 s.
 	DefaultTimeout time.Duration
 	// MailboxCapacity bounds the messages queued or running per agent;
-	// default 1024. A send to a full mailbox fails with MAILBOX_FULL.
+	// default 10,000. A send to a full mailbox fails with MAILBOX_FULL.
 	MailboxCapacity int
 	// Types resolves payload type names; default protoregistry.GlobalTypes.
 	Types TypeResolver

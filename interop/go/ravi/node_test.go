@@ -426,7 +426,7 @@ func TestReviewerStyleHandlerThroughNodeSend(t *testing.T) {
 	if _, err := ravi.Ask[*examplesv1.Draft](ctx, n, ravi.AgentID{Type: "upper", Key: "k"}, &examplesv1.FormatRequest{}); !isCode(err, codes.Internal) {
 		t.Fatalf("wrong reply type: %v", err)
 	}
-	if !strings.HasPrefix(n.ID(), "go-") || n.Info().GetLanguage() != "go" || n.Info().GetContractVersion() != "1.1.0" {
+	if !strings.HasPrefix(n.ID(), "go-") || n.Info().GetLanguage() != "go" || n.Info().GetContractVersion() != ravi.ContractVersion {
 		t.Fatalf("info %v", n.Info())
 	}
 }

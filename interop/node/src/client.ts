@@ -27,6 +27,10 @@ import {
 import { randomUUID } from "node:crypto";
 
 import type { PublishResult, SendOptions, SendResult } from "./agent.js";
+import {
+  DEFAULT_MAX_MESSAGE_BYTES,
+  DEFAULT_TIMEOUT_MS,
+} from "@ravi-mesh/contract/ravi/mesh/v1/contract";
 import { decodeAs, encodePayload } from "./codec.js";
 import { asRaviError, RaviError } from "./errors.js";
 import { checkAgentId, checkTopicId, type AgentAddress, type TopicAddress } from "./ids.js";
@@ -35,10 +39,9 @@ import { injectActive } from "./tracing.js";
 
 export { PublishScope, ServingStatus };
 
-/** The default per-call deadline of clients and nodes. */
-export const DEFAULT_TIMEOUT_MS = 30_000;
-/** The default message size limit: 4 MiB. */
-export const DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+// The default per-call deadline of clients and nodes, and the default message
+// size limit: the contract's shared defaults (proto/ravi/mesh/v1/contract.toml).
+export { DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT_MS };
 
 export interface ClientOptions {
   /** host:port of the node. */

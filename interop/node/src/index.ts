@@ -1,4 +1,6 @@
-// @ravi-mesh/node: a ravi mesh node and client for Node.js.
+// @ravi-mesh/node: a ravi mesh node and client for Node.js. The demo's formatter
+// and the conformance agent are agents built on it, not part of it: they are
+// exported from "@ravi-mesh/node/agents".
 export {
   AgentDefinition,
   defineAgent,
@@ -67,14 +69,6 @@ export {
 } from "./node.js";
 export { BACKOFF_INITIAL_MS, BACKOFF_MAX_MS, type Logger } from "./peers.js";
 export { rendezvousPick, rendezvousScore } from "./rendezvous.js";
-export { formatterAgent, toMarkdown } from "./agents/formatter.js";
-export {
-  CONFORMANCE_TOPIC,
-  CONFORMANCE_TYPE,
-  conformanceAgent,
-  registerConformance,
-  type ConformanceState,
-} from "./agents/conformance.js";
 export { TRACER_NAME, extractContext, injectContext } from "./tracing.js";
 export { type ClientTlsOptions, type ServerTlsOptions } from "./tls.js";
 export {

@@ -8,6 +8,7 @@ import { after, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 
+import { CONTRACT_VERSION } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
 import { toMarkdown } from "../src/agents/formatter.js";
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), "..", "src", "cli.js");
@@ -140,7 +141,7 @@ describe("ravi-node command line", T, () => {
     const info = JSON.parse(described.stdout) as { nodeId: string; language: string; contractVersion: string; agentTypes: { agentType: string }[] };
     assert.equal(info.nodeId, "cli-a");
     assert.equal(info.language, "node");
-    assert.equal(info.contractVersion, "1.1.0");
+    assert.equal(info.contractVersion, CONTRACT_VERSION);
     assert.deepEqual(info.agentTypes.map((t) => t.agentType).sort(), ["conformance", "formatter"]);
 
     const formatted = await run([

@@ -22,6 +22,7 @@ import {
   type CallFrameSchema,
   type ConnectRequestSchema,
 } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
+import { CONTRACT_VERSION } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
 import type { Payload } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 
 import { conformanceAgent, registerConformance } from "../src/agents/conformance.js";
@@ -112,7 +113,7 @@ describe("routing and forwarding", T, () => {
 
   test("an unreachable peer is UNAVAILABLE / PEER_UNAVAILABLE within the deadline", async () => {
     // A peer that describes itself as hosting "ghost" but cannot serve it.
-    const info = { nodeId: "ghost-node", contractVersion: "1.1.0", language: "test", agentTypes: [{ agentType: "ghost", handledTypes: [] }] };
+    const info = { nodeId: "ghost-node", contractVersion: CONTRACT_VERSION, language: "test", agentTypes: [{ agentType: "ghost", handledTypes: [] }] };
     const impl: Partial<ServiceImpl<typeof AgentService>> = {
       describe: () => ({ node: info }),
       async *subscribe(_request, ctx) {

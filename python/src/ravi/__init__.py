@@ -7,10 +7,10 @@ Python, Go and Node nodes, and durably on Restate.
 """
 
 from ravi import errors
-from ravi._agent import AgentType, BaseAgent, message_handler
+from ravi._agent import BaseAgent, message_handler
 from ravi._cancellation import CancellationToken
 from ravi._context import MessageContext
-from ravi._ids import AgentId, TopicId
+from ravi._ids import AgentId, AgentType, TopicId
 from ravi._interceptors import ForwardInput, HandleInput, Interceptor, PublishInput, SendInput
 from ravi._serialization import MessageRegistry, message_type, registry
 from ravi._subscriptions import (

@@ -6,17 +6,16 @@ import inspect
 import types
 import typing
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ravi._cancellation import CancellationToken
 from ravi._context import MessageContext
-from ravi._ids import AgentId, TopicId, _check_type
+from ravi._ids import AgentId, AgentType, TopicId, _check_type
 from ravi._subscriptions import SubscriptionFactory
 from ravi.errors import FailedPrecondition, NoHandler
 
 if TYPE_CHECKING:
-    from ravi.runtime import BaseRuntime
+    from ravi.runtime._base import BaseRuntime
 
 Handler = Callable[[Any, Any, MessageContext], Awaitable[Any]]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -75,11 +74,15 @@ def _message_types(owner: type, name: str, func: Callable[..., Any]) -> tuple[ty
     return members
 
 
-@dataclass(frozen=True, slots=True)
-class AgentType:
-    """AgentType is what `register` returns: the registered type name."""
+def agent_class_of(agent_class: type[Any]) -> type[BaseAgent]:
+    """`agent_class`, checked to be a BaseAgent subclass (what a runtime registers).
 
-    type: str
+    Raises:
+        TypeError: it is not.
+    """
+    if not (isinstance(agent_class, type) and issubclass(agent_class, BaseAgent)):
+        raise TypeError(f"agent_class must be a BaseAgent subclass, got {agent_class!r}")
+    return agent_class
 
 
 class BaseAgent:

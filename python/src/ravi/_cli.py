@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from collections.abc import Coroutine
 from pathlib import Path
@@ -95,119 +96,45 @@ def demo(
         asyncio.run(run_local(question, corpus))
 
 
-@app.command()
-def node(
-    config: Annotated[Path | None, typer.Option(help="A TOML file with these settings.")] = None,
-    listen: Annotated[str | None, typer.Option(help="HOST:PORT to serve on.")] = None,
-    node_id: Annotated[str | None, typer.Option(help="This node's id in the mesh.")] = None,
-    advertise: Annotated[str | None, typer.Option(help="The address peers dial.")] = None,
-    peer: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="A peer, NAME=HOST:PORT; with NAME=dns:HOST:PORT every address HOST resolves "
-            "to is a peer (a headless Service), re-resolved every --peer-dns-interval seconds."
-        ),
-    ] = None,
-    peer_dns_interval: Annotated[
-        float | None, typer.Option(help="Seconds between two resolutions of dns: peers.")
-    ] = None,
-    agent: Annotated[
-        list[str] | None, typer.Option(help="Host an agent class, TYPE=module:Class.")
-    ] = None,
-    setup: Annotated[
-        list[str] | None, typer.Option(help="Call module:function(runtime) to register agents.")
-    ] = None,
-    setup_arg: Annotated[
-        list[str] | None, typer.Option(help="A keyword argument for the setup functions, K=V.")
-    ] = None,
-    subscribe: Annotated[
-        list[str] | None, typer.Option(help="Subscribe an agent type, TOPIC_TYPE=AGENT_TYPE.")
-    ] = None,
-    token: Token = None,
-    health_without_auth: Annotated[
-        bool, typer.Option(help="Answer health checks without a token.")
-    ] = False,
-    tls_cert: Annotated[str | None, typer.Option(help="Serve TLS with this certificate.")] = None,
-    tls_key: Annotated[str | None, typer.Option(help="The TLS private key.")] = None,
-    tls_client_ca: Annotated[
-        str | None, typer.Option(help="Require client certificates from this CA (mTLS).")
-    ] = None,
-    peer_tls_ca: Annotated[str | None, typer.Option(help="Dial peers with TLS.")] = None,
-    peer_tls_cert: Annotated[
-        str | None, typer.Option(help="Present this certificate to peers (mTLS).")
-    ] = None,
-    peer_tls_key: Annotated[str | None, typer.Option(help="The peer certificate's key.")] = None,
-    peer_tls_server_name: Annotated[
-        str | None,
-        typer.Option(
-            help="The name peers' certificates must carry, when it is not the dialled host "
-            "(dns: peers are dialled by IP)."
-        ),
-    ] = None,
-    max_message_bytes: Annotated[int | None, typer.Option(help="Largest message.")] = None,
-    mailbox_capacity: Annotated[
-        int | None, typer.Option(help="Messages queued per agent instance at most.")
-    ] = None,
-    default_timeout: Annotated[
-        float | None, typer.Option(help="Seconds a send may take by default.")
-    ] = None,
-    wait_for_peers: Annotated[
-        float | None,
-        typer.Option(help="Announce readiness once every peer is connected (give up after S s)."),
-    ] = None,
-    otlp_endpoint: Annotated[
-        str | None,
-        typer.Option(help="Export traces and metrics over OTLP/gRPC to this URL."),
-    ] = None,
-    app_dir: Annotated[
-        str | None, typer.Option(help="Where to import agents from (default: here).")
-    ] = None,
-) -> None:
+def node(config: Path | None = None, **given: Any) -> None:
     """Run a node of the mesh hosting the given agents, until SIGTERM or SIGINT."""
-    from ravi._mesh_cli import (  # noqa: PLC0415
-        NodeConfig,
-        UsageError,
-        pairs,
-        run_node,
-        use_app_dir,
-    )
+    from ravi._mesh_cli import NodeConfig, UsageError, run_node, use_app_dir  # noqa: PLC0415
 
     try:
-        settings = NodeConfig.load(config) if config else NodeConfig()
-        overrides: dict[str, Any] = {
-            "listen": listen,
-            "node_id": node_id,
-            "advertise": advertise,
-            "peer_dns_interval": peer_dns_interval,
-            "token": token,
-            "tls_cert": tls_cert,
-            "tls_key": tls_key,
-            "tls_client_ca": tls_client_ca,
-            "peer_tls_ca": peer_tls_ca,
-            "peer_tls_cert": peer_tls_cert,
-            "peer_tls_key": peer_tls_key,
-            "peer_tls_server_name": peer_tls_server_name,
-            "max_message_bytes": max_message_bytes,
-            "mailbox_capacity": mailbox_capacity,
-            "default_timeout": default_timeout,
-            "app_dir": app_dir,
-            "wait_for_peers": wait_for_peers,
-            "otlp_endpoint": otlp_endpoint,
-        }
-        for key, value in overrides.items():
-            if value is not None:
-                setattr(settings, key, value)
-        settings.health_without_auth = settings.health_without_auth or health_without_auth
-        settings.peers.update(pairs(peer or [], "--peer"))
-        settings.agents.update(pairs(agent or [], "--agent"))
-        settings.subscriptions.update(pairs(subscribe or [], "--subscribe"))
-        settings.setup.extend(setup or [])
-        settings.setup_args.update(pairs(setup_arg or [], "--setup-arg"))
+        settings = NodeConfig.load(config, given)
     except UsageError as error:
         typer.echo(f"ravi: {error}", err=True)
         raise typer.Exit(2) from None
     use_app_dir(settings)
     _run(run_node(settings, announce=typer.echo))
+
+
+def _node_command() -> None:
+    """Register `ravi node`: its flags are the fields of NodeConfig and GrpcRuntimeOptions.
+
+    Imported here rather than at the top so that `ravi --version` stays fast;
+    typer reads the command's parameters from its signature, built from the
+    options dataclasses (`ravi._options`), so a new option is a new field only.
+    """
+    from ravi._mesh_cli import NodeConfig  # noqa: PLC0415
+    from ravi._options import parameters  # noqa: PLC0415
+    from ravi.integrations.runtime.grpc import GrpcRuntimeOptions  # noqa: PLC0415
+
+    config = inspect.Parameter(
+        "config",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[Path | None, typer.Option(help="A TOML file with these settings.")],
+    )
+
+    def command(**given: Any) -> None:
+        node(given.pop("config"), **given)
+
+    command.__doc__ = node.__doc__
+    command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [config, *parameters(NodeConfig, GrpcRuntimeOptions)]
+    )
+    app.command("node")(command)
 
 
 @app.command()
@@ -235,16 +162,22 @@ def serve(
     restate_admin: Annotated[
         str, typer.Option(help="Restate's admin API (--runtime restate).")
     ] = "http://127.0.0.1:9070",
-    restate_listen: Annotated[
-        str,
-        typer.Option(help="HOST:PORT of this server's Restate deployment (--runtime restate)."),
-    ] = "127.0.0.1:9081",
     demo: Annotated[
         bool | None,
         typer.Option(
-            help="Host the demo assistant here (default: yes for local and restate "
-            "without --setup)."
+            help="Host the demo assistant here (local only; the default without --setup)."
         ),
+    ] = None,
+    data_dir: Annotated[
+        str,
+        typer.Option(
+            help="Where the thread history is kept (local and grpc): DIR/threads.db, SQLite.",
+            envvar="RAVI_DATA_DIR",
+        ),
+    ] = ".ravi",
+    store: Annotated[
+        str | None,
+        typer.Option(help="sqlite (default: in --data-dir) or memory: forgotten on restart."),
     ] = None,
     peer: Annotated[
         list[str] | None, typer.Option(help="A mesh node, NAME=HOST:PORT (--runtime grpc).")
@@ -273,8 +206,15 @@ def serve(
         str | None, typer.Option(help="The OpenAI-compatible endpoint, ending in /v1.")
     ] = None,
     run_timeout: Annotated[
-        float, typer.Option(help="Seconds a run may take, waiting for approvals included.")
-    ] = 3600.0,
+        float | None,
+        typer.Option(
+            help="Seconds a run may take, waiting for approvals included "
+            "(default: 3600; no limit with restate)."
+        ),
+    ] = None,
+    grace_period: Annotated[
+        float, typer.Option(help="Seconds requests in progress get to finish on SIGTERM.")
+    ] = 5.0,
     app_dir: Annotated[str, typer.Option(help="Where to import setup functions from.")] = ".",
     a2a: Annotated[
         bool,
@@ -303,7 +243,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve ReAct agents over HTTP: a web page, Server-Sent Events, and approvals."""
-    from ravi._mesh_cli import NodeConfig, UsageError, pairs, use_app_dir  # noqa: PLC0415
+    from ravi._mesh_cli import UsageError, pairs, use_app_dir  # noqa: PLC0415
     from ravi.server._serve import ServeConfig, run_server  # noqa: PLC0415
 
     try:
@@ -322,8 +262,10 @@ def serve(
             run_timeout=run_timeout,
             restate_ingress=restate_ingress,
             restate_admin=restate_admin,
-            restate_listen=restate_listen,
             demo=demo,
+            data_dir=data_dir,
+            store=store,
+            grace_period=grace_period,
             a2a=a2a,
             a2a_agents=a2a_agent or [],
             a2a_grpc=None if a2a_grpc == "off" else a2a_grpc,
@@ -332,7 +274,7 @@ def serve(
     except UsageError as error:
         typer.echo(f"ravi: {error}", err=True)
         raise typer.Exit(2) from None
-    use_app_dir(NodeConfig(app_dir=app_dir))
+    use_app_dir(app_dir)
     _run(run_server(config, announce=typer.echo))
 
 
@@ -413,4 +355,5 @@ def describe(
 def main() -> None:
     """Run the `ravi` command line."""
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    _node_command()
     app()

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ravi._agent import BaseAgent, Handler
+from ravi._agent import BaseAgent, Handler, agent_class_of
 from ravi._cancellation import CancellationToken
 from ravi._context import MessageContext
 from ravi._deadlines import Deadlines
@@ -47,7 +47,7 @@ from ravi.errors import (
 )
 
 if TYPE_CHECKING:
-    from ravi.runtime import BaseRuntime
+    from ravi.runtime._base import BaseRuntime
 
 logger = logging.getLogger("ravi")
 
@@ -530,6 +530,7 @@ class AgentHost:
         self.outstanding = 0
         self.running = False
         self.stopping = False
+        self._registered: asyncio.Event | None = None
         self.handle_chain = (
             chain(interceptors, lambda i: i.handle, self._handle_input) if interceptors else None
         )
@@ -563,6 +564,8 @@ class AgentHost:
         self._deadlines = Deadlines(self._loop)
         self.running = True
         self.stopping = False
+        if self._registered is not None:
+            self._registered.set()
 
     async def stop(self) -> None:
         if not self.running:
@@ -627,13 +630,24 @@ class AgentHost:
     # --- registration ------------------------------------------------------
 
     def register(
-        self, agent_type: str, factory: AgentFactory, agent_class: type[BaseAgent]
-    ) -> None:
+        self, agent_type: str, factory: Callable[[], Any], agent_class: type[Any]
+    ) -> type[BaseAgent]:
+        """Register `factory` for `agent_type`; returns the checked agent class."""
         if agent_type in self.registrations:
             raise AlreadyExists(f"agent type {agent_type!r} is registered already")
-        if not (isinstance(agent_class, type) and issubclass(agent_class, BaseAgent)):
-            raise TypeError(f"agent_class must be a BaseAgent subclass, got {agent_class!r}")
-        self.registrations[agent_type] = _AgentRegistration(factory, agent_class)
+        checked = agent_class_of(agent_class)
+        self.registrations[agent_type] = _AgentRegistration(factory, checked)
+        if self._registered is not None:
+            self._registered.set()
+        return checked
+
+    async def wait_for_types(self, agent_types: Sequence[str], timeout: float) -> None:
+        """Wait until the host runs and every one of `agent_types` is registered."""
+        event = self._registered = self._registered or asyncio.Event()
+        async with asyncio.timeout(timeout):
+            while not (self.running and all(t in self.registrations for t in agent_types)):
+                event.clear()
+                await event.wait()
 
     def hosts(self, agent_type: str) -> bool:
         return agent_type in self.registrations

@@ -29,6 +29,13 @@ def _check_name(kind: str, value: object) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentType:
+    """AgentType is what `register` returns: the registered type name."""
+
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
 class AgentId:
     """AgentId addresses one agent instance: `type` selects the code, `key` the instance.
 

@@ -9,8 +9,7 @@ import inspect
 import json
 import signal
 import sys
-import tomllib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,11 +22,13 @@ from google.protobuf import json_format
 from ravi._agent import BaseAgent
 from ravi._host import new_message_id
 from ravi._interceptors import Interceptor
+from ravi._mesh.discovery import dns_target
+from ravi._options import SettingsError, build, option, read_config
+from ravi._options import pairs as _pairs
 from ravi._serialization import JSON, PROTOBUF, registry
 from ravi._subscriptions import TypeSubscription
 from ravi.errors import RaviError, from_grpc_error
-from ravi.integrations.runtime.grpc import GrpcRuntime, PeerDiscovery, TlsConfig
-from ravi.integrations.runtime.grpc._peers import dns_target
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions, PeerDiscovery
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
 from ravi.runtime import BaseRuntime
 
@@ -61,60 +62,82 @@ def run_command(coroutine: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(1) from None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class NodeConfig:
-    """What `ravi node` needs, from flags and/or a TOML file (flags win)."""
+    """What `ravi node` needs besides GrpcRuntimeOptions: where it listens, its peers, its agents.
 
-    listen: str = "127.0.0.1:0"
-    node_id: str | None = None
-    advertise: str | None = None
-    peers: dict[str, str] = field(default_factory=dict)
-    peer_dns_interval: float = 10.0
-    agents: dict[str, str] = field(default_factory=dict)
-    setup: list[str] = field(default_factory=list)
-    setup_args: dict[str, str] = field(default_factory=dict)
-    subscriptions: dict[str, str] = field(default_factory=dict)
-    imports: list[str] = field(default_factory=list)
-    token: str | None = None
-    peer_token: str | None = None
-    health_without_auth: bool = False
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None
-    peer_tls_ca: str | None = None
-    peer_tls_cert: str | None = None
-    peer_tls_key: str | None = None
-    peer_tls_server_name: str | None = None
-    max_message_bytes: int = 4 * 1024 * 1024
-    mailbox_capacity: int = 10_000
-    default_timeout: float = 60.0
-    grace_period: float = 5.0
-    app_dir: str = "."
-    wait_for_peers: float = 0.0
-    otlp_endpoint: str | None = None
+    Like GrpcRuntimeOptions, each field is a flag and a key of the `--config`
+    TOML file (`ravi._options`).
+    """
+
+    listen: str = field(default="127.0.0.1:0", metadata=option("HOST:PORT to serve on."))
+    peer: dict[str, str] = field(
+        default_factory=dict,
+        metadata=option(
+            "A peer, NAME=HOST:PORT; with NAME=dns:HOST:PORT every address HOST resolves "
+            "to is a peer (a headless Service), re-resolved every --peer-dns-interval seconds."
+        ),
+    )
+    peer_dns_interval: float = field(
+        default=PeerDiscovery.interval,
+        metadata=option("Seconds between two resolutions of dns: peers."),
+    )
+    agent: dict[str, str] = field(
+        default_factory=dict, metadata=option("Host an agent class, TYPE=module:Class.")
+    )
+    setup: list[str] = field(
+        default_factory=list, metadata=option("Call module:function(runtime) to register agents.")
+    )
+    setup_arg: dict[str, str] = field(
+        default_factory=dict, metadata=option("A keyword argument for the setup functions, K=V.")
+    )
+    subscribe: dict[str, str] = field(
+        default_factory=dict,
+        metadata=option("Subscribe an agent type, TOPIC_TYPE=AGENT_TYPE."),
+    )
+    imports: list[str] = field(
+        default_factory=list,
+        metadata=option("Import this module first (for the message types it registers)."),
+    )
+    app_dir: str = field(
+        default=".", metadata=option("Where to import agents from (default: here).")
+    )
+    wait_for_peers: float = field(
+        default=0.0,
+        metadata=option("Announce readiness once every peer is connected (give up after S s)."),
+    )
+    otlp_endpoint: str | None = field(
+        default=None, metadata=option("Export traces and metrics over OTLP/gRPC to this URL.")
+    )
+    options: GrpcRuntimeOptions = field(default_factory=GrpcRuntimeOptions)
+
+    def __post_init__(self) -> None:
+        if self.peer_dns_interval <= 0:
+            raise ValueError(f"--peer-dns-interval must be positive, got {self.peer_dns_interval}")
 
     @classmethod
-    def load(cls, path: Path) -> NodeConfig:
+    def load(cls, config: Path | None, given: Mapping[str, Any]) -> NodeConfig:
+        """The settings of `ravi node`: its flags (`given`) over its TOML file, if any.
+
+        Raises:
+            UsageError: a flag, the file or a value cannot configure a node.
+        """
         try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise UsageError(f"cannot read {path}: {exc}") from exc
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"{path}: unknown keys {', '.join(unknown)}")
-        return cls(**data)
+            data = read_config(config, cls, GrpcRuntimeOptions) if config else {}
+            options = build(GrpcRuntimeOptions, given, data)
+            node = build(cls, given, data)
+        except SettingsError as error:
+            raise UsageError(str(error)) from None
+        node.options = options
+        return node
 
 
 def pairs(values: Sequence[str], what: str) -> dict[str, str]:
     """Parse repeated NAME=VALUE options."""
-    parsed: dict[str, str] = {}
-    for value in values:
-        name, sep, rest = value.partition("=")
-        if not sep or not name or not rest:
-            raise UsageError(f"{what} must be NAME=VALUE, got {value!r}")
-        parsed[name] = rest
-    return parsed
+    try:
+        return _pairs(values, what)
+    except SettingsError as error:
+        raise UsageError(str(error)) from None
 
 
 def _import(path: str) -> Any:
@@ -131,9 +154,9 @@ def _import(path: str) -> Any:
         raise UsageError(f"{module_name} has no {attribute}") from None
 
 
-def use_app_dir(config: NodeConfig) -> None:
+def use_app_dir(config: NodeConfig | str) -> None:
     """Like uvicorn's --app-dir: find agents named by import path in the project."""
-    app_dir = str(Path(config.app_dir).resolve())
+    app_dir = str(Path(config if isinstance(config, str) else config.app_dir).resolve())
     if app_dir not in sys.path:
         sys.path.insert(0, app_dir)
 
@@ -141,17 +164,17 @@ def use_app_dir(config: NodeConfig) -> None:
 async def _setup(runtime: BaseRuntime, config: NodeConfig) -> None:
     for module in config.imports:
         importlib.import_module(module)
-    for agent_type, path in config.agents.items():
+    for agent_type, path in config.agent.items():
         cls = _import(path)
         if not (isinstance(cls, type) and issubclass(cls, BaseAgent)):
             raise UsageError(f"{path} is not a BaseAgent subclass")
         await cls.register(runtime, agent_type)
     for path in config.setup:
         function = _import(path)
-        result = function(runtime, **_accepted(function, config.setup_args))
+        result = function(runtime, **_accepted(function, config.setup_arg))
         if inspect.isawaitable(result):
             await result
-    for topic_type, agent_type in config.subscriptions.items():
+    for topic_type, agent_type in config.subscribe.items():
         await runtime.add_subscription(TypeSubscription(topic_type, agent_type))
 
 
@@ -164,57 +187,27 @@ def _accepted(function: Callable[..., Any], arguments: dict[str, str]) -> dict[s
     return {k: v for k, v in arguments.items() if k in names}
 
 
-def _tls(
-    cert: str | None, key: str | None, ca: str | None, server_name: str | None = None
-) -> TlsConfig | None:
-    if not (cert or key or ca):
-        return None
-    return TlsConfig(
-        cert_file=Path(cert) if cert else None,
-        key_file=Path(key) if key else None,
-        ca_file=Path(ca) if ca else None,
-        server_name=server_name,
-    )
-
-
 def build_runtime(config: NodeConfig, interceptors: Sequence[Interceptor] = ()) -> GrpcRuntime:
     host, _, port = config.listen.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--listen must be HOST:PORT, got {config.listen!r}")
-    for name, address in config.peers.items():
+    for name, address in config.peer.items():
         try:
             dns_target(address)
         except ValueError as exc:
             raise UsageError(f"--peer {name}: {exc}") from None
-    if config.peer_dns_interval <= 0:
-        raise UsageError(f"--peer-dns-interval must be positive, got {config.peer_dns_interval}")
     return GrpcRuntime(
         host,
         int(port),
-        config.peers,
-        node_id=config.node_id,
-        advertise=config.advertise,
-        token=config.token,
-        peer_token=config.peer_token,
-        tls=_tls(config.tls_cert, config.tls_key, config.tls_client_ca),
-        peer_tls=_tls(
-            config.peer_tls_cert,
-            config.peer_tls_key,
-            config.peer_tls_ca,
-            config.peer_tls_server_name,
-        ),
-        health_without_auth=config.health_without_auth,
-        default_timeout=config.default_timeout,
-        mailbox_capacity=config.mailbox_capacity,
-        max_message_bytes=config.max_message_bytes,
-        grace_period=config.grace_period,
+        config.peer,
+        options=config.options,
         interceptors=interceptors,
         discovery=PeerDiscovery(interval=config.peer_dns_interval),
     )
 
 
 def _telemetry(config: NodeConfig) -> Telemetry | None:
-    node_id = config.node_id or f"node-{config.listen}"
+    node_id = config.options.node_id or f"node-{config.listen}"
     try:
         from ravi.telemetry import configure  # noqa: PLC0415 - an optional extra
     except ImportError as missing:

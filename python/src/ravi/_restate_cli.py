@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+if TYPE_CHECKING:
+    from ravi.integrations.runtime.restate import RestateRuntime
+
 app = typer.Typer(help="Run agents durably on Restate.", no_args_is_help=True)
+logger = logging.getLogger("ravi.restate")
 
 Ingress = Annotated[str, typer.Option(help="Restate's ingress URL.")]
 Admin = Annotated[str, typer.Option(help="Restate's admin API URL.")]
@@ -24,6 +29,13 @@ SetupArg = Annotated[
     list[str] | None, typer.Option(help="A keyword argument for the setup functions, K=V.")
 ]
 AppDir = Annotated[str, typer.Option(help="Where to import setup functions from.")]
+GracePeriod = Annotated[
+    float,
+    typer.Option(
+        help="Seconds invocations in progress get on SIGTERM to reach a durable wait, where "
+        "they suspend (Restate resumes them)."
+    ),
+]
 
 DEMO_SETUP = ["ravi.server:demo_setup", "ravi.server:demo_workflow_setup"]
 """What a worker hosts without --setup: the demo assistant and its durable workflow."""
@@ -38,24 +50,56 @@ async def _run_worker(
     setup: list[str],
     setup_args: dict[str, str],
     force_register: bool,
+    grace_period: float,
     name: str,
     announce: Callable[[str], None],
+    stopping: asyncio.Event,
 ) -> None:
     from ravi._mesh_cli import NodeConfig, _setup  # noqa: PLC0415 - kept off `ravi --help`
     from ravi.integrations.runtime.restate import RestateRuntime  # noqa: PLC0415 - an extra
 
     runtime = RestateRuntime(
-        ingress, admin, listen=listen, advertise=advertise, force_register=force_register
+        ingress,
+        admin,
+        listen=listen,
+        advertise=advertise,
+        force_register=force_register,
+        grace_period=grace_period,
     )
-    await _setup(runtime, NodeConfig(setup=setup, setup_args=setup_args))
+    await _setup(runtime, NodeConfig(setup=setup, setup_arg=setup_args))
+    await _serve_threads(runtime, setup_args)
+    async with runtime:
+        if not stopping.is_set():
+            uri = runtime.deployment_uri or listen
+            announce(f"restate node {name} serving on {uri.removeprefix('http://')}")
+            await stopping.wait()
+
+
+async def _serve_threads(runtime: RestateRuntime, setup_args: dict[str, str]) -> None:
+    """Serve the objects `ravi serve --runtime restate` keeps threads in, when ravi.server is here.
+
+    Every worker serves them, so the web front needs no worker of its own.
+    """
+    try:
+        from ravi.server._durable import THREAD, restate_setup  # noqa: PLC0415
+    except ImportError:  # without the server extra no ravi serve runs against this worker
+        return
+    from ravi.errors import AlreadyExists  # noqa: PLC0415
+
+    topic = {k: v for k, v in setup_args.items() if k == "events_topic"}
+    try:
+        await restate_setup(runtime, **topic)
+    except AlreadyExists:  # a --setup served them already
+        logger.debug("%s is served by a setup function already", THREAD)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: the command then drains, stops and exits 0."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    async with runtime:
-        uri = runtime.deployment_uri or listen
-        announce(f"restate node {name} serving on {uri.removeprefix('http://')}")
-        await stopping.wait()
+    return stopping
 
 
 def _run(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -80,6 +124,7 @@ def worker(
         bool, typer.Option(help="Replace a deployment at the same URI (development only).")
     ] = False,
     name: Annotated[str, typer.Option(help="A name for this worker, for logs.")] = "worker",
+    grace_period: GracePeriod = 5.0,
     app_dir: AppDir = ".",
 ) -> None:
     """Serve agents (and the agent workflow) to a Restate server until SIGTERM."""
@@ -91,8 +136,9 @@ def worker(
         typer.echo(f"ravi: {error}", err=True)
         raise typer.Exit(2) from None
     use_app_dir(NodeConfig(app_dir=app_dir))
-    _run(
-        _run_worker(
+
+    async def main() -> None:
+        await _run_worker(
             ingress=ingress,
             admin=admin,
             listen=listen,
@@ -100,10 +146,13 @@ def worker(
             setup=setup or DEMO_SETUP,
             setup_args=setup_args,
             force_register=force_register,
+            grace_period=grace_period,
             name=name,
             announce=typer.echo,
+            stopping=_stop_on_signals(),
         )
-    )
+
+    _run(main())
 
 
 def find_restate_server(explicit: str | None) -> Path:
@@ -135,6 +184,7 @@ def dev(
     listen: Annotated[str, typer.Option(help="HOST:PORT of the worker.")] = "127.0.0.1:9080",
     setup: Setup = None,
     setup_arg: SetupArg = None,
+    grace_period: GracePeriod = 5.0,
     app_dir: AppDir = ".",
 ) -> None:
     """Start a local restate-server and a worker with your agents (the demo by default)."""
@@ -148,6 +198,7 @@ def dev(
         raise typer.Exit(2) from None
 
     async def main() -> None:
+        stopping = _stop_on_signals()  # before restate-server starts: it must never be left behind
         server = RestateServer(
             binary,
             base_dir,
@@ -157,9 +208,9 @@ def dev(
                 "RESTATE_BIND_PORT": admin_port + 52,
             },
         )
-        await server.start()
-        typer.echo(f"restate-server: ingress {server.ingress_url}, admin {server.admin_url}")
         try:
+            await server.start()
+            typer.echo(f"restate-server: ingress {server.ingress_url}, admin {server.admin_url}")
             await _run_worker(
                 ingress=server.ingress_url,
                 admin=server.admin_url,
@@ -168,8 +219,10 @@ def dev(
                 setup=setup or DEMO_SETUP,
                 setup_args=pairs(setup_arg or [], "--setup-arg"),
                 force_register=True,
+                grace_period=grace_period,
                 name="dev",
                 announce=typer.echo,
+                stopping=stopping,
             )
         finally:
             await server.stop()

@@ -37,8 +37,12 @@ in-process, on another node in another language, or on Restate.
 `handler_error(exc, agent)` is what the caller of a handler that raised gets;
 `error_for(code, message, ...)` builds the most specific error for a code and
 reason, which is how errors received from other nodes keep their type.
-`to_grpc_status(exc)` and `from_grpc_error(error)` are the one place that maps
-errors to and from gRPC status with `google.rpc.ErrorInfo` details.
+Errors cross the wire in two encodings, mapped here and nowhere else: a gRPC
+status with a `google.rpc.ErrorInfo` detail (unary calls: `to_grpc_status`,
+`from_grpc_error`) and a `ravi.mesh.v1.CallFailure` (a frame of the multiplexed
+Connect stream, and Restate's call outcomes: `to_call_failure`,
+`from_call_failure`). Both carry the same four fields (code, message, reason,
+metadata), so an error reads the same whichever way it travelled.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from typing import TYPE_CHECKING, ClassVar, cast
 
 if TYPE_CHECKING:
     import grpc.aio
+
+    from ravi.mesh.v1 import agent_service_pb2
 
 __all__ = [
     "AgentTypeNotFound",
@@ -78,8 +84,10 @@ __all__ = [
     "Unimplemented",
     "code_of",
     "error_for",
+    "from_call_failure",
     "from_grpc_error",
     "handler_error",
+    "to_call_failure",
     "to_grpc_status",
 ]
 
@@ -379,6 +387,24 @@ def error_for(
     return cls(message, code=code, reason=reason, remote=remote, metadata=metadata)
 
 
+def _as_ravi_error(exc: BaseException) -> RaviError:
+    """The error to send for `exc`: itself, or HANDLER_FAILED with its type and message."""
+    if isinstance(exc, RaviError):
+        return exc
+    return HandlerFailed(
+        f"{type(exc).__name__}: {exc}",
+        metadata={"exception_type": type(exc).__name__, "exception_message": str(exc)},
+    )
+
+
+def _received(
+    number: int, message: str, reason: str | None, metadata: Mapping[str, str]
+) -> RaviError:
+    """The error another node sent, whichever encoding carried it."""
+    code = Code(number) if number in Code._value2member_map_ else Code.UNKNOWN
+    return error_for(code, message, reason=reason or None, remote=True, metadata=metadata)
+
+
 def to_grpc_status(exc: BaseException) -> grpc.Status:
     """The gRPC status for an exception, with an ErrorInfo detail when it has a reason.
 
@@ -389,17 +415,13 @@ def to_grpc_status(exc: BaseException) -> grpc.Status:
     from google.rpc import error_details_pb2, status_pb2  # noqa: PLC0415
     from grpc_status import rpc_status  # noqa: PLC0415
 
-    if not isinstance(exc, RaviError):
-        exc = HandlerFailed(
-            f"{type(exc).__name__}: {exc}",
-            metadata={"exception_type": type(exc).__name__, "exception_message": str(exc)},
-        )
-    status = status_pb2.Status(code=exc.code.value, message=exc.message)
-    if exc.reason is not None:
+    error = _as_ravi_error(exc)
+    status = status_pb2.Status(code=error.code.value, message=error.message)
+    if error.reason is not None:
         detail = any_pb2.Any()
         detail.Pack(
             error_details_pb2.ErrorInfo(
-                reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata
+                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
             )
         )
         status.details.append(detail)
@@ -414,9 +436,6 @@ def from_grpc_error(error: grpc.aio.AioRpcError) -> RaviError:
     """
     from google.rpc import error_details_pb2, status_pb2  # noqa: PLC0415
 
-    number = error.code().value[0]
-    code = Code(number) if number in Code._value2member_map_ else Code.UNKNOWN
-    message = error.details() or error.code().name
     reason: str | None = None
     metadata: dict[str, str] = {}
     # The stubs type the trailers as RpcError's; on grpc.aio they are Metadata.
@@ -430,4 +449,26 @@ def from_grpc_error(error: grpc.aio.AioRpcError) -> RaviError:
             if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
                 reason = info.reason or None
                 metadata = dict(info.metadata)
-    return error_for(code, message, reason=reason, remote=True, metadata=metadata)
+    message = error.details() or error.code().name
+    return _received(error.code().value[0], message, reason, metadata)
+
+
+def to_call_failure(exc: BaseException) -> agent_service_pb2.CallFailure:
+    """The `CallFailure` a Connect frame (or a Restate call outcome) carries for `exc`.
+
+    The same fields as `to_grpc_status`: a non-ravi exception is HANDLER_FAILED.
+    """
+    from ravi.mesh.v1 import agent_service_pb2  # noqa: PLC0415 - keeps `import ravi` light
+
+    error = _as_ravi_error(exc)
+    return agent_service_pb2.CallFailure(
+        code=error.code.value,
+        message=error.message,
+        reason=error.reason or "",
+        metadata=error.metadata,
+    )
+
+
+def from_call_failure(failure: agent_service_pb2.CallFailure) -> RaviError:
+    """The `RaviError` a `CallFailure` stands for, flagged as remote."""
+    return _received(failure.code, failure.message, failure.reason, failure.metadata)

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ravi-mesh/ravi/interop/go/ravi"
 )
 
 var binary string
@@ -152,7 +154,7 @@ func TestNodeAndClientCommands(t *testing.T) {
 
 	r := cli(t, append([]string{"describe"}, auth...)...)
 	info := decode(t, r.stdout)
-	if r.code != 0 || info["nodeId"] != "cli-a" || info["language"] != "go" || info["contractVersion"] != "1.1.0" || info["address"] != n.addr {
+	if r.code != 0 || info["nodeId"] != "cli-a" || info["language"] != "go" || info["contractVersion"] != ravi.ContractVersion || info["address"] != n.addr {
 		t.Fatalf("describe: %+v %s", r, r.stdout)
 	}
 

@@ -19,7 +19,7 @@ from ravi._demo.agents import (
     WriterAgent,
 )
 from ravi.examples.v1.examples_pb2 import Task, TaskResult
-from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.runtime import LocalRuntime
 from ravi.testing import Jaeger, NodeProcess, ravi_command, running_jaeger, running_node
 
@@ -167,8 +167,8 @@ async def run_mesh(
         print(f"\ntask: {task_text}\n")
         telemetry = _telemetry(jaeger)
         client = GrpcRuntime(
-            node_id="demo-client",
             remote_peers={n: p.address for n, (p, _, _) in nodes.items()},
+            options=GrpcRuntimeOptions(node_id="demo-client"),
             interceptors=telemetry.interceptors if telemetry else (),
         )
         await ProgressPrinter.register(client, "progress_printer")

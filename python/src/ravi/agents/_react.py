@@ -105,7 +105,9 @@ class ReActAgent(BaseAgent):
         messages = [*self._history, ChatMessage.user(task.content)]
         try:
             result = await self._loop(run, messages, limit)
-        except BaseException as error:
+        # Not BaseException: a durable runtime suspends or replays a handler by
+        # raising through it, which ends no run and must journal nothing more.
+        except (Exception, asyncio.CancelledError) as error:
             failure = pb.RunFailed(code=code_of(error).name, message=str(error))
             if isinstance(error, asyncio.CancelledError):
                 failure = pb.RunFailed(code=Cancelled.default_code.name, message="cancelled")

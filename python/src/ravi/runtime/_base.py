@@ -5,12 +5,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
-from ravi._agent import AgentType, BaseAgent
 from ravi._cancellation import CancellationToken
-from ravi._ids import AgentId, TopicId
+from ravi._ids import AgentId, AgentType, TopicId
 from ravi._subscriptions import Subscription
+
+Agent = TypeVar("Agent")
+"""The agent class a factory makes (a `ravi.BaseAgent` subclass, checked at registration).
+
+Unbound here so that the runtime interface does not import the agent class,
+which refers to it: agents depend on runtimes, not the other way round.
+"""
 
 
 class BaseRuntime(ABC):
@@ -37,6 +43,19 @@ class BaseRuntime(ABC):
                 (it keeps running then).
         """
 
+    @abstractmethod
+    async def wait_until_ready(self, *agent_types: str, timeout: float = 10.0) -> None:
+        """Wait until the runtime has started and can deliver to every one of `agent_types`.
+
+        What "can deliver" means depends on the runtime: LocalRuntime hosts the
+        type; GrpcRuntime hosts it or knows a connected peer that does;
+        RestateRuntime has registered its deployment with Restate, which routes
+        to every deployment.
+
+        Raises:
+            TimeoutError: a type was still unreachable after `timeout` seconds.
+        """
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
@@ -53,14 +72,15 @@ class BaseRuntime(ABC):
     async def register_factory(
         self,
         agent_type: str,
-        factory: Callable[[], BaseAgent | Awaitable[BaseAgent]],
+        factory: Callable[[], Agent | Awaitable[Agent]],
         *,
-        agent_class: type[BaseAgent],
+        agent_class: type[Agent],
     ) -> AgentType:
         """Register a factory for `agent_type`; `BaseAgent.register` calls this.
 
         Raises:
             AlreadyExists: the type is registered already.
+            TypeError: `agent_class` is not a `ravi.BaseAgent` subclass.
         """
 
     @abstractmethod

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from ravi._agent import AgentType, BaseAgent
 from ravi._cancellation import CancellationToken
 from ravi._host import AgentHost, new_message_id
-from ravi._ids import AgentId, TopicId
+from ravi._ids import AgentId, AgentType, TopicId
 from ravi._interceptors import Interceptor, PublishInput, SendInput, chain
 from ravi._subscriptions import Subscription
-from ravi.runtime._base import BaseRuntime
+from ravi.mesh.v1 import contract
+from ravi.runtime._base import Agent, BaseRuntime
 
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_MAILBOX_CAPACITY = 10_000
+DEFAULT_TIMEOUT = contract.DEFAULT_TIMEOUT_SECONDS
+DEFAULT_MAILBOX_CAPACITY = contract.DEFAULT_MAILBOX_CAPACITY
 
 
 class LocalRuntime(BaseRuntime):
@@ -63,12 +63,15 @@ class LocalRuntime(BaseRuntime):
         await self._host.wait_idle(timeout)
         await self._host.stop()
 
+    async def wait_until_ready(self, *agent_types: str, timeout: float = 10.0) -> None:
+        await self._host.wait_for_types(agent_types, timeout)
+
     async def register_factory(
         self,
         agent_type: str,
-        factory: Callable[[], BaseAgent | Awaitable[BaseAgent]],
+        factory: Callable[[], Agent | Awaitable[Agent]],
         *,
-        agent_class: type[BaseAgent],
+        agent_class: type[Agent],
     ) -> AgentType:
         self._host.register(agent_type, factory, agent_class)
         return AgentType(agent_type)

@@ -1,4 +1,4 @@
-"""The ravi server: runs ReAct agents for HTTP clients, streams their steps, takes approvals."""
+"""The ravi server: starts tasks for HTTP clients, streams their steps, takes approvals."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from importlib import resources
 from typing import Any, Literal
 
-from google.protobuf import json_format
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
@@ -20,8 +19,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ravi._ids import AgentId
-from ravi._subscriptions import TypeSubscription
 from ravi.agents._react import EVENTS_TOPIC
 from ravi.errors import (
     AlreadyExists,
@@ -32,12 +29,9 @@ from ravi.errors import (
     RaviError,
     ResourceExhausted,
     Unavailable,
-    code_of,
 )
-from ravi.integrations.runtime.grpc import GrpcRuntime
 from ravi.react.v1 import react_pb2 as pb
-from ravi.runtime._base import BaseRuntime
-from ravi.server._threads import EventSink, Thread, ThreadStore
+from ravi.server._service import ThreadService
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -47,7 +41,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("ravi.server")
 
-SINK_TYPE = "ravi.server.events"
 _STATUS: dict[type[RaviError], int] = {
     NotFound: 404,
     AlreadyExists: 409,
@@ -106,53 +99,43 @@ class Respond(BaseModel):
 
 
 class RaviServer:
-    """RaviServer runs tasks on a ReAct agent type of a runtime, for HTTP clients.
+    """RaviServer is the HTTP front of a ThreadService: a web page, the API, live events.
 
-    It subscribes to the agents' RunEvents, keeps each thread's events, streams
-    them as Server-Sent Events and resolves approval promises. The runtime may
-    be a LocalRuntime hosting the agents (the monolith) or a GrpcRuntime that
-    joins a mesh where they run.
+    It streams each thread's events as Server-Sent Events (resuming after
+    `Last-Event-ID`), starts tasks and takes the answers to approval cards.
+    Everything it shows comes from the service: `RuntimeThreads` for the
+    monolith or a client node of a mesh, `RestateThreads` for durable runs
+    (then the server itself keeps nothing, and several can serve the same
+    threads).
 
     Args:
-        runtime: the runtime; the server starts and stops it with the app.
+        threads: the thread service; the server starts and stops it with the app.
         token: the bearer token every request must carry.
-        agent_type: the ReAct agent type tasks are sent to.
-        run_timeout: seconds a run may take, approvals included.
-        events_topic: the topic type the agents publish RunEvents on.
-        max_threads: threads kept in memory.
-        on_ready: called once the runtime has started and requests can be served.
+        agent_type: the agent type tasks run on (shown by `GET /info`).
+        events_topic: the topic type the agents publish RunEvents on (`GET /info`).
+        on_ready: called once the service has started and requests can be served.
     """
 
     def __init__(
         self,
-        runtime: BaseRuntime,
+        threads: ThreadService,
         *,
         token: str,
         agent_type: str = "assistant",
-        run_timeout: float = 3600.0,
         events_topic: str = EVENTS_TOPIC,
-        max_threads: int = 1000,
         on_ready: Callable[[], None] | None = None,
     ) -> None:
         if not token:
             raise ValueError("the server needs a bearer token")
-        self.runtime = runtime
-        self.store = ThreadStore(max_threads=max_threads)
+        self.threads = threads
         self._token = token
         self._agent_type = agent_type
-        self._run_timeout = run_timeout
         self._events_topic = events_topic
-        self._runs: dict[str, asyncio.Task[None]] = {}  # run id -> the run
-        self._stopping = False
         self._on_ready = on_ready
+        self._stopping = asyncio.Event()
         self.startup_error: RaviError | None = None
-        """Why the runtime did not start, when it did not (uvicorn only logs it)."""
+        """Why the service did not start, when it did not (uvicorn only logs it)."""
         self.app: ASGIApp = _BearerAuth(self._starlette(), token)
-
-    @property
-    def token(self) -> str:
-        """The bearer token requests need (the A2A gateway asks its callers for it too)."""
-        return self._token
 
     def _starlette(self) -> Starlette:
         return Starlette(
@@ -163,6 +146,7 @@ class RaviServer:
                 Route("/threads", self._start, methods=["POST"]),
                 Route("/threads/{thread_id}", self._status, methods=["GET"]),
                 Route("/threads/{thread_id}/tasks", self._next_task, methods=["POST"]),
+                Route("/threads/{thread_id}/rerun", self._rerun, methods=["POST"]),
                 Route("/threads/{thread_id}/events", self._events, methods=["GET"]),
                 Route("/respond/{request_id}", self._respond, methods=["POST"]),
             ],
@@ -174,46 +158,24 @@ class RaviServer:
             lifespan=self._lifespan,
         )
 
-    def _lifespan(self, _app: Starlette) -> contextlib.AbstractAsyncContextManager[None]:
-        return self.serving()
-
     @contextlib.asynccontextmanager
-    async def serving(self) -> AsyncIterator[None]:
-        """Start the runtime and receive run events until the context exits.
-
-        The app's lifespan enters it; an app that mounts this server's
-        endpoints under its own lifespan (the A2A gateway) enters it there.
-        """
-        store = self.store
-        await EventSink.register(self.runtime, SINK_TYPE, lambda: EventSink(store))
-        await self.runtime.add_subscription(TypeSubscription(self._events_topic, SINK_TYPE))
+    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         try:
-            await self.runtime.start()
+            await self.threads.start()
         except RaviError as error:
             self.startup_error = error
             raise
         try:
-            if isinstance(self.runtime, GrpcRuntime):
-                # A client node learns the mesh's routes once its peers answered.
-                try:
-                    await self.runtime.wait_for_route(self._agent_type, timeout=15)
-                except TimeoutError:
-                    logger.warning(
-                        "no peer hosts agent type %r yet; runs fail until one does",
-                        self._agent_type,
-                    )
             if self._on_ready is not None:
                 self._on_ready()
-            try:
-                yield
-            finally:
-                self._stopping = True
-                runs = list(self._runs.values())
-                for run in runs:
-                    run.cancel()
-                await asyncio.gather(*runs, return_exceptions=True)
+            yield
         finally:
-            await self.runtime.stop()
+            self._stopping.set()
+            await self.threads.stop()
+
+    def shutting_down(self) -> None:
+        """End the event streams now: the server is stopping and waits for its connections."""
+        self._stopping.set()
 
     # --- endpoints -----------------------------------------------------------------
 
@@ -225,146 +187,73 @@ class RaviServer:
         return JSONResponse({"agent_type": self._agent_type, "events_topic": self._events_topic})
 
     async def _list(self, _request: Request) -> Response:
-        return JSONResponse({"threads": [t.summary() for t in self.store.threads()]})
+        return JSONResponse({"threads": await self.threads.threads()})
 
     async def _start(self, request: Request) -> Response:
         body = StartTask.model_validate(await _json(request))
-        thread = self.launch(body.thread_id or uuid.uuid4().hex, body.content, body.max_iterations)
-        return JSONResponse(thread.summary(), status_code=202)
+        summary = await self.threads.run(
+            body.thread_id or uuid.uuid4().hex,
+            body.content,
+            max_iterations=body.max_iterations,
+        )
+        return JSONResponse(summary, status_code=202)
 
     async def _next_task(self, request: Request) -> Response:
         thread_id = request.path_params["thread_id"]
-        self.store.get(thread_id)
         body = StartTask.model_validate(await _json(request))
         if body.thread_id not in (None, thread_id):
             raise FailedPrecondition(
                 f"the body names thread {body.thread_id!r}, the path {thread_id!r}"
             )
-        thread = self.launch(thread_id, body.content, body.max_iterations)
-        return JSONResponse(thread.summary(), status_code=202)
+        summary = await self.threads.run(
+            thread_id, body.content, max_iterations=body.max_iterations, new_thread=False
+        )
+        return JSONResponse(summary, status_code=202)
 
-    def launch(
-        self,
-        thread_id: str,
-        content: str,
-        max_iterations: int = 0,
-        *,
-        run_id: str | None = None,
-        agent_type: str | None = None,
-    ) -> Thread:
-        """Start a run of a task on a thread (created if new) and return the thread.
-
-        Args:
-            thread_id: the thread; the agent key.
-            content: the task's request.
-            max_iterations: model steps at most (0: the agent's own limit).
-            run_id: the run's id (the Task's message id); generated when None.
-            agent_type: the ReAct agent type to run it on (the server's own when None).
-
-        Raises:
-            BadId: the thread id is not a valid agent key.
-            FailedPrecondition: the thread has a run in progress.
-        """
-        agent = AgentId(agent_type or self._agent_type, thread_id)  # validates the key
-        run_id = run_id or f"run-{uuid.uuid4().hex}"
-        thread = self.store.start_run(thread_id, run_id, content)
-        task = pb.Task(thread_id=thread_id, content=content, max_iterations=max_iterations)
-        run = asyncio.create_task(self._run(thread, agent, task, run_id))
-        self._runs[run_id] = run
-        run.add_done_callback(lambda _: self._runs.pop(run_id, None))
-        return thread
-
-    async def cancel(self, run_id: str, *, timeout: float = 10.0) -> bool:
-        """Cancel a run in progress and wait (up to `timeout` seconds) until it ended.
-
-        The runtime carries the cancellation to the agent. Returns False when
-        no run with this id is in progress here.
-        """
-        run = self._runs.get(run_id)
-        if run is None:
-            return False
-        run.cancel()
-        await asyncio.wait([run], timeout=timeout)
-        return True
-
-    async def _run(self, thread: Thread, agent: AgentId, task: pb.Task, run_id: str) -> None:
-        store = self.store
-        try:
-            result = await self.runtime.send_message(
-                task, agent, timeout=self._run_timeout, message_id=run_id
-            )
-        except Exception as error:  # the thread records how its run ended
-            failure = {"code": code_of(error).name, "message": str(error)}
-            store.finish_run(thread, run_id, None, failure)
-            return
-        except asyncio.CancelledError:
-            reason = "the server stopped" if self._stopping else "the run was cancelled"
-            store.finish_run(thread, run_id, None, {"code": "CANCELLED", "message": reason})
-            raise
-        reply = json_format.MessageToDict(result, preserving_proto_field_name=True)
-        store.finish_run(thread, run_id, reply, None)
+    async def _rerun(self, request: Request) -> Response:
+        summary = await self.threads.rerun(request.path_params["thread_id"])
+        return JSONResponse(summary, status_code=202)
 
     async def _status(self, request: Request) -> Response:
-        return JSONResponse(self.store.get(request.path_params["thread_id"]).summary())
+        return JSONResponse(await self.threads.thread(request.path_params["thread_id"]))
 
     async def _events(self, request: Request) -> Response:
-        thread = self.store.get(request.path_params["thread_id"])
+        thread_id = request.path_params["thread_id"]
         after = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
         if not after.isdigit():
             return _problem(422, f"Last-Event-ID (or after) must be an event id, got {after!r}")
-        return EventSourceResponse(_sse(self.events(thread.id, int(after))), ping=15)
+        await self.threads.thread(thread_id)  # 404 before the stream starts
+        return EventSourceResponse(self._stream(thread_id, int(after)), ping=15)
 
-    async def events(self, thread_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
-        """The thread's events after `after` (a seq), then each new one as it comes; endless.
-
-        Raises:
-            NotFound: no such thread.
-        """
-        thread = self.store.get(thread_id)
-        sent = after
-        while True:
-            wake = thread.wake
-            for event in [e for e in thread.events if e["seq"] > sent]:
-                sent = event["seq"]
-                yield event
-            await wake.wait()
+    async def _stream(self, thread_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
+        """The thread's events after `after`, then each new one, until the server stops."""
+        events = self.threads.events(thread_id, after)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        following: asyncio.Future[dict[str, Any]] | None = None
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(events))
+                await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    return
+                event = following.result()
+                following = None
+                yield {"id": str(event["seq"]), "event": event["kind"], "data": json.dumps(event)}
+        finally:
+            stopping.cancel()
+            if following is not None and not following.done():
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await following
+            closing = getattr(events, "aclose", None)
+            if closing is not None:
+                await closing()
 
     async def _respond(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]
-        thread = self.store.claim(request_id)
-        try:
-            body = Respond.model_validate(await _json(request))
-        except BaseException:
-            self.store.unclaim(request_id)
-            raise
-        self.store.unclaim(request_id)
-        thread = await self.respond(request_id, body)
-        return JSONResponse({"request_id": request_id, "thread_id": thread.id, "accepted": True})
-
-    async def respond(self, request_id: str, body: Respond) -> Thread:
-        """Answer a pending approval request (what POST /respond/{request_id} does).
-
-        Raises:
-            NotFound: no such request.
-            AlreadyExists: it was answered already.
-            FailedPrecondition: the run that asked ended.
-        """
-        thread = self.store.claim(request_id)
-        try:
-            await self.runtime.resolve_promise(f"approval-{request_id}", body.answer())
-        except AlreadyExists:
-            raise AlreadyExists(f"approval request {request_id!r} was answered already") from None
-        except BaseException:
-            self.store.unclaim(request_id)
-            raise
-        thread.pending.pop(request_id, None)
-        thread.notify()
-        return thread
-
-
-async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    async for event in events:
-        yield {"id": str(event["seq"]), "event": event["kind"], "data": json.dumps(event)}
+        answer = Respond.model_validate(await _json(request)).answer()
+        answered = await self.threads.respond(request_id, answer)
+        return JSONResponse(answered, status_code=200 if answered["applied"] else 202)
 
 
 async def _json(request: Request) -> Any:

@@ -87,9 +87,7 @@ def demo_workflow_setup(runtime: BaseRuntime) -> None:
 
     if not isinstance(runtime, RestateRuntime):
         raise TypeError("the agent workflow runs on a RestateRuntime")
-    runtime.register_workflow(
-        AgentWorkflow(models={"demo": demo_model()}, tools=[look_up, send_report])
-    )
+    AgentWorkflow(models={"demo": demo_model()}, tools=[look_up, send_report]).register(runtime)
 
 
 async def demo_setup(

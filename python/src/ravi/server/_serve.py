@@ -1,20 +1,30 @@
-"""`ravi serve`: the server on uvicorn, over a LocalRuntime or as a client node of a mesh."""
+"""`ravi serve`: the server on uvicorn, over a LocalRuntime, a mesh, or Restate."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import uvicorn
 
 from ravi._mesh_cli import NodeConfig, UsageError, _setup
-from ravi.integrations.runtime.grpc import GrpcRuntime
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.models import ChatModel
 from ravi.runtime import BaseRuntime, LocalRuntime
 from ravi.server._app import RaviServer
 from ravi.server._demo import demo_setup
+from ravi.server._service import ThreadService
+from ravi.server._store import ThreadStore
+from ravi.server._threads import RuntimeThreads
+
+DEFAULT_RUN_TIMEOUT = 3600.0
+"""Seconds a run may take on the runtimes that are not durable (no limit on Restate)."""
 
 
 @dataclass
@@ -32,16 +42,14 @@ class ServeConfig:
     setup_args: dict[str, str] = field(default_factory=dict)
     model: str = "demo"
     base_url: str | None = None
-    run_timeout: float = 3600.0
+    run_timeout: float | None = None
     log_level: str = "warning"
     restate_ingress: str = "http://127.0.0.1:8080"
     restate_admin: str = "http://127.0.0.1:9070"
-    restate_listen: str = "127.0.0.1:9081"
     demo: bool | None = None
-    a2a: bool = False
-    a2a_agents: list[str] = field(default_factory=list)
-    a2a_grpc: str | None = "127.0.0.1:0"
-    a2a_url: str | None = None
+    data_dir: str = ".ravi"
+    store: str | None = None
+    grace_period: float = 5.0
 
 
 def _model(config: ServeConfig) -> ChatModel | None:
@@ -55,59 +63,110 @@ def _model(config: ServeConfig) -> ChatModel | None:
     return OpenAIChatModel(name, base_url=config.base_url)
 
 
-def hosts_demo(config: ServeConfig) -> bool:
-    """Whether the server hosts the demo assistant (never as a client of a mesh)."""
+async def _threads(config: ServeConfig) -> ThreadService:
+    if config.runtime == "restate":
+        return _restate_threads(config)
     demo = config.demo if config.demo is not None else not config.setup
-    return demo and config.runtime != "grpc"
-
-
-async def _runtime(config: ServeConfig) -> BaseRuntime:
-    demo = hosts_demo(config)
     if config.runtime == "local":
-        runtime: BaseRuntime = LocalRuntime(default_timeout=config.run_timeout)
+        timeout = config.run_timeout or DEFAULT_RUN_TIMEOUT
+        runtime: BaseRuntime = LocalRuntime(default_timeout=timeout)
     elif config.runtime == "grpc":
         if not config.peers:
             raise UsageError("--runtime grpc needs at least one --peer NAME=HOST:PORT")
         if config.demo:
             raise UsageError("--runtime grpc runs the agents of the mesh: drop --demo")
+        demo = False
         runtime = GrpcRuntime(
             remote_peers=config.peers,
-            node_id=f"ravi-server-{secrets.token_hex(3)}",
-            peer_token=config.peer_token,
-            default_timeout=config.run_timeout,
-        )
-    elif config.runtime == "restate":
-        from ravi.integrations.runtime.restate import RestateRuntime  # noqa: PLC0415 - an extra
-
-        runtime = RestateRuntime(
-            config.restate_ingress,
-            config.restate_admin,
-            listen=config.restate_listen,
-            default_timeout=config.run_timeout,
+            options=GrpcRuntimeOptions(
+                node_id=f"ravi-server-{secrets.token_hex(3)}",
+                peer_token=config.peer_token,
+                default_timeout=config.run_timeout or DEFAULT_RUN_TIMEOUT,
+            ),
         )
     else:
         raise UsageError(f"--runtime must be local, grpc or restate, got {config.runtime!r}")
+    if config.store not in (None, "sqlite", "memory"):
+        raise UsageError(f"--store must be sqlite or memory, got {config.store!r}")
     if demo:
         await demo_setup(runtime, config.agent_type, _model(config))
-    await _setup(runtime, NodeConfig(setup=config.setup, setup_args=config.setup_args))
-    return runtime
+    await _setup(runtime, NodeConfig(setup=config.setup, setup_arg=config.setup_args))
+    store = (
+        ThreadStore.memory()
+        if config.store == "memory"
+        else ThreadStore.open(Path(config.data_dir))
+    )
+    return RuntimeThreads(
+        runtime,
+        store=store,
+        agent_type=config.agent_type,
+        run_timeout=config.run_timeout or DEFAULT_RUN_TIMEOUT,
+    )
+
+
+def _restate_threads(config: ServeConfig) -> ThreadService:
+    """The server over Restate keeps nothing and hosts nothing: the workers run the agents."""
+    if config.demo or config.setup:
+        raise UsageError(
+            "--runtime restate runs the agents in Restate workers, not here: drop --demo and "
+            "--setup, and start `ravi restate worker` (it hosts the demo assistant by default, "
+            "or your agents with --setup)"
+        )
+    if config.store is not None:
+        raise UsageError("--runtime restate keeps threads in Restate: drop --store")
+    from ravi.integrations.runtime.restate import RestateSettings  # noqa: PLC0415 - an extra
+    from ravi.server._restate import RestateThreads  # noqa: PLC0415 - needs the restate extra
+
+    return RestateThreads(
+        RestateSettings(config.restate_ingress, config.restate_admin),
+        agent_type=config.agent_type,
+        run_timeout=config.run_timeout,
+    )
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, stopped by SIGTERM or SIGINT with an exit status of 0.
+
+    uvicorn re-raises the signal it handled once it has drained, so a stopped
+    server would end "killed by SIGTERM"; a container platform reads that as
+    a failure. Here the signal only starts the drain: event streams end at
+    once, requests in progress get `timeout_graceful_shutdown` seconds.
+    """
+
+    def __init__(self, config: uvicorn.Config, server: RaviServer) -> None:
+        super().__init__(config)
+        self._ravi = server
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop, signum)
+        try:
+            yield
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    def _stop(self, signum: int) -> None:
+        if self.should_exit and signum == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: do not wait for the connections
+        self.handle_exit(signum, None)  # also tells sse-starlette's streams
+        self._ravi.shutting_down()
 
 
 async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) -> None:
-    """Serve until SIGTERM or SIGINT (uvicorn's handlers), then stop the runtime."""
+    """Serve until SIGTERM or SIGINT, then drain and stop the thread service (exit status 0)."""
     token = config.token or secrets.token_urlsafe(24)
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    # IPPROTO_TCP, not the default 0: asyncio turns Nagle off only on sockets
-    # that say they are TCP, and with Nagle on every response waits ~40 ms for
-    # the client's delayed ACK.
-    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((config.host, config.port))
     except OSError as error:
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {error}") from None
     # Listening now queues early connections until uvicorn accepts them, so the
-    # address can be announced as soon as the runtime has started.
+    # address can be announced as soon as the service has started.
     listener.listen(128)
     host, port = listener.getsockname()[:2]
     address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
@@ -117,23 +176,17 @@ async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) ->
         if not config.token:
             announce(f"open http://{address}/?token={token}")
 
-    a2a = config.a2a or bool(config.a2a_agents)
     server = RaviServer(
-        await _runtime(config),
-        token=token,
-        agent_type=config.agent_type,
-        run_timeout=config.run_timeout,
-        on_ready=None if a2a else ready,
+        await _threads(config), token=token, agent_type=config.agent_type, on_ready=ready
     )
-    app = server.app
-    if a2a:
-        try:
-            from ravi.integrations.a2a._serve import gateway_app  # noqa: PLC0415 - an extra
-        except ImportError as error:
-            raise UsageError(str(error)) from None
-        app = gateway_app(server, config, address=address, ready=ready, announce=announce)
-    web = uvicorn.Server(
-        uvicorn.Config(app, log_level=config.log_level, lifespan="on", timeout_graceful_shutdown=5)
+    web = _Uvicorn(
+        uvicorn.Config(
+            server.app,
+            log_level=config.log_level,
+            lifespan="on",
+            timeout_graceful_shutdown=int(config.grace_period) or 1,
+        ),
+        server,
     )
     try:
         await web.serve(sockets=[listener])

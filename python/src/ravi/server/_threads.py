@@ -1,215 +1,245 @@
-"""What the server knows of each thread: its events, runs, pending approvals."""
+"""RuntimeThreads: runs on a LocalRuntime or GrpcRuntime from this process, threads in SQLite."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf import json_format
 
 from ravi._agent import BaseAgent, message_handler
 from ravi._context import MessageContext
-from ravi.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
+from ravi._ids import AgentId
+from ravi._subscriptions import TypeSubscription
+from ravi.agents._react import EVENTS_TOPIC
+from ravi.errors import AlreadyExists, NotFound, code_of
 from ravi.react.v1 import react_pb2 as pb
+from ravi.runtime._base import BaseRuntime
+from ravi.server import _model as model
+from ravi.server._model import Answered, ThreadSummary, event_json
+from ravi.server._store import ThreadStore
+
+logger = logging.getLogger("ravi.server")
+
+SINK_TYPE = "ravi.server.events"
+_BATCH = 500
 
 
-def event_json(event: pb.RunEvent) -> dict[str, Any]:
-    """A RunEvent as the API shows it: proto3 JSON with field names kept, plus `kind`."""
-    data = json_format.MessageToDict(
-        event, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    data["seq"] = event.seq  # proto3 JSON writes 64-bit integers as strings
-    data["kind"] = event.WhichOneof("kind") or ""
-    return data
+class RuntimeThreads:
+    """RuntimeThreads runs tasks on a ReAct agent type of a runtime it starts and stops.
 
+    The runtime is a LocalRuntime hosting the agents (the monolith) or a
+    GrpcRuntime joining a mesh where they run. Runs are calls from this
+    process: neither runtime is durable, so a run in progress when the server
+    stops (or dies) ends there. Its thread says `interrupted`, and `rerun`
+    runs its task again. Threads, events and approvals are kept in `store`.
 
-@dataclass
-class Thread:
-    """One conversation: its events in order, and the state of its current run."""
-
-    id: str
-    events: list[dict[str, Any]] = field(default_factory=list)
-    last_seq: int = 0
-    running: bool = False
-    runs: int = 0
-    run_id: str = ""
-    title: str = ""
-    created_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-    result: dict[str, Any] | None = None
-    error: dict[str, str] | None = None
-    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def status(self) -> str:
-        """idle, running, waiting_for_approval, completed or failed."""
-        if self.running:
-            return "waiting_for_approval" if self.pending else "running"
-        if self.error is not None:
-            return "failed"
-        return "completed" if self.result is not None else "idle"
-
-    def notify(self) -> None:
-        """Wake every stream waiting on this thread."""
-        self.updated_at = time.time()
-        wake, self.wake = self.wake, asyncio.Event()
-        wake.set()
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "thread_id": self.id,
-            "title": self.title,
-            "status": self.status,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "runs": self.runs,
-            "last_event_id": self.last_seq,
-            "pending_approvals": list(self.pending.values()),
-            "result": self.result,
-            "error": self.error,
-        }
-
-
-class ThreadStore:
-    """ThreadStore keeps the threads in memory, the least recently used evicted past a limit.
-
-    Threads with a run in progress are never evicted; a new thread is refused
-    while `max_threads` threads are all running.
+    Args:
+        runtime: the runtime; started and stopped with the service.
+        store: where threads are kept.
+        agent_type: the ReAct agent type tasks are sent to.
+        run_timeout: seconds a run may take, approvals included.
+        events_topic: the topic type the agents publish RunEvents on.
     """
 
-    def __init__(self, *, max_threads: int = 1000, max_events: int = 10_000) -> None:
-        self._threads: OrderedDict[str, Thread] = OrderedDict()
-        self._requests: dict[str, str] = {}  # approval request id -> thread id
-        self._answered: set[str] = set()
-        self._closed: set[str] = set()  # asked by a run that ended unanswered
-        self._max_threads = max_threads
-        self._max_events = max_events
-
-    def get(self, thread_id: str) -> Thread:
-        thread = self._threads.get(thread_id)
-        if thread is None:
-            raise NotFound(f"no thread {thread_id!r}")
-        return thread
-
-    def threads(self) -> list[Thread]:
-        """Every thread, the most recently active first."""
-        return list(reversed(self._threads.values()))
-
-    def _thread(self, thread_id: str) -> Thread:
-        thread = self._threads.get(thread_id)
-        if thread is None:
-            self._evict()
-            thread = self._threads[thread_id] = Thread(thread_id)
-        self._threads.move_to_end(thread_id)
-        return thread
-
-    def _evict(self) -> None:
-        while len(self._threads) >= self._max_threads:
-            idle = next((t for t in self._threads.values() if not t.running), None)
-            if idle is None:
-                raise ResourceExhausted(
-                    f"all {self._max_threads} threads have a run in progress; try again later"
-                )
-            del self._threads[idle.id]
-            for request_id in [r for r, t in self._requests.items() if t == idle.id]:
-                del self._requests[request_id]
-                self._answered.discard(request_id)
-                self._closed.discard(request_id)
-
-    def start_run(self, thread_id: str, run_id: str, content: str) -> Thread:
-        """Mark a run started on the thread (created if new).
-
-        Raises:
-            FailedPrecondition: the thread has a run in progress.
-        """
-        thread = self._thread(thread_id)
-        if thread.running:
-            raise FailedPrecondition(
-                f"thread {thread_id!r} has a run in progress ({thread.status}); "
-                "wait for it to finish"
-            )
-        thread.running, thread.result, thread.error = True, None, None
-        thread.runs += 1
-        thread.run_id = run_id
-        thread.title = thread.title or content[:120]
-        thread.notify()
-        return thread
-
-    def finish_run(
+    def __init__(
         self,
-        thread: Thread,
-        run_id: str,
-        result: dict[str, Any] | None,
-        error: dict[str, str] | None,
+        runtime: BaseRuntime,
+        *,
+        store: ThreadStore,
+        agent_type: str = "assistant",
+        run_timeout: float = 3600.0,
+        events_topic: str = EVENTS_TOPIC,
     ) -> None:
-        """Record how a run ended (once: by its last event or by its reply, which come first)."""
-        if thread.run_id != run_id or not thread.running:
-            return
-        thread.running, thread.result, thread.error = False, result, error
-        for request_id in thread.pending:
-            self._closed.add(request_id)
-        thread.pending.clear()
-        thread.notify()
+        self.runtime = runtime
+        self.store = store
+        self._agent_type = agent_type
+        self._run_timeout = run_timeout
+        self._events_topic = events_topic
+        self._runs: set[asyncio.Task[None]] = set()
+        self._wakes: dict[str, asyncio.Event] = {}
 
-    def add(self, event: pb.RunEvent) -> None:
-        """Record an event; one already recorded (the same seq) is ignored."""
-        thread = self._thread(event.thread_id)
-        if event.seq <= thread.last_seq:
-            return
-        data = event_json(event)
-        thread.last_seq = event.seq
-        thread.events.append(data)
-        del thread.events[: -self._max_events]
-        kind = data["kind"]
-        if kind == "approval_request":
-            request_id = event.approval_request.request_id
-            self._requests[request_id] = thread.id
-            thread.pending[request_id] = data
-        elif kind == "approval_decision":
-            request_id = event.approval_decision.request_id
-            self._answered.add(request_id)
-            thread.pending.pop(request_id, None)
-        elif kind == "final":
-            self.finish_run(thread, event.run_id, data["final"], None)
-        elif kind == "failed":
-            self.finish_run(thread, event.run_id, None, dict(data["failed"]))
-        self._threads.move_to_end(thread.id)
-        thread.notify()
-
-    def claim(self, request_id: str) -> Thread:
-        """Claim the answer to an approval request, before resolving its promise.
-
-        Raises:
-            NotFound: no such request (or its thread was evicted).
-            AlreadyExists: it was answered already.
-        """
-        thread_id = self._requests.get(request_id)
-        if thread_id is None or thread_id not in self._threads:
-            raise NotFound(f"no approval request {request_id!r}")
-        if request_id in self._answered:
-            raise AlreadyExists(f"approval request {request_id!r} was answered already")
-        if request_id in self._closed:
-            raise FailedPrecondition(
-                f"approval request {request_id!r} is no longer pending: the run that asked ended"
+    async def start(self) -> None:
+        self._interrupt(self.store.running(), "the server stopped while this run was in progress")
+        service = self
+        await _EventSink.register(self.runtime, SINK_TYPE, lambda: _EventSink(service))
+        await self.runtime.add_subscription(TypeSubscription(self._events_topic, SINK_TYPE))
+        await self.runtime.start()
+        # A client node of a mesh learns the routes once its peers answered.
+        try:
+            await self.runtime.wait_until_ready(self._agent_type, timeout=15)
+        except TimeoutError:
+            logger.warning(
+                "no node hosts agent type %r yet; runs fail until one does", self._agent_type
             )
-        self._answered.add(request_id)
-        return self._threads[thread_id]
 
-    def unclaim(self, request_id: str) -> None:
-        """Give a claim back when the answer could not be delivered."""
-        self._answered.discard(request_id)
+    async def stop(self) -> None:
+        """Interrupt the runs in progress (their threads say so), then stop the runtime."""
+        # Recorded first: a cancelled agent publishes a `failed` event of its own.
+        self._interrupt(self.store.running(), "the server stopped while this run was in progress")
+        for run in list(self._runs):
+            run.cancel()
+        await asyncio.gather(*self._runs, return_exceptions=True)
+        try:
+            await self.runtime.stop()
+        finally:
+            self.store.close()
+
+    # --- runs -------------------------------------------------------------------------
+
+    async def run(
+        self, thread_id: str, content: str, *, max_iterations: int = 0, new_thread: bool = True
+    ) -> ThreadSummary:
+        agent = AgentId(self._agent_type, thread_id)  # validates the thread id as a key
+        run_id = f"run-{uuid.uuid4().hex}"
+        with self.store.transaction():
+            record = self.store.get(thread_id)
+            if record is None:
+                if not new_thread:
+                    raise NotFound(f"no thread {thread_id!r}")
+                self.store.make_room()
+                record = model.new_thread(thread_id, time.time())
+            model.start_run(
+                record,
+                run_id=run_id,
+                agent_type=self._agent_type,
+                content=content,
+                max_iterations=max_iterations,
+                now=time.time(),
+            )
+            self.store.put(record)
+        task = pb.Task(thread_id=thread_id, content=content, max_iterations=max_iterations)
+        running = asyncio.create_task(self._drive(agent, task, run_id))
+        self._runs.add(running)
+        running.add_done_callback(self._runs.discard)
+        self._notify(thread_id)
+        return model.summary(record)
+
+    async def rerun(self, thread_id: str) -> ThreadSummary:
+        task = model.rerun_task(self._record(thread_id))
+        return await self.run(
+            thread_id, task["content"], max_iterations=task["max_iterations"], new_thread=False
+        )
+
+    async def _drive(self, agent: AgentId, task: pb.Task, run_id: str) -> None:
+        try:
+            result = await self.runtime.send_message(
+                task, agent, timeout=self._run_timeout, message_id=run_id
+            )
+        except Exception as error:  # the thread records how its run ended
+            failure = {"code": code_of(error).name, "message": str(error)}
+            self._finish(agent.key, run_id, error=failure)
+            return
+        reply = json_format.MessageToDict(result, preserving_proto_field_name=True)
+        self._finish(agent.key, run_id, result=reply)
+
+    def _finish(
+        self,
+        thread_id: str,
+        run_id: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, str] | None = None,
+    ) -> None:
+        with self.store.transaction():
+            record = self.store.get(thread_id)
+            if record is None:
+                return
+            closed = model.finish_run(record, run_id, result=result, error=error, now=time.time())
+            self.store.put(record)
+            self.store.set_approvals(thread_id, closed)
+        self._notify(thread_id)
+
+    def _interrupt(self, records: list[dict[str, Any]], why: str) -> None:
+        for record in records:
+            error = {"code": "ABORTED", "message": f"{why}; it can run again from the start"}
+            with self.store.transaction():
+                closed = model.finish_run(
+                    record, record["run_id"], error=error, state="interrupted", now=time.time()
+                )
+                self.store.put(record)
+                self.store.set_approvals(record["thread_id"], closed)
+
+    # --- reading ----------------------------------------------------------------------
+
+    def _record(self, thread_id: str) -> dict[str, Any]:
+        record = self.store.get(thread_id)
+        if record is None:
+            raise NotFound(f"no thread {thread_id!r}")
+        return record
+
+    async def thread(self, thread_id: str) -> ThreadSummary:
+        return model.summary(self._record(thread_id))
+
+    async def threads(self) -> list[ThreadSummary]:
+        return [model.summary(r) for r in self.store.recent(1000)]
+
+    async def events(self, thread_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        sent = after
+        while True:
+            wake = self._wakes.setdefault(thread_id, asyncio.Event())
+            batch = self.store.events_after(thread_id, sent, _BATCH)
+            for event in batch:
+                sent = event["seq"]
+                yield event
+            if len(batch) < _BATCH:
+                await wake.wait()
+
+    def _notify(self, thread_id: str) -> None:
+        """Wake every stream following the thread."""
+        wake = self._wakes.pop(thread_id, None)
+        if wake is not None:
+            wake.set()
+
+    # --- events and approvals ------------------------------------------------------
+
+    def record_event(self, event: pb.RunEvent) -> None:
+        """Keep a RunEvent the agent published (one delivered twice is kept once)."""
+        thread_id = event.thread_id
+        with self.store.transaction():
+            kept = self.store.add_event(thread_id, event_json(event))
+            if kept is None:
+                return
+            record = self.store.get(thread_id) or model.new_thread(thread_id, time.time())
+            changed = model.apply_event(record, kept, time.time())
+            self.store.put(record)
+            self.store.set_approvals(thread_id, changed)
+        self._notify(thread_id)
+
+    async def respond(self, request_id: str, answer: pb.ApprovalAnswer) -> Answered:
+        with self.store.transaction():
+            found = self.store.approval(request_id)
+            model.check_answerable(request_id, found[1] if found else None)
+            assert found is not None
+            thread_id = found[0]
+            # Claimed before the promise is resolved: two answers racing get one winner.
+            self.store.set_approvals(thread_id, {request_id: "answered"})
+        try:
+            await self.runtime.resolve_promise(f"approval-{request_id}", answer)
+        except AlreadyExists:
+            raise AlreadyExists(f"approval request {request_id!r} was answered already") from None
+        except BaseException:
+            with self.store.transaction():
+                self.store.set_approvals(thread_id, {request_id: "pending"})
+            raise
+        with self.store.transaction():
+            record = self._record(thread_id)
+            model.answered(record, request_id, time.time())
+            self.store.put(record)
+        self._notify(thread_id)
+        return {"request_id": request_id, "thread_id": thread_id, "accepted": True, "applied": True}
 
 
-class EventSink(BaseAgent):
-    """EventSink receives the RunEvents of every thread for the server's store."""
+class _EventSink(BaseAgent):
+    """Receives the RunEvents of every thread for the service's store."""
 
-    def __init__(self, store: ThreadStore) -> None:
-        self._store = store
+    def __init__(self, service: RuntimeThreads) -> None:
+        self._service = service
 
     @message_handler
     async def on_event(self, event: pb.RunEvent, ctx: MessageContext) -> None:
-        self._store.add(event)
+        self._service.record_event(event)

@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import json
 import os
 import signal
 import socket
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+_PR_SET_PDEATHSIG = 1
 _PORTS = ("RESTATE_INGRESS__BIND_PORT", "RESTATE_ADMIN__BIND_PORT", "RESTATE_BIND_PORT")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM the server when its parent dies, even by SIGKILL.
+
+    The server runs in a session of its own (a terminal's Ctrl-C is for its
+    parent to handle), so without this a `ravi restate dev` or a test killed
+    -9 would leave it running, holding its ports and data folder.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -31,17 +46,39 @@ def _ok(url: str) -> bool:
         return False
 
 
+def _queryable(admin_url: str) -> bool:
+    """Whether the admin API's SQL reaches the partitions (a while after the health checks)."""
+    request = urllib.request.Request(
+        f"{admin_url}/query",
+        data=json.dumps({"query": "SELECT count(*) AS n FROM sys_invocation"}).encode(),
+        headers={"content-type": "application/json", "accept": "application/json"},
+    )
+    return _ok_request(request)
+
+
+def _ok_request(request: urllib.request.Request) -> bool:
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
 @dataclass
 class RestateServer:
     """A restate-server process on loopback, with its data kept in `base_dir`.
 
     `kill()` ends it as a crash would (SIGKILL); `start()` brings it back on
-    the same ports and data, as after a restart.
+    the same ports and data, as after a restart. `settings` are more
+    restate-server settings in their environment form, e.g.
+    `{"RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT": "1s"}` to suspend an idle
+    invocation after one second instead of a minute.
     """
 
     binary: Path
     base_dir: Path
     ports: dict[str, int] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
     process: asyncio.subprocess.Process | None = None
     log: Path | None = None
 
@@ -54,7 +91,7 @@ class RestateServer:
         return f"http://127.0.0.1:{self.ports['RESTATE_ADMIN__BIND_PORT']}"
 
     async def start(self, *, timeout: float = 30.0) -> None:
-        """Start the server and wait until its admin API and ingress answer."""
+        """Start the server and wait until its admin API (SQL included) and ingress answer."""
         if not self.ports:
             self.ports = {name: _free_port() for name in _PORTS}
         env = {
@@ -65,6 +102,7 @@ class RestateServer:
             "RESTATE_DEFAULT_NUM_PARTITIONS": "1",
             "RESTATE_DISABLE_TELEMETRY": "true",
             "RESTATE_LOG_FILTER": os.environ.get("RESTATE_LOG_FILTER", "warn"),
+            **self.settings,
         }
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.log = self.base_dir / "restate-server.log"
@@ -78,11 +116,17 @@ class RestateServer:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         health = (f"{self.admin_url}/health", f"{self.ingress_url}/restate/health")
+
+        async def ready() -> bool:
+            answers = [await asyncio.to_thread(_ok, url) for url in health]
+            return all(answers) and await asyncio.to_thread(_queryable, self.admin_url)
+
         try:
             async with asyncio.timeout(timeout):
-                while not all([await asyncio.to_thread(_ok, url) for url in health]):
+                while not await ready():
                     if self.process.returncode is not None:
                         raise RuntimeError(
                             f"restate-server exited with {self.process.returncode}: "
@@ -115,15 +159,18 @@ class RestateServer:
 
 
 @contextlib.asynccontextmanager
-async def running_restate(binary: Path, base_dir: Path) -> AsyncIterator[RestateServer]:
+async def running_restate(
+    binary: Path, base_dir: Path, *, settings: dict[str, str] | None = None
+) -> AsyncIterator[RestateServer]:
     """Run restate-server on free loopback ports, with its data in `base_dir`, until the block ends.
 
     Args:
         binary: the restate-server executable (`make setup` installs it from npm
             into tools/node_modules/@restatedev/restate-server-linux-x64/bin/).
         base_dir: where it keeps its data; a fresh folder gives a fresh server.
+        settings: more restate-server settings, as environment variables.
     """
-    server = RestateServer(binary, base_dir)
+    server = RestateServer(binary, base_dir, settings=dict(settings or {}))
     await server.start()
     try:
         yield server

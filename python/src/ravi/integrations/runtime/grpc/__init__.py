@@ -1,7 +1,12 @@
-"""GrpcRuntime: agents on many machines and in many languages, over ravi.mesh.v1."""
+"""GrpcRuntime: agents on many machines and in many languages, over ravi.mesh.v1.
 
-from ravi.integrations.runtime.grpc._peers import PeerDiscovery
+This package is the gRPC transport of the mesh node (`ravi._mesh`): grpc.aio
+channels and server, the multiplexed Connect stream, status mapping, health,
+reflection and TLS. Routing, forwarding and serving live in the mesh node.
+"""
+
+from ravi._mesh.discovery import PeerDiscovery
+from ravi.integrations.runtime.grpc._options import GrpcRuntimeOptions
 from ravi.integrations.runtime.grpc._runtime import GrpcRuntime
-from ravi.integrations.runtime.grpc._security import TlsConfig
 
-__all__ = ["GrpcRuntime", "PeerDiscovery", "TlsConfig"]
+__all__ = ["GrpcRuntime", "GrpcRuntimeOptions", "PeerDiscovery"]

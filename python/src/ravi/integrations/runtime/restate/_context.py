@@ -16,6 +16,7 @@ from restate.serde import BytesSerde
 from ravi._cancellation import CancellationToken
 from ravi._context import MessageContext
 from ravi._ids import AgentId, TopicId
+from ravi._mesh import codec
 from ravi._serialization import MessageRegistry
 from ravi.errors import (
     AlreadyExists,
@@ -26,7 +27,6 @@ from ravi.errors import (
     RaviError,
     error_for,
 )
-from ravi.integrations.runtime.grpc import _wire
 from ravi.mesh.v1 import types_pb2
 
 PROMISES = "ravi.Promises"
@@ -68,14 +68,14 @@ class RestateContext(MessageContext):
         self.restate = ctx
         self._registry = registry
         self._sender = (
-            _wire.agent_id_from_wire(envelope.sender, "sender")
+            codec.agent_id_from_wire(envelope.sender, "sender")
             if envelope.HasField("sender")
             else None
         )
         self._topic = topic
         self._message_id = envelope.message_id
         self._metadata = dict(envelope.metadata)
-        self._chain = _wire.chain_from_wire(envelope.call_chain)
+        self._chain = codec.chain_from_wire(envelope.call_chain)
         self._deadline = deadline
         self._cancellation = CancellationToken()
 
@@ -124,13 +124,13 @@ class RestateContext(MessageContext):
                     result = await result
             except Exception as error:  # recorded, so that a replay raises it again
                 raise restate.TerminalError(_error_json(error), 500) from error
-            return _wire.encode(self._registry, result).SerializeToString()
+            return codec.encode(self._registry, result).SerializeToString()
 
         try:
             data = await self.restate.run_typed(name, action, _STEP_OPTIONS)
         except restate.TerminalError as error:
             raise _step_error(error) from None
-        return _wire.decode(self._registry, types_pb2.Payload.FromString(data))
+        return codec.decode(self._registry, types_pb2.Payload.FromString(data))
 
     async def wait_for(self, name: str, *, timeout: float | None = None) -> Any:
         awakeable_id, awakeable = self.restate.awakeable(serde=BYTES)
@@ -141,7 +141,7 @@ class RestateContext(MessageContext):
             data = early or await durable_wait(self.restate, awakeable, name, timeout)
         except restate.TerminalError as error:
             raise _terminal(error) from None
-        return _wire.decode(self._registry, types_pb2.Payload.FromString(data))
+        return codec.decode(self._registry, types_pb2.Payload.FromString(data))
 
     def idempotency_key(self, step_name: str) -> str:
         return f"{self._message_id}/{step_name}"

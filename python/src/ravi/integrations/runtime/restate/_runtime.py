@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import json
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import restate
 from google.protobuf.message import DecodeError
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
-from ravi._agent import AgentType, BaseAgent
+from ravi._agent import BaseAgent, agent_class_of
 from ravi._cancellation import CancellationToken
 from ravi._host import new_message_id
-from ravi._ids import AgentId, TopicId
+from ravi._ids import AgentId, AgentType, TopicId
+from ravi._interceptors import HandleInput, Interceptor, PublishInput, SendInput, chain
+from ravi._mesh import codec
 from ravi._serialization import PROTOBUF, MessageRegistry, registry
 from ravi._subscriptions import Subscription
 from ravi.errors import (
@@ -37,29 +37,32 @@ from ravi.errors import (
     RaviError,
     ReentrantCall,
     Unavailable,
+    from_call_failure,
     handler_error,
+    to_call_failure,
 )
-from ravi.integrations.runtime.grpc import _wire
+from ravi.integrations.runtime.restate import _sql
 from ravi.integrations.runtime.restate._context import (
     BYTES,
     PROMISES,
     RestateContext,
     _terminal,
 )
+from ravi.integrations.runtime.restate._deployment import Deployment, disarm_sdk_sigterm
 from ravi.integrations.runtime.restate._internal import (
     SUBSCRIPTIONS,
     SUBSCRIPTIONS_KEY,
     internal_services,
     subscription_json,
 )
-from ravi.integrations.runtime.restate._workflow import AgentWorkflow
-from ravi.mesh.v1 import agent_service_pb2, types_pb2
-from ravi.runtime._base import BaseRuntime
+from ravi.mesh.v1 import agent_service_pb2, contract, types_pb2
+from ravi.runtime._base import Agent, BaseRuntime
 
 logger = logging.getLogger("ravi.restate")
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = contract.DEFAULT_TIMEOUT_SECONDS
+DEFAULT_GRACE_PERIOD = 5.0
 # Envelope metadata carrying the caller's deadline (ms since the epoch) into
 # the invocation, where gRPC would carry it as the call's deadline.
 DEADLINE_KEY = "ravi-deadline-ms"
@@ -77,7 +80,7 @@ _BYTES_IO: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class _Entry:
-    factory: Callable[[], BaseAgent | Awaitable[BaseAgent]]
+    factory: Callable[[], Any]
     cls: type[BaseAgent]
 
 
@@ -105,8 +108,14 @@ class RestateRuntime(BaseRuntime):
     with the message id as the idempotency key, so each message is processed
     once. Inside a handler, `send_message` is a durable call, `publish_message`
     durable one-way sends, `ctx.step` a journaled `run`, `ctx.wait_for` an
-    awakeable, and the agent's `save_state` its object state, loaded at the
-    start of every message.
+    awakeable, and the agent's `save_state` its object state.
+
+    Durable means deterministic: every attempt of an invocation (the first,
+    and each replay after a suspension or a restart) builds a fresh agent
+    instance with the factory and loads the object state into it, so a replay
+    journals exactly what the first attempt did. Nothing an instance keeps in
+    memory outlives the attempt; what must outlive it belongs in `save_state`
+    (written at the end of each message of an exclusive handler).
 
     Args:
         ingress_url: the Restate ingress (port 8080 by default).
@@ -120,6 +129,11 @@ class RestateRuntime(BaseRuntime):
         force_register: replace a deployment registered at the same URI with
             different services (development; unsafe with invocations in flight).
         message_registry: where message types are looked up by name.
+        interceptors: hooks around sends, handler calls and publishes (tracing,
+            metrics), as on the other runtimes; a handler's hooks run in the
+            invocation, on every attempt.
+        grace_period: seconds the invocations in progress get on `stop()` to
+            reach their next durable wait, where they suspend.
     """
 
     def __init__(
@@ -132,6 +146,8 @@ class RestateRuntime(BaseRuntime):
         default_timeout: float = DEFAULT_TIMEOUT,
         force_register: bool = False,
         message_registry: MessageRegistry = registry,
+        interceptors: Sequence[Interceptor] = (),
+        grace_period: float = DEFAULT_GRACE_PERIOD,
     ) -> None:
         self._ingress = ingress_url.rstrip("/")
         self._admin = admin_url.rstrip("/")
@@ -140,20 +156,27 @@ class RestateRuntime(BaseRuntime):
         self._default_timeout = default_timeout
         self._force = force_register
         self._registry = message_registry
+        self._grace_period = grace_period
         self._types: dict[str, _Entry] = {}
-        self._instances: dict[AgentId, asyncio.Future[BaseAgent]] = {}
         self._subscriptions: dict[str, Subscription] = {}
         # Subscription id -> the id Restate keeps it under (an equal one's).
         self._stored_ids: dict[str, str] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._workflows: list[AgentWorkflow] = []
+        self._services: list[restate.Service | restate.VirtualObject | restate.Workflow] = []
         self._http: aiohttp.ClientSession | None = None
-        self._server: asyncio.Task[None] | None = None
-        self._shutdown = asyncio.Event()
+        self._server: Deployment | None = None
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self.deployment_uri: str | None = None
+        # As on the other runtimes, a chain exists only when there are interceptors.
+        self._send_chain = (
+            chain(interceptors, lambda i: i.send, self._send_input) if interceptors else None
+        )
+        self._publish_chain = (
+            chain(interceptors, lambda i: i.publish, self._publish_input) if interceptors else None
+        )
+        self._interceptors = tuple(interceptors)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -181,18 +204,9 @@ class RestateRuntime(BaseRuntime):
         listener.setblocking(False)
         bound = listener.getsockname()[1]
         self.deployment_uri = self._advertise or f"http://{host}:{bound}"
-        config = Config()
-        config.bind = [f"fd://{listener.fileno()}"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("ravi.restate.deployment")
-        workflows = [w.service(self) for w in self._workflows]
-        app = restate.app([*self._objects(), *workflows, *internal_services()])
-        self._shutdown.clear()
-        self._server = asyncio.get_running_loop().create_task(
-            serve(_without_lifespan(app), config, shutdown_trigger=self._shutdown.wait),
-            name="ravi-restate-deployment",
-        )
-        self._listener = listener
+        app = restate.app([*self._objects(), *self._services, *internal_services()])
+        await asyncio.to_thread(disarm_sdk_sigterm, app)
+        self._server = Deployment(app, listener, self._grace_period)
         await self._register()
 
     async def _register(self) -> None:
@@ -217,20 +231,19 @@ class RestateRuntime(BaseRuntime):
             )
 
     async def stop(self) -> None:
+        """Stop serving: invocations in progress suspend (or are cut after the grace period).
+
+        Restate resumes them where they stopped, on this worker once it is
+        back at the same URI (or on another worker registered there).
+        """
         if self._server is not None:
-            self._shutdown.set()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server, 10)
+            await self._server.stop()
             self._server = None
-            with contextlib.suppress(OSError):  # the server may have closed it
-                self._listener.close()
+        if self._background:  # cancellations of calls given up on: short, bounded
+            await asyncio.wait(self._background, timeout=5)
         if self._http is not None:
             await self._http.close()
             self._http = None
-        instances = [f.result() for f in self._instances.values() if f.done() and not f.exception()]
-        self._instances.clear()
-        for agent in instances:
-            await agent.close()
 
     async def stop_when_idle(self, *, timeout: float | None = None) -> None:
         try:
@@ -240,6 +253,29 @@ class RestateRuntime(BaseRuntime):
                 f"{self._active} messages were still being handled after {timeout} s"
             ) from None
         await self.stop()
+
+    async def wait_until_ready(self, *agent_types: str, timeout: float = 10.0) -> None:
+        """Wait until Restate knows a deployment serving each of `agent_types`.
+
+        The agent types of this runtime are registered once it started; a type
+        served by another deployment is ready once that one registered.
+        """
+        async with asyncio.timeout(timeout):
+            for agent_type in agent_types:
+                delay = 0.05
+                while not await self._known_to_restate(agent_type):
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+
+    async def _known_to_restate(self, service: str) -> bool:
+        if self._http is None:
+            return False  # not started yet
+        try:
+            async with self._client().get(f"{self._admin}/services/{service}") as response:
+                await response.read()
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
 
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -251,9 +287,9 @@ class RestateRuntime(BaseRuntime):
     async def register_factory(
         self,
         agent_type: str,
-        factory: Callable[[], BaseAgent | Awaitable[BaseAgent]],
+        factory: Callable[[], Agent | Awaitable[Agent]],
         *,
-        agent_class: type[BaseAgent],
+        agent_class: type[Agent],
     ) -> AgentType:
         if agent_type in self._types:
             raise AlreadyExists(f"agent type {agent_type!r} is registered already")
@@ -262,18 +298,26 @@ class RestateRuntime(BaseRuntime):
                 "register agent types before start(): the deployment is registered with "
                 "Restate once"
             )
-        self._types[agent_type] = _Entry(factory, agent_class)
+        self._types[agent_type] = _Entry(factory, agent_class_of(agent_class))
         return AgentType(agent_type)
 
-    def register_workflow(self, workflow: AgentWorkflow) -> None:
-        """Serve the durable agent workflow (ravi.AgentWorkflow) from this runtime.
+    def add_service(
+        self, service: restate.Service | restate.VirtualObject | restate.Workflow
+    ) -> None:
+        """Serve a Restate service of your own from this runtime's deployment.
+
+        The hook through which durable workflows join a runtime (such as
+        `AgentWorkflow.register`): the runtime knows no particular workflow.
 
         Raises:
-            AlreadyExists: a workflow is registered already, or the runtime started.
+            AlreadyExists: the runtime started (the deployment is registered once),
+                or a service of that name is added already.
         """
-        if self._workflows or self._server is not None:
-            raise AlreadyExists("register one agent workflow, before start()")
-        self._workflows.append(workflow)
+        if self._server is not None:
+            raise AlreadyExists("add services before start(): the deployment is registered once")
+        if any(s.name == service.name for s in self._services):
+            raise AlreadyExists(f"a service named {service.name!r} is added already")
+        self._services.append(service)
 
     @property
     def message_registry(self) -> MessageRegistry:
@@ -312,9 +356,11 @@ class RestateRuntime(BaseRuntime):
             return await ctx.get("state", serde=BYTES) or b"{}"
 
         async def set_state(ctx: restate.ObjectContext, data: bytes) -> bytes:
-            agent = await self._instance(AgentId(agent_type, ctx.key()))
-            await agent.load_state(json.loads(data))
-            ctx.set("state", json.dumps(await agent.save_state()).encode(), serde=BYTES)
+            agent = await self._fresh(AgentId(agent_type, ctx.key()), data)
+            try:
+                ctx.set("state", json.dumps(await agent.save_state()).encode(), serde=BYTES)
+            finally:
+                await agent.close()
             return b""
 
         obj.handler("handle", kind=kind, **_BYTES_IO)(handle)
@@ -323,22 +369,14 @@ class RestateRuntime(BaseRuntime):
         obj.handler("set_state", kind="exclusive", **_BYTES_IO)(set_state)
         return obj
 
-    async def _instance(self, agent_id: AgentId) -> BaseAgent:
-        made = self._instances.get(agent_id)
-        if made is None:
-            made = self._instances[agent_id] = asyncio.get_running_loop().create_future()
-            try:
-                agent = self._types[agent_id.type].factory()
-                if isinstance(agent, Awaitable):
-                    agent = await agent
-                agent._ravi_bind(self, agent_id)
-                made.set_result(agent)
-            except BaseException as error:
-                del self._instances[agent_id]
-                made.set_exception(error)
-                made.exception()  # retrieved: the caller gets it raised below
-                raise
-        return await asyncio.shield(made)
+    async def _fresh(self, agent_id: AgentId, state: bytes | None) -> BaseAgent:
+        """A new instance of the agent, with its object state loaded: the same on every attempt."""
+        made = self._types[agent_id.type].factory()
+        agent: BaseAgent = await made if isinstance(made, Awaitable) else made
+        agent._ravi_bind(self, agent_id)
+        if state is not None:
+            await agent.load_state(json.loads(state))
+        return agent
 
     # --- handling, inside an invocation ----------------------------------------
 
@@ -358,49 +396,71 @@ class RestateRuntime(BaseRuntime):
         agent_id = AgentId(agent_type, ctx.key())
         try:
             request = agent_service_pb2.SendRequest.FromString(data)
-            message = _wire.decode(self._registry, request.envelope.payload)
+            message = codec.decode(self._registry, request.envelope.payload)
         except (DecodeError, RaviError) as error:
             failure = error if isinstance(error, RaviError) else BadPayload(str(error))
-            return agent_service_pb2.CallOutcome(failure=_wire.failure_of(failure))
-        entry = self._types[agent_type]
-        agent = await self._instance(agent_id)
-        persistent = not entry.cls.reentrant
-        saved: bytes | None = None
-        if persistent:
-            saved = await ctx.get("state", serde=BYTES)
-            if saved is not None:
-                await agent.load_state(json.loads(saved))
+            return agent_service_pb2.CallOutcome(failure=to_call_failure(failure))
+        persistent = not self._types[agent_type].cls.reentrant
+        saved = await ctx.get("state", serde=BYTES)
+        agent = await self._fresh(agent_id, saved)
+        try:
+            outcome = await self._handle(ctx, agent, agent_id, message, request)
+            if persistent:
+                state = json.dumps(await agent.save_state()).encode()
+                # An unchanged state is not written again: a journal entry less
+                # per message for agents that keep none.
+                if state != (saved if saved is not None else b"{}"):
+                    ctx.set("state", state, serde=BYTES)
+        finally:
+            await agent.close()
+        return outcome
+
+    async def _handle(
+        self,
+        ctx: restate.ObjectContext,
+        agent: BaseAgent,
+        agent_id: AgentId,
+        message: Any,
+        request: agent_service_pb2.SendRequest,
+    ) -> agent_service_pb2.CallOutcome:
         metadata = request.envelope.metadata
         deadline_ms = metadata.pop(DEADLINE_KEY, "")
         deadline = int(deadline_ms) / 1000 if deadline_ms.isdigit() else None
-        topic = _wire.topic_from_wire(request.topic) if request.HasField("topic") else None
+        topic = codec.topic_from_wire(request.topic) if request.HasField("topic") else None
         rctx = RestateContext(ctx, self._registry, request.envelope, topic, deadline)
         token = _CURRENT.set(_Running(rctx, agent_id))
         try:
-            handler = type(agent)._ravi_lookup(type(message))
-            result = await handler(agent, message, rctx)
+            result = await self._call_handler(agent_id, agent, message, rctx)
             response = agent_service_pb2.SendResponse()
             if result is not None:
-                response.result.CopyFrom(_wire.encode(self._registry, result))
-            outcome = agent_service_pb2.CallOutcome(result=response)
+                response.result.CopyFrom(codec.encode(self._registry, result))
+            return agent_service_pb2.CallOutcome(result=response)
         except restate.TerminalError as error:
-            outcome = agent_service_pb2.CallOutcome(failure=_wire.failure_of(_terminal(error)))
+            return agent_service_pb2.CallOutcome(failure=to_call_failure(_terminal(error)))
         except NoHandler as error:
-            outcome = agent_service_pb2.CallOutcome(failure=_wire.failure_of(error))
+            return agent_service_pb2.CallOutcome(failure=to_call_failure(error))
         except Exception as error:
             if restate.is_internal_exception(error):
                 raise  # the SDK suspends or replays the invocation
             failure = handler_error(error, str(agent_id))
-            outcome = agent_service_pb2.CallOutcome(failure=_wire.failure_of(failure))
+            return agent_service_pb2.CallOutcome(failure=to_call_failure(failure))
         finally:
             _CURRENT.reset(token)
-        if persistent:
-            state = json.dumps(await agent.save_state()).encode()
-            # An unchanged state is not written again: a journal entry less per
-            # message for agents that keep none.
-            if state != (saved if saved is not None else b"{}"):
-                ctx.set("state", state, serde=BYTES)
-        return outcome
+
+    def _call_handler(
+        self, agent_id: AgentId, agent: BaseAgent, message: Any, rctx: RestateContext
+    ) -> Awaitable[Any]:
+        """The handler call, through the interceptors' `handle` hooks when there are any."""
+        if not self._interceptors:
+            return type(agent)._ravi_lookup(type(message))(agent, message, rctx)
+
+        async def handle(input: HandleInput) -> Any:
+            return await type(agent)._ravi_lookup(type(input.message))(
+                agent, input.message, input.ctx
+            )
+
+        hooked = chain(self._interceptors, lambda i: i.handle, handle)
+        return hooked(HandleInput(agent_id, message, rctx))
 
     # --- sending -------------------------------------------------------------------
 
@@ -415,6 +475,43 @@ class RestateRuntime(BaseRuntime):
         message_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> Any:
+        if self._send_chain is None:
+            return await self._send(
+                message, recipient, sender, timeout, cancellation, message_id, metadata
+            )
+        return await self._send_chain(
+            SendInput(
+                message,
+                recipient,
+                sender,
+                message_id or new_message_id(),
+                dict(metadata or {}),
+                timeout,
+                cancellation,
+            )
+        )
+
+    async def _send_input(self, input: SendInput) -> Any:
+        return await self._send(
+            input.message,
+            input.recipient,
+            input.sender,
+            input.timeout,
+            input.cancellation,
+            input.message_id,
+            input.metadata,
+        )
+
+    async def _send(  # noqa: PLR0917 - mirrors send_message's arguments
+        self,
+        message: Any,
+        recipient: AgentId,
+        sender: AgentId | None,
+        timeout: float | None,
+        cancellation: CancellationToken | None,
+        message_id: str | None,
+        metadata: Mapping[str, str] | None,
+    ) -> Any:
         running = _CURRENT.get()
         if running is not None:
             return await self._send_inside(running, message, recipient, timeout, metadata)
@@ -423,9 +520,9 @@ class RestateRuntime(BaseRuntime):
         envelope = self._envelope(message, sender, message_id, metadata)
         envelope.metadata[DEADLINE_KEY] = str(int((time.time() + limit) * 1000))
         request = agent_service_pb2.SendRequest(
-            recipient=_wire.agent_id_to_wire(recipient), envelope=envelope
+            recipient=codec.agent_id_to_wire(recipient), envelope=envelope
         )
-        url = f"{self._ingress}/{recipient.type}/{recipient.key}/handle"
+        url = f"{self._ingress}/{recipient.type}/{_path(recipient.key)}/handle"
         call = asyncio.ensure_future(
             self._post(url, request.SerializeToString(), message_id, limit)
         )
@@ -473,11 +570,11 @@ class RestateRuntime(BaseRuntime):
             )
         # The message id must be the same on a replay: Restate's seeded uuid is.
         envelope = self._envelope(message, running.agent, str(rctx.restate.uuid()), metadata)
-        envelope.call_chain.extend(_wire.chain_to_wire(chain))
+        envelope.call_chain.extend(codec.chain_to_wire(chain))
         if rctx.deadline is not None:
             envelope.metadata[DEADLINE_KEY] = str(int(rctx.deadline * 1000))
         request = agent_service_pb2.SendRequest(
-            recipient=_wire.agent_id_to_wire(recipient), envelope=envelope
+            recipient=codec.agent_id_to_wire(recipient), envelope=envelope
         )
         call = rctx.restate.generic_call(
             recipient.type, "handle", request.SerializeToString(), key=recipient.key
@@ -499,10 +596,10 @@ class RestateRuntime(BaseRuntime):
 
     def _reply(self, outcome: agent_service_pb2.CallOutcome) -> Any:
         if outcome.HasField("failure"):
-            raise _wire.error_of(outcome.failure)
+            raise from_call_failure(outcome.failure)
         if not outcome.result.HasField("result"):
             return None
-        return _wire.decode(self._registry, outcome.result.result)
+        return codec.decode(self._registry, outcome.result.result)
 
     def _envelope(
         self,
@@ -513,8 +610,8 @@ class RestateRuntime(BaseRuntime):
     ) -> types_pb2.Envelope:
         return types_pb2.Envelope(
             message_id=message_id,
-            sender=_wire.agent_id_to_wire(sender) if sender is not None else None,
-            payload=_wire.encode(self._registry, message),
+            sender=codec.agent_id_to_wire(sender) if sender is not None else None,
+            payload=codec.encode(self._registry, message),
             metadata=dict(metadata or {}),
         )
 
@@ -538,9 +635,9 @@ class RestateRuntime(BaseRuntime):
     async def _cancel_invocation(self, recipient: AgentId, handler: str, key: str) -> None:
         """Cancel the invocation of an outside call that gave up (deadline, cancellation)."""
         query = (
-            "SELECT id FROM sys_invocation WHERE target_service_name = '{}' AND "
-            "target_service_key = '{}' AND target_handler_name = '{}' AND idempotency_key = '{}'"
-        ).format(*(_sql(v) for v in (recipient.type, recipient.key, handler, key)))
+            "SELECT id FROM sys_invocation WHERE target_service_name = {} AND "
+            "target_service_key = {} AND target_handler_name = {} AND idempotency_key = {}"
+        ).format(*(_sql.literal(v) for v in (recipient.type, recipient.key, handler, key)))
         try:
             for _ in range(20):
                 rows = await self._query(query)
@@ -556,15 +653,7 @@ class RestateRuntime(BaseRuntime):
 
     async def _query(self, sql: str) -> list[dict[str, Any]]:
         """Rows of a query on Restate's introspection tables (admin API)."""
-        async with self._client().post(
-            f"{self._admin}/query",
-            json={"query": sql},
-            headers={"accept": "application/json"},
-        ) as response:
-            if response.status != 200:
-                raise Unavailable(f"Restate's query API answered {response.status}")
-            rows: list[dict[str, Any]] = (await response.json())["rows"]
-            return rows
+        return await _sql.query(self._client(), self._admin, sql)
 
     # --- publishing -------------------------------------------------------------------
 
@@ -578,6 +667,17 @@ class RestateRuntime(BaseRuntime):
         metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> None:
+        publication = PublishInput(
+            message, topic, sender, message_id or new_message_id(), dict(metadata or {}), timeout
+        )
+        if self._publish_chain is None:
+            await self._publish_input(publication)
+        else:
+            await self._publish_chain(publication)
+
+    async def _publish_input(self, input: PublishInput) -> None:
+        message, topic, sender = input.message, input.topic, input.sender
+        message_id, metadata, timeout = input.message_id, input.metadata, input.timeout
         running = _CURRENT.get()
         if running is not None:
             await self._publish_inside(running, message, topic, metadata)
@@ -585,7 +685,7 @@ class RestateRuntime(BaseRuntime):
         message_id = message_id or new_message_id()
         request = agent_service_pb2.SendRequest(
             envelope=self._envelope(message, sender, message_id, metadata),
-            topic=_wire.topic_to_wire(topic),
+            topic=codec.topic_to_wire(topic),
         )
         body = request.SerializeToString()
         limit = self._default_timeout if timeout is None else timeout
@@ -596,7 +696,7 @@ class RestateRuntime(BaseRuntime):
             raise Unavailable(f"cannot read the subscriptions from Restate: {status} {data!r}")
         sends = [
             self._post(
-                f"{self._ingress}/{agent.type}/{agent.key}/deliver/send",
+                f"{self._ingress}/{agent.type}/{_path(agent.key)}/deliver/send",
                 body,
                 f"{message_id}/{agent.type}",
                 limit,
@@ -621,7 +721,7 @@ class RestateRuntime(BaseRuntime):
         )
         request = agent_service_pb2.SendRequest(
             envelope=self._envelope(message, running.agent, str(rctx.restate.uuid()), metadata),
-            topic=_wire.topic_to_wire(topic),
+            topic=codec.topic_to_wire(topic),
         )
         body = request.SerializeToString()
         for agent in _subscribers(json.loads(subscriptions), topic):
@@ -655,7 +755,7 @@ class RestateRuntime(BaseRuntime):
     # --- promises and state -----------------------------------------------------------
 
     async def resolve_promise(self, name: str, value: Any) -> None:
-        payload = _wire.encode(self._registry, value).SerializeToString()
+        payload = codec.encode(self._registry, value).SerializeToString()
         running = _CURRENT.get()
         if running is not None:
             try:
@@ -663,7 +763,7 @@ class RestateRuntime(BaseRuntime):
             except restate.TerminalError as error:
                 raise _terminal(error) from None
             return
-        url = f"{self._ingress}/{PROMISES}/{name}/resolve"
+        url = f"{self._ingress}/{PROMISES}/{_path(name)}/resolve"
         status, data = await self._post(url, payload, None, self._default_timeout)
         if status == 409:
             raise AlreadyExists(f"promise {name!r} is resolved already")
@@ -672,7 +772,7 @@ class RestateRuntime(BaseRuntime):
 
     async def agent_save_state(self, agent: AgentId) -> Mapping[str, Any]:
         status, data = await self._post(
-            f"{self._ingress}/{agent.type}/{agent.key}/get_state",
+            f"{self._ingress}/{agent.type}/{_path(agent.key)}/get_state",
             _NO_INPUT,
             None,
             self._default_timeout,
@@ -686,7 +786,7 @@ class RestateRuntime(BaseRuntime):
 
     async def agent_load_state(self, agent: AgentId, state: Mapping[str, Any]) -> None:
         status, data = await self._post(
-            f"{self._ingress}/{agent.type}/{agent.key}/set_state",
+            f"{self._ingress}/{agent.type}/{_path(agent.key)}/set_state",
             json.dumps(dict(state)).encode(),
             None,
             self._default_timeout,
@@ -697,7 +797,7 @@ class RestateRuntime(BaseRuntime):
             raise Unavailable(f"cannot load the state of {agent}: {status} {data!r}")
 
     async def save_state(self) -> Mapping[str, Any]:
-        names = ", ".join(f"'{_sql(t)}'" for t in self._types) or "''"
+        names = ", ".join(_sql.literal(t) for t in self._types) or "''"
         rows = await self._query(
             "SELECT service_name, service_key FROM state "
             f"WHERE key = 'state' AND service_name IN ({names})"
@@ -726,22 +826,6 @@ def _subscribers(subscriptions: list[dict[str, str]], topic: TopicId) -> list[Ag
     return list(found.values())
 
 
-def _sql(value: str) -> str:
-    return value.replace("'", "''")
-
-
-def _without_lifespan(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """The Restate app, answering the server's lifespan messages itself (it has none)."""
-
-    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        await app(scope, receive, send)
-
-    return wrapped
+def _path(key: str) -> str:
+    """An object key as one segment of an ingress URL: keys may hold '/', '?' or '#'."""
+    return quote(key, safe="")

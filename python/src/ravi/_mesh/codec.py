@@ -1,19 +1,34 @@
-"""Conversions between ravi's Python types and the ravi.mesh.v1 wire types."""
+"""The contract codec: ravi's Python types to and from the ravi.mesh.v1 messages.
+
+Every runtime that speaks the contract uses it: GrpcRuntime's mesh node on
+the wire, RestateRuntime for the envelopes it journals. It knows no transport.
+Errors have their two encodings in `ravi.errors` (`to_call_failure`,
+`from_call_failure`, `to_grpc_status`, `from_grpc_error`).
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ravi._ids import AgentId, TopicId
-from ravi._serialization import MessageRegistry
+from ravi._serialization import JSON, MessageRegistry
 from ravi._subscriptions import Subscription, TypeSubscription
-from ravi.errors import BadId, BadPayload, Code, RaviError, error_for
-from ravi.mesh.v1 import agent_service_pb2, types_pb2
+from ravi.errors import BadId, BadPayload
+from ravi.mesh.v1 import contract, types_pb2
 
-CONTRACT_VERSION = "1.1.0"
+CONTRACT_VERSION = contract.VERSION
+"""The version of ravi.mesh.v1 this node implements (proto/ravi/mesh/v1/contract.toml)."""
+
+HOP_LIMIT = contract.HOP_LIMIT
+"""How many nodes may forward one Send before it is refused (the same in every language)."""
+
 LANGUAGE = "python"
+
+_JSON_OBJECT = "google.protobuf.Struct"
+_TRACE_KEYS = ("traceparent", "tracestate")
 
 
 def agent_id_to_wire(agent: AgentId) -> types_pb2.AgentId:
@@ -47,6 +62,36 @@ def decode(registry: MessageRegistry, payload: types_pb2.Payload) -> Any:
     if not payload.type:
         raise BadPayload("the envelope has no payload type")
     return registry.decode(payload.type, payload.content_type, payload.data)
+
+
+def envelope(
+    registry: MessageRegistry,
+    message: Any,
+    sender: AgentId | None,
+    message_id: str,
+    metadata: Mapping[str, str] | None,
+) -> types_pb2.Envelope:
+    """The envelope a message travels in."""
+    return types_pb2.Envelope(
+        message_id=message_id,
+        sender=agent_id_to_wire(sender) if sender is not None else None,
+        payload=encode(registry, message),
+        metadata=metadata or {},
+    )
+
+
+def sender_of(envelope: types_pb2.Envelope) -> AgentId | None:
+    """The sender an envelope names, if any (BAD_ID when it names half of one)."""
+    return agent_id_from_wire(envelope.sender, "sender") if envelope.HasField("sender") else None
+
+
+def trace_of(metadata: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The W3C trace context entries of a message's metadata (for a call's own metadata)."""
+    return [(key, metadata[key]) for key in _TRACE_KEYS if key in metadata]
+
+
+def is_trace_key(key: str) -> bool:
+    return key in _TRACE_KEYS
 
 
 def chain_to_wire(chain: Iterable[tuple[str, str]]) -> list[types_pb2.AgentId]:
@@ -84,23 +129,15 @@ def rendezvous_score(node_id: str, agent_type: str, key: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def failure_of(error: RaviError) -> agent_service_pb2.CallFailure:
-    """A failed call as a Connect frame carries it."""
-    return agent_service_pb2.CallFailure(
-        code=error.code.value,
-        message=error.message,
-        reason=error.reason or "",
-        metadata=error.metadata,
-    )
+def state_from_wire(payload: types_pb2.Payload) -> Any:
+    """An agent's saved state, as SaveState and LoadState carry it (a JSON object)."""
+    try:
+        return json.loads(payload.data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadPayload(f"invalid JSON in a {payload.type} payload: {exc}") from exc
 
 
-def error_of(failure: agent_service_pb2.CallFailure) -> RaviError:
-    """The error a Connect frame's failure stands for, flagged remote."""
-    code = Code(failure.code) if failure.code in Code._value2member_map_ else Code.UNKNOWN
-    return error_for(
-        code,
-        failure.message,
-        reason=failure.reason or None,
-        remote=True,
-        metadata=dict(failure.metadata),
+def state_to_wire(value: Mapping[str, Any]) -> types_pb2.Payload:
+    return types_pb2.Payload(
+        type=_JSON_OBJECT, content_type=JSON, data=json.dumps(dict(value)).encode()
     )

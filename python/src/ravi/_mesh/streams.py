@@ -1,0 +1,114 @@
+"""The Subscribe streams a node serves: one queue per subscriber, and the fan-out to them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+
+from ravi._mesh.codec import matches
+from ravi.mesh.v1 import agent_service_pb2, types_pb2
+
+STREAM_QUEUE = 10_000
+"""Events queued per Subscribe stream before the subscriber counts as too slow."""
+
+_Item = agent_service_pb2.Event | types_pb2.NodeInfo | None
+_MAX_BATCH = 256
+
+
+class Subscriber:
+    """One Subscribe stream's queue: events and node updates waiting to be sent."""
+
+    __slots__ = ("batches", "filters", "items", "overflowed", "ready", "subscriber_id")
+
+    def __init__(
+        self, filters: list[types_pb2.TopicFilter], subscriber_id: str, batches: bool
+    ) -> None:
+        self.filters = filters
+        self.subscriber_id = subscriber_id
+        self.batches = batches
+        self.items: deque[_Item] = deque()
+        self.ready = asyncio.Event()
+        self.overflowed = False
+
+    def wants(self, topic_type: str) -> bool:
+        return any(matches(f, topic_type) for f in self.filters)
+
+    def offer(self, item: _Item) -> bool:
+        if self.overflowed:
+            return False
+        if len(self.items) >= STREAM_QUEUE:
+            # A stream that cannot keep up ends with RESOURCE_EXHAUSTED; the
+            # subscriber reconnects and knows it missed events.
+            self.overflowed = True
+            self.ready.set()
+            return False
+        self.items.append(item)
+        self.ready.set()
+        return True
+
+    def end(self) -> None:
+        self.items.append(None)
+        self.ready.set()
+
+    async def responses(self) -> AsyncIterator[agent_service_pb2.SubscribeResponse]:
+        """What goes out on the stream, until the node ends it."""
+        items = self.items
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            while items:
+                item = items.popleft()
+                if item is None:
+                    return
+                if isinstance(item, types_pb2.NodeInfo):
+                    yield agent_service_pb2.SubscribeResponse(node=item)
+                elif not self.batches or not items:
+                    yield agent_service_pb2.SubscribeResponse(event=item)
+                else:
+                    # Events that are ready together go out as one message.
+                    batch = [item]
+                    while (
+                        items
+                        and len(batch) < _MAX_BATCH
+                        and isinstance(items[0], agent_service_pb2.Event)
+                    ):
+                        event = items.popleft()
+                        assert isinstance(event, agent_service_pb2.Event)
+                        batch.append(event)
+                    yield agent_service_pb2.SubscribeResponse(
+                        events=agent_service_pb2.EventBatch(events=batch)
+                    )
+            if self.overflowed:
+                return
+
+
+class Streams:
+    """The Subscribe streams open on this node."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[Subscriber] = set()
+
+    def open(
+        self, filters: list[types_pb2.TopicFilter], subscriber_id: str, batches: bool
+    ) -> Subscriber:
+        subscriber = Subscriber(filters, subscriber_id, batches)
+        self._subscribers.add(subscriber)
+        return subscriber
+
+    def close(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+
+    def matching(self, topic_type: str, origin: str | None) -> list[Subscriber]:
+        return [s for s in self._subscribers if s.subscriber_id != origin and s.wants(topic_type)]
+
+    def push(self, subscribers: list[Subscriber], event: agent_service_pb2.Event) -> int:
+        return sum(subscriber.offer(event) for subscriber in subscribers)
+
+    def node_changed(self, info: types_pb2.NodeInfo) -> None:
+        for subscriber in self._subscribers:
+            subscriber.offer(info)
+
+    def end_all(self) -> None:
+        for subscriber in self._subscribers:
+            subscriber.end()

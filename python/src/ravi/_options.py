@@ -1,0 +1,202 @@
+"""Settings derived mechanically from an options dataclass: command-line flags and TOML keys.
+
+A field marked with `option(help)` is the flag `--field-name` (underscores
+become dashes) and the TOML key `field_name`, with the field's type and
+default; nothing spells it a second time. Scalars are plain flags; a
+`Mapping[str, str]` field takes repeated `--name NAME=VALUE` flags (a table in
+TOML); a `list[str]` field repeated `--name VALUE` flags (an array in TOML).
+Flags override the file; mappings and lists add to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import tomllib
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, TypeVar
+
+_KEY = "ravi.option"
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A flag, a config file or a value that cannot configure the command."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Option:
+    help: str
+    envvar: str | None
+
+
+def option(help: str, *, envvar: str | None = None) -> Mapping[str, Any]:
+    """The field metadata that makes a dataclass field a flag and a config key."""
+    return {_KEY: _Option(help, envvar)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One field of an options dataclass, as a flag and a config key."""
+
+    name: str
+    kind: type
+    shape: str
+    """scalar, flag (a bool), pairs (Mapping[str, str]) or list (list[str])."""
+    help: str
+    envvar: str | None
+    default: Any
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def settings(cls: type[Any]) -> list[Setting]:
+    """The fields of `cls` marked with `option()`, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    found = []
+    for field in dataclasses.fields(cls):
+        marked = field.metadata.get(_KEY)
+        if not isinstance(marked, _Option):
+            continue
+        kind, shape = _shape(field.name, hints[field.name])
+        if field.default is not dataclasses.MISSING:
+            default: Any = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = None
+        found.append(Setting(field.name, kind, shape, marked.help, marked.envvar, default))
+    return found
+
+
+def _shape(name: str, hint: Any) -> tuple[type, str]:
+    origin = typing.get_origin(hint)
+    if origin in (UnionType, typing.Union):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) == 1:
+            return _shape(name, inner[0])
+    elif origin in (dict, Mapping):
+        return str, "pairs"
+    elif origin in (list, Sequence):
+        return str, "list"
+    if hint is bool:
+        return bool, "flag"
+    if hint in (str, int, float, Path):
+        return hint, "scalar"
+    raise TypeError(f"option {name!r} has a type no flag can carry: {hint!r}")
+
+
+def parameters(*classes: type[Any]) -> list[inspect.Parameter]:
+    """The keyword parameters of a typer command taking every setting of `classes`.
+
+    Each defaults to None, "not given", so the file or the field's default applies.
+    """
+    import typer  # noqa: PLC0415 - only the command line needs it
+
+    found = []
+    for cls in classes:
+        for setting in settings(cls):
+            hint = f"{setting.help} [default: {_show(setting.default)}]"
+            if setting.shape == "flag":
+                declared = typer.Option(f"{setting.flag}/--no-{setting.flag[2:]}", help=hint)
+                annotation: Any = Annotated[bool | None, declared]
+            elif setting.shape in ("pairs", "list"):
+                suffix = " NAME=VALUE" if setting.shape == "pairs" else ""
+                declared = typer.Option(
+                    setting.flag, help=f"{setting.help} (repeatable{suffix})", envvar=setting.envvar
+                )
+                annotation = Annotated[list[str] | None, declared]
+            else:
+                declared = typer.Option(setting.flag, help=hint, envvar=setting.envvar)
+                annotation = Annotated[setting.kind | None, declared]
+            found.append(
+                inspect.Parameter(
+                    setting.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=None,
+                    annotation=annotation,
+                )
+            )
+    return found
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, Mapping | list):
+        return "none" if not value else str(value)
+    return str(value)
+
+
+def read_config(path: Path, *classes: type[Any]) -> dict[str, Any]:
+    """The settings a TOML file holds; unknown keys are an error."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"cannot read {path}: {exc}") from exc
+    known = {s.name for cls in classes for s in settings(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SettingsError(f"{path}: unknown keys {', '.join(unknown)}")
+    return data
+
+
+def build(cls: type[T], given: Mapping[str, Any], config: Mapping[str, Any]) -> T:
+    """An instance of `cls` from flags (`given`, None for absent) over a config file's values."""
+    values: dict[str, Any] = {}
+    for setting in settings(cls):
+        flag = given.get(setting.name)
+        if setting.shape == "pairs":
+            merged = dict(_table(setting, config.get(setting.name, {})))
+            merged.update(pairs(flag or [], setting.flag))
+            values[setting.name] = merged
+        elif setting.shape == "list":
+            values[setting.name] = [*_array(setting, config.get(setting.name, [])), *(flag or [])]
+        elif flag is not None:
+            values[setting.name] = flag
+        elif setting.name in config:
+            values[setting.name] = _scalar(setting, config[setting.name])
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
+
+
+def pairs(values: Sequence[str], what: str) -> dict[str, str]:
+    """Parse repeated NAME=VALUE options."""
+    parsed: dict[str, str] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise SettingsError(f"{what} must be NAME=VALUE, got {value!r}")
+        parsed[name] = rest
+    return parsed
+
+
+def _table(setting: Setting, value: Any) -> Mapping[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+        raise SettingsError(f"{setting.name} must be a table of strings, got {value!r}")
+    return value
+
+
+def _array(setting: Setting, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(f"{setting.name} must be an array of strings, got {value!r}")
+    return value
+
+
+def _scalar(setting: Setting, value: Any) -> Any:
+    kind = setting.kind
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SettingsError(f"{setting.name} must be a {kind.__name__}, got {value!r}")
+    return value
