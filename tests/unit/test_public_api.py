@@ -89,6 +89,7 @@ def test_exported_names() -> None:
         "Answered",
         "RaviServer",
         "RestateThreads",
+        "RunSummary",
         "RuntimeThreads",
         "ThreadService",
         "ThreadStore",
