@@ -18,7 +18,7 @@ from _workload import Ping
 from ravi import BaseAgent, MessageContext, message_handler, registry
 from ravi.integrations.a2a import A2AGateway, ExposedAgent
 from ravi.runtime import LocalRuntime
-from ravi.server import RaviServer
+from ravi.server import RaviServer, RuntimeThreads, ThreadStore
 
 registry.register(Ping, PING_TYPE)
 
@@ -39,8 +39,9 @@ def serve(ready: Any) -> None:
         base = f"http://127.0.0.1:{listener.getsockname()[1]}"
         runtime = LocalRuntime()
         await Echo.register(runtime, "echo")
+        threads = RuntimeThreads(runtime, store=ThreadStore.memory(), agent_type="echo")
         gateway = A2AGateway(
-            RaviServer(runtime, token=TOKEN, agent_type="echo"),
+            RaviServer(threads, token=TOKEN, agent_type="echo"),
             [ExposedAgent("echo", Echo)],
             on_ready=lambda _: ready.put(f"{base}/a2a/echo"),
         )

@@ -28,8 +28,12 @@ SERVED = ("assistant", "librarian", "slowpoke")
 
 
 def serve_command(*extra: str) -> list[str]:
-    """`ravi serve --a2a` with the test agents (tests/a2a/agents.py)."""
-    command = [*ravi_command(), "serve", "--port", "0", "--token", TOKEN, "--a2a"]
+    """`ravi serve --a2a` with the test agents (tests/a2a/agents.py).
+
+    Threads in memory, unless `extra` names a --data-dir.
+    """
+    store = [] if "--data-dir" in extra else ["--store", "memory"]
+    command = [*ravi_command(), "serve", "--port", "0", "--token", TOKEN, "--a2a", *store]
     command += ["--app-dir", str(REPO_ROOT), "--setup", "tests.a2a.agents:setup"]
     for name in SERVED:
         command += ["--a2a-agent", f"tests.a2a.agents:{name}"]

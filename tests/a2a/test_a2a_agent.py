@@ -34,8 +34,8 @@ from ravi.runtime import LocalRuntime
 from ravi.telemetry import TracingInterceptor
 from ravi.testing import NodeProcess, eventually, ravi_command, running_node, start_node
 from tests.a2a.agents import PlanTrip
-from tests.conformance.conftest import GO_BINARY
-from tests.paths import REPO_ROOT
+from tests.languages import LANGUAGES
+from tests.paths import REPO_ROOT, TOOLS_BIN
 
 pytestmark = [
     pytest.mark.a2a,
@@ -215,7 +215,7 @@ async def test_killing_the_remote_mid_call_is_unavailable_within_the_deadline(
             running_node(weather_node(sample, binding)) as node,
             GrpcRuntime(remote_peers={"py": node.address}) as caller,
         ):
-            await caller.wait_for_route("planner", timeout=30)
+            await caller.wait_until_ready("planner", timeout=30)
             reply = await caller.send_message(ask("Oslo"), AgentId("weather", "mesh"))
             assert reply.text == "Sunny in Oslo"
             planned = await caller.send_message(PlanTrip("Bergen"), AgentId("planner", "trip"))
@@ -241,11 +241,12 @@ async def test_the_go_member_calls_the_remote_agent_through_the_mesh() -> None:
     sample = await start_node(sample_command())
     try:
         async with running_node(weather_node(sample)) as python:
-            go_command = [str(GO_BINARY), "node", "--node-id", "a2a-go", "--listen", "127.0.0.1:0"]
-            async with running_node([*go_command, "--peer", f"py={python.address}"]) as go:
+            go_node = LANGUAGES["go"].command("a2a-go", peers=(python.address,))
+            async with running_node(go_node) as go:
                 request = {"parts": [{"text": "Oslo"}]}
-                send = [str(GO_BINARY), "send", "--addr", go.address, "--to", "weather/go"]
-                send += ["--type", "ravi.a2a.v1.SendRequest", "--timeout", "60s"]
+                send = [str(TOOLS_BIN / "ravi-go"), "send", "--addr", go.address]
+                send += ["--to", "weather/go", "--type", "ravi.a2a.v1.SendRequest"]
+                send += ["--timeout", "60s"]
                 # The Go node learns from its peer that the Python node hosts "weather".
                 output = await eventually(
                     lambda: _go(send, "--json", json.dumps(request)), timeout=30, interval=0.2

@@ -388,16 +388,27 @@ async def test_the_server_api_still_needs_its_token(gateway: Gateway) -> None:
     assert TOKEN
 
 
-async def test_an_approval_answered_on_the_web_page_resumes_the_task(gateway: Gateway) -> None:
+async def test_an_approval_answered_on_the_web_page_moves_the_task_on_by_itself(
+    gateway: Gateway,
+) -> None:
     async with gateway.connected("assistant", "JSONRPC") as client:
         task, asked = await until_approval(client, "grpc")
+        following = client.subscribe(SubscribeToTaskRequest(id=task.id), context=session())
+        snapshot = await anext(following)
+        assert snapshot.task.status.state == INPUT_REQUIRED
         async with gateway.api() as api:
             answered = await api.post(f"/respond/{asked['request_id']}", json={"action": "approve"})
         assert answered.status_code == 200
-        # The next message resumes the task; it answers nothing, as nothing waits.
-        received = await events(client.send_message(user("go on", task=task), context=session()))
-        assert states(received)[-1] == COMPLETED
-        assert result_text(received).startswith("Done. Report sent")
+        # No message to the task: its subscriber sees it go on, and tasks/get shows the end.
+        later = await asyncio.wait_for(events(following), 60)
+        assert states(later)[-1] == COMPLETED
+        assert result_text(later).startswith("Done. Report sent")
+        fetched = await client.get_task(GetTaskRequest(id=task.id), context=session())
+        assert fetched.status.state == COMPLETED
+        answers = [m for m in fetched.history if m.role == Role.ROLE_USER]
+        assert [get_message_text(m) for m in answers] == ["grpc", "approve"]
+        with pytest.raises(UnsupportedOperationError, match="TASK_STATE_COMPLETED"):
+            await events(client.send_message(user("go on", task=task), context=session()))
 
 
 async def test_a_task_past_its_runs_deadline_fails_with_the_code() -> None:
@@ -406,19 +417,16 @@ async def test_a_task_past_its_runs_deadline_fails_with_the_code() -> None:
         async with gateway.connected("assistant", "GRPC") as client:
             task, _ = await until_approval(client, "grpc")
 
-            async def run_ended() -> None:
-                async with gateway.api() as api:
-                    thread = (await api.get(f"/threads/{task.context_id}")).json()
-                assert thread["status"] == "failed"
+            async def failed() -> None:
+                fetched = await client.get_task(GetTaskRequest(id=task.id), context=session())
+                assert fetched.status.state == TaskState.TASK_STATE_FAILED
+                (error,) = get_data_parts(fetched.status.message.parts)
+                assert error["code"] == "DEADLINE_EXCEEDED"
 
-            await eventually(run_ended, timeout=30)
-            received = await events(
-                client.send_message(user("approve", task=task), context=session())
-            )
-            assert states(received)[-1] == TaskState.TASK_STATE_FAILED
-            update = received[-1].status_update
-            (error,) = get_data_parts(update.status.message.parts)
-            assert error["code"] == "DEADLINE_EXCEEDED"
+            # No message needed: the task says how its run ended once it did.
+            await eventually(failed, timeout=30)
+            with pytest.raises(UnsupportedOperationError, match="TASK_STATE_FAILED"):
+                await events(client.send_message(user("approve", task=task), context=session()))
 
 
 async def test_the_gateway_serves_agents_that_run_on_a_mesh() -> None:
@@ -427,7 +435,7 @@ async def test_the_gateway_serves_agents_that_run_on_a_mesh() -> None:
     node_command += ["--app-dir", str(REPO_ROOT), "--setup", "tests.a2a.agents:setup"]
     async with running_node(node_command) as agents:
         serve = [*ravi_command(), "serve", "--port", "0", "--token", TOKEN, "--a2a"]
-        serve += ["--runtime", "grpc", "--peer", f"agents={agents.address}"]
+        serve += ["--runtime", "grpc", "--peer", f"agents={agents.address}", "--store", "memory"]
         serve += ["--app-dir", str(REPO_ROOT)]
         for name in ("assistant", "librarian"):
             serve += ["--a2a-agent", f"tests.a2a.agents:{name}"]

@@ -45,7 +45,7 @@ from ravi.integrations.a2a._parts import (
 )
 from ravi.integrations.a2a._serve import exposed_agent
 from ravi.runtime import LocalRuntime
-from ravi.server import RaviServer
+from ravi.server import RaviServer, RuntimeThreads, ThreadStore
 from ravi.server._demo import look_up, send_report
 
 pytestmark = pytest.mark.a2a
@@ -229,7 +229,7 @@ def test_a_part_of_the_sdk_type_is_what_the_gateway_sends() -> None:
 
 
 def test_the_gateway_writes_its_public_addresses_in_the_cards() -> None:
-    server = RaviServer(LocalRuntime(), token="t")
+    server = RaviServer(RuntimeThreads(LocalRuntime(), store=ThreadStore.memory()), token="t")
     gateway = A2AGateway(
         server,
         ["echo", ExposedAgent("greeter", Greeter)],

@@ -30,14 +30,14 @@ from starlette.routing import BaseRoute, Mount
 
 from ravi.errors import Unavailable
 from ravi.integrations.a2a._cards import Bindings, ExposedAgent, agent_card
-from ravi.integrations.a2a._runs import ServerRuns
 from ravi.integrations.a2a._tasks import (
     RaviExecutor,
     RequestExecutor,
     ThreadExecutor,
     task_handler,
 )
-from ravi.server import RaviServer
+from ravi.runtime import BaseRuntime
+from ravi.server import RaviServer, RuntimeThreads
 from ravi.server._app import ASGIApp, Receive, Scope, Send, _BearerAuth
 
 # The request being served, for cards built with the URL the client used.
@@ -58,17 +58,23 @@ class A2AGateway:
     `A2AService`. Every call needs the server's bearer token, as the cards
     declare.
 
-    A ReAct type's tasks are runs on the server's threads (the contextId is the
-    thread id) and its approvals are `input-required`; any other type answers
-    a message naming a request type with its reply as an artifact. See
-    docs/a2a.md.
+    A ReAct type's tasks are runs of the server's ThreadService (the
+    contextId is the thread id) and its approvals are `input-required`; the
+    tasks are read from the runs, so on `RestateThreads` they are durable and
+    the gateway keeps nothing. Any other type answers a message naming a
+    request type with its reply as an artifact. See docs/a2a.md.
 
     `app` serves the A2A endpoints and the server's own API and page; its
-    lifespan starts the runtime (through the server) and the gRPC server.
+    lifespan starts the thread service (through the server), the runtime of
+    request/reply calls, and the gRPC server.
 
     Args:
-        server: the server whose runtime, threads and approvals tasks use.
+        server: the server whose thread service runs the ReAct tasks.
         agents: the agent types to serve, as ExposedAgent or type names.
+        runtime: where request/reply agents are called; the gateway starts
+            and stops it. None: the runtime of the server's `RuntimeThreads`
+            (with `RestateThreads`, give a client `RestateRuntime`,
+            `listen=None`).
         url: the base URL clients reach the HTTP endpoints at, written in the
             cards; None writes the URL each card request came to.
         grpc_listen: HOST:PORT the gRPC binding listens on (port 0: any free
@@ -84,6 +90,7 @@ class A2AGateway:
         server: RaviServer,
         agents: Sequence[ExposedAgent | str],
         *,
+        runtime: BaseRuntime | None = None,
         url: str | None = None,
         grpc_listen: str | None = "127.0.0.1:0",
         grpc_address: str | None = None,
@@ -104,13 +111,22 @@ class A2AGateway:
         self._grpc: grpc.aio.Server | None = None
         self._grpc_port: int | None = None
         self._handlers: dict[str, DefaultRequestHandler] = {}
-        runs = ServerRuns(server)
+        self._runtime = runtime
+        calls = runtime or (
+            server.threads.runtime if isinstance(server.threads, RuntimeThreads) else None
+        )
         for agent in exposed:
-            executor: RaviExecutor = (
-                ThreadExecutor(agent, runs)
-                if agent.is_react
-                else RequestExecutor(agent, server.runtime)
-            )
+            executor: RaviExecutor
+            if agent.is_react:
+                executor = ThreadExecutor(agent, server.threads)
+            elif calls is not None:
+                executor = RequestExecutor(agent, calls)
+            else:
+                raise ValueError(
+                    f"{agent.agent_type} is a request/reply agent: the gateway needs a "
+                    "runtime to call it on (runtime=; with RestateThreads, a client "
+                    "RestateRuntime)"
+                )
             card = agent_card(agent, Bindings("http://localhost", None))
             self._handlers[agent.agent_type] = task_handler(executor, card)
         self.app: ASGIApp = _RememberUrl(self._starlette())
@@ -182,7 +198,10 @@ class A2AGateway:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        async with self.server.serving():
+        async with self.server.serving(), contextlib.AsyncExitStack() as stack:
+            if self._runtime is not None:
+                await self._runtime.start()
+                stack.push_async_callback(self._runtime.stop)
             await self._start_grpc()
             if self._on_ready is not None:
                 self._on_ready(self)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ravi._agent import BaseAgent
 from ravi._mesh_cli import UsageError, _import
@@ -10,10 +10,10 @@ from ravi.agents import ReActAgent
 from ravi.errors import RaviError
 from ravi.integrations.a2a._cards import ExposedAgent
 from ravi.integrations.a2a._gateway import A2AGateway
+from ravi.runtime import BaseRuntime
 from ravi.server import RaviServer
 from ravi.server._app import ASGIApp
 from ravi.server._demo import look_up, send_report
-from ravi.server._serve import ServeConfig, hosts_demo
 
 _DEMO_DESCRIPTION = (
     "ravi's demo assistant: looks up ravi's notes and e-mails a report, "
@@ -23,40 +23,61 @@ _DEMO_DESCRIPTION = (
 
 def gateway_app(
     server: RaviServer,
-    config: ServeConfig,
     *,
+    agent_type: str,
+    demo: bool,
+    agents: Sequence[str],
+    url: str | None,
+    grpc_listen: str | None,
+    runtime: BaseRuntime | None,
     address: str,
     ready: Callable[[], None],
     announce: Callable[[str], None],
 ) -> ASGIApp:
-    """The app `ravi serve` runs with --a2a: the server's endpoints and the gateway's."""
-    demo = hosts_demo(config)
+    """The app `ravi serve` runs with --a2a: the server's endpoints and the gateway's.
+
+    Args:
+        server: the server.
+        agent_type: the server's own agent type, served first.
+        demo: whether that type is the demo assistant (its card shows the demo's tools).
+        agents: the --a2a-agent values.
+        url: --a2a-url.
+        grpc_listen: --a2a-grpc (None: off).
+        runtime: the runtime of request/reply calls, when not the server's.
+        address: where the server listens, for the announced card URLs.
+        ready: called once the gateway serves.
+        announce: prints a line for the operator.
+    """
     own = ExposedAgent(
-        config.agent_type,
+        agent_type,
         ReActAgent,
         tools=(look_up, send_report) if demo else (),
         description=_DEMO_DESCRIPTION if demo else "",
     )
     exposed = {own.agent_type: own}
-    for spec in config.a2a_agents:
+    for spec in agents:
         agent = exposed_agent(spec)
         exposed[agent.agent_type] = agent
-    base = config.a2a_url.rstrip("/") if config.a2a_url else f"http://{address}"
+    base = url.rstrip("/") if url else f"http://{address}"
 
     def on_ready(gateway: A2AGateway) -> None:
         ready()
-        for agent_type in exposed:
-            announce(f"A2A agent {agent_type}: {base}/a2a/{agent_type}/.well-known/agent-card.json")
+        for name in exposed:
+            announce(f"A2A agent {name}: {base}/a2a/{name}/.well-known/agent-card.json")
         if gateway.grpc_address is not None:
             announce(f"A2A gRPC binding on {gateway.grpc_address}")
 
-    gateway = A2AGateway(
-        server,
-        list(exposed.values()),
-        url=config.a2a_url,
-        grpc_listen=config.a2a_grpc,
-        on_ready=on_ready,
-    )
+    try:
+        gateway = A2AGateway(
+            server,
+            list(exposed.values()),
+            runtime=runtime,
+            url=url,
+            grpc_listen=grpc_listen,
+            on_ready=on_ready,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     return gateway.app
 
 

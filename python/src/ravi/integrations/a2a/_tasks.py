@@ -1,26 +1,25 @@
 """A2A tasks run by ravi agents: ReAct runs on threads, and request/reply calls.
 
-The a2a-sdk request handler keeps the tasks, streams and cancellations; the
+The a2a-sdk request handler keeps the tasks' streams and cancellations; the
 executors here turn a task into ravi work. A ReAct task is a run of the
-server's thread machinery: the task id is the run id, the contextId the
-thread, and the run's events become status updates, an approval request
-`input-required`. A request/reply task is one `send_message` whose reply
-becomes an artifact.
+server's ThreadService: the task id is the run id, the contextId the thread,
+and the run's events become status updates, an approval request
+`input-required` (`ravi.integrations.a2a._runs`). A request/reply task is one
+`send_message` whose reply becomes an artifact.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import grpc.aio
 from a2a.helpers import get_message_text, new_data_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext, RequestContextBuilder
 from a2a.server.context import ServerCallContext
-from a2a.server.events import EventQueue
+from a2a.server.events import Event, EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.tasks import InMemoryTaskStore, TaskStore, TaskUpdater
 from a2a.types import (
@@ -28,7 +27,9 @@ from a2a.types import (
     InvalidParamsError,
     Message,
     SendMessageRequest,
+    SubscribeToTaskRequest,
     Task,
+    TaskNotFoundError,
     TaskState,
     TaskStatus,
     UnsupportedOperationError,
@@ -36,7 +37,7 @@ from a2a.types import (
 from pydantic import ValidationError
 
 from ravi._ids import AgentId
-from ravi.errors import BadId, InvalidToolCall, RaviError
+from ravi.errors import BadId, FailedPrecondition, InvalidToolCall, NotFound, RaviError
 from ravi.integrations.a2a._cards import ExposedAgent, type_name
 from ravi.integrations.a2a._parts import (
     data_of,
@@ -45,8 +46,9 @@ from ravi.integrations.a2a._parts import (
     failure,
     text_and_data,
 )
-from ravi.integrations.a2a._runs import ThreadRuns, ThreadView
+from ravi.integrations.a2a._runs import ENDS, RunTasks, Update, asked, updates
 from ravi.runtime import BaseRuntime
+from ravi.server import ThreadService
 from ravi.server._app import Respond
 
 _TERMINAL = {
@@ -59,6 +61,11 @@ _ANSWERS = {"approve": "approve", "yes": "approve", "reject": "reject", "no": "r
 T = TypeVar("T")
 DEFAULT_KEY = "default"
 """The agent key of a request/reply call whose message names no contextId."""
+PARKED_RELEASE = 60.0
+"""Seconds an executor's in-memory task waits in input-required before it is let go.
+
+Nothing is lost: the task is its run's, and the next message builds it again.
+"""
 
 
 def task_handler(executor: RaviExecutor, card: AgentCard) -> DefaultRequestHandler:
@@ -68,13 +75,42 @@ def task_handler(executor: RaviExecutor, card: AgentCard) -> DefaultRequestHandl
     does not decode, a thread that is busy) is refused with an A2A error and
     changes no task: a task waiting for an approval stays `input-required`.
     """
-    store = InMemoryTaskStore()
+    store = executor.store
+    builder = _Admission(executor, store)
+    if isinstance(executor, ThreadExecutor):
+        return _RunHandler(
+            executor,
+            agent_executor=executor,
+            task_store=store,
+            agent_card=card,
+            request_context_builder=builder,
+            interrupted_task_timeout=PARKED_RELEASE,
+        )
     return DefaultRequestHandler(
         agent_executor=executor,
         task_store=store,
         agent_card=card,
-        request_context_builder=_Admission(executor, store),
+        request_context_builder=builder,
     )
+
+
+class _RunHandler(DefaultRequestHandler):
+    """The request handler of a ReAct type: a resubscribed task follows its run.
+
+    The SDK's own resubscription taps the executor of this process, which a
+    restarted gateway has not, and which hears of nothing done elsewhere (an
+    approval answered on the web page); following the run has it all.
+    """
+
+    def __init__(self, executor: ThreadExecutor, **options: Any) -> None:
+        super().__init__(**options)
+        self._runs = executor
+
+    async def on_subscribe_to_task(  # type: ignore[override]  # a generator, as the SDK's
+        self, params: SubscribeToTaskRequest, context: ServerCallContext
+    ) -> AsyncIterator[Event]:
+        async for event in self._runs.subscribe(params.id):
+            yield event
 
 
 class Admitted(RequestContext):
@@ -119,6 +155,9 @@ class _Admission(RequestContextBuilder):
 class RaviExecutor(AgentExecutor):
     """An executor that checks a message before the SDK makes it a task."""
 
+    store: TaskStore
+    """Where the SDK keeps this agent type's tasks."""
+
     def __init__(self, exposed: ExposedAgent) -> None:
         self.exposed = exposed
         self._executing: set[str] = set()
@@ -160,17 +199,19 @@ class RaviExecutor(AgentExecutor):
 
 
 class ThreadExecutor(RaviExecutor):
-    """ThreadExecutor runs A2A tasks as ReAct runs on the server's threads.
+    """ThreadExecutor runs A2A tasks as ReAct runs of the server's ThreadService.
 
     The contextId is the thread id (and the agent key), the task id the run
     id. Each run event becomes a status update carrying the event as a data
     part; an approval request makes the task `input-required`, and the
     client's next message in the task answers it as `POST /respond` would.
+    The tasks are the runs (`RunTasks`): nothing about them is kept here.
     """
 
-    def __init__(self, exposed: ExposedAgent, runs: ThreadRuns) -> None:
+    def __init__(self, exposed: ExposedAgent, threads: ThreadService) -> None:
         super().__init__(exposed)
-        self._runs = runs
+        self._threads = threads
+        self.store: RunTasks = RunTasks(threads, exposed)
 
     async def admit(
         self, params: SendMessageRequest, context: ServerCallContext, store: TaskStore
@@ -178,8 +219,8 @@ class ThreadExecutor(RaviExecutor):
         message = params.message
         if message.task_id:
             task = await store.get(message.task_id, context)
-            if task is None or task.status.state in _TERMINAL:
-                return  # the SDK answers: no such task, or a finished one
+            if task is None:
+                return  # the SDK answers: no such task
             if task.status.state != TaskState.TASK_STATE_INPUT_REQUIRED:
                 raise UnsupportedOperationError(
                     f"task {task.id} is {TaskState.Name(task.status.state)}: it takes a "
@@ -193,9 +234,26 @@ class ThreadExecutor(RaviExecutor):
             )
         if message.context_id:
             _check_key(self.exposed.agent_type, message.context_id)
-            thread = await self._runs.view(message.context_id)
-            if thread is not None:
-                _check_thread(thread, self.exposed.agent_type)
+            await self._check_thread(message.context_id)
+
+    async def _check_thread(self, thread_id: str) -> None:
+        """Refuse a context whose thread is busy or another agent type's."""
+        try:
+            thread = await self._threads.thread(thread_id)
+            run = await self._threads.run_status(thread["run_id"]) if thread["run_id"] else None
+        except NotFound:
+            return
+        agent_type = self.exposed.agent_type
+        if run is not None and run["agent_type"] != agent_type:
+            raise InvalidParamsError(
+                message=f"context {thread_id!r} is a conversation with agent "
+                f"{run['agent_type']!r}, not {agent_type!r}"
+            )
+        if thread["status"] in ("running", "waiting_for_approval", "submitted"):
+            raise UnsupportedOperationError(
+                f"context {thread_id!r} has a task in progress ({thread['run_id']}); "
+                "continue that task or wait for it to finish"
+            )
 
     async def _execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         updater = _updater(context, event_queue)
@@ -211,10 +269,8 @@ class ThreadExecutor(RaviExecutor):
                     history=[message],
                 )
             )
-            thread = await self._runs.view(thread_id)
-            after = thread.last_seq if thread is not None else 0
             try:
-                await self._runs.start(
+                started = await self._threads.run(
                     thread_id,
                     get_message_text(message),
                     run_id=run_id,
@@ -225,67 +281,66 @@ class ThreadExecutor(RaviExecutor):
                     updater.new_agent_message(text_and_data(str(error), failure(error)))
                 )
                 return
+            if started["status"] == "submitted":
+                return  # Restate holds the run until a worker takes it; the task shows it then
+            after = 0
         else:
             # The task waits at the approval request its status message shows.
-            asked = _asked(task)
-            after = int(asked["seq"]) if asked else 0
+            waiting = asked(task)
+            after = int(waiting["seq"]) if waiting else 0
             answered = await self._answer(_required(context.message), task)
             if answered is not None:
                 # Answered elsewhere meanwhile (the web page), or the run
                 # ended: then its events below say what became of it.
+                request_id, answer = answered
                 with contextlib.suppress(RaviError):
-                    await self._runs.respond(*answered)
-        await self._follow(thread_id, run_id, after, updater)
-
-    async def _follow(self, thread_id: str, run_id: str, after: int, updater: TaskUpdater) -> None:
-        """Turn the run's events after `after` into task updates, until it waits or ends."""
-        async for event in self._runs.run_events(thread_id, run_id, after):
+                    await self._threads.respond(request_id, answer.answer())
+        async for update in self._updates(run_id, after):
             if run_id in self._cancelled:
                 return  # cancel() reports the end
-            kind = event["kind"]
-            if kind == "approval_request":
-                text, data = self._approval(event)
-                await updater.requires_input(updater.new_agent_message(text_and_data(text, data)))
-                return
-            if kind == "final":
-                result = event["final"]
-                await updater.add_artifact(text_and_data(result["content"], result), name="result")
-                await updater.complete()
-                return
-            if kind == "failed":
-                failed = event["failed"]
-                message = updater.new_agent_message(text_and_data(failed["message"], failed))
-                if failed["code"] == "CANCELLED":
-                    await updater.cancel(message)
-                else:
-                    await updater.failed(message)
-                return
-            await updater.start_work(
-                updater.new_agent_message(text_and_data(_summary(event), event))
-            )
+            await event_queue.enqueue_event(update)
 
-    def _approval(self, event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        request = event["approval_request"]
-        call = request["call"]
-        arguments = json.loads(call["arguments_json"] or "{}")
-        data: dict[str, Any] = {
-            "kind": "approval_request",
-            "request_id": request["request_id"],
-            "tool": call["tool"],
-            "arguments": arguments,
-            "description": request["description"],
-            "run_id": event["run_id"],
-            "seq": event["seq"],
-        }
-        tool = self.exposed.tool(call["tool"])
-        if tool is not None:
-            data["parameters"] = tool.spec.parameters
-        text = (
-            f"{call['tool']} wants to run with {json.dumps(arguments)}. Answer approve or "
-            'reject (text), or a data part {"action": "approve" | "reject" | "edit", '
-            '"arguments": {...}, "reason": "..."}.'
+    async def _updates(self, run_id: str, after: int) -> AsyncIterator[Update]:
+        """The task's updates from the run's events after `after`, until it waits or ends.
+
+        An approval request already answered (on the web page, while this
+        follower was reading the events before it) does not stop the task.
+        """
+        async for event in self._threads.run_events(run_id, after):
+            kind = event["kind"]
+            if kind == "approval_request" and not await self._pending(event):
+                continue
+            for update in updates(self.exposed, event):
+                yield update
+            if kind == "approval_request" or kind in ENDS:
+                return
+
+    async def _pending(self, event: dict[str, Any]) -> bool:
+        run = await self._threads.run_status(event["run_id"])
+        request_id = event["approval_request"]["request_id"]
+        return any(
+            p["approval_request"]["request_id"] == request_id for p in run["pending_approvals"]
         )
-        return text, data
+
+    async def subscribe(self, task_id: str) -> AsyncIterator[Event]:
+        """`SubscribeToTask`: the task now, then its updates until it waits again or ends.
+
+        Raises:
+            TaskNotFoundError: no such task of this agent type.
+            UnsupportedOperationError: the task has ended.
+        """
+        found = await self.store.snapshot(task_id)
+        if found is None:
+            raise TaskNotFoundError
+        task, seq = found
+        if task.status.state in _TERMINAL:
+            raise UnsupportedOperationError(
+                message=f"task {task_id} is {TaskState.Name(task.status.state)}: it has ended"
+            )
+        yield task
+        with contextlib.suppress(NotFound):  # a run Restate holds, no worker started yet
+            async for update in self._updates(task_id, seq):
+                yield update
 
     async def _answer(self, message: Message, task: Task) -> tuple[str, Respond] | None:
         """The pending approval this message answers, and the answer, checked as POST /respond.
@@ -297,9 +352,14 @@ class ThreadExecutor(RaviExecutor):
         Raises:
             InvalidParamsError: the answer is not approve, reject or a valid edit.
         """
-        thread = await self._runs.view(task.context_id)
+        try:
+            run = await self._threads.run_status(task.id)
+        except NotFound:
+            return None
         pending = {
-            r: e for r, e in (thread.pending if thread else {}).items() if e["run_id"] == task.id
+            e["approval_request"]["request_id"]: e
+            for e in run["pending_approvals"]
+            if e["run_id"] == task.id
         }
         if not pending:
             return None
@@ -332,7 +392,8 @@ class ThreadExecutor(RaviExecutor):
         return request_id, answer
 
     async def _stop(self, task_id: str) -> None:
-        await self._runs.cancel(task_id)
+        with contextlib.suppress(NotFound, FailedPrecondition):  # it ended meanwhile
+            await self._threads.cancel(task_id)
 
 
 class RequestExecutor(RaviExecutor):
@@ -347,6 +408,8 @@ class RequestExecutor(RaviExecutor):
     def __init__(self, exposed: ExposedAgent, runtime: BaseRuntime) -> None:
         super().__init__(exposed)
         self._runtime = runtime
+        # A call's task lasts as long as the call: memory is where it belongs.
+        self.store = InMemoryTaskStore()
 
     async def admit(
         self, params: SendMessageRequest, context: ServerCallContext, store: TaskStore
@@ -412,25 +475,6 @@ class RequestExecutor(RaviExecutor):
         await updater.complete()
 
 
-def _summary(event: Mapping[str, Any]) -> str:
-    """A line of text for a run event, for clients that show text."""
-    kind = event["kind"]
-    if kind == "started":
-        return f"Working on: {event['started']['content']}"
-    if kind == "model_step":
-        step = event["model_step"]
-        calls = ", ".join(c["tool"] for c in step.get("tool_calls", []))
-        return str(step.get("content") or f"Calling {calls}")
-    if kind == "tool_result":
-        result = event["tool_result"]
-        return f"{result['call']['tool']}: {result['output']}"
-    if kind == "approval_decision":
-        decision = event["approval_decision"]
-        action = str(decision["answer"]["action"]).removeprefix("APPROVAL_ACTION_").lower()
-        return f"Approval {decision['request_id']}: {action}"
-    return str(kind)
-
-
 def _answer_fields(message: Message) -> dict[str, Any]:
     """The answer's fields from a data part, or from the text approve / reject."""
     for part in message.parts:
@@ -455,30 +499,6 @@ def _check_key(agent_type: str, context_id: str) -> None:
         AgentId(agent_type, context_id)
     except BadId as error:
         raise InvalidParamsError(message=f"contextId: {error}") from None
-
-
-def _check_thread(thread: ThreadView, agent_type: str) -> None:
-    if thread.agent_type is not None and thread.agent_type != agent_type:
-        raise InvalidParamsError(
-            message=f"context {thread.thread_id!r} is a conversation with agent "
-            f"{thread.agent_type!r}, not {agent_type!r}"
-        )
-    if thread.running:
-        raise UnsupportedOperationError(
-            f"context {thread.thread_id!r} has a task in progress ({thread.run_id}); "
-            "continue that task or wait for it to finish"
-        )
-
-
-def _asked(task: Task) -> dict[str, Any] | None:
-    """The approval request a waiting task's status message carries."""
-    message = task.status.message if task.status.HasField("message") else None
-    for part in message.parts if message is not None else ():
-        if part.HasField("data"):
-            data = data_of(part)
-            if isinstance(data, dict) and data.get("kind") == "approval_request":
-                return data
-    return None
 
 
 def _updater(context: RequestContext, event_queue: EventQueue) -> TaskUpdater:
