@@ -44,11 +44,12 @@ def serve_command(*extra: str) -> list[str]:
 class Gateway:
     """A running `ravi serve --a2a`: where it is, and how to make official clients for it."""
 
-    node: NodeProcess
+    url: str
+    token: str = TOKEN
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.node.address}"
+    @classmethod
+    def of(cls, node: NodeProcess) -> Gateway:
+        return cls(f"http://{node.address}")
 
     def card_url(self, agent_type: str) -> str:
         return f"{self.url}/a2a/{agent_type}"
@@ -58,7 +59,7 @@ class Gateway:
         async with httpx.AsyncClient() as http:
             card = await A2ACardResolver(http, self.card_url(agent_type)).get_agent_card()
         credentials = InMemoryContextCredentialStore()
-        await credentials.set_credentials(SESSION, "bearer", TOKEN)
+        await credentials.set_credentials(SESSION, "bearer", self.token)
         config = ClientConfig(
             streaming=streaming,
             supported_protocol_bindings=[binding],
@@ -80,7 +81,7 @@ class Gateway:
     def api(self) -> httpx.AsyncClient:
         """The server's own HTTP API (threads, approvals), with the token."""
         return httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30
         )
 
 
@@ -92,4 +93,4 @@ def session() -> ClientCallContext:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def gateway() -> AsyncIterator[Gateway]:
     async with running_node(serve_command()) as node:
-        yield Gateway(node)
+        yield Gateway.of(node)

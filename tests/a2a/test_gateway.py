@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
 
 import grpc
 import httpx
@@ -13,13 +11,12 @@ import pytest
 from a2a.client import (
     A2ACardResolver,
     AuthInterceptor,
-    Client,
     ClientCallContext,
     ClientConfig,
     ClientFactory,
     InMemoryContextCredentialStore,
 )
-from a2a.helpers import get_data_parts, get_message_text, new_data_part, new_text_part
+from a2a.helpers import get_data_parts, get_message_text
 from a2a.types import (
     CancelTaskRequest,
     GetTaskRequest,
@@ -28,8 +25,6 @@ from a2a.types import (
     Message,
     PushNotificationNotSupportedError,
     Role,
-    SendMessageRequest,
-    StreamResponse,
     SubscribeToTaskRequest,
     Task,
     TaskPushNotificationConfig,
@@ -39,6 +34,19 @@ from a2a.types import (
 from a2a.utils.errors import A2AError
 
 from ravi.testing import eventually, ravi_command, running_node
+from tests.a2a.clients import (
+    BINDINGS,
+    CANCELED,
+    COMPLETED,
+    INPUT_REQUIRED,
+    approval,
+    events,
+    first_task,
+    result_text,
+    states,
+    until_approval,
+    user,
+)
 from tests.a2a.conftest import TOKEN, Gateway, serve_command, session
 from tests.paths import REPO_ROOT
 
@@ -47,76 +55,6 @@ pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
     pytest.mark.timeout(120),
 ]
-
-BINDINGS = ["JSONRPC", "GRPC", "HTTP+JSON"]
-INPUT_REQUIRED = TaskState.TASK_STATE_INPUT_REQUIRED
-COMPLETED = TaskState.TASK_STATE_COMPLETED
-CANCELED = TaskState.TASK_STATE_CANCELED
-
-
-def user(
-    text: str | None = None,
-    *,
-    data: Any = None,
-    task: Task | None = None,
-    context_id: str = "",
-) -> SendMessageRequest:
-    parts = [new_text_part(text)] if text is not None else []
-    if data is not None:
-        parts.append(new_data_part(data))
-    message = Message(
-        role=Role.ROLE_USER,
-        message_id=uuid.uuid4().hex,
-        parts=parts,
-        task_id=task.id if task else "",
-        context_id=task.context_id if task else context_id,
-    )
-    return SendMessageRequest(message=message)
-
-
-async def events(stream: AsyncIterator[StreamResponse]) -> list[StreamResponse]:
-    return [event async for event in stream]
-
-
-def state(event: StreamResponse) -> TaskState.ValueType | None:
-    if event.HasField("task"):
-        return event.task.status.state
-    if event.HasField("status_update"):
-        return event.status_update.status.state
-    return None
-
-
-def states(received: list[StreamResponse]) -> list[TaskState.ValueType]:
-    return [s for s in map(state, received) if s is not None]
-
-
-def first_task(received: list[StreamResponse]) -> Task:
-    return next(e.task for e in received if e.HasField("task"))
-
-
-def approval(received: list[StreamResponse]) -> dict[str, Any]:
-    """The approval request of the last input-required update."""
-    update = next(
-        e.status_update
-        for e in reversed(received)
-        if e.HasField("status_update") and e.status_update.status.state == INPUT_REQUIRED
-    )
-    (data,) = get_data_parts(update.status.message.parts)
-    assert data["kind"] == "approval_request"
-    return dict(data)
-
-
-async def until_approval(client: Client, text: str) -> tuple[Task, dict[str, Any]]:
-    """Stream a task to the assistant up to its approval request."""
-    received = await events(client.send_message(user(text), context=session()))
-    assert states(received)[-1] == INPUT_REQUIRED, states(received)
-    return first_task(received), approval(received)
-
-
-def result_text(received: list[StreamResponse]) -> str:
-    artifact = next(e.artifact_update.artifact for e in received if e.HasField("artifact_update"))
-    assert artifact.name == "result"
-    return get_message_text(Message(parts=artifact.parts))
 
 
 async def test_cards_are_public_and_describe_each_agent(gateway: Gateway) -> None:
@@ -413,7 +351,7 @@ async def test_an_approval_answered_on_the_web_page_moves_the_task_on_by_itself(
 
 async def test_a_task_past_its_runs_deadline_fails_with_the_code() -> None:
     async with running_node(serve_command("--run-timeout", "2")) as node:
-        gateway = Gateway(node)
+        gateway = Gateway.of(node)
         async with gateway.connected("assistant", "GRPC") as client:
             task, _ = await until_approval(client, "grpc")
 
@@ -429,6 +367,29 @@ async def test_a_task_past_its_runs_deadline_fails_with_the_code() -> None:
                 await events(client.send_message(user("approve", task=task), context=session()))
 
 
+async def test_a_restarted_monolith_still_knows_its_tasks(tmp_path: Path) -> None:
+    """Threads in SQLite: a task outlives the server, and says its run was interrupted."""
+    command = serve_command("--data-dir", str(tmp_path / "data"))
+    async with (
+        running_node(command) as node,
+        Gateway.of(node).connected("assistant", "JSONRPC") as client,
+    ):
+        task, _ = await until_approval(client, "grpc")
+    async with (
+        running_node(command) as node,
+        Gateway.of(node).connected("assistant", "GRPC") as client,
+    ):
+        fetched = await client.get_task(GetTaskRequest(id=task.id), context=session())
+        assert fetched.status.state == TaskState.TASK_STATE_FAILED
+        (error,) = get_data_parts(fetched.status.message.parts)
+        assert error["code"] == "ABORTED"
+        assert "can run again" in error["message"]
+        received = await events(
+            client.send_message(user("grpc", context_id=task.context_id), context=session())
+        )
+        assert states(received)[-1] == INPUT_REQUIRED
+
+
 async def test_the_gateway_serves_agents_that_run_on_a_mesh() -> None:
     """`ravi serve --runtime grpc --a2a`: agents on a `ravi node`, the server a client."""
     node_command = [*ravi_command(), "node", "--node-id", "agents", "--listen", "127.0.0.1:0"]
@@ -440,7 +401,7 @@ async def test_the_gateway_serves_agents_that_run_on_a_mesh() -> None:
         for name in ("assistant", "librarian"):
             serve += ["--a2a-agent", f"tests.a2a.agents:{name}"]
         async with running_node(serve) as node:
-            gateway = Gateway(node)
+            gateway = Gateway.of(node)
             async with (
                 gateway.connected("librarian", "GRPC", streaming=False) as librarian,
                 gateway.connected("assistant", "JSONRPC") as assistant,

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import grpc.aio
 import httpx
 import pytest
 from a2a.client import A2AClientError, A2AClientTimeoutError, AgentCardResolutionError
-from a2a.helpers import new_text_part
-from a2a.types import Message, Part, TaskNotFoundError, UnsupportedOperationError
+from a2a.helpers import get_data_parts, new_text_part
+from a2a.types import (
+    Message,
+    Part,
+    Role,
+    TaskNotFoundError,
+    TaskState,
+    UnsupportedOperationError,
+)
 from a2a.utils.proto_utils import validate_proto_required_fields
 
 from ravi import BaseAgent, MessageContext, message_handler, message_type
@@ -43,9 +51,11 @@ from ravi.integrations.a2a._parts import (
     to_ravi_parts,
     value,
 )
+from ravi.integrations.a2a._runs import RunTasks
 from ravi.integrations.a2a._serve import exposed_agent
 from ravi.runtime import LocalRuntime
 from ravi.server import RaviServer, RuntimeThreads, ThreadStore
+from ravi.server import _model as thread_model
 from ravi.server._demo import look_up, send_report
 
 pytestmark = pytest.mark.a2a
@@ -254,3 +264,62 @@ def test_the_gateway_writes_its_public_addresses_in_the_cards() -> None:
         A2AGateway(server, [])
     with pytest.raises(ValueError, match="twice"):
         A2AGateway(server, ["echo", "echo"])
+
+
+def _run_events() -> list[dict[str, Any]]:
+    call = {"tool": "send_report", "arguments_json": '{"to": "a@example.test"}'}
+    return [
+        {"kind": "started", "started": {"content": "report"}},
+        {"kind": "approval_request", "approval_request": {"request_id": "q", "call": call}},
+        {
+            "kind": "approval_decision",
+            "approval_decision": {
+                "request_id": "q",
+                "answer": {"action": "APPROVAL_ACTION_REJECT", "reason": "not now"},
+            },
+        },
+        {"kind": "failed", "failed": {"code": "CANCELLED", "message": "cancelled"}},
+    ]
+
+
+def test_a_task_is_its_runs_events_and_its_summary_has_the_last_word() -> None:
+    store = ThreadStore.memory()
+    record = thread_model.new_thread("t", 0.0)
+    thread_model.start_run(
+        record, run_id="r", agent_type="assistant", content="report", max_iterations=0, now=1
+    )
+    events = [
+        {**e, "run_id": "r", "thread_id": "t", "seq": seq}
+        for seq, e in enumerate(_run_events(), start=1)
+    ]
+    for event in events[:2]:
+        thread_model.apply_event(record, event, 2.0)
+    exposed = ExposedAgent("assistant", ReActAgent, tools=[look_up, send_report])
+    tasks = RunTasks(RuntimeThreads(LocalRuntime(), store=store), exposed)
+
+    waiting = thread_model.run_of(record)
+    assert waiting is not None
+    task, seq = tasks.task_of(waiting)  # from the summary alone, as tasks/list shows it
+    assert (task.status.state, seq) == (TaskState.TASK_STATE_INPUT_REQUIRED, 2)
+    asked = get_data_parts(task.status.message.parts)[0]
+    assert (asked["request_id"], asked["arguments"]) == ("q", {"to": "a@example.test"})
+    assert asked["parameters"]["required"] == ["to", "summary"]
+
+    # The server stopped: the run is interrupted, though its agent said CANCELLED.
+    thread_model.apply_event(record, events[2], 3.0)
+    thread_model.finish_run(
+        record, "r", error={"code": "ABORTED", "message": "stopped"}, state="interrupted", now=4
+    )
+    ended = thread_model.run_of(record)
+    assert ended is not None
+    task, seq = tasks.task_of(ended, events)
+    assert (task.status.state, seq) == (TaskState.TASK_STATE_FAILED, 4)
+    assert get_data_parts(task.status.message.parts) == [{"code": "ABORTED", "message": "stopped"}]
+    users = [m for m in task.history if m.role == Role.ROLE_USER]
+    assert [m.message_id for m in users] == ["r/task", "r/3/answer"]
+    assert get_data_parts(users[1].parts) == [
+        {"action": "reject", "request_id": "q", "reason": "not now"}
+    ]
+    # Every status message is the event's, by id: a stream and tasks/get agree.
+    shown = [m.message_id for m in task.history if m.role == Role.ROLE_AGENT]
+    assert shown == ["r/1", "r/2", "r/3"]

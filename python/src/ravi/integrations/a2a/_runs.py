@@ -45,7 +45,7 @@ Update: TypeAlias = TaskStatusUpdateEvent | TaskArtifactUpdateEvent
 ENDS = ("final", "failed")
 """The kinds of a run's last event."""
 
-_PENDING_KEPT = 1000
+_UNKNOWN_KEPT = 1000
 
 
 def updates(exposed: ExposedAgent, event: Mapping[str, Any]) -> list[Update]:
@@ -139,6 +139,19 @@ def summary(event: Mapping[str, Any]) -> str:
     return str(kind)
 
 
+def settled(run: RunSummary, event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The last event of a run as its summary has it, when the two disagree.
+
+    The summary records the first end it heard of: a run the server
+    interrupted when it stopped is `interrupted` there, though its agent,
+    cancelled then, said CANCELLED in its own `failed` event.
+    """
+    last = model.ended(run, int(event["seq"]))
+    if last is None or last["kind"] == event["kind"] == "final":
+        return event
+    return last
+
+
 def asked(task: Task) -> dict[str, Any] | None:
     """The approval request a waiting task's status message carries."""
     message = task.status.message if task.status.HasField("message") else None
@@ -159,8 +172,7 @@ class RunTasks(TaskStore):
     its deadline), says so at once. Nothing is written: the SDK's own writes
     are what the run's events say already, except two. A task canceled
     without its executor (the gateway restarted since) cancels its run, and a
-    task the service does not know yet (Restate holds its run, no worker has
-    started it) is kept in memory until it does.
+    task whose run the service does not know (`keep`) is kept in memory.
 
     Args:
         threads: the thread service the runs are on.
@@ -209,7 +221,8 @@ class RunTasks(TaskStore):
         for event in events:
             if event["kind"] == "approval_decision":
                 task.history.append(_answer(event))
-            for update in updates(self._exposed, event):
+            shown = settled(run, event) if event["kind"] in ENDS else event
+            for update in updates(self._exposed, shown):
                 _apply(task, update)
             seq = max(seq, int(event["seq"]))
         if task.status.state == TaskState.TASK_STATE_SUBMITTED and run["status"] == "running":
@@ -221,16 +234,23 @@ class RunTasks(TaskStore):
         found = await self.snapshot(task_id)
         return None if found is None else found[0]
 
+    def keep(self, task: Task) -> None:
+        """Keep a task whose run the service does not know, in memory, until it does.
+
+        Its run was refused, or Restate holds it and no worker has started it
+        yet; the SDK's later writes of the task update what is kept.
+        """
+        self._unknown[task.id] = _copy(task)
+        while len(self._unknown) > _UNKNOWN_KEPT:
+            self._unknown.popitem(last=False)
+
     async def save(self, task: Task, context: ServerCallContext) -> None:
         if task.status.state == TaskState.TASK_STATE_CANCELED:
             # Canceled by the SDK for lack of an executor here: the run is what ends.
             with contextlib.suppress(NotFound, FailedPrecondition):
                 await self._threads.cancel(task.id)
-        if task.status.state == TaskState.TASK_STATE_SUBMITTED or task.id in self._unknown:
+        if task.id in self._unknown:
             self._unknown[task.id] = _copy(task)
-            self._unknown.move_to_end(task.id)
-            while len(self._unknown) > _PENDING_KEPT:
-                self._unknown.popitem(last=False)
 
     async def list(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
         runs = await self._threads.runs(params.context_id or None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, TypeVar
 
 import grpc.aio
@@ -20,7 +20,7 @@ from a2a.helpers import get_message_text, new_data_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext, RequestContextBuilder
 from a2a.server.context import ServerCallContext
 from a2a.server.events import Event, EventQueue
-from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.request_handlers import DefaultRequestHandler, validate_request_params
 from a2a.server.tasks import InMemoryTaskStore, TaskStore, TaskUpdater
 from a2a.types import (
     AgentCard,
@@ -46,7 +46,7 @@ from ravi.integrations.a2a._parts import (
     failure,
     text_and_data,
 )
-from ravi.integrations.a2a._runs import ENDS, RunTasks, Update, asked, updates
+from ravi.integrations.a2a._runs import ENDS, RunTasks, Update, asked, settled, updates
 from ravi.runtime import BaseRuntime
 from ravi.server import ThreadService
 from ravi.server._app import Respond
@@ -106,11 +106,13 @@ class _RunHandler(DefaultRequestHandler):
         super().__init__(**options)
         self._runs = executor
 
+    @validate_request_params
     async def on_subscribe_to_task(  # type: ignore[override]  # a generator, as the SDK's
         self, params: SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncIterator[Event]:
-        async for event in self._runs.subscribe(params.id):
-            yield event
+        async with contextlib.aclosing(self._runs.subscribe(params.id)) as following:
+            async for event in following:
+                yield event
 
 
 class Admitted(RequestContext):
@@ -261,14 +263,13 @@ class ThreadExecutor(RaviExecutor):
         task = context.current_task
         if task is None:
             message = _required(context.message)
-            await event_queue.enqueue_event(
-                Task(
-                    id=run_id,
-                    context_id=thread_id,
-                    status=TaskStatus(state=TaskState.TASK_STATE_SUBMITTED),
-                    history=[message],
-                )
+            submitted = Task(
+                id=run_id,
+                context_id=thread_id,
+                status=TaskStatus(state=TaskState.TASK_STATE_SUBMITTED),
+                history=[message],
             )
+            await event_queue.enqueue_event(submitted)
             try:
                 started = await self._threads.run(
                     thread_id,
@@ -277,12 +278,15 @@ class ThreadExecutor(RaviExecutor):
                     agent_type=self.exposed.agent_type,
                 )
             except RaviError as error:
+                self.store.keep(submitted)  # no run: the failed task lives here
                 await updater.failed(
                     updater.new_agent_message(text_and_data(str(error), failure(error)))
                 )
                 return
             if started["status"] == "submitted":
-                return  # Restate holds the run until a worker takes it; the task shows it then
+                # Restate holds the run until a worker takes it; it is the task from then on.
+                self.store.keep(submitted)
+                return
             after = 0
         else:
             # The task waits at the approval request its status message shows.
@@ -310,7 +314,10 @@ class ThreadExecutor(RaviExecutor):
             kind = event["kind"]
             if kind == "approval_request" and not await self._pending(event):
                 continue
-            for update in updates(self.exposed, event):
+            shown: Mapping[str, Any] = event
+            if kind in ENDS:
+                shown = settled(await self._threads.run_status(run_id), event)
+            for update in updates(self.exposed, shown):
                 yield update
             if kind == "approval_request" or kind in ENDS:
                 return
@@ -322,7 +329,7 @@ class ThreadExecutor(RaviExecutor):
             p["approval_request"]["request_id"] == request_id for p in run["pending_approvals"]
         )
 
-    async def subscribe(self, task_id: str) -> AsyncIterator[Event]:
+    async def subscribe(self, task_id: str) -> AsyncGenerator[Event, None]:
         """`SubscribeToTask`: the task now, then its updates until it waits again or ends.
 
         Raises:
