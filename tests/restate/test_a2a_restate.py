@@ -137,6 +137,28 @@ async def canceled(gateway: Gateway, server: RestateServer, task: Task) -> None:
     await eventually(nothing_waits, timeout=60, interval=0.25)
 
 
+async def submitted_while_no_worker_is_up(gateway: Gateway, worker: Worker) -> None:
+    """A task sent while no worker is up is `submitted`, and goes on once one is."""
+    await worker.stop()
+    async with gateway.connected("assistant", "JSONRPC", streaming=False) as client:
+        (response,) = await events(client.send_message(user("grpc"), context=session()))
+        task = response.task
+        assert task.status.state == TaskState.TASK_STATE_SUBMITTED
+        fetched = await client.get_task(GetTaskRequest(id=task.id), context=session())
+        assert fetched.status.state == TaskState.TASK_STATE_SUBMITTED
+        await worker.start()
+
+        async def waiting() -> None:
+            fetched = await client.get_task(GetTaskRequest(id=task.id), context=session())
+            assert fetched.status.state == INPUT_REQUIRED
+
+        await eventually(waiting, timeout=90, interval=0.5)
+        (response,) = await events(
+            client.send_message(user("approve", task=task), context=session())
+        )
+        assert response.task.status.state == COMPLETED
+
+
 async def test_a2a_tasks_survive_a_kill_of_every_process(tmp_path: Path) -> None:
     server = restate_server(tmp_path / "restate")
     async with contextlib.AsyncExitStack() as cleanup:
@@ -168,6 +190,8 @@ async def test_a2a_tasks_survive_a_kill_of_every_process(tmp_path: Path) -> None
             await approved_while_followed(gateway, TASKS[name], parked[name][0])
         await answered_on_the_web_page(gateway, *parked["answered on the web page"])
         await canceled(gateway, server, parked["canceled"][0])
+
+        await submitted_while_no_worker_is_up(gateway, worker)
 
         # A request/reply agent of the workers, called through the front's Restate client.
         async with gateway.connected("librarian", "GRPC", streaming=False) as client:
