@@ -208,6 +208,11 @@ def ended(run: RunSummary, seq: int) -> dict[str, Any] | None:
     return None
 
 
+def moved_on(record: dict[str, Any], run_id: str, seq: int) -> bool:
+    """Whether the thread has events after `seq`, or its run `run_id` is no longer in progress."""
+    return record["last_seq"] > seq or record["run_id"] != run_id or record["state"] != "running"
+
+
 def rerun_task(record: dict[str, Any]) -> dict[str, Any]:
     """The task to run again on a thread whose last run failed or was interrupted.
 

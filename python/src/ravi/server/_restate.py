@@ -32,6 +32,7 @@ from ravi.react.v1 import react_pb2 as pb
 from ravi.server import _model as model
 from ravi.server._durable import APPROVAL_PREFIX, EVENT_PREFIX, RUN_PREFIX, THREAD, event_key
 from ravi.server._model import Answered, RunSummary, ThreadSummary
+from ravi.server._service import follow_run
 
 logger = logging.getLogger("ravi.server.restate")
 
@@ -287,33 +288,32 @@ class RestateThreads:
             raise Unavailable("the thread service is not started")
         run = await self.run_status(run_id)
         thread_id = run["thread_id"]
-        sent = max(after, run["after_event_id"])
-        while True:
-            try:
-                batch = await self._events_after(thread_id, sent)
-            except Unavailable as error:
-                if not follow:
-                    raise
-                logger.info("events of run %s: %s; trying again", run_id, error)
-                await asyncio.sleep(1.0)
-                continue
-            for event in batch:
-                sent = event["seq"]
-                if event["run_id"] == run_id:
-                    yield event
-                    if event["kind"] in ("final", "failed"):
-                        return
-            if len(batch) == _BATCH:
-                continue
-            # Read before the events above: an end it shows has its event there, if any.
-            last = model.ended(run, sent)
-            if last is not None:
-                yield last
-                return
-            if not follow:
-                return
-            await watcher.wait_for(thread_id, _moved_on(run_id, sent))
-            run = await self._run_status_retrying(run_id)
+
+        async def events_after(seq: int) -> list[dict[str, Any]]:
+            while True:
+                try:
+                    return await self._events_after(thread_id, seq)
+                except Unavailable as error:
+                    if not follow:
+                        raise
+                    # Restate is restarting: a follower waits for it rather than ending.
+                    logger.info("events of run %s: %s; trying again", run_id, error)
+                    await asyncio.sleep(1.0)
+
+        async def moved_on(seq: int) -> RunSummary:
+            await watcher.wait_for(thread_id, _moved_on(run_id, seq))
+            return await self._run_status_retrying(run_id)
+
+        following = follow_run(
+            run,
+            after,
+            follow=follow,
+            events_after=events_after,
+            moved_on=moved_on,
+            batch=_BATCH,
+        )
+        async for event in following:
+            yield event
 
     async def _run_status_retrying(self, run_id: str) -> RunSummary:
         """The run's status; while Restate restarts, a follower waits for it."""
@@ -430,9 +430,7 @@ def _past(seq: int) -> _Condition:
 
 def _moved_on(run_id: str, seq: int) -> _Condition:
     """The thread has events past `seq`, or the run is no longer in progress."""
-    return lambda record: (
-        record["last_seq"] > seq or record["run_id"] != run_id or record["state"] != "running"
-    )
+    return lambda record: model.moved_on(record, run_id, seq)
 
 
 def _submitted(thread_id: str, run_id: str, content: str) -> ThreadSummary:

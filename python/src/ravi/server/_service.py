@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from ravi.react.v1 import react_pb2 as pb
-from ravi.server._model import Answered, RunSummary, ThreadSummary
+from ravi.server._model import Answered, RunSummary, ThreadSummary, ended
 
 
 class ThreadService(Protocol):
@@ -112,3 +112,46 @@ class ThreadService(Protocol):
             NotFound: no such run.
             FailedPrecondition: the run has ended already.
         """
+
+
+async def follow_run(
+    run: RunSummary,
+    after: int,
+    *,
+    follow: bool,
+    events_after: Callable[[int], Awaitable[list[dict[str, Any]]]],
+    moved_on: Callable[[int], Awaitable[RunSummary]],
+    batch: int,
+) -> AsyncIterator[dict[str, Any]]:
+    """`ThreadService.run_events` over what a store reads: both implementations follow runs so.
+
+    Args:
+        run: the run's summary, read before any of its events.
+        after: yield the events with a seq above this.
+        follow: wait for new events until the run ends.
+        events_after: the thread's events after a seq, `batch` at most.
+        moved_on: waits until the thread has events after a seq or the run is
+            no longer in progress (at once when so already), then reads the
+            run's summary again.
+        batch: the most events `events_after` returns.
+    """
+    run_id = run["run_id"]
+    sent = max(after, run["after_event_id"])
+    while True:
+        events = await events_after(sent)
+        for event in events:
+            sent = event["seq"]
+            if event["run_id"] == run_id:
+                yield event
+                if event["kind"] in ("final", "failed"):
+                    return
+        if len(events) == batch:
+            continue
+        # Read before the events above: an end it shows has its event there, if any.
+        last = ended(run, sent)
+        if last is not None:
+            yield last
+            return
+        if not follow:
+            return
+        run = await moved_on(sent)

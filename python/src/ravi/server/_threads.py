@@ -21,6 +21,7 @@ from ravi.react.v1 import react_pb2 as pb
 from ravi.runtime._base import BaseRuntime
 from ravi.server import _model as model
 from ravi.server._model import Answered, RunSummary, ThreadSummary, event_json
+from ravi.server._service import follow_run
 from ravi.server._store import ThreadStore
 
 logger = logging.getLogger("ravi.server")
@@ -229,27 +230,26 @@ class RuntimeThreads:
     ) -> AsyncIterator[dict[str, Any]]:
         run = self._run(run_id)
         thread_id = run["thread_id"]
-        sent = max(after, run["after_event_id"])
-        while True:
+
+        async def events_after(seq: int) -> list[dict[str, Any]]:
+            return self.store.events_after(thread_id, seq, _BATCH)
+
+        async def moved_on(seq: int) -> RunSummary:
             wake = self._wakes.setdefault(thread_id, asyncio.Event())
-            batch = self.store.events_after(thread_id, sent, _BATCH)
-            for event in batch:
-                sent = event["seq"]
-                if event["run_id"] == run_id:
-                    yield event
-                    if event["kind"] in ("final", "failed"):
-                        return
-            if len(batch) == _BATCH:
-                continue
-            # Read before the events above: an end it shows has its event there, if any.
-            last = model.ended(run, sent)
-            if last is not None:
-                yield last
-                return
-            if not follow:
-                return
-            await wake.wait()
-            run = self._run(run_id)
+            if not model.moved_on(self._record(thread_id), run_id, seq):
+                await wake.wait()
+            return self._run(run_id)
+
+        following = follow_run(
+            run,
+            after,
+            follow=follow,
+            events_after=events_after,
+            moved_on=moved_on,
+            batch=_BATCH,
+        )
+        async for event in following:
+            yield event
 
     async def events(self, thread_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         sent = after
