@@ -210,7 +210,8 @@ def ended(run: RunSummary, seq: int) -> dict[str, Any] | None:
 
 def moved_on(record: dict[str, Any], run_id: str, seq: int) -> bool:
     """Whether the thread has events after `seq`, or its run `run_id` is no longer in progress."""
-    return record["last_seq"] > seq or record["run_id"] != run_id or record["state"] != "running"
+    last: int = record["last_seq"]
+    return last > seq or record["run_id"] != run_id or record["state"] != "running"
 
 
 def rerun_task(record: dict[str, Any]) -> dict[str, Any]:

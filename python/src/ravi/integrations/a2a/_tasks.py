@@ -107,7 +107,7 @@ class _RunHandler(DefaultRequestHandler):
         self._runs = executor
 
     @validate_request_params
-    async def on_subscribe_to_task(  # type: ignore[override]  # a generator, as the SDK's
+    async def on_subscribe_to_task(
         self, params: SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncIterator[Event]:
         async with contextlib.aclosing(self._runs.subscribe(params.id)) as following:
