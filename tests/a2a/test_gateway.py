@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from pathlib import Path
 
 import grpc
@@ -33,7 +35,7 @@ from a2a.types import (
 )
 from a2a.utils.errors import A2AError
 
-from ravi.testing import eventually, ravi_command, running_node
+from ravi.testing import eventually, ravi_command, running_node, start_node
 from tests.a2a.clients import (
     BINDINGS,
     CANCELED,
@@ -388,6 +390,33 @@ async def test_a_restarted_monolith_still_knows_its_tasks(tmp_path: Path) -> Non
             client.send_message(user("grpc", context_id=task.context_id), context=session())
         )
         assert states(received)[-1] == INPUT_REQUIRED
+
+
+async def test_sigterm_with_a2a_streams_open_exits_0_before_the_grace_period() -> None:
+    """Streams that follow a task end at SIGTERM, on both bindings: none holds the server."""
+    node = await start_node(serve_command("--grace-period", "3"))
+    try:
+        gateway = Gateway.of(node)
+        async with (
+            gateway.connected("assistant", "JSONRPC") as jsonrpc,
+            gateway.connected("assistant", "GRPC") as grpc_client,
+        ):
+            following = []
+            for client in (jsonrpc, grpc_client):
+                task, _ = await until_approval(client, "grpc")
+                stream = client.subscribe(SubscribeToTaskRequest(id=task.id), context=session())
+                assert (await anext(stream)).task.status.state == INPUT_REQUIRED
+                following.append(asyncio.ensure_future(events(stream)))
+            started = time.monotonic()
+            code = await node.stop(timeout=20)
+            took = time.monotonic() - started
+            assert code == 0, "".join(node.output)
+            assert took < 3, f"took {took:.1f} s: the streams held the server"
+            for stream_ended in following:
+                with contextlib.suppress(A2AError, grpc.RpcError, httpx.HTTPError):
+                    await asyncio.wait_for(stream_ended, 10)
+    finally:
+        await node.kill()
 
 
 async def test_the_gateway_serves_agents_that_run_on_a_mesh() -> None:

@@ -111,6 +111,7 @@ class A2AGateway:
         self._grpc: grpc.aio.Server | None = None
         self._grpc_port: int | None = None
         self._handlers: dict[str, DefaultRequestHandler] = {}
+        self._executors: list[RaviExecutor] = []
         self._runtime = runtime
         calls = runtime or (
             server.threads.runtime if isinstance(server.threads, RuntimeThreads) else None
@@ -127,6 +128,7 @@ class A2AGateway:
                     "runtime to call it on (runtime=; with RestateThreads, a client "
                     "RestateRuntime)"
                 )
+            self._executors.append(executor)
             card = agent_card(agent, Bindings("http://localhost", None))
             self._handlers[agent.agent_type] = task_handler(executor, card)
         self.app: ASGIApp = _RememberUrl(self._starlette())
@@ -236,6 +238,8 @@ class A2AGateway:
         self._grpc, self._grpc_port = server, port
 
     async def _stop(self) -> None:
+        for executor in self._executors:
+            executor.close()
         for handler in self._handlers.values():
             await handler.aclose()
         if self._grpc is not None:

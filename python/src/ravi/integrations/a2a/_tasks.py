@@ -10,6 +10,7 @@ and the run's events become status updates, an approval request
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -164,6 +165,11 @@ class RaviExecutor(AgentExecutor):
         self.exposed = exposed
         self._executing: set[str] = set()
         self._cancelled: set[str] = set()
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End the streams that only follow a task (`SubscribeToTask`): the gateway stops."""
+        self._closing.set()
 
     @abstractmethod
     async def admit(
@@ -304,7 +310,7 @@ class ThreadExecutor(RaviExecutor):
                 return  # cancel() reports the end
             await event_queue.enqueue_event(update)
 
-    async def _updates(self, run_id: str, after: int) -> AsyncIterator[Update]:
+    async def _updates(self, run_id: str, after: int) -> AsyncGenerator[Update, None]:
         """The task's updates from the run's events after `after`, until it waits or ends.
 
         An approval request already answered (on the web page, while this
@@ -345,9 +351,24 @@ class ThreadExecutor(RaviExecutor):
                 message=f"task {task_id} is {TaskState.Name(task.status.state)}: it has ended"
             )
         yield task
-        with contextlib.suppress(NotFound):  # a run Restate holds, no worker started yet
-            async for update in self._updates(task_id, seq):
-                yield update
+        closing = asyncio.ensure_future(self._closing.wait())
+        async with contextlib.aclosing(self._updates(task_id, seq)) as following:
+            try:
+                while True:
+                    coming = asyncio.ensure_future(anext(following))
+                    await asyncio.wait({coming, closing}, return_when=asyncio.FIRST_COMPLETED)
+                    if not coming.done():  # the gateway stops
+                        coming.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                            await coming
+                        return
+                    try:
+                        update = coming.result()
+                    except (StopAsyncIteration, NotFound):  # NotFound: Restate holds the run
+                        return
+                    yield update
+            finally:
+                closing.cancel()
 
     async def _answer(self, message: Message, task: Task) -> tuple[str, Respond] | None:
         """The pending approval this message answers, and the answer, checked as POST /respond.
