@@ -58,7 +58,7 @@ $(NPM_TOOLS_STAMP): tools/package.json tools/package-lock.json
 	npm ci --prefix tools --no-audit --no-fund --loglevel=error
 	touch $@
 
-$(NPM_STAMP): package.json package-lock.json gen/ts/package.json interop/node/package.json
+$(NPM_STAMP): package.json package-lock.json gen/ts/package.json interop/node/package.json interop/a2a-js/package.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
@@ -178,10 +178,11 @@ $(RUST_CLIENT): $(RUST_SOURCES)
 .PHONY: build-rust
 build-rust: $(RUST_CLIENT)
 
-# Builds gen/ts and interop/node with strict tsc: the TypeScript type check.
+# Builds gen/ts, interop/node and the A2A interop driver (interop/a2a-js) with
+# strict tsc: the TypeScript type check.
 .PHONY: build-node
 build-node: $(NPM_STAMP)
-	$(TSC) -b interop/node
+	$(TSC) -b interop/node interop/a2a-js
 
 # --- test ------------------------------------------------------------------
 
@@ -254,7 +255,7 @@ $(BENCH_AUTOGEN_STAMP):
 	else echo "AutoGen anchors not found at $(AUTOGEN_ANCHORS): benchmarks run without them"; fi
 
 .PHONY: bench
-bench: bench-local bench-grpc bench-restate ## Run the benchmarks (medians of BENCH_RUNS runs, ratios to the anchors).
+bench: bench-local bench-grpc bench-restate bench-a2a ## Run the benchmarks (medians of BENCH_RUNS runs, ratios to the anchors).
 
 .PHONY: bench-local
 bench-local: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
@@ -281,6 +282,14 @@ bench-tracing: $(VENV_STAMP) $(JAEGER) build
 bench-restate: $(VENV_STAMP) $(NPM_TOOLS_STAMP)
 	$(PY) bench/run.py restate --runs $(BENCH_RUNS) --save bench/results/restate.json
 
+# The A2A gateway beside a bare a2a-sdk server with the same echo agent
+# (medians of at least 5 interleaved runs: the gap is small next to the noise).
+A2A_BENCH_RUNS ?= $(if $(filter-out 0 1 2 3 4,$(BENCH_RUNS)),$(BENCH_RUNS),5)
+
+.PHONY: bench-a2a
+bench-a2a: $(VENV_STAMP)
+	$(PY) bench/run.py a2a --runs $(A2A_BENCH_RUNS) --save bench/results/a2a.json
+
 # --- demo ------------------------------------------------------------------
 
 .PHONY: demo
@@ -300,7 +309,7 @@ lock: ## Re-resolve tools/requirements.in into the pinned tools/requirements.txt
 
 .PHONY: clean
 clean: ## Remove every bootstrapped folder and build output.
-	rm -rf $(VENV) .tools tools/node_modules node_modules gen/ts/dist interop/node/dist interop/rust/target \
+	rm -rf $(VENV) .tools tools/node_modules node_modules gen/ts/dist interop/node/dist interop/a2a-js/dist interop/rust/target \
 	  .mypy_cache .ruff_cache .pytest_cache .hypothesis python/dist
 
 # The Python image's lock (deploy/docker/requirements.txt): ravi's dependencies

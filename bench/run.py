@@ -11,6 +11,7 @@ the same run, and checks the ratios DESIGN.md section 8 sets as targets.
     python bench/run.py restate --runs 3 --save bench/results/restate.json
     python bench/run.py grpc --runs 5 --only ravi,ravi+tracing,ravi+tracing1% \
         --save bench/results/tracing-grpc.json
+    python bench/run.py a2a --runs 5 --save bench/results/a2a.json
     python bench/run.py lifecycle --runs 5 --save bench/results/lifecycle.json
 
 `local --baseline DIR` also runs LocalRuntime's workloads with the ravi of
@@ -202,6 +203,20 @@ GRPC_TRACING_TARGETS = [
 # not a ratio: memory does not drift with the load of a shared machine.
 LIFECYCLE_LIMITS = [("keys", "rss_mib", 200.0, "1M keys, 10,000 active: RSS <= 200 MiB")]
 
+# DESIGN.md section 8, A2A row: a message/send round trip through ravi's
+# gateway costs at most 1.2 x the same echo agent on a bare a2a-sdk server, in
+# the same run; on each binding. The servers' CPU time per round trip is
+# reported beside it: on a shared machine it moves far less than latency.
+A2A_TARGETS = [
+    Target(
+        "jsonrpc_p50_us", "floor", 1.2, False, "JSON-RPC message/send p50 <= 1.2 x bare a2a-sdk"
+    ),
+    Target("grpc_p50_us", "floor", 1.2, False, "gRPC message/send p50 <= 1.2 x bare a2a-sdk"),
+    Target("jsonrpc_server_cpu_us", "floor", None, False, "JSON-RPC server CPU per round trip"),
+    Target("grpc_server_cpu_us", "floor", None, False, "gRPC server CPU per round trip"),
+]
+
+
 TRACED_COUNTS = ["--n", "5000", "--total", "5000", "--publishes", "1000"]
 # Tracing with 1% of traces sampled, set the standard way (the SDK reads it).
 SAMPLED_1PCT = [
@@ -282,6 +297,14 @@ def restate_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     }
 
 
+def a2a_commands(args: argparse.Namespace) -> dict[str, list[str]]:
+    python = sys.executable
+    return {
+        "floor": [python, str(BENCH / "a2a_bare.py")],
+        "ravi": [python, str(BENCH / "a2a_ravi.py")],
+    }
+
+
 def report(targets: list[Target], medians: dict[str, dict[str, float]]) -> list[dict[str, object]]:
     """Print the targets measured in this run as a table; return them for the results file."""
     print("\n| target (DESIGN.md section 8) | as a ratio | measured | met |")
@@ -309,7 +332,7 @@ def report(targets: list[Target], medians: dict[str, dict[str, float]]) -> list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", choices=["local", "grpc", "restate", "lifecycle"])
+    parser.add_argument("suite", choices=["local", "grpc", "restate", "lifecycle", "a2a"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--autogen-python")
     parser.add_argument("--anchors")
@@ -326,6 +349,8 @@ def main() -> None:
         commands, targets = lifecycle_commands(args), []
     elif args.suite == "grpc":
         commands, targets = grpc_commands(args), GRPC_TARGETS + GRPC_TRACING_TARGETS
+    elif args.suite == "a2a":
+        commands, targets = a2a_commands(args), A2A_TARGETS
     else:
         commands, targets = restate_commands(args), RESTATE_TARGETS
     if args.only:

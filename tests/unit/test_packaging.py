@@ -68,6 +68,7 @@ def test_wheel_holds_real_files_and_imports_without_the_source_tree(tmp_path: Pa
         "ravi/examples/v1/examples_pb2.py",
         "ravi/conformance/v1/conformance_pb2.py",
         "ravi/react/v1/react_pb2.py",
+        "ravi/a2a/v1/a2a_pb2.py",
         "ravi/server/_static/index.html",
     } <= names
     assert symlinks == []

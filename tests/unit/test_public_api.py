@@ -5,6 +5,7 @@ import dataclasses
 import ravi
 import ravi.agents
 import ravi.errors
+import ravi.integrations.a2a
 import ravi.integrations.runtime.grpc
 import ravi.integrations.runtime.restate
 import ravi.models
@@ -103,6 +104,7 @@ def test_exported_names() -> None:
         "Answered",
         "RaviServer",
         "RestateThreads",
+        "RunSummary",
         "RuntimeThreads",
         "ThreadService",
         "ThreadStore",
@@ -119,9 +121,10 @@ def test_exported_names() -> None:
         "TracingInterceptor",
         "configure",
     ]
+    assert ravi.integrations.a2a.__all__ == ["A2AAgent", "A2AGateway", "ExposedAgent"]
     assert sorted(ravi.errors.__all__) == ravi.errors.__all__
     modules = (ravi, ravi.runtime, ravi.testing, ravi.errors, ravi.agents, ravi.models)
-    for module in (*modules, ravi.tools, ravi.server, ravi.telemetry, ravi.state):
+    for module in (*modules, ravi.tools, ravi.server, ravi.telemetry, ravi.state, ravi.integrations.a2a):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
 

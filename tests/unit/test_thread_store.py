@@ -132,3 +132,70 @@ def test_an_edit_is_checked_against_the_schema_the_agent_published(
     model.check_edit(_request(""), _edit('{"anything": 1}'))
     model.check_edit(_request('{"type": 12}'), _edit('{"anything": 1}'))
     assert "publishes a schema that is not one" in caplog.text
+
+
+def test_each_run_keeps_its_summary_once_the_thread_moved_on() -> None:
+    store = ThreadStore.memory()
+    record = model.new_thread("t", 0.0)
+    assert model.run_of(record) is None
+    model.start_run(record, run_id="r1", agent_type="a", content="hi", max_iterations=0, now=1.0)
+    store.put(record)
+    model.apply_event(record, event("r1", 1, "approval_request", request_id="q"), 2.0)
+    store.put(record)
+    waiting = store.run("r1")
+    assert waiting is not None
+    assert (waiting["status"], waiting["after_event_id"], waiting["agent_type"]) == (
+        "waiting_for_approval",
+        0,
+        "a",
+    )
+    assert [p["run_id"] for p in waiting["pending_approvals"]] == ["r1"]
+    model.finish_run(record, "r1", error={"code": "CANCELLED", "message": "no"}, now=3.0)
+    store.put(record)
+    model.start_run(record, run_id="r2", agent_type="a", content="again", max_iterations=0, now=4)
+    store.put(record)
+    first, second = store.run("r1"), store.run("r2")
+    assert first is not None
+    assert second is not None
+    assert (first["status"], first["error"], first["pending_approvals"]) == (
+        "failed",
+        {"code": "CANCELLED", "message": "no"},
+        [],
+    )
+    assert (second["status"], second["after_event_id"], second["content"]) == (
+        "running",
+        1,
+        "again",
+    )
+    assert [r["run_id"] for r in store.runs("t", 10)] == ["r2", "r1"]
+    assert store.runs("other", 10) == []
+    assert store.run("nope") is None
+
+
+def test_a_run_that_ended_without_its_last_event_still_says_how() -> None:
+    record = model.new_thread("t", 0.0)
+    model.start_run(record, run_id="r", agent_type="a", content="hi", max_iterations=0, now=1.0)
+    run = model.run_of(record)
+    assert run is not None
+    assert model.ended(run, 3) is None  # still running
+    model.finish_run(record, "r", error={"code": "DEADLINE_EXCEEDED", "message": "late"}, now=2)
+    run = model.run_of(record)
+    assert run is not None
+    assert model.ended(run, 3) == {
+        "run_id": "r",
+        "thread_id": "t",
+        "seq": 3,
+        "kind": "failed",
+        "failed": {"code": "DEADLINE_EXCEEDED", "message": "late"},
+    }
+    model.start_run(record, run_id="s", agent_type="a", content="hi", max_iterations=0, now=3.0)
+    model.finish_run(record, "s", result={"content": "done"}, now=4.0)
+    run = model.run_of(record)
+    assert run is not None
+    assert model.ended(run, 5) == {
+        "run_id": "s",
+        "thread_id": "t",
+        "seq": 5,
+        "kind": "final",
+        "final": {"content": "done"},
+    }

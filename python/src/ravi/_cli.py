@@ -218,6 +218,31 @@ def serve(
         float, typer.Option(help="Seconds requests in progress get to finish on SIGTERM.")
     ] = 5.0,
     app_dir: Annotated[str, typer.Option(help="Where to import setup functions from.")] = ".",
+    a2a: Annotated[
+        bool,
+        typer.Option(
+            help="Also serve the agent type (and every --a2a-agent) as A2A agents: Agent "
+            "Cards, JSON-RPC and gRPC (needs the a2a extra; docs/a2a.md)."
+        ),
+    ] = False,
+    a2a_agent: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Serve one more agent type over A2A: TYPE, TYPE=module:Class, or "
+            "module:name of an ExposedAgent."
+        ),
+    ] = None,
+    a2a_grpc: Annotated[
+        str,
+        typer.Option(help="HOST:PORT of the A2A gRPC binding (port 0: any free port; off: none)."),
+    ] = "127.0.0.1:0",
+    a2a_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The base URL clients reach this server at, for the Agent Cards "
+            "(default: the URL each card request came to)."
+        ),
+    ] = None,
 ) -> None:
     """Serve ReAct agents over HTTP: a web page, Server-Sent Events, and approvals."""
     from ravi._mesh_cli import UsageError, pairs, use_app_dir  # noqa: PLC0415
@@ -243,6 +268,10 @@ def serve(
             data_dir=data_dir,
             store=store,
             grace_period=grace_period,
+            a2a=a2a,
+            a2a_agents=a2a_agent or [],
+            a2a_grpc=None if a2a_grpc == "off" else a2a_grpc,
+            a2a_url=a2a_url,
         )
     except UsageError as error:
         typer.echo(f"ravi: {error}", err=True)

@@ -39,6 +39,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 
 	// The message types a node and the CLI know by name.
+	_ "github.com/ravi-mesh/ravi/gen/go/ravi/a2a/v1"
 	_ "github.com/ravi-mesh/ravi/gen/go/ravi/conformance/v1"
 	_ "github.com/ravi-mesh/ravi/gen/go/ravi/examples/v1"
 )

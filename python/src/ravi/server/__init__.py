@@ -14,7 +14,7 @@ from typing import Any
 try:
     from ravi.server._app import RaviServer
     from ravi.server._demo import demo_model, demo_setup, demo_workflow_setup
-    from ravi.server._model import Answered, ThreadSummary, event_json
+    from ravi.server._model import Answered, RunSummary, ThreadSummary, event_json
     from ravi.server._service import ThreadService
     from ravi.server._store import ThreadStore
     from ravi.server._threads import RuntimeThreads
@@ -47,6 +47,7 @@ __all__ = [
     "Answered",
     "RaviServer",
     "RestateThreads",
+    "RunSummary",
     "RuntimeThreads",
     "ThreadService",
     "ThreadStore",

@@ -161,8 +161,21 @@ class RaviServer:
             lifespan=self._lifespan,
         )
 
+    @property
+    def token(self) -> str:
+        """The bearer token requests need (the A2A gateway asks its callers for it too)."""
+        return self._token
+
+    def _lifespan(self, _app: Starlette) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.serving()
+
     @contextlib.asynccontextmanager
-    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+    async def serving(self) -> AsyncIterator[None]:
+        """Start the thread service, and stop it when the context exits.
+
+        The app's lifespan enters it; an app that mounts this server's
+        endpoints under a lifespan of its own (the A2A gateway) enters it there.
+        """
         try:
             await self.threads.start()
         except RaviError as error:

@@ -2,9 +2,10 @@
 
 - `ravi.Thread`, a Virtual Object keyed by thread id, is a thread's record
   (`meta`, the JSON of `ravi.server._model`), its events (`event:<seq>`, one
-  state entry each) and its approval requests (`approval:<request id>`). It
-  receives the agents' RunEvents as a subscriber of the events topic, starts
-  runs, and answers approvals. Its handlers are exclusive: one change at a
+  state entry each), its approval requests (`approval:<request id>`) and
+  the summary of each of its runs (`run:<run id>`). It receives the agents'
+  RunEvents as a subscriber of the events topic, starts and cancels runs,
+  and answers approvals. Its handlers are exclusive: one change at a
   time per thread, so two answers to one request get one winner.
 - `ravi.ThreadRuns`, a Service, drives one run: a durable call to the agent,
   for as long as the run takes (approvals included), then the outcome to the
@@ -35,6 +36,7 @@ from ravi.errors import (
     AlreadyExists,
     Cancelled,
     Code,
+    FailedPrecondition,
     NotFound,
     RaviError,
     code_of,
@@ -56,6 +58,8 @@ THREAD = "ravi.Thread"
 THREAD_RUNS = "ravi.ThreadRuns"
 EVENT_PREFIX = "event:"
 APPROVAL_PREFIX = "approval:"
+RUN_PREFIX = "run:"
+CANCELLED = {"code": "CANCELLED", "message": "the run was cancelled"}
 
 _BYTES = BytesSerde()
 _IO: dict[str, Any] = {
@@ -89,6 +93,9 @@ def _keep(
     ctx.set("meta", json.dumps(record).encode(), serde=_BYTES)
     for request_id, state in (approvals or {}).items():
         ctx.set(f"{APPROVAL_PREFIX}{request_id}", state.encode(), serde=_BYTES)
+    run = model.run_of(record)
+    if run is not None:
+        ctx.set(f"{RUN_PREFIX}{run['run_id']}", json.dumps(run).encode(), serde=_BYTES)
 
 
 async def _launch(
@@ -106,9 +113,11 @@ async def _launch(
         )
     except RaviError as error:
         raise terminal_of(error) from None
-    _keep(ctx, record)
     drive = {**request, "thread_id": ctx.key()}
-    ctx.generic_send(THREAD_RUNS, "run", json.dumps(drive).encode())
+    sent = ctx.generic_send(THREAD_RUNS, "run", json.dumps(drive).encode())
+    # Kept to cancel the run by: cancelling it cancels the agent's invocation too.
+    record["run_invocation"] = await sent.invocation_id()
+    _keep(ctx, record)
     return json.dumps(model.summary(record)).encode()
 
 
@@ -166,6 +175,9 @@ def _thread_object(registry: MessageRegistry) -> restate.VirtualObject:
         request = json.loads(data)
         now = await ctx.time()
         record = await _record_of(ctx)
+        if await ctx.get(f"{RUN_PREFIX}{request['run_id']}", serde=_BYTES) is not None:
+            assert record is not None  # a run is only kept with its thread
+            return json.dumps(model.summary(record)).encode()  # started before: once is enough
         if record is None:
             if not request["create"]:
                 raise terminal_of(NotFound(f"no thread {ctx.key()!r}"))
@@ -183,7 +195,9 @@ def _thread_object(registry: MessageRegistry) -> restate.VirtualObject:
             task = model.rerun_task(record)
         except RaviError as error:
             raise terminal_of(error) from None
-        return await _launch(ctx, record, {**request, **task}, await ctx.time())
+        agent_type = record["agent_type"] or request["agent_type"]
+        rerun = {**request, **task, "agent_type": agent_type}
+        return await _launch(ctx, record, rerun, await ctx.time())
 
     @thread.handler("deliver", **_IO)
     async def deliver(ctx: restate.ObjectContext, data: bytes) -> bytes:
@@ -208,6 +222,27 @@ def _thread_object(registry: MessageRegistry) -> restate.VirtualObject:
         _keep(ctx, record, closed)
         return b""
 
+    @thread.handler("cancel", **_IO)
+    async def cancel(ctx: restate.ObjectContext, data: bytes) -> bytes:
+        """Cancel the run in progress: {run_id}; its RunSummary after."""
+        run_id = json.loads(data)["run_id"]
+        record = await _record_of(ctx)
+        if record is None or await ctx.get(f"{RUN_PREFIX}{run_id}", serde=_BYTES) is None:
+            raise terminal_of(NotFound(f"no run {run_id!r}"))
+        if record["run_id"] != run_id or record["state"] != "running":
+            status = model.summary(record)["status"] if record["run_id"] == run_id else "over"
+            raise terminal_of(
+                FailedPrecondition(
+                    f"run {run_id!r} is {status}: only a run in progress can be cancelled"
+                )
+            )
+        closed = model.finish_run(record, run_id, error=dict(CANCELLED), now=await ctx.time())
+        _keep(ctx, record, closed)
+        invocation = record.get("run_invocation")
+        if invocation:
+            ctx.cancel_invocation(invocation)
+        return json.dumps(model.run_of(record)).encode()
+
     @thread.handler("respond", **_IO)
     async def respond(ctx: restate.ObjectContext, data: bytes) -> bytes:
         """Answer an approval request: {request_id, value (a Payload, hex)}."""
@@ -227,7 +262,7 @@ def _runs_service(registry: MessageRegistry) -> restate.Service:
         timeout: float | None = request.get("timeout")
         body = await _task_request(ctx, registry, request)
         call = ctx.generic_call(request["agent_type"], "handle", body, key=request["thread_id"])
-        late = False
+        cancel_call = False
         try:
             if timeout is None:
                 reply: bytes | None = await call
@@ -237,14 +272,16 @@ def _runs_service(registry: MessageRegistry) -> restate.Service:
                     case ["reply", answer]:
                         reply = answer
                     case _:
-                        reply, late = None, True
+                        reply, cancel_call = None, True
             outcome |= _outcome_of(registry, reply, timeout)
         except restate.TerminalError as error:
             failure = _error_of_terminal(error)
             outcome["error"] = {"code": failure.code.name, "message": str(failure)}
+            # This run was cancelled (by the thread's `cancel`): so is the agent's call.
+            cancel_call = isinstance(failure, Cancelled)
         # The thread hears of the deadline before the agent hears of its cancellation.
         ctx.generic_send(THREAD, "finish", json.dumps(outcome).encode(), key=request["thread_id"])
-        if late:
+        if cancel_call:
             ctx.cancel_invocation(await call.invocation_id())
         return b""
 

@@ -48,6 +48,30 @@ class ThreadSummary(TypedDict):
     error: dict[str, str] | None
 
 
+class RunSummary(TypedDict):
+    """One run of a thread (`ThreadService.run_status`): a task and how it went.
+
+    `status` is running, waiting_for_approval, completed, failed or
+    interrupted, as a thread's; a cancelled run failed with the code
+    CANCELLED. The run's events are the thread's with a `seq` above
+    `after_event_id` and its `run_id`; `pending_approvals` are those of this
+    run still waiting. A run keeps its summary once the thread moved on.
+    """
+
+    run_id: str
+    thread_id: str
+    agent_type: str
+    content: str
+    status: str
+    started_at: float
+    updated_at: float
+    after_event_id: int
+    last_event_id: int
+    pending_approvals: list[dict[str, Any]]
+    result: dict[str, Any] | None
+    error: dict[str, str] | None
+
+
 class Answered(TypedDict):
     """What `POST /respond/{request_id}` answers.
 
@@ -81,6 +105,8 @@ def new_thread(thread_id: str, now: float) -> dict[str, Any]:
         "runs": 0,
         "run_id": "",
         "agent_type": "",
+        "run_started_at": now,
+        "run_after_seq": 0,
         "state": "idle",
         "task": None,
         "last_seq": 0,
@@ -134,6 +160,8 @@ def start_run(
         state="running",
         run_id=run_id,
         agent_type=agent_type,
+        run_started_at=now,
+        run_after_seq=record["last_seq"],
         runs=record["runs"] + 1,
         task={"content": content, "max_iterations": max_iterations},
         title=record["title"] or content[:TITLE_LENGTH],
@@ -141,6 +169,54 @@ def start_run(
         error=None,
         updated_at=now,
     )
+
+
+def run_of(record: dict[str, Any]) -> RunSummary | None:
+    """The summary of the record's current (or last) run; None before its first run.
+
+    The stores keep it beside the record each time they keep the record, so
+    a run is found by its id, and keeps how it ended once the next one started.
+    """
+    if not record["run_id"]:
+        return None
+    task = record["task"] or {}
+    return {
+        "run_id": record["run_id"],
+        "thread_id": record["thread_id"],
+        "agent_type": record["agent_type"],
+        "content": task.get("content", ""),
+        "status": summary(record)["status"],
+        # Records kept before runs had summaries of their own lack these two.
+        "started_at": record.get("run_started_at", record["created_at"]),
+        "updated_at": record["updated_at"],
+        "after_event_id": record.get("run_after_seq", 0),
+        "last_event_id": record["last_seq"],
+        "pending_approvals": list(record["pending"].values()),
+        "result": record["result"],
+        "error": record["error"],
+    }
+
+
+def ended(run: RunSummary, seq: int) -> dict[str, Any] | None:
+    """The last event of a run that ended, made from its summary; None while it runs.
+
+    A run may end without a `final` or `failed` event of its own (cancelled,
+    past its deadline, interrupted, or its reply came before its last
+    event); a follower of its events still learns how it ended from this one.
+    """
+    base = {"run_id": run["run_id"], "thread_id": run["thread_id"], "seq": seq}
+    if run["status"] == "completed":
+        return {**base, "kind": "final", "final": run["result"] or {}}
+    if run["status"] in ("failed", "interrupted"):
+        error = run["error"] or {"code": "UNKNOWN", "message": "the run ended"}
+        return {**base, "kind": "failed", "failed": error}
+    return None
+
+
+def moved_on(record: dict[str, Any], run_id: str, seq: int) -> bool:
+    """Whether the thread has events after `seq`, or its run `run_id` is no longer in progress."""
+    last: int = record["last_seq"]
+    return last > seq or record["run_id"] != run_id or record["state"] != "running"
 
 
 def rerun_task(record: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -30,13 +30,15 @@ from ravi.integrations.runtime.restate import RestateSettings, _sql
 from ravi.integrations.runtime.restate._errors import error_of_reply
 from ravi.react.v1 import react_pb2 as pb
 from ravi.server import _model as model
-from ravi.server._durable import APPROVAL_PREFIX, EVENT_PREFIX, THREAD, event_key
-from ravi.server._model import Answered, ThreadSummary
+from ravi.server._durable import APPROVAL_PREFIX, EVENT_PREFIX, RUN_PREFIX, THREAD, event_key
+from ravi.server._model import Answered, RunSummary, ThreadSummary
+from ravi.server._service import follow_run
 
 logger = logging.getLogger("ravi.server.restate")
 
 _BATCH = 500
 _LIST_LIMIT = 1000
+_Condition = Callable[[dict[str, Any]], bool]
 
 
 class RestateThreads:
@@ -127,12 +129,19 @@ class RestateThreads:
     # --- runs -------------------------------------------------------------------------
 
     async def run(
-        self, thread_id: str, content: str, *, max_iterations: int = 0, new_thread: bool = True
+        self,
+        thread_id: str,
+        content: str,
+        *,
+        max_iterations: int = 0,
+        new_thread: bool = True,
+        run_id: str | None = None,
+        agent_type: str | None = None,
     ) -> ThreadSummary:
-        AgentId(self._agent_type, thread_id)  # validates the thread id as a key
-        run_id = f"run-{uuid.uuid4().hex}"
+        agent = AgentId(agent_type or self._agent_type, thread_id)  # validates the key
+        run_id = run_id or f"run-{uuid.uuid4().hex}"
         request = {
-            **self._run_request(run_id),
+            **self._run_request(run_id, agent.type),
             "content": content,
             "max_iterations": max_iterations,
             "create": new_thread,
@@ -145,14 +154,24 @@ class RestateThreads:
 
     async def rerun(self, thread_id: str) -> ThreadSummary:
         run_id = f"run-{uuid.uuid4().hex}"
-        reply = await self._invoke(thread_id, "rerun", self._run_request(run_id), run_id)
+        request = self._run_request(run_id, self._agent_type)
+        reply = await self._invoke(thread_id, "rerun", request, run_id)
         if reply is None:
             return _submitted(thread_id, run_id, "")
         summary: ThreadSummary = json.loads(reply)
         return summary
 
-    def _run_request(self, run_id: str) -> dict[str, Any]:
-        return {"run_id": run_id, "agent_type": self._agent_type, "timeout": self._run_timeout}
+    def _run_request(self, run_id: str, agent_type: str) -> dict[str, Any]:
+        return {"run_id": run_id, "agent_type": agent_type, "timeout": self._run_timeout}
+
+    async def cancel(self, run_id: str) -> RunSummary:
+        run = await self.run_status(run_id)
+        body = {"run_id": run_id}
+        reply = await self._invoke(run["thread_id"], "cancel", body, f"cancel-{uuid.uuid4().hex}")
+        if reply is None:
+            return run  # Restate holds the cancellation; a worker applies it once one is up
+        cancelled: RunSummary = json.loads(reply)
+        return cancelled
 
     async def respond(self, request_id: str, answer: pb.ApprovalAnswer) -> Answered:
         rows = await self._query(
@@ -245,6 +264,73 @@ class RestateThreads:
         )
         return [model.summary(r) for r in records[:_LIST_LIMIT]]
 
+    async def run_status(self, run_id: str) -> RunSummary:
+        rows = await self._query(
+            f"SELECT value_utf8 FROM state WHERE service_name = '{THREAD}' "
+            f"AND key = {_sql.literal(RUN_PREFIX + run_id)}"
+        )
+        if not rows:
+            raise NotFound(f"no run {run_id!r}")
+        run: RunSummary = json.loads(rows[0]["value_utf8"])
+        return run
+
+    async def runs(self, thread_id: str | None = None) -> list[RunSummary]:
+        of_thread = "" if thread_id is None else f"AND service_key = {_sql.literal(thread_id)} "
+        rows = await self._query(
+            f"SELECT value_utf8 FROM state WHERE service_name = '{THREAD}' {of_thread}"
+            f"AND key LIKE '{RUN_PREFIX}%'"
+        )
+        runs: list[RunSummary] = sorted(
+            (json.loads(r["value_utf8"]) for r in rows),
+            key=lambda run: run["started_at"],
+            reverse=True,
+        )
+        return runs[:_LIST_LIMIT]
+
+    async def run_events(
+        self, run_id: str, after: int = 0, *, follow: bool = True
+    ) -> AsyncIterator[dict[str, Any]]:
+        watcher = self._watcher
+        if watcher is None:
+            raise Unavailable("the thread service is not started")
+        run = await self.run_status(run_id)
+        thread_id = run["thread_id"]
+
+        async def events_after(seq: int) -> list[dict[str, Any]]:
+            while True:
+                try:
+                    return await self._events_after(thread_id, seq)
+                except Unavailable as error:
+                    if not follow:
+                        raise
+                    # Restate is restarting: a follower waits for it rather than ending.
+                    logger.info("events of run %s: %s; trying again", run_id, error)
+                    await asyncio.sleep(1.0)
+
+        async def moved_on(seq: int) -> RunSummary:
+            await watcher.wait_for(thread_id, _moved_on(run_id, seq))
+            return await self._run_status_retrying(run_id)
+
+        following = follow_run(
+            run,
+            after,
+            follow=follow,
+            events_after=events_after,
+            moved_on=moved_on,
+            batch=_BATCH,
+        )
+        async for event in following:
+            yield event
+
+    async def _run_status_retrying(self, run_id: str) -> RunSummary:
+        """The run's status; while Restate restarts, a follower waits for it."""
+        while True:
+            try:
+                return await self.run_status(run_id)
+            except Unavailable as error:
+                logger.info("status of run %s: %s; trying again", run_id, error)
+                await asyncio.sleep(1.0)
+
     async def _events_after(self, thread_id: str, after: int) -> list[dict[str, Any]]:
         rows = await self._query(
             f"SELECT value_utf8 FROM state WHERE service_name = '{THREAD}' "
@@ -270,7 +356,7 @@ class RestateThreads:
                 sent = event["seq"]
                 yield event
             if len(batch) < _BATCH:
-                await watcher.wait_past(thread_id, sent)
+                await watcher.wait_for(thread_id, _past(sent))
 
     async def _query(self, sql: str) -> list[dict[str, Any]]:
         """Rows of a query on Restate's state (admin API)."""
@@ -286,22 +372,22 @@ class RestateThreads:
 
 
 class _Watcher:
-    """One poller for every event stream of the process: one query per tick, whatever their number.
+    """One poller for every follower of the process: one query per tick, whatever their number.
 
-    It reads the `last_seq` of every followed thread and wakes the streams
-    whose thread has events past what they sent.
+    It reads the record (`meta`) of every followed thread and wakes the
+    followers whose condition on it holds: new events, a run that ended.
     """
 
     def __init__(self, threads: RestateThreads, interval: float) -> None:
         self._threads = threads
         self._interval = interval
-        self._waiting: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._waiting: dict[str, list[tuple[_Condition, asyncio.Future[None]]]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def wait_past(self, thread_id: str, seq: int) -> None:
-        """Return once the thread has an event with a seq above `seq`."""
+    async def wait_for(self, thread_id: str, condition: _Condition) -> None:
+        """Return once the thread's record meets `condition`."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (seq, waiter)
+        entry = (condition, waiter)
         self._waiting.setdefault(thread_id, []).append(entry)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._poll())
@@ -329,9 +415,9 @@ class _Watcher:
                 logger.debug("watching threads: %s", error)
                 continue
             for row in rows:
-                last = json.loads(row["value_utf8"])["last_seq"]
-                for seq, waiter in self._waiting.get(row["service_key"], []):
-                    if last > seq and not waiter.done():
+                record = json.loads(row["value_utf8"])
+                for condition, waiter in self._waiting.get(row["service_key"], []):
+                    if not waiter.done() and condition(record):
                         waiter.set_result(None)
 
     async def close(self) -> None:
@@ -342,6 +428,16 @@ class _Watcher:
         for waiting in self._waiting.values():
             for _, waiter in waiting:
                 waiter.cancel()
+
+
+def _past(seq: int) -> _Condition:
+    """The thread has events past `seq`."""
+    return lambda record: record["last_seq"] > seq
+
+
+def _moved_on(run_id: str, seq: int) -> _Condition:
+    """The thread has events past `seq`, or the run is no longer in progress."""
+    return lambda record: model.moved_on(record, run_id, seq)
 
 
 def _submitted(thread_id: str, run_id: str, content: str) -> ThreadSummary:

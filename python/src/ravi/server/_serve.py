@@ -18,7 +18,7 @@ from ravi._mesh_cli import NodeConfig, UsageError, _setup
 from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.models import ChatModel
 from ravi.runtime import BaseRuntime, LocalRuntime
-from ravi.server._app import RaviServer
+from ravi.server._app import ASGIApp, RaviServer
 from ravi.server._demo import demo_setup
 from ravi.server._service import ThreadService
 from ravi.server._store import ThreadStore
@@ -53,6 +53,10 @@ class ServeConfig:
     data_dir: str = ".ravi"
     store: str | None = None
     grace_period: float = 5.0
+    a2a: bool = False
+    a2a_agents: list[str] = field(default_factory=list)
+    a2a_grpc: str | None = "127.0.0.1:0"
+    a2a_url: str | None = None
 
 
 def _model(config: ServeConfig) -> ChatModel | None:
@@ -127,6 +131,47 @@ def _restate_threads(config: ServeConfig) -> ThreadService:
     )
 
 
+def _a2a_app(
+    server: RaviServer,
+    config: ServeConfig,
+    address: str,
+    ready: Callable[[], None],
+    announce: Callable[[str], None],
+) -> ASGIApp:
+    """`--a2a`: the A2A gateway in front of the server's app."""
+    try:
+        from ravi.integrations.a2a._serve import gateway_app  # noqa: PLC0415 - an extra
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    runtime = None
+    if config.runtime == "restate":
+        from ravi.integrations.runtime.restate import RestateRuntime  # noqa: PLC0415 - an extra
+
+        # A client only, for the request/reply agents: the workers host them.
+        runtime = RestateRuntime(config.restate_ingress, config.restate_admin, listen=None)
+    return gateway_app(
+        server,
+        agent_type=config.agent_type,
+        demo=_demo_card(config),
+        agents=config.a2a_agents,
+        url=config.a2a_url,
+        grpc_listen=config.a2a_grpc,
+        runtime=runtime,
+        address=address,
+        ready=ready,
+        announce=announce,
+    )
+
+
+def _demo_card(config: ServeConfig) -> bool:
+    """Whether the server's agent type is the demo assistant, whose tools its Agent Card shows."""
+    if config.runtime == "grpc":
+        return False  # the mesh's nodes run the agents: name them with --a2a-agent
+    if config.runtime == "restate":
+        return config.demo is not False  # what `ravi restate worker` hosts by default
+    return config.demo if config.demo is not None else not config.setup
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn's server, stopped by SIGTERM or SIGINT with an exit status of 0.
 
@@ -195,7 +240,10 @@ async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) ->
     _console_logging()
     token = config.token or secrets.token_urlsafe(24)
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio turns Nagle off only on sockets
+    # that say they are TCP, and with Nagle on every response waits ~40 ms for
+    # the client's delayed ACK.
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((config.host, config.port))
@@ -211,12 +259,17 @@ async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) ->
         announce(f"ravi server {config.agent_type} serving on {address}")
         announce(open_line(address, token, given=bool(config.token)))
 
+    a2a = config.a2a or bool(config.a2a_agents)
     server = RaviServer(
-        await _threads(config), token=token, agent_type=config.agent_type, on_ready=ready
+        await _threads(config),
+        token=token,
+        agent_type=config.agent_type,
+        on_ready=None if a2a else ready,
     )
+    app = _a2a_app(server, config, address, ready, announce) if a2a else server.app
     web = _Uvicorn(
         uvicorn.Config(
-            server.app,
+            app,
             log_level=config.log_level,
             lifespan="on",
             access_log=False,  # our own request log masks the token

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ravi.errors import FailedPrecondition, ResourceExhausted, Unavailable
-from ravi.server._model import ApprovalState
+from ravi.server._model import ApprovalState, RunSummary, run_of
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS threads (
@@ -37,6 +37,14 @@ CREATE TABLE IF NOT EXISTS approvals (
     state TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS approvals_by_thread ON approvals (thread_id);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    thread_id TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    summary TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_thread ON runs (thread_id, started_at);
+CREATE INDEX IF NOT EXISTS runs_by_time ON runs (started_at);
 """
 
 DATABASE = "threads.db"
@@ -49,7 +57,8 @@ class ThreadStore:
     of the server shows every past thread; one server at a time uses a folder
     (a second one is refused). `ThreadStore.memory()` keeps them in memory,
     the least recently updated idle threads dropped past `max_threads`.
-    Records are the JSON of `ravi.server._model`.
+    Records are the JSON of `ravi.server._model`; each run keeps its
+    `RunSummary`, written with its thread's record.
     """
 
     def __init__(
@@ -148,6 +157,13 @@ class ThreadStore:
                 json.dumps(record),
             ),
         )
+        run = run_of(record)
+        if run is not None:
+            self._db.execute(
+                "INSERT INTO runs (run_id, thread_id, started_at, summary) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (run_id) DO UPDATE SET summary = excluded.summary",
+                (run["run_id"], run["thread_id"], run["started_at"], json.dumps(run)),
+            )
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
         """The most recently updated records, newest first."""
@@ -181,8 +197,25 @@ class ThreadStore:
                 f"all {self._max_threads} threads have a run in progress; try again later"
             )
         for (thread_id,) in idle:
-            for table in ("threads", "events", "approvals"):
+            for table in ("threads", "events", "approvals", "runs"):
                 self._db.execute(f"DELETE FROM {table} WHERE thread_id = ?", (thread_id,))
+
+    # --- runs -----------------------------------------------------------------------
+
+    def run(self, run_id: str) -> RunSummary | None:
+        row = self._db.execute("SELECT summary FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        run: RunSummary = json.loads(row[0])
+        return run
+
+    def runs(self, thread_id: str | None, limit: int) -> list[RunSummary]:
+        """The runs of a thread (of every thread when None), the most recently started first."""
+        where, args = ("WHERE thread_id = ?", (thread_id,)) if thread_id is not None else ("", ())
+        rows = self._db.execute(
+            f"SELECT summary FROM runs {where} ORDER BY started_at DESC LIMIT ?", (*args, limit)
+        ).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     # --- events ---------------------------------------------------------------------
 

@@ -16,11 +16,12 @@ from ravi._context import MessageContext
 from ravi._ids import AgentId
 from ravi._subscriptions import TypeSubscription
 from ravi.agents._react import EVENTS_TOPIC
-from ravi.errors import AlreadyExists, NotFound, Unavailable, code_of
+from ravi.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable, code_of
 from ravi.react.v1 import react_pb2 as pb
 from ravi.runtime._base import BaseRuntime
 from ravi.server import _model as model
-from ravi.server._model import Answered, ThreadSummary, event_json
+from ravi.server._model import Answered, RunSummary, ThreadSummary, event_json
+from ravi.server._service import follow_run
 from ravi.server._store import ThreadStore
 
 logger = logging.getLogger("ravi.server")
@@ -29,6 +30,9 @@ SINK_TYPE = "ravi.server.events"
 READY_WAIT = 2.0
 """Seconds a task waits for a route to the agent type (a peer reconnecting) before a 503."""
 _BATCH = 500
+_CANCELLED = {"code": "CANCELLED", "message": "the run was cancelled"}
+_CANCEL_WAIT = 10.0
+"""Seconds `cancel` waits for the run's call to end once cancelled."""
 
 
 class RuntimeThreads:
@@ -62,7 +66,7 @@ class RuntimeThreads:
         self._agent_type = agent_type
         self._run_timeout = run_timeout
         self._events_topic = events_topic
-        self._runs: set[asyncio.Task[None]] = set()
+        self._runs: dict[str, asyncio.Task[None]] = {}  # by run id
         self._wakes: dict[str, asyncio.Event] = {}
 
     async def start(self) -> None:
@@ -83,9 +87,10 @@ class RuntimeThreads:
         """Interrupt the runs in progress (their threads say so), then stop the runtime."""
         # Recorded first: a cancelled agent publishes a `failed` event of its own.
         self._interrupt(self.store.running(), "the server stopped while this run was in progress")
-        for run in list(self._runs):
+        runs = list(self._runs.values())
+        for run in runs:
             run.cancel()
-        await asyncio.gather(*self._runs, return_exceptions=True)
+        await asyncio.gather(*runs, return_exceptions=True)
         try:
             await self.runtime.stop()
         finally:
@@ -94,20 +99,30 @@ class RuntimeThreads:
     # --- runs -------------------------------------------------------------------------
 
     async def run(
-        self, thread_id: str, content: str, *, max_iterations: int = 0, new_thread: bool = True
+        self,
+        thread_id: str,
+        content: str,
+        *,
+        max_iterations: int = 0,
+        new_thread: bool = True,
+        run_id: str | None = None,
+        agent_type: str | None = None,
     ) -> ThreadSummary:
-        agent = AgentId(self._agent_type, thread_id)  # validates the thread id as a key
+        agent = AgentId(agent_type or self._agent_type, thread_id)  # validates the key
         try:
             # A mesh whose node hosting the agent type is away (or reconnecting): say
             # so now, rather than accept a run that can only fail.
-            await self.runtime.wait_until_ready(self._agent_type, timeout=READY_WAIT)
+            await self.runtime.wait_until_ready(agent.type, timeout=READY_WAIT)
         except TimeoutError:
             raise Unavailable(
-                f"no node hosts agent type {self._agent_type!r} now: is the mesh up? "
+                f"no node hosts agent type {agent.type!r} now: is the mesh up? "
                 "Try again once it is"
             ) from None
-        run_id = f"run-{uuid.uuid4().hex}"
+        run_id = run_id or f"run-{uuid.uuid4().hex}"
         with self.store.transaction():
+            started = self.store.run(run_id)
+            if started is not None:  # started before: once is enough
+                return model.summary(self._record(started["thread_id"]))
             record = self.store.get(thread_id)
             if record is None:
                 if not new_thread:
@@ -117,7 +132,7 @@ class RuntimeThreads:
             model.start_run(
                 record,
                 run_id=run_id,
-                agent_type=self._agent_type,
+                agent_type=agent.type,
                 content=content,
                 max_iterations=max_iterations,
                 now=time.time(),
@@ -125,15 +140,20 @@ class RuntimeThreads:
             self.store.put(record)
         task = pb.Task(thread_id=thread_id, content=content, max_iterations=max_iterations)
         running = asyncio.create_task(self._drive(agent, task, run_id))
-        self._runs.add(running)
-        running.add_done_callback(self._runs.discard)
+        self._runs[run_id] = running
+        running.add_done_callback(lambda _: self._runs.pop(run_id, None))
         self._notify(thread_id)
         return model.summary(record)
 
     async def rerun(self, thread_id: str) -> ThreadSummary:
-        task = model.rerun_task(self._record(thread_id))
+        record = self._record(thread_id)
+        task = model.rerun_task(record)
         return await self.run(
-            thread_id, task["content"], max_iterations=task["max_iterations"], new_thread=False
+            thread_id,
+            task["content"],
+            max_iterations=task["max_iterations"],
+            new_thread=False,
+            agent_type=record["agent_type"] or None,
         )
 
     async def _drive(self, agent: AgentId, task: pb.Task, run_id: str) -> None:
@@ -177,6 +197,21 @@ class RuntimeThreads:
             self.store.set_approvals(thread_id, closed)
         self._notify(thread_id)
 
+    async def cancel(self, run_id: str) -> RunSummary:
+        run = self._run(run_id)
+        if run["status"] not in ("running", "waiting_for_approval"):
+            raise FailedPrecondition(
+                f"run {run_id!r} is {run['status']}: only a run in progress can be cancelled"
+            )
+        # Recorded first: the agent's own `failed` event says the same, later.
+        self._finish(run["thread_id"], run_id, error=_CANCELLED)
+        driving = self._runs.get(run_id)
+        if driving is not None:
+            driving.cancel()
+            # The runtime carries the cancellation to the agent; bounded, as every wait.
+            await asyncio.wait([driving], timeout=_CANCEL_WAIT)
+        return self._run(run_id)
+
     def _interrupt(self, records: list[dict[str, Any]], why: str) -> None:
         for record in records:
             logger.warning(
@@ -203,6 +238,44 @@ class RuntimeThreads:
 
     async def threads(self) -> list[ThreadSummary]:
         return [model.summary(r) for r in self.store.recent(1000)]
+
+    def _run(self, run_id: str) -> RunSummary:
+        run = self.store.run(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r}")
+        return run
+
+    async def run_status(self, run_id: str) -> RunSummary:
+        return self._run(run_id)
+
+    async def runs(self, thread_id: str | None = None) -> list[RunSummary]:
+        return self.store.runs(thread_id, 1000)
+
+    async def run_events(
+        self, run_id: str, after: int = 0, *, follow: bool = True
+    ) -> AsyncIterator[dict[str, Any]]:
+        run = self._run(run_id)
+        thread_id = run["thread_id"]
+
+        async def events_after(seq: int) -> list[dict[str, Any]]:
+            return self.store.events_after(thread_id, seq, _BATCH)
+
+        async def moved_on(seq: int) -> RunSummary:
+            wake = self._wakes.setdefault(thread_id, asyncio.Event())
+            if not model.moved_on(self._record(thread_id), run_id, seq):
+                await wake.wait()
+            return self._run(run_id)
+
+        following = follow_run(
+            run,
+            after,
+            follow=follow,
+            events_after=events_after,
+            moved_on=moved_on,
+            batch=_BATCH,
+        )
+        async for event in following:
+            yield event
 
     async def events(self, thread_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         sent = after
