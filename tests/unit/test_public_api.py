@@ -124,7 +124,14 @@ def test_exported_names() -> None:
     assert ravi.integrations.a2a.__all__ == ["A2AAgent", "A2AGateway", "ExposedAgent"]
     assert sorted(ravi.errors.__all__) == ravi.errors.__all__
     modules = (ravi, ravi.runtime, ravi.testing, ravi.errors, ravi.agents, ravi.models)
-    for module in (*modules, ravi.tools, ravi.server, ravi.telemetry, ravi.state, ravi.integrations.a2a):
+    for module in (
+        *modules,
+        ravi.tools,
+        ravi.server,
+        ravi.telemetry,
+        ravi.state,
+        ravi.integrations.a2a,
+    ):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
 

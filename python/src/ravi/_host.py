@@ -772,6 +772,23 @@ class AgentHost:
         if sweeper is not None:
             sweeper.cancel()
         mailboxes = list(self._mailboxes.values())
+        await self._cancel_all(mailboxes)
+        self._mailboxes.clear()
+        self.active.clear()
+        # Graceful or not, a stop saves what the instances hold: the handlers
+        # were given their grace period (GrpcRuntime) or cancelled above.
+        if sweeper is not None:
+            await asyncio.gather(sweeper, return_exceptions=True)
+        await self._save_all(mailboxes)
+        self._promises.clear()
+        self._resolved.clear()
+        if self._deadlines is not None:
+            self._deadlines.clear()
+        self.outstanding = 0
+        self.wake_idle_waiters()
+
+    async def _cancel_all(self, mailboxes: list[_Mailbox]) -> None:
+        """End every call, queued or running, and every pending promise, of a stopping host."""
         for call in list(self.inline):
             call.stop(Cancelled("runtime stopped while the message was being handled"))
         tasks: list[asyncio.Task[Any]] = []
@@ -789,19 +806,6 @@ class AgentHost:
             if not future.done():
                 future.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._mailboxes.clear()
-        self.active.clear()
-        # Graceful or not, a stop saves what the instances hold: the handlers
-        # were given their grace period (GrpcRuntime) or cancelled above.
-        if sweeper is not None:
-            await asyncio.gather(sweeper, return_exceptions=True)
-        await self._save_all(mailboxes)
-        self._promises.clear()
-        self._resolved.clear()
-        if self._deadlines is not None:
-            self._deadlines.clear()
-        self.outstanding = 0
-        self.wake_idle_waiters()
 
     async def _save_all(self, mailboxes: list[_Mailbox]) -> None:
         """Save the state of every instance a stopping host had, then close the store."""

@@ -109,7 +109,7 @@ class PassivateInput:
 
 
 class Interceptor:
-    """Interceptor wraps sends, handler calls and publishes; override what you need.
+    """Interceptor wraps sends, handler calls, publishes and lifecycles; override what you need.
 
     Each method receives its input and `next`, and must await `next(input)`
     (possibly with a modified input), or return it, unless it means to
@@ -138,20 +138,20 @@ class Interceptor:
         """Around a send a node forwards to a peer; returns the peer's response."""
         return next(input)
 
+    def activate(
+        self, input: ActivateInput, next: Callable[[ActivateInput], Awaitable[None]]
+    ) -> Awaitable[None]:
+        """Around the activation of an agent instance (off the message path)."""
+        return next(input)
+
+    def passivate(
+        self, input: PassivateInput, next: Callable[[PassivateInput], Awaitable[None]]
+    ) -> Awaitable[None]:
+        """Around the passivation of an agent instance (off the message path)."""
+        return next(input)
+
 
 Hook = Callable[[T, Callable[[T], Awaitable[Any]]], Awaitable[Any]]
-
-    async def activate(
-        self, input: ActivateInput, next: Callable[[ActivateInput], Awaitable[None]]
-    ) -> None:
-        """Around the activation of an agent instance (off the message path)."""
-        await next(input)
-
-    async def passivate(
-        self, input: PassivateInput, next: Callable[[PassivateInput], Awaitable[None]]
-    ) -> None:
-        """Around the passivation of an agent instance (off the message path)."""
-        await next(input)
 
 
 def chain(

@@ -163,7 +163,7 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	maxBytes := fs.Int("max-message-bytes", ravi.DefaultMaxMessageBytes, "largest message accepted or sent")
 	confType := fs.String("conformance-type", agents.ConformanceType, "agent type of the conformance agent")
 	counterType := fs.String("counter-type", agents.CounterType, "agent type of the counter agent (its state goes to the state store)")
-	idleTimeout := seconds(ravi.DefaultIdleTimeout)
+	idleTimeout := newSecondsFlag(ravi.DefaultIdleTimeout)
 	fs.Var(idleTimeout, "idle-timeout", "seconds (or a duration such as 10m) an agent instance may go without a message before it is passivated (its state saved, the instance released); 0: never")
 	maxActive := fs.Int("max-active-agents", ravi.DefaultMaxActiveAgents, "active agent instances at most: beyond it the least recently used idle one is passivated; 0: no bound")
 	checkpoint := fs.String("checkpoint", ravi.DefaultCheckpoint, "when agent state is saved besides passivation and stop: passivation, or each_message (after every handled message, before the reply)")
@@ -304,7 +304,7 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 // node's flags take them, or as a Go duration ("10m").
 type secondsFlag time.Duration
 
-func seconds(d time.Duration) *secondsFlag { s := secondsFlag(d); return &s }
+func newSecondsFlag(d time.Duration) *secondsFlag { s := secondsFlag(d); return &s }
 
 func (s *secondsFlag) String() string { return time.Duration(*s).String() }
 

@@ -115,8 +115,7 @@ class RuntimeThreads:
             await self.runtime.wait_until_ready(agent.type, timeout=READY_WAIT)
         except TimeoutError:
             raise Unavailable(
-                f"no node hosts agent type {agent.type!r} now: is the mesh up? "
-                "Try again once it is"
+                f"no node hosts agent type {agent.type!r} now: is the mesh up? Try again once it is"
             ) from None
         run_id = run_id or f"run-{uuid.uuid4().hex}"
         with self.store.transaction():

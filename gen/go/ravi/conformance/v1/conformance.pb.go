@@ -566,6 +566,156 @@ func (x *Nest) GetInner() *Nest {
 	return nil
 }
 
+// Count asks a counter agent to apply one increment. A counter agent keeps
+// the ids of the increments it applied as its state (saved and loaded through
+// the node's state store), so a test can tell a lost increment from a doubled
+// one after restarts, kills and rebalancing.
+type Count struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the increment; the agent appends it to its state as it is.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Count) Reset() {
+	*x = Count{}
+	mi := &file_ravi_conformance_v1_conformance_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Count) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Count) ProtoMessage() {}
+
+func (x *Count) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_conformance_v1_conformance_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Count.ProtoReflect.Descriptor instead.
+func (*Count) Descriptor() ([]byte, []int) {
+	return file_ravi_conformance_v1_conformance_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Count) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// Counted is a counter agent's reply to Count and ReadCount.
+type Counted struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// total is the number of increments the agent holds.
+	Total uint64 `protobuf:"varint,1,opt,name=total,proto3" json:"total,omitempty"`
+	// node_id is the id of the node hosting the agent.
+	NodeId string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// ids lists the ids of the increments, oldest first (ReadCount only).
+	Ids           []string `protobuf:"bytes,3,rep,name=ids,proto3" json:"ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Counted) Reset() {
+	*x = Counted{}
+	mi := &file_ravi_conformance_v1_conformance_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Counted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Counted) ProtoMessage() {}
+
+func (x *Counted) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_conformance_v1_conformance_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Counted.ProtoReflect.Descriptor instead.
+func (*Counted) Descriptor() ([]byte, []int) {
+	return file_ravi_conformance_v1_conformance_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Counted) GetTotal() uint64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *Counted) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *Counted) GetIds() []string {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+// ReadCount asks a counter agent for its increments without changing them.
+type ReadCount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadCount) Reset() {
+	*x = ReadCount{}
+	mi := &file_ravi_conformance_v1_conformance_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadCount) ProtoMessage() {}
+
+func (x *ReadCount) ProtoReflect() protoreflect.Message {
+	mi := &file_ravi_conformance_v1_conformance_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadCount.ProtoReflect.Descriptor instead.
+func (*ReadCount) Descriptor() ([]byte, []int) {
+	return file_ravi_conformance_v1_conformance_proto_rawDescGZIP(), []int{12}
+}
+
 var File_ravi_conformance_v1_conformance_proto protoreflect.FileDescriptor
 
 const file_ravi_conformance_v1_conformance_proto_rawDesc = "" +
@@ -602,7 +752,14 @@ const file_ravi_conformance_v1_conformance_proto_rawDesc = "" +
 	"\tcancelled\x18\x02 \x03(\tR\tcancelled\"\v\n" +
 	"\tUnhandled\"7\n" +
 	"\x04Nest\x12/\n" +
-	"\x05inner\x18\x01 \x01(\v2\x19.ravi.conformance.v1.NestR\x05innerBDZBgithub.com/ravi-mesh/ravi/gen/go/ravi/conformance/v1;conformancev1b\x06proto3"
+	"\x05inner\x18\x01 \x01(\v2\x19.ravi.conformance.v1.NestR\x05inner\"\x17\n" +
+	"\x05Count\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
+	"\aCounted\x12\x14\n" +
+	"\x05total\x18\x01 \x01(\x04R\x05total\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x10\n" +
+	"\x03ids\x18\x03 \x03(\tR\x03ids\"\v\n" +
+	"\tReadCountBDZBgithub.com/ravi-mesh/ravi/gen/go/ravi/conformance/v1;conformancev1b\x06proto3"
 
 var (
 	file_ravi_conformance_v1_conformance_proto_rawDescOnce sync.Once
@@ -616,7 +773,7 @@ func file_ravi_conformance_v1_conformance_proto_rawDescGZIP() []byte {
 	return file_ravi_conformance_v1_conformance_proto_rawDescData
 }
 
-var file_ravi_conformance_v1_conformance_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_ravi_conformance_v1_conformance_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_ravi_conformance_v1_conformance_proto_goTypes = []any{
 	(*Echo)(nil),       // 0: ravi.conformance.v1.Echo
 	(*Echoed)(nil),     // 1: ravi.conformance.v1.Echoed
@@ -628,14 +785,17 @@ var file_ravi_conformance_v1_conformance_proto_goTypes = []any{
 	(*Observed)(nil),   // 7: ravi.conformance.v1.Observed
 	(*Unhandled)(nil),  // 8: ravi.conformance.v1.Unhandled
 	(*Nest)(nil),       // 9: ravi.conformance.v1.Nest
-	nil,                // 10: ravi.conformance.v1.Echoed.MetadataEntry
-	(*v1.AgentId)(nil), // 11: ravi.mesh.v1.AgentId
+	(*Count)(nil),      // 10: ravi.conformance.v1.Count
+	(*Counted)(nil),    // 11: ravi.conformance.v1.Counted
+	(*ReadCount)(nil),  // 12: ravi.conformance.v1.ReadCount
+	nil,                // 13: ravi.conformance.v1.Echoed.MetadataEntry
+	(*v1.AgentId)(nil), // 14: ravi.mesh.v1.AgentId
 }
 var file_ravi_conformance_v1_conformance_proto_depIdxs = []int32{
-	11, // 0: ravi.conformance.v1.Echoed.agent:type_name -> ravi.mesh.v1.AgentId
-	11, // 1: ravi.conformance.v1.Echoed.sender:type_name -> ravi.mesh.v1.AgentId
-	10, // 2: ravi.conformance.v1.Echoed.metadata:type_name -> ravi.conformance.v1.Echoed.MetadataEntry
-	11, // 3: ravi.conformance.v1.Forward.target:type_name -> ravi.mesh.v1.AgentId
+	14, // 0: ravi.conformance.v1.Echoed.agent:type_name -> ravi.mesh.v1.AgentId
+	14, // 1: ravi.conformance.v1.Echoed.sender:type_name -> ravi.mesh.v1.AgentId
+	13, // 2: ravi.conformance.v1.Echoed.metadata:type_name -> ravi.conformance.v1.Echoed.MetadataEntry
+	14, // 3: ravi.conformance.v1.Forward.target:type_name -> ravi.mesh.v1.AgentId
 	9,  // 4: ravi.conformance.v1.Nest.inner:type_name -> ravi.conformance.v1.Nest
 	5,  // [5:5] is the sub-list for method output_type
 	5,  // [5:5] is the sub-list for method input_type
@@ -655,7 +815,7 @@ func file_ravi_conformance_v1_conformance_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ravi_conformance_v1_conformance_proto_rawDesc), len(file_ravi_conformance_v1_conformance_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

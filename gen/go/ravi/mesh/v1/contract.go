@@ -30,4 +30,12 @@ const (
 	MaxKeyBytes = 1024
 	// MaxNestingDepth is how deep a payload may nest (JSON arrays and objects, protobuf messages).
 	MaxNestingDepth = 100
+	// DefaultIdleTimeout is how long an agent may go without a message before it is passivated.
+	DefaultIdleTimeout = 600 * time.Second
+	// DefaultMaxActiveAgents is how many agent instances a node keeps active at most.
+	DefaultMaxActiveAgents = 100000
+	// DefaultCheckpoint says when agent state is saved besides passivation and graceful stop.
+	DefaultCheckpoint = "passivation"
+	// HolderLease is how long a node that stopped renewing its lease keeps its agents in a shared store.
+	HolderLease = 10 * time.Second
 )

@@ -321,3 +321,78 @@ class Nest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Nest: _TypeAlias = Nest  # noqa: Y015
+
+@_typing.final
+class Count(_message.Message):
+    """Count asks a counter agent to apply one increment. A counter agent keeps
+    the ids of the increments it applied as its state (saved and loaded through
+    the node's state store), so a test can tell a lost increment from a doubled
+    one after restarts, kills and rebalancing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id names the increment; the agent appends it to its state as it is."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Count: _TypeAlias = Count  # noqa: Y015
+
+@_typing.final
+class Counted(_message.Message):
+    """Counted is a counter agent's reply to Count and ReadCount."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """total is the number of increments the agent holds."""
+    node_id: _builtins.str
+    """node_id is the id of the node hosting the agent."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ids lists the ids of the increments, oldest first (ReadCount only)."""
+
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        node_id: _builtins.str = ...,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "node_id", b"node_id", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Counted: _TypeAlias = Counted  # noqa: Y015
+
+@_typing.final
+class ReadCount(_message.Message):
+    """ReadCount asks a counter agent for its increments without changing them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadCount: _TypeAlias = ReadCount  # noqa: Y015

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ravi/conformance/v1/conformance.proto.
  */
 export const file_ravi_conformance_v1_conformance: GenFile = /*@__PURE__*/
-  fileDesc("CiVyYXZpL2NvbmZvcm1hbmNlL3YxL2NvbmZvcm1hbmNlLnByb3RvEhNyYXZpLmNvbmZvcm1hbmNlLnYxIhQKBEVjaG8SDAoEdGV4dBgBIAEoCSKIAgoGRWNob2VkEgwKBHRleHQYASABKAkSJAoFYWdlbnQYAiABKAsyFS5yYXZpLm1lc2gudjEuQWdlbnRJZBIPCgdub2RlX2lkGAMgASgJEhAKCGxhbmd1YWdlGAQgASgJEiUKBnNlbmRlchgFIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkEjsKCG1ldGFkYXRhGAYgAygLMikucmF2aS5jb25mb3JtYW5jZS52MS5FY2hvZWQuTWV0YWRhdGFFbnRyeRISCgptZXNzYWdlX2lkGAcgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIlCgRGYWlsEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSIkCgVTbGVlcBIOCgZtaWxsaXMYASABKA0SCwoDdGFnGAIgASgJIhQKBVNsZXB0EgsKA3RhZxgBIAEoCSI+CgdGb3J3YXJkEiUKBnRhcmdldBgBIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkEgwKBHRleHQYAiABKAkiCAoGUmVwb3J0Ii0KCE9ic2VydmVkEg4KBmV2ZW50cxgBIAMoCRIRCgljYW5jZWxsZWQYAiADKAkiCwoJVW5oYW5kbGVkIjAKBE5lc3QSKAoFaW5uZXIYASABKAsyGS5yYXZpLmNvbmZvcm1hbmNlLnYxLk5lc3RCRFpCZ2l0aHViLmNvbS9yYXZpLW1lc2gvcmF2aS9nZW4vZ28vcmF2aS9jb25mb3JtYW5jZS92MTtjb25mb3JtYW5jZXYxYgZwcm90bzM", [file_ravi_mesh_v1_types]);
+  fileDesc("CiVyYXZpL2NvbmZvcm1hbmNlL3YxL2NvbmZvcm1hbmNlLnByb3RvEhNyYXZpLmNvbmZvcm1hbmNlLnYxIhQKBEVjaG8SDAoEdGV4dBgBIAEoCSKIAgoGRWNob2VkEgwKBHRleHQYASABKAkSJAoFYWdlbnQYAiABKAsyFS5yYXZpLm1lc2gudjEuQWdlbnRJZBIPCgdub2RlX2lkGAMgASgJEhAKCGxhbmd1YWdlGAQgASgJEiUKBnNlbmRlchgFIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkEjsKCG1ldGFkYXRhGAYgAygLMikucmF2aS5jb25mb3JtYW5jZS52MS5FY2hvZWQuTWV0YWRhdGFFbnRyeRISCgptZXNzYWdlX2lkGAcgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIlCgRGYWlsEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSIkCgVTbGVlcBIOCgZtaWxsaXMYASABKA0SCwoDdGFnGAIgASgJIhQKBVNsZXB0EgsKA3RhZxgBIAEoCSI+CgdGb3J3YXJkEiUKBnRhcmdldBgBIAEoCzIVLnJhdmkubWVzaC52MS5BZ2VudElkEgwKBHRleHQYAiABKAkiCAoGUmVwb3J0Ii0KCE9ic2VydmVkEg4KBmV2ZW50cxgBIAMoCRIRCgljYW5jZWxsZWQYAiADKAkiCwoJVW5oYW5kbGVkIjAKBE5lc3QSKAoFaW5uZXIYASABKAsyGS5yYXZpLmNvbmZvcm1hbmNlLnYxLk5lc3QiEwoFQ291bnQSCgoCaWQYASABKAkiNgoHQ291bnRlZBINCgV0b3RhbBgBIAEoBBIPCgdub2RlX2lkGAIgASgJEgsKA2lkcxgDIAMoCSILCglSZWFkQ291bnRCRFpCZ2l0aHViLmNvbS9yYXZpLW1lc2gvcmF2aS9nZW4vZ28vcmF2aS9jb25mb3JtYW5jZS92MTtjb25mb3JtYW5jZXYxYgZwcm90bzM", [file_ravi_mesh_v1_types]);
 
 /**
  * Echo asks a conformance agent to reply with what it received. Conformance
@@ -293,4 +293,78 @@ export type Nest = Message<"ravi.conformance.v1.Nest"> & {
  */
 export const NestSchema: GenMessage<Nest> = /*@__PURE__*/
   messageDesc(file_ravi_conformance_v1_conformance, 9);
+
+/**
+ * Count asks a counter agent to apply one increment. A counter agent keeps
+ * the ids of the increments it applied as its state (saved and loaded through
+ * the node's state store), so a test can tell a lost increment from a doubled
+ * one after restarts, kills and rebalancing.
+ *
+ * @generated from message ravi.conformance.v1.Count
+ */
+export type Count = Message<"ravi.conformance.v1.Count"> & {
+  /**
+   * id names the increment; the agent appends it to its state as it is.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message ravi.conformance.v1.Count.
+ * Use `create(CountSchema)` to create a new message.
+ */
+export const CountSchema: GenMessage<Count> = /*@__PURE__*/
+  messageDesc(file_ravi_conformance_v1_conformance, 10);
+
+/**
+ * Counted is a counter agent's reply to Count and ReadCount.
+ *
+ * @generated from message ravi.conformance.v1.Counted
+ */
+export type Counted = Message<"ravi.conformance.v1.Counted"> & {
+  /**
+   * total is the number of increments the agent holds.
+   *
+   * @generated from field: uint64 total = 1;
+   */
+  total: bigint;
+
+  /**
+   * node_id is the id of the node hosting the agent.
+   *
+   * @generated from field: string node_id = 2;
+   */
+  nodeId: string;
+
+  /**
+   * ids lists the ids of the increments, oldest first (ReadCount only).
+   *
+   * @generated from field: repeated string ids = 3;
+   */
+  ids: string[];
+};
+
+/**
+ * Describes the message ravi.conformance.v1.Counted.
+ * Use `create(CountedSchema)` to create a new message.
+ */
+export const CountedSchema: GenMessage<Counted> = /*@__PURE__*/
+  messageDesc(file_ravi_conformance_v1_conformance, 11);
+
+/**
+ * ReadCount asks a counter agent for its increments without changing them.
+ *
+ * @generated from message ravi.conformance.v1.ReadCount
+ */
+export type ReadCount = Message<"ravi.conformance.v1.ReadCount"> & {
+};
+
+/**
+ * Describes the message ravi.conformance.v1.ReadCount.
+ * Use `create(ReadCountSchema)` to create a new message.
+ */
+export const ReadCountSchema: GenMessage<ReadCount> = /*@__PURE__*/
+  messageDesc(file_ravi_conformance_v1_conformance, 12);
 

@@ -26,3 +26,11 @@ export const MAX_TYPE_BYTES = 256;
 export const MAX_KEY_BYTES = 1024;
 /** How deep a payload may nest (JSON arrays and objects, protobuf messages). */
 export const MAX_NESTING_DEPTH = 100;
+/** How long an agent may go without a message before it is passivated, in milliseconds. */
+export const DEFAULT_IDLE_TIMEOUT_MS = 600000;
+/** How many agent instances a node keeps active at most. */
+export const DEFAULT_MAX_ACTIVE_AGENTS = 100000;
+/** When agent state is saved besides passivation and graceful stop. */
+export const DEFAULT_CHECKPOINT = "passivation";
+/** How long a node that stopped renewing its lease keeps its agents in a shared store, in milliseconds. */
+export const HOLDER_LEASE_MS = 10000;
