@@ -414,7 +414,7 @@ func (n *Node) Start() error {
 	for _, name := range names {
 		n.addPeerLocked(name, n.opts.Peers[name], false)
 	}
-	n.log.Info("serving", "addr", n.addr, "peers", len(names))
+	n.log.Debug("serving", "addr", n.addr, "peers", len(names))
 	return nil
 }
 
@@ -490,7 +490,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		if !started {
 			close(n.serveDone)
 		}
-		n.log.Info("stopped")
+		n.log.Debug("stopped")
 	})
 	return err
 }

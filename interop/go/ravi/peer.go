@@ -3,13 +3,17 @@ package ravi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"time"
 
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 )
 
 type agentTypeInfo = meshv1.AgentTypeInfo
@@ -78,7 +82,7 @@ func (n *Node) addPeerLocked(name, address string, learned bool) {
 	dial = append(dial, n.opts.DialOptions...)
 	client, err := Dial(address, WithToken(n.opts.PeerToken), WithMaxMessageBytes(n.opts.MaxMessageBytes), WithDialOptions(dial...))
 	if err != nil {
-		n.log.Error("cannot dial peer", "peer", name, "addr", address, "err", err)
+		n.log.Error(fmt.Sprintf("peer %s at %s cannot be dialled: %v", name, address, err))
 		return
 	}
 	ctx, cancel := context.WithCancel(n.peerCtx)
@@ -114,7 +118,7 @@ func (n *Node) learnPeer(caller *meshv1.NodeInfo) {
 	if _, taken := n.peers[name]; taken {
 		name += "@" + caller.GetAddress()
 	}
-	n.log.Info("learned peer", "peer", name, "addr", caller.GetAddress())
+	n.log.Info(fmt.Sprintf("learned peer %s at %s (it described this node)", name, caller.GetAddress()))
 	n.addPeerLocked(name, caller.GetAddress(), true)
 }
 
@@ -124,6 +128,7 @@ func (n *Node) learnPeer(caller *meshv1.NodeInfo) {
 func (n *Node) runPeer(ctx context.Context, p *peer) {
 	defer n.peerWG.Done()
 	delay := peerBackoffMin
+	unreachable := false // logged once per outage
 	for ctx.Err() == nil {
 		select {
 		case <-p.kick:
@@ -134,11 +139,16 @@ func (n *Node) runPeer(ctx context.Context, p *peer) {
 		if ctx.Err() != nil {
 			return
 		}
-		if established {
+		switch {
+		case established:
 			delay = peerBackoffMin
-			n.log.Info("peer stream ended", "peer", p.name, "err", err)
-		} else {
-			n.log.Debug("peer link failed", "peer", p.name, "addr", p.address, "err", err, "retry_in", delay)
+			unreachable = false
+			n.log.Info(fmt.Sprintf("peer %s at %s dropped: %s; reconnecting", p.name, p.address, peerFailure(err, "its stream ended")))
+		case !unreachable:
+			unreachable = true
+			n.log.Info(fmt.Sprintf("peer %s at %s unreachable: %s; retrying every %g s at most", p.name, p.address, peerFailure(err, "no answer"), peerBackoffMax.Seconds()))
+		default:
+			n.log.Debug(fmt.Sprintf("peer %s at %s still unreachable: %s", p.name, p.address, peerFailure(err, "no answer")), "retry_in", delay)
 		}
 		t := time.NewTimer(delay)
 		select {
@@ -195,7 +205,7 @@ func (n *Node) linkPeer(ctx context.Context, p *peer) (established bool, err err
 				p.streaming = true
 				n.notifyRoutesLocked()
 				n.mu.Unlock()
-				n.log.Info("peer connected", "peer", p.name, "peer_node", k.Node.GetNodeId(), "addr", p.address, "incarnation", k.Node.GetIncarnation())
+				n.log.Info(fmt.Sprintf("peer %s connected at %s (node %s, hosts %s)", p.name, p.address, k.Node.GetNodeId(), hostedTypes(k.Node)))
 			}
 		case *meshv1.SubscribeResponse_Event:
 			n.deliverPeerEvent(k.Event)
@@ -210,7 +220,7 @@ func (n *Node) setPeerInfo(p *peer, info *meshv1.NodeInfo) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if info.GetNodeId() == n.id {
-		n.log.Warn("peer is this node itself; ignoring it", "peer", p.name, "addr", p.address)
+		n.log.Warn(fmt.Sprintf("peer %s at %s is this node itself: ignored", p.name, p.address))
 		return false
 	}
 	for _, q := range n.peers {
@@ -226,7 +236,7 @@ func (n *Node) setPeerInfo(p *peer, info *meshv1.NodeInfo) bool {
 		}
 	}
 	if p.nodeID != "" && p.info != nil && p.info.GetIncarnation() != info.GetIncarnation() {
-		n.log.Info("peer restarted", "peer", p.name, "incarnation", info.GetIncarnation())
+		n.log.Info(fmt.Sprintf("peer %s restarted (incarnation %s)", p.name, info.GetIncarnation()))
 	}
 	p.nodeID = info.GetNodeId()
 	p.info = info
@@ -255,4 +265,38 @@ func (n *Node) clearPeer(p *peer) {
 		p.info = nil
 		n.notifyRoutesLocked()
 	}
+}
+
+// hostedTypes lists the agent types a NodeInfo says its node hosts, for logs.
+func hostedTypes(info *meshv1.NodeInfo) string {
+	var names []string
+	for _, t := range info.GetAgentTypes() {
+		names = append(names, t.GetAgentType())
+	}
+	if len(names) == 0 {
+		return "no agent types"
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+// peerFailure is the gist of why a peer link failed, for logs: the
+// operating system's words when the connection failed ("connection
+// refused"), else the status; ifNone when the link simply ended.
+func peerFailure(err error, ifNone string) string {
+	if err == nil {
+		return ifNone
+	}
+	text := err.Error()
+	if i := strings.LastIndex(text, "connect: "); i >= 0 {
+		return strings.TrimRight(text[i+len("connect: "):], `"`)
+	}
+	if st, ok := status.FromError(err); ok {
+		msg := st.Message()
+		if _, desc, found := strings.Cut(msg, `desc = "`); found {
+			return strings.TrimSuffix(desc, `"`)
+		}
+		return fmt.Sprintf("%s: %s", CodeName(st.Code()), msg)
+	}
+	return text
 }

@@ -127,7 +127,7 @@ func (n *Node) handleLocal(ctx context.Context, at *agentType, to AgentID, req *
 	h, ok := at.handlers[msgType]
 	if !ok {
 		return nil, reasonError(codes.Unimplemented, ReasonNoHandler,
-			fmt.Sprintf("agent type %q has no handler for %s", to.Type, msgType),
+			noHandlerMessage(at, to.Type, msgType),
 			map[string]string{"agent_type": to.Type, "message_type": msgType, "node_id": n.id})
 	}
 	metadata := tc.merge(env.GetMetadata())
@@ -229,7 +229,7 @@ func (n *Node) sendToPeer(ctx context.Context, req *meshv1.SendRequest, span tra
 	p, peerID := n.choosePeer(to, route.GetVisitedNodeIds())
 	if p == nil {
 		return nil, reasonError(codes.NotFound, ReasonAgentTypeNotFound,
-			fmt.Sprintf("no node hosts agent type %q (asked node %s)", to.Type, n.id),
+			n.notHostedMessage(to.Type),
 			map[string]string{"agent_type": to.Type, "node_id": n.id})
 	}
 	if span != nil && span.IsRecording() {

@@ -30,6 +30,7 @@ from ravi._agent import BaseAgent, Handler, agent_class_of
 from ravi._cancellation import CancellationToken
 from ravi._context import MessageContext
 from ravi._deadlines import Deadlines
+from ravi._hints import not_registered
 from ravi._ids import AgentId, TopicId
 from ravi._interceptors import HandleInput, Interceptor, chain
 from ravi._subscriptions import Subscription, TypeSubscription
@@ -696,7 +697,7 @@ class AgentHost:
             return await asyncio.shield(pending)
         registration = self.registrations.get(agent_id.type)
         if registration is None:
-            raise AgentTypeNotFound(f"no agent type {agent_id.type!r} is registered")
+            raise AgentTypeNotFound(not_registered(agent_id.type, self.registrations))
         if not self.running:
             raise Unavailable("the runtime is not running")
         future: asyncio.Future[_Mailbox] = self.loop.create_future()

@@ -215,7 +215,7 @@ class MessageRegistry:
             return _decode_json_value(content_type, data)
         codec = self._by_name.get(type_name) or self._protobuf_codec(type_name)
         if codec is None:
-            raise BadPayload(f"unknown message type {type_name!r}")
+            raise BadPayload(f'unknown message type "{type_name}"')
         return codec.decode(content_type, data)
 
     def _protobuf_codec(self, type_name: str) -> _Codec | None:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import uvicorn
 
-from ravi._mesh_cli import NodeConfig, UsageError, _setup
+from ravi._cli_errors import UsageError
+from ravi._mesh_cli import NodeConfig, _setup
 from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.models import ChatModel
 from ravi.runtime import BaseRuntime, LocalRuntime
