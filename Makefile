@@ -67,6 +67,12 @@ $(GO_TOOLS_STAMP): tools/go/go.mod tools/go/go.sum
 $(JAEGER): tools/jaeger/go.mod tools/jaeger/go.sum
 	cd tools/jaeger && go build -o $(JAEGER) github.com/jaegertracing/jaeger/cmd/jaeger
 
+.PHONY: jaeger
+jaeger: $(JAEGER) ## Build Jaeger into .tools/bin, for `ravi demo --trace`.
+
+.PHONY: restate-server
+restate-server: $(NPM_TOOLS_STAMP) ## Install restate-server (npm), for `ravi restate dev`.
+
 # Debian's Chromium, for the browser tests of the server's page (Playwright
 # drives it; it never downloads a browser of its own). Installed with apt,
 # through sudo when not root.
@@ -240,9 +246,11 @@ bench-restate: $(VENV_STAMP) $(NPM_TOOLS_STAMP)
 
 # --- demo ------------------------------------------------------------------
 
+# The demo bootstraps only what it runs: the virtualenv and the Go and Node
+# nodes; Jaeger only with TRACE=1 (KEEP=1 keeps it up to query afterwards).
 .PHONY: demo
-demo: $(VENV_STAMP) $(JAEGER) build ## Run the main demo (TRACE=1: traced into Jaeger, trace printed).
-	$(VENV)/bin/ravi demo $(if $(TRACE),--trace,--mesh)
+demo: $(VENV_STAMP) build $(if $(TRACE),$(JAEGER)) ## Run the main demo (TRACE=1: traced; KEEP=1: Jaeger stays up).
+	$(VENV)/bin/ravi demo $(if $(TRACE),--trace $(if $(KEEP),--keep),--mesh)
 
 # --- housekeeping ----------------------------------------------------------
 

@@ -53,6 +53,7 @@ class Tool:
     what: str
     path: str
     target: str
+    made: str = "built"
 
     def find(self) -> Path:
         """Its path in the checkout, or a UsageError saying what is missing and how to make it."""
@@ -60,7 +61,8 @@ class Tool:
         found = home / self.path
         if not found.exists():
             raise UsageError(
-                f"{self.what} is not built: {found} is missing; run `make {self.target}` in {home}"
+                f"{self.what} is not {self.made}: {found} is missing; "
+                f"run `make {self.target}` in {home}"
             )
         return found
 
@@ -81,6 +83,7 @@ RESTATE_SERVER = Tool(
     "restate-server",
     "tools/node_modules/@restatedev/restate-server-linux-x64/bin/restate-server",
     "restate-server",
+    "installed",
 )
 
 

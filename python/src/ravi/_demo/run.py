@@ -164,8 +164,10 @@ async def run_mesh(
         )
         for name, (node, hosts, language) in sorted(nodes.items()):
             print(f"  {name:<8} {node.address:<16} {language:<7} {hosts}")
-        for reason in missing:
-            print(f"  ({reason}: a Python reviewer stands in for the Go and Node nodes)")
+        if missing:
+            print("\n  a Python reviewer stands in for the Go and Node nodes, because")
+            for reason in missing:
+                print(f"    {reason}")
         print(f"\ntask: {task_text}\n")
         telemetry = _telemetry(jaeger)
         client = GrpcRuntime(
