@@ -50,6 +50,17 @@ $(VENV_STAMP): tools/requirements.txt python/pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable python
 	touch $@
 
+# What the demo needs of it (tools/requirements-demo.txt, a fifth of the
+# downloads): installed alone by `make demo` on a machine that has no
+# virtualenv yet; with the whole one installed, `make demo` uses it.
+VENV_DEMO_STAMP := $(VENV)/.ravi-demo-installed
+$(VENV_DEMO_STAMP): tools/requirements-demo.txt python/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r tools/requirements-demo.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable python
+	touch $@
+DEMO_VENV := $(if $(wildcard $(VENV_STAMP)),$(VENV_STAMP),$(VENV_DEMO_STAMP))
+
 $(NPM_TOOLS_STAMP): tools/package.json tools/package-lock.json
 	npm ci --prefix tools --no-audit --no-fund --loglevel=error
 	touch $@
@@ -249,7 +260,7 @@ bench-restate: $(VENV_STAMP) $(NPM_TOOLS_STAMP)
 # The demo bootstraps only what it runs: the virtualenv and the Go and Node
 # nodes; Jaeger only with TRACE=1 (KEEP=1 keeps it up to query afterwards).
 .PHONY: demo
-demo: $(VENV_STAMP) build $(if $(TRACE),$(JAEGER)) ## Run the main demo (TRACE=1: traced; KEEP=1: Jaeger stays up).
+demo: $(DEMO_VENV) build $(if $(TRACE),$(JAEGER)) ## Run the main demo (TRACE=1: traced; KEEP=1: Jaeger stays up).
 	$(VENV)/bin/ravi demo $(if $(TRACE),--trace $(if $(KEEP),--keep),--mesh)
 
 # --- housekeeping ----------------------------------------------------------
@@ -267,6 +278,19 @@ lock: ## Re-resolve tools/requirements.in into the pinned tools/requirements.txt
 clean: ## Remove every bootstrapped folder and build output.
 	rm -rf $(VENV) .tools tools/node_modules node_modules gen/ts/dist interop/node/dist \
 	  .mypy_cache .ruff_cache .pytest_cache .hypothesis python/dist
+
+# The demo's lock (tools/requirements-demo.txt): ravi's dependencies with the
+# telemetry extra, and hatchling, at the versions tools/requirements.txt pins.
+# Run it after `make lock`: tests/unit/test_deploy.py fails while they disagree.
+.PHONY: lock-demo
+lock-demo: ## Re-resolve tools/requirements-demo.txt from tools/requirements.txt.
+	rm -rf .tools/lock-demo-venv
+	$(PYTHON) -m venv .tools/lock-demo-venv
+	.tools/lock-demo-venv/bin/pip install --quiet pip-tools==7.6.2
+	.tools/lock-demo-venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-find-links \
+	  --extra telemetry --constraint tools/requirements.txt \
+	  --output-file tools/requirements-demo.txt tools/requirements-demo.in python/pyproject.toml
+	rm -rf .tools/lock-demo-venv
 
 # The Python image's lock (deploy/docker/requirements.txt): ravi's dependencies
 # with the server, telemetry and restate extras, and hatchling, which builds its

@@ -64,7 +64,10 @@ def test_toml_keys_are_field_names_and_flags_win(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "error"),
     [
-        ("peers = {a = 'x:1'}\n", 'unknown key "peers" \\(did you mean "peer"\\?\\); the keys are: '),
+        (
+            "peers = {a = 'x:1'}\n",
+            'unknown key "peers" \\(did you mean "peer"\\?\\); the keys are: ',
+        ),
         ("default_timeout = 'soon'\n", "default_timeout must be a float"),
         ("mailbox_capacity = 0\n", "mailbox_capacity must be at least 1"),
         ("peer = ['x']\n", "peer must be a table of strings"),

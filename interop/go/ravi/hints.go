@@ -12,14 +12,15 @@ import (
 
 // closest returns the choice nearest to word by edit distance when it is near
 // enough to be a typo (at most a third of the word's letters differ, at least
-// one); ties go to the first choice in sorted order.
+// one, a swap of two neighbours counting as one); ties go to the first choice
+// in sorted order.
 func closest(word string, choices []string) (string, bool) {
 	sorted := slices.Clone(choices)
 	slices.Sort(sorted)
 	sorted = slices.Compact(sorted)
 	best, bestDistance := "", -1
 	for _, c := range sorted {
-		if d := levenshtein(word, c); bestDistance < 0 || d < bestDistance {
+		if d := distance(word, c); bestDistance < 0 || d < bestDistance {
 			best, bestDistance = c, d
 		}
 	}
@@ -37,25 +38,32 @@ func didYouMean(word string, choices []string) string {
 	return ""
 }
 
-func levenshtein(a, b string) int {
+// distance counts the edits from a to b: insert, delete, replace, or swap two
+// neighbours (each one).
+func distance(a, b string) int {
 	ra, rb := []rune(a), []rune(b)
-	previous := make([]int, len(rb)+1)
-	for j := range previous {
-		previous[j] = j
+	rows := make([][]int, len(ra)+1)
+	for i := range rows {
+		rows[i] = make([]int, len(rb)+1)
+		rows[i][0] = i
 	}
-	for i, x := range ra {
-		current := make([]int, len(rb)+1)
-		current[0] = i + 1
-		for j, y := range rb {
+	for j := range rows[0] {
+		rows[0][j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		for j := 1; j <= len(rb); j++ {
 			cost := 1
-			if x == y {
+			if ra[i-1] == rb[j-1] {
 				cost = 0
 			}
-			current[j+1] = min(previous[j+1]+1, current[j]+1, previous[j]+cost)
+			d := min(rows[i-1][j]+1, rows[i][j-1]+1, rows[i-1][j-1]+cost)
+			if i > 1 && j > 1 && ra[i-1] == rb[j-2] && ra[i-2] == rb[j-1] {
+				d = min(d, rows[i-2][j-2]+1)
+			}
+			rows[i][j] = d
 		}
-		previous = current
 	}
-	return previous[len(rb)]
+	return rows[len(ra)][len(rb)]
 }
 
 // knownTypes lists the agent types this node can reach: its own and its

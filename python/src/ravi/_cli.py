@@ -429,4 +429,7 @@ def main() -> None:
     except typer.Abort:
         typer.echo("", err=True)
         sys.exit(130)
+    except ImportError as missing:  # an optional extra not installed: it says which
+        typer.echo(f"{command_name()}: {missing}", err=True)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

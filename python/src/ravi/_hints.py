@@ -12,12 +12,13 @@ from collections.abc import Iterable
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The choice nearest to `word` by edit distance, if it is near enough to be a typo.
 
-    Near enough: at most a third of the word's letters differ (at least one).
-    Ties go to the first choice in sorted order.
+    Near enough: at most a third of the word's letters differ (at least one),
+    a swap of two neighbouring letters counting as one. Ties go to the first
+    choice in sorted order.
     """
     best: tuple[int, str] | None = None
     for choice in sorted(set(choices)):
-        distance = _levenshtein(word, choice)
+        distance = _distance(word, choice)
         if best is None or distance < best[0]:
             best = (distance, choice)
     if best is None or best[0] > max(1, len(word) // 3) or best[1] == word:
@@ -40,11 +41,15 @@ def not_registered(agent_type: str, registered: Iterable[str]) -> str:
     )
 
 
-def _levenshtein(a: str, b: str) -> int:
-    previous = list(range(len(b) + 1))
+def _distance(a: str, b: str) -> int:
+    """Edits from a to b: insert, delete, replace, or swap two neighbours (each one)."""
+    rows = [list(range(len(b) + 1))]
     for i, x in enumerate(a, start=1):
-        current = [i]
+        row = [i]
         for j, y in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
+            cost = min(rows[i - 1][j] + 1, row[j - 1] + 1, rows[i - 1][j - 1] + (x != y))
+            if i > 1 and j > 1 and x == b[j - 2] and a[i - 2] == y:
+                cost = min(cost, rows[i - 2][j - 2] + 1)
+            row.append(cost)
+        rows.append(row)
+    return rows[-1][-1]

@@ -300,7 +300,7 @@ def _describe_node(runtime: GrpcRuntime) -> list[str]:
         f"{t.agent_type} ({', '.join(sorted(t.handled_types)) or 'no handlers'})"
         for t in sorted(info.agent_types, key=lambda t: t.agent_type)
     )
-    peers = ", ".join(f"{p.name} at {p.address}" for p in runtime.peers() if not p.learned)
+    peers = ", ".join(sorted(f"{p.name} at {p.address}" for p in runtime.peers() if not p.learned))
     return [f"  agents: {agents or 'none'}", f"  peers: {peers or 'none'}"]
 
 
@@ -521,13 +521,15 @@ async def subscribe(
         )
     request = agent_service_pb2.SubscribeRequest(filters=filters, subscriber_id="ravi-cli")
     received = 0
+    described = False
     async with _channel(address, ca) as channel:
         stub = agent_service_pb2_grpc.AgentServiceStub(channel)
         stream = stub.Subscribe(request, timeout=timeout, metadata=_metadata(token))
         try:
             async for item in stream:
                 if item.HasField("node"):
-                    if received == 0 and not item.node.revision:
+                    if not described:
+                        described = True
                         say(
                             f"subscribed to {address} (node {item.node.node_id}): the events "
                             "published through this node"

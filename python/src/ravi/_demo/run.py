@@ -286,12 +286,14 @@ async def run_traced(task_text: str, corpus: Path, *, keep: bool) -> TaskResult:
             print("  Jaeger stops with the demo: run with --keep to query it afterwards")
             return result
         print(
-            "\nJaeger keeps running until Ctrl-C. It has no web UI (this build has only the "
+            "\nJaeger keeps running until Ctrl-C. It has no web UI (this build serves only its "
             "query API); ask it with curl:\n"
-            f"  curl {api}/api/traces/{trace_id}          this trace, as JSON\n"
-            f"  curl {api}/api/services                   the services that sent spans\n"
-            f"  curl '{api}/api/traces?service=node-a&limit=5'   recent traces of node-a, "
-            "their ids in data[].traceID"
+            "  this trace, as JSON:\n"
+            f"    curl {api}/api/traces/{trace_id}\n"
+            "  the services that sent spans:\n"
+            f"    curl {api}/api/services\n"
+            "  the latest traces of node-a (their ids are data[].traceID):\n"
+            f"    curl '{api}/api/traces?service=node-a&limit=5'"
         )
         await _until_signal()
         return result

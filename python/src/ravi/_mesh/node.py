@@ -201,7 +201,8 @@ class MeshNode:
         except TimeoutError:
             missing = [t for t in agent_types if not self.reaches(t)]
             raise TimeoutError(
-                f"agent type{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                f"agent type{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(f'{chr(34)}{t}{chr(34)}' for t in missing)} "
                 f"not reachable after {timeout:g} s: {self._hosted_where()}"
             ) from None
 

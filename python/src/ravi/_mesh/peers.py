@@ -71,6 +71,8 @@ class Peer:
         self.resubscribing = False
         self.unreachable = False
         """Dialling failed since the last connection (logged once per outage)."""
+        self.announced = False
+        """Its stream is up and logged as connected (a drop is logged once, then)."""
 
     @property
     def node_id(self) -> str:
@@ -314,10 +316,12 @@ class Peers:
     def _lost(self, peer: Peer, failure: RaviError | None) -> None:
         """Log that `peer` dropped or cannot be reached (once per outage), and unroute it."""
         if (failure is not None and failure.code is Code.CANCELLED) or not self._running:
+            peer.announced = False
             self._update(peer, None)
             return
         reason = _reason(failure) if failure is not None else "its stream ended"
-        if peer.connected:
+        if peer.announced:
+            peer.announced = False
             logger.info("peer %s at %s dropped: %s; reconnecting", peer.name, peer.address, reason)
         elif not peer.unreachable:
             peer.unreachable = True
@@ -339,15 +343,6 @@ class Peers:
         )
         if described.node.node_id == self._owner.node_id:
             raise _NotAPeer("that address is this node")
-        if not peer.connected:
-            peer.unreachable = False
-            logger.info(
-                "peer %s connected at %s (node %s, hosts %s)",
-                peer.name,
-                peer.address,
-                described.node.node_id,
-                _types(described.node),
-            )
         self._update(peer, described.node)
         stream = peer.transport.subscribe(
             agent_service_pb2.SubscribeRequest(
@@ -357,7 +352,21 @@ class Peers:
             )
         )
         peer.stream = stream
-        await stream.follow(self._owner.deliver_event, lambda info: self._update(peer, info))
+
+        def described_again(info: types_pb2.NodeInfo) -> None:
+            # The stream's first message: the peer is connected (as the Go and Node nodes log it).
+            if not peer.announced:
+                peer.announced, peer.unreachable = True, False
+                logger.info(
+                    "peer %s connected at %s (node %s, hosts %s)",
+                    peer.name,
+                    peer.address,
+                    info.node_id,
+                    _types(info),
+                )
+            self._update(peer, info)
+
+        await stream.follow(self._owner.deliver_event, described_again)
         return True
 
 
