@@ -2,6 +2,8 @@
 
 They observe only through messages (replies and a report message), so the same
 suite runs whether the agents share the test's process or live on other nodes.
+The one exception is `Witness`, which the runtime under test hosts itself: it
+notes what it receives in this process's memory, readable after a stop.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ravi import (
     AgentId,
@@ -273,6 +275,21 @@ class Flaky(BaseAgent):
     @message_handler
     async def on_ping(self, message: Ping, ctx: MessageContext) -> None:
         raise RuntimeError("flaky subscriber")
+
+
+class Witness(BaseAgent):
+    """Notes each Ping it receives in `Witness.seen`, taking a moment over each.
+
+    Hosted by the runtime under test itself (never by another node), so what
+    it saw stays readable once that runtime has stopped.
+    """
+
+    seen: ClassVar[list[str]] = []
+
+    @message_handler
+    async def on_ping(self, message: Ping, ctx: MessageContext) -> None:
+        await asyncio.sleep(0.01)
+        Witness.seen.append(f"{ctx.topic}:{message.text}:{message.seq}")
 
 
 AGENT_TYPES: dict[str, type[BaseAgent]] = {

@@ -12,6 +12,8 @@ from ravi.runtime import BaseRuntime
 from tests.contract.agents import AGENT_TYPES
 
 NODE_A_TYPES = ("recorder", "reentrant", "news_reader", "flaky")
+WITNESS = TypeSubscription("flush", "witness")
+"""Where the runtime under test's own `Witness` listens (see conftest.py)."""
 NODE_B_TYPES = ("other", "third")
 
 SUBSCRIPTIONS = (

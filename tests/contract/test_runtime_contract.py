@@ -46,8 +46,9 @@ from tests.contract.agents import (
     Step,
     StepResult,
     Unhandled,
+    Witness,
 )
-from tests.contract.conftest import MAILBOX_CAPACITY
+from tests.contract.conftest import MAILBOX_CAPACITY, worker_like
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -418,6 +419,26 @@ async def test_subscriptions_can_be_added_and_removed(runtime: BaseRuntime) -> N
     assert (await report(runtime, AgentId("recorder", "s"))).count == 1
     with pytest.raises(NotFound):
         await runtime.remove_subscription(subscription.id)
+
+
+async def test_stop_delivers_what_was_published_before_it(runtime: BaseRuntime) -> None:
+    # A run publishes its last events and returns; `async with` stops the
+    # runtime right after. Local and gRPC deliver them before stopping;
+    # Restate holds them durably and delivers them once a worker is back.
+    for seq in range(20):
+        await runtime.publish_message(Ping("last words", seq), TopicId("flush", "run-1"))
+    await runtime.stop()
+    published = [f"flush/run-1:last words:{seq}" for seq in range(20)]
+    if not durable(runtime):
+        assert Witness.seen == published
+        return
+    assert isinstance(runtime, RestateRuntime)
+    async with worker_like(runtime):
+
+        async def delivered() -> None:
+            assert sorted(set(Witness.seen)) == sorted(published)
+
+        await eventually(delivered, timeout=30)
 
 
 # --- durable hooks: step, wait_for ---------------------------------------------------------

@@ -3,6 +3,8 @@
 `ravi serve` runs the demo assistant (a scripted model): a task streams its
 steps over Server-Sent Events, the page shows an approval card for the risky
 tool, and approving, rejecting or editing the call decides the final answer.
+Also what a newcomer trips over: no token or a wrong one, a second browser,
+the address bar, a server that goes away, `#thread=` links.
 Screenshots go to test-output/server-ui/.
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Page, Route, async_playwright, expect
+from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from ravi.testing import NodeProcess, ravi_command, running_node, start_node
 from tests.paths import REPO_ROOT
@@ -53,17 +55,27 @@ def chromium() -> Path:
 
 
 @pytest.fixture
-async def page(server: NodeProcess, chromium: Path) -> AsyncIterator[Page]:
-    """A 1280x800 browser page; the test fails if the page throws."""
-    errors: list[str] = []
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(chromium), headless=True)
         async with browser:
-            page = await browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.set_default_timeout(TIMEOUT_MS)
             expect.set_options(timeout=TIMEOUT_MS)
-            yield page
+            yield browser
+
+
+async def new_page(browser: Browser, errors: list[str]) -> Page:
+    """A 1280x800 page in a browser context of its own (its own sessionStorage)."""
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.set_default_timeout(TIMEOUT_MS)
+    return page
+
+
+@pytest.fixture
+async def page(server: NodeProcess, browser: Browser) -> AsyncIterator[Page]:
+    """A browser page; the test fails if the page throws."""
+    errors: list[str] = []
+    yield await new_page(browser, errors)
     assert not errors, f"the page threw: {errors}"
 
 
@@ -90,6 +102,15 @@ async def thread_summary(api: httpx.AsyncClient, thread_id: str) -> dict[str, An
     return summary
 
 
+async def waiting_thread(api: httpx.AsyncClient, content: str) -> str:
+    """A thread whose run waits for its approval; its id."""
+    started = await api.post("/threads", json={"content": content})
+    assert started.status_code == 202, started.text
+    thread_id: str = started.json()["thread_id"]
+    await until_waiting(api, thread_id)
+    return thread_id
+
+
 async def until_waiting(api: httpx.AsyncClient, thread_id: str) -> dict[str, Any]:
     async with asyncio.timeout(10):
         while True:
@@ -99,16 +120,17 @@ async def until_waiting(api: httpx.AsyncClient, thread_id: str) -> dict[str, Any
             await asyncio.sleep(0.05)
 
 
-async def test_page_needs_the_token(server: NodeProcess) -> None:
+async def test_the_page_holds_no_data_the_api_needs_the_token(server: NodeProcess) -> None:
     async with httpx.AsyncClient(base_url=f"http://{server.address}", timeout=10) as client:
-        assert (await client.get("/")).status_code == 401
-        assert (await client.get("/", params={"token": "wrong"})).status_code == 401
+        for params in [{}, {"token": "wrong"}, {"token": TOKEN}]:
+            page = await client.get("/", params=params)
+            assert page.status_code == 200
+            assert page.headers["content-type"].startswith("text/html")
+            assert page.headers["cache-control"] == "no-store"
+            assert page.headers["x-frame-options"] == "DENY"
+            assert 'data-testid="task-input"' in page.text
         assert (await client.get("/threads", params={"token": TOKEN})).status_code == 401
-        page = await client.get("/", params={"token": TOKEN})
-        assert page.status_code == 200
-        assert page.headers["content-type"].startswith("text/html")
-        assert page.headers["cache-control"] == "no-store"
-        assert 'data-testid="task-input"' in page.text
+        assert (await client.get("/info")).status_code == 401
 
 
 async def test_approve_then_reject_a_follow_up(server: NodeProcess, page: Page) -> None:
@@ -178,6 +200,20 @@ async def test_edit_the_call(server: NodeProcess, page: Page, api: httpx.AsyncCl
     assert summary["status"] == "waiting_for_approval"
     assert len(summary["pending_approvals"]) == 1
 
+    # JSON, but not what the tool takes: the server refuses it (422), the card stays pending.
+    await editor.fill('{"to": 42}')
+    await card.get_by_test_id("edit-submit").click()
+    error = card.get_by_test_id("edit-error")
+    await expect(error).to_contain_text("to: 42 is not of type 'string'")
+    await expect(error).to_contain_text("'summary' is a required property")
+    await expect(card.get_by_test_id("approve")).to_be_enabled()
+    await expect(card.get_by_test_id("approval-status")).to_have_text("")
+    await expect(page.get_by_test_id("error-banner")).to_be_hidden()
+    await screenshot(page, "edit-refused.png")
+    summary = await thread_summary(api, thread_id)
+    assert summary["status"] == "waiting_for_approval"
+    assert len(summary["pending_approvals"]) == 1
+
     await editor.fill(json.dumps({"to": "boss@example.com", "summary": "Local runtime notes"}))
     await expect(card.get_by_test_id("edit-error")).to_be_hidden()
     await card.get_by_test_id("edit-submit").click()
@@ -187,6 +223,9 @@ async def test_edit_the_call(server: NodeProcess, page: Page, api: httpx.AsyncCl
     await expect(page.locator('[data-kind="approval_decision"]')).to_contain_text(
         "boss@example.com"
     )
+    # The card shows the arguments the tool ran with, the model's own folded below.
+    await expect(card.get_by_test_id("approval-arguments")).to_contain_text("boss@example.com")
+    await expect(card.get_by_test_id("model-arguments")).to_contain_text("team@example.com")
     await screenshot(page, "edited.png")
 
 
@@ -224,9 +263,7 @@ async def test_the_page_resumes_a_dropped_stream(
     server: NodeProcess, page: Page, api: httpx.AsyncClient
 ) -> None:
     """The first event stream ends after 3 events; the page reconnects with Last-Event-ID: 3."""
-    started = await api.post("/threads", json={"content": "Notes on approval"})
-    thread_id = started.json()["thread_id"]
-    await until_waiting(api, thread_id)
+    thread_id = await waiting_thread(api, "Notes on approval")
     # The server's own frames (CRLF line ends) for events 1 to 3, and a ping comment.
     raw = b""
     async with api.stream("GET", f"/threads/{thread_id}/events") as stream:
@@ -296,3 +333,123 @@ async def test_a_run_cut_by_a_restart_is_shown_interrupted_and_runs_again(
                 "Report sent to team@example.com", timeout=TIMEOUT_MS
             )
             await expect(rerun).to_be_hidden(timeout=TIMEOUT_MS)
+
+
+async def test_titles_come_from_the_server_in_a_second_browser(
+    server: NodeProcess, browser: Browser, page: Page
+) -> None:
+    await page.goto(url(server))
+    await page.get_by_test_id("task-input").fill("How do deadlines work?")
+    await page.get_by_test_id("task-submit").click()
+    await expect(page.get_by_test_id("thread-title")).to_have_text("How do deadlines work?")
+    thread_id = await page.get_by_test_id("thread-item").first.get_attribute("data-thread-id")
+
+    errors: list[str] = []
+    async with await browser.new_context() as other:  # no sessionStorage in common
+        second = await other.new_page()
+        second.on("pageerror", lambda error: errors.append(str(error)))
+        await second.goto(url(server, f"#thread={thread_id}"))
+        item = second.get_by_test_id("thread-item")
+        await expect(item).to_have_count(1)
+        await expect(item).to_contain_text("How do deadlines work?")
+        await expect(second.get_by_test_id("thread-title")).to_have_text("How do deadlines work?")
+    assert not errors, errors
+
+
+async def test_without_a_token_the_page_asks_for_it(server: NodeProcess, page: Page) -> None:
+    await page.goto(f"http://{server.address}/")
+    signin = page.get_by_test_id("signin")
+    await expect(signin).to_be_visible()
+    await expect(signin).to_contain_text("This page needs the server's token")
+    await expect(page.get_by_test_id("task-input")).to_be_hidden()
+    await expect(page.get_by_test_id("connection")).to_have_text("no token")
+    assert "error" not in (await page.locator("body").inner_text()).lower()
+    await screenshot(page, "no-token.png")
+
+    await page.get_by_test_id("signin-token").fill(TOKEN)
+    await page.get_by_test_id("signin-submit").click()
+    await expect(page.get_by_test_id("agent-type")).to_have_text("assistant")
+    await expect(signin).to_be_hidden()
+    await expect(page.get_by_test_id("task-input")).to_be_visible()
+
+
+async def test_a_wrong_token_is_said_so_and_the_right_one_leaves_the_address_bar(
+    server: NodeProcess, page: Page
+) -> None:
+    await page.goto(f"http://{server.address}/?token=wrong#thread=x")
+    await expect(page.get_by_test_id("signin-why")).to_contain_text("refused the token")
+    assert "token=" not in page.url
+
+    await page.goto(url(server))
+    await expect(page.get_by_test_id("agent-type")).to_have_text("assistant")
+    assert "token=" not in page.url, page.url
+    await page.reload()  # the tab keeps the token: no need to open the printed address again
+    await expect(page.get_by_test_id("agent-type")).to_have_text("assistant")
+    await expect(page.get_by_test_id("signin")).to_be_hidden()
+    await expect(page.get_by_test_id("connection")).to_have_text("connected")
+
+
+async def test_changing_the_address_hash_switches_threads(
+    server: NodeProcess, page: Page, api: httpx.AsyncClient
+) -> None:
+    first = (await api.post("/threads", json={"content": "Notes on restate"})).json()
+    second = (await api.post("/threads", json={"content": "Notes on approvals"})).json()
+    await page.goto(url(server, f"#thread={first['thread_id']}"))
+    await expect(page.get_by_test_id("thread-title")).to_have_text("Notes on restate")
+    await page.evaluate("id => { location.hash = `thread=${id}`; }", second["thread_id"])
+    await expect(page.get_by_test_id("thread-title")).to_have_text("Notes on approvals")
+    await expect(page.get_by_test_id("user-task")).to_contain_text("Notes on approvals")
+    await page.go_back()
+    await expect(page.get_by_test_id("thread-title")).to_have_text("Notes on restate")
+    await page.evaluate("() => { location.hash = 'thread=nope'; }")
+    await expect(page.get_by_test_id("error-banner")).to_contain_text("does not have")
+
+
+async def test_working_names_what_the_run_is_doing(
+    server: NodeProcess, page: Page, api: httpx.AsyncClient
+) -> None:
+    thread_id = await waiting_thread(api, "Notes on restate")
+    await page.goto(url(server, f"#thread={thread_id}"))
+    working = page.get_by_test_id("working")
+    await expect(working).to_have_text("Waiting for your approval to run send_report…")
+
+    # A tool that takes its time: the stream stops after the model asked for it.
+    def frame(seq: int, kind: str, body: dict[str, Any]) -> str:
+        event = {"thread_id": "slow", "seq": seq, "run_id": "r", "kind": kind, kind: body}
+        return f"id: {seq}\nevent: {kind}\ndata: {json.dumps(event)}\n\n"
+
+    stream = frame(1, "started", {"content": "Look it up", "model": "scripted:demo"})
+    stream += frame(2, "model_step", {"iteration": 1, "tool_calls": [{"tool": "look_up"}]})
+
+    async def slow_tool(route: Route) -> None:
+        await route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=stream)
+
+    async def listed(route: Route) -> None:
+        slow = {"thread_id": "slow", "title": "Look it up", "status": "running", "runs": 1}
+        await route.fulfill(json={"threads": [slow]})
+
+    await page.route("**/threads/slow/events", slow_tool)
+    await page.route("**/threads", listed)
+    await page.evaluate("() => { location.hash = 'thread=slow'; }")
+    await expect(working.last).to_have_text("Running look_up…")
+
+
+async def test_a_server_that_goes_away_is_shown_lost(browser: Browser) -> None:
+    command = [*ravi_command(), "serve", "--port", "0", "--token", TOKEN, "--store", "memory"]
+    errors: list[str] = []
+    page = await new_page(browser, errors)
+    server = await start_node(command)
+    try:
+        await page.goto(url(server))
+        await expect(page.get_by_test_id("connection")).to_have_text("connected")
+        await page.get_by_test_id("task-input").fill("Notes on approvals")
+        await page.get_by_test_id("task-submit").click()
+        await expect(page.get_by_test_id("approval-card")).to_be_visible()
+        await expect(page.get_by_test_id("connection")).to_have_text("live")
+    finally:
+        await server.kill()
+    connection = page.get_by_test_id("connection")
+    await expect(connection).to_have_text("server lost", timeout=2 * TIMEOUT_MS)
+    await expect(page.get_by_test_id("error-banner")).to_contain_text("Cannot reach the server")
+    await screenshot(page, "server-lost.png")
+    assert not errors, errors

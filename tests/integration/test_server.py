@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ravi.testing import NodeProcess, ravi_command, running_node, start_node
+from ravi.testing import NodeProcess, eventually, ravi_command, running_node, start_node
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -114,7 +114,6 @@ async def test_every_endpoint_needs_the_token() -> None:
         httpx.AsyncClient(base_url=f"http://{server.address}") as anonymous,
     ):
         for method, path in [
-            ("GET", "/"),
             ("GET", "/info"),
             ("GET", "/threads"),
             ("POST", "/threads"),
@@ -126,7 +125,8 @@ async def test_every_endpoint_needs_the_token() -> None:
             assert response.headers["www-authenticate"].startswith("Bearer")
         wrong = await anonymous.get("/threads", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
-        assert (await anonymous.get(f"/?token={TOKEN}")).status_code == 200
+        # The page holds no data: it is served to anyone and asks for the token itself.
+        assert (await anonymous.get("/")).status_code == 200
         assert (await anonymous.get("/threads", params={"token": TOKEN})).status_code == 401
 
 
@@ -194,6 +194,78 @@ async def test_the_server_joins_a_mesh_where_the_agent_runs() -> None:
             seen = await run_thread(client, 0)
     assert seen[0]["started"]["model"] == "scripted:demo"
     assert seen[-1]["final"]["content"].startswith("Done. Report sent to team@example.com")
+
+
+async def test_a_task_while_no_node_hosts_the_agent_is_refused_with_503() -> None:
+    node_command = [*ravi_command(), "node", "--node-id", "agents"]
+    node_command += ["--setup", "ravi.server:demo_setup"]
+    node = await start_node([*node_command, "--listen", "127.0.0.1:0"])
+    address = node.address
+    try:
+        command = serve_command("--runtime", "grpc", "--peer", f"agents={address}")
+        async with running_node(command) as server, client_for(server) as client:
+            await node.kill()
+            refused = await client.post("/threads", json={"thread_id": "t", "content": "x"})
+            assert (refused.status_code, refused.json()["code"]) == (503, "UNAVAILABLE")
+            assert "no node hosts agent type 'assistant'" in refused.json()["error"]
+            assert (await client.get("/threads")).json()["threads"] == []
+            node = await start_node([*node_command, "--listen", address])
+
+            async def accepted() -> None:
+                started = await client.post("/threads", json={"thread_id": "t", "content": "x"})
+                assert started.status_code == 202, started.text
+
+            await eventually(accepted, timeout=30)
+    finally:
+        await node.stop()
+
+
+@pytest.mark.parametrize("runtime", ["local", "grpc"])
+async def test_an_edit_that_does_not_validate_is_refused_and_the_card_stays_pending(
+    runtime: str,
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        command = serve_command()
+        if runtime == "grpc":  # the schema travels in the event, from the node hosting the agent
+            node = [*ravi_command(), "node", "--listen", "127.0.0.1:0", "--node-id", "agents"]
+            node += ["--setup", "ravi.server:demo_setup"]
+            agents = await stack.enter_async_context(running_node(node))
+            command = serve_command("--runtime", "grpc", "--peer", f"agents={agents.address}")
+        server = await stack.enter_async_context(running_node(command))
+        client = await stack.enter_async_context(client_for(server))
+        await client.post("/threads", json={"thread_id": "edit", "content": "grpc"})
+        request = await anext(
+            e async for e in events(client, "edit") if e["kind"] == "approval_request"
+        )
+        asked = request["approval_request"]
+        assert json.loads(asked["parameters_json"])["required"] == ["to", "summary"]
+        respond = f"/respond/{asked['request_id']}"
+        for arguments, problems in [
+            (
+                {"to": 42},
+                [
+                    (["arguments"], "'summary' is a required property"),
+                    (["arguments", "to"], "42 is not of type 'string'"),
+                ],
+            ),
+            (
+                {"to": "a@b.c", "summary": "s", "cc": "x"},
+                [(["arguments"], "Additional properties are not allowed ('cc' was unexpected)")],
+            ),
+        ]:
+            refused = await client.post(respond, json={"action": "edit", "arguments": arguments})
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["code"] == "INVALID_ARGUMENT"
+            assert [(p["loc"], p["msg"]) for p in refused.json()["error"]] == problems
+        status = (await client.get("/threads/edit")).json()
+        assert status["status"] == "waiting_for_approval"
+        assert [p["approval_request"]["request_id"] for p in status["pending_approvals"]] == [
+            asked["request_id"]
+        ]
+        edit = {"action": "edit", "arguments": {"to": "boss@example.com", "summary": "s"}}
+        assert (await client.post(respond, json=edit)).status_code == 200
+        final = await anext(e async for e in events(client, "edit") if e["kind"] == "final")
+        assert final["final"]["content"].startswith("Done. Report sent to boss@example.com")
 
 
 async def test_an_approval_whose_run_ended_is_refused() -> None:
@@ -339,3 +411,40 @@ async def test_sigterm_exits_0_within_the_grace_period_idle_and_busy(
         async with running_node(serve_command(*extra)) as again, client_for(again) as client:
             status = (await client.get("/threads/busy")).json()
             assert (status["status"], status["error"]["code"]) == ("interrupted", "ABORTED")
+
+
+async def test_the_console_tells_what_happens_and_keeps_the_token_out_of_it() -> None:
+    server = await start_node(serve_command("--run-timeout", "1"))
+    try:
+        async with client_for(server) as client:
+            await client.post("/threads", json={"thread_id": "late", "content": "grpc"})
+            await approval_card(client, "late")  # nobody answers: the run fails at 1 s
+
+            async def failed() -> None:
+                assert (await client.get("/threads/late")).json()["status"] == "failed"
+
+            await eventually(failed, timeout=30)
+        async with httpx.AsyncClient(base_url=f"http://{server.address}") as browser:
+            assert (await browser.get("/", params={"token": TOKEN})).status_code == 200
+            assert (await browser.get("/threads")).status_code == 401
+    finally:
+        await sigterm(server, 7.0)
+    console = "".join(server.output)
+    assert f"open http://{server.address}/?token=***" in console
+    assert TOKEN not in console
+    assert "POST /threads 202" in console
+    assert "GET /threads/late 200" in console
+    assert "GET /?token=*** 200" in console
+    assert "GET /threads 401" in console
+    assert "thread late: run run-" in console
+    assert "failed after" in console
+    assert "DEADLINE_EXCEEDED" in console
+    assert "SIGTERM: stopping; requests in progress get 5 s" in console
+    assert console.rstrip().endswith("ravi server assistant stopped")
+
+    made_up = await start_node([*ravi_command(), "serve", "--port", "0", "--store", "memory"])
+    await sigterm(made_up, 7.0)
+    (opened,) = [line for line in made_up.output if line.startswith("open http://")]
+    token = opened.strip().rpartition("?token=")[2]
+    assert len(token) >= 24
+    assert "*" not in token

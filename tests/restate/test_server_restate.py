@@ -171,6 +171,15 @@ async def test_every_bad_answer_gets_its_error(stack: Stack) -> None:
         assert (rerun.status_code, rerun.json()["code"]) == (409, "FAILED_PRECONDITION")
         for body in [{"action": "maybe"}, {"action": "edit"}]:
             assert (await client.post(f"/respond/{request_id}", json=body)).status_code == 422
+        bad_edit = await client.post(
+            f"/respond/{request_id}", json={"action": "edit", "arguments": {"to": 42}}
+        )
+        assert (bad_edit.status_code, bad_edit.json()["code"]) == (422, "INVALID_ARGUMENT")
+        assert {"loc": ["arguments", "to"], "msg": "42 is not of type 'string'"} in (
+            bad_edit.json()["error"]
+        )
+        still = (await client.get("/threads/errors")).json()
+        assert (still["status"], len(still["pending_approvals"])) == ("waiting_for_approval", 1)
 
         # Every worker down: the answer is accepted (Restate holds it), then applied.
         await stack.worker.kill()

@@ -88,6 +88,39 @@ async def test_stop_cancels_running_and_queued_calls() -> None:
         await runtime.send_message(Job(0, []), agent)
 
 
+async def test_stop_delivers_publications_behind_a_cancelled_call() -> None:
+    runtime = await make()
+    await runtime.start()
+    agent = AgentId("worker", "mixed")
+    running = asyncio.ensure_future(runtime.send_message(Job(10, []), agent))
+    await asyncio.sleep(0.05)
+    await runtime.publish_message(Job(0.01, []), TopicId("jobs", "mixed"))
+    async with asyncio.timeout(5):
+        await runtime.stop()
+    with pytest.raises(Cancelled):
+        await running
+    assert Worker.handled == ["worker/mixed"]  # the publication, not the cancelled send
+
+
+async def test_stop_cancels_deliveries_still_running_after_the_grace_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runtime = await make(grace_period=0.2)
+    await runtime.start()
+    await runtime.publish_message(Job(30, []), TopicId("jobs", "slow"))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await runtime.stop()
+    assert loop.time() - started < 5
+    assert Worker.handled == []
+    assert "still queued or running after the grace period of 0.2 s" in caplog.text
+
+
+def test_grace_period_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="grace_period must not be negative"):
+        LocalRuntime(grace_period=-1)
+
+
 async def test_stop_when_idle_lets_queued_work_finish() -> None:
     runtime = await make()
     await runtime.start()

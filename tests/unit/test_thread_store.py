@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ravi.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
+from ravi.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidToolCall,
+    NotFound,
+    ResourceExhausted,
+)
+from ravi.react.v1 import react_pb2 as pb
 from ravi.server import ThreadStore
 from ravi.server import _model as model
 
@@ -84,3 +93,42 @@ def test_a_thread_runs_one_task_at_a_time_and_reruns_only_what_did_not_finish() 
     assert model.summary(record)["status"] == "completed"
     with pytest.raises(FailedPrecondition, match="only a run that failed or was interrupted"):
         model.rerun_task(record)
+
+
+def _edit(arguments: str) -> pb.ApprovalAnswer:
+    return pb.ApprovalAnswer(action=pb.APPROVAL_ACTION_EDIT, arguments_json=arguments)
+
+
+def _request(parameters: str) -> dict[str, Any]:
+    call = {"tool": "send_report", "arguments_json": "{}"}
+    return {"approval_request": {"request_id": "r", "call": call, "parameters_json": parameters}}
+
+
+def test_an_edit_is_checked_against_the_schema_the_agent_published(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    schema = json.dumps(
+        {
+            "type": "object",
+            "properties": {"to": {"type": "string"}, "n": {"type": "integer", "minimum": 1}},
+            "required": ["to"],
+            "additionalProperties": False,
+        }
+    )
+    model.check_edit(_request(schema), _edit('{"to": "a@b.c", "n": 2}'))
+    model.check_edit(_request(schema), pb.ApprovalAnswer(action=pb.APPROVAL_ACTION_APPROVE))
+    with pytest.raises(InvalidToolCall) as caught:
+        model.check_edit(_request(schema), _edit('{"n": 0, "x": 1}'))
+    assert caught.value.problems == [
+        ((), "'to' is a required property"),
+        ((), "Additional properties are not allowed ('x' was unexpected)"),
+        (("n",), "0 is less than the minimum of 1"),
+    ]
+    assert str(caught.value).startswith("the edited arguments for tool 'send_report' do not")
+    for text, problem in [("[1]", "must be a JSON object"), ("{", "not valid JSON")]:
+        with pytest.raises(InvalidToolCall, match=problem):
+            model.check_edit(_request(schema), _edit(text))
+    # An agent that publishes no schema, or a broken one, gets its edits unchecked here.
+    model.check_edit(_request(""), _edit('{"anything": 1}'))
+    model.check_edit(_request('{"type": 12}'), _edit('{"anything": 1}'))
+    assert "publishes a schema that is not one" in caplog.text

@@ -195,10 +195,20 @@ def serve(
         ),
     ] = "local",
     restate_ingress: Annotated[
-        str, typer.Option(metavar="URL", help="Restate's ingress (--runtime restate).")
+        str,
+        typer.Option(
+            metavar="URL",
+            help="Restate's ingress (--runtime restate).",
+            envvar="RAVI_RESTATE_INGRESS",
+        ),
     ] = "http://127.0.0.1:8080",
     restate_admin: Annotated[
-        str, typer.Option(metavar="URL", help="Restate's admin API (--runtime restate).")
+        str,
+        typer.Option(
+            metavar="URL",
+            help="Restate's admin API (--runtime restate).",
+            envvar="RAVI_RESTATE_ADMIN",
+        ),
     ] = "http://127.0.0.1:9070",
     demo: Annotated[
         bool | None,

@@ -285,7 +285,8 @@ class _Mailbox:
         self.waiter: asyncio.Future[None] | None = None
         self.pending = 0
         self.task: asyncio.Task[None] | None = None
-        self.inflight: set[asyncio.Task[None]] = set()
+        # A reentrant agent's tasks in flight, each with what it handles.
+        self.inflight: dict[asyncio.Task[None], _Call | _Publication] = {}
         self.busy: _Call | _Publication | None = None
         if not self.reentrant:
             self.task = host.loop.create_task(
@@ -308,14 +309,25 @@ class _Mailbox:
                 entry.mailbox = self
                 task = self.host.loop.create_task(self._handle(entry))
                 entry.task = task
-            self.inflight.add(task)
-            task.add_done_callback(self.inflight.discard)
+            self.inflight[task] = entry
+            task.add_done_callback(self._landed)
             return
         self.queue.append(entry)
         if self.busy is None:
             waiter = self.waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        self.inflight.pop(task, None)
+
+    def calls(self) -> list[_Call]:
+        """The sends queued here or being handled by this mailbox's tasks."""
+        calls = [entry for entry in self.queue if isinstance(entry, _Call)]
+        if isinstance(self.busy, _Call):
+            calls.append(self.busy)
+        calls += [entry for entry in self.inflight.values() if isinstance(entry, _Call)]
+        return calls
 
     def full_error(self) -> MailboxFull:
         return MailboxFull(f"mailbox of {self.agent_id} is full ({self.capacity} messages)")
@@ -568,9 +580,17 @@ class AgentHost:
         if self._registered is not None:
             self._registered.set()
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop: sends end with `Cancelled`; publications accepted before are delivered first.
+
+        The subscribers' handlers of what was published before the stop get up
+        to `grace` seconds to run (and may publish or send on meanwhile); then
+        whatever still runs is cancelled.
+        """
         if not self.running:
             return
+        if grace > 0:
+            await self.deliver_publications(grace)
         self.running = False
         self.stopping = True
         mailboxes = list(self._mailboxes.values())
@@ -600,6 +620,23 @@ class AgentHost:
             self._deadlines.clear()
         self.outstanding = 0
         self.wake_idle_waiters()
+
+    async def deliver_publications(self, grace: float) -> None:
+        """End every send now, then let the mailboxes deliver the publications they hold."""
+        for call in list(self.inline):
+            call.stop(Cancelled("runtime stopped while the message was being handled"))
+        for mailbox in list(self._mailboxes.values()):
+            for call in mailbox.calls():
+                call.stop(Cancelled(f"runtime stopped before {mailbox.agent_id} handled it"))
+        try:
+            await self.wait_idle(grace)
+        except DeadlineExceeded:
+            logger.warning(
+                "stopping: %d message(s) still queued or running after the grace period "
+                "of %s s are cancelled",
+                self.outstanding,
+                grace,
+            )
 
     async def wait_idle(self, timeout: float | None) -> None:
         if self.outstanding == 0:

@@ -48,8 +48,8 @@ metadata), so an error reads the same whichever way it travelled.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar, cast
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 if TYPE_CHECKING:
     import grpc.aio
@@ -196,10 +196,29 @@ class BadPayload(InvalidArgument):
 
 
 class InvalidToolCall(InvalidArgument):
-    """A model asked for a tool that does not exist, or with arguments that do not validate.
+    """A tool call names no tool, or its arguments do not validate.
 
-    A ReAct agent tells the model (so it can correct itself) instead of failing.
+    A ReAct agent tells the model (so it can correct itself) instead of
+    failing; the server refuses an edited approval whose arguments do not
+    validate with it (HTTP 422, the problems listed), and the approval stays
+    pending.
+
+    Attributes:
+        problems: each problem of the arguments, as (where, what): where is the
+            path inside the arguments (empty for the arguments as a whole),
+            what says what is wrong there. Known where this process validated
+            them; not carried to other nodes.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: Sequence[tuple[tuple[str | int, ...], str]] = (),
+        **details: Any,
+    ) -> None:
+        super().__init__(message, **details)
+        self.problems = list(problems)
 
 
 class HandlerFailed(RaviError):

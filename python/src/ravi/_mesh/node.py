@@ -258,7 +258,18 @@ class MeshNode:
         await self.peers.resolve()
         self.peers.start()
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop: publications accepted before reach their subscribers first, within `grace`.
+
+        The host delivers to this node's subscribers; publications handed over
+        to the nodes hosting other subscribers get what is left of `grace`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if grace > 0:
+            await self.host.deliver_publications(grace)
+            if self._background:
+                await asyncio.wait(self._background, timeout=max(0.0, deadline - loop.time()))
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -192,7 +192,10 @@ class ReActAgent(BaseAgent):
     ) -> pb.ApprovalAnswer:
         await run.emit(
             approval_request=pb.ApprovalRequest(
-                request_id=request_id, call=_call_pb(call), description=tool.description
+                request_id=request_id,
+                call=_call_pb(call),
+                description=tool.description,
+                parameters_json=json.dumps(tool.spec.parameters),
             )
         )
         value = await run.ctx.wait_for(f"approval-{request_id}", timeout=self._approval_timeout)

@@ -84,7 +84,8 @@ class ScriptedModel(ChatModel):
 
     Args:
         script: the replies, in order.
-        name: names the script in events and in the UI ("scripted:{name}").
+        name: names the script in events ("scripted:{name}"); the server's page shows
+            "ScriptedModel (deterministic {name} script)".
     """
 
     def __init__(self, script: Sequence[ScriptStep], *, name: str = "script") -> None:

@@ -32,7 +32,14 @@ class BaseRuntime(ABC):
 
     @abstractmethod
     async def stop(self) -> None:
-        """Stop at once: cancel running handlers; queued messages fail with `Cancelled`."""
+        """Stop: sends end now, what was published before is still delivered.
+
+        Sends queued or being handled end with `Cancelled` at once. Messages
+        published before the stop still reach their subscribers: LocalRuntime
+        and GrpcRuntime run those handlers first, for up to their grace period;
+        RestateRuntime holds them durably and delivers them once a worker serves
+        the subscriber again. `stop_when_idle()` waits for the sends too.
+        """
 
     @abstractmethod
     async def stop_when_idle(self, *, timeout: float | None = None) -> None:

@@ -15,6 +15,7 @@ from ravi.runtime._base import Agent, BaseRuntime
 
 DEFAULT_TIMEOUT = contract.DEFAULT_TIMEOUT_SECONDS
 DEFAULT_MAILBOX_CAPACITY = contract.DEFAULT_MAILBOX_CAPACITY
+DEFAULT_GRACE_PERIOD = contract.DEFAULT_GRACE_PERIOD_SECONDS
 
 
 class LocalRuntime(BaseRuntime):
@@ -26,11 +27,17 @@ class LocalRuntime(BaseRuntime):
     for room until its deadline (back-pressure), so memory stays bounded under
     overload.
 
+    `stop()` ends the sends in progress at once, but first delivers what was
+    published before it: an agent that publishes its last events and returns
+    does not lose them to the `async with` block ending right after.
+
     Args:
         default_timeout: seconds a send may take when it names no timeout.
         mailbox_capacity: messages queued or running per agent instance at most.
         interceptors: hooks around sends, handler calls and publishes (tracing,
             metrics); the first is outermost.
+        grace_period: seconds `stop()` gives the subscribers of what was
+            published before it; what still runs then is cancelled.
     """
 
     def __init__(
@@ -39,7 +46,11 @@ class LocalRuntime(BaseRuntime):
         default_timeout: float = DEFAULT_TIMEOUT,
         mailbox_capacity: int = DEFAULT_MAILBOX_CAPACITY,
         interceptors: Sequence[Interceptor] = (),
+        grace_period: float = DEFAULT_GRACE_PERIOD,
     ) -> None:
+        if grace_period < 0:
+            raise ValueError(f"grace_period must not be negative, got {grace_period}")
+        self._grace_period = grace_period
         self._host = AgentHost(
             self,
             default_timeout=default_timeout,
@@ -57,7 +68,7 @@ class LocalRuntime(BaseRuntime):
         self._host.start()
 
     async def stop(self) -> None:
-        await self._host.stop()
+        await self._host.stop(self._grace_period)
 
     async def stop_when_idle(self, *, timeout: float | None = None) -> None:
         await self._host.wait_idle(timeout)

@@ -20,7 +20,8 @@ try:
     from ravi.server._threads import RuntimeThreads
 except ImportError as missing:  # pragma: no cover - depends on the installed extras
     raise ImportError(
-        f"ravi.server needs Starlette, uvicorn and sse-starlette ({missing.name} is missing): "
+        f"ravi.server needs Starlette, uvicorn, sse-starlette and jsonschema ({missing.name} is "
+        "missing): "
         'install the extra with `pip install "ravi[server]"`'
     ) from missing
 

@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from importlib import resources
@@ -25,6 +26,7 @@ from ravi.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    InvalidToolCall,
     NotFound,
     RaviError,
     ResourceExhausted,
@@ -40,6 +42,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("ravi.server")
+request_logger = logging.getLogger("ravi.server.requests")
 
 _STATUS: dict[type[RaviError], int] = {
     NotFound: 404,
@@ -135,7 +138,7 @@ class RaviServer:
         self._stopping = asyncio.Event()
         self.startup_error: RaviError | None = None
         """Why the service did not start, when it did not (uvicorn only logs it)."""
-        self.app: ASGIApp = _BearerAuth(self._starlette(), token)
+        self.app: ASGIApp = _RequestLog(_BearerAuth(self._starlette(), token))
 
     def _starlette(self) -> Starlette:
         return Starlette(
@@ -181,7 +184,7 @@ class RaviServer:
 
     async def _page(self, _request: Request) -> Response:
         page = resources.files("ravi.server").joinpath("_static/index.html").read_text()
-        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(page, headers=_PAGE_HEADERS)
 
     async def _info(self, _request: Request) -> Response:
         return JSONResponse({"agent_type": self._agent_type, "events_topic": self._events_topic})
@@ -275,6 +278,11 @@ def _problem(status: int, detail: Any) -> JSONResponse:
 async def _ravi_error(_request: Request, error: Exception) -> Response:
     assert isinstance(error, RaviError)
     status = next((s for cls, s in _STATUS.items() if isinstance(error, cls)), 500)
+    if isinstance(error, InvalidToolCall) and error.problems:
+        # Edited arguments that do not validate: listed as a body that does not
+        # validate is, each problem located in the body's `arguments`.
+        problems = [{"loc": ["arguments", *where], "msg": what} for where, what in error.problems]
+        return JSONResponse({"error": problems, "code": error.code.name}, status_code=status)
     return JSONResponse({"error": str(error), "code": error.code.name}, status_code=status)
 
 
@@ -287,11 +295,71 @@ async def _invalid(_request: Request, error: Exception) -> Response:
     return _problem(422, error.errors(include_url=False, include_context=False))
 
 
-class _BearerAuth:
-    """Every request needs `Authorization: Bearer <token>`; the page may take `?token=` instead.
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    # The approval buttons must not be clickable through another site's frame.
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+}
 
-    The page reads its token from the address and sends it as a header on every
-    API call, so the token is asked of the one request a browser makes on its own.
+
+class _RequestLog:
+    """One line per request once its answer starts: method, path, status, time taken.
+
+    The path's `token` query parameter is masked: logs are read by more
+    people than the token is meant for.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        logged = False
+
+        async def logging_send(message: Message) -> None:
+            nonlocal logged
+            if message["type"] == "http.response.start" and not logged:
+                logged = True
+                _log_request(scope, message["status"], started)
+            await send(message)
+
+        try:
+            await self._app(scope, receive, logging_send)
+        except Exception:
+            if not logged:
+                _log_request(scope, 500, started)
+            raise
+
+
+def _log_request(scope: Scope, status: int, started: float) -> None:
+    query = scope.get("query_string", b"").decode("latin-1")
+    if query:
+        masked = ["token=***" if part.startswith("token=") else part for part in query.split("&")]
+        query = "?" + "&".join(masked)
+    client = scope.get("client")
+    where = f" from {client[0]}" if client else ""
+    request_logger.info(
+        "%s %s%s %d %.1f ms%s",
+        scope["method"],
+        scope.get("path", ""),
+        query,
+        status,
+        (time.perf_counter() - started) * 1000,
+        where,
+    )
+
+
+class _BearerAuth:
+    """Every API request needs `Authorization: Bearer <token>`; the page, `GET /`, does not.
+
+    The page holds no data: it takes the token from `?token=` (or asks for
+    it), keeps it in the tab's sessionStorage, and sends it as the header on
+    every API call.
     """
 
     def __init__(self, app: ASGIApp, token: str) -> None:
@@ -310,12 +378,10 @@ class _BearerAuth:
         await response(scope, receive, send)
 
     def _allowed(self, scope: Scope) -> bool:
+        if scope["path"] == "/" and scope["method"] == "GET":
+            return True
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
                 return scheme.lower() == b"bearer" and hmac.compare_digest(token, self._token)
-        if scope["path"] == "/" and scope["method"] == "GET":
-            request = Request(scope)
-            token = request.query_params.get("token", "").encode()
-            return hmac.compare_digest(token, self._token)
         return False

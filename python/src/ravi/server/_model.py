@@ -8,12 +8,17 @@ running in a Restate handler must be.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+import json
+import logging
+from typing import Any, Literal, NoReturn, TypedDict
 
+import jsonschema
 from google.protobuf import json_format
 
-from ravi.errors import AlreadyExists, FailedPrecondition, NotFound
+from ravi.errors import AlreadyExists, FailedPrecondition, InvalidToolCall, NotFound
 from ravi.react.v1 import react_pb2 as pb
+
+logger = logging.getLogger("ravi.server")
 
 RunState = Literal["idle", "running", "completed", "failed", "interrupted"]
 ApprovalState = Literal["pending", "answered", "closed"]
@@ -218,6 +223,59 @@ def check_answerable(request_id: str, state: ApprovalState | None) -> None:
         )
     if state == "answered":
         raise AlreadyExists(f"approval request {request_id!r} was answered already")
+
+
+def check_edit(request: dict[str, Any] | None, answer: pb.ApprovalAnswer) -> None:
+    """Refuse an edit whose arguments the tool would not take, before it is sent.
+
+    `request` is the pending `approval_request` event (as `event_json` gives
+    it); its `parameters_json` is the tool's JSON schema. An agent that sent
+    none gets its edits unchecked here (it still validates them itself).
+
+    Raises:
+        InvalidToolCall: the edited arguments are not a JSON object, or do not
+            match the schema; `problems` lists each problem.
+    """
+    if answer.action != pb.APPROVAL_ACTION_EDIT or request is None:
+        return
+    asked = request.get("approval_request", {})
+    tool = asked.get("call", {}).get("tool", "")
+    try:
+        arguments = json.loads(answer.arguments_json or "{}")
+    except json.JSONDecodeError as error:
+        _refuse(tool, [((), f"not valid JSON: {error}")])
+    if not isinstance(arguments, dict):
+        _refuse(tool, [((), "must be a JSON object")])
+    schema_json = asked.get("parameters_json", "")
+    if not schema_json:
+        return
+    try:
+        schema = json.loads(schema_json)
+        validator_class = jsonschema.validators.validator_for(schema)
+        validator_class.check_schema(schema)
+    except (json.JSONDecodeError, jsonschema.SchemaError) as error:
+        logger.warning(
+            "tool %r publishes a schema that is not one (%s): edits go unchecked", tool, error
+        )
+        return
+    problems = [
+        (tuple(problem.absolute_path), problem.message)
+        for problem in sorted(
+            validator_class(schema).iter_errors(arguments),
+            key=lambda e: (list(map(str, e.absolute_path)), e.message),
+        )
+    ]
+    if problems:
+        _refuse(tool, problems)
+
+
+def _refuse(tool: str, problems: list[tuple[tuple[str | int, ...], str]]) -> NoReturn:
+    listed = "; ".join(
+        f"{'.'.join(map(str, where)) or 'arguments'}: {what}" for where, what in problems
+    )
+    raise InvalidToolCall(
+        f"the edited arguments for tool {tool!r} do not validate: {listed}", problems=problems
+    )
 
 
 def answered(record: dict[str, Any], request_id: str, now: float) -> None:

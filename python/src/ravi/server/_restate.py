@@ -162,6 +162,9 @@ class RestateThreads:
         if not rows:
             raise NotFound(f"no approval request {request_id!r}")
         thread_id = str(rows[0]["service_key"])
+        if answer.action == pb.APPROVAL_ACTION_EDIT:
+            record = await self._record(thread_id)
+            model.check_edit(record["pending"].get(request_id), answer)
         value = codec.encode(self._registry, answer).SerializeToString().hex()
         body = {"request_id": request_id, "value": value}
         reply = await self._invoke(thread_id, "respond", body, f"respond-{uuid.uuid4().hex}")
@@ -219,13 +222,17 @@ class RestateThreads:
     # --- reading ----------------------------------------------------------------------
 
     async def thread(self, thread_id: str) -> ThreadSummary:
+        return model.summary(await self._record(thread_id))
+
+    async def _record(self, thread_id: str) -> dict[str, Any]:
         rows = await self._query(
             f"SELECT value_utf8 FROM state WHERE service_name = '{THREAD}' "
             f"AND service_key = {_sql.literal(thread_id)} AND key = 'meta'"
         )
         if not rows:
             raise NotFound(f"no thread {thread_id!r}")
-        return model.summary(json.loads(rows[0]["value_utf8"]))
+        record: dict[str, Any] = json.loads(rows[0]["value_utf8"])
+        return record
 
     async def threads(self) -> list[ThreadSummary]:
         rows = await self._query(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import signal
 import socket
@@ -23,6 +24,8 @@ from ravi.server._demo import demo_setup
 from ravi.server._service import ThreadService
 from ravi.server._store import ThreadStore
 from ravi.server._threads import RuntimeThreads
+
+logger = logging.getLogger("ravi.server")
 
 DEFAULT_RUN_TIMEOUT = 3600.0
 """Seconds a run may take on the runtimes that are not durable (no limit on Restate)."""
@@ -152,12 +155,45 @@ class _Uvicorn(uvicorn.Server):
     def _stop(self, signum: int) -> None:
         if self.should_exit and signum == signal.SIGINT:
             self.force_exit = True  # a second Ctrl-C: do not wait for the connections
+        elif not self.should_exit:
+            logger.info(
+                "%s: stopping; requests in progress get %s s",
+                signal.Signals(signum).name,
+                self.config.timeout_graceful_shutdown,
+            )
         self.handle_exit(signum, None)  # also tells sse-starlette's streams
         self._ravi.shutting_down()
 
 
+def open_line(address: str, token: str, *, given: bool) -> str:
+    """The address to open the page at, with its token when the server made it up.
+
+    A token the server made up is printed in full: the console is the only
+    place to learn it. A given one (`--token`, `RAVI_SERVER_TOKEN`) usually
+    comes from a secret store and ends in collected logs here, so it is
+    masked: whoever gave it knows it, and the page asks for it.
+    """
+    shown = "***" if given else token
+    line = f"open http://{address}/?token={shown}"
+    if given:
+        line += "  (the token of --token or RAVI_SERVER_TOKEN, not printed)"
+    return line
+
+
+def _console_logging() -> None:
+    """Requests, runs and warnings to stderr, unless the "ravi" logger is configured already."""
+    ravi = logging.getLogger("ravi")
+    if ravi.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    ravi.addHandler(handler)
+    ravi.setLevel(logging.INFO)
+
+
 async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) -> None:
     """Serve until SIGTERM or SIGINT, then drain and stop the thread service (exit status 0)."""
+    _console_logging()
     token = config.token or secrets.token_urlsafe(24)
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
@@ -174,8 +210,7 @@ async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) ->
 
     def ready() -> None:
         announce(f"ravi server {config.agent_type} serving on {address}")
-        if not config.token:
-            announce(f"open http://{address}/?token={token}")
+        announce(open_line(address, token, given=bool(config.token)))
 
     server = RaviServer(
         await _threads(config), token=token, agent_type=config.agent_type, on_ready=ready
@@ -185,6 +220,7 @@ async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) ->
             server.app,
             log_level=config.log_level,
             lifespan="on",
+            access_log=False,  # our own request log masks the token
             timeout_graceful_shutdown=int(config.grace_period) or 1,
         ),
         server,
@@ -195,3 +231,4 @@ async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) ->
         if server.startup_error is not None:
             raise server.startup_error from None
         raise
+    announce(f"ravi server {config.agent_type} stopped")

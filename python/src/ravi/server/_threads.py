@@ -16,7 +16,7 @@ from ravi._context import MessageContext
 from ravi._ids import AgentId
 from ravi._subscriptions import TypeSubscription
 from ravi.agents._react import EVENTS_TOPIC
-from ravi.errors import AlreadyExists, NotFound, code_of
+from ravi.errors import AlreadyExists, NotFound, Unavailable, code_of
 from ravi.react.v1 import react_pb2 as pb
 from ravi.runtime._base import BaseRuntime
 from ravi.server import _model as model
@@ -26,6 +26,8 @@ from ravi.server._store import ThreadStore
 logger = logging.getLogger("ravi.server")
 
 SINK_TYPE = "ravi.server.events"
+READY_WAIT = 2.0
+"""Seconds a task waits for a route to the agent type (a peer reconnecting) before a 503."""
 _BATCH = 500
 
 
@@ -95,6 +97,15 @@ class RuntimeThreads:
         self, thread_id: str, content: str, *, max_iterations: int = 0, new_thread: bool = True
     ) -> ThreadSummary:
         agent = AgentId(self._agent_type, thread_id)  # validates the thread id as a key
+        try:
+            # A mesh whose node hosting the agent type is away (or reconnecting): say
+            # so now, rather than accept a run that can only fail.
+            await self.runtime.wait_until_ready(self._agent_type, timeout=READY_WAIT)
+        except TimeoutError:
+            raise Unavailable(
+                f"no node hosts agent type {self._agent_type!r} now: is the mesh up? "
+                "Try again once it is"
+            ) from None
         run_id = f"run-{uuid.uuid4().hex}"
         with self.store.transaction():
             record = self.store.get(thread_id)
@@ -126,14 +137,26 @@ class RuntimeThreads:
         )
 
     async def _drive(self, agent: AgentId, task: pb.Task, run_id: str) -> None:
+        started = time.monotonic()
         try:
             result = await self.runtime.send_message(
                 task, agent, timeout=self._run_timeout, message_id=run_id
             )
         except Exception as error:  # the thread records how its run ended
             failure = {"code": code_of(error).name, "message": str(error)}
+            logger.warning(
+                "thread %s: run %s failed after %.1f s: %s: %s",
+                agent.key,
+                run_id,
+                time.monotonic() - started,
+                failure["code"],
+                failure["message"],
+            )
             self._finish(agent.key, run_id, error=failure)
             return
+        logger.info(
+            "thread %s: run %s completed in %.1f s", agent.key, run_id, time.monotonic() - started
+        )
         reply = json_format.MessageToDict(result, preserving_proto_field_name=True)
         self._finish(agent.key, run_id, result=reply)
 
@@ -156,6 +179,9 @@ class RuntimeThreads:
 
     def _interrupt(self, records: list[dict[str, Any]], why: str) -> None:
         for record in records:
+            logger.warning(
+                "thread %s: run %s interrupted: %s", record["thread_id"], record["run_id"], why
+            )
             error = {"code": "ABORTED", "message": f"{why}; it can run again from the start"}
             with self.store.transaction():
                 closed = model.finish_run(
@@ -216,6 +242,7 @@ class RuntimeThreads:
             model.check_answerable(request_id, found[1] if found else None)
             assert found is not None
             thread_id = found[0]
+            model.check_edit(self._record(thread_id)["pending"].get(request_id), answer)
             # Claimed before the promise is resolved: two answers racing get one winner.
             self.store.set_approvals(thread_id, {request_id: "answered"})
         try:

@@ -96,11 +96,14 @@ class Tool:
         try:
             return self.arguments.model_validate(dict(arguments))
         except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-                for e in error.errors()
+            problems = [(tuple(e["loc"]), e["msg"]) for e in error.errors()]
+            listed = "; ".join(
+                f"{'.'.join(str(p) for p in where) or 'arguments'}: {what}"
+                for where, what in problems
             )
-            raise InvalidToolCall(f"invalid arguments for tool {self.name!r}: {problems}") from None
+            raise InvalidToolCall(
+                f"invalid arguments for tool {self.name!r}: {listed}", problems=problems
+            ) from None
 
     async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> Any:
         """Validate `arguments` and run the tool; a sync tool runs in a worker thread."""

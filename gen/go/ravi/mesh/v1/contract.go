@@ -7,7 +7,7 @@ import "time"
 // The shared facts of the ravi.mesh.v1 contract (proto/ravi/mesh/v1/contract.toml).
 const (
 	// ContractVersion is the version every node reports in NodeInfo.contract_version.
-	ContractVersion = "1.1.0"
+	ContractVersion = "1.2.0"
 	// HopLimit is how many times one Send may be forwarded.
 	HopLimit = 8
 	// DefaultTimeout is the deadline of a send that names none.

@@ -830,9 +830,13 @@ type ApprovalRequest struct {
 	// call is the tool call waiting.
 	Call *ToolCall `protobuf:"bytes,2,opt,name=call,proto3" json:"call,omitempty"`
 	// description is the tool's description, for the person who decides.
-	Description   string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	// parameters_json is the JSON schema of the tool's arguments (a JSON
+	// object), so that whoever answers can check edited arguments before the
+	// answer is sent; empty when the agent does not publish it.
+	ParametersJson string `protobuf:"bytes,4,opt,name=parameters_json,json=parametersJson,proto3" json:"parameters_json,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ApprovalRequest) Reset() {
@@ -882,6 +886,13 @@ func (x *ApprovalRequest) GetCall() *ToolCall {
 func (x *ApprovalRequest) GetDescription() string {
 	if x != nil {
 		return x.Description
+	}
+	return ""
+}
+
+func (x *ApprovalRequest) GetParametersJson() string {
+	if x != nil {
+		return x.ParametersJson
 	}
 	return ""
 }
@@ -1115,12 +1126,13 @@ const file_ravi_react_v1_react_proto_rawDesc = "" +
 	"\titeration\x18\x01 \x01(\rR\titeration\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\tR\acontent\x126\n" +
 	"\n" +
-	"tool_calls\x18\x03 \x03(\v2\x17.ravi.react.v1.ToolCallR\ttoolCalls\"\x7f\n" +
+	"tool_calls\x18\x03 \x03(\v2\x17.ravi.react.v1.ToolCallR\ttoolCalls\"\xa8\x01\n" +
 	"\x0fApprovalRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12+\n" +
 	"\x04call\x18\x02 \x01(\v2\x17.ravi.react.v1.ToolCallR\x04call\x12 \n" +
-	"\vdescription\x18\x03 \x01(\tR\vdescription\"h\n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\x12'\n" +
+	"\x0fparameters_json\x18\x04 \x01(\tR\x0eparametersJson\"h\n" +
 	"\x10ApprovalDecision\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x125\n" +

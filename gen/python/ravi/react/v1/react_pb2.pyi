@@ -406,6 +406,7 @@ class ApprovalRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CALL_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """request_id identifies the request; answer it by resolving the promise
     "approval-{request_id}" with an ApprovalAnswer (the server's
@@ -413,6 +414,11 @@ class ApprovalRequest(_message.Message):
     """
     description: _builtins.str
     """description is the tool's description, for the person who decides."""
+    parameters_json: _builtins.str
+    """parameters_json is the JSON schema of the tool's arguments (a JSON
+    object), so that whoever answers can check edited arguments before the
+    answer is sent; empty when the agent does not publish it.
+    """
     @_builtins.property
     def call(self) -> Global___ToolCall:
         """call is the tool call waiting."""
@@ -423,10 +429,11 @@ class ApprovalRequest(_message.Message):
         request_id: _builtins.str = ...,
         call: Global___ToolCall | None = ...,
         description: _builtins.str = ...,
+        parameters_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "description", b"description", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "description", b"description", "parameters_json", b"parameters_json", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,7 +3,7 @@
 // The shared facts of the ravi.mesh.v1 contract (proto/ravi/mesh/v1/contract.toml).
 
 /** The version every node reports in NodeInfo.contract_version. */
-export const CONTRACT_VERSION = "1.1.0";
+export const CONTRACT_VERSION = "1.2.0";
 /** How many times one Send may be forwarded. */
 export const HOP_LIMIT = 8;
 /** The deadline of a send that names none, in milliseconds. */

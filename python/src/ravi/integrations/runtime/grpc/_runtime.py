@@ -153,7 +153,7 @@ class GrpcRuntime(BaseRuntime):
         node.streams.end_all()
         if server is not None:
             await server.stop(self._options.grace_period)
-        await node.stop()
+        await node.stop(self._options.grace_period)
 
     async def stop_when_idle(self, *, timeout: float | None = None) -> None:
         await self._node.host.wait_idle(timeout)
