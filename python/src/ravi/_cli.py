@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from ravi._cli_errors import (
+    CommandGroup,
     UsageError,
     command_name,
     fail,
@@ -28,6 +29,7 @@ from ravi._version import __version__
 
 app = typer.Typer(
     name="ravi",
+    cls=CommandGroup,
     help="ravi: a polyglot agent runtime.",
     add_completion=False,
     rich_markup_mode=None,

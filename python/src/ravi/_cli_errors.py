@@ -17,12 +17,15 @@ for a bug in ravi itself.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import re
 import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from ravi.errors import RaviError
 
@@ -47,6 +50,31 @@ def name_command(path: str) -> None:
 def command_name() -> str:
     """The command running, as typed: `ravi send`, `ravi restate worker`."""
     return _running[0]
+
+
+class CommandGroup(TyperGroup):
+    """A command group whose help lists each command with its whole first sentence.
+
+    Click cuts a command's summary to fit one line ("Run the demo: an
+    orchestrator asks a searcher, a writer and..."); here it wraps instead, so
+    the help never truncates a word at any width.
+    """
+
+    # The context and formatter are those of the click typer vendors: no public names.
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.short_help or _first_sentence(command.help or "")))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _first_sentence(text: str) -> str:
+    paragraph = " ".join(inspect.cleandoc(text).split("\n\n")[0].split())
+    return re.split(r"(?<=\.)\s", paragraph, maxsplit=1)[0]
 
 
 def show_help_without_command(context: typer.Context) -> None:

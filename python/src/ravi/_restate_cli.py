@@ -13,13 +13,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ravi._cli_errors import Announce, UsageError, fail, run_service, show_help_without_command
+from ravi._cli_errors import (
+    Announce,
+    CommandGroup,
+    UsageError,
+    fail,
+    run_service,
+    show_help_without_command,
+)
 from ravi._home import RESTATE_SERVER
 
 if TYPE_CHECKING:
     from ravi.integrations.runtime.restate import RestateRuntime
 
-app = typer.Typer(help="Run agents durably on Restate.", rich_markup_mode=None)
+app = typer.Typer(help="Run agents durably on Restate.", rich_markup_mode=None, cls=CommandGroup)
 
 
 @app.callback(invoke_without_command=True)

@@ -201,7 +201,9 @@ async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) ->
     try:
         listener.bind((config.host, config.port))
     except OSError as error:
-        raise UsageError(f"cannot listen on {config.host}:{config.port}: {error}") from None
+        listener.close()
+        reason = (error.strerror or str(error)).lower()
+        raise UsageError(f"cannot listen on {config.host}:{config.port}: {reason}") from None
     # Listening now queues early connections until uvicorn accepts them, so the
     # address can be announced as soon as the service has started.
     listener.listen(128)
