@@ -70,7 +70,8 @@ def test_toml_keys_are_field_names_and_flags_win(tmp_path: Path) -> None:
         ),
         ("default_timeout = 'soon'\n", "default_timeout must be a float"),
         ("mailbox_capacity = 0\n", "mailbox_capacity must be at least 1"),
-        ("peer = ['x']\n", "peer must be a table of strings"),
+        ("peer = ['x']\n", "peer must be NAME=VALUE, got 'x'"),
+        ("peer = 3\n", 'peer must be a table of strings .* or an array of "NAME=VALUE"'),
         ("listen = \n", "cannot read"),
     ],
 )
@@ -79,6 +80,14 @@ def test_a_bad_config_is_one_clear_error(tmp_path: Path, text: str, error: str) 
     config.write_text(text)
     with pytest.raises(UsageError, match=error):
         NodeConfig.load(config, {})
+
+
+def test_repeatable_flags_are_tables_or_arrays_like_the_flags(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('peer = ["b=127.0.0.1:1", "c=127.0.0.1:2"]\nagent = { w = "m:W" }\n')
+    node = NodeConfig.load(config, {})
+    assert node.peer == {"b": "127.0.0.1:1", "c": "127.0.0.1:2"}
+    assert node.agent == {"w": "m:W"}
 
 
 def test_a_bad_flag_value_is_one_clear_error() -> None:

@@ -138,7 +138,8 @@ class NodeConfig:
             options = build(GrpcRuntimeOptions, given, data)
             node = build(cls, given, data)
         except SettingsError as error:
-            raise UsageError(str(error)) from None
+            where = f"{config}: " if config and not str(error).startswith(str(config)) else ""
+            raise UsageError(f"{where}{error}") from None
         node.options = options
         return node
 

@@ -215,8 +215,14 @@ def pairs(values: Sequence[str], what: str) -> dict[str, str]:
 
 
 def _table(setting: Setting, value: Any) -> Mapping[str, str]:
+    # As the flag repeated (an array of "NAME=VALUE") or as a table (NAME = "VALUE").
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return pairs(value, setting.name)
     if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
-        raise SettingsError(f"{setting.name} must be a table of strings, got {value!r}")
+        raise SettingsError(
+            f'{setting.name} must be a table of strings ({setting.name} = {{ NAME = "VALUE" }}) '
+            f'or an array of "NAME=VALUE", got {value!r}'
+        )
     return value
 
 
