@@ -82,7 +82,7 @@ def test_a_fresh_clone_runs_the_readme_commands(tmp_path: Path) -> None:
     again = run(["make", "demo"], clone, env, timeout=120)
     second = time.monotonic() - started
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    for install in ("pip install", "npm ci", "go build", "venv"):
+    for install in ("pip install", "npm ci", "go build", "-m venv"):
         assert install not in again.stdout, f"a second `make demo` ran {install}: {again.stdout}"
     print(f"make demo on a fresh clone: {first:.0f} s, then {second:.0f} s")
 
