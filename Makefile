@@ -54,6 +54,17 @@ $(VENV_STAMP): tools/requirements.txt python/pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable python
 	touch $@
 
+# What the demo needs of it (tools/requirements-demo.txt, a fifth of the
+# downloads): installed alone by `make demo` on a machine that has no
+# virtualenv yet; with the whole one installed, `make demo` uses it.
+VENV_DEMO_STAMP := $(VENV)/.ravi-demo-installed
+$(VENV_DEMO_STAMP): tools/requirements-demo.txt python/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r tools/requirements-demo.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable python
+	touch $@
+DEMO_VENV := $(if $(wildcard $(VENV_STAMP)),$(VENV_STAMP),$(VENV_DEMO_STAMP))
+
 $(NPM_TOOLS_STAMP): tools/package.json tools/package-lock.json
 	npm ci --prefix tools --no-audit --no-fund --loglevel=error
 	touch $@
@@ -70,6 +81,12 @@ $(GO_TOOLS_STAMP): tools/go/go.mod tools/go/go.sum
 # tag's replace directives, so a tools module pins it (tools/jaeger/go.mod).
 $(JAEGER): tools/jaeger/go.mod tools/jaeger/go.sum
 	cd tools/jaeger && go build -o $(JAEGER) github.com/jaegertracing/jaeger/cmd/jaeger
+
+.PHONY: jaeger
+jaeger: $(JAEGER) ## Build Jaeger into .tools/bin, for `ravi demo --trace`.
+
+.PHONY: restate-server
+restate-server: $(NPM_TOOLS_STAMP) ## Install restate-server (npm), for `ravi restate dev`.
 
 # Debian's Chromium, for the browser tests of the server's page (Playwright
 # drives it; it never downloads a browser of its own). Installed with apt,
@@ -292,9 +309,11 @@ bench-a2a: $(VENV_STAMP)
 
 # --- demo ------------------------------------------------------------------
 
+# The demo bootstraps only what it runs: the virtualenv and the Go and Node
+# nodes; Jaeger only with TRACE=1 (KEEP=1 keeps it up to query afterwards).
 .PHONY: demo
-demo: $(VENV_STAMP) $(JAEGER) build ## Run the main demo (TRACE=1: traced into Jaeger, trace printed).
-	$(VENV)/bin/ravi demo $(if $(TRACE),--trace,--mesh)
+demo: $(DEMO_VENV) build $(if $(TRACE),$(JAEGER)) ## Run the main demo (TRACE=1: traced; KEEP=1: Jaeger stays up).
+	$(VENV)/bin/ravi demo $(if $(TRACE),--trace $(if $(KEEP),--keep),--mesh)
 
 # --- housekeeping ----------------------------------------------------------
 
@@ -311,6 +330,19 @@ lock: ## Re-resolve tools/requirements.in into the pinned tools/requirements.txt
 clean: ## Remove every bootstrapped folder and build output.
 	rm -rf $(VENV) .tools tools/node_modules node_modules gen/ts/dist interop/node/dist interop/a2a-js/dist interop/rust/target \
 	  .mypy_cache .ruff_cache .pytest_cache .hypothesis python/dist
+
+# The demo's lock (tools/requirements-demo.txt): ravi's dependencies with the
+# telemetry extra, and hatchling, at the versions tools/requirements.txt pins.
+# Run it after `make lock`: tests/unit/test_deploy.py fails while they disagree.
+.PHONY: lock-demo
+lock-demo: ## Re-resolve tools/requirements-demo.txt from tools/requirements.txt.
+	rm -rf .tools/lock-demo-venv
+	$(PYTHON) -m venv .tools/lock-demo-venv
+	.tools/lock-demo-venv/bin/pip install --quiet pip-tools==7.6.2
+	.tools/lock-demo-venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-find-links \
+	  --extra telemetry --constraint tools/requirements.txt \
+	  --output-file tools/requirements-demo.txt tools/requirements-demo.in python/pyproject.toml
+	rm -rf .tools/lock-demo-venv
 
 # The Python image's lock (deploy/docker/requirements.txt): ravi's dependencies
 # with the server, telemetry and restate extras, and hatchling, which builds its

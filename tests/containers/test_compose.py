@@ -137,7 +137,7 @@ def demo_task(stack: Stack) -> dict[str, Any]:
 def test_the_demo_task_runs_through_python_go_and_node_containers(
     demo_task: dict[str, Any],
 ) -> None:
-    assert demo_task["node_id"] == "node-a"
+    assert demo_task["nodeId"] == "node-a"
     result = demo_task["result"]
     assert result["type"] == "ravi.examples.v1.TaskResult"
     # Searched and written in Python, reviewed in Go, formatted as Markdown in Node.

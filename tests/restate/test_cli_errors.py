@@ -28,7 +28,8 @@ def closed_port() -> int:
     ],
     ids=["worker", "serve"],
 )
-def test_an_unreachable_admin_api_is_one_line_and_exit_1(arguments: str, closed_port: int) -> None:
+def test_an_unreachable_admin_api_is_one_line_and_exit_2(arguments: str, closed_port: int) -> None:
+    """A command that cannot start: one line and exit 2 (ravi._cli_errors)."""
     admin = f"http://127.0.0.1:{closed_port}"
     result = subprocess.run(
         [*ravi_command(), *arguments.format(admin=admin).split()],
@@ -37,7 +38,10 @@ def test_an_unreachable_admin_api_is_one_line_and_exit_1(arguments: str, closed_
         timeout=45,
         check=False,
     )
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"ravi: Restate's admin API at {admin} is unreachable"), result.stderr
+    command = " ".join(arguments.split()[:2]) if arguments.startswith("restate") else "serve"
+    assert last.startswith(f"ravi {command}: Restate's admin API at {admin} is unreachable"), (
+        result.stderr
+    )
     assert last.endswith("is restate-server running?")

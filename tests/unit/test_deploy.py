@@ -372,6 +372,23 @@ def test_the_python_image_lock_matches_the_tools_lock_and_is_complete() -> None:
     assert seen - set(image) == set(), "missing from deploy/docker/requirements.txt"
 
 
+def test_the_demo_lock_matches_the_tools_lock_and_is_complete() -> None:
+    """`make demo` installs tools/requirements-demo.txt alone on a machine without a venv."""
+    demo = locked(REPO_ROOT / "tools" / "requirements-demo.txt")
+    tools = locked(REPO_ROOT / "tools" / "requirements.txt")
+    drift = {name: (v, tools.get(name)) for name, v in demo.items() if tools.get(name) != v}
+    assert drift == {}, f"run `make lock-demo` after `make lock`: {drift}"
+    wanted = ["hatchling", *_requirements("ravi", {"telemetry"})]
+    seen: set[str] = set()
+    while wanted:
+        name = canonicalize_name(wanted.pop())
+        if name in seen or name == "ravi":
+            continue
+        seen.add(name)
+        wanted.extend(_requirements(name, set()))
+    assert seen - set(demo) == set(), "missing from tools/requirements-demo.txt"
+
+
 def _requirements(distribution: str, extras: set[str]) -> list[str]:
     names = []
     for line in importlib.metadata.requires(distribution) or []:

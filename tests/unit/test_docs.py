@@ -18,7 +18,7 @@ from tests.doc_blocks import Block, all_blocks, blocks
 from tests.paths import REPO_ROOT
 
 NOT_RUN = {
-    ("README.md", "make demo   # run the main demo"): "make test",
+    ("README.md", "make demo   # run the main demo"): "tests/integration/test_newcomer.py",
     ("docs/scaling-out.md", "import asyncio"): "tests/restate/test_workflow_client.py",
     ("docs/deploy.md", "docker build -f deploy/docker/python.Dockerfile -t ravi-python:dev ."): (
         "make test-containers"

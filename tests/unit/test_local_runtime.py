@@ -67,6 +67,20 @@ async def test_calls_before_start_fail_clearly() -> None:
         await runtime.publish_message(Job(0, []), TopicId("jobs", "a"))
 
 
+async def test_wait_until_ready_says_what_it_waited_for() -> None:
+    runtime = await make()
+    with pytest.raises(TimeoutError, match=r"did not start within 0.05 s: call start\(\) first"):
+        await runtime.wait_until_ready("worker", timeout=0.05)
+    async with runtime:
+        await runtime.wait_until_ready("worker", "broken", timeout=5)
+        with pytest.raises(
+            TimeoutError,
+            match=r'agent type "writer" not registered after 0.05 s; '
+            r"registered types: broken, worker",
+        ):
+            await runtime.wait_until_ready("worker", "writer", timeout=0.05)
+
+
 async def test_messages_pass_by_reference() -> None:
     job = Job(0, ["x"])
     async with await make() as runtime:

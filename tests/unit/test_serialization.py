@@ -128,7 +128,7 @@ def test_message_type_decorator_registers_in_the_process_registry() -> None:
 @pytest.mark.parametrize(
     ("type_name", "content_type", "data", "message"),
     [
-        ("no.Such", JSON, b"{}", "unknown message type 'no.Such'"),
+        ("no.Such", JSON, b"{}", 'unknown message type "no.Such"'),
         ("test.Note", JSON, b"{not json", "cannot decode test.Note from application/json"),
         ("test.Note", JSON, b'{"tags": []}', "text: Field required"),
         ("test.Note", PROTOBUF, b"\x08\x01", "test.Note travels as application/json"),

@@ -509,7 +509,7 @@ func (n *Node) Start() error {
 		n.peerWG.Add(1)
 		go n.discoverPeers(n.peerCtx, groups)
 	}
-	n.log.Info("serving", "addr", n.addr, "peers", len(names))
+	n.log.Debug("serving", "addr", n.addr, "peers", len(names))
 	return nil
 }
 
@@ -591,7 +591,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		if !started {
 			close(n.serveDone)
 		}
-		n.log.Info("stopped")
+		n.log.Debug("stopped")
 	})
 	return err
 }

@@ -3,17 +3,21 @@ package ravi
 import (
 	"context"
 	"errors"
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 )
 
 type agentTypeInfo = meshv1.AgentTypeInfo
@@ -90,7 +94,7 @@ func (n *Node) addPeerLocked(name, address string, learned bool) *peer {
 	dial = append(dial, n.opts.DialOptions...)
 	client, err := Dial(address, WithToken(n.opts.PeerToken), WithMaxMessageBytes(n.opts.MaxMessageBytes), WithDialOptions(dial...))
 	if err != nil {
-		n.log.Error("cannot dial peer", "peer", name, "addr", address, "err", err)
+		n.log.Error(fmt.Sprintf("peer %s at %s cannot be dialled: %v", name, address, err))
 		return nil
 	}
 	ctx, cancel := context.WithCancel(n.peerCtx)
@@ -132,7 +136,7 @@ func (n *Node) learnPeer(caller *meshv1.NodeInfo) {
 	if _, taken := n.peers[name]; taken {
 		name += "@" + caller.GetAddress()
 	}
-	n.log.Info("learned peer", "peer", name, "addr", caller.GetAddress())
+	n.log.Info(fmt.Sprintf("learned peer %s at %s (it described this node)", name, caller.GetAddress()))
 	n.addPeerLocked(name, caller.GetAddress(), true)
 }
 
@@ -142,6 +146,7 @@ func (n *Node) learnPeer(caller *meshv1.NodeInfo) {
 func (n *Node) runPeer(ctx context.Context, p *peer) {
 	defer n.peerWG.Done()
 	delay := peerBackoffMin
+	unreachable := false // logged once per outage
 	for ctx.Err() == nil {
 		select {
 		case <-p.kick:
@@ -152,11 +157,16 @@ func (n *Node) runPeer(ctx context.Context, p *peer) {
 		if ctx.Err() != nil {
 			return
 		}
-		if established {
+		switch {
+		case established:
 			delay = peerBackoffMin
-			n.log.Info("peer stream ended", "peer", p.name, "err", err)
-		} else {
-			n.log.Debug("peer link failed", "peer", p.name, "addr", p.address, "err", err, "retry_in", delay)
+			unreachable = false
+			n.log.Info(fmt.Sprintf("peer %s at %s dropped: %s; reconnecting", p.name, p.address, peerFailure(err, "its stream ended")))
+		case !unreachable:
+			unreachable = true
+			n.log.Info(fmt.Sprintf("peer %s at %s unreachable: %s; retrying every %g s at most", p.name, p.address, peerFailure(err, "no answer"), peerBackoffMax.Seconds()))
+		default:
+			n.log.Debug(fmt.Sprintf("peer %s at %s still unreachable: %s", p.name, p.address, peerFailure(err, "no answer")), "retry_in", delay)
 		}
 		t := time.NewTimer(delay)
 		select {
@@ -264,7 +274,7 @@ func (n *Node) linkPeer(ctx context.Context, p *peer) (established bool, err err
 				p.streaming = true
 				n.notifyRoutesLocked()
 				n.mu.Unlock()
-				n.log.Info("peer connected", "peer", p.name, "peer_node", k.Node.GetNodeId(), "addr", p.address, "incarnation", k.Node.GetIncarnation())
+				n.log.Info(fmt.Sprintf("peer %s connected at %s (node %s, hosts %s)", p.name, p.address, k.Node.GetNodeId(), hostedTypes(k.Node)))
 			}
 		case *meshv1.SubscribeResponse_Event:
 			n.deliverPeerEvent(k.Event)
@@ -286,7 +296,7 @@ func (n *Node) setPeerInfo(p *peer, info *meshv1.NodeInfo) bool {
 		if p.group != "" {
 			level = slog.LevelDebug
 		}
-		n.log.Log(context.Background(), level, "peer is this node itself; dropping it", "peer", p.name, "addr", p.address)
+		n.log.Log(context.Background(), level, fmt.Sprintf("peer %s at %s is this node itself: ignored", p.name, p.address))
 		n.removePeerLocked(p)
 		return false
 	}
@@ -303,7 +313,7 @@ func (n *Node) setPeerInfo(p *peer, info *meshv1.NodeInfo) bool {
 		}
 	}
 	if p.nodeID != "" && p.info != nil && p.info.GetIncarnation() != info.GetIncarnation() {
-		n.log.Info("peer restarted", "peer", p.name, "incarnation", info.GetIncarnation())
+		n.log.Info(fmt.Sprintf("peer %s restarted (incarnation %s)", p.name, info.GetIncarnation()))
 	}
 	p.nodeID = info.GetNodeId()
 	p.info = info
@@ -339,4 +349,38 @@ func (n *Node) clearPeer(p *peer) {
 		p.info = nil
 		n.notifyRoutesLocked()
 	}
+}
+
+// hostedTypes lists the agent types a NodeInfo says its node hosts, for logs.
+func hostedTypes(info *meshv1.NodeInfo) string {
+	var names []string
+	for _, t := range info.GetAgentTypes() {
+		names = append(names, t.GetAgentType())
+	}
+	if len(names) == 0 {
+		return "no agent types"
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+// peerFailure is the gist of why a peer link failed, for logs: the
+// operating system's words when the connection failed ("connection
+// refused"), else the status; ifNone when the link simply ended.
+func peerFailure(err error, ifNone string) string {
+	if err == nil {
+		return ifNone
+	}
+	text := err.Error()
+	if i := strings.LastIndex(text, "connect: "); i >= 0 {
+		return strings.TrimRight(text[i+len("connect: "):], `"`)
+	}
+	if st, ok := status.FromError(err); ok {
+		msg := st.Message()
+		if _, desc, found := strings.Cut(msg, `desc = "`); found {
+			return strings.TrimSuffix(desc, `"`)
+		}
+		return fmt.Sprintf("%s: %s", CodeName(st.Code()), msg)
+	}
+	return text
 }

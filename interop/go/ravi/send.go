@@ -127,7 +127,7 @@ func (n *Node) handleLocal(ctx context.Context, at *agentType, to AgentID, req *
 	h, ok := at.handlers[msgType]
 	if !ok {
 		return nil, reasonError(codes.Unimplemented, ReasonNoHandler,
-			fmt.Sprintf("agent type %q has no handler for %s", to.Type, msgType),
+			noHandlerMessage(at, to.Type, msgType),
 			map[string]string{"agent_type": to.Type, "message_type": msgType, "node_id": n.id})
 	}
 	metadata := tc.merge(env.GetMetadata())
@@ -271,7 +271,7 @@ func (n *Node) noRoute(agentType string, exclude []string) error {
 			map[string]string{"agent_type": agentType, "node_id": n.id, "peer_address": list})
 	}
 	return reasonError(codes.NotFound, ReasonAgentTypeNotFound,
-		fmt.Sprintf("no node hosts agent type %q (asked node %s)", agentType, n.id),
+		n.notHostedMessage(agentType),
 		map[string]string{"agent_type": agentType, "node_id": n.id})
 }
 

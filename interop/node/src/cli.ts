@@ -16,7 +16,7 @@ import { create, createRegistry, fromBinary, fromJson, toBinary, toJson, type Js
 import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
 import { file_ravi_conformance_v1_conformance } from "@ravi-mesh/contract/ravi/conformance/v1/conformance_pb";
 import { file_ravi_examples_v1_examples } from "@ravi-mesh/contract/ravi/examples/v1/examples_pb";
-import { file_ravi_mesh_v1_agent_service } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
+import { EventSchema, file_ravi_mesh_v1_agent_service } from "@ravi-mesh/contract/ravi/mesh/v1/agent_service_pb";
 import {
   NodeInfoSchema,
   PayloadSchema,
@@ -28,10 +28,11 @@ import { parseArgs } from "node:util";
 
 import { RaviClient, PublishScope, type TopicFilterSpec } from "./client.js";
 import { CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, encodeJsonPayload } from "./codec.js";
-import { asRaviError, Code, RaviError } from "./errors.js";
+import { asRaviError, Code, codeName, RaviError } from "./errors.js";
 import { parseAgentId, parseTopicId } from "./ids.js";
-import { RaviNode, stderrLogger } from "./node.js";
+import { RaviNode } from "./node.js";
 import { dnsTarget } from "./node/discovery.js";
+import type { Logger } from "./peers.js";
 import { setupTracing } from "./telemetry.js";
 import type { ClientTlsOptions, ServerTlsOptions } from "./tls.js";
 import { formatterAgent } from "./agents/formatter.js";
@@ -40,38 +41,85 @@ import { COUNTER_TYPE, registerCounter } from "./agents/counter.js";
 import { CHECKPOINTS } from "./lifecycle.js";
 import { openStore, type StateStore } from "./store.js";
 
-const USAGE = `usage:
-  ravi-node node --listen HOST:PORT --node-id ID [--advertise HOST:PORT] [--peer NAME=ADDR]... [--token T]
-                 [--peer-dns-interval SECONDS] [--keepalive-time SECONDS] [--keepalive-timeout SECONDS]
-                 [--health-without-auth] [--max-message-bytes N] [--conformance-type NAME] [--verbose]
-                 [--counter-type NAME] [--otlp-endpoint URL]
-                 [--idle-timeout SECONDS] [--max-active-agents N] [--checkpoint passivation|each_message]
-                 [--state-store memory|sqlite:PATH|postgresql://USER@HOST/DB] [--data-dir DIR]
-  (agent instances idle for --idle-timeout seconds (default 600; 0: never), or the least recently used
-   beyond --max-active-agents (default 100000; 0: no bound), are passivated: their state saved to the
-   state store (default: sqlite in --data-dir, else memory); --checkpoint each_message also saves after
-   every handled message, before the reply)
-                 [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
-                 [--peer-tls-ca FILE] [--peer-tls-cert FILE --peer-tls-key FILE] [--peer-tls-server-name NAME]
-  (--peer NAME=dns:HOST:PORT: every address HOST resolves to is a peer, resolved again every
-   --peer-dns-interval seconds, 10 by default)
-  (--keepalive-time: seconds between two pings of each peer's connection, 4 by default, at least 2;
-   --keepalive-timeout: seconds a ping may go unanswered before the connection closes, 4 by default)
-  (--tls-cert/--tls-key: serve TLS with this certificate and key; --tls-client-ca: require client
-   certificates from this CA (mTLS); --peer-tls-ca: dial peers with TLS, trusting this CA;
-   --peer-tls-cert/--peer-tls-key: present this certificate to peers (mTLS); --peer-tls-server-name:
-   the name peers' certificates must carry, when it is not the dialled host)
-  (node traces over OTLP/gRPC when --otlp-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT or
-   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set; service.name is the node id unless OTEL_SERVICE_NAME is set)
-  ravi-node send --addr ADDR [--token T] [--tls-ca FILE] [--timeout-ms N] --to TYPE/KEY --type FULL.NAME --json JSON
-                 [--encoding proto|json]
-  ravi-node publish --addr ADDR [--token T] [--tls-ca FILE] [--timeout-ms N] --topic TYPE/SOURCE --type FULL.NAME --json JSON
-                    [--scope mesh|node] [--encoding proto|json]
-  ravi-node subscribe --addr ADDR [--token T] [--tls-ca FILE] [--topic-type T]... [--prefix P]... [--count N] [--timeout-ms N]
-                      [--subscriber-id ID]
-  ravi-node describe --addr ADDR [--token T] [--tls-ca FILE] [--timeout-ms N]
-  (--tls-ca: dial with TLS, trusting this CA)
+const USAGE = `usage: ravi-node COMMAND [flags]
+
+  node       run a node hosting the formatter and the conformance agent,
+             until SIGTERM or SIGINT
+  send       send a message to an agent through a node and print the reply:
+             {"nodeId": ..., "result": {"type": ..., "value": ...}}
+  publish    publish a message on a topic through a node and print
+             {"localDeliveries": N, "streamDeliveries": N}
+  subscribe  print a node's description, then the events published through
+             it, as JSON lines ({"node": ...} and {"event": ...}); events
+             published through its peers reach its agents but not this
+             stream: subscribe to each node to follow a mesh
+  describe   print a node's description (its NodeInfo as protobuf JSON)
+
+ravi-node node --listen HOST:PORT --node-id ID [--advertise HOST:PORT]
+    [--peer NAME=HOST:PORT]... [--peer-dns-interval SECONDS] [--token TOKEN]
+    [--keepalive-time SECONDS] [--keepalive-timeout SECONDS]
+    [--health-without-auth] [--max-message-bytes N] [--conformance-type TYPE]
+    [--counter-type TYPE] [--verbose] [--otlp-endpoint URL]
+    [--idle-timeout SECONDS] [--max-active-agents N]
+    [--checkpoint passivation|each_message]
+    [--state-store memory|sqlite:PATH|postgresql://USER@HOST/DB]
+    [--data-dir DIR] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+    [--peer-tls-ca FILE] [--peer-tls-cert FILE --peer-tls-key FILE]
+    [--peer-tls-server-name NAME]
+  --peer NAME=dns:HOST:PORT: every address HOST resolves to is a peer,
+  resolved again every --peer-dns-interval seconds (10 by default).
+  --keepalive-time: seconds between two pings of each peer's connection (4
+  by default, at least 2); --keepalive-timeout: seconds a ping may go
+  unanswered before the connection closes (4 by default).
+  Agent instances idle for --idle-timeout seconds (default 600; 0: never),
+  or the least recently used beyond --max-active-agents (default 100000; 0:
+  no bound), are passivated: their state saved to the state store (default:
+  sqlite in --data-dir, else memory); --checkpoint each_message also saves
+  after every handled message, before the reply.
+  --tls-cert/--tls-key: serve TLS with this certificate and key;
+  --tls-client-ca: require client certificates from this CA (mutual TLS);
+  --peer-tls-ca: dial peers with TLS, trusting this CA; --peer-tls-cert/
+  --peer-tls-key: present this certificate to peers (mutual TLS);
+  --peer-tls-server-name: the name peers' certificates must carry, when it
+  is not the dialled host. The node traces over OTLP/gRPC when
+  --otlp-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT or
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set; its service.name is the node id
+  unless OTEL_SERVICE_NAME is set. --token defaults to $RAVI_TOKEN.
+
+ravi-node send --addr HOST:PORT --to TYPE/KEY --type NAME --json JSON
+    [--token TOKEN] [--tls-ca FILE] [--timeout-ms N] [--encoding proto|json]
+ravi-node publish --addr HOST:PORT --topic TYPE/SOURCE --type NAME
+    --json JSON [--scope mesh|node] [--token TOKEN] [--tls-ca FILE]
+    [--timeout-ms N] [--encoding proto|json]
+ravi-node subscribe --addr HOST:PORT [--topic-type TYPE]... [--prefix P]...
+    [--count N] [--timeout-ms N] [--subscriber-id ID] [--token TOKEN]
+    [--tls-ca FILE]
+ravi-node describe --addr HOST:PORT [--token TOKEN] [--tls-ca FILE]
+    [--timeout-ms N]
+  --tls-ca: dial with TLS, trusting this CA.
+
+Exit codes: 0 done; 1 a service error (the node answered with an error or
+could not be reached); 2 a usage error, or a node that could not start.
 `;
+
+/**
+ * The node's log lines, as the Python and Go nodes write theirs:
+ * `ravi-node NODE_ID LEVEL: message`; debug lines only with --verbose.
+ */
+function cliLogger(nodeId: string, verbose: boolean): Logger {
+  const line = (level: string, message: string): void => {
+    process.stderr.write(`ravi-node ${nodeId} ${level}: ${message}\n`);
+  };
+  return {
+    debug: (m) => verbose && line("debug", m),
+    info: (m) => line("info", m),
+    warn: (m) => line("warn", m),
+    error: (m) => line("error", m),
+  };
+}
+
+/** How long calls in flight get to finish when the node stops (as the Python and Go nodes). */
+const STOP_GRACE_MS = 5_000;
 
 /** The message types the command line can encode and print. */
 const registry: Registry = createRegistry(
@@ -169,13 +217,29 @@ function seconds(value: string | undefined, flag: string): number | undefined {
   return n * 1000;
 }
 
-/** Splits "host:port" or "[v6]:port". */
-function hostPort(text: string, flag: string): { host: string; port: number } {
-  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text);
+const HOST_PORT = /^(?:\[([^\]]+)\]|([^:[\]/]+)):(\d{1,5})$/;
+
+/**
+ * Splits "host:port" or "[v6]:port", the way the Python and Go command lines
+ * check an address: no scheme, and always a port (a bare host would be dialled
+ * on 443). `name` is the NAME= a --peer value starts with.
+ */
+function hostPort(text: string, flag: string, name = ""): { host: string; port: number } {
+  const given = `${flag} ${name}`;
+  const scheme = text.indexOf("://");
+  if (scheme >= 0) {
+    const rest = text.slice(scheme + 3).replace(/\/+$/, "");
+    const hint = HOST_PORT.test(rest) ? `: try ${given}${rest}` : "";
+    throw new ConfigError(`${flag} takes HOST:PORT, not a URL (${given}${text})${hint}`);
+  }
+  const match = HOST_PORT.exec(text);
   const port = Number(match?.[3]);
   const host = match?.[1] ?? match?.[2];
   if (host === undefined || !Number.isInteger(port) || port > 65535) {
-    throw new UsageError(`${flag} must be HOST:PORT, got ${JSON.stringify(text)}`);
+    if (text !== "" && !text.includes(":")) {
+      throw new ConfigError(`${given}${text} has no port: give HOST:PORT, such as ${text}:50051`);
+    }
+    throw new ConfigError(`${flag} must be HOST:PORT, got ${given}${text}`);
   }
   return { host, port };
 }
@@ -207,21 +271,28 @@ function payloadOf(typeName: string, json: string, encoding: string | undefined)
   }
 }
 
-/** A payload as JSON for printing: the decoded message when the type is known. */
+/** Protobuf JSON as the three command lines print it: every field, defaults included. */
+const JSON_OPTIONS = { registry, alwaysEmitImplicit: true } as const;
+
+/**
+ * A payload as the three command lines print it: {"type", "value"} when its
+ * type is known here or it is JSON, else the Payload itself as protobuf JSON
+ * (its data in base64).
+ */
 function printable(payload: Payload): JsonValue {
   const schema = registry.getMessage(payload.type);
   const media = (payload.contentType.split(";")[0] ?? "").trim().toLowerCase();
   try {
     if (media === CONTENT_TYPE_JSON) {
-      return JSON.parse(new TextDecoder().decode(payload.data)) as JsonValue;
+      return { type: payload.type, value: JSON.parse(new TextDecoder().decode(payload.data)) as JsonValue };
     }
     if (schema !== undefined && media === CONTENT_TYPE_PROTOBUF) {
-      return toJson(schema, fromBinary(schema, payload.data), { registry });
+      return { type: payload.type, value: toJson(schema, fromBinary(schema, payload.data), JSON_OPTIONS) };
     }
   } catch {
     // fall through to the raw form
   }
-  return { contentType: payload.contentType, data: Buffer.from(payload.data).toString("base64") };
+  return toJson(PayloadSchema, payload, JSON_OPTIONS);
 }
 
 function print(value: JsonValue): void {
@@ -256,6 +327,36 @@ function client(values: {
     client: new RaviClient({ address, token: values.token, timeoutMs, tls: clientTls(values["tls-ca"]) }),
     timeoutMs,
   };
+}
+
+/** A failure to connect, said plainly as the Python and Go command lines do; other errors as they are. */
+function reachError(error: unknown, address: string): unknown {
+  const failure = asRaviError(error);
+  const refused = /\b(ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT)\b/.exec(failure.message);
+  if (failure.code === Code.Unavailable && refused !== null) {
+    const cause = { ECONNREFUSED: "connection refused", ENOTFOUND: "no such host", EHOSTUNREACH: "no route to host", ETIMEDOUT: "timed out" }[refused[1] as "ECONNREFUSED"];
+    return new RaviError(Code.Unavailable, `cannot reach a node at ${address}: ${cause}`);
+  }
+  return error;
+}
+
+/** A node that could not start: one line, exit 2 (as the Python and Go nodes report it). */
+class StartupError extends Error {
+  override name = "StartupError";
+}
+
+function startupFailed(error: unknown, host: string, port: number): StartupError {
+  const code = (error as { code?: unknown }).code;
+  const where = `${host.includes(":") ? `[${host}]` : host}:${port}`;
+  const reasons: Record<string, string> = {
+    EADDRINUSE: "address already in use",
+    EADDRNOTAVAIL: "cannot assign requested address",
+    EACCES: "permission denied",
+  };
+  if (typeof code === "string" && code in reasons) {
+    return new StartupError(`cannot listen on ${where}: ${reasons[code]}`);
+  }
+  return new StartupError(error instanceof Error ? error.message : String(error));
 }
 
 async function runNode(args: string[]): Promise<number> {
@@ -301,12 +402,8 @@ async function runNode(args: string[]): Promise<number> {
       throw new UsageError(`--peer must be NAME=HOST:PORT, got ${JSON.stringify(spec)}`);
     }
     const address = spec.slice(eq + 1);
-    try {
-      if (dnsTarget(address) === undefined) {
-        hostPort(address, "--peer");
-      }
-    } catch (error) {
-      throw new UsageError(`--peer ${error instanceof Error ? error.message : String(error)}`);
+    if (dnsTarget(address) === undefined) {
+      hostPort(address, "--peer", spec.slice(0, eq + 1));
     }
     peers[spec.slice(0, eq)] = address;
   }
@@ -361,7 +458,7 @@ async function runNode(args: string[]): Promise<number> {
       checkpoint,
       stateStore,
       dataDir: values["data-dir"],
-      logger: stderrLogger(nodeId, values.verbose ?? false),
+      logger: cliLogger(nodeId, values.verbose ?? false),
       tracerProvider: tracing?.tracerProvider,
     });
     node.register("formatter", formatterAgent());
@@ -370,19 +467,34 @@ async function runNode(args: string[]): Promise<number> {
     address = await node.start();
   } catch (error) {
     await tracing?.shutdown();
-    throw error;
+    if (error instanceof UsageError || error instanceof ConfigError) {
+      throw error;
+    }
+    throw startupFailed(error, host, port);
   }
-  process.stdout.write(`ravi-node node ${nodeId} serving on ${address}\n`);
-  await new Promise<void>((resolve) => {
-    const stop = (): void => {
+  // The lines every node's command line prints, in Python and Go too.
+  const agents = node
+    .info()
+    .agentTypes.map((t) => `${t.agentType} (${[...t.handledTypes].sort().join(", ") || "no handlers"})`)
+    .sort();
+  const peerList = Object.entries(peers)
+    .map(([name, addr]) => `${name} at ${addr}`)
+    .sort();
+  process.stdout.write(
+    `ravi-node node ${nodeId} serving on ${address}\n  agents: ${agents.join(", ") || "none"}\n  peers: ${peerList.join(", ") || "none"}\n`,
+  );
+  const signal = await new Promise<string>((resolve) => {
+    const stop = (received: string): void => {
       process.off("SIGTERM", stop);
       process.off("SIGINT", stop);
-      resolve();
+      resolve(received);
     };
     process.on("SIGTERM", stop);
     process.on("SIGINT", stop);
   });
-  await node.stop();
+  process.stdout.write(`ravi-node node ${nodeId} stopping (${signal}): calls in flight get up to ${STOP_GRACE_MS / 1000} s\n`);
+  await node.stop(STOP_GRACE_MS);
+  process.stdout.write(`ravi-node node ${nodeId} stopped\n`);
   // After the node stopped, so the spans of its last calls are flushed too.
   if (tracing !== undefined && !(await tracing.shutdown())) {
     process.stderr.write(`ravi-node ${nodeId} warn: the spans still buffered could not be exported in time\n`);
@@ -406,12 +518,10 @@ async function runSend(args: string[]): Promise<number> {
   const payload = payloadOf(required(values.type, "--type"), required(values.json, "--json"), values.encoding);
   const { client: c, timeoutMs } = client(values);
   try {
-    const reply = await c.sendPayload(to, payload, timeoutMs === undefined ? {} : { timeoutMs });
-    print({
-      nodeId: reply.nodeId,
-      type: reply.payload?.type ?? null,
-      result: reply.payload === undefined ? null : printable(reply.payload),
+    const reply = await c.sendPayload(to, payload, timeoutMs === undefined ? {} : { timeoutMs }).catch((e: unknown) => {
+      throw reachError(e, values.addr ?? "");
     });
+    print(reply.payload === undefined ? { nodeId: reply.nodeId } : { nodeId: reply.nodeId, result: printable(reply.payload) });
     return 0;
   } finally {
     c.close();
@@ -439,10 +549,14 @@ async function runPublish(args: string[]): Promise<number> {
   }
   const { client: c, timeoutMs } = client(values);
   try {
-    const result = await c.publishPayload(topic, payload, {
-      scope: scope === "node" ? PublishScope.NODE : PublishScope.MESH,
-      timeoutMs,
-    });
+    const result = await c
+      .publishPayload(topic, payload, {
+        scope: scope === "node" ? PublishScope.NODE : PublishScope.MESH,
+        timeoutMs,
+      })
+      .catch((e: unknown) => {
+        throw reachError(e, values.addr ?? "");
+      });
     print({ localDeliveries: result.localDeliveries, streamDeliveries: result.streamDeliveries });
     return 0;
   } finally {
@@ -470,7 +584,7 @@ async function runSubscribe(args: string[]): Promise<number> {
     ...(values.prefix ?? []).map((p) => ({ topicTypePrefix: p })),
   ];
   if (filters.length === 0) {
-    throw new UsageError("--topic-type or --prefix is required");
+    process.stderr.write("warning: no --topic-type or --prefix: no event matches, only the node's description and its changes are printed\n");
   }
   const count = integer(values.count, "--count");
   const address = required(values.addr, "--addr");
@@ -488,21 +602,22 @@ async function runSubscribe(args: string[]): Promise<number> {
       signal: controller.signal,
       timeoutMs,
     });
+    let described = false;
     for await (const message of stream) {
       if (message.kind.case === "node") {
-        print({ node: toJson(NodeInfoSchema, message.kind.value) });
+        if (!described) {
+          described = true;
+          process.stderr.write(`subscribed to ${address} (node ${message.kind.value.nodeId}): the events published through this node\n`);
+        }
+        print({ node: toJson(NodeInfoSchema, message.kind.value, JSON_OPTIONS) });
       } else if (message.kind.case === "event") {
         const event = message.kind.value;
+        const printed = toJson(EventSchema, event, JSON_OPTIONS) as { envelope?: { payload?: JsonValue } };
         const payload = event.envelope?.payload;
-        print({
-          event: {
-            topic: { type: event.topic?.type ?? "", source: event.topic?.source ?? "" },
-            originNodeId: event.originNodeId,
-            sender: event.envelope?.sender === undefined ? null : `${event.envelope.sender.type}/${event.envelope.sender.key}`,
-            type: payload?.type ?? null,
-            message: payload === undefined ? null : printable(payload),
-          },
-        });
+        if (printed.envelope !== undefined && payload !== undefined) {
+          printed.envelope.payload = printable(payload);
+        }
+        print({ event: printed as JsonValue });
         events += 1;
         if (count !== undefined && events >= count) {
           controller.abort();
@@ -524,8 +639,10 @@ async function runDescribe(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, strict: true, options: { ...clientOptions } });
   const { client: c, timeoutMs } = client(values);
   try {
-    const info = await c.describe(undefined, timeoutMs === undefined ? undefined : { timeoutMs });
-    print(toJson(NodeInfoSchema, info));
+    const info = await c.describe(undefined, timeoutMs === undefined ? undefined : { timeoutMs }).catch((e: unknown) => {
+      throw reachError(e, values.addr ?? "");
+    });
+    print(toJson(NodeInfoSchema, info, JSON_OPTIONS));
     return 0;
   } finally {
     c.close();
@@ -552,23 +669,25 @@ export async function main(argv: readonly string[]): Promise<number> {
     process.stderr.write(`ravi-node: unknown command ${JSON.stringify(command)}\n${USAGE}`);
     return 2;
   }
+  if (rest.includes("--help") || rest.includes("-h")) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  // Every failure is one line, `ravi-node COMMAND: ...`, as in `ravi` and `ravi-go`.
   try {
     return await run(rest);
   } catch (error) {
-    if (error instanceof ConfigError) {
+    if (error instanceof ConfigError || error instanceof StartupError) {
       process.stderr.write(`ravi-node ${command}: ${error.message}\n`);
       return 2;
     }
     if (error instanceof UsageError || (error instanceof TypeError && "code" in error && String(error.code).startsWith("ERR_PARSE_ARGS"))) {
-      process.stderr.write(`ravi-node ${command}: ${error.message}\n${USAGE}`);
+      process.stderr.write(`ravi-node ${command}: ${error.message} (see ravi-node --help)\n`);
       return 2;
     }
     const failure = asRaviError(error);
-    process.stderr.write(`error: ${failure.describe()}\n`);
-    const details = Object.entries(failure.metadata);
-    if (details.length > 0) {
-      process.stderr.write(`  ${details.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ")}\n`);
-    }
+    const reason = failure.reason === undefined ? "" : ` (${failure.reason})`;
+    process.stderr.write(`ravi-node ${command}: ${codeName(failure.code)}${reason}: ${failure.message}\n`);
     return 1;
   }
 }

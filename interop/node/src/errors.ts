@@ -4,6 +4,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { ErrorInfoSchema } from "@ravi-mesh/contract/google/rpc/error_details_pb";
 import { ErrorReason } from "@ravi-mesh/contract/ravi/mesh/v1/errors_pb";
 
+import { didYouMean } from "./hints.js";
 import { errorMessage, errorTypeName } from "./util.js";
 
 export { Code } from "@connectrpc/connect";
@@ -171,16 +172,22 @@ export const errors = {
   badId: (message: string): RaviError => new RaviError(Code.InvalidArgument, message, { reason: "BAD_ID" }),
   badPayload: (message: string, metadata?: Record<string, string>): RaviError =>
     new RaviError(Code.InvalidArgument, message, { reason: "BAD_PAYLOAD", metadata }),
-  agentTypeNotFound: (agentType: string, nodeId: string): RaviError =>
-    new RaviError(Code.NotFound, `no node hosts agent type "${agentType}"`, {
-      reason: "AGENT_TYPE_NOT_FOUND",
-      metadata: { agent_type: agentType, node_id: nodeId },
-    }),
-  noHandler: (agentType: string, messageType: string): RaviError =>
-    new RaviError(Code.Unimplemented, `agent type "${agentType}" has no handler for ${messageType}`, {
-      reason: "NO_HANDLER",
-      metadata: { agent_type: agentType, message_type: messageType },
-    }),
+  /** Lists the `known` types (this node's and its peers') and the nearest of them. */
+  agentTypeNotFound: (agentType: string, nodeId: string, known: readonly string[] = []): RaviError => {
+    const listed = [...new Set(known)].sort();
+    return new RaviError(
+      Code.NotFound,
+      `no node hosts agent type "${agentType}"${didYouMean(agentType, listed)}; known types: ${listed.join(", ") || "none"} (asked node ${nodeId})`,
+      { reason: "AGENT_TYPE_NOT_FOUND", metadata: { agent_type: agentType, node_id: nodeId } },
+    );
+  },
+  /** Lists the message types the agent type handles. */
+  noHandler: (agentType: string, messageType: string, handled: readonly string[] = []): RaviError =>
+    new RaviError(
+      Code.Unimplemented,
+      `agent type "${agentType}" has no handler for ${messageType} (it handles ${[...handled].sort().join(", ") || "nothing"})`,
+      { reason: "NO_HANDLER", metadata: { agent_type: agentType, message_type: messageType } },
+    ),
   reentrantCall: (agent: string): RaviError =>
     new RaviError(Code.FailedPrecondition, `${agent} is waiting for this call's reply: delivering it would deadlock`, {
       reason: "REENTRANT_CALL",

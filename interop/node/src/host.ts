@@ -441,7 +441,8 @@ export function makeRegistration<S>(host: RegistrationHost, type: string, defini
   ): { waiting: Promise<void> | undefined; done: Promise<Payload | undefined> } => {
     const entry = definition.handler(typeName);
     if (entry === undefined) {
-      return { waiting: undefined, done: Promise.reject(errors.noHandler(type, typeName)) };
+      const handled = definition.handlers().map((h) => h.input.typeName);
+      return { waiting: undefined, done: Promise.reject(errors.noHandler(type, typeName, handled)) };
     }
     const found = instance(key, delivery.deadline);
     if (!(found instanceof Promise)) {

@@ -105,12 +105,14 @@ export class PeerLink {
   private async loop(): Promise<void> {
     const log = this.host.logger;
     let backoff = BACKOFF_INITIAL_MS;
+    let unreachable = false; // logged once per outage
     while (!this.stopped) {
       const client = this.host.peerClient(this.address);
       this.client = client;
       const streamController = new AbortController();
       this.streamController = streamController;
       let established = false;
+      let failure: string | undefined;
       try {
         const info = await client.describe(this.host.selfInfo(), {
           timeoutMs: DESCRIBE_TIMEOUT_MS,
@@ -132,8 +134,10 @@ export class PeerLink {
           if (message.kind.case === "node") {
             if (!established) {
               established = true;
+              unreachable = false;
               this.connections += 1;
-              log.debug(`peer ${this.label} (${message.kind.value.nodeId}) connected at ${this.address}`);
+              const hosted = message.kind.value.agentTypes.map((t) => t.agentType).sort();
+              log.info(`peer ${this.label} connected at ${this.address} (node ${message.kind.value.nodeId}, hosts ${hosted.join(", ") || "no agent types"})`);
             }
             this.host.onPeerInfo(this, message.kind.value);
           } else if (message.kind.case === "event") {
@@ -141,12 +145,18 @@ export class PeerLink {
             await this.host.onPeerEvent(this, message.kind.value, streamSignal);
           }
         }
-        if (!this.stopped && !streamController.signal.aborted) {
-          log.debug(`peer ${this.label} at ${this.address} ended its stream`);
-        }
       } catch (error) {
-        if (!this.stopped) {
-          log.debug(`peer ${this.label} at ${this.address}: ${error instanceof Error ? error.message : String(error)}`);
+        failure = peerFailure(error);
+      }
+      if (!this.stopped && streamController.signal.reason !== REFILTER) {
+        // The same lines as the Python and Go nodes write.
+        if (established) {
+          log.info(`peer ${this.label} at ${this.address} dropped: ${failure ?? "its stream ended"}; reconnecting`);
+        } else if (!unreachable) {
+          unreachable = true;
+          log.info(`peer ${this.label} at ${this.address} unreachable: ${failure ?? "no answer"}; retrying every ${BACKOFF_MAX_MS / 1000} s at most`);
+        } else {
+          log.debug(`peer ${this.label} at ${this.address} still unreachable: ${failure ?? "no answer"}`);
         }
       }
       const refilter = streamController.signal.reason === REFILTER && !this.stopped;
@@ -178,4 +188,14 @@ export class PeerLink {
     }
     this.host.onPeerDown(this);
   }
+}
+
+/** The gist of why a peer link failed: the operating system's words when connecting failed. */
+function peerFailure(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  const refused = /\b(ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT)\b/.exec(text);
+  if (refused !== null) {
+    return { ECONNREFUSED: "connection refused", ENOTFOUND: "no such host", EHOSTUNREACH: "no route to host", ETIMEDOUT: "timed out" }[refused[1] as "ECONNREFUSED"];
+  }
+  return text;
 }

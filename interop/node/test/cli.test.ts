@@ -149,10 +149,13 @@ describe("ravi-node command line", T, () => {
       "--type", "ravi.examples.v1.FormatRequest", "--json", JSON.stringify({ text: "Title:\n- a\nSources: s.md", style: "markdown" }),
     ]);
     assert.equal(formatted.code, 0, formatted.stderr);
+    // One JSON shape in the three command lines: the SendResponse, its result decoded.
     assert.deepEqual(JSON.parse(formatted.stdout), {
       nodeId: "cli-a",
-      type: "ravi.examples.v1.FormattedText",
-      result: { text: "## Title\n\n- a\n\n_Sources: s.md_", formatter: "formatter/default (node)" },
+      result: {
+        type: "ravi.examples.v1.FormattedText",
+        value: { text: "## Title\n\n- a\n\n_Sources: s.md_", formatter: "formatter/default (node)" },
+      },
     });
 
     // b peers with a, and a learned b: a routes conformance-b to b (as JSON payload).
@@ -171,16 +174,15 @@ describe("ravi-node command line", T, () => {
 
     const failed = await run(["send", "--addr", a.address, "--to", "conformance/k", "--type", "ravi.conformance.v1.Fail", "--json", '{"code":0,"message":"boom"}']);
     assert.equal(failed.code, 1);
-    assert.match(failed.stderr, /^error: UNKNOWN HANDLER_FAILED: .*boom/m);
-    assert.match(failed.stderr, /exception_type="Error"/);
+    assert.match(failed.stderr, /^ravi-node send: UNKNOWN \(HANDLER_FAILED\): .*boom\n$/);
 
     const missing = await run(["send", "--addr", a.address, "--to", "nobody/k", "--type", "ravi.conformance.v1.Echo", "--json", "{}"]);
     assert.equal(missing.code, 1);
-    assert.match(missing.stderr, /^error: NOT_FOUND AGENT_TYPE_NOT_FOUND: /m);
+    assert.match(missing.stderr, /^ravi-node send: NOT_FOUND \(AGENT_TYPE_NOT_FOUND\): no node hosts agent type "nobody"; known types: .*conformance-b/);
 
     const late = await run(["send", "--addr", a.address, "--timeout-ms", "100", "--to", "conformance/k", "--type", "ravi.conformance.v1.Sleep", "--json", '{"millis":3000,"tag":"t"}']);
     assert.equal(late.code, 1);
-    assert.match(late.stderr, /^error: DEADLINE_EXCEEDED/m);
+    assert.match(late.stderr, /^ravi-node send: DEADLINE_EXCEEDED/);
 
     const usage = await run(["send", "--addr", a.address]);
     assert.equal(usage.code, 2);
@@ -204,13 +206,17 @@ describe("ravi-node command line", T, () => {
     assert.equal(await exited, 0);
     assert.equal(lines.length, 2);
     assert.equal((JSON.parse(lines[0] ?? "{}") as { node: { nodeId: string } }).node.nodeId, "cli-a");
-    const event = (JSON.parse(lines[1] ?? "{}") as { event: { topic: { type: string; source: string }; originNodeId: string; type: string; message: unknown } }).event;
+    const event = (
+      JSON.parse(lines[1] ?? "{}") as {
+        event: { topic: { type: string; source: string }; originNodeId: string; envelope: { payload: unknown } };
+      }
+    ).event;
     assert.deepEqual(event.topic, { type: "conformance.events", source: "s" });
     assert.equal(event.originNodeId, "cli-a");
-    assert.deepEqual(event.message, { text: "news" });
+    assert.deepEqual(event.envelope.payload, { type: "ravi.conformance.v1.Echo", value: { text: "news" } });
 
     const report = await run(["send", "--addr", a.address, "--to", "conformance/s", "--type", "ravi.conformance.v1.Report", "--json", "{}"]);
-    assert.deepEqual((JSON.parse(report.stdout) as { result: unknown }).result, { events: ["news"] });
+    assert.deepEqual((JSON.parse(report.stdout) as { result: { value: unknown } }).result.value, { events: ["news"], cancelled: [] });
 
     assert.equal(await stop(b.child), 0);
     assert.equal(await stop(a.child), 0);

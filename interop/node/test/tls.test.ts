@@ -204,7 +204,7 @@ function run(args: string[]): Promise<Run> {
 }
 
 describe("ravi-node TLS flags", T, () => {
-  test("a certificate without its key, or an unreadable file, is one line on stderr and a non-zero exit", async () => {
+  test("a certificate without its key, or an unreadable file, is one line on stderr and exit 2", async () => {
     const base = ["node", "--listen", "127.0.0.1:0", "--node-id", "cli-bad"];
     const noKey = await run([...base, "--tls-cert", certs.serverCert]);
     assert.equal(noKey.code, 2);
@@ -216,9 +216,10 @@ describe("ravi-node TLS flags", T, () => {
     assert.equal(peerKey.code, 2);
     assert.equal(peerKey.stderr, "ravi-node node: --peer-tls-key needs --peer-tls-cert\n");
     const missing = await run([...base, "--tls-cert", join(certs.dir, "missing.pem"), "--tls-key", certs.serverKey]);
-    assert.equal(missing.code, 1);
+    // A node that cannot start: one line and exit 2, as the Python and Go nodes.
+    assert.equal(missing.code, 2);
     assert.equal(missing.stderr.trimEnd().split("\n").length, 1, missing.stderr);
-    assert.match(missing.stderr, /^error: INVALID_ARGUMENT: TLS: cannot read the certificate file ".*missing\.pem"/);
+    assert.match(missing.stderr, /^ravi-node node: TLS: cannot read the certificate file ".*missing\.pem"/);
   });
 
   test("a node started with --tls-cert/--tls-key answers describe --tls-ca, not a cleartext describe", async () => {
@@ -241,7 +242,8 @@ describe("ravi-node TLS flags", T, () => {
       assert.equal((JSON.parse(described.stdout) as { nodeId: string }).nodeId, "cli-tls");
       const cleartext = await run(["describe", "--addr", address, "--timeout-ms", "3000"]);
       assert.equal(cleartext.code, 1);
-      assert.match(cleartext.stderr, /^error: CANCELED/);
+      // The TLS listener drops the cleartext client: cancelled or reset, by timing.
+      assert.match(cleartext.stderr, /^ravi-node describe: (CANCELED|ABORTED)/);
     } finally {
       child.removeAllListeners("exit");
       const exited = new Promise((resolve) => child.once("exit", resolve));

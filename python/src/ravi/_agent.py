@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from ravi._cancellation import CancellationToken
 from ravi._context import MessageContext
 from ravi._ids import AgentId, AgentType, TopicId, _check_type
+from ravi._serialization import registry
 from ravi._subscriptions import SubscriptionFactory
 from ravi.errors import FailedPrecondition, NoHandler
 
@@ -157,8 +158,10 @@ class BaseAgent:
             return handler
         candidates = [base for base in message_type.__mro__[1:] if base in cls._ravi_handlers]
         if not candidates:
+            handled = ", ".join(sorted(_type_name(t) for t in cls._ravi_handlers))
             raise NoHandler(
-                f"agent class {cls.__qualname__} has no handler for {message_type.__qualname__}"
+                f"agent class {cls.__qualname__} has no handler for "
+                f"{_type_name(message_type)} (it handles {handled or 'nothing'})"
             )
         nearest = candidates[0]
         if any(not issubclass(nearest, other) for other in candidates[1:]):
@@ -280,3 +283,11 @@ def _require_no_arg_constructor(cls: type) -> None:
             f"{cls.__qualname__}() needs arguments ({', '.join(required)}): "
             "pass a factory to register()"
         )
+
+
+def _type_name(message_type: type) -> str:
+    """The name a message type travels under, as the other side of a call sees it."""
+    try:
+        return registry.type_name(message_type)
+    except TypeError:  # not a message class: a plain value
+        return message_type.__qualname__

@@ -1,39 +1,61 @@
-"""The `ravi` command line."""
+"""The `ravi` command line.
+
+Help is plain text wrapped to the terminal (80 columns at most), every failure
+is one line and a documented exit code (`ravi._cli_errors`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import os
-from collections.abc import Coroutine
+import sys
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
+from ravi._cli_errors import (
+    CommandGroup,
+    UsageError,
+    command_name,
+    fail,
+    run_command,
+    run_service,
+    show_help_without_command,
+)
 from ravi._restate_cli import app as restate_app
 from ravi._version import __version__
 
 app = typer.Typer(
     name="ravi",
+    cls=CommandGroup,
     help="ravi: a polyglot agent runtime.",
-    no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"max_content_width": 80},
 )
 app.add_typer(restate_app, name="restate")
-T = TypeVar("T")
 
-Address = Annotated[str, typer.Option("--addr", help="The node to talk to, HOST:PORT.")]
+Address = Annotated[str, typer.Option("--addr", metavar="HOST:PORT", help="The node to talk to.")]
 Token = Annotated[
     str | None,
-    typer.Option(help="Bearer token for the node (or RAVI_TOKEN).", envvar="RAVI_TOKEN"),
+    typer.Option(metavar="TOKEN", help="Bearer token for the node.", envvar="RAVI_TOKEN"),
 ]
-Timeout = Annotated[float, typer.Option(help="Seconds before the call's deadline.")]
-CaFile = Annotated[str | None, typer.Option("--tls-ca", help="Dial with TLS, trusting this CA.")]
+Timeout = Annotated[
+    float, typer.Option(metavar="SECONDS", help="Seconds before the call's deadline.")
+]
+CaFile = Annotated[
+    str | None, typer.Option("--tls-ca", metavar="FILE", help="Dial with TLS, trusting this CA.")
+]
 TypeName = Annotated[
-    str, typer.Option("--type", help="The message type's full name, e.g. ravi.examples.v1.Task.")
+    str,
+    typer.Option(
+        "--type", metavar="NAME", help="The message type's full name (ravi.examples.v1.Task)."
+    ),
 ]
-JsonBody = Annotated[str, typer.Option("--json", help="The message as JSON.")]
+JsonBody = Annotated[str, typer.Option("--json", metavar="JSON", help="The message as JSON.")]
 
 
 def _print_version(value: bool) -> None:
@@ -42,8 +64,9 @@ def _print_version(value: bool) -> None:
         raise typer.Exit
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    context: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -52,61 +75,65 @@ def _root(
     ] = False,
 ) -> None:
     """ravi: a polyglot agent runtime."""
-
-
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    # Imported here so that `ravi --version` and `--help` stay fast.
-    from ravi._mesh_cli import run_command  # noqa: PLC0415
-
-    return run_command(coroutine)
+    show_help_without_command(context)
 
 
 @app.command()
 def demo(
     task: Annotated[
-        str | None, typer.Option(help="The task to run (a question about ravi's docs).")
+        str | None,
+        typer.Option(metavar="TEXT", help="The task to run (a question about ravi's docs)."),
     ] = None,
     docs: Annotated[
-        Path, typer.Option(help="The folder of Markdown files the searcher agent searches.")
-    ] = Path("docs"),
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="The Markdown files the searcher searches [default: the docs of the ravi "
+            "checkout, $RAVI_HOME or where ravi is installed from].",
+        ),
+    ] = None,
     mesh: Annotated[
-        bool, typer.Option(help="Run the agents on ravi node processes instead of in-process.")
+        bool, typer.Option(help="Run the agents on node processes in three languages.")
     ] = False,
     trace: Annotated[
-        bool, typer.Option(help="With --mesh: trace into a Jaeger started here, print the trace.")
+        bool,
+        typer.Option(help="Run on the mesh, traced into a Jaeger started here; print the trace."),
+    ] = False,
+    keep: Annotated[
+        bool, typer.Option(help="With --trace: keep Jaeger running to query it, until Ctrl-C.")
     ] = False,
 ) -> None:
     """Run the demo: an orchestrator asks a searcher, a writer and a reviewer."""
-    from ravi._demo.run import (  # noqa: PLC0415
-        DEFAULT_TASK,
-        polyglot_available,
-        run_local,
-        run_mesh,
-        run_traced,
-    )
+    from ravi._demo.run import DEFAULT_TASK, run_local, run_mesh, run_traced  # noqa: PLC0415
+    from ravi._home import docs as home_docs  # noqa: PLC0415
 
-    if not docs.is_dir():
-        raise typer.BadParameter(f"{docs} is not a folder of Markdown files", param_hint="--docs")
-    question, corpus = task or DEFAULT_TASK, docs.resolve()
+    try:
+        corpus = docs if docs is not None else home_docs()
+        if not corpus.is_dir():
+            raise UsageError(f"--docs {docs}: not a folder of Markdown files")
+    except UsageError as error:
+        fail(str(error), 2)
+    if keep and not trace:
+        fail("--keep keeps the Jaeger of --trace running: add --trace", 2)
+    question, corpus = task or DEFAULT_TASK, corpus.resolve()
     if trace:
-        asyncio.run(run_traced(question, corpus, polyglot=polyglot_available()))
+        run_command(run_traced(question, corpus, keep=keep))
     elif mesh:
-        asyncio.run(run_mesh(question, corpus, polyglot=polyglot_available()))
+        run_command(run_mesh(question, corpus))
     else:
         asyncio.run(run_local(question, corpus))
 
 
 def node(config: Path | None = None, **given: Any) -> None:
     """Run a node of the mesh hosting the given agents, until SIGTERM or SIGINT."""
-    from ravi._mesh_cli import NodeConfig, UsageError, run_node, use_app_dir  # noqa: PLC0415
+    from ravi._mesh_cli import NodeConfig, run_node, use_app_dir  # noqa: PLC0415
 
     try:
         settings = NodeConfig.load(config, given)
     except UsageError as error:
-        typer.echo(f"ravi: {error}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(error), 2)
     use_app_dir(settings)
-    _run(run_node(settings, announce=typer.echo))
+    run_service(lambda announce: run_node(settings, announce=announce))
 
 
 def _node_command() -> None:
@@ -124,7 +151,14 @@ def _node_command() -> None:
         "config",
         inspect.Parameter.KEYWORD_ONLY,
         default=None,
-        annotation=Annotated[Path | None, typer.Option(help="A TOML file with these settings.")],
+        annotation=Annotated[
+            Path | None,
+            typer.Option(
+                metavar="FILE",
+                help="A TOML file with these settings, keyed by their names (node-id = "
+                '"a", [peer] b = "HOST:PORT"); flags win.',
+            ),
+        ],
     )
 
     def command(**given: Any) -> None:
@@ -139,11 +173,16 @@ def _node_command() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
+    host: Annotated[
+        str, typer.Option(metavar="HOST", help="Interface to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(metavar="PORT", help="Port to listen on (0: any free port).")
+    ] = 8000,
     token: Annotated[
         str | None,
         typer.Option(
+            metavar="TOKEN",
             help="The bearer token clients must send (or RAVI_SERVER_TOKEN); "
             "a random one is made and printed when absent.",
             envvar="RAVI_SERVER_TOKEN",
@@ -152,17 +191,26 @@ def serve(
     runtime: Annotated[
         str,
         typer.Option(
+            metavar="local|grpc|restate",
             help="local: host the agents here; grpc: join a mesh as a client; "
-            "restate: run them durably on a Restate server."
+            "restate: run them durably on a Restate server.",
         ),
     ] = "local",
     restate_ingress: Annotated[
         str,
-        typer.Option(help="Restate's ingress (--runtime restate).", envvar="RAVI_RESTATE_INGRESS"),
+        typer.Option(
+            metavar="URL",
+            help="Restate's ingress (--runtime restate).",
+            envvar="RAVI_RESTATE_INGRESS",
+        ),
     ] = "http://127.0.0.1:8080",
     restate_admin: Annotated[
         str,
-        typer.Option(help="Restate's admin API (--runtime restate).", envvar="RAVI_RESTATE_ADMIN"),
+        typer.Option(
+            metavar="URL",
+            help="Restate's admin API (--runtime restate).",
+            envvar="RAVI_RESTATE_ADMIN",
+        ),
     ] = "http://127.0.0.1:9070",
     demo: Annotated[
         bool | None,
@@ -173,51 +221,69 @@ def serve(
     data_dir: Annotated[
         str,
         typer.Option(
+            metavar="DIR",
             help="Where the thread history is kept (local and grpc): DIR/threads.db, SQLite.",
             envvar="RAVI_DATA_DIR",
         ),
     ] = ".ravi",
     store: Annotated[
         str | None,
-        typer.Option(help="sqlite (default: in --data-dir) or memory: forgotten on restart."),
+        typer.Option(
+            metavar="sqlite|memory",
+            help="sqlite (default: in --data-dir) or memory: forgotten on restart.",
+        ),
     ] = None,
     peer: Annotated[
-        list[str] | None, typer.Option(help="A mesh node, NAME=HOST:PORT (--runtime grpc).")
+        list[str] | None,
+        typer.Option(metavar="NAME=HOST:PORT", help="A mesh node (--runtime grpc)."),
     ] = None,
     peer_token: Annotated[
-        str | None, typer.Option(help="Bearer token for the mesh nodes.", envvar="RAVI_TOKEN")
+        str | None,
+        typer.Option(metavar="TOKEN", help="Bearer token for the mesh nodes.", envvar="RAVI_TOKEN"),
     ] = None,
-    agent_type: Annotated[str, typer.Option(help="The ReAct agent type to run tasks on.")] = (
-        "assistant"
-    ),
+    agent_type: Annotated[
+        str, typer.Option(metavar="TYPE", help="The ReAct agent type to run tasks on.")
+    ] = ("assistant"),
     setup: Annotated[
         list[str] | None,
-        typer.Option(help="Call module:function(runtime) to register agents (not the demo)."),
+        typer.Option(
+            metavar="MODULE:FUNCTION",
+            help="Call this function with the runtime to register agents (not the demo).",
+        ),
     ] = None,
     setup_arg: Annotated[
-        list[str] | None, typer.Option(help="A keyword argument for the setup functions, K=V.")
+        list[str] | None,
+        typer.Option(metavar="NAME=VALUE", help="A keyword argument for the setup functions."),
     ] = None,
     model: Annotated[
         str,
         typer.Option(
+            metavar="demo|openai:MODEL",
             help="The demo assistant's model: demo (a ScriptedModel) or openai:MODEL_NAME "
-            "(OPENAI_API_KEY, OPENAI_BASE_URL)."
+            "(OPENAI_API_KEY, OPENAI_BASE_URL).",
         ),
     ] = "demo",
     base_url: Annotated[
-        str | None, typer.Option(help="The OpenAI-compatible endpoint, ending in /v1.")
+        str | None,
+        typer.Option(metavar="URL", help="The OpenAI-compatible endpoint, ending in /v1."),
     ] = None,
     run_timeout: Annotated[
         float | None,
         typer.Option(
+            metavar="SECONDS",
             help="Seconds a run may take, waiting for approvals included "
-            "(default: 3600; no limit with restate)."
+            "(default: 3600; no limit with restate).",
         ),
     ] = None,
     grace_period: Annotated[
-        float, typer.Option(help="Seconds requests in progress get to finish on SIGTERM.")
+        float,
+        typer.Option(
+            metavar="SECONDS", help="Seconds requests in progress get to finish on SIGTERM."
+        ),
     ] = 5.0,
-    app_dir: Annotated[str, typer.Option(help="Where to import setup functions from.")] = ".",
+    app_dir: Annotated[
+        str, typer.Option(metavar="DIR", help="Where to import setup functions from.")
+    ] = ".",
     a2a: Annotated[
         bool,
         typer.Option(
@@ -245,7 +311,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve ReAct agents over HTTP: a web page, Server-Sent Events, and approvals."""
-    from ravi._mesh_cli import UsageError, pairs, use_app_dir  # noqa: PLC0415
+    from ravi._mesh_cli import pairs, use_app_dir  # noqa: PLC0415
     from ravi.server._serve import ServeConfig, run_server  # noqa: PLC0415
 
     try:
@@ -274,43 +340,55 @@ def serve(
             a2a_url=a2a_url,
         )
     except UsageError as error:
-        typer.echo(f"ravi: {error}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(error), 2)
     use_app_dir(app_dir)
-    _run(run_server(config, announce=typer.echo))
+    run_service(lambda announce: run_server(config, announce=announce))
 
 
 @app.command()
 def send(
     addr: Address,
-    to: Annotated[str, typer.Option(help="The recipient, TYPE/KEY.")],
+    to: Annotated[str, typer.Option(metavar="TYPE/KEY", help="The recipient.")],
     type_name: TypeName,
     json_body: JsonBody,
     token: Token = None,
     timeout: Timeout = 10.0,
     tls_ca: CaFile = None,
 ) -> None:
-    """Send a message to an agent through a node and print the reply."""
+    """Send a message to an agent through a node and print the reply.
+
+    Prints the node's SendResponse as JSON: {"nodeId": ..., "result": {"type":
+    ..., "value": ...}}. A failure is one line on stderr: the gRPC code, the
+    reason and the message; exit 1.
+    """
     from ravi._mesh_cli import print_json, send  # noqa: PLC0415
 
-    print_json(_run(send(addr, to, type_name, json_body, token=token, timeout=timeout, ca=tls_ca)))
+    print_json(
+        run_command(send(addr, to, type_name, json_body, token=token, timeout=timeout, ca=tls_ca))
+    )
 
 
 @app.command()
 def publish(
     addr: Address,
-    topic: Annotated[str, typer.Option(help="The topic, TYPE/SOURCE.")],
+    topic: Annotated[str, typer.Option(metavar="TYPE/SOURCE", help="The topic.")],
     type_name: TypeName,
     json_body: JsonBody,
     token: Token = None,
     timeout: Timeout = 10.0,
     tls_ca: CaFile = None,
 ) -> None:
-    """Publish a message on a topic through a node."""
+    """Publish a message on a topic through a node.
+
+    Prints the node's PublishResponse as JSON: {"localDeliveries": N,
+    "streamDeliveries": N}.
+    """
     from ravi._mesh_cli import print_json, publish  # noqa: PLC0415
 
     print_json(
-        _run(publish(addr, topic, type_name, json_body, token=token, timeout=timeout, ca=tls_ca))
+        run_command(
+            publish(addr, topic, type_name, json_body, token=token, timeout=timeout, ca=tls_ca)
+        )
     )
 
 
@@ -318,25 +396,45 @@ def publish(
 def subscribe(
     addr: Address,
     topic_type: Annotated[
-        list[str] | None, typer.Option(help="Receive topics of this type.")
+        list[str] | None,
+        typer.Option(metavar="TYPE", help="Receive the events of this topic type. Repeatable."),
     ] = None,
     prefix: Annotated[
-        list[str] | None, typer.Option(help="Receive topic types with this prefix.")
+        list[str] | None,
+        typer.Option(
+            metavar="PREFIX", help="Receive the topic types with this prefix. Repeatable."
+        ),
     ] = None,
-    count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Stop after this many events (fewer is an error)."),
+    ] = None,
     token: Token = None,
-    timeout: Timeout = 60.0,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Stop after this long.")] = 60.0,
     tls_ca: CaFile = None,
 ) -> None:
-    """Print a node's description, then the events published on it, as JSON lines."""
+    """Print a node's description, then the events published through it, as JSON lines.
+
+    A node streams what is published through it: by its own agents and by
+    clients publishing to it. Events published through its peers reach the
+    node's agents but not this stream: subscribe to each node to follow a mesh.
+    Lines are {"node": NodeInfo} and {"event": Event}, as protobuf JSON.
+    """
     from ravi._mesh_cli import print_json, subscribe  # noqa: PLC0415
     from ravi.mesh.v1 import types_pb2  # noqa: PLC0415
 
     filters = [types_pb2.TopicFilter(topic_type=t) for t in topic_type or []]
     filters += [types_pb2.TopicFilter(topic_type_prefix=p) for p in prefix or []]
-    _run(
+    run_command(
         subscribe(
-            addr, filters, count=count, token=token, timeout=timeout, ca=tls_ca, emit=print_json
+            addr,
+            filters,
+            count=count,
+            token=token,
+            timeout=timeout,
+            ca=tls_ca,
+            emit=print_json,
+            say=lambda line: typer.echo(line, err=True),
         )
     )
 
@@ -350,15 +448,30 @@ def describe(
 ) -> None:
     """Print a node's description: id, contract version, agent types, subscriptions.
 
-    Each agent type comes with the number of its instances active on the node.
+    Prints its NodeInfo as protobuf JSON (camelCase, as grpcurl does); each agent
+    type comes with the number of its instances active on the node.
     """
     from ravi._mesh_cli import describe, print_json  # noqa: PLC0415
 
-    print_json(_run(describe(addr, token=token, timeout=timeout, ca=tls_ca)))
+    print_json(run_command(describe(addr, token=token, timeout=timeout, ca=tls_ca)))
 
 
 def main() -> None:
-    """Run the `ravi` command line."""
+    """Run the `ravi` command line: a usage error is one line and exit 2."""
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     _node_command()
-    app()
+    try:
+        code = typer.main.get_command(app).main(prog_name="ravi", standalone_mode=False)
+    except typer.TyperException as error:  # typer's parsing errors: a usage error
+        context = getattr(error, "ctx", None)
+        where = context.command_path if context is not None else command_name()
+        message = error.format_message().rstrip(".")
+        typer.echo(f"{where}: {message} (see {where} --help)", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("", err=True)
+        sys.exit(130)
+    except ImportError as missing:  # an optional extra not installed: it says which
+        typer.echo(f"{command_name()}: {missing}", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -38,6 +38,7 @@ from ravi._agent import BaseAgent, Handler, agent_class_of
 from ravi._cancellation import CancellationToken
 from ravi._context import MessageContext
 from ravi._deadlines import Deadlines
+from ravi._hints import not_registered
 from ravi._ids import AgentId, TopicId
 from ravi._interceptors import ActivateInput, HandleInput, Interceptor, PassivateInput, chain
 from ravi._subscriptions import Subscription, TypeSubscription
@@ -880,10 +881,24 @@ class AgentHost:
     async def wait_for_types(self, agent_types: Sequence[str], timeout: float) -> None:
         """Wait until the host runs and every one of `agent_types` is registered."""
         event = self._registered = self._registered or asyncio.Event()
-        async with asyncio.timeout(timeout):
-            while not (self.running and all(t in self.registrations for t in agent_types)):
-                event.clear()
-                await event.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                while not (self.running and all(t in self.registrations for t in agent_types)):
+                    event.clear()
+                    await event.wait()
+        except TimeoutError:
+            raise TimeoutError(self._not_ready(agent_types, timeout)) from None
+
+    def _not_ready(self, agent_types: Sequence[str], timeout: float) -> str:
+        if not self.running:
+            return f"the runtime did not start within {timeout:g} s: call start() first"
+        missing = [f'"{t}"' for t in agent_types if t not in self.registrations]
+        known = ", ".join(sorted(self.registrations)) or "none"
+        what = "agent type" if len(missing) == 1 else "agent types"
+        return (
+            f"{what} {', '.join(missing)} not registered after {timeout:g} s; "
+            f"registered types: {known}"
+        )
 
     def hosts(self, agent_type: str) -> bool:
         return agent_type in self.registrations
@@ -954,7 +969,7 @@ class AgentHost:
             return await asyncio.shield(pending)
         registration = self.registrations.get(agent_id.type)
         if registration is None:
-            raise AgentTypeNotFound(f"no agent type {agent_id.type!r} is registered")
+            raise AgentTypeNotFound(not_registered(agent_id.type, self.registrations))
         if not self.running:
             raise Unavailable("the runtime is not running")
         future: asyncio.Future[_Mailbox] = self.loop.create_future()

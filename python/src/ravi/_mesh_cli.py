@@ -1,25 +1,36 @@
-"""The mesh commands of the `ravi` command line: `ravi node` and its clients."""
+"""The mesh commands of the `ravi` command line: `ravi node` and its clients.
+
+The client commands print what the node answered as protobuf JSON (camelCase
+field names, as grpcurl prints it, every field with its default included), one
+JSON document per line, with each payload decoded: `{"type": NAME, "value":
+MESSAGE}` when its type is known here or it is JSON, else the payload itself
+(`{"type", "contentType", "data"}`, data in base64). `ravi-go` and `ravi-node`
+print the same shapes (docs/interop.md, "One command line in three languages").
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import importlib
 import inspect
 import json
+import logging
+import re
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import grpc
 import grpc.aio
 import typer
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from ravi._agent import BaseAgent
+from ravi._cli_errors import Announce, UsageError, user_code_failed
 from ravi._host import new_message_id
 from ravi._interceptors import Interceptor
 from ravi._mesh.discovery import dns_target
@@ -27,7 +38,7 @@ from ravi._options import SettingsError, build, option, read_config
 from ravi._options import pairs as _pairs
 from ravi._serialization import JSON, PROTOBUF, registry
 from ravi._subscriptions import TypeSubscription
-from ravi.errors import RaviError, from_grpc_error
+from ravi.errors import Code, RaviError, Unavailable, from_grpc_error
 from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions, PeerDiscovery
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc, types_pb2
 from ravi.runtime import BaseRuntime
@@ -39,29 +50,6 @@ if TYPE_CHECKING:
 _KNOWN_PROTOS = ("ravi.examples.v1.examples_pb2", "ravi.conformance.v1.conformance_pb2")
 
 
-T = TypeVar("T")
-
-
-class UsageError(Exception):
-    """A command line or config file that cannot work; printed without a traceback."""
-
-
-def run_command(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine, turning its errors into one line and an exit code.
-
-    A usage error exits 2; a ravi error (a service that cannot be reached, a
-    refused registration) exits 1.
-    """
-    try:
-        return asyncio.run(coroutine)
-    except UsageError as error:
-        typer.echo(f"ravi: {error}", err=True)
-        raise typer.Exit(2) from None
-    except RaviError as error:
-        typer.echo(f"ravi: {error}", err=True)
-        raise typer.Exit(1) from None
-
-
 @dataclass(kw_only=True)
 class NodeConfig:
     """What `ravi node` needs besides GrpcRuntimeOptions: where it listens, its peers, its agents.
@@ -70,44 +58,67 @@ class NodeConfig:
     TOML file (`ravi._options`).
     """
 
-    listen: str = field(default="127.0.0.1:0", metadata=option("HOST:PORT to serve on."))
+    listen: str = field(
+        default="127.0.0.1:0",
+        metadata=option("Serve on this address (port 0: any free port).", metavar="HOST:PORT"),
+    )
     peer: dict[str, str] = field(
         default_factory=dict,
         metadata=option(
-            "A peer, NAME=HOST:PORT; with NAME=dns:HOST:PORT every address HOST resolves "
-            "to is a peer (a headless Service), re-resolved every --peer-dns-interval seconds."
+            "A peer; with dns:HOST:PORT every address HOST resolves to is a peer (a headless "
+            "Service), resolved again every --peer-dns-interval seconds.",
+            metavar="NAME=HOST:PORT",
         ),
     )
     peer_dns_interval: float = field(
         default=PeerDiscovery.interval,
-        metadata=option("Seconds between two resolutions of dns: peers."),
+        metadata=option("Seconds between two resolutions of dns: peers.", metavar="SECONDS"),
     )
     agent: dict[str, str] = field(
-        default_factory=dict, metadata=option("Host an agent class, TYPE=module:Class.")
+        default_factory=dict,
+        metadata=option("Host an agent class under an agent type.", metavar="TYPE=MODULE:CLASS"),
     )
     setup: list[str] = field(
-        default_factory=list, metadata=option("Call module:function(runtime) to register agents.")
+        default_factory=list,
+        metadata=option(
+            "Call this function with the runtime, to register agents.", metavar="MODULE:FUNCTION"
+        ),
     )
     setup_arg: dict[str, str] = field(
-        default_factory=dict, metadata=option("A keyword argument for the setup functions, K=V.")
+        default_factory=dict,
+        metadata=option("A keyword argument for the --setup functions.", metavar="NAME=VALUE"),
     )
     subscribe: dict[str, str] = field(
         default_factory=dict,
-        metadata=option("Subscribe an agent type, TOPIC_TYPE=AGENT_TYPE."),
+        metadata=option(
+            "Deliver the events of a topic type to an agent type (keyed by topic source).",
+            metavar="TOPIC_TYPE=AGENT_TYPE",
+        ),
     )
     imports: list[str] = field(
         default_factory=list,
-        metadata=option("Import this module first (for the message types it registers)."),
+        metadata=option(
+            "Import this module first (for the message types it registers).", metavar="MODULE"
+        ),
     )
     app_dir: str = field(
-        default=".", metadata=option("Where to import agents from (default: here).")
+        default=".",
+        metadata=option("Where to import agents and setup functions from.", metavar="DIR"),
     )
     wait_for_peers: float = field(
         default=0.0,
-        metadata=option("Announce readiness once every peer is connected (give up after S s)."),
+        metadata=option(
+            "Announce readiness once every peer is connected; fail after this many seconds "
+            "(0: do not wait).",
+            metavar="SECONDS",
+        ),
     )
     otlp_endpoint: str | None = field(
-        default=None, metadata=option("Export traces and metrics over OTLP/gRPC to this URL.")
+        default=None,
+        metadata=option("Export traces and metrics over OTLP/gRPC to this URL.", metavar="URL"),
+    )
+    verbose: bool = field(
+        default=False, metadata=option("Log debug lines too (each retry to reach a peer).")
     )
     options: GrpcRuntimeOptions = field(default_factory=GrpcRuntimeOptions)
 
@@ -127,7 +138,8 @@ class NodeConfig:
             options = build(GrpcRuntimeOptions, given, data)
             node = build(cls, given, data)
         except SettingsError as error:
-            raise UsageError(str(error)) from None
+            where = f"{config}: " if config and not str(error).startswith(str(config)) else ""
+            raise UsageError(f"{where}{error}") from None
         node.options = options
         return node
 
@@ -163,17 +175,25 @@ def use_app_dir(config: NodeConfig | str) -> None:
 
 async def _setup(runtime: BaseRuntime, config: NodeConfig) -> None:
     for module in config.imports:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise UsageError(f"--imports {module}: cannot import it: {exc}") from None
     for agent_type, path in config.agent.items():
         cls = _import(path)
         if not (isinstance(cls, type) and issubclass(cls, BaseAgent)):
-            raise UsageError(f"{path} is not a BaseAgent subclass")
+            raise UsageError(f"--agent {agent_type}={path}: not a BaseAgent subclass")
         await cls.register(runtime, agent_type)
     for path in config.setup:
         function = _import(path)
-        result = function(runtime, **_accepted(function, config.setup_arg))
-        if inspect.isawaitable(result):
-            await result
+        try:
+            result = function(runtime, **_accepted(function, config.setup_arg))
+            if inspect.isawaitable(result):
+                await result
+        except (RaviError, UsageError):
+            raise
+        except Exception as error:  # the user's code: one line saying where it failed
+            raise user_code_failed(f"--setup {path}", error) from None
     for topic_type, agent_type in config.subscribe.items():
         await runtime.add_subscription(TypeSubscription(topic_type, agent_type))
 
@@ -187,18 +207,41 @@ def _accepted(function: Callable[..., Any], arguments: dict[str, str]) -> dict[s
     return {k: v for k, v in arguments.items() if k in names}
 
 
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]/]+)):(?P<port>\d{1,5})$")
+
+
+def host_port(text: str, flag: str, *, name: str = "") -> tuple[str, int]:
+    """Split HOST:PORT (or [IPV6]:PORT), with a message that says what is wrong.
+
+    The same rule in `ravi-go` and `ravi-node`: no scheme, and a port always
+    (grpc would dial 443 for a bare host). `name` is the NAME= a peer's value
+    starts with, as typed.
+    """
+    given = f"{flag} {name}"
+    _, sep, rest = text.partition("://")
+    if sep:
+        rest = rest.rstrip("/")
+        hint = f": try {given}{rest}" if _HOST_PORT.match(rest) else ""
+        raise UsageError(f"{flag} takes HOST:PORT, not a URL ({given}{text}){hint}")
+    found = _HOST_PORT.match(text)
+    if found is None or int(found["port"]) > 65535:
+        if text and ":" not in text:
+            raise UsageError(f"{given}{text} has no port: give HOST:PORT, such as {text}:50051")
+        raise UsageError(f"{flag} must be HOST:PORT, got {given}{text}")
+    return found["v6"] or found["host"], int(found["port"])
+
+
 def build_runtime(config: NodeConfig, interceptors: Sequence[Interceptor] = ()) -> GrpcRuntime:
-    host, _, port = config.listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--listen must be HOST:PORT, got {config.listen!r}")
+    host, port = host_port(config.listen, "--listen")
     for name, address in config.peer.items():
         try:
-            dns_target(address)
+            if dns_target(address) is None:
+                host_port(address, "--peer", name=f"{name}=")
         except ValueError as exc:
             raise UsageError(f"--peer {name}: {exc}") from None
     return GrpcRuntime(
-        host,
-        int(port),
+        f"[{host}]" if ":" in host else host,
+        port,
         config.peer,
         options=config.options,
         interceptors=interceptors,
@@ -217,48 +260,110 @@ def _telemetry(config: NodeConfig) -> Telemetry | None:
     return configure(node_id, endpoint=config.otlp_endpoint)
 
 
-async def run_node(config: NodeConfig, *, announce: Callable[[str], None]) -> None:
-    """Run a node until SIGTERM or SIGINT, then stop it gracefully."""
+class _LogLines(logging.Formatter):
+    """`ravi NODE_ID LEVEL: message`, as `ravi-go` and `ravi-node` write theirs."""
+
+    _LEVELS: ClassVar[dict[str, str]] = {"WARNING": "warn", "CRITICAL": "error"}
+
+    def __init__(self, node_id: Callable[[], str]) -> None:
+        super().__init__()
+        self._node_id = node_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = self._LEVELS.get(record.levelname, record.levelname.lower())
+        line = f"ravi {self._node_id()} {level}: {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _log_to_stderr(runtime: GrpcRuntime, config: NodeConfig) -> None:
+    """The node's log lines on stderr: peers connecting, dropping, unreachable, and worse."""
+
+    def node_id() -> str:
+        try:
+            return runtime.node_id
+        except RaviError:  # port 0 and no --node-id: known once it listens
+            return config.listen
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogLines(node_id))
+    root = logging.getLogger("ravi")
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if config.verbose else logging.INFO)
+    root.propagate = False
+
+
+def _describe_node(runtime: GrpcRuntime) -> list[str]:
+    """The lines under the serving line: what the node hosts and whom it peers with."""
+    info = runtime._node.node_info()
+    agents = ", ".join(
+        f"{t.agent_type} ({', '.join(sorted(t.handled_types)) or 'no handlers'})"
+        for t in sorted(info.agent_types, key=lambda t: t.agent_type)
+    )
+    peers = ", ".join(sorted(f"{p.name} at {p.address}" for p in runtime.peers() if not p.learned))
+    return [f"  agents: {agents or 'none'}", f"  peers: {peers or 'none'}"]
+
+
+async def run_node(config: NodeConfig, *, announce: Announce) -> None:
+    """Run a node until SIGTERM or SIGINT, then stop it gracefully (`_cli_errors.run_service`)."""
     telemetry = _telemetry(config)
     runtime = build_runtime(config, telemetry.interceptors if telemetry else ())
+    _log_to_stderr(runtime, config)
     if telemetry is not None:
         telemetry.observe(
             runtime.mailbox_depths,
             lambda: len([p for p in runtime.peers() if p.connected]),
             runtime.active_agents,
         )
-    await _setup(runtime, config)
     stopping = asyncio.Event()
+    received: list[str] = []
+
+    def stop(signum: signal.Signals) -> None:
+        received.append(signum.name)
+        stopping.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    await runtime.start()
-    if config.wait_for_peers > 0:
-        try:
-            await runtime.wait_for_peers(timeout=config.wait_for_peers)
-        except TimeoutError:
-            down = [p.name for p in runtime.peers() if not p.connected]
-            raise UsageError(
-                f"peers not reachable after {config.wait_for_peers} s: {down}"
-            ) from None
-    announce(f"ravi node {runtime.node_id} serving on {runtime.address}")
+        loop.add_signal_handler(signum, stop, signum)
     try:
+        await _setup(runtime, config)
+        await runtime.start()
+        if config.wait_for_peers > 0:
+            try:
+                await runtime.wait_for_peers(timeout=config.wait_for_peers)
+            except TimeoutError as error:
+                raise UsageError(str(error)) from None
+        announce(f"ravi node {runtime.node_id} serving on {runtime.address}")
+        for line in _describe_node(runtime):
+            typer.echo(line)
         await stopping.wait()
+        typer.echo(
+            f"ravi node {runtime.node_id} stopping ({received[0] if received else 'asked to'}): "
+            f"calls in flight get up to {config.options.grace_period:g} s"
+        )
     finally:
         await runtime.stop()
         if telemetry is not None:
             telemetry.shutdown()
+    typer.echo(f"ravi node {runtime.node_id} stopped")
 
 
 # --- clients -------------------------------------------------------------------------
 
 
 def _channel(address: str, ca: str | None) -> grpc.aio.Channel:
+    host, port = host_port(address, "--addr")
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if ca:
+        try:
+            roots = Path(ca).read_bytes()
+        except OSError as error:
+            raise UsageError(f"--tls-ca {ca}: {(error.strerror or str(error)).lower()}") from None
         return grpc.aio.secure_channel(
-            address, grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
+            target, grpc.ssl_channel_credentials(root_certificates=roots)
         )
-    return grpc.aio.insecure_channel(address)
+    return grpc.aio.insecure_channel(target)
 
 
 def _metadata(token: str | None) -> list[tuple[str, str]]:
@@ -274,29 +379,48 @@ def payload_from_json(type_name: str, text: str) -> types_pb2.Payload:
     return types_pb2.Payload(type=type_name, content_type=JSON, data=text.encode())
 
 
-def payload_to_json(payload: types_pb2.Payload) -> Any:
-    """A payload as JSON: decoded by type when this process knows it."""
+def message_json(message: Message) -> Any:
+    """A protobuf message as the commands print it: protobuf JSON, defaults included."""
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+
+
+def payload_json(payload: types_pb2.Payload) -> Any:
+    """A payload decoded when this process knows its type or it is JSON, else as it came."""
     for module in _KNOWN_PROTOS:
         importlib.import_module(module)
-    if payload.content_type == JSON:
-        return {"type": payload.type, "value": json.loads(payload.data)}
-    cls = registry.lookup(payload.type)
-    if cls is not None and payload.content_type == PROTOBUF:
-        message = registry.decode(payload.type, payload.content_type, payload.data)
-        return {"type": payload.type, "value": json_format.MessageToDict(message)}
-    return {"type": payload.type, "data_base64": base64.b64encode(payload.data).decode()}
+    try:
+        if payload.content_type == JSON:
+            return {"type": payload.type, "value": json.loads(payload.data)}
+        if payload.content_type == PROTOBUF and registry.lookup(payload.type) is not None:
+            message = registry.decode(payload.type, payload.content_type, payload.data)
+            if isinstance(message, Message):
+                return {"type": payload.type, "value": message_json(message)}
+    except (ValueError, RaviError):
+        pass  # printed as it came: the bytes in base64
+    return json_format.MessageToDict(payload)
 
 
-async def _unary(call: Callable[[], Any]) -> Any:
+def _client_error(error: grpc.aio.AioRpcError, address: str) -> RaviError:
+    converted = from_grpc_error(error)
+    refused = "Failed to connect to remote host: "
+    if converted.code is Code.UNAVAILABLE and refused in converted.message:
+        cause = converted.message.rpartition(refused)[2].lower()
+        return type(converted)(f"cannot reach a node at {address}: {cause}")
+    return converted
+
+
+async def _unary(address: str, call: Callable[[], Any]) -> Any:
     try:
         return await call()
     except grpc.aio.AioRpcError as error:
-        raise _client_error(from_grpc_error(error)) from None
+        raise _client_error(error, address) from None
 
 
-def _client_error(error: RaviError) -> UsageError:
-    reason = f" ({error.reason})" if error.reason else ""
-    return UsageError(f"{error.code.name}{reason}: {error.message}")
+def _agent_id(text: str, flag: str) -> types_pb2.AgentId:
+    kind, sep, key = text.partition("/")
+    if not sep or not kind or not key:
+        raise UsageError(f"{flag} must be TYPE/KEY, got {text!r}")
+    return types_pb2.AgentId(type=kind, key=key)
 
 
 async def send(
@@ -308,10 +432,10 @@ async def send(
     token: str | None,
     timeout: float,
     ca: str | None,
-) -> dict[str, Any]:
-    agent_type, _, key = recipient.partition("/")
+) -> Any:
+    """Send a message; the node's SendResponse, its result decoded."""
     request = agent_service_pb2.SendRequest(
-        recipient=types_pb2.AgentId(type=agent_type, key=key),
+        recipient=_agent_id(recipient, "--to"),
         envelope=types_pb2.Envelope(
             message_id=new_message_id(), payload=payload_from_json(type_name, text)
         ),
@@ -319,10 +443,12 @@ async def send(
     async with _channel(address, ca) as channel:
         stub = agent_service_pb2_grpc.AgentServiceStub(channel)
         response = await _unary(
-            lambda: stub.Send(request, timeout=timeout, metadata=_metadata(token))
+            address, lambda: stub.Send(request, timeout=timeout, metadata=_metadata(token))
         )
-    reply = payload_to_json(response.result) if response.HasField("result") else None
-    return {"node_id": response.node_id, "result": reply}
+    printed = message_json(response)
+    if response.HasField("result"):
+        printed["result"] = payload_json(response.result)
+    return printed
 
 
 async def publish(
@@ -334,8 +460,11 @@ async def publish(
     token: str | None,
     timeout: float,
     ca: str | None,
-) -> dict[str, Any]:
-    topic_type, _, source = topic.partition("/")
+) -> Any:
+    """Publish a message; the node's PublishResponse (deliveries here and on streams)."""
+    topic_type, sep, source = topic.partition("/")
+    if not sep or not topic_type or not source:
+        raise UsageError(f"--topic must be TYPE/SOURCE, got {topic!r}")
     request = agent_service_pb2.PublishRequest(
         topic=types_pb2.TopicId(type=topic_type, source=source),
         envelope=types_pb2.Envelope(
@@ -345,21 +474,30 @@ async def publish(
     async with _channel(address, ca) as channel:
         stub = agent_service_pb2_grpc.AgentServiceStub(channel)
         response = await _unary(
-            lambda: stub.Publish(request, timeout=timeout, metadata=_metadata(token))
+            address, lambda: stub.Publish(request, timeout=timeout, metadata=_metadata(token))
         )
-    return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+    return message_json(response)
 
 
 async def describe(address: str, *, token: str | None, timeout: float, ca: str | None) -> Any:
+    """The node's NodeInfo."""
     async with _channel(address, ca) as channel:
         stub = agent_service_pb2_grpc.AgentServiceStub(channel)
         response = await _unary(
+            address,
             lambda: stub.Describe(
                 agent_service_pb2.DescribeRequest(), timeout=timeout, metadata=_metadata(token)
-            )
+            ),
         )
     # Every field, zeros too: an agent type with no active instance says "activeInstances": 0.
-    return json_format.MessageToDict(response.node, always_print_fields_with_no_presence=True)
+    return message_json(response.node)
+
+
+def event_json(event: agent_service_pb2.Event) -> Any:
+    """An event as `subscribe` prints it: protobuf JSON, its payload decoded."""
+    printed = message_json(event)
+    printed["envelope"]["payload"] = payload_json(event.envelope.payload)
+    return printed
 
 
 async def subscribe(
@@ -371,28 +509,38 @@ async def subscribe(
     timeout: float,
     ca: str | None,
     emit: Callable[[Any], None],
+    say: Callable[[str], None],
 ) -> None:
-    """Print the node description, then events, until `count` events or `timeout`."""
+    """Print the node's description, then its events, until `count` events or `timeout`.
+
+    A node streams the events published through it: by its own agents and by
+    clients publishing to it. Events published through its peers reach its
+    agents (over the peers' streams) but not this stream: subscribe to each node
+    to follow a whole mesh.
+    """
+    if not filters:
+        say(
+            "warning: no --topic-type or --prefix: no event matches, only the node's "
+            "description and its changes are printed"
+        )
     request = agent_service_pb2.SubscribeRequest(filters=filters, subscriber_id="ravi-cli")
     received = 0
+    described = False
     async with _channel(address, ca) as channel:
         stub = agent_service_pb2_grpc.AgentServiceStub(channel)
         stream = stub.Subscribe(request, timeout=timeout, metadata=_metadata(token))
         try:
             async for item in stream:
                 if item.HasField("node"):
-                    emit({"node": json_format.MessageToDict(item.node)})
+                    if not described:
+                        described = True
+                        say(
+                            f"subscribed to {address} (node {item.node.node_id}): the events "
+                            "published through this node"
+                        )
+                    emit({"node": message_json(item.node)})
                     continue
-                event = item.event
-                emit(
-                    {
-                        "topic": f"{event.topic.type}/{event.topic.source}",
-                        "origin": event.origin_node_id,
-                        "message_id": event.envelope.message_id,
-                        "metadata": dict(event.envelope.metadata),
-                        "payload": payload_to_json(event.envelope.payload),
-                    }
-                )
+                emit({"event": event_json(item.event)})
                 received += 1
                 if count is not None and received >= count:
                     stream.cancel()
@@ -400,7 +548,9 @@ async def subscribe(
         except grpc.aio.AioRpcError as error:
             if error.code() is grpc.StatusCode.DEADLINE_EXCEEDED and count is None:
                 return
-            raise _client_error(from_grpc_error(error)) from None
+            raise _client_error(error, address) from None
+    if count is not None:
+        raise Unavailable(f"the stream ended after {received} of {count} events")
 
 
 def print_json(value: Any) -> None:

@@ -1,11 +1,12 @@
 """Settings derived mechanically from an options dataclass: command-line flags and TOML keys.
 
 A field marked with `option(help)` is the flag `--field-name` (underscores
-become dashes) and the TOML key `field_name`, with the field's type and
-default; nothing spells it a second time. Scalars are plain flags; a
-`Mapping[str, str]` field takes repeated `--name NAME=VALUE` flags (a table in
-TOML); a `list[str]` field repeated `--name VALUE` flags (an array in TOML).
-Flags override the file; mappings and lists add to it.
+become dashes) and the TOML key `field_name` (or `field-name`, as the flag is
+spelt), with the field's type and default; nothing spells it a second time.
+Scalars are plain flags; a `Mapping[str, str]` field takes repeated
+`--name NAME=VALUE` flags (a table in TOML); a `list[str]` field repeated
+`--name VALUE` flags (an array in TOML). Flags override the file; mappings and
+lists add to it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, TypeVar
+
+from ravi._hints import did_you_mean
 
 _KEY = "ravi.option"
 
@@ -32,11 +35,18 @@ class SettingsError(ValueError):
 class _Option:
     help: str
     envvar: str | None
+    metavar: str | None
 
 
-def option(help: str, *, envvar: str | None = None) -> Mapping[str, Any]:
-    """The field metadata that makes a dataclass field a flag and a config key."""
-    return {_KEY: _Option(help, envvar)}
+def option(
+    help: str, *, envvar: str | None = None, metavar: str | None = None
+) -> Mapping[str, Any]:
+    """The field metadata that makes a dataclass field a flag and a config key.
+
+    `metavar` is how `--help` shows the value (`HOST:PORT`); by default it
+    follows the type (`SECONDS` for a float, `N` for an int, `FILE` for a path).
+    """
+    return {_KEY: _Option(help, envvar, metavar)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +60,7 @@ class Setting:
     help: str
     envvar: str | None
     default: Any
+    metavar: str | None = None
 
     @property
     def flag(self) -> str:
@@ -71,7 +82,9 @@ def settings(cls: type[Any]) -> list[Setting]:
             default = field.default_factory()
         else:
             default = None
-        found.append(Setting(field.name, kind, shape, marked.help, marked.envvar, default))
+        found.append(
+            Setting(field.name, kind, shape, marked.help, marked.envvar, default, marked.metavar)
+        )
     return found
 
 
@@ -92,28 +105,38 @@ def _shape(name: str, hint: Any) -> tuple[type, str]:
     raise TypeError(f"option {name!r} has a type no flag can carry: {hint!r}")
 
 
+_METAVARS = {str: "TEXT", int: "N", float: "SECONDS", Path: "FILE"}
+
+
 def parameters(*classes: type[Any]) -> list[inspect.Parameter]:
     """The keyword parameters of a typer command taking every setting of `classes`.
 
-    Each defaults to None, "not given", so the file or the field's default applies.
+    Each defaults to None, "not given", so the file or the field's default applies;
+    `--help` shows the field's default.
     """
     import typer  # noqa: PLC0415 - only the command line needs it
 
     found = []
     for cls in classes:
         for setting in settings(cls):
-            hint = f"{setting.help} [default: {_show(setting.default)}]"
+            metavar = setting.metavar or _METAVARS.get(setting.kind, "VALUE")
             if setting.shape == "flag":
-                declared = typer.Option(f"{setting.flag}/--no-{setting.flag[2:]}", help=hint)
+                declared = typer.Option(
+                    f"{setting.flag}/--no-{setting.flag[2:]}", help=_help(setting)
+                )
                 annotation: Any = Annotated[bool | None, declared]
             elif setting.shape in ("pairs", "list"):
-                suffix = " NAME=VALUE" if setting.shape == "pairs" else ""
                 declared = typer.Option(
-                    setting.flag, help=f"{setting.help} (repeatable{suffix})", envvar=setting.envvar
+                    setting.flag,
+                    help=f"{setting.help} Repeatable.",
+                    envvar=setting.envvar,
+                    metavar=metavar,
                 )
                 annotation = Annotated[list[str] | None, declared]
             else:
-                declared = typer.Option(setting.flag, help=hint, envvar=setting.envvar)
+                declared = typer.Option(
+                    setting.flag, help=_help(setting), envvar=setting.envvar, metavar=metavar
+                )
                 annotation = Annotated[setting.kind | None, declared]
             found.append(
                 inspect.Parameter(
@@ -126,25 +149,37 @@ def parameters(*classes: type[Any]) -> list[inspect.Parameter]:
     return found
 
 
-def _show(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, Mapping | list):
-        return "none" if not value else str(value)
-    return str(value)
+def _help(setting: Setting) -> str:
+    """The help of a setting, with its default when it has a telling one."""
+    value = setting.default
+    if value is None or value is False or value == "" or isinstance(value, Mapping | list):
+        return setting.help
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{setting.help} [default: {shown}]"
 
 
 def read_config(path: Path, *classes: type[Any]) -> dict[str, Any]:
-    """The settings a TOML file holds; unknown keys are an error."""
+    """The settings a TOML file holds, by field name.
+
+    A key is the field's name (`node_id`) or the flag's (`node-id`); an
+    unknown key is an error that lists the known ones and the nearest.
+    """
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"cannot read {path}: {exc}") from exc
-    known = {s.name for cls in classes for s in settings(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise SettingsError(f"{path}: unknown keys {', '.join(unknown)}")
-    return data
+    known = [s.name for cls in classes for s in settings(cls)]
+    found: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            keys = ", ".join(sorted(k.replace("_", "-") for k in known))
+            nearest = did_you_mean(name.replace("_", "-"), [k.replace("_", "-") for k in known])
+            raise SettingsError(f'{path}: unknown key "{key}"{nearest}; the keys are: {keys}')
+        if name in found:
+            raise SettingsError(f"{path}: {key} is given twice, with dashes and with underscores")
+        found[name] = value
+    return found
 
 
 def build(cls: type[T], given: Mapping[str, Any], config: Mapping[str, Any]) -> T:
@@ -180,8 +215,14 @@ def pairs(values: Sequence[str], what: str) -> dict[str, str]:
 
 
 def _table(setting: Setting, value: Any) -> Mapping[str, str]:
+    # As the flag repeated (an array of "NAME=VALUE") or as a table (NAME = "VALUE").
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return pairs(value, setting.name)
     if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
-        raise SettingsError(f"{setting.name} must be a table of strings, got {value!r}")
+        raise SettingsError(
+            f'{setting.name} must be a table of strings ({setting.name} = {{ NAME = "VALUE" }}) '
+            f'or an array of "NAME=VALUE", got {value!r}'
+        )
     return value
 
 

@@ -7,33 +7,56 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from ravi._cli_errors import (
+    Announce,
+    CommandGroup,
+    UsageError,
+    fail,
+    run_service,
+    show_help_without_command,
+)
+from ravi._home import RESTATE_SERVER
 
 if TYPE_CHECKING:
     from ravi.integrations.runtime.restate import RestateRuntime
 
-app = typer.Typer(help="Run agents durably on Restate.", no_args_is_help=True)
+app = typer.Typer(help="Run agents durably on Restate.", rich_markup_mode=None, cls=CommandGroup)
+
+
+@app.callback(invoke_without_command=True)
+def _group(context: typer.Context) -> None:
+    """Run agents durably on Restate."""
+    show_help_without_command(context)
+
+
 logger = logging.getLogger("ravi.restate")
 
-Ingress = Annotated[str, typer.Option(help="Restate's ingress URL.")]
-Admin = Annotated[str, typer.Option(help="Restate's admin API URL.")]
+Ingress = Annotated[str, typer.Option(metavar="URL", help="Restate's ingress.")]
+Admin = Annotated[str, typer.Option(metavar="URL", help="Restate's admin API.")]
 Setup = Annotated[
     list[str] | None,
-    typer.Option(help="Call module:function(runtime) to register agents and workflows."),
+    typer.Option(
+        metavar="MODULE:FUNCTION",
+        help="Call this function with the runtime to register agents and workflows.",
+    ),
 ]
 SetupArg = Annotated[
-    list[str] | None, typer.Option(help="A keyword argument for the setup functions, K=V.")
+    list[str] | None,
+    typer.Option(metavar="NAME=VALUE", help="A keyword argument for the setup functions."),
 ]
-AppDir = Annotated[str, typer.Option(help="Where to import setup functions from.")]
+AppDir = Annotated[str, typer.Option(metavar="DIR", help="Where to import setup functions from.")]
 GracePeriod = Annotated[
     float,
     typer.Option(
+        metavar="SECONDS",
         help="Seconds invocations in progress get on SIGTERM to reach a durable wait, where "
-        "they suspend (Restate resumes them)."
+        "they suspend (Restate resumes them).",
     ),
 ]
 
@@ -102,42 +125,40 @@ def _stop_on_signals() -> asyncio.Event:
     return stopping
 
 
-def _run(coroutine: Coroutine[Any, Any, None]) -> None:
-    from ravi._mesh_cli import run_command  # noqa: PLC0415
-
-    run_command(coroutine)
-
-
 @app.command()
 def worker(
     ingress: Ingress = "http://127.0.0.1:8080",
     admin: Admin = "http://127.0.0.1:9070",
     listen: Annotated[
-        str, typer.Option(help="HOST:PORT to serve the deployment on (keep it across restarts).")
+        str,
+        typer.Option(
+            metavar="HOST:PORT", help="Serve the deployment here (keep it across restarts)."
+        ),
     ] = "127.0.0.1:9080",
     advertise: Annotated[
-        str | None, typer.Option(help="The URI Restate reaches this worker at.")
+        str | None, typer.Option(metavar="URL", help="The URI Restate reaches this worker at.")
     ] = None,
     setup: Setup = None,
     setup_arg: SetupArg = None,
     force_register: Annotated[
         bool, typer.Option(help="Replace a deployment at the same URI (development only).")
     ] = False,
-    name: Annotated[str, typer.Option(help="A name for this worker, for logs.")] = "worker",
+    name: Annotated[
+        str, typer.Option(metavar="NAME", help="A name for this worker, for logs.")
+    ] = "worker",
     grace_period: GracePeriod = 5.0,
     app_dir: AppDir = ".",
 ) -> None:
     """Serve agents (and the agent workflow) to a Restate server until SIGTERM."""
-    from ravi._mesh_cli import NodeConfig, UsageError, pairs, use_app_dir  # noqa: PLC0415
+    from ravi._mesh_cli import NodeConfig, pairs, use_app_dir  # noqa: PLC0415
 
     try:
         setup_args = pairs(setup_arg or [], "--setup-arg")
     except UsageError as error:
-        typer.echo(f"ravi: {error}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(error), 2)
     use_app_dir(NodeConfig(app_dir=app_dir))
 
-    async def main() -> None:
+    async def main(announce: Announce) -> None:
         await _run_worker(
             ingress=ingress,
             admin=admin,
@@ -148,56 +169,70 @@ def worker(
             force_register=force_register,
             grace_period=grace_period,
             name=name,
-            announce=typer.echo,
+            announce=announce,
             stopping=_stop_on_signals(),
         )
 
-    _run(main())
+    run_service(main)
 
 
 def find_restate_server(explicit: str | None) -> Path:
-    """The restate-server binary: given, $RESTATE_SERVER_BIN, on PATH, or from npm here."""
-    from ravi._mesh_cli import UsageError  # noqa: PLC0415
+    """The restate-server binary: given, $RESTATE_SERVER_BIN, on PATH, or the checkout's.
 
-    candidates = [
-        explicit,
-        os.environ.get("RESTATE_SERVER_BIN"),
-        shutil.which("restate-server"),
-        "tools/node_modules/@restatedev/restate-server-linux-x64/bin/restate-server",
-        "node_modules/@restatedev/restate-server-linux-x64/bin/restate-server",
-    ]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
+    The checkout's is the one `make` installs from npm into tools/node_modules
+    (`ravi._home`), found from any folder.
+    """
+    for candidate in (explicit, os.environ.get("RESTATE_SERVER_BIN")):
+        if candidate:
+            if not Path(candidate).is_file():
+                raise UsageError(f"restate-server not found at {candidate}")
             return Path(candidate)
-    raise UsageError(
-        "restate-server not found: install it (npm install @restatedev/restate-server@1.7.12) "
-        "and pass --server-bin or set RESTATE_SERVER_BIN"
-    )
+    on_path = shutil.which("restate-server")
+    if on_path is not None:
+        return Path(on_path)
+    try:
+        return RESTATE_SERVER.find()
+    except UsageError as missing:
+        raise UsageError(
+            f"{missing}; or pass --server-bin FILE (npm install @restatedev/restate-server@1.7.12 "
+            "ships one)"
+        ) from None
 
 
 @app.command()
 def dev(
-    server_bin: Annotated[str | None, typer.Option(help="The restate-server binary.")] = None,
-    data_dir: Annotated[str, typer.Option(help="Where Restate keeps its data.")] = ".restate",
-    ingress_port: Annotated[int, typer.Option(help="Restate's ingress port.")] = 8080,
-    admin_port: Annotated[int, typer.Option(help="Restate's admin API port.")] = 9070,
-    listen: Annotated[str, typer.Option(help="HOST:PORT of the worker.")] = "127.0.0.1:9080",
+    server_bin: Annotated[
+        str | None,
+        typer.Option(metavar="FILE", help="The restate-server binary [default: the checkout's]."),
+    ] = None,
+    data_dir: Annotated[
+        str, typer.Option(metavar="DIR", help="Where Restate keeps its data.")
+    ] = ".restate",
+    ingress_port: Annotated[
+        int, typer.Option(metavar="PORT", help="Restate's ingress port.")
+    ] = 8080,
+    admin_port: Annotated[
+        int, typer.Option(metavar="PORT", help="Restate's admin API port.")
+    ] = 9070,
+    listen: Annotated[
+        str, typer.Option(metavar="HOST:PORT", help="Where the worker serves.")
+    ] = "127.0.0.1:9080",
     setup: Setup = None,
     setup_arg: SetupArg = None,
     grace_period: GracePeriod = 5.0,
     app_dir: AppDir = ".",
 ) -> None:
     """Start a local restate-server and a worker with your agents (the demo by default)."""
-    from ravi._mesh_cli import NodeConfig, UsageError, pairs, use_app_dir  # noqa: PLC0415
+    from ravi._mesh_cli import NodeConfig, pairs, use_app_dir  # noqa: PLC0415
     from ravi.testing import RestateServer  # noqa: PLC0415
 
     try:
         binary, base_dir = find_restate_server(server_bin), Path(data_dir).resolve()
+        setup_args = pairs(setup_arg or [], "--setup-arg")
     except UsageError as error:
-        typer.echo(f"ravi: {error}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(error), 2)
 
-    async def main() -> None:
+    async def main(announce: Announce) -> None:
         stopping = _stop_on_signals()  # before restate-server starts: it must never be left behind
         server = RestateServer(
             binary,
@@ -217,15 +252,15 @@ def dev(
                 listen=listen,
                 advertise=None,
                 setup=setup or DEMO_SETUP,
-                setup_args=pairs(setup_arg or [], "--setup-arg"),
+                setup_args=setup_args,
                 force_register=True,
                 grace_period=grace_period,
                 name="dev",
-                announce=typer.echo,
+                announce=announce,
                 stopping=stopping,
             )
         finally:
             await server.stop()
 
     use_app_dir(NodeConfig(app_dir=app_dir))
-    _run(main())
+    run_service(main)

@@ -269,7 +269,7 @@ class MessageRegistry:
             return _decode_json_value(content_type, data)
         codec = self._by_name.get(type_name) or self._protobuf_codec(type_name)
         if codec is None:
-            raise BadPayload(f"unknown message type {type_name[:200]!r}")
+            raise BadPayload(f'unknown message type "{type_name[:200]}"')
         return codec.decode(content_type, data)
 
     def _protobuf_codec(self, type_name: str) -> _Codec | None:

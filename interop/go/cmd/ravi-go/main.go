@@ -14,7 +14,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -22,8 +21,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"regexp"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -32,6 +35,7 @@ import (
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
 	"github.com/ravi-mesh/ravi/interop/go/agents"
 	"github.com/ravi-mesh/ravi/interop/go/ravi"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -96,18 +100,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, &ee):
 		return ee.code
 	}
+	var se startupError
+	if errors.As(err, &se) {
+		fmt.Fprintf(stderr, "ravi-go %s: %s\n", args[0], se.msg)
+		return 2
+	}
 	var re *ravi.Error
 	if errors.As(err, &re) {
-		reason := re.Reason
-		if reason == "" {
-			reason = "-"
+		// One line, as the Python and Node command lines print a service error.
+		reason := ""
+		if re.Reason != "" {
+			reason = " (" + re.Reason + ")"
 		}
-		fmt.Fprintf(stderr, "ravi-go %s: %s %s: %s\n", args[0], ravi.CodeName(ravi.CodeOf(re)), reason, re.Message)
-		for _, k := range []string{"exception_type", "exception_message"} {
-			if v, ok := re.Metadata[k]; ok {
-				fmt.Fprintf(stderr, "  %s: %s\n", k, v)
-			}
-		}
+		fmt.Fprintf(stderr, "ravi-go %s: %s%s: %s\n", args[0], ravi.CodeName(ravi.CodeOf(re)), reason, re.Message)
 		return 1
 	}
 	fmt.Fprintf(stderr, "ravi-go %s: %v\n", args[0], err)
@@ -117,9 +122,68 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 1
 }
 
+// startupError is a node that could not start (its port is taken, a file is
+// unreadable): one line, exit 2, as the Python and Node nodes report it.
+type startupError struct{ msg string }
+
+func (e startupError) Error() string { return e.msg }
+
+// startupFailed explains why the node could not start, in the words a user
+// can act on.
+func startupFailed(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "listen" {
+		cause := oe.Err
+		var se *os.SyscallError
+		if errors.As(cause, &se) {
+			cause = se.Err
+		}
+		return startupError{fmt.Sprintf("cannot listen on %s: %v", oe.Addr, cause)}
+	}
+	if isUsage(err) {
+		return err
+	}
+	return startupError{err.Error()}
+}
+
+// hostPortPattern is HOST:PORT or [IPV6]:PORT.
+var hostPortPattern = regexp.MustCompile(`^(?:\[[^\]]+\]|[^:\[\]/]+):\d{1,5}$`)
+
+// checkHostPort checks an address flag the way the Python and Node command
+// lines do: no scheme, and always a port (gRPC would dial 443 for a bare
+// host). name is the NAME= a --peer value starts with.
+func checkHostPort(text, flag, name string) error {
+	given := flag + " " + name
+	if _, rest, ok := strings.Cut(text, "://"); ok {
+		rest = strings.TrimRight(rest, "/")
+		hint := ""
+		if hostPortPattern.MatchString(rest) {
+			hint = ": try " + given + rest
+		}
+		return usageError{fmt.Sprintf("%s takes HOST:PORT, not a URL (%s%s)%s", flag, given, text, hint)}
+	}
+	if !hostPortPattern.MatchString(text) {
+		if text != "" && !strings.Contains(text, ":") {
+			return usageError{fmt.Sprintf("%s%s has no port: give HOST:PORT, such as %s:50051", given, text, text)}
+		}
+		return usageError{fmt.Sprintf("%s must be HOST:PORT, got %s%s", flag, given, text)}
+	}
+	return nil
+}
+
+// summaries say what each command does, at the top of its --help.
+var summaries = map[string]string{
+	"node":      "Run a node hosting the reviewer and the conformance agent, until SIGTERM or SIGINT.",
+	"send":      `Send a message to an agent through a node and print the reply: {"nodeId": ..., "result": {"type": ..., "value": ...}}.`,
+	"publish":   `Publish a message on a topic through a node and print {"localDeliveries": N, "streamDeliveries": N}.`,
+	"subscribe": `Print a node's description, then the events published through it, as JSON lines ({"node": ...} and {"event": ...}). Events published through its peers reach its agents but not this stream: subscribe to each node to follow a mesh.`,
+	"describe":  "Print a node's description (its NodeInfo as protobuf JSON).",
+}
+
 func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("ravi-go "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() { printUsage(fs.Output(), fs, summaries[name]) }
 	return fs
 }
 
@@ -152,67 +216,37 @@ func (p peerFlags) Set(v string) error {
 
 func runNode(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("node", stderr)
-	listen := fs.String("listen", ravi.DefaultListenAddr, "address to listen on (port 0: any free port)")
-	advertise := fs.String("advertise", "", "address peers dial to reach this node (default: the listen address)")
-	nodeID := fs.String("node-id", "", "node id, unique in the mesh (default: go-<random>)")
+	listen := fs.String("listen", ravi.DefaultListenAddr, "`HOST:PORT` to listen on (port 0: any free port)")
+	advertise := fs.String("advertise", "", "`HOST:PORT` peers dial to reach this node (default: the listen address)")
+	nodeID := fs.String("node-id", "", "node `ID`, unique in the mesh (default: go-<random>)")
 	peers := peerFlags{}
-	fs.Var(peers, "peer", "a peer as name=host:port (repeatable); with name=dns:host:port every address host resolves to is a peer, resolved again every --peer-dns-interval seconds")
-	dnsInterval := fs.Float64("peer-dns-interval", ravi.DefaultPeerDNSInterval.Seconds(), "seconds between two resolutions of dns: peers")
-	token := fs.String("token", os.Getenv("RAVI_TOKEN"), "bearer token required of callers and sent to peers (default $RAVI_TOKEN)")
-	healthWithoutAuth := fs.Bool("health-without-auth", false, "serve health checks without the token")
-	maxBytes := fs.Int("max-message-bytes", ravi.DefaultMaxMessageBytes, "largest message accepted or sent")
-	confType := fs.String("conformance-type", agents.ConformanceType, "agent type of the conformance agent")
-	counterType := fs.String("counter-type", agents.CounterType, "agent type of the counter agent (its state goes to the state store)")
-	idleTimeout := newSecondsFlag(ravi.DefaultIdleTimeout)
-	fs.Var(idleTimeout, "idle-timeout", "seconds (or a duration such as 10m) an agent instance may go without a message before it is passivated (its state saved, the instance released); 0: never")
-	maxActive := fs.Int("max-active-agents", ravi.DefaultMaxActiveAgents, "active agent instances at most: beyond it the least recently used idle one is passivated; 0: no bound")
-	checkpoint := fs.String("checkpoint", ravi.DefaultCheckpoint, "when agent state is saved besides passivation and stop: passivation, or each_message (after every handled message, before the reply)")
-	stateStore := fs.String("state-store", "", "where agent state goes: memory, sqlite:PATH or postgresql://USER@HOST/DB (default: sqlite in --data-dir, else memory)")
-	dataDir := fs.String("data-dir", "", "keep the node's data here: agent state in DIR/"+ravi.StateFile)
-	formatWith := fs.String("format-with", "", "agent type of a formatter the reviewer sends approved drafts to")
-	grace := fs.Duration("grace", ravi.DefaultGracePeriod, "how long in-flight calls may drain on shutdown")
-	keepaliveTime := fs.Float64("keepalive-time", meshv1.DefaultKeepaliveTime.Seconds(), "seconds between two pings (HTTP/2 PING) of each peer's connection")
-	keepaliveTimeout := fs.Float64("keepalive-timeout", meshv1.DefaultKeepaliveTimeout.Seconds(), "seconds a ping may go unanswered before the peer's connection is closed: its calls fail UNAVAILABLE and its agent types with them")
-	verbose := fs.Bool("v", false, "debug logging")
-	otlpEndpoint := fs.String("otlp-endpoint", "", "export traces over OTLP gRPC to this URL, such as http://127.0.0.1:4317 (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or $OTEL_EXPORTER_OTLP_ENDPOINT; neither: no tracing)")
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	serveTLS := addServerTLSFlags(fs)
 	peerTLS := addPeerTLSFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *dnsInterval <= 0 {
-		return usageError{fmt.Sprintf("--peer-dns-interval must be positive, got %v", *dnsInterval)}
-	}
-	// Every node accepts pings every DefaultKeepaliveTime / 2 (contract.toml).
-	if minimum := meshv1.DefaultKeepaliveTime.Seconds() / 2; *keepaliveTime < minimum {
-		return usageError{fmt.Sprintf("--keepalive-time must be at least %v s, got %v", minimum, *keepaliveTime)}
-	}
-	if *keepaliveTimeout <= 0 {
-		return usageError{fmt.Sprintf("--keepalive-timeout must be positive, got %v", *keepaliveTimeout)}
-	}
-	if *maxActive < 0 {
-		return usageError{fmt.Sprintf("--max-active-agents must not be negative (0: no bound), got %d", *maxActive)}
-	}
-	if *checkpoint != ravi.DefaultCheckpoint && *checkpoint != ravi.CheckpointEachMessage {
-		return usageError{fmt.Sprintf("--checkpoint must be one of %s, %s; got %q", ravi.DefaultCheckpoint, ravi.CheckpointEachMessage, *checkpoint)}
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	}
 	// TLS files are read now: a bad one fails before anything is served.
 	serverCreds, err := serveTLS.serverOption()
 	if err != nil {
-		return err
+		return startupFailed(err)
 	}
 	peerCreds, err := peerTLS.dialOption()
 	if err != nil {
-		return err
+		return startupFailed(err)
 	}
 	level := slog.LevelInfo
-	if *verbose {
+	if *verbose || *verboseLong {
 		level = slog.LevelDebug
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if *nodeID == "" {
 		*nodeID = "go-" + randomHex(4) // known before the node, for service.name
 	}
+	logger := slog.New(newLineHandler(stderr, "ravi-go "+*nodeID, level))
 	opts := ravi.Options{
 		NodeID:            *nodeID,
 		ListenAddr:        *listen,
@@ -246,7 +280,7 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	}
 	tp, err := newTracerProvider(context.Background(), *nodeID, *otlpEndpoint, logger)
 	if err != nil {
-		return err
+		return startupFailed(err)
 	}
 	if tp != nil {
 		opts.TracerProvider = tp
@@ -261,14 +295,14 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	}
 	node, err := ravi.NewNode(opts)
 	if err != nil {
-		return err
+		return startupFailed(err)
 	}
 	reviewer := &agents.ReviewAgent{FormatWith: *formatWith}
 	if err := node.Register(reviewer.AgentType()); err != nil {
-		return err
+		return startupFailed(err)
 	}
 	if err := node.Register(agents.ConformanceAgentType(*confType)); err != nil {
-		return err
+		return startupFailed(err)
 	}
 	if err := node.Register(agents.CounterAgentType(*counterType)); err != nil {
 		return err
@@ -277,9 +311,12 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(signals)
 	if err := node.Start(); err != nil {
-		return err
+		return startupFailed(err)
 	}
+	// The lines every node's command line prints, in Python and Node too.
 	fmt.Fprintf(stdout, "ravi-go node %s serving on %s\n", node.ID(), node.Addr())
+	fmt.Fprintf(stdout, "  agents: %s\n", describeAgents(node.Info()))
+	fmt.Fprintf(stdout, "  peers: %s\n", describePeers(peers))
 	if f, ok := stdout.(interface{ Sync() error }); ok {
 		_ = f.Sync()
 	}
@@ -287,10 +324,11 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	go func() { served <- node.Wait() }()
 	select {
 	case sig := <-signals:
-		logger.Info("stopping", "signal", sig.String())
+		fmt.Fprintf(stdout, "ravi-go node %s stopping (%s): calls in flight get up to %g s\n", node.ID(), signalName(sig), grace.Seconds())
 		if err := node.Stop(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return err
 		}
+		fmt.Fprintf(stdout, "ravi-go node %s stopped\n", node.ID())
 		return nil
 	case err := <-served:
 		if err == nil {
@@ -340,21 +378,27 @@ type clientFlags struct {
 
 func addClientFlags(fs *flag.FlagSet) clientFlags {
 	return clientFlags{
-		addr:    fs.String("addr", "127.0.0.1:50051", "address of the node"),
-		token:   fs.String("token", os.Getenv("RAVI_TOKEN"), "bearer token (default $RAVI_TOKEN)"),
+		addr:    fs.String("addr", "127.0.0.1:50051", "the node to talk to, `HOST:PORT`"),
+		token:   fs.String("token", os.Getenv("RAVI_TOKEN"), "bearer `TOKEN` (default $RAVI_TOKEN)"),
 		timeout: fs.Duration("timeout", 5*time.Second, "deadline of the call"),
 		tls:     addClientTLSFlags(fs),
 	}
 }
 
 func (c clientFlags) dial() (*ravi.Client, error) {
+	if err := checkHostPort(*c.addr, "--addr", ""); err != nil {
+		return nil, err
+	}
 	var opts []ravi.ClientOption
 	if *c.token != "" {
 		opts = append(opts, ravi.WithToken(*c.token))
 	}
 	creds, err := c.tls.dialOption()
 	if err != nil {
-		return nil, err
+		if isUsage(err) {
+			return nil, err
+		}
+		return nil, usageError{err.Error()}
 	}
 	if creds != nil {
 		opts = append(opts, ravi.WithDialOptions(creds))
@@ -373,8 +417,8 @@ type payloadFlags struct {
 
 func addPayloadFlags(fs *flag.FlagSet) payloadFlags {
 	return payloadFlags{
-		typeName: fs.String("type", "", "full name of the message type (for example ravi.examples.v1.ReviewRequest)"),
-		json:     fs.String("json", "{}", "the message, as protobuf JSON"),
+		typeName: fs.String("type", "", "full `NAME` of the message type (for example ravi.examples.v1.ReviewRequest)"),
+		json:     fs.String("json", "{}", "the message, as protobuf `JSON`"),
 		asJSON:   fs.Bool("send-json", false, "send the payload as application/json even for a known protobuf type"),
 	}
 }
@@ -403,9 +447,9 @@ func (p payloadFlags) payload() (*meshv1.Payload, error) {
 func runSend(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("send", stderr)
 	cf := addClientFlags(fs)
-	to := fs.String("to", "", "recipient as type/key")
+	to := fs.String("to", "", "the recipient, `TYPE/KEY`")
 	pf := addPayloadFlags(fs)
-	metadata := fs.String("metadata", "", "envelope metadata as k=v,k=v")
+	metadata := fs.String("metadata", "", "envelope metadata, `K=V,K=V`")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -428,11 +472,10 @@ func runSend(args []string, stdout, stderr io.Writer) error {
 	}
 	resp, err := client.SendPayload(context.Background(), recipient, payload, opts...)
 	if err != nil {
-		return err
+		return reachError(err, *cf.addr)
 	}
 	out := map[string]any{"nodeId": resp.GetNodeId()}
 	if r := resp.GetResult(); r != nil {
-		out["type"] = r.GetType()
 		out["result"] = payloadJSON(r)
 	}
 	return printJSON(stdout, out)
@@ -441,7 +484,7 @@ func runSend(args []string, stdout, stderr io.Writer) error {
 func runPublish(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("publish", stderr)
 	cf := addClientFlags(fs)
-	topicFlag := fs.String("topic", "", "topic as type/source")
+	topicFlag := fs.String("topic", "", "the topic, `TYPE/SOURCE`")
 	pf := addPayloadFlags(fs)
 	nodeScope := fs.Bool("node-scope", false, "publish with PUBLISH_SCOPE_NODE (the node's own subscribers only)")
 	if err := parse(fs, args); err != nil {
@@ -466,9 +509,9 @@ func runPublish(args []string, stdout, stderr io.Writer) error {
 	}
 	resp, err := client.PublishPayload(context.Background(), topic, payload, opts...)
 	if err != nil {
-		return err
+		return reachError(err, *cf.addr)
 	}
-	return printProto(stdout, resp)
+	return printJSON(stdout, protoJSON(resp))
 }
 
 func runSubscribe(args []string, stdout, stderr io.Writer) error {
@@ -477,10 +520,10 @@ func runSubscribe(args []string, stdout, stderr io.Writer) error {
 	*cf.timeout = 0
 	fs.Lookup("timeout").Usage = "stop after this long (0: never); with --count, fewer events is an error"
 	fs.Lookup("timeout").DefValue = "0s"
-	topicType := fs.String("topic-type", "", "topic type to match exactly")
-	prefix := fs.String("prefix", "", "topic type prefix to match")
-	count := fs.Int("count", 0, "stop after this many events (0: never)")
-	subscriberID := fs.String("subscriber-id", "ravi-go-cli", "subscriber id sent to the node")
+	topicType := fs.String("topic-type", "", "topic `TYPE` to match exactly")
+	prefix := fs.String("prefix", "", "topic type `PREFIX` to match")
+	count := fs.Int("count", 0, "stop after `N` events (0: never)")
+	subscriberID := fs.String("subscriber-id", "ravi-go-cli", "subscriber `ID` sent to the node")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -492,7 +535,7 @@ func runSubscribe(args []string, stdout, stderr io.Writer) error {
 		filters = append(filters, ravi.TopicPrefix(*prefix))
 	}
 	if len(filters) == 0 {
-		return errors.New("give --topic-type or --prefix")
+		fmt.Fprintln(stderr, "warning: no --topic-type or --prefix: no event matches, only the node's description and its changes are printed")
 	}
 	client, err := cf.dial()
 	if err != nil {
@@ -508,12 +551,15 @@ func runSubscribe(args []string, stdout, stderr io.Writer) error {
 	}
 	sub, err := client.Subscribe(ctx, *subscriberID, filters...)
 	if err != nil {
-		return err
+		return reachError(err, *cf.addr)
 	}
 	defer sub.Close()
-	fmt.Fprintf(stderr, "subscribed to %s (node %s)\n", *cf.addr, sub.Node.GetNodeId())
-	for seen := 0; *count == 0 || seen < *count; seen++ {
-		ev, err := sub.Next()
+	fmt.Fprintf(stderr, "subscribed to %s (node %s): the events published through this node\n", *cf.addr, sub.Node.GetNodeId())
+	if err := printJSON(stdout, map[string]any{"node": protoJSON(sub.Node)}); err != nil {
+		return err
+	}
+	for seen := 0; *count == 0 || seen < *count; {
+		msg, err := sub.Recv()
 		if err != nil {
 			if ctx.Err() != nil {
 				if *count > 0 {
@@ -529,25 +575,33 @@ func runSubscribe(args []string, stdout, stderr io.Writer) error {
 			}
 			return err
 		}
-		env := ev.GetEnvelope()
-		line := map[string]any{
-			"topic":        map[string]string{"type": ev.GetTopic().GetType(), "source": ev.GetTopic().GetSource()},
-			"originNodeId": ev.GetOriginNodeId(),
-			"messageId":    env.GetMessageId(),
-			"type":         env.GetPayload().GetType(),
-			"message":      payloadJSON(env.GetPayload()),
-		}
-		if s := env.GetSender(); s != nil {
-			line["sender"] = ravi.AgentIDOf(s).String()
-		}
-		if len(env.GetMetadata()) > 0 {
-			line["metadata"] = env.GetMetadata()
+		var line map[string]any
+		switch {
+		case msg.GetNode() != nil:
+			line = map[string]any{"node": protoJSON(msg.GetNode())}
+		case msg.GetEvent() != nil:
+			line = map[string]any{"event": eventJSON(msg.GetEvent())}
+			seen++
+		default:
+			continue
 		}
 		if err := printJSON(stdout, line); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// eventJSON is an event as protobuf JSON, its payload decoded (payloadJSON).
+func eventJSON(ev *meshv1.Event) any {
+	var out map[string]any
+	if err := json.Unmarshal(protoJSON(ev), &out); err != nil {
+		return protoJSON(ev)
+	}
+	if env, ok := out["envelope"].(map[string]any); ok {
+		env["payload"] = payloadJSON(ev.GetEnvelope().GetPayload())
+	}
+	return out
 }
 
 func runDescribe(args []string, stdout, stderr io.Writer) error {
@@ -565,9 +619,9 @@ func runDescribe(args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	info, err := client.Describe(ctx)
 	if err != nil {
-		return err
+		return reachError(err, *cf.addr)
 	}
-	return printProto(stdout, info)
+	return printJSON(stdout, protoJSON(info))
 }
 
 func parseMetadata(s string) map[string]string {
@@ -582,20 +636,26 @@ func parseMetadata(s string) map[string]string {
 	return md
 }
 
-// payloadJSON renders a payload as JSON: decoded when the type is known, the
-// raw JSON when it is JSON, else base64 of the bytes.
+// payloadJSON renders a payload as the three command lines do: {"type",
+// "value"} when the type is known here or the payload is JSON, else the
+// Payload itself as protobuf JSON (its data in base64).
 func payloadJSON(p *meshv1.Payload) any {
 	if m, err := ravi.DecodePayload(p); err == nil {
-		return protoJSON(m)
+		return map[string]any{"type": p.GetType(), "value": protoJSON(m)}
 	}
-	if json.Valid(p.GetData()) {
-		return json.RawMessage(p.GetData())
+	if p.GetContentType() == ravi.ContentTypeJSON && json.Valid(p.GetData()) {
+		return map[string]any{"type": p.GetType(), "value": json.RawMessage(p.GetData())}
 	}
-	return map[string]string{"contentType": p.GetContentType(), "base64": base64.StdEncoding.EncodeToString(p.GetData())}
+	return protoJSON(p)
 }
 
+// printOptions print every field, defaults included, as Python's
+// MessageToDict(always_print_fields_with_no_presence=True) and Node's
+// toJson({alwaysEmitImplicit: true}) do.
+var printOptions = protojson.MarshalOptions{EmitDefaultValues: true}
+
 func protoJSON(m proto.Message) json.RawMessage {
-	b, err := protojson.Marshal(m)
+	b, err := printOptions.Marshal(m)
 	if err != nil {
 		return json.RawMessage(`null`)
 	}
@@ -606,14 +666,60 @@ func protoJSON(m proto.Message) json.RawMessage {
 	return buf.Bytes()
 }
 
-func printProto(w io.Writer, m proto.Message) error {
-	var buf bytes.Buffer
-	if err := json.Indent(&buf, protoJSON(m), "", "  "); err != nil {
-		return err
+// reachError says plainly that no node answered at addr (the dial failed),
+// as the Python and Node command lines do; other errors pass unchanged.
+func reachError(err error, addr string) error {
+	var re *ravi.Error
+	if errors.As(err, &re) && ravi.CodeOf(re) == codes.Unavailable {
+		if i := strings.LastIndex(re.Message, "connect: "); i >= 0 {
+			cause := strings.TrimRight(re.Message[i+len("connect: "):], `"`)
+			return &ravi.Error{Code: codes.Unavailable, Message: fmt.Sprintf("cannot reach a node at %s: %s", addr, cause)}
+		}
 	}
-	buf.WriteByte('\n')
-	_, err := w.Write(buf.Bytes())
 	return err
+}
+
+// describeAgents is the "agents:" line of a node's startup: each agent type
+// with the message types it handles.
+func describeAgents(info *meshv1.NodeInfo) string {
+	var parts []string
+	for _, t := range info.GetAgentTypes() {
+		handled := strings.Join(slices.Sorted(slices.Values(t.GetHandledTypes())), ", ")
+		if handled == "" {
+			handled = "no handlers"
+		}
+		parts = append(parts, fmt.Sprintf("%s (%s)", t.GetAgentType(), handled))
+	}
+	sort.Strings(parts)
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// describePeers is the "peers:" line of a node's startup.
+func describePeers(peers map[string]string) string {
+	var parts []string
+	for name, addr := range peers {
+		parts = append(parts, name+" at "+addr)
+	}
+	sort.Strings(parts)
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func signalName(sig os.Signal) string {
+	if s, ok := sig.(syscall.Signal); ok {
+		switch s {
+		case syscall.SIGTERM:
+			return "SIGTERM"
+		case syscall.SIGINT:
+			return "SIGINT"
+		}
+	}
+	return sig.String()
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -45,6 +45,8 @@ type nodeProcess struct {
 	cmd    *exec.Cmd
 	addr   string
 	stderr *bytes.Buffer
+	stdout *bytes.Buffer // the lines after the first, complete once copied is closed
+	copied chan struct{}
 	done   chan error
 }
 
@@ -65,19 +67,20 @@ func startNodeProcessEnv(t *testing.T, env []string, nodeID string, args ...stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &nodeProcess{cmd: cmd, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	p := &nodeProcess{cmd: cmd, stderr: &bytes.Buffer{}, stdout: &bytes.Buffer{}, copied: make(chan struct{}), done: make(chan error, 1)}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	lines := make(chan string, 1)
 	go func() {
-		sc := bufio.NewScanner(stdout)
-		if sc.Scan() {
-			lines <- sc.Text()
+		defer close(p.copied)
+		r := bufio.NewReader(stdout)
+		if line, err := r.ReadString('\n'); err == nil {
+			lines <- strings.TrimSuffix(line, "\n")
 		}
 		close(lines)
-		_, _ = io.Copy(io.Discard, stdout)
+		_, _ = io.Copy(p.stdout, r)
 	}()
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
@@ -113,6 +116,7 @@ func (p *nodeProcess) stop(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the node did not stop on SIGTERM")
 	}
+	<-p.copied
 }
 
 type result struct {
@@ -161,13 +165,14 @@ func TestNodeAndClientCommands(t *testing.T) {
 	r = cli(t, append([]string{"send", "--to", "reviewer/default", "--type", "ravi.examples.v1.ReviewRequest",
 		"--json", `{"draft": {"text": "Deadlines propagate. Sources: protocol.md:1"}}`}, auth...)...)
 	out := decode(t, r.stdout)
-	verdict, _ := out["result"].(map[string]any)
-	if r.code != 0 || out["nodeId"] != "cli-a" || out["type"] != "ravi.examples.v1.ReviewVerdict" || verdict["approved"] != true || verdict["reviewer"] != "reviewer/default (go)" {
+	reply, _ := out["result"].(map[string]any)
+	verdict, _ := reply["value"].(map[string]any)
+	if r.code != 0 || out["nodeId"] != "cli-a" || reply["type"] != "ravi.examples.v1.ReviewVerdict" || verdict["approved"] != true || verdict["reviewer"] != "reviewer/default (go)" {
 		t.Fatalf("send: %+v", r)
 	}
 
 	r = cli(t, append([]string{"send", "--to", "conformance-go/k", "--type", "ravi.conformance.v1.Echo", "--send-json", "--json", `{"text": "hi"}`, "--metadata", "a=1"}, auth...)...)
-	echoed, _ := decode(t, r.stdout)["result"].(map[string]any)
+	echoed := resultValue(t, r.stdout)
 	if r.code != 0 || echoed["text"] != "hi" || echoed["language"] != "go" {
 		t.Fatalf("echo: %+v", r)
 	}
@@ -176,14 +181,14 @@ func TestNodeAndClientCommands(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"send", "--to", "conformance-go/k", "--type", "ravi.conformance.v1.Unhandled"}, "UNIMPLEMENTED NO_HANDLER"},
-		{[]string{"send", "--to", "nowhere/k", "--type", "ravi.conformance.v1.Echo"}, "NOT_FOUND AGENT_TYPE_NOT_FOUND"},
-		{[]string{"send", "--to", "conformance-go/k", "--type", "demo.Ping", "--json", `{"n": 1}`}, "INVALID_ARGUMENT BAD_PAYLOAD"},
-		{[]string{"send", "--to", "conformance-go/k", "--type", "ravi.conformance.v1.Fail", "--json", `{"message": "boom"}`}, "UNKNOWN HANDLER_FAILED"},
+		{[]string{"send", "--to", "conformance-go/k", "--type", "ravi.conformance.v1.Unhandled"}, "UNIMPLEMENTED (NO_HANDLER)"},
+		{[]string{"send", "--to", "nowhere/k", "--type", "ravi.conformance.v1.Echo"}, "NOT_FOUND (AGENT_TYPE_NOT_FOUND): no node hosts agent type \"nowhere\"; known types: conformance-go, reviewer"},
+		{[]string{"send", "--to", "conformance-go/k", "--type", "demo.Ping", "--json", `{"n": 1}`}, "INVALID_ARGUMENT (BAD_PAYLOAD)"},
+		{[]string{"send", "--to", "conformance-go/k", "--type", "ravi.conformance.v1.Fail", "--json", `{"message": "boom"}`}, "UNKNOWN (HANDLER_FAILED)"},
 		{[]string{"send", "--to", "conformance-go/k", "--type", "ravi.conformance.v1.Sleep", "--json", `{"millis": 5000}`, "--timeout", "100ms"}, "DEADLINE_EXCEEDED"},
 	} {
 		r = cli(t, append(tc.args, auth...)...)
-		if r.code != 1 || !strings.Contains(r.stderr, tc.want) {
+		if r.code != 1 || !strings.Contains(r.stderr, tc.want) || strings.Count(r.stderr, "\n") != 1 {
 			t.Fatalf("%v: %+v, want %q", tc.args, r, tc.want)
 		}
 	}
@@ -220,20 +225,38 @@ func TestNodeAndClientCommands(t *testing.T) {
 	if err := sub.Wait(); err != nil {
 		t.Fatalf("subscribe exit: %v", err)
 	}
-	ev := decode(t, strings.TrimSpace(subOut.String()))
-	msg, _ := ev["message"].(map[string]any)
-	if ev["originNodeId"] != "cli-a" || ev["type"] != "ravi.conformance.v1.Echo" || msg["text"] != "published" {
-		t.Fatalf("event %q", subOut.String())
+	// One JSON shape in the three command lines: {"node": NodeInfo}, then {"event": Event}.
+	lines := strings.Split(strings.TrimSpace(subOut.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("subscribe printed %q", subOut.String())
+	}
+	if node, _ := decode(t, lines[0])["node"].(map[string]any); node["nodeId"] != "cli-a" {
+		t.Fatalf("node line %q", lines[0])
+	}
+	ev, _ := decode(t, lines[1])["event"].(map[string]any)
+	env, _ := ev["envelope"].(map[string]any)
+	payload, _ := env["payload"].(map[string]any)
+	msg, _ := payload["value"].(map[string]any)
+	if ev["originNodeId"] != "cli-a" || payload["type"] != "ravi.conformance.v1.Echo" || msg["text"] != "published" {
+		t.Fatalf("event %q", lines[1])
 	}
 	r = cli(t, append([]string{"send", "--to", "conformance-go/k", "--type", "ravi.conformance.v1.Report"}, auth...)...)
-	if obs, _ := decode(t, r.stdout)["result"].(map[string]any); r.code != 0 || fmt.Sprint(obs["events"]) != "[published]" {
+	if obs := resultValue(t, r.stdout); r.code != 0 || fmt.Sprint(obs["events"]) != "[published]" {
 		t.Fatalf("report: %+v", r)
 	}
 
 	n.stop(t)
-	if !strings.Contains(n.stderr.String(), "stopped") {
-		t.Fatalf("stderr:\n%s", n.stderr)
+	if !strings.Contains(n.stdout.String(), "ravi-go node cli-a stopped") {
+		t.Fatalf("stdout:\n%s", n.stdout)
 	}
+}
+
+// resultValue is the decoded reply of a send: {"result": {"type", "value"}}.
+func resultValue(t *testing.T, stdout string) map[string]any {
+	t.Helper()
+	result, _ := decode(t, stdout)["result"].(map[string]any)
+	value, _ := result["value"].(map[string]any)
+	return value
 }
 
 func TestTwoNodeProcessesPeer(t *testing.T) {
@@ -259,7 +282,7 @@ func TestTwoNodeProcessesPeer(t *testing.T) {
 		t.Fatalf("review on a: %+v", r)
 	}
 	r = cli(t, "send", "--addr", b.addr, "--to", "reviewer/k", "--type", "ravi.examples.v1.ReviewRequest", "--json", `{"draft": {"text": "Sources: x"}}`)
-	if r.code != 1 || !strings.Contains(r.stderr, "NOT_FOUND AGENT_TYPE_NOT_FOUND") {
+	if r.code != 1 || !strings.Contains(r.stderr, "NOT_FOUND (AGENT_TYPE_NOT_FOUND)") {
 		t.Fatalf("review on b: %+v", r)
 	}
 	b.stop(t)

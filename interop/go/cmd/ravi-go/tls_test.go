@@ -126,7 +126,7 @@ func TestNodeServesTLS(t *testing.T) {
 		t.Fatalf("describe over TLS: %+v", r)
 	}
 	r = cli(t, "send", "--addr", n.addr, "--tls-ca", c.ca, "--to", "conformance-go/k", "--type", "ravi.conformance.v1.Echo", "--json", `{"text": "over TLS"}`)
-	if echoed, _ := decode(t, r.stdout)["result"].(map[string]any); r.code != 0 || echoed["text"] != "over TLS" {
+	if echoed := resultValue(t, r.stdout); r.code != 0 || echoed["text"] != "over TLS" {
 		t.Fatalf("send over TLS: %+v", r)
 	}
 	// A plaintext client cannot talk to a TLS listener.
@@ -165,7 +165,7 @@ func TestNodeMutualTLS(t *testing.T) {
 	echo := []string{"send", "--to", "conformance-go/k", "--type", "ravi.conformance.v1.Echo", "--json", `{"text": "over mTLS"}`}
 
 	r := cli(t, append(echo, withCert...)...)
-	if echoed, _ := decode(t, r.stdout)["result"].(map[string]any); r.code != 0 || echoed["text"] != "over mTLS" {
+	if echoed := resultValue(t, r.stdout); r.code != 0 || echoed["text"] != "over mTLS" {
 		t.Fatalf("send with a client certificate: %+v", r)
 	}
 	// Without a client certificate the handshake is refused.
@@ -208,7 +208,7 @@ func TestNodeDialsPeersWithMutualTLS(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	out := decode(t, r.stdout)
-	if echoed, _ := out["result"].(map[string]any); r.code != 0 || out["nodeId"] != "mtls-a" || echoed["text"] != "via b" {
+	if echoed := resultValue(t, r.stdout); r.code != 0 || out["nodeId"] != "mtls-a" || echoed["text"] != "via b" {
 		t.Fatalf("b -> a over mTLS: %+v", r)
 	}
 	b.stop(t)
@@ -230,19 +230,20 @@ func TestTLSFlagErrors(t *testing.T) {
 		{[]string{"node", "--tls-cert", c.serverCert}, 2, "--tls-cert and --tls-key go together"},
 		{[]string{"node", "--tls-key", c.serverKey}, 2, "--tls-cert and --tls-key go together"},
 		{[]string{"node", "--tls-client-ca", c.ca}, 2, "--tls-client-ca needs --tls-cert and --tls-key"},
-		{[]string{"node", "--tls-cert", missing, "--tls-key", c.serverKey}, 1, "--tls-cert: open " + missing},
-		{[]string{"node", "--tls-cert", c.serverCert, "--tls-key", missing}, 1, "--tls-key: open " + missing},
-		{[]string{"node", "--tls-cert", garbage, "--tls-key", c.serverKey}, 1, "failed to find any PEM data"},
-		{[]string{"node", "--tls-cert", c.serverCert, "--tls-key", c.clientKey}, 1, "private key does not match public key"},
-		{[]string{"node", "--tls-cert", c.serverCert, "--tls-key", c.serverKey, "--tls-client-ca", garbage}, 1, "--tls-client-ca " + garbage + ": no PEM certificate"},
+		{[]string{"node", "--tls-cert", missing, "--tls-key", c.serverKey}, 2, "--tls-cert: open " + missing},
+		{[]string{"node", "--tls-cert", c.serverCert, "--tls-key", missing}, 2, "--tls-key: open " + missing},
+		{[]string{"node", "--tls-cert", garbage, "--tls-key", c.serverKey}, 2, "failed to find any PEM data"},
+		{[]string{"node", "--tls-cert", c.serverCert, "--tls-key", c.clientKey}, 2, "private key does not match public key"},
+		{[]string{"node", "--tls-cert", c.serverCert, "--tls-key", c.serverKey, "--tls-client-ca", garbage}, 2, "--tls-client-ca " + garbage + ": no PEM certificate"},
 		{[]string{"node", "--peer-tls-ca", c.ca, "--peer-tls-cert", c.clientCert}, 2, "--peer-tls-cert and --peer-tls-key go together"},
 		{[]string{"node", "--peer-tls-server-name", "node.test"}, 2, "--peer-tls-server-name needs --peer-tls-ca"},
-		{[]string{"node", "--peer-tls-ca", missing}, 1, "--peer-tls-ca: open " + missing},
-		{[]string{"describe", "--tls-ca", garbage}, 1, "--tls-ca " + garbage + ": no PEM certificate"},
+		{[]string{"node", "--peer-tls-ca", missing}, 2, "--peer-tls-ca: open " + missing},
+		{[]string{"describe", "--tls-ca", garbage}, 2, "--tls-ca " + garbage + ": no PEM certificate"},
 		{[]string{"send", "--to", "a/b", "--type", "x", "--tls-ca", c.ca, "--tls-key", c.clientKey}, 2, "--tls-cert and --tls-key go together"},
-		{[]string{"publish", "--topic", "a/b", "--type", "x", "--tls-ca", missing}, 1, "--tls-ca: open " + missing},
+		{[]string{"publish", "--topic", "a/b", "--type", "x", "--tls-ca", missing}, 2, "--tls-ca: open " + missing},
 		{[]string{"subscribe", "--topic-type", "x", "--tls-server-name", "node.test"}, 2, "--tls-server-name needs --tls-ca"},
 	} {
+		// An unreadable or unusable file is a usage error, as in `ravi` and `ravi-node`.
 		r := cli(t, tc.args...)
 		lines := strings.Split(strings.TrimRight(r.stderr, "\n"), "\n")
 		if r.code != tc.code || len(lines) != 1 || !strings.Contains(r.stderr, tc.want) || !strings.HasPrefix(r.stderr, "ravi-go "+tc.args[0]+": ") {

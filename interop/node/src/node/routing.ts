@@ -39,6 +39,17 @@ export function peers(node: NodeCore): { label: string; address: string; nodeId:
   }));
 }
 
+/** The agent types this node can reach, its own and its connected peers', for error messages. */
+export function knownTypes(node: NodeCore): string[] {
+  const known = new Set(node.registrations.keys());
+  for (const entry of node.routes.values()) {
+    for (const t of entry.info.agentTypes) {
+      known.add(t.agentType);
+    }
+  }
+  return [...known].sort();
+}
+
 /** The routing table: each reachable peer's latest NodeInfo, by node id. */
 export function routingTable(node: NodeCore): ReadonlyMap<string, NodeInfo> {
   return new Map([...node.routes].map(([id, entry]) => [id, entry.info]));
@@ -95,7 +106,7 @@ export function learn(node: NodeCore, caller: NodeInfo): void {
     }
     return;
   }
-  node.logger.info(`learned peer ${caller.nodeId} at ${caller.address} from its Describe`);
+  node.logger.info(`learned peer ${caller.nodeId} at ${caller.address} (it described this node)`);
   addPeer(node, caller.nodeId, caller.address);
 }
 

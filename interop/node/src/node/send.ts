@@ -32,7 +32,7 @@ import {
 } from "../tracing.js";
 import { CallInfo, NodeCore, handlerMetadata } from "./core.js";
 import { deliverEvent, withRoom } from "./deliver.js";
-import { route, unreachableHosting } from "./routing.js";
+import { knownTypes, route, unreachableHosting } from "./routing.js";
 
 // --- Send -------------------------------------------------------------------
 /**
@@ -71,7 +71,7 @@ export async function dispatchSend(node: NodeCore, request: SendRequest, call: C
       throw errors.reentrantCall(formatAgentId(recipient));
     }
     if (!registration.hasHandler(schema.typeName)) {
-      throw errors.noHandler(recipient.type, schema.typeName);
+      throw errors.noHandler(recipient.type, schema.typeName, registration.handledTypes());
     }
     const result = await registration.deliver(recipient.key, schema.typeName, message, {
       envelope,
@@ -137,7 +137,7 @@ export async function forwardTo(
           unreachable.join(", "),
           `every node hosting agent type "${recipient.type}" is unreachable (${unreachable.join(", ")})`,
         )
-      : errors.agentTypeNotFound(recipient.type, node.nodeId);
+      : errors.agentTypeNotFound(recipient.type, node.nodeId, knownTypes(node));
   }
   forwarding?.span.setAttribute("ravi.route.next_node", target);
   const nextRoute = call.received ? { hopCount: hops + 1, visitedNodeIds: [...visited, node.nodeId] } : request.route;

@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ravi._demo.agents import OrchestratorAgent, ReviewAgent, SearchAgent, WriterAgent
+from ravi._home import docs as home_docs
 from ravi.runtime import BaseRuntime
 
 
-async def node_a(runtime: BaseRuntime, docs: str = "docs") -> None:
-    """Node A: the orchestrator and the searcher (over a folder of Markdown files)."""
-    corpus = Path(docs)
+async def node_a(runtime: BaseRuntime, docs: str | None = None) -> None:
+    """Node A: the orchestrator and the searcher (over a folder of Markdown files).
+
+    `docs` defaults to the docs of the ravi checkout (`ravi._home`), whatever
+    folder the node runs in.
+    """
+    corpus = Path(docs) if docs is not None else home_docs()
     await OrchestratorAgent.register(runtime, "orchestrator")
     await SearchAgent.register(runtime, "searcher", lambda: SearchAgent(corpus))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from ravi._demo.agents import (
     SearchAgent,
     WriterAgent,
 )
+from ravi._home import GO_NODE, JAEGER, JAEGER_CONFIG, NODE_NODE, node_program
 from ravi.examples.v1.examples_pb2 import Task, TaskResult
 from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.runtime import LocalRuntime
@@ -59,29 +61,29 @@ def _report(result: object, elapsed: float) -> TaskResult:
     return result
 
 
-GO_NODE = Path(".tools/bin/ravi-go")
-NODE_CLI = Path("interop/node/dist/src/cli.js")
-JAEGER = Path(".tools/bin/jaeger")
-JAEGER_CONFIG = Path("tools/jaeger.yaml")
-
-
-def polyglot_available() -> bool:
-    """Whether the Go and Node nodes are built here (`make build`)."""
-    return GO_NODE.exists() and NODE_CLI.exists()
+def polyglot_missing() -> list[str]:
+    """Why the Go reviewer or the Node formatter cannot join the mesh here (none: both can)."""
+    return [reason for reason in (GO_NODE.missing(), node_program()) if reason is not None]
 
 
 async def run_mesh(
-    task_text: str, corpus: Path, *, polyglot: bool, jaeger: Jaeger | None = None
-) -> TaskResult:
+    task_text: str, corpus: Path, *, jaeger: Jaeger | None = None
+) -> tuple[TaskResult, str | None]:
     """Run the demo on a mesh of node processes, this process a client.
 
     Python nodes host the orchestrator and searcher (node-a) and the writer
-    (node-b); with `polyglot`, the Go node built from interop/go reviews and asks
-    the Node node built from interop/node to format; without, a Python reviewer
-    stands in and nothing is formatted. With `jaeger`, every node and this
-    client trace into it, and the task's trace is printed as a tree.
+    (node-b); when the checkout has them built, the Go node built from
+    interop/go reviews and asks the Node node built from interop/node to
+    format; else a Python reviewer stands in, nothing is formatted, and the
+    demo says what is missing. With `jaeger`, every node and this client trace
+    into it, and the task's trace is printed as a tree.
     `corpus` must be an absolute path: the nodes run it from their own directory.
+
+    Returns:
+        The result, and the trace id when tracing.
     """
+    missing = polyglot_missing()
+    polyglot = not missing
     print("ravi demo on a mesh: node processes on loopback, this process a client\n")
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint} if jaeger else {}
     listen = ["--listen", "127.0.0.1:0"]
@@ -108,7 +110,7 @@ async def run_mesh(
                     "node-js",
                     [
                         "node",
-                        str(NODE_CLI),
+                        str(NODE_NODE.find()),
                         "node",
                         *listen,
                         "--node-id",
@@ -123,7 +125,7 @@ async def run_mesh(
                 await start(
                     "node-go",
                     [
-                        str(GO_NODE),
+                        str(GO_NODE.find()),
                         "node",
                         *listen,
                         "--node-id",
@@ -162,8 +164,10 @@ async def run_mesh(
         )
         for name, (node, hosts, language) in sorted(nodes.items()):
             print(f"  {name:<8} {node.address:<16} {language:<7} {hosts}")
-        if not polyglot:
-            print("  (run `make build` to add the Go reviewer and the Node formatter)")
+        if missing:
+            print("\n  a Python reviewer stands in for the Go and Node nodes, because")
+            for reason in missing:
+                print(f"    {reason}")
         print(f"\ntask: {task_text}\n")
         telemetry = _telemetry(jaeger)
         client = GrpcRuntime(
@@ -195,16 +199,13 @@ async def run_mesh(
     print(f"  {'step':<8} {'handled by':<44} {'ms':>8}")
     for event in hops:
         print(f"  {event.stage:<8} {event.handled_by:<44} {event.millis:>8.2f}")
-    if jaeger is not None:
-        services = {"demo-client", *nodes}
-        spans = await _fetch_trace(jaeger, trace_id[0], services)
-        print(
-            f"\nthe trace in Jaeger ({len(spans['spans'])} spans from {len(services)} services):\n"
-        )
-        print("\n".join(trace_tree(spans)))
-        print(f"\n  trace id {trace_id[0]}: {jaeger.query_url}/api/traces/{trace_id[0]}")
-        print(f"  (in Jaeger's UI: {jaeger.query_url}/trace/{trace_id[0]})")
-    return report
+    if jaeger is None:
+        return report, None
+    services = {"demo-client", *nodes}
+    spans = await _fetch_trace(jaeger, trace_id[0], services)
+    print(f"\nthe trace in Jaeger ({len(spans['spans'])} spans from {len(services)} services):\n")
+    print("\n".join(trace_tree(spans)))
+    return report, trace_id[0]
 
 
 def _telemetry(jaeger: Jaeger | None) -> Telemetry | None:
@@ -268,11 +269,46 @@ def trace_tree(found: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-async def run_traced(task_text: str, corpus: Path, *, polyglot: bool) -> TaskResult:
-    """The mesh demo with tracing: Jaeger from .tools/bin (`make setup`) on free ports."""
-    async with running_jaeger(JAEGER, JAEGER_CONFIG) as jaeger:
-        print(f"Jaeger on {jaeger.query_url} (OTLP on {jaeger.otlp_endpoint})\n")
-        return await run_mesh(task_text, corpus, polyglot=polyglot, jaeger=jaeger)
+async def run_traced(task_text: str, corpus: Path, *, keep: bool) -> TaskResult:
+    """The mesh demo traced into a Jaeger of its own (`make jaeger` builds it), on free ports.
+
+    The Jaeger built here is the all-in-one binary without its web UI: what it
+    offers is the query API (JSON), which the demo reads to print the trace. It
+    stops with the demo, unless `keep`: then it serves the query API until
+    SIGINT or SIGTERM, and the demo says how to query it.
+    """
+    async with running_jaeger(JAEGER.find(), JAEGER_CONFIG.find()) as jaeger:
+        print(f"Jaeger's query API on {jaeger.query_url} (OTLP on {jaeger.otlp_endpoint})\n")
+        result, trace_id = await run_mesh(task_text, corpus, jaeger=jaeger)
+        api = jaeger.query_url
+        print(f'\n  trace id {trace_id} (the id of the demo task\'s root span, "demo task")')
+        if not keep:
+            print("  Jaeger stops with the demo: run with --keep to query it afterwards")
+            return result
+        print(
+            "\nJaeger keeps running until Ctrl-C. It has no web UI (this build serves only its "
+            "query API); ask it with curl:\n"
+            "  this trace, as JSON:\n"
+            f"    curl {api}/api/traces/{trace_id}\n"
+            "  the services that sent spans:\n"
+            f"    curl {api}/api/services\n"
+            "  the latest traces of node-a (their ids are data[].traceID):\n"
+            f"    curl '{api}/api/traces?service=node-a&limit=5'"
+        )
+        await _until_signal()
+        return result
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 def _peer_flags(peers: list[str]) -> list[str]:

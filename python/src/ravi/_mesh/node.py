@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any
 
 from ravi._cancellation import CancellationToken
+from ravi._hints import did_you_mean
 from ravi._host import AgentHost, Lifecycle, _Publication, nested_call, new_message_id
 from ravi._ids import AgentId, AgentType
 from ravi._interceptors import ForwardInput, Interceptor, PublishInput, SendInput, chain
@@ -34,6 +35,7 @@ from ravi._subscriptions import Subscription
 from ravi.errors import (
     AgentTypeNotFound,
     AlreadyExists,
+    BadPayload,
     DeadlineExceeded,
     ForwardingLoop,
     HopLimitExceeded,
@@ -263,27 +265,65 @@ class MeshNode:
         """Wait until every one of `agent_types` is reachable.
 
         Raises:
-            TimeoutError: one was still unreachable after `timeout` seconds.
+            TimeoutError: one was still unreachable after `timeout` seconds; the
+                message names it and says what each peer hosts.
         """
+        try:
+            await self._until(lambda: all(self.reaches(t) for t in agent_types), timeout)
+        except TimeoutError:
+            missing = [t for t in agent_types if not self.reaches(t)]
+            raise TimeoutError(
+                f"agent type{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(f'{chr(34)}{t}{chr(34)}' for t in missing)} "
+                f"not reachable after {timeout:g} s: {self._hosted_where()}"
+            ) from None
+
+    async def wait_for_peers(self, timeout: float) -> None:
+        """Wait until every configured peer is connected (and described).
+
+        Raises:
+            TimeoutError: a peer was still not connected after `timeout` seconds;
+                the message names each.
+        """
+
+        def down() -> list[Peer]:
+            return [p for p in self.peers.all() if not (p.connected or p.is_self)]
+
+        try:
+            await self._until(lambda: not down(), timeout)
+        except TimeoutError:
+            names = ", ".join(f"{p.name} at {p.address}" for p in down())
+            raise TimeoutError(f"peers not connected after {timeout:g} s: {names}") from None
+
+    async def _until(self, done: Callable[[], bool], timeout: float) -> None:
         event = self._routes_changed_event = self._routes_changed_event or asyncio.Event()
         async with asyncio.timeout(timeout):
-            while not all(self.reaches(t) for t in agent_types):
+            while not done():
                 event.clear()
                 await event.wait()
 
-    async def wait_for_peers(self, timeout: float) -> None:
-        """Wait until every configured peer is connected (and described)."""
-        event = self._routes_changed_event = self._routes_changed_event or asyncio.Event()
-        async with asyncio.timeout(timeout):
-            while not all(peer.connected or peer.is_self for peer in self.peers.all()):
-                event.clear()
-                await event.wait()
+    def _hosted_where(self) -> str:
+        """Where each agent type is: this node's and each peer's, for error messages."""
+        here = ", ".join(sorted(self.host.registrations)) or "nothing"
+        parts = [f"this node ({self.node_id}) hosts {here}"]
+        for peer in self.peers.all():
+            if peer.is_self:
+                continue
+            if peer.connected:
+                hosted = ", ".join(sorted(peer.types)) or "nothing"
+                parts.append(f"peer {peer.name} hosts {hosted}")
+            else:
+                parts.append(f"peer {peer.name} at {peer.address} is not connected")
+        if len(parts) == 1:
+            parts.append("no peers")
+        return "; ".join(parts)
 
     # --- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
         """Start the host (before the server serves: calls may arrive at once)."""
         self.host.start()
+        self.streams.start()
 
     async def connect(self) -> None:
         """Resolve DNS peers and start keeping every peer connected."""
@@ -441,9 +481,12 @@ class MeshNode:
                 f"every node hosting agent type {agent_type!r} is unreachable ({addresses})",
                 metadata={"peer_address": addresses},
             )
+        known = set(self.host.registrations)
+        for peer in self.peers.connected():
+            known |= peer.types
         return AgentTypeNotFound(
-            f"no node hosts agent type {agent_type!r} "
-            f"(this node is {self.node_id}; {len(self.peers.connected())} peer(s) connected)"
+            f'no node hosts agent type "{agent_type}"{did_you_mean(agent_type, known)}; '
+            f"known types: {', '.join(sorted(known)) or 'none'} (asked node {self.node_id})"
         )
 
     # --- publishing ----------------------------------------------------------
@@ -623,7 +666,7 @@ class MeshNode:
     ) -> agent_service_pb2.SendResponse:
         """Hand a Send to the agent hosted here; its reply as the response."""
         envelope = request.envelope
-        message = codec.decode(self._registry, envelope.payload)
+        message = self._decode_for(recipient.type, envelope.payload)
         sender = codec.sender_of(envelope)
         metadata = {**trace, **envelope.metadata}
         if request.HasField("topic"):
@@ -651,6 +694,31 @@ class MeshNode:
             return agent_service_pb2.SendResponse(node_id=self.node_id)
         return agent_service_pb2.SendResponse(
             result=codec.encode(self._registry, result), node_id=self.node_id
+        )
+
+    def _decode_for(self, agent_type: str, payload: types_pb2.Payload) -> Any:
+        """Decode a payload sent to `agent_type`; an unknown name says which ones it handles."""
+        try:
+            return codec.decode(self._registry, payload)
+        except BadPayload:
+            if not payload.type or self._registry.lookup(payload.type) is not None:
+                raise
+        registration = self.host.registrations[agent_type]
+        handled = sorted(
+            self._registry.type_name(t) for t in registration.agent_class.handled_types()
+        )
+        tail = payload.type.rpartition(".")[2]
+        expected = [name for name in handled if name.rpartition(".")[2] == tail]
+        name = expected[0] if len(expected) == 1 else "NAME"
+        expects = (
+            f"expects {name}"
+            if len(expected) == 1
+            else f"handles {', '.join(handled) or 'nothing'}"
+        )
+        raise BadPayload(
+            f'unknown message type "{payload.type}": agent type "{agent_type}" {expects}. '
+            "A message class without @message_type is named after its module "
+            f'("__main__" in a script): give it one name on both sides with @message_type("{name}")'
         )
 
     async def _forward(

@@ -73,6 +73,10 @@ class Peer:
         self.stream: EventStream | None = None
         self.task: asyncio.Task[None] | None = None
         self.resubscribing = False
+        self.unreachable = False
+        """Dialling failed since the last connection (logged once per outage)."""
+        self.announced = False
+        """Its stream is up and logged as connected (a drop is logged once, then)."""
 
     @property
     def node_id(self) -> str:
@@ -205,7 +209,9 @@ class Peers:
                 if not peer.connected:
                     peer.wake.set()
                 return
-        logger.info("learned peer %s at %s", caller.node_id, caller.address)
+        logger.info(
+            "learned peer %s at %s (it described this node)", caller.node_id, caller.address
+        )
         self.add(caller.node_id, caller.address, learned=True)
 
     def start(self) -> None:
@@ -337,16 +343,22 @@ class Peers:
         # cut short when the peer calls us (it restarted) or our filters change.
         backoff = BACKOFF_START
         while self._running:
+            failure: RaviError | None = None
             try:
                 if await self._session(peer):
                     backoff = BACKOFF_START
             except RaviError as error:
-                level = logging.DEBUG if error.code is Code.CANCELLED else logging.INFO
-                logger.log(level, "peer %s at %s: %s", peer.name, peer.address, error.code.name)
+                failure = error
             except _NotAPeer as reason:
                 peer.is_self = True
                 level = logging.DEBUG if peer.group else logging.WARNING
-                logger.log(level, "not peering with %s at %s: %s", peer.name, peer.address, reason)
+                logger.log(
+                    level,
+                    "peer %s at %s is this node itself: ignored (%s)",
+                    peer.name,
+                    peer.address,
+                    reason,
+                )
                 group = self._groups.get(peer.group or "")
                 if group is not None and not group.joined:
                     group.joined = True
@@ -357,7 +369,7 @@ class Peers:
                 if peer.resubscribing:
                     peer.resubscribing = False
                 else:
-                    self._update(peer, None)
+                    self._lost(peer, failure)
             if peer.wake.is_set():
                 peer.wake.clear()
                 continue
@@ -366,6 +378,29 @@ class Peers:
             except TimeoutError:
                 backoff = min(backoff * 2, BACKOFF_MAX)
             peer.wake.clear()
+
+    def _lost(self, peer: Peer, failure: RaviError | None) -> None:
+        """Log that `peer` dropped or cannot be reached (once per outage), and unroute it."""
+        if (failure is not None and failure.code is Code.CANCELLED) or not self._running:
+            peer.announced = False
+            self._update(peer, None)
+            return
+        reason = _reason(failure) if failure is not None else "its stream ended"
+        if peer.announced:
+            peer.announced = False
+            logger.info("peer %s at %s dropped: %s; reconnecting", peer.name, peer.address, reason)
+        elif not peer.unreachable:
+            peer.unreachable = True
+            logger.info(
+                "peer %s at %s unreachable: %s; retrying every %.0f s at most",
+                peer.name,
+                peer.address,
+                reason,
+                BACKOFF_MAX,
+            )
+        else:
+            logger.debug("peer %s at %s still unreachable: %s", peer.name, peer.address, reason)
+        self._update(peer, None)
 
     async def _session(self, peer: Peer) -> bool:
         """Describe the peer and follow its stream until it ends; True once it was up."""
@@ -383,8 +418,34 @@ class Peers:
             )
         )
         peer.stream = stream
-        await stream.follow(self._owner.deliver_event, lambda info: self._update(peer, info))
+
+        def described_again(info: types_pb2.NodeInfo) -> None:
+            # The stream's first message: the peer is connected (as the Go and Node nodes log it).
+            if not peer.announced:
+                peer.announced, peer.unreachable = True, False
+                logger.info(
+                    "peer %s connected at %s (node %s, hosts %s)",
+                    peer.name,
+                    peer.address,
+                    info.node_id,
+                    _types(info),
+                )
+            self._update(peer, info)
+
+        await stream.follow(self._owner.deliver_event, described_again)
         return True
+
+
+def _types(info: types_pb2.NodeInfo) -> str:
+    return ", ".join(sorted(t.agent_type for t in info.agent_types)) or "no agent types"
+
+
+def _reason(error: RaviError) -> str:
+    """The gist of why a peer failed: gRPC's own wording ends with the operating system's."""
+    text = error.message
+    if error.code is Code.UNAVAILABLE and "Failed to connect to remote host: " in text:
+        return text.rpartition("Failed to connect to remote host: ")[2].lower()
+    return f"{error.code.name}: {text}"
 
 
 class _NotAPeer(Exception):

@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from ravi._mesh.codec import matches
+from ravi.errors import Unavailable
 from ravi.mesh.v1 import agent_service_pb2, types_pb2
 
 STREAM_QUEUE = 10_000
@@ -88,10 +89,19 @@ class Streams:
 
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
+        self._ended = False
+
+    def start(self) -> None:
+        """Take streams again (a node that stopped and starts anew)."""
+        self._ended = False
 
     def open(
         self, filters: list[types_pb2.TopicFilter], subscriber_id: str, batches: bool
     ) -> Subscriber:
+        if self._ended:
+            # A stream opened while the node stops would hold the server's
+            # stop for its whole grace period.
+            raise Unavailable("the node is stopping")
         subscriber = Subscriber(filters, subscriber_id, batches)
         self._subscribers.add(subscriber)
         return subscriber
@@ -110,5 +120,7 @@ class Streams:
             subscriber.offer(info)
 
     def end_all(self) -> None:
+        """End every stream, and refuse new ones: the node is stopping."""
+        self._ended = True
         for subscriber in self._subscribers:
             subscriber.end()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import uvicorn
 
-from ravi._mesh_cli import NodeConfig, UsageError, _setup
+from ravi._cli_errors import UsageError
+from ravi._mesh_cli import NodeConfig, _setup
 from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 from ravi.models import ChatModel
 from ravi.runtime import BaseRuntime, LocalRuntime
@@ -248,7 +249,9 @@ async def run_server(config: ServeConfig, *, announce: Callable[[str], None]) ->
     try:
         listener.bind((config.host, config.port))
     except OSError as error:
-        raise UsageError(f"cannot listen on {config.host}:{config.port}: {error}") from None
+        listener.close()
+        reason = (error.strerror or str(error)).lower()
+        raise UsageError(f"cannot listen on {config.host}:{config.port}: {reason}") from None
     # Listening now queues early connections until uvicorn accepts them, so the
     # address can be announced as soon as the service has started.
     listener.listen(128)

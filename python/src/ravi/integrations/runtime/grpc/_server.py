@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
@@ -181,6 +182,8 @@ class GrpcServer:
         self._health = HealthServicer()
 
     async def start(self) -> None:
+        credentials = self._tls.server_credentials() if self._tls is not None else None
+        _check_bindable(self._host, self.port)
         options = [
             *channel_options(self._max_message_bytes),
             # The server pings its callers now and then too, to let go of the
@@ -236,12 +239,14 @@ class GrpcServer:
             )
         )
         target = f"{self._host}:{self.port}"
-        if self._tls is not None:
-            port = server.add_secure_port(target, self._tls.server_credentials())
-        else:
-            port = server.add_insecure_port(target)
-        if port == 0:
-            raise Unavailable(f"cannot listen on {target}")
+        try:
+            if credentials is not None:
+                port = server.add_secure_port(target, credentials)
+            else:
+                port = server.add_insecure_port(target)
+        except RuntimeError as error:  # grpcio's "Failed to bind", when the probe raced
+            await server.stop(None)
+            raise Unavailable(f"cannot listen on {target}: {error}") from None
         self.port = port
         await server.start()
         self._server = server
@@ -258,6 +263,34 @@ class GrpcServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Fail with the operating system's reason when `host:port` cannot be listened on.
+
+    grpcio only says "Failed to bind" (and logs a line of its C core to stderr);
+    binding a probe socket first names the cause: the port is taken, the
+    address is not this machine's, the port needs privileges.
+    """
+    target = f"{host}:{port}"
+    try:
+        addresses = socket.getaddrinfo(
+            host.removeprefix("[").removesuffix("]"),
+            port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )
+    except socket.gaierror as error:
+        raise Unavailable(f"cannot listen on {target}: {error.strerror}") from None
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            # As grpcio does: a port whose last connections linger in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                reason = (error.strerror or str(error)).lower()
+                raise Unavailable(f"cannot listen on {target}: {reason}") from None
 
 
 class _MultiplexSession:
@@ -418,6 +451,8 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
         context: Context,
     ) -> AsyncIterator[agent_service_pb2.MultiplexResponse]:
         session = _MultiplexSession(self._node, trace_context(context), self._draining)
+        if self._draining:
+            session.drain()  # opened while the node stops: ends once it refused its calls
         self._sessions.add(session)
         try:
             async for response in session.run(request_iterator):

@@ -199,7 +199,12 @@ class RestateRuntime(BaseRuntime):
         host, _, port = listen.rpartition(":")
         listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host.strip("[]"), int(port)))
+        try:
+            listener.bind((host.strip("[]"), int(port)))
+        except OSError as error:
+            listener.close()
+            reason = (error.strerror or str(error)).lower()
+            raise Unavailable(f"cannot listen on {listen}: {reason}") from None
         listener.listen(1024)
         listener.setblocking(False)
         bound = listener.getsockname()[1]
@@ -260,12 +265,19 @@ class RestateRuntime(BaseRuntime):
         The agent types of this runtime are registered once it started; a type
         served by another deployment is ready once that one registered.
         """
-        async with asyncio.timeout(timeout):
-            for agent_type in agent_types:
-                delay = 0.05
-                while not await self._known_to_restate(agent_type):
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
+        waiting = ""
+        try:
+            async with asyncio.timeout(timeout):
+                for waiting in agent_types:
+                    delay = 0.05
+                    while not await self._known_to_restate(waiting):
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 1.0)
+        except TimeoutError:
+            raise TimeoutError(
+                f'agent type "{waiting}" not known to Restate at {self._admin} after '
+                f"{timeout:g} s: is the deployment serving it registered there?"
+            ) from None
 
     async def _known_to_restate(self, service: str) -> bool:
         if self._http is None:
