@@ -237,7 +237,7 @@ $(BENCH_AUTOGEN_STAMP):
 	else echo "AutoGen anchors not found at $(AUTOGEN_ANCHORS): benchmarks run without them"; fi
 
 .PHONY: bench
-bench: bench-local bench-grpc bench-restate ## Run the benchmarks (medians of BENCH_RUNS runs, ratios to the anchors).
+bench: bench-local bench-grpc bench-restate bench-lifecycle ## Run the benchmarks (medians of BENCH_RUNS runs, ratios to the anchors).
 
 .PHONY: bench-local
 bench-local: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
@@ -253,6 +253,12 @@ bench-grpc: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
 .PHONY: bench-restate
 bench-restate: $(VENV_STAMP) $(NPM_TOOLS_STAMP)
 	$(PY) bench/run.py restate --runs $(BENCH_RUNS) --save bench/results/restate.json
+
+# 1,000,000 keys with a bound on active agents; activation from SQLite and from
+# a real PostgreSQL (Debian's, installed by `make setup`).
+.PHONY: bench-lifecycle
+bench-lifecycle: $(VENV_STAMP)
+	$(PY) bench/run.py lifecycle --runs $(BENCH_RUNS) --save bench/results/lifecycle.json
 
 # --- demo ------------------------------------------------------------------
 
