@@ -272,7 +272,7 @@ $(BENCH_AUTOGEN_STAMP):
 	else echo "AutoGen anchors not found at $(AUTOGEN_ANCHORS): benchmarks run without them"; fi
 
 .PHONY: bench
-bench: bench-local bench-grpc bench-restate bench-a2a ## Run the benchmarks (medians of BENCH_RUNS runs, ratios to the anchors).
+bench: bench-local bench-grpc bench-restate bench-a2a bench-lifecycle ## Run the benchmarks (medians of BENCH_RUNS runs, ratios to the anchors).
 
 .PHONY: bench-local
 bench-local: $(VENV_STAMP) $(BENCH_AUTOGEN_STAMP)
@@ -306,6 +306,12 @@ A2A_BENCH_RUNS ?= $(if $(filter-out 0 1 2 3 4,$(BENCH_RUNS)),$(BENCH_RUNS),5)
 .PHONY: bench-a2a
 bench-a2a: $(VENV_STAMP)
 	$(PY) bench/run.py a2a --runs $(A2A_BENCH_RUNS) --save bench/results/a2a.json
+
+# 1,000,000 keys with a bound on active agents; activation from SQLite and from
+# a real PostgreSQL (Debian's, installed by `make setup`).
+.PHONY: bench-lifecycle
+bench-lifecycle: $(VENV_STAMP)
+	$(PY) bench/run.py lifecycle --runs $(BENCH_RUNS) --save bench/results/lifecycle.json
 
 # --- demo ------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ The workload of DESIGN.md section 8, "Memory": 1,000,000 distinct keys
 touched once with `max_active_agents=10_000` end at <= 200 MiB RSS. With
 `--stateful` every agent has state (a counter) kept in a SQLite store in a
 temporary folder, so passivation writes each one to disk. Prints the RSS at
-the end, its peak (VmHWM) and the rate.
+the end, its peak (VmHWM) and the rate. `--before` passes no lifecycle option,
+to measure a checkout from before passivation
+(`PYTHONPATH=../ravi-before/python/src`), where every key stays active.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from _workload import TEXT, Ping, emit
 
 from ravi import AgentId, BaseAgent, MessageContext, message_handler
 from ravi.runtime import LocalRuntime
-from ravi.state import SqliteStore
 
 
 class Echo(BaseAgent):
@@ -61,10 +62,16 @@ async def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--max-active-agents", type=int, default=10_000)
     parser.add_argument("--stateful", action="store_true", help="counters in a SQLite store")
+    parser.add_argument("--before", action="store_true", help="a ravi without passivation")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        store = SqliteStore(Path(folder) / "state.sqlite3") if args.stateful else None
-        runtime = LocalRuntime(max_active_agents=args.max_active_agents, state_store=store)
+        if args.before:
+            runtime = LocalRuntime()
+        else:
+            from ravi.state import SqliteStore  # a ravi from before passivation has none
+
+            store = SqliteStore(Path(folder) / "state.sqlite3") if args.stateful else None
+            runtime = LocalRuntime(max_active_agents=args.max_active_agents, state_store=store)
         await (Counter if args.stateful else Echo).register(runtime, "agent")
         message = Ping(TEXT, 0)
         async with runtime:
@@ -74,7 +81,7 @@ async def main() -> None:
                 await runtime.send_message(message, AgentId("agent", f"key-{i}"))
             elapsed = time.perf_counter() - t0
             rss, peak = memory_mib()
-            active = runtime.active_agents()["agent"]
+            active = args.keys if args.before else runtime.active_agents()["agent"]
     emit(
         "ravi_keys_stateful" if args.stateful else "ravi_keys",
         {
