@@ -40,6 +40,19 @@ NOT_RUN = {
     ): ("benchmark"),
     ("docs/performance.md", "make bench-grpc      # bench/results/grpc.json"): "benchmark",
     ("docs/performance.md", "make bench-restate   # bench/results/restate.json"): "benchmark",
+    (
+        "docs/performance.md",
+        "make bench-tracing      # medians of 5 interleaved runs "
+        "(BENCH_RUNS=7 make bench-tracing for more)",
+    ): "benchmark",
+    (
+        "docs/performance.md",
+        "make bench-a2a   # medians of 5 interleaved runs; bench/results/a2a.json",
+    ): "benchmark",
+    (
+        "docs/state.md",
+        "ravi node --listen 0.0.0.0:50051 --setup myapp:setup --data-dir /var/lib/ravi   # SQLite",
+    ): "tests/interop/test_state.py",
 }
 """The blocks no test here runs, reviewed: (page, first line) -> what the reason must name.
 
