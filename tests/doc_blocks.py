@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.paths import REPO_ROOT, TOOLS_BIN
+from tests.paths import REPO_ROOT, RESTATE_SERVER, TOOLS_BIN
 
 PAGES = [
     "README.md",
@@ -198,14 +198,31 @@ class Ports:
 
 
 def on_the_page_ports(command: str, ports: Ports) -> str:
-    """A server command on the page's ports where it would take fixed defaults."""
+    """A server command on the page's ports where it would take fixed defaults.
+
+    A trailing comment, which would swallow the flags, is left out.
+    """
+    command = command[: _comment_start(command)].rstrip()
     if command.startswith("ravi serve") and "--port" not in command:
-        return f"{command} --port {ports.port(8000)}"
-    if command.startswith("ravi restate dev") and "-port" not in command:
+        command += f" --port {ports.port(8000)}"
+    elif command.startswith("ravi restate dev") and "-port" not in command:
         ingress, admin = ports.port(RESTATE_PORTS["ingress"]), restate_admin_port(ports)
         worker = ports.address("127.0.0.1:9080")
-        return f"{command} --ingress-port {ingress} --admin-port {admin} --listen {worker}"
+        command += f" --ingress-port {ingress} --admin-port {admin} --listen {worker}"
     return command
+
+
+def _comment_start(command: str) -> int:
+    """Where the shell comment of a command line starts (its length if it has none)."""
+    quote = ""
+    for index, char in enumerate(command):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (index == 0 or command[index - 1].isspace()):
+            return index
+    return len(command)
 
 
 def restate_admin_port(ports: Ports) -> int:
@@ -214,8 +231,10 @@ def restate_admin_port(ports: Ports) -> int:
 
 
 def restate_env(ports: Ports) -> dict[str, str]:
-    """Where `ravi serve --runtime restate` and the examples find the page's restate-server."""
+    """Where `ravi serve --runtime restate` and the examples find the page's restate-server,
+    and where `ravi restate dev` finds the one `make setup` installed, as a reader's install."""
     return {
+        "RESTATE_SERVER_BIN": str(RESTATE_SERVER),
         "RAVI_RESTATE_INGRESS": f"http://127.0.0.1:{ports.port(RESTATE_PORTS['ingress'])}",
         "RAVI_RESTATE_ADMIN": f"http://127.0.0.1:{restate_admin_port(ports)}",
     }
