@@ -27,7 +27,10 @@ Clauses combine with ";". Loopback addresses (`127.0.0.1:PORT`,
 same one for the same address throughout the page, so that tests running at
 once never collide; a non-loopback address in a runnable block is an error.
 A line ending in `&` starts a background process, as in a terminal: the
-session waits until it serves, and stops it at the end.
+session waits until it serves, and stops it at the end. A server that would
+take a fixed default port gets the page's port for it instead: `ravi serve`
+the one for 8000, `ravi restate dev` those for 8080, 9070 and its worker's
+9080 (and `RAVI_RESTATE_INGRESS`/`RAVI_RESTATE_ADMIN` point there).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.paths import REPO_ROOT, TOOLS_BIN
+from tests.paths import REPO_ROOT, RESTATE_SERVER, TOOLS_BIN
 
 PAGES = [
     "README.md",
@@ -159,15 +162,31 @@ def free_port() -> int:
         return port
 
 
+def free_port_pair(offset: int) -> int:
+    """A free port P with P + offset free too."""
+    for _ in range(50):
+        port = free_port()
+        if port + offset > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + offset))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free pair of loopback ports {offset} apart")
+
+
 class Ports:
     """The page's loopback addresses, each given a free port."""
 
     def __init__(self) -> None:
         self._ports: dict[int, int] = {}
 
-    def port(self, documented: int) -> int:
+    def port(self, documented: int, *, spare: int = 0) -> int:
+        """The free port for a documented one; with `spare`, port + spare is free too."""
         if documented not in self._ports:
-            self._ports[documented] = free_port()
+            self._ports[documented] = free_port_pair(spare) if spare else free_port()
         return self._ports[documented]
 
     def address(self, documented: str) -> str:
@@ -176,6 +195,49 @@ class Ports:
 
     def apply(self, text: str) -> str:
         return _ADDRESS.sub(lambda m: f"{m.group(1)}:{self.port(int(m.group(2)))}", text)
+
+
+def on_the_page_ports(command: str, ports: Ports) -> str:
+    """A server command on the page's ports where it would take fixed defaults.
+
+    A trailing comment, which would swallow the flags, is left out.
+    """
+    command = command[: _comment_start(command)].rstrip()
+    if command.startswith("ravi serve") and "--port" not in command:
+        command += f" --port {ports.port(8000)}"
+    elif command.startswith("ravi restate dev") and "-port" not in command:
+        ingress, admin = ports.port(RESTATE_PORTS["ingress"]), restate_admin_port(ports)
+        worker = ports.address("127.0.0.1:9080")
+        command += f" --ingress-port {ingress} --admin-port {admin} --listen {worker}"
+    return command
+
+
+def _comment_start(command: str) -> int:
+    """Where the shell comment of a command line starts (its length if it has none)."""
+    quote = ""
+    for index, char in enumerate(command):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (index == 0 or command[index - 1].isspace()):
+            return index
+    return len(command)
+
+
+def restate_admin_port(ports: Ports) -> int:
+    """`ravi restate dev` binds restate-server's node port at admin + 52: free too."""
+    return ports.port(RESTATE_PORTS["admin"], spare=52)
+
+
+def restate_env(ports: Ports) -> dict[str, str]:
+    """Where `ravi serve --runtime restate` and the examples find the page's restate-server,
+    and where `ravi restate dev` finds the one `make setup` installed, as a reader's install."""
+    return {
+        "RESTATE_SERVER_BIN": str(RESTATE_SERVER),
+        "RAVI_RESTATE_INGRESS": f"http://127.0.0.1:{ports.port(RESTATE_PORTS['ingress'])}",
+        "RAVI_RESTATE_ADMIN": f"http://127.0.0.1:{restate_admin_port(ports)}",
+    }
 
 
 def foreign_addresses(text: str) -> list[str]:

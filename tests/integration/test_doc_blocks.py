@@ -85,7 +85,9 @@ async def reader(page: str, tmp_path: Path) -> AsyncIterator[tuple[Path, Ports, 
 @pytest.mark.parametrize("page", _shell_pages())
 async def test_shell_blocks_run_as_written(page: str, tmp_path: Path) -> None:
     async with reader(page, tmp_path) as (folder, ports, extra):
-        env = doc_blocks.shell_env(folder, {**doc_blocks.jaeger_env(ports), **extra})
+        env = doc_blocks.shell_env(
+            folder, {**doc_blocks.jaeger_env(ports), **doc_blocks.restate_env(ports), **extra}
+        )
         async with doc_blocks.session(folder, env, ports) as terminal:
             for block in blocks(page):
                 if not _runnable(block, "sh"):
@@ -95,12 +97,9 @@ async def test_shell_blocks_run_as_written(page: str, tmp_path: Path) -> None:
                 )
                 for line in doc_blocks.commands(ports.apply(block.text)):
                     if block.clause("each line serves") is not None:
-                        command = line
-                        if command.startswith("ravi serve") and "--port" not in command:
-                            command += " --port 0"  # beside other tests, not on 8000
-                        await terminal.serve_and_stop(command)
+                        await terminal.serve_and_stop(doc_blocks.on_the_page_ports(line, ports))
                     elif (started := doc_blocks.background(line)) is not None:
-                        await terminal.start(started)
+                        await terminal.start(doc_blocks.on_the_page_ports(started, ports))
                     else:
                         await terminal.run(line)
 

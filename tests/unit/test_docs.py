@@ -40,6 +40,19 @@ NOT_RUN = {
     ): ("benchmark"),
     ("docs/performance.md", "make bench-grpc      # bench/results/grpc.json"): "benchmark",
     ("docs/performance.md", "make bench-restate   # bench/results/restate.json"): "benchmark",
+    (
+        "docs/performance.md",
+        "make bench-tracing      # medians of 5 interleaved runs "
+        "(BENCH_RUNS=7 make bench-tracing for more)",
+    ): "benchmark",
+    (
+        "docs/performance.md",
+        "make bench-a2a   # medians of 5 interleaved runs; bench/results/a2a.json",
+    ): "benchmark",
+    (
+        "docs/state.md",
+        "ravi node --listen 0.0.0.0:50051 --setup myapp:setup --data-dir /var/lib/ravi   # SQLite",
+    ): "tests/interop/test_state.py",
 }
 """The blocks no test here runs, reviewed: (page, first line) -> what the reason must name.
 
@@ -137,3 +150,16 @@ def test_the_a2a_page_shows_the_code_the_interop_tests_run() -> None:
     assert len(code) == 2
     for block in code:
         assert block.text in source, f"{block.where()} shows code that is not in drive.ts"
+
+
+def test_servers_take_the_page_ports_not_their_fixed_defaults() -> None:
+    ports = doc_blocks.Ports()
+    # The flags are not swallowed by a trailing comment, quotes in it or not.
+    serve = doc_blocks.on_the_page_ports("ravi serve --model m   # the demo's tools, '#'", ports)
+    assert serve == f"ravi serve --model m --port {ports.port(8000)}"
+    assert doc_blocks.on_the_page_ports("ravi serve --port 8001", ports) == "ravi serve --port 8001"
+    assert doc_blocks.on_the_page_ports("ravi restate dev", ports) == (
+        f"ravi restate dev --ingress-port {ports.port(8080)} --admin-port {ports.port(9070)} "
+        f"--listen 127.0.0.1:{ports.port(9080)}"
+    )
+    assert doc_blocks.restate_env(ports)["RAVI_RESTATE_ADMIN"].endswith(f":{ports.port(9070)}")
