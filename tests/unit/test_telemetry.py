@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from opentelemetry import trace
@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, StatusCode
 
 from ravi import (
@@ -29,6 +29,8 @@ from ravi import (
 from ravi.errors import HandlerFailed
 from ravi.runtime import LocalRuntime
 from ravi.telemetry import MetricsInterceptor, TracingInterceptor, configure
+from ravi.telemetry._otlp import EncodingSpanProcessor, OtlpSpanExporter
+from ravi.telemetry._spans import DirectSpans
 
 
 @message_type("telemetry.Ask")
@@ -138,10 +140,8 @@ def test_nothing_is_installed_without_an_endpoint(monkeypatch: pytest.MonkeyPatc
     assert configure("node-x") is None
     installed = configure("node-x", endpoint="http://127.0.0.1:1")
     assert installed is not None
-    assert [type(i).__name__ for i in installed.interceptors] == [
-        "TracingInterceptor",
-        "MetricsInterceptor",
-    ]
+    # One interceptor traces and counts (TracingInterceptor._count).
+    assert [type(i).__name__ for i in installed.interceptors] == ["TracingInterceptor"]
     installed.shutdown()
 
 
@@ -190,16 +190,24 @@ async def test_an_unsampled_trace_makes_no_span_and_its_context_reaches_every_ho
     assert not inner_recorded
 
 
-async def test_metrics_count_every_message_and_time_the_sampled_ones() -> None:
+def traced_and_counted(fused: bool, provider: TracerProvider, meters: MeterProvider) -> list[Any]:
+    """Tracing and metrics as two interceptors, or as the one `configure()` installs."""
+    tracing = TracingInterceptor("node-m", provider)
+    if not fused:
+        return [tracing, MetricsInterceptor(meters)]
+    tracing._count(MetricsInterceptor(meters))
+    return [tracing]
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["two interceptors", "fused"])
+async def test_metrics_count_every_message_and_time_the_sampled_ones(fused: bool) -> None:
     reader = InMemoryMetricReader()
     meters = MeterProvider(metric_readers=[reader])
     for sampled in (False, True):
         exporter = InMemorySpanExporter()
         provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(1.0 if sampled else 0.0)))
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        runtime = LocalRuntime(
-            interceptors=[TracingInterceptor("node-m", provider), MetricsInterceptor(meters)]
-        )
+        runtime = LocalRuntime(interceptors=traced_and_counted(fused, provider, meters))
         await Back.register(runtime, "back")
         async with runtime:
             for text in ("a", "b", "fail"):
@@ -221,3 +229,26 @@ async def test_metrics_count_every_message_and_time_the_sampled_ones() -> None:
         assert points[("ravi.messages.failed", failed)].value == runs
         timed = points.get(("ravi.handler.duration", back))
         assert (timed.count if timed else 0) == (3 if sampled else 0)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [ParentBased(TraceIdRatioBased(0.5)), TraceIdRatioBased(0.25)],
+    ids=["parentbased_traceidratio", "traceidratio"],
+)
+def test_a_root_is_sampled_as_the_ratio_sampler_decides(sampler: Any) -> None:
+    # configure()'s span path decides a ratio-sampled root from its trace id
+    # alone; it must agree with the sampler, trace by trace.
+    provider = TracerProvider(sampler=sampler)
+    processor = EncodingSpanProcessor(OtlpSpanExporter(endpoint="http://127.0.0.1:1"))
+    spans = DirectSpans(provider, processor)
+    try:
+        decided = [spans.root("send x", SpanKind.CLIENT) for _ in range(400)]
+        for span in decided:
+            found = span.get_span_context()
+            asked = sampler.should_sample(None, found.trace_id, "send x", SpanKind.CLIENT)
+            assert span.is_recording() == (asked.decision is Decision.RECORD_AND_SAMPLE)
+            assert found.trace_flags.sampled == span.is_recording()
+        assert 0 < sum(span.is_recording() for span in decided) < len(decided)
+    finally:
+        processor.shutdown()

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Event, TracerProvider
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
@@ -34,7 +34,9 @@ SCOPE = "ravi"
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_UNSAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | TraceFlags.RANDOM_TRACE_ID)
 _UNSET = Status(StatusCode.UNSET)
+_NO_PARENT = trace.INVALID_SPAN_CONTEXT
 _MAX_ATTRIBUTES = 128
 """The SDK's default attribute count limit, kept for attributes user code adds."""
 
@@ -50,6 +52,9 @@ class Spans(Protocol):
         links: Sequence[Link] | None = None,
     ) -> Span:
         """A span, recording or not, child of `parent` (of the current context when None)."""
+
+    def root(self, name: str, kind: SpanKind) -> Span:
+        """A span of a new trace: the caller found no current span and no parent to extract."""
 
     def share(self, span: Span, shared: Mapping[str, str]) -> None:
         """Set attributes on a recording span from a mapping many spans share.
@@ -73,8 +78,22 @@ class SdkSpans:
     ) -> Span:
         return self._tracer.start_span(name, context=parent, kind=kind, links=links)
 
+    def root(self, name: str, kind: SpanKind) -> Span:
+        return self._tracer.start_span(name, kind=kind)
+
     def share(self, span: Span, shared: Mapping[str, str]) -> None:
         span.set_attributes(shared)
+
+
+def _root_ratio_bound(sampler: Sampler) -> int | None:
+    """The bound below which a root is sampled, when roots are sampled by trace id ratio.
+
+    So for `parentbased_traceidratio` and `traceidratio` (the recommended
+    setting, docs/operations.md): a root that will not be sampled is known
+    from its trace id alone. None for any other sampler, which is asked.
+    """
+    root = getattr(sampler, "_root", None) if isinstance(sampler, ParentBased) else sampler
+    return root.bound if type(root) is TraceIdRatioBased else None
 
 
 class DirectSpans:
@@ -84,6 +103,7 @@ class DirectSpans:
         self._sampler = provider.sampler
         self._ids = provider.id_generator
         self._random = self._ids.is_trace_id_random()
+        self._root_bound = _root_ratio_bound(self._sampler)
         self._queue = processor.direct(provider.resource, InstrumentationScope(SCOPE))
 
     def start(
@@ -101,6 +121,29 @@ class DirectSpans:
         else:
             trace_id = self._ids.generate_trace_id()
             random = self._random
+        return self._sampled(name, kind, parent, links, parent_context, trace_id, random)
+
+    def root(self, name: str, kind: SpanKind) -> Span:
+        trace_id = self._ids.generate_trace_id()
+        bound = self._root_bound
+        if bound is not None and trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= bound:
+            # The ratio sampler's DROP, decided as it would (no attributes, no
+            # trace state for a root) without its call and result objects.
+            flags = _UNSAMPLED_RANDOM if self._random else _UNSAMPLED
+            span_id = self._ids.generate_span_id()
+            return Passthrough({TRACEPARENT: f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"})
+        return self._sampled(name, kind, None, None, _NO_PARENT, trace_id, self._random)
+
+    def _sampled(  # noqa: PLR0917 - the two callers above, in order
+        self,
+        name: str,
+        kind: SpanKind,
+        parent: otel_context.Context | None,
+        links: Sequence[Link] | None,
+        parent_context: SpanContext,
+        trace_id: int,
+        random: bool,
+    ) -> Span:
         result = self._sampler.should_sample(parent, trace_id, name, kind, None, links)
         flags = _SAMPLED if result.decision is Decision.RECORD_AND_SAMPLE else _UNSAMPLED
         if random:

@@ -188,6 +188,7 @@ class TracingInterceptor(Interceptor):
             "ravi.language": LANGUAGE,
         }
         self._shared: dict[tuple[str | None, ...], dict[str, str]] = {}
+        self._metrics: MetricsInterceptor | None = None
         self._entered: dict[str, tuple[otel_context.Context, str | None]] = {}
         self._type_names: dict[type, str] = {}
 
@@ -221,9 +222,23 @@ class TracingInterceptor(Interceptor):
         """Make spans with `spans` (what `configure()` installs) instead of the SDK's tracer."""
         self._spans = spans
 
+    def _count(self, metrics: MetricsInterceptor) -> None:
+        """Count and time messages as `metrics` would, in this interceptor's own hooks.
+
+        What `configure()` installs: one hook per message instead of two, the
+        sampling decision made once, and no coroutine of metrics' own around a
+        handler where tracing has one already.
+        """
+        self._metrics = metrics
+
     # --- the caller's side ------------------------------------------------
 
     def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
+        metrics = self._metrics
+        if metrics is not None:
+            sent = metrics._sent
+            agent_type = input.recipient.type
+            sent[agent_type] = sent.get(agent_type, 0) + 1
         if self._fast:
             current = _get_current().get(_SPAN_KEY, _NO_SPAN)
             if type(current) is Passthrough:
@@ -307,11 +322,13 @@ class TracingInterceptor(Interceptor):
             if found.is_valid and not found.trace_flags.sampled:
                 put(carrier_of(found), metadata)
                 return None
-        parent = None
-        if not current.get_span_context().is_valid and TRACEPARENT in metadata:
+        if current.get_span_context().is_valid:
+            span = self._spans.start(name, kind, None)
+        elif TRACEPARENT in metadata:
             # No current span: a traceparent the caller put in the metadata parents it.
-            parent = extract(metadata)
-        span = self._spans.start(name, kind, parent)
+            span = self._spans.start(name, kind, extract(metadata))
+        else:
+            span = self._spans.root(name, kind)
         if type(span) is Passthrough:
             put(span.carrier, metadata)
             return None
@@ -330,17 +347,29 @@ class TracingInterceptor(Interceptor):
     ) -> Awaitable[Any]:
         metadata = input.ctx.metadata
         traceparent = metadata.get(TRACEPARENT)
+        metrics = self._metrics
+        if metrics is not None:
+            handled = metrics._handled
+            agent_type = input.agent_id.type
+            handled[agent_type] = handled.get(agent_type, 0) + 1
         if self._fast:
             current = _get_current().get(_SPAN_KEY, _NO_SPAN)
             if traceparent is None:
                 found = current.get_span_context()
-                if found.is_valid and not found.trace_flags.sampled:
-                    return next(input)
+                within = found.is_valid and not found.trace_flags.sampled
             elif len(traceparent) == 55 and traceparent[54] in _UNSAMPLED_FLAGS:
-                if type(current) is Passthrough and current.carrier[TRACEPARENT] == traceparent:
-                    # The caller's own trace, in the caller's task: nothing to attach.
+                if type(current) is not Passthrough or current.carrier[TRACEPARENT] != traceparent:
+                    return self._unsampled(metadata, input, next)
+                # The caller's own trace, in the caller's task: nothing to attach.
+                within = True
+            else:
+                within = False
+            if within:
+                if metrics is None:
                     return next(input)
-                return self._unsampled(metadata, input, next)
+                return metrics._counted(agent_type, next(input))
+        if metrics is not None:
+            return self._handled(input, metrics._measured(traceparent, next))
         return self._handled(input, next)
 
     async def _unsampled(
@@ -354,6 +383,9 @@ class TracingInterceptor(Interceptor):
         entered = self._entered.get(traceparent) if base is _EMPTY else None
         if entered is None or entered[1] != metadata.get(TRACESTATE):
             if not well_formed(traceparent):
+                metrics = self._metrics
+                if metrics is not None:
+                    next = metrics._measured(traceparent, next)
                 return await self._handled(input, next)
             carrier = {TRACEPARENT: traceparent}
             if TRACESTATE in metadata:
@@ -370,6 +402,10 @@ class TracingInterceptor(Interceptor):
         token = _set_current(context)
         try:
             return await next(input)
+        except Exception as error:
+            if self._metrics is not None:
+                self._metrics._failure(input.agent_id.type, error)
+            raise
         finally:
             _leave(token)
 
@@ -514,13 +550,21 @@ class MetricsInterceptor(Interceptor):
         handled = self._handled
         handled[agent_type] = handled.get(agent_type, 0) + 1
         traceparent = input.ctx.metadata.get(TRACEPARENT)
-        if (
-            traceparent is not None
-            and len(traceparent) == 55
-            and traceparent[54] in _UNSAMPLED_FLAGS
-        ):
+        if traceparent is not None and _unsampled(traceparent):
             return self._counted(agent_type, next(input))
         return self._timed(agent_type, next(input))
+
+    def _measured(
+        self, traceparent: str | None, next: Callable[[HandleInput], Awaitable[Any]]
+    ) -> Callable[[HandleInput], Awaitable[Any]]:
+        """`next`, counting its failures and, unless `traceparent` is unsampled, timing it.
+
+        For a tracing interceptor that counts (`TracingInterceptor._count`):
+        the handled message is counted already.
+        """
+        if traceparent is not None and _unsampled(traceparent):
+            return lambda input: self._counted(input.agent_id.type, next(input))
+        return lambda input: self._timed(input.agent_id.type, next(input))
 
     async def _counted(self, agent_type: str, work: Awaitable[Any]) -> Any:
         try:
