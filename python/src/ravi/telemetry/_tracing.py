@@ -231,6 +231,22 @@ class TracingInterceptor(Interceptor):
         """
         self._metrics = metrics
 
+    # --- agent lifecycles (counted, never traced) ---------------------------
+
+    def activate(
+        self, input: ActivateInput, next: Callable[[ActivateInput], Awaitable[None]]
+    ) -> Awaitable[None]:
+        if self._metrics is None:
+            return next(input)
+        return self._metrics.activate(input, next)
+
+    def passivate(
+        self, input: PassivateInput, next: Callable[[PassivateInput], Awaitable[None]]
+    ) -> Awaitable[None]:
+        if self._metrics is None:
+            return next(input)
+        return self._metrics.passivate(input, next)
+
     # --- the caller's side ------------------------------------------------
 
     def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
