@@ -220,15 +220,60 @@ func runNode(args []string, stdout, stderr io.Writer) error {
 	advertise := fs.String("advertise", "", "`HOST:PORT` peers dial to reach this node (default: the listen address)")
 	nodeID := fs.String("node-id", "", "node `ID`, unique in the mesh (default: go-<random>)")
 	peers := peerFlags{}
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/keepalive"
+	fs.Var(peers, "peer", "a peer, `NAME=HOST:PORT` (repeatable); with NAME=dns:HOST:PORT every address HOST resolves to is a peer, resolved again every --peer-dns-interval seconds")
+	dnsInterval := fs.Float64("peer-dns-interval", ravi.DefaultPeerDNSInterval.Seconds(), "seconds between two resolutions of dns: peers")
+	token := fs.String("token", os.Getenv("RAVI_TOKEN"), "bearer `TOKEN` required of callers and sent to peers (default $RAVI_TOKEN)")
+	healthWithoutAuth := fs.Bool("health-without-auth", false, "serve health checks without the token")
+	maxBytes := fs.Int("max-message-bytes", ravi.DefaultMaxMessageBytes, "largest message accepted or sent")
+	confType := fs.String("conformance-type", agents.ConformanceType, "agent `TYPE` of the conformance agent")
+	counterType := fs.String("counter-type", agents.CounterType, "agent `TYPE` of the counter agent (its state goes to the state store)")
+	idleTimeout := newSecondsFlag(ravi.DefaultIdleTimeout)
+	fs.Var(idleTimeout, "idle-timeout", "seconds (or a duration such as 10m) an agent instance may go without a message before it is passivated (its state saved, the instance released); 0: never")
+	maxActive := fs.Int("max-active-agents", ravi.DefaultMaxActiveAgents, "active agent instances at most: beyond it the least recently used idle one is passivated; 0: no bound")
+	checkpoint := fs.String("checkpoint", ravi.DefaultCheckpoint, "when agent state is saved besides passivation and stop: passivation, or each_message (after every handled message, before the reply)")
+	stateStore := fs.String("state-store", "", "where agent state goes: memory, sqlite:PATH or postgresql://USER@HOST/DB (default: sqlite in --data-dir, else memory)")
+	dataDir := fs.String("data-dir", "", "keep the node's data here: agent state in `DIR`/"+ravi.StateFile)
+	formatWith := fs.String("format-with", "", "agent `TYPE` of a formatter the reviewer sends approved drafts to")
+	grace := fs.Duration("grace", ravi.DefaultGracePeriod, "how long in-flight calls may drain on shutdown")
+	keepaliveTime := fs.Float64("keepalive-time", meshv1.DefaultKeepaliveTime.Seconds(), "seconds between two pings (HTTP/2 PING) of each peer's connection")
+	keepaliveTimeout := fs.Float64("keepalive-timeout", meshv1.DefaultKeepaliveTimeout.Seconds(), "seconds a ping may go unanswered before the peer's connection is closed: its calls fail UNAVAILABLE and its agent types with them")
+	verbose := fs.Bool("v", false, "log debug lines too (each retry to reach a peer)")
+	verboseLong := fs.Bool("verbose", false, "the same as -v")
+	otlpEndpoint := fs.String("otlp-endpoint", "", "export traces over OTLP gRPC to this `URL`, such as http://127.0.0.1:4317 (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or $OTEL_EXPORTER_OTLP_ENDPOINT; neither: no tracing)")
 	serveTLS := addServerTLSFlags(fs)
 	peerTLS := addPeerTLSFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/keepalive"
+	if *dnsInterval <= 0 {
+		return usageError{fmt.Sprintf("--peer-dns-interval must be positive, got %v", *dnsInterval)}
+	}
+	// Every node accepts pings every DefaultKeepaliveTime / 2 (contract.toml).
+	if minimum := meshv1.DefaultKeepaliveTime.Seconds() / 2; *keepaliveTime < minimum {
+		return usageError{fmt.Sprintf("--keepalive-time must be at least %v s, got %v", minimum, *keepaliveTime)}
+	}
+	if *keepaliveTimeout <= 0 {
+		return usageError{fmt.Sprintf("--keepalive-timeout must be positive, got %v", *keepaliveTimeout)}
+	}
+	if *maxActive < 0 {
+		return usageError{fmt.Sprintf("--max-active-agents must not be negative (0: no bound), got %d", *maxActive)}
+	}
+	if *checkpoint != ravi.DefaultCheckpoint && *checkpoint != ravi.CheckpointEachMessage {
+		return usageError{fmt.Sprintf("--checkpoint must be one of %s, %s; got %q", ravi.DefaultCheckpoint, ravi.CheckpointEachMessage, *checkpoint)}
+	}
+	if err := checkHostPort(*listen, "--listen", ""); err != nil {
+		return err
+	}
+	for name, address := range peers {
+		if strings.HasPrefix(address, "dns:") {
+			if err := checkHostPort(strings.TrimPrefix(address, "dns:"), "--peer", name+"=dns:"); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := checkHostPort(address, "--peer", name+"="); err != nil {
+			return err
+		}
 	}
 	// TLS files are read now: a bad one fails before anything is served.
 	serverCreds, err := serveTLS.serverOption()

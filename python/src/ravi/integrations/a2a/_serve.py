@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ravi._agent import BaseAgent
-from ravi._mesh_cli import UsageError, _import
+from ravi._cli_errors import UsageError
+from ravi._mesh_cli import _import
 from ravi.agents import ReActAgent
 from ravi.errors import RaviError
 from ravi.integrations.a2a._cards import ExposedAgent
