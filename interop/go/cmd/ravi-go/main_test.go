@@ -182,7 +182,7 @@ func TestNodeAndClientCommands(t *testing.T) {
 		want string
 	}{
 		{[]string{"send", "--to", "conformance-go/k", "--type", "ravi.conformance.v1.Unhandled"}, "UNIMPLEMENTED (NO_HANDLER)"},
-		{[]string{"send", "--to", "nowhere/k", "--type", "ravi.conformance.v1.Echo"}, "NOT_FOUND (AGENT_TYPE_NOT_FOUND): no node hosts agent type \"nowhere\"; known types: conformance-go, reviewer"},
+		{[]string{"send", "--to", "nowhere/k", "--type", "ravi.conformance.v1.Echo"}, "NOT_FOUND (AGENT_TYPE_NOT_FOUND): no node hosts agent type \"nowhere\"; known types: conformance-go, counter, reviewer"},
 		{[]string{"send", "--to", "conformance-go/k", "--type", "demo.Ping", "--json", `{"n": 1}`}, "INVALID_ARGUMENT (BAD_PAYLOAD)"},
 		{[]string{"send", "--to", "conformance-go/k", "--type", "ravi.conformance.v1.Fail", "--json", `{"message": "boom"}`}, "UNKNOWN (HANDLER_FAILED)"},
 		{[]string{"send", "--to", "conformance-go/k", "--type", "ravi.conformance.v1.Sleep", "--json", `{"millis": 5000}`, "--timeout", "100ms"}, "DEADLINE_EXCEEDED"},
