@@ -5,9 +5,9 @@ node of every language (a fresh process of its own) serves Subscribe streams fro
 many callers at once, each caller holding the contract's limit of streams per
 caller; half the rounds close them stream by stream (RST_STREAM), half by dropping
 the caller's connection. "Where it started" is the node warmed up by two such rounds
-(5,000 streams): allocators keep the high-water mark of a burst (Python's and Go's
-never return to a fresh process's figure), and what matters is that a node does not
-keep more with every stream that ever opened. After 10,000 more streams have opened
+(5,000 streams): allocators keep some of the high-water mark of a burst (no node
+returns to a fresh process's figure), and what matters is that a node does not keep
+more with every stream that ever opened. After 10,000 more streams have opened
 and closed, the node's resident memory, read from /proc, must come back within 20%.
 """
 
