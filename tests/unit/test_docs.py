@@ -39,6 +39,7 @@ NOT_RUN = {
         "make bench            # medians of 3 runs; BENCH_RUNS=5 make bench for more",
     ): ("benchmark"),
     ("docs/performance.md", "make bench-grpc      # bench/results/grpc.json"): "benchmark",
+    ("docs/interop.md", "make build-rust"): "tests/interop/test_clients.py",
     ("docs/performance.md", "make bench-restate   # bench/results/restate.json"): "benchmark",
     (
         "docs/performance.md",

@@ -152,14 +152,18 @@ type Node struct {
 	subSeq     int
 	// streamsByCaller counts the open Subscribe streams of each caller.
 	streamsByCaller map[string]int
-	revision        uint64
-	instances       map[AgentID]*instance
-	peers           map[string]*peer
-	streams         map[*outStream]struct{}
-	promises        map[string]*promise
-	started         bool
-	stopping        bool
-	routeWatch      chan struct{}
+	// openStreams counts every open Subscribe stream, streamPeak its high
+	// mark since memory was last handed back (see releaseAfterBurst).
+	openStreams int
+	streamPeak  int
+	revision    uint64
+	instances   map[AgentID]*instance
+	peers       map[string]*peer
+	streams     map[*outStream]struct{}
+	promises    map[string]*promise
+	started     bool
+	stopping    bool
+	routeWatch  chan struct{}
 
 	server     *grpc.Server
 	health     *health.Server

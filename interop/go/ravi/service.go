@@ -3,6 +3,7 @@ package ravi
 import (
 	"context"
 	"maps"
+	"runtime/debug"
 	"time"
 
 	meshv1 "github.com/ravi-mesh/ravi/gen/go/ravi/mesh/v1"
@@ -217,6 +218,8 @@ func (n *Node) holdStream(ctx context.Context) (release func(), err error) {
 		return nil, status.Errorf(codes.ResourceExhausted, "%s holds %d Subscribe streams on this node already (at most %d per caller)", caller, held, meshv1.DefaultMaxStreamsPerCaller)
 	}
 	n.streamsByCaller[caller] = held + 1
+	n.openStreams++
+	n.streamPeak = max(n.streamPeak, n.openStreams)
 	return func() {
 		n.mu.Lock()
 		defer n.mu.Unlock()
@@ -225,5 +228,26 @@ func (n *Node) holdStream(ctx context.Context) (release func(), err error) {
 		} else {
 			n.streamsByCaller[caller]--
 		}
+		n.openStreams--
+		n.releaseAfterBurst()
 	}, nil
+}
+
+// streamBurst is the number of open Subscribe streams past which a node hands
+// their memory back to the system once most of them have closed.
+const streamBurst = 1000
+
+// releaseAfterBurst returns the memory of a burst of closed streams to the
+// system at once. The Go runtime keeps freed heap for reuse and scavenges it
+// back only slowly, so without this a node that served thousands of streams
+// stayed at their high-water mark for minutes after they had closed (issue
+// 15; tests/conformance/test_stream_memory.py). It runs once per burst: when
+// the open streams fall to a quarter of a peak of at least streamBurst.
+// n.mu is held.
+func (n *Node) releaseAfterBurst() {
+	if n.streamPeak < streamBurst || n.openStreams > n.streamPeak/4 {
+		return
+	}
+	n.streamPeak = n.openStreams
+	go debug.FreeOSMemory()
 }

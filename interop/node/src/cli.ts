@@ -12,6 +12,7 @@
 //                     [--scope mesh|node]
 //   ravi-node subscribe --addr A [--token T] [--tls-ca F] --topic-type T [--prefix P] [--count N] [--timeout-ms N]
 //   ravi-node describe --addr A [--token T] [--tls-ca F] [--timeout-ms N]
+import "./heap.js";
 import { create, createRegistry, fromBinary, fromJson, toBinary, toJson, type JsonValue, type Registry } from "@bufbuild/protobuf";
 import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
 import { file_ravi_conformance_v1_conformance } from "@ravi-mesh/contract/ravi/conformance/v1/conformance_pb";
