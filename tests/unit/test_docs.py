@@ -40,6 +40,24 @@ NOT_RUN = {
     ): ("benchmark"),
     ("docs/performance.md", "make bench-grpc      # bench/results/grpc.json"): "benchmark",
     ("docs/interop.md", "make build-rust"): "tests/interop/test_clients.py",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/interop_hops.py --runs 5 --save bench/results/interop.json",
+    ): "benchmark",
+    (
+        "docs/performance.md",
+        "make bench-lifecycle  # bench/results/lifecycle.json; "
+        "needs the PostgreSQL of `make setup`",
+    ): "benchmark",
+    (
+        "docs/performance.md",
+        "git worktree add ../ravi-before 7a2e2d5   # main before passivation",
+    ): ("benchmark"),
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/run.py local --runs 21 --baseline ../ravi-before "
+        "--only floor,ravi,baseline",
+    ): "benchmark",
     ("docs/performance.md", "make bench-restate   # bench/results/restate.json"): "benchmark",
     (
         "docs/performance.md",
