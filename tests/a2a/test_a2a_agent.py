@@ -252,9 +252,9 @@ async def test_the_go_member_calls_the_remote_agent_through_the_mesh() -> None:
                     lambda: _go(send, "--json", json.dumps(request)), timeout=30, interval=0.2
                 )
                 reply = json.loads(output)
-                assert reply["type"] == "ravi.a2a.v1.SendReply", reply
-                assert reply["result"]["text"] == "Sunny in Oslo"
-                assert reply["result"]["state"] == "TASK_STATE_COMPLETED"
+                assert reply["result"]["type"] == "ravi.a2a.v1.SendReply", reply
+                assert reply["result"]["value"]["text"] == "Sunny in Oslo"
+                assert reply["result"]["value"]["state"] == "TASK_STATE_COMPLETED"
 
                 slow = json.dumps({"parts": [{"text": "slow"}]})
                 process = await asyncio.create_subprocess_exec(

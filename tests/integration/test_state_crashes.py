@@ -192,6 +192,7 @@ async def test_an_unreachable_state_store_stops_the_node_with_one_line() -> None
     code, _, err = await run_ravi(
         "node", "--listen", "127.0.0.1:0", "--state-store", "postgresql://ravi@127.0.0.1:1/x"
     )
-    assert code == 1
+    # A node that could not start exits 2, as every command line does (docs/interop.md).
+    assert code == 2
     assert "cannot reach the state store postgresql://ravi@127.0.0.1:1/x" in err
     assert "Traceback" not in err
