@@ -1,7 +1,7 @@
 """GrpcRuntime: agents on many machines and in many languages, over ravi.mesh.v1.
 
 This package is the gRPC transport of the mesh node (`ravi._mesh`): grpc.aio
-channels and server, the multiplexed Connect stream, status mapping, health,
+channels and server, the Multiplex stream, status mapping, health,
 reflection and TLS. Routing, forwarding and serving live in the mesh node.
 """
 
