@@ -258,7 +258,7 @@ async def test_a_node_resolves_a_dns_peer_with_getaddrinfo(pool: Pool, language:
     assert f"127.0.0.1:{pool.port}" in await resolve_dns("localhost", pool.port)
     front_language = LANGUAGES[language]
     if not front_language.available():
-        pytest.skip(f"the {language} node is not built (make build)")
+        pytest.fail(f"the {language} node is not built: run `make build` first")
 
     async with running_node(writer_command("127.0.0.1", pool.port)) as writer:
         front = front_language.command(
