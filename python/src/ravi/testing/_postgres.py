@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ravi.testing._processes import terminate
+
 _USER = "ravi"
 _DATABASE = "postgres"
 
@@ -153,14 +155,7 @@ class PostgresServer:
 
     async def stop(self, *, timeout: float = 15.0) -> None:
         """Stop the server (fast shutdown: SIGINT ends open sessions; SIGKILL after `timeout`)."""
-        process = self.process
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(process.wait(), timeout)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await terminate(self.process, signal.SIGINT, timeout)
         self.process = None
 
 

@@ -31,13 +31,7 @@ class NodeProcess:
 
     async def stop(self, *, timeout: float = 10.0) -> int:
         """Stop gracefully with SIGTERM (SIGKILL after `timeout`); returns the exit code."""
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), timeout)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        await terminate(self.process, signal.SIGTERM, timeout)
         await self._finish()
         assert self.process.returncode is not None
         return self.process.returncode
@@ -53,6 +47,20 @@ class NodeProcess:
         if self._drain is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(self._drain, 5)
+
+
+async def terminate(
+    process: asyncio.subprocess.Process | None, how: signal.Signals, timeout: float
+) -> None:
+    """Stop a child process with the signal `how`, and with SIGKILL after `timeout` seconds."""
+    if process is None or process.returncode is not None:
+        return
+    process.send_signal(how)
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
 
 
 async def start_node(

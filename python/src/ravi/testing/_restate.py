@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ravi.testing._processes import terminate
+
 _PR_SET_PDEATHSIG = 1
 _PORTS = ("RESTATE_INGRESS__BIND_PORT", "RESTATE_ADMIN__BIND_PORT", "RESTATE_BIND_PORT")
 
@@ -147,14 +149,7 @@ class RestateServer:
 
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Stop the server gracefully (SIGTERM; SIGKILL after `timeout`)."""
-        process = self.process
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await terminate(self.process, signal.SIGTERM, timeout)
         self.process = None
 
 
