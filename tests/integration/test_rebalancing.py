@@ -29,9 +29,18 @@ from ravi import AgentId
 from ravi._mesh.codec import rendezvous_score
 from ravi.conformance.v1.conformance_pb2 import Count, Counted, ReadCount
 from ravi.errors import RaviError
-from ravi.integrations.runtime.grpc import GrpcRuntime, PeerDiscovery
+from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions, PeerDiscovery
 from ravi.mesh.v1 import agent_service_pb2, agent_service_pb2_grpc
-from ravi.testing import NodeProcess, PostgresServer, eventually, running_postgres, start_node
+from ravi.runtime import LocalRuntime
+from ravi.state import PostgresStore
+from ravi.testing import (
+    NodeProcess,
+    PostgresServer,
+    counter_setup,
+    eventually,
+    running_postgres,
+    start_node,
+)
 from tests.integration.test_discovery import HOSTS, free_port_on_all
 from tests.paths import REPO_ROOT
 
@@ -230,3 +239,71 @@ async def test_a_pool_scaled_2_4_2_under_load_keeps_every_acknowledged_increment
         missing = [i for i in load.acknowledged[key] if i not in set(ids)]
         assert not missing, f"{key}: acknowledged increments lost: {missing}"
     assert load.failures == [], "\n".join(load.failures)
+
+
+async def test_a_key_activating_when_its_owner_changes_is_handed_over_once_active(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    # A member takes a message while it owns the key; the activation waits for
+    # the key's previous holder, and the pool grows meanwhile so that another
+    # member owns the key. Once active here, the agent must be handed over, or
+    # it would hold its key in the store until its idle timeout and the new
+    # owner could not activate it.
+    port = free_port_on_all(["127.0.0.1", *HOSTS[:2]])
+    first, second = (f"counter@{host}" for host in HOSTS[:2])
+    key = next(
+        k
+        for i in range(1000)
+        if rendezvous_score(second, COUNTER, k := f"activating-{tmp_path.name}-{i}")
+        > rendezvous_score(first, COUNTER, k)
+    )
+    agent = AgentId(COUNTER, key)
+    answers = [f"{HOSTS[0]}:{port}"]
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return list(answers)
+
+    def member(host: str, node_id: str) -> GrpcRuntime:
+        return GrpcRuntime(
+            host,
+            port,
+            {"pool": f"dns:{NAME}:{port}"},
+            options=GrpcRuntimeOptions(
+                node_id=node_id, state_store=postgres.dsn, checkpoint="each_message"
+            ),
+            discovery=PeerDiscovery(interval=0.05, resolver=resolve, drain_timeout=5),
+        )
+
+    holder = LocalRuntime(state_store=PostgresStore(postgres.dsn), checkpoint="each_message")
+    await counter_setup(holder)
+    await holder.start()
+    holding = True
+    try:
+        await holder.send_message(Count(id="held"), agent)
+        a, b = member(HOSTS[0], first), member(HOSTS[1], second)
+        for runtime in (a, b):
+            await counter_setup(runtime)
+        async with a, b:
+            taken = asyncio.ensure_future(a.send_message(Count(id="taken"), agent, timeout=20))
+            await asyncio.sleep(0.3)
+            assert not taken.done(), "the activation waits for the holder"
+            answers.append(f"{HOSTS[1]}:{port}")
+
+            async def b_is_a_member() -> None:
+                assert second in {p.node_id for p in a.peers() if COUNTER in p.types}
+
+            await eventually(b_is_a_member, timeout=10, interval=0.05)
+            holding = False
+            await holder.stop()  # lets the key go: the activation on `a` goes on
+            assert isinstance(await taken, Counted)
+
+            async def handed_over() -> None:
+                assert a.active_agents()[COUNTER] == 0
+
+            await eventually(handed_over, timeout=10, interval=0.05)
+            read = await b.send_message(ReadCount(), agent, timeout=10)
+            assert isinstance(read, Counted)
+            assert list(read.ids) == ["held", "taken"]
+    finally:
+        if holding:
+            await holder.stop()

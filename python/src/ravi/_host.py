@@ -668,6 +668,8 @@ class AgentHost:
         # Oldest activation (or second chance) first: the eviction's clock hand.
         self._mailboxes: OrderedDict[tuple[str, str], _Mailbox] = OrderedDict()
         self._activating: dict[tuple[str, str], asyncio.Future[_Mailbox]] = {}
+        self.on_activated: Callable[[tuple[str, str]], None] | None = None
+        """Called with each key that got an instance (a node of a pool checks where it belongs)."""
         self._deadline_of: dict[tuple[str, str], float] = {}
         self._leaving: dict[tuple[str, str], _Mailbox] = {}
         self._promises: dict[str, asyncio.Future[Any]] = {}
@@ -991,6 +993,8 @@ class AgentHost:
                     self._deadline_of.pop(key, None)
             mailbox = self._mailboxes[key]
             future.set_result(mailbox)
+            if self.on_activated is not None:
+                self.on_activated(key)
             return mailbox
         except BaseException as exc:
             future.set_exception(exc)

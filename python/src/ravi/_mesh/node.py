@@ -131,6 +131,7 @@ class MeshNode:
         """This node is a member of a `dns:` pool: keys of its types have an owner among members."""
         self._rebalancer: asyncio.Task[None] | None = None
         self._rebalance_again = False
+        self.host.on_activated = self._activated
         self.handed_over = 0
         """Agent instances this node passivated because another member of its pool owns them."""
 
@@ -205,6 +206,14 @@ class MeshNode:
     def _placed_elsewhere(self, agent_type: str, key: str) -> bool:
         """Whether another member of this node's pool owns an agent of a type hosted here."""
         return self.host.hosts(agent_type) and self.peers.owner(agent_type, key) is not None
+
+    def _activated(self, key: tuple[str, str]) -> None:
+        # A message this node took while it owned the key may finish activating
+        # it after the pool changed (the activation waits for the former owner
+        # to let the key go): hand it over too, or it would stay here, holding
+        # its key in the store, until its idle timeout.
+        if self._pooled and self._placed_elsewhere(*key):
+            self._rebalance()
 
     def _rebalance(self) -> None:
         """Hand over the active agents another member of the pool owns now (in the background)."""
