@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ravi.testing._processes import NodeProcess
+from ravi.testing._processes import PORT_ATTEMPTS, NodeProcess, PortTaken, exited, free_port, since
 
 _PORTS = (
     "JAEGER_OTLP_GRPC_PORT",
@@ -51,13 +51,6 @@ def _get(url: str) -> bytes:
         return body
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextlib.asynccontextmanager
 async def running_jaeger(
     binary: Path, config: Path, *, timeout: float = 30.0
@@ -70,7 +63,25 @@ async def running_jaeger(
             the environment).
         timeout: seconds to wait for it to report healthy.
     """
-    ports = {name: _free_port() for name in _PORTS}
+    with tempfile.TemporaryDirectory(prefix="ravi-jaeger-") as folder:
+        log = Path(folder) / "jaeger.log"
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                jaeger = await _start(binary, config, log, timeout)
+            except PortTaken:
+                if attempt == PORT_ATTEMPTS:
+                    raise
+                continue
+            try:
+                yield jaeger
+            finally:
+                await NodeProcess(jaeger.process, "jaeger", "").stop()
+            return
+
+
+async def _start(binary: Path, config: Path, log: Path, timeout: float) -> Jaeger:
+    """Jaeger on freshly picked ports, healthy."""
+    ports = {name: free_port() for name in _PORTS}
     env = {
         **os.environ,
         **{name: str(port) for name, port in ports.items()},
@@ -78,14 +89,16 @@ async def running_jaeger(
         "OTEL_SDK_DISABLED": "true",
         "OTEL_TRACES_EXPORTER": "none",
     }
-    process = await asyncio.create_subprocess_exec(
-        str(binary),
-        "--config",
-        str(config),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    with log.open("ab") as output:
+        written = output.tell()
+        process = await asyncio.create_subprocess_exec(
+            str(binary),
+            "--config",
+            str(config),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=output,
+        )
     jaeger = Jaeger(
         process,
         f"http://127.0.0.1:{ports['JAEGER_OTLP_GRPC_PORT']}",
@@ -96,11 +109,11 @@ async def running_jaeger(
         async with asyncio.timeout(timeout):
             while True:
                 if process.returncode is not None:
-                    raise RuntimeError(f"jaeger exited with {process.returncode}")
+                    raise exited("jaeger", process.returncode, since(log, written))
                 with contextlib.suppress(OSError):
                     if json.loads(await asyncio.to_thread(_get, health)).get("healthy"):
-                        break
+                        return jaeger
                 await asyncio.sleep(0.1)
-        yield jaeger
-    finally:
+    except BaseException:
         await NodeProcess(process, "jaeger", "").stop()
+        raise

@@ -8,14 +8,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ravi.testing._processes import terminate
+from ravi.testing._processes import PORT_ATTEMPTS, PortTaken, exited, free_port, since, terminate
 
 _USER = "ravi"
 _DATABASE = "postgres"
@@ -38,13 +37,6 @@ def postgres_bin_dir() -> Path | None:
         return versions[-1].parent
     found = shutil.which("initdb")
     return Path(found).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -93,12 +85,24 @@ class PostgresServer:
                 "--no-instructions",
                 *(() if self.durable else ("--no-sync",)),
             )
-        if not self.port:
-            self.port = _free_port()
+        picked = not self.port
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            if picked:
+                self.port = free_port()
+            try:
+                await self._serve(cluster, timeout)
+                return
+            except PortTaken:
+                if not picked or attempt == PORT_ATTEMPTS:
+                    raise
+
+    async def _serve(self, cluster: Path, timeout: float) -> None:
+        assert self.log is not None
         settings = ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={cluster}"]
         if not self.durable:
             settings += ["-c", "fsync=off", "-c", "full_page_writes=off"]
         with self.log.open("ab") as log:
+            written = log.tell()
             self.process = await asyncio.create_subprocess_exec(
                 str(self.bin_dir / "postgres"),
                 "-D",
@@ -115,10 +119,7 @@ class PostgresServer:
             async with asyncio.timeout(timeout):
                 while not await self._accepts():
                     if self.process.returncode is not None:
-                        raise RuntimeError(
-                            f"postgres exited with {self.process.returncode}: "
-                            f"{self.log.read_text()[-2000:]}"
-                        )
+                        raise exited("postgres", self.process.returncode, since(self.log, written))
                     await asyncio.sleep(0.05)
         except BaseException:
             await self.kill()

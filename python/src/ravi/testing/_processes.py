@@ -7,12 +7,47 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 _SERVING = re.compile(rb"(?:node|server) (?P<node>\S+) serving on (?P<address>\S+)")
+_IN_USE = ("address in use", "address already in use")
+PORT_ATTEMPTS = 3
+"""Starts of a server on freshly picked ports before a port taken meanwhile is an error."""
+
+
+def free_port() -> int:
+    """A loopback port free now.
+
+    Another process may take it before the server it is meant for binds it:
+    a server started on picked ports retries on new ones (`PortTaken`).
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class PortTaken(RuntimeError):
+    """A server exited at start because another process had taken a port picked for it."""
+
+
+def since(log: Path, offset: int) -> str:
+    """What a server wrote to `log` from `offset` on (its part of a log kept across starts)."""
+    with log.open("rb") as file:
+        file.seek(offset)
+        return file.read().decode(errors="replace")
+
+
+def exited(name: str, returncode: int, log: str) -> RuntimeError:
+    """The error for a server that exited before it was ready, with the end of its log."""
+    message = f"{name} exited with {returncode}: {log[-2000:]}"
+    if any(words in log.lower() for words in _IN_USE):
+        return PortTaken(message)
+    return RuntimeError(message)
 
 
 @dataclass

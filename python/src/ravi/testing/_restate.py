@@ -8,7 +8,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -16,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ravi.testing._processes import terminate
+from ravi.testing._processes import PORT_ATTEMPTS, PortTaken, exited, free_port, since, terminate
 
 _PR_SET_PDEATHSIG = 1
 _PORTS = ("RESTATE_INGRESS__BIND_PORT", "RESTATE_ADMIN__BIND_PORT", "RESTATE_BIND_PORT")
@@ -31,13 +30,6 @@ def _die_with_parent() -> None:
     """
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _ok(url: str) -> bool:
@@ -93,9 +85,22 @@ class RestateServer:
         return f"http://127.0.0.1:{self.ports['RESTATE_ADMIN__BIND_PORT']}"
 
     async def start(self, *, timeout: float = 30.0) -> None:
-        """Start the server and wait until its admin API (SQL included) and ingress answer."""
-        if not self.ports:
-            self.ports = {name: _free_port() for name in _PORTS}
+        """Start the server and wait until its admin API (SQL included) and ingress answer.
+
+        The first start picks free ports; a restart keeps them (and its data).
+        """
+        picked = not self.ports
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            if picked:
+                self.ports = {name: free_port() for name in _PORTS}
+            try:
+                await self._start(timeout)
+                return
+            except PortTaken:
+                if not picked or attempt == PORT_ATTEMPTS:
+                    raise
+
+    async def _start(self, timeout: float) -> None:
         env = {
             **os.environ,
             **{name: str(port) for name, port in self.ports.items()},
@@ -109,6 +114,7 @@ class RestateServer:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.log = self.base_dir / "restate-server.log"
         with self.log.open("ab") as log:
+            written = log.tell()
             self.process = await asyncio.create_subprocess_exec(
                 str(self.binary),
                 "--base-dir",
@@ -130,9 +136,8 @@ class RestateServer:
             async with asyncio.timeout(timeout):
                 while not await ready():
                     if self.process.returncode is not None:
-                        raise RuntimeError(
-                            f"restate-server exited with {self.process.returncode}: "
-                            f"{self.log.read_text()[-2000:]}"
+                        raise exited(
+                            "restate-server", self.process.returncode, since(self.log, written)
                         )
                     await asyncio.sleep(0.05)
         except BaseException:
