@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ravi.testing._processes import PORT_ATTEMPTS, NodeProcess, PortTaken, exited, free_port, since
+from ravi.testing._processes import NodeProcess, exited, free_port, retry_taken_ports, since
 
 _PORTS = (
     "JAEGER_OTLP_GRPC_PORT",
@@ -65,18 +65,11 @@ async def running_jaeger(
     """
     with tempfile.TemporaryDirectory(prefix="ravi-jaeger-") as folder:
         log = Path(folder) / "jaeger.log"
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            try:
-                jaeger = await _start(binary, config, log, timeout)
-            except PortTaken:
-                if attempt == PORT_ATTEMPTS:
-                    raise
-                continue
-            try:
-                yield jaeger
-            finally:
-                await NodeProcess(jaeger.process, "jaeger", "").stop()
-            return
+        jaeger = await retry_taken_ports(lambda: _start(binary, config, log, timeout))
+        try:
+            yield jaeger
+        finally:
+            await NodeProcess(jaeger.process, "jaeger", "").stop()
 
 
 async def _start(binary: Path, config: Path, log: Path, timeout: float) -> Jaeger:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ravi.testing._processes import PORT_ATTEMPTS, PortTaken, exited, free_port, since, terminate
+from ravi.testing._processes import exited, free_port, retry_taken_ports, since, terminate
 
 _USER = "ravi"
 _DATABASE = "postgres"
@@ -86,15 +86,13 @@ class PostgresServer:
                 *(() if self.durable else ("--no-sync",)),
             )
         picked = not self.port
-        for attempt in range(1, PORT_ATTEMPTS + 1):
+
+        async def attempt() -> None:
             if picked:
                 self.port = free_port()
-            try:
-                await self._serve(cluster, timeout)
-                return
-            except PortTaken:
-                if not picked or attempt == PORT_ATTEMPTS:
-                    raise
+            await self._serve(cluster, timeout)
+
+        await retry_taken_ports(attempt, retry=picked)
 
     async def _serve(self, cluster: Path, timeout: float) -> None:
         assert self.log is not None

@@ -9,9 +9,12 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _SERVING = re.compile(rb"(?:node|server) (?P<node>\S+) serving on (?P<address>\S+)")
 _IN_USE = ("address in use", "address already in use")
@@ -33,6 +36,20 @@ def free_port() -> int:
 
 class PortTaken(RuntimeError):
     """A server exited at start because another process had taken a port picked for it."""
+
+
+async def retry_taken_ports(start: Callable[[], Awaitable[T]], *, retry: bool = True) -> T:
+    """`start()` a server, again (it picks new ports each time) while a port it picked was taken.
+
+    With `retry` False (a restart on ports it must keep) a taken port is an error at once.
+    """
+    for _ in range(PORT_ATTEMPTS - 1):
+        try:
+            return await start()
+        except PortTaken:
+            if not retry:
+                raise
+    return await start()
 
 
 def since(log: Path, offset: int) -> str:

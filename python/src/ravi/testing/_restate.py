@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ravi.testing._processes import PORT_ATTEMPTS, PortTaken, exited, free_port, since, terminate
+from ravi.testing._processes import exited, free_port, retry_taken_ports, since, terminate
 
 _PR_SET_PDEATHSIG = 1
 _PORTS = ("RESTATE_INGRESS__BIND_PORT", "RESTATE_ADMIN__BIND_PORT", "RESTATE_BIND_PORT")
@@ -90,15 +90,13 @@ class RestateServer:
         The first start picks free ports; a restart keeps them (and its data).
         """
         picked = not self.ports
-        for attempt in range(1, PORT_ATTEMPTS + 1):
+
+        async def attempt() -> None:
             if picked:
                 self.ports = {name: free_port() for name in _PORTS}
-            try:
-                await self._start(timeout)
-                return
-            except PortTaken:
-                if not picked or attempt == PORT_ATTEMPTS:
-                    raise
+            await self._start(timeout)
+
+        await retry_taken_ports(attempt, retry=picked)
 
     async def _start(self, timeout: float) -> None:
         env = {
