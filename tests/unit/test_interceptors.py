@@ -100,3 +100,43 @@ async def test_errors_pass_through_interceptors_unchanged() -> None:
         with pytest.raises(HandlerFailed, match="failing on purpose"):
             await runtime.send_message(Echo("fail"), AgentId("echo", "a"))
     assert log[-1] == "only:sent"
+
+
+class ReadsId(Interceptor):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Any:
+        self.seen.append(input.message_id)
+        return next(input)
+
+
+class IdAgent(BaseAgent):
+    @message_handler
+    async def on_echo(self, message: Echo, ctx: MessageContext) -> str:
+        return ctx.message_id
+
+
+async def test_a_message_id_read_by_a_hook_is_the_one_the_handler_sees() -> None:
+    # SendInput makes the id when first read: a hook that reads it and the
+    # handler see the same one; unread, the handler still gets a unique id.
+    for reads in (ReadsId(), None):
+        runtime = LocalRuntime(interceptors=[reads or Interceptor()])
+        await IdAgent.register(runtime, "ids")
+        async with runtime:
+            first = await runtime.send_message(Echo("a"), AgentId("ids", "a"))
+            second = await runtime.send_message(Echo("b"), AgentId("ids", "a"))
+            given = await runtime.send_message(Echo("c"), AgentId("ids", "a"), message_id="m-9")
+        assert first and second and first != second
+        assert given == "m-9"
+        if reads is not None:
+            assert reads.seen == [first, second, "m-9"]
+
+
+def test_a_send_input_compares_and_prints_as_its_fields() -> None:
+    one = SendInput(Echo("a"), AgentId("echo", "a"), None, "m-1", {"k": "v"}, 2.0)
+    same = SendInput(Echo("a"), AgentId("echo", "a"), None, "m-1", {"k": "v"}, 2.0)
+    assert one == same
+    assert one != SendInput(Echo("a"), AgentId("echo", "a"), None, "m-2", {"k": "v"}, 2.0)
+    assert "message_id='m-1'" in repr(one)
+    assert SendInput(Echo("a"), AgentId("echo", "a"), None).metadata == {}

@@ -231,6 +231,40 @@ async def test_metrics_count_every_message_and_time_the_sampled_ones(fused: bool
         assert (timed.count if timed else 0) == (3 if sampled else 0)
 
 
+class Relay(BaseAgent):
+    """Asks `back` from its own handler: a send handled in the caller's task."""
+
+    @message_handler
+    async def on_ask(self, message: Ask, ctx: MessageContext) -> str:
+        try:
+            return str(await self.send_message(Ask(message.text), AgentId("back", "b")))
+        except HandlerFailed:
+            return "back failed"
+
+
+async def test_a_failure_inside_an_unsampled_trace_is_counted_once() -> None:
+    # The nested send runs in the relay's task, under the relay's unsampled
+    # trace: the hook lets it through unwrapped and the host counts its failure.
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    runtime = LocalRuntime(interceptors=traced_and_counted(True, provider, meters))
+    await Relay.register(runtime, "relay")
+    await Back.register(runtime, "back")
+    async with runtime:
+        assert await runtime.send_message(Ask("fail"), AgentId("relay", "r")) == "back failed"
+        assert await runtime.send_message(Ask("fine"), AgentId("relay", "r")) == "back saw fine"
+    failed = {
+        tuple(sorted(point.attributes.items())): point.value
+        for resource in reader.get_metrics_data().resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "ravi.messages.failed"
+        for point in metric.data.data_points
+    }
+    assert failed == {(("ravi.agent.type", "back"), ("ravi.error.code", "UNKNOWN")): 1}
+
+
 @pytest.mark.parametrize(
     "sampler",
     [ParentBased(TraceIdRatioBased(0.5)), TraceIdRatioBased(0.25)],

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import logging
-import os
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ from ravi._cancellation import CancellationToken
 from ravi._context import MessageContext
 from ravi._deadlines import Deadlines
 from ravi._hints import not_registered
-from ravi._ids import AgentId, TopicId
+from ravi._ids import AgentId, TopicId, new_message_id
 from ravi._interceptors import ActivateInput, HandleInput, Interceptor, PassivateInput, chain
 from ravi._subscriptions import Subscription, TypeSubscription
 from ravi.errors import (
@@ -79,14 +77,6 @@ CHECKPOINTS = ("passivation", "each_message")
 
 # Instances saved at once when a runtime stops, at most.
 _SAVE_CONCURRENCY = 32
-
-_message_ids = itertools.count(1)
-_id_prefix = os.urandom(6).hex()
-
-
-def new_message_id() -> str:
-    """A process-unique message id, cheaper than a UUID on the hot path."""
-    return f"{_id_prefix}-{next(_message_ids)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +190,21 @@ class _Publication(_Context):
 class _Call(_Context):
     """One direct send to one agent; also the handler's `MessageContext`."""
 
-    __slots__ = ("chain", "deadline", "future", "key", "mailbox", "state", "task")
+    # `failure_counter` is left unset (read with getattr on the failure path
+    # only, so a send pays nothing for it): telemetry's hook sets it on a call
+    # it lets through unwrapped, so the failure is still counted without a
+    # coroutine of its own around every handler.
+    __slots__ = (
+        "chain",
+        "deadline",
+        "failure_counter",
+        "future",
+        "key",
+        "mailbox",
+        "state",
+        "task",
+    )
+    failure_counter: Callable[[str, Exception], None]
 
     def __init__(  # noqa: PLR0917 - positional on the hot path, built in one place
         self,
@@ -449,7 +453,9 @@ class _Mailbox:
                         handler = handlers.get(type(message)) or dispatch(type(message))
                         await handler(agent, message, entry)
                     else:
-                        await intercepted(HandleInput(self.agent_id, message, entry))
+                        await intercepted.first(
+                            HandleInput(self.agent_id, message, entry), intercepted.rest
+                        )
                     if self.checkpoint:
                         await host.checkpoint(self)
                 except Exception as exc:
@@ -469,7 +475,9 @@ class _Mailbox:
                         handler = handlers.get(type(message)) or dispatch(type(message))
                         result = await handler(agent, message, call)
                     else:
-                        result = await intercepted(HandleInput(self.agent_id, message, call))
+                        result = await intercepted.first(
+                            HandleInput(self.agent_id, message, call), intercepted.rest
+                        )
                     if self.checkpoint:
                         await host.checkpoint(self)
                 except asyncio.CancelledError:
@@ -497,7 +505,9 @@ class _Mailbox:
             if intercepted is None:
                 result = await self.dispatch(type(call.message))(self.agent, call.message, call)
             else:
-                result = await intercepted(HandleInput(self.agent_id, call.message, call))
+                result = await intercepted.first(
+                    HandleInput(self.agent_id, call.message, call), intercepted.rest
+                )
             if self.checkpoint:
                 await self.host.checkpoint(self)
         except asyncio.CancelledError:
@@ -522,7 +532,9 @@ class _Mailbox:
             if intercepted is None:
                 await self.dispatch(type(message))(self.agent, message, publication)
             else:
-                await intercepted(HandleInput(self.agent_id, message, publication))
+                await intercepted.first(
+                    HandleInput(self.agent_id, message, publication), intercepted.rest
+                )
             if self.checkpoint:
                 await self.host.checkpoint(self)
         except Exception as exc:
@@ -587,6 +599,9 @@ class _Mailbox:
         return True
 
     def _failed(self, call: _Call, exc: Exception) -> None:
+        counter = getattr(call, "failure_counter", None)
+        if counter is not None:
+            counter(self.agent_id.type, exc)
         call.fail(handler_error(exc, str(self.agent_id)))
 
     @staticmethod

@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 
 from ravi._agent import BaseAgent
 from ravi._cli_errors import Announce, UsageError, user_code_failed
-from ravi._host import new_message_id
+from ravi._ids import new_message_id
 from ravi._interceptors import Interceptor
 from ravi._mesh.discovery import dns_target
 from ravi._options import SettingsError, build, option, read_config

@@ -22,8 +22,8 @@ from typing import Any
 
 from ravi._cancellation import CancellationToken
 from ravi._hints import did_you_mean
-from ravi._host import AgentHost, Lifecycle, _Publication, nested_call, new_message_id
-from ravi._ids import AgentId, AgentType
+from ravi._host import AgentHost, Lifecycle, _Publication, nested_call
+from ravi._ids import AgentId, AgentType, new_message_id
 from ravi._interceptors import ForwardInput, Interceptor, PublishInput, SendInput, chain
 from ravi._mesh import codec
 from ravi._mesh.discovery import PeerDiscovery, dns_target
@@ -394,17 +394,20 @@ class MeshNode:
         metadata: Mapping[str, str] | None,
     ) -> Awaitable[Any]:
         """Send from this node: the coroutine itself is returned, one await layer less."""
-        if self._send_chain is not None:
-            return self._send_chain(
+        hooked = self._send_chain
+        if hooked is not None:
+            first, rest = hooked
+            return first(
                 SendInput(
                     message,
                     recipient,
                     sender,
-                    message_id or new_message_id(),
+                    message_id,
                     dict(metadata) if metadata else {},
                     timeout,
                     cancellation,
-                )
+                ),
+                rest,
             )
         return self._send(message, recipient, sender, timeout, cancellation, message_id, metadata)
 
@@ -415,7 +418,7 @@ class MeshNode:
             input.sender,
             input.timeout,
             input.cancellation,
-            input.message_id,
+            input._message_id,  # as given, or None: made once it is needed
             input.metadata,
         )
 
@@ -502,8 +505,10 @@ class MeshNode:
 
     def publish_message(self, publication: PublishInput) -> Awaitable[None]:
         """Publish from this node: the coroutine itself is returned, one await layer less."""
-        if self._publish_chain is not None:
-            return self._publish_chain(publication)
+        hooked = self._publish_chain
+        if hooked is not None:
+            first, rest = hooked
+            return first(publication, rest)
         return self._publish_input(publication)
 
     async def _publish_input(self, input: PublishInput) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ravi._cancellation import CancellationToken
-from ravi._host import AgentHost, Lifecycle, new_message_id
-from ravi._ids import AgentId, AgentType, TopicId
+from ravi._host import AgentHost, Lifecycle
+from ravi._ids import AgentId, AgentType, TopicId, new_message_id
 from ravi._interceptors import Interceptor, PublishInput, SendInput, chain
 from ravi._subscriptions import Subscription
 from ravi.mesh.v1 import contract
@@ -140,17 +140,20 @@ class LocalRuntime(BaseRuntime):
         message_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> Awaitable[Any]:
-        if self._send_chain is not None:
-            return self._send_chain(
+        hooked = self._send_chain
+        if hooked is not None:
+            first, rest = hooked
+            return first(
                 SendInput(
                     message,
                     recipient,
                     sender,
-                    message_id or new_message_id(),
+                    message_id,
                     dict(metadata) if metadata else {},
                     timeout,
                     cancellation,
-                )
+                ),
+                rest,
             )
         return self._host.send(
             message,
@@ -169,7 +172,8 @@ class LocalRuntime(BaseRuntime):
             sender=input.sender,
             timeout=input.timeout,
             cancellation=input.cancellation,
-            message_id=input.message_id,
+            # The id as given, or None: the handler's context makes one if asked.
+            message_id=input._message_id,
             metadata=input.metadata,
         )
 
@@ -183,8 +187,10 @@ class LocalRuntime(BaseRuntime):
         metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> None:
-        if self._publish_chain is not None:
-            await self._publish_chain(
+        hooked = self._publish_chain
+        if hooked is not None:
+            first, rest = hooked
+            await first(
                 PublishInput(
                     message,
                     topic,
@@ -192,7 +198,8 @@ class LocalRuntime(BaseRuntime):
                     message_id or new_message_id(),
                     dict(metadata) if metadata else {},
                     timeout,
-                )
+                ),
+                rest,
             )
             return
         await self._host.publish(

@@ -48,6 +48,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation import _SPAN_KEY
 
+from ravi._host import _Call
 from ravi._interceptors import (
     ActivateInput,
     ForwardInput,
@@ -383,6 +384,12 @@ class TracingInterceptor(Interceptor):
             if within:
                 if metrics is None:
                     return next(input)
+                ctx = input.ctx
+                if type(ctx) is _Call:
+                    # The host counts the failure of a call it hands the
+                    # counter: no coroutine around the handler for it.
+                    ctx.failure_counter = metrics._count_failure
+                    return next(input)
                 return metrics._counted(agent_type, next(input))
         if metrics is not None:
             return self._handled(input, metrics._measured(traceparent, next))
@@ -552,6 +559,7 @@ class MetricsInterceptor(Interceptor):
         self._passivated = counts.passivated
         self._activation = counts.activation
         self._attributes: dict[str, dict[str, str]] = {}
+        self._count_failure = self._failure
 
     def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
         sent = self._sent

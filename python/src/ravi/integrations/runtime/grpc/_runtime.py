@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ravi._cancellation import CancellationToken
-from ravi._host import Lifecycle, new_message_id
-from ravi._ids import AgentId, AgentType, TopicId
+from ravi._host import Lifecycle
+from ravi._ids import AgentId, AgentType, TopicId, new_message_id
 from ravi._interceptors import Interceptor, PublishInput
 from ravi._mesh.discovery import PeerDiscovery
 from ravi._mesh.node import MeshNode

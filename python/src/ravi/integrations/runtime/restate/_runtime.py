@@ -20,8 +20,7 @@ from google.protobuf.message import DecodeError
 
 from ravi._agent import BaseAgent, agent_class_of
 from ravi._cancellation import CancellationToken
-from ravi._host import new_message_id
-from ravi._ids import AgentId, AgentType, TopicId
+from ravi._ids import AgentId, AgentType, TopicId, new_message_id
 from ravi._interceptors import HandleInput, Interceptor, PublishInput, SendInput, chain
 from ravi._mesh import codec
 from ravi._serialization import PROTOBUF, MessageRegistry, registry
