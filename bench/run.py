@@ -135,6 +135,14 @@ LOCAL_TRACING_TARGETS = [
         variant="ravi+tracing1%",
     ),
     Target(
+        "paired_rr_percent",
+        None,
+        70,
+        True,
+        "1% sampling: rr >= 70% of untraced, in turns in one process",
+        variant="ravi+tracing1%",
+    ),
+    Target(
         "rr_msgs_s",
         "ravi",
         0.1,
@@ -244,7 +252,13 @@ def local_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         # counts are the untraced run's, so that a stall of the shared machine
         # weighs the same on both sides of the ratio.
         "ravi+tracing": [python, str(BENCH / "local_ravi.py"), "--tracing", *TRACED_COUNTS],
-        "ravi+tracing1%": [*SAMPLED_1PCT, python, str(BENCH / "local_ravi.py"), "--tracing"],
+        "ravi+tracing1%": [
+            *SAMPLED_1PCT,
+            python,
+            str(BENCH / "local_ravi.py"),
+            "--tracing",
+            "--paired",
+        ],
     }
     if args.baseline:
         # The other checkout's ravi first on the path: its python/src and gen/python.
@@ -320,7 +334,9 @@ def report(targets: list[Target], medians: dict[str, dict[str, float]]) -> list[
         else:
             goal = f"{sign} {target.ratio:.2f} x {target.against}"
         met = "-" if ok is None else "yes" if ok else "NO"
-        shown = f"{measured:,.0f}" if target.against is None else f"{measured:.2f}"
+        shown = (
+            f"{measured:,.0f}" if target.against is None and measured >= 10 else f"{measured:.2f}"
+        )
         print(f"| {target.variant} {target.metric}: {target.source} | {goal} | {shown} | {met} |")
         checks.append({"target": target.source, "measured_ratio": measured, "met": ok})
     return checks
