@@ -14,8 +14,21 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
 from ravi import (
     AgentId,
@@ -284,5 +297,44 @@ def test_a_root_is_sampled_as_the_ratio_sampler_decides(sampler: Any) -> None:
             assert span.is_recording() == (asked.decision is Decision.RECORD_AND_SAMPLE)
             assert found.trace_flags.sampled == span.is_recording()
         assert 0 < sum(span.is_recording() for span in decided) < len(decided)
+    finally:
+        processor.shutdown()
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        ParentBased(ALWAYS_OFF),
+        ParentBased(ALWAYS_ON, remote_parent_sampled=ALWAYS_OFF),
+        ParentBased(ALWAYS_ON, local_parent_sampled=TraceIdRatioBased(0.0)),
+        TraceIdRatioBased(0.0),
+    ],
+    ids=["default delegates", "remote sampled dropped", "local sampled by ratio", "no parent"],
+)
+@pytest.mark.parametrize("remote", [True, False], ids=["remote parent", "local parent"])
+def test_a_child_of_a_sampled_parent_is_sampled_as_the_sampler_decides(
+    sampler: Any, remote: bool
+) -> None:
+    # configure()'s span path decides ALWAYS_ON's answer under ParentBased
+    # itself; with any other delegate it asks the sampler, as the SDK would.
+    provider = TracerProvider(sampler=sampler)
+    processor = EncodingSpanProcessor(OtlpSpanExporter(endpoint="http://127.0.0.1:1"))
+    spans = DirectSpans(provider, processor)
+    parent = SpanContext(
+        0x1234,
+        0x5678,
+        is_remote=remote,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_state=TraceState([("vendor", "v1")]),
+    )
+    context = trace.set_span_in_context(NonRecordingSpan(parent))
+    try:
+        span = spans.start("handle x", SpanKind.SERVER, context)
+        asked = sampler.should_sample(context, parent.trace_id, "handle x", SpanKind.SERVER)
+        assert span.is_recording() == (asked.decision is Decision.RECORD_AND_SAMPLE)
+        found = span.get_span_context()
+        assert found.trace_id == parent.trace_id
+        assert found.trace_flags.sampled == span.is_recording()
+        assert found.trace_state == asked.trace_state
     finally:
         processor.shutdown()

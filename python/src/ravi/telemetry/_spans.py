@@ -21,9 +21,15 @@ from typing import Any, Protocol
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Event, TracerProvider
-from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util import types
 
@@ -96,6 +102,20 @@ def _root_ratio_bound(sampler: Sampler) -> int | None:
     return root.bound if type(root) is TraceIdRatioBased else None
 
 
+def _keeps_sampled_children(sampler: Sampler) -> bool:
+    """Whether the sampler samples every child of a sampled parent, with the parent's trace state.
+
+    So for the parent-based samplers as OTEL_TRACES_SAMPLER builds them (the
+    SDK's default among them): their delegates for a sampled parent, remote or
+    local, are ALWAYS_ON, which decides just that.
+    """
+    return (
+        isinstance(sampler, ParentBased)
+        and getattr(sampler, "_remote_parent_sampled", None) is ALWAYS_ON
+        and getattr(sampler, "_local_parent_sampled", None) is ALWAYS_ON
+    )
+
+
 class DirectSpans:
     """DirectSpans makes `RaviSpan`s for a provider whose only processor is `processor`."""
 
@@ -104,6 +124,7 @@ class DirectSpans:
         self._ids = provider.id_generator
         self._random = self._ids.is_trace_id_random()
         self._root_bound = _root_ratio_bound(self._sampler)
+        self._keeps_children = _keeps_sampled_children(self._sampler)
         self._queue = processor.direct(provider.resource, InstrumentationScope(SCOPE))
 
     def start(
@@ -144,19 +165,27 @@ class DirectSpans:
         trace_id: int,
         random: bool,
     ) -> Span:
-        result = self._sampler.should_sample(parent, trace_id, name, kind, None, links)
-        flags = _SAMPLED if result.decision is Decision.RECORD_AND_SAMPLE else _UNSAMPLED
+        if self._keeps_children and parent_context.trace_flags.sampled and parent_context.is_valid:
+            # ALWAYS_ON's decision under ParentBased, without its call and result objects.
+            decision: Decision = Decision.RECORD_AND_SAMPLE
+            trace_state: TraceState | None = parent_context.trace_state
+            attributes: dict[str, Any] = {}
+        else:
+            result = self._sampler.should_sample(parent, trace_id, name, kind, None, links)
+            decision, trace_state = result.decision, result.trace_state
+            attributes = dict(result.attributes) if result.attributes else {}
+        flags = _SAMPLED if decision is Decision.RECORD_AND_SAMPLE else _UNSAMPLED
         if random:
             flags = TraceFlags(flags | TraceFlags.RANDOM_TRACE_ID)
         span_id = self._ids.generate_span_id()
-        if result.decision is Decision.DROP:
+        if decision is Decision.DROP:
             # Unsampled: what travels on is the headers; a span context only if asked.
             carrier = {TRACEPARENT: f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
-            if result.trace_state:
-                carrier[TRACESTATE] = result.trace_state.to_header()
+            if trace_state:
+                carrier[TRACESTATE] = trace_state.to_header()
             return Passthrough(carrier)
         span_context = SpanContext(
-            trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=result.trace_state
+            trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=trace_state
         )
         return RaviSpan(
             self,
@@ -164,7 +193,7 @@ class DirectSpans:
             span_context,
             parent_context if parent_context.is_valid else None,
             kind,
-            dict(result.attributes) if result.attributes else {},
+            attributes,
             list(links) if links else (),
         )
 
