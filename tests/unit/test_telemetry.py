@@ -338,3 +338,26 @@ def test_a_child_of_a_sampled_parent_is_sampled_as_the_sampler_decides(
         assert found.trace_state == asked.trace_state
     finally:
         processor.shutdown()
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [ParentBased(ALWAYS_ON), ALWAYS_ON, ParentBased(ALWAYS_OFF), ALWAYS_OFF],
+    ids=["parentbased_always_on", "always_on", "parentbased_always_off", "always_off"],
+)
+def test_a_root_is_sampled_as_an_always_sampler_decides(sampler: Any) -> None:
+    provider = TracerProvider(sampler=sampler)
+    processor = EncodingSpanProcessor(OtlpSpanExporter(endpoint="http://127.0.0.1:1"))
+    spans = DirectSpans(provider, processor)
+    try:
+        for span in (
+            spans.root("send x", SpanKind.CLIENT),
+            spans.start("y", SpanKind.CLIENT, None),
+        ):
+            found = span.get_span_context()
+            asked = sampler.should_sample(None, found.trace_id, "send x", SpanKind.CLIENT)
+            assert span.is_recording() == (asked.decision is Decision.RECORD_AND_SAMPLE)
+            assert found.trace_flags.sampled == span.is_recording()
+            assert not found.trace_state
+    finally:
+        processor.shutdown()

@@ -98,8 +98,13 @@ def _root_ratio_bound(sampler: Sampler) -> int | None:
     setting, docs/operations.md): a root that will not be sampled is known
     from its trace id alone. None for any other sampler, which is asked.
     """
-    root = getattr(sampler, "_root", None) if isinstance(sampler, ParentBased) else sampler
+    root = _root_of(sampler)
     return root.bound if type(root) is TraceIdRatioBased else None
+
+
+def _root_of(sampler: Sampler) -> Sampler | None:
+    """The sampler that decides a root: ParentBased's delegate, or the sampler itself."""
+    return getattr(sampler, "_root", None) if isinstance(sampler, ParentBased) else sampler
 
 
 def _keeps_sampled_children(sampler: Sampler) -> bool:
@@ -125,6 +130,7 @@ class DirectSpans:
         self._random = self._ids.is_trace_id_random()
         self._root_bound = _root_ratio_bound(self._sampler)
         self._keeps_children = _keeps_sampled_children(self._sampler)
+        self._roots_always = _root_of(self._sampler) is ALWAYS_ON
         self._queue = processor.direct(provider.resource, InstrumentationScope(SCOPE))
 
     def start(
@@ -165,10 +171,16 @@ class DirectSpans:
         trace_id: int,
         random: bool,
     ) -> Span:
-        if self._keeps_children and parent_context.trace_flags.sampled and parent_context.is_valid:
-            # ALWAYS_ON's decision under ParentBased, without its call and result objects.
+        if parent_context.is_valid:
+            always = self._keeps_children and parent_context.trace_flags.sampled
+        else:
+            always = self._roots_always
+        if always:
+            # ALWAYS_ON's decision, without its call and result objects.
             decision: Decision = Decision.RECORD_AND_SAMPLE
-            trace_state: TraceState | None = parent_context.trace_state
+            trace_state: TraceState | None = (
+                parent_context.trace_state if parent_context.is_valid else None
+            )
             attributes: dict[str, Any] = {}
         else:
             result = self._sampler.should_sample(parent, trace_id, name, kind, None, links)
