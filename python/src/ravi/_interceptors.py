@@ -29,7 +29,7 @@ class SendInput:
     Interceptors may add entries to `metadata` (for example trace context); they
     travel with the message to the handler's `ctx.metadata`. `message_id` is
     made when first read (the caller's own, if it gave one): most hooks never
-    read it, and making one costs a tenth of a hooked send.
+    read it, and making one costs about 4% of a hooked round trip.
     """
 
     __slots__ = (
