@@ -127,7 +127,9 @@ async def test_a_message_id_read_by_a_hook_is_the_one_the_handler_sees() -> None
             first = await runtime.send_message(Echo("a"), AgentId("ids", "a"))
             second = await runtime.send_message(Echo("b"), AgentId("ids", "a"))
             given = await runtime.send_message(Echo("c"), AgentId("ids", "a"), message_id="m-9")
-        assert first and second and first != second
+        assert first
+        assert second
+        assert first != second
         assert given == "m-9"
         if reads is not None:
             assert reads.seen == [first, second, "m-9"]
