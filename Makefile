@@ -36,6 +36,7 @@ CHROMIUM := /usr/bin/chromium
 # fixture starts its own server in a temporary folder on a free loopback port).
 POSTGRES_MAJOR := 15
 POSTGRES := /usr/lib/postgresql/$(POSTGRES_MAJOR)/bin/postgres
+VALGRIND := /usr/bin/valgrind
 
 GO_MODULES := gen/go interop/go
 
@@ -88,29 +89,32 @@ jaeger: $(JAEGER) ## Build Jaeger into .tools/bin, for `ravi demo --trace`.
 .PHONY: restate-server
 restate-server: $(NPM_TOOLS_STAMP) ## Install restate-server (npm), for `ravi restate dev`.
 
-# Debian's Chromium, for the browser tests of the server's page (Playwright
-# drives it; it never downloads a browser of its own). Installed with apt,
-# through sudo when not root.
-$(CHROMIUM):
+# A Debian package, installed with apt through sudo when not root: $(1) is the
+# file it provides, $(2) the package.
+define apt_install
 	@if [ "$$(id -u)" -eq 0 ]; then as_root=; \
 	elif command -v sudo >/dev/null; then as_root=sudo; \
-	else echo "$(CHROMIUM) is missing: install Debian's chromium package as root (apt-get install chromium), or install sudo" >&2; exit 1; fi; \
+	else echo "$(1) is missing: install Debian's $(2) package as root (apt-get install $(2)), or install sudo" >&2; exit 1; fi; \
 	set -x; \
 	$$as_root apt-get update; \
-	$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
-	test -x $(CHROMIUM)
+	$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(2)
+	test -x $(1)
+endef
+
+# Debian's Chromium, for the browser tests of the server's page (Playwright
+# drives it; it never downloads a browser of its own).
+$(CHROMIUM):
+	$(call apt_install,$(CHROMIUM),chromium)
 
 # Debian's PostgreSQL server, pinned to its major version (Debian's archive
-# keeps only the current point release of each), installed like Chromium. Its
-# packaged cluster is not used: tests run servers of their own (ravi.testing).
+# keeps only the current point release of each). Its packaged cluster is not
+# used: tests run servers of their own (ravi.testing).
 $(POSTGRES):
-	@if [ "$$(id -u)" -eq 0 ]; then as_root=; \
-	elif command -v sudo >/dev/null; then as_root=sudo; \
-	else echo "$(POSTGRES) is missing: install Debian's postgresql-$(POSTGRES_MAJOR) package as root, or install sudo" >&2; exit 1; fi; \
-	set -x; \
-	$$as_root apt-get update; \
-	$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-$(POSTGRES_MAJOR)
-	test -x $(POSTGRES)
+	$(call apt_install,$(POSTGRES),postgresql-$(POSTGRES_MAJOR))
+
+# valgrind, for the instruction counts of bench/instructions.py (benchmarks only).
+$(VALGRIND):
+	$(call apt_install,$(VALGRIND),valgrind)
 
 # --- code generation -------------------------------------------------------
 
@@ -293,6 +297,12 @@ bench-tracing: $(VENV_STAMP) $(JAEGER) build
 	  --save bench/results/tracing-local.json
 	$(PY) bench/run.py grpc --runs $(TRACING_RUNS) --only ravi,ravi+tracing,ravi+tracing1% \
 	  --save bench/results/tracing-grpc.json
+
+# Instructions per in-process round trip, untraced, hooked and traced (unsampled):
+# counted by valgrind, so the machine's load does not move them.
+.PHONY: bench-instructions
+bench-instructions: $(VENV_STAMP) $(VALGRIND)
+	$(PY) bench/instructions.py
 
 # Raw restate-sdk against ravi's RestateRuntime, each on a restate-server of its own.
 .PHONY: bench-restate
