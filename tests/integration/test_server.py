@@ -205,6 +205,13 @@ async def test_a_task_while_no_node_hosts_the_agent_is_refused_with_503() -> Non
         command = serve_command("--runtime", "grpc", "--peer", f"agents={address}")
         async with running_node(command) as server, client_for(server) as client:
             await node.kill()
+
+            async def noticed() -> None:
+                # The server learns of the crash when its stream to the node
+                # breaks; a task posted before that is accepted (and fails).
+                assert any(f"peer agents at {address} dropped" in line for line in server.output)
+
+            await eventually(noticed, timeout=10)
             refused = await client.post("/threads", json={"thread_id": "t", "content": "x"})
             assert (refused.status_code, refused.json()["code"]) == (503, "UNAVAILABLE")
             assert "no node hosts agent type 'assistant'" in refused.json()["error"]
