@@ -1,7 +1,7 @@
 """Instructions per in-process round trip, counted by valgrind: a figure load cannot move.
 
-Two agents on a LocalRuntime, one asking the other in a loop (as `local_ravi.py`'s
-round trip), with no interceptor, one pass-through interceptor, or what
+Two agents on a LocalRuntime, one asking the other in a loop (`local_ravi.py`'s
+round trip, its agents), with no interceptor, one pass-through interceptor, or what
 `ravi.telemetry.configure()` installs, its trace unsampled (the path of 99% of
 messages at 1% sampling; the endpoint is never reached). Each variant runs
 under callgrind twice, with two loop lengths; the difference of the two totals
@@ -23,37 +23,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ravi import AgentId, BaseAgent, Interceptor, MessageContext, message_handler
+from local_ravi import Caller, Echo, Start
+
+from ravi import AgentId, Interceptor
 from ravi.runtime import LocalRuntime
 
 VARIANTS = ("none", "hook", "tracing-unsampled")
 UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
-
-
-class Ping:
-    __slots__ = ("seq",)
-
-    def __init__(self, seq: int) -> None:
-        self.seq = seq
-
-
-class Start:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-
-class Echo(BaseAgent):
-    @message_handler
-    async def on_ping(self, message: Ping, ctx: MessageContext) -> Ping:
-        return message
-
-
-class Caller(BaseAgent):
-    @message_handler
-    async def on_start(self, message: Start, ctx: MessageContext) -> None:
-        echo = AgentId("echo", "default")
-        for i in range(message.n):
-            await self.send_message(Ping(i), echo)
 
 
 async def child(variant: str, n: int) -> None:

@@ -334,9 +334,7 @@ def report(targets: list[Target], medians: dict[str, dict[str, float]]) -> list[
         else:
             goal = f"{sign} {target.ratio:.2f} x {target.against}"
         met = "-" if ok is None else "yes" if ok else "NO"
-        shown = (
-            f"{measured:,.0f}" if target.against is None and measured >= 10 else f"{measured:.2f}"
-        )
+        shown = f"{measured:,.0f}" if target.against is None else f"{measured:.2f}"
         print(f"| {target.variant} {target.metric}: {target.source} | {goal} | {shown} | {met} |")
         checks.append({"target": target.source, "measured_ratio": measured, "met": ok})
     return checks
