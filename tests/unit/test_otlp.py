@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
+
+import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
@@ -20,8 +24,13 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from ravi.telemetry._otlp import EncodedSpan, SpanEncoder
-from ravi.telemetry._spans import RaviSpan
+from ravi.telemetry._otlp import (
+    EncodedSpan,
+    EncodingSpanProcessor,
+    OtlpSpanExporter,
+    SpanEncoder,
+)
+from ravi.telemetry._spans import DirectSpans, RaviSpan
 
 REMOTE = SpanContext(
     0x0AF7651916CD43DD8448EB211C80319C,
@@ -115,3 +124,46 @@ def test_a_ravi_span_encodes_as_the_sdk_span_with_the_same_fields() -> None:
     encoder = SpanEncoder()
     ours = encoder.request([EncodedSpan(resource, scope, encoder.span(span))])  # type: ignore[arg-type]
     assert ExportTraceServiceRequest.FromString(ours) == encode_spans([sdk])
+
+
+class _Held(OtlpSpanExporter):
+    """Keeps what it is asked to export; holds the first export until released."""
+
+    def __init__(self) -> None:
+        super().__init__(endpoint="http://127.0.0.1:1", insecure=True)
+        self.exported: list[object] = []
+        self.exporting = threading.Event()
+        self.release = threading.Event()
+
+    def export(self, spans: Sequence[object]) -> SpanExportResult:  # type: ignore[override]
+        self.exporting.set()
+        assert self.release.wait(10)
+        self.exported += spans
+        return SpanExportResult.SUCCESS
+
+
+def test_direct_spans_are_batched_and_a_full_queue_drops_as_the_sdk_does(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
+    exporter = _Held()
+    processor = EncodingSpanProcessor(exporter, max_queue_size=4)
+    provider = TracerProvider()
+    spans = DirectSpans(provider, processor)
+
+    def end_one() -> None:
+        spans.root("handle echo", SpanKind.SERVER).end()
+
+    end_one()
+    end_one()  # a batch: the export thread takes both and waits in export
+    assert exporter.exporting.wait(10)
+    for _ in range(5):  # the queue holds 4: one is dropped, with the SDK's warning
+        end_one()
+    assert "Queue full" in caplog.text
+    exporter.release.set()
+    processor.shutdown()
+    assert len(exporter.exported) == 6
+    assert all(isinstance(item, bytes) for item in exporter.exported)
+    end_one()  # after shutdown: ignored, as the SDK ignores it
+    assert len(exporter.exported) == 6

@@ -24,7 +24,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 _pack_q = struct.Struct("<Q").pack
 _IDS = struct.Struct(">2sQQ2sQ")
@@ -39,8 +40,12 @@ _pack_d = struct.Struct("<d").pack
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
 
-_KINDS = {kind: bytes((0x30, kind.value + 1)) for kind in SpanKind}
-"""Field 6, kind: OTLP's SpanKind counts UNSPECIFIED as 0."""
+_KINDS = [bytes((0x30, value + 1)) for value in range(max(kind.value for kind in SpanKind) + 1)]
+"""Field 6, kind, by the API's SpanKind value: OTLP's SpanKind counts UNSPECIFIED as 0."""
+_NO_STATUS = b"\x7a\x00"
+"""Field 15, status, unset and without a description."""
+UNSET_STATUS = Status(StatusCode.UNSET)
+"""The status of every span that has not set one (ravi's spans share it)."""
 _LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE)
 _REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
 
@@ -114,6 +119,7 @@ class SpanEncoder:
         self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[int, tuple[InstrumentationScope | None, bytes]] = {}
         self._names: dict[str, bytes] = {}
+        self._keys: dict[tuple[int, str], tuple[bytes, bytes]] = {}
         self._blocks: dict[int, tuple[Mapping[str, Any], bytes]] = {}
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
@@ -150,57 +156,64 @@ class SpanEncoder:
             out.append(_field(1, b"".join(body)))
         return b"".join(out)
 
-    def span(self, span: ReadableSpan) -> bytes:  # noqa: PLR0912 - a branch per optional field
-        """One `Span`, as the field `spans` (2) of a ScopeSpans."""
+    def span(self, span: ReadableSpan) -> bytes:
+        """One `Span`, as the field `spans` (2) of a ScopeSpans.
+
+        Written for the common span (no events, links or drops, status unset):
+        a few cached pieces joined once; the rest is written by `_rare`.
+        """
         context = span.get_span_context()
         assert context is not None
-        parent = span.parent
+        trace_id = context.trace_id
         head = _IDS.pack(
-            b"\x0a\x10",
-            context.trace_id >> 64,
-            context.trace_id & _LOW64,
-            b"\x12\x08",
-            context.span_id,
+            b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", context.span_id
         )
-        parts = [head]
-        if context.trace_state:
-            parts.append(_field(3, context.trace_state.to_header().encode()))
-        if parent is not None:
-            parts.append(_PARENT.pack(b"\x22\x08", parent.span_id))
-        parts += (
-            self._name(span.name),
-            _KINDS[span.kind],
+        state = context.trace_state
+        if state is not DEFAULT_TRACE_STATE and state:
+            head += _field(3, state.to_header().encode())
+        parent = span.parent
+        if parent is None:
+            flags = _LOCAL_PARENT
+        else:
+            head += _PARENT.pack(b"\x22\x08", parent.span_id)
+            flags = _REMOTE_PARENT if parent.is_remote else _LOCAL_PARENT
+        name = span.name
+        parts = [
+            head,
+            self._names.get(name) or self._name(name),
+            # An enum's value without Enum's Python-level hash.
+            _KINDS[span.kind._value_],
             _TIMES.pack(b"\x39", span.start_time or 0, b"\x41", span.end_time or 0),
-        )
+        ]
         shared = getattr(span, "shared", None)
         if shared:
             parts.append(self._shared(shared))
         attributes = span.attributes
         if attributes:
             parts.append(self._attributes_of(9, attributes))
-        if span.dropped_attributes:
-            parts += (b"\x50", _varint(span.dropped_attributes))
-        if span.events:
-            parts += (self._event(event) for event in span.events)
-        if span.dropped_events:
-            parts += (b"\x60", _varint(span.dropped_events))
-        if span.links:
-            parts += (self._link(link) for link in span.links)
-        if span.dropped_links:
+        if span.events or span.links or span.dropped_attributes or span.dropped_events:
+            parts.append(self._rare(span))
+        elif span.dropped_links:
             parts += (b"\x70", _varint(span.dropped_links))
         status = span.status
-        if status.description or status.status_code.value:
-            status_body = b""
-            if status.description:
-                status_body += _field(2, status.description.encode())
-            if status.status_code.value:
-                status_body += b"\x18" + _varint(status.status_code.value)
-            parts.append(_field(15, status_body))
-        else:
-            parts.append(b"\x7a\x00")
-        parts.append(_REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT)
+        parts.append(_NO_STATUS if status is UNSET_STATUS else _status(status))
+        parts.append(flags)
         body = b"".join(parts)
-        return b"\x12" + _varint(len(body)) + body
+        size = len(body)
+        return b"\x12" + (_SMALL[size] if size < 0x80 else _varint(size)) + body
+
+    def _rare(self, span: ReadableSpan) -> bytes:
+        """Fields 10 to 14 of a span: dropped attributes, events, links and their drop counts."""
+        parts: list[bytes] = []
+        if span.dropped_attributes:
+            parts += (b"\x50", _varint(span.dropped_attributes))
+        parts += (self._event(event) for event in span.events)
+        if span.dropped_events:
+            parts += (b"\x60", _varint(span.dropped_events))
+        parts += (self._link(link) for link in span.links)
+        if span.dropped_links:
+            parts += (b"\x70", _varint(span.dropped_links))
+        return b"".join(parts)
 
     def _shared(self, shared: Mapping[str, Any]) -> bytes:
         """The span attributes of a mapping many spans share, encoded once."""
@@ -248,7 +261,9 @@ class SpanEncoder:
         out = []
         # BoundedAttributes iterates through the Mapping ABC, one Python call
         # per key; the dict inside it does not.
-        plain: Mapping[str, Any] = getattr(attributes, "_dict", attributes)
+        plain: Mapping[str, Any] = (
+            attributes if type(attributes) is dict else getattr(attributes, "_dict", attributes)
+        )
         for key, value in plain.items():
             # Only strings are kept: they are most of ravi's attributes, and
             # True == 1 == 1.0 would share an entry.
@@ -260,9 +275,30 @@ class SpanEncoder:
             if encoded is None:
                 if len(cache) >= _CACHE_LIMIT:
                     cache.clear()
-                encoded = cache[entry] = _field(number, _key_value(key, value))
+                encoded = cache[entry] = self._text(number, key, value)
             out.append(encoded)
         return b"".join(out)
+
+    def _text(self, number: int, key: str, value: str) -> bytes:
+        """A string attribute as field `number`: what `_key_value` writes, its key kept encoded.
+
+        Values seen once (a message id) cost this every time.
+        """
+        head = self._keys.get((number, key))
+        if head is None:
+            if len(self._keys) >= _CACHE_LIMIT:
+                self._keys.clear()
+            head = self._keys[number, key] = (_varint(number << 3 | 2), _field(1, key.encode()))
+        tag, key_field = head
+        text = value.encode()
+        size = len(text)
+        whole = len(key_field) + size + 4
+        if whole < 0x80:
+            # Every length fits one byte: KeyValue{key, value: AnyValue{string_value}}.
+            return b"".join(
+                (tag, _SMALL[whole], key_field, bytes((0x12, size + 2, 0x0A, size)), text)
+            )
+        return _field(number, key_field + _field(2, _field(1, text)))
 
     def _resource(self, resource: Resource) -> bytes:
         known = self._resources.get(id(resource))
@@ -284,6 +320,15 @@ class SpanEncoder:
             known = (scope, _field(1, body))
             self._scopes[id(scope)] = known
         return known[1]
+
+
+def _status(status: Status) -> bytes:
+    body = b""
+    if status.description:
+        body += _field(2, status.description.encode())
+    if status.status_code.value:
+        body += b"\x18" + _varint(status.status_code.value)
+    return _field(15, body)
 
 
 def _flags(context: SpanContext | None) -> int:
@@ -349,10 +394,23 @@ class EncodingSpanProcessor(BatchSpanProcessor):
         """
         exporter: OtlpSpanExporter = self.span_exporter
         exporter.direct = (resource, scope)
-        emit = self._batch_processor.emit
+        batches = self._batch_processor
+        emit = batches.emit
         encode = self._encoder.span
+        full, batch_size = batches._max_queue_size, batches._max_export_batch_size
 
         def queue(span: Any) -> None:
-            emit(encode(span))  # type: ignore[arg-type]
+            # The SDK's emit, less what costs a microsecond a span on a busy
+            # node (a getpid system call, for a fork that the processor's
+            # at-fork handler takes care of); it still handles a full queue
+            # and a shut down processor, which it logs and counts.
+            data = encode(span)
+            waiting = batches._queue
+            if batches._shutdown or len(waiting) >= full:
+                emit(data)  # type: ignore[arg-type]
+                return
+            waiting.appendleft(data)
+            if len(waiting) >= batch_size and not batches._worker_awaken.is_set():
+                batches._worker_awaken.set()
 
         return queue

@@ -15,9 +15,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from ravi._interceptors import Interceptor
+from ravi.telemetry._durations import Durations, DurationsReader, counts_durations
 from ravi.telemetry._otlp import EncodingSpanProcessor, OtlpSpanExporter
-from ravi.telemetry._spans import DirectSpans
-from ravi.telemetry._tracing import LANGUAGE, MetricsInterceptor, TracingInterceptor
+from ravi.telemetry._spans import SCOPE, DirectSpans
+from ravi.telemetry._tracing import (
+    LANGUAGE,
+    MetricsInterceptor,
+    TracingInterceptor,
+    _count_durations,
+)
 
 MAX_QUEUE_SIZE = 16_384
 """Spans a node buffers for export, unless OTEL_BSP_MAX_QUEUE_SIZE says otherwise."""
@@ -116,6 +122,8 @@ def configure(node_id: str, *, endpoint: str | None = None) -> Telemetry | None:
         max_queue_size=None if os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") else MAX_QUEUE_SIZE,
     )
     tracer_provider.add_span_processor(processor)
+    metric_exporter = OTLPMetricExporter(endpoint=endpoint, insecure=insecure)
+    counted = Durations() if counts_durations(metric_exporter) else None
     meter_provider = MeterProvider(
         resource=resource,
         # Exemplars cost a tenth of a traced message's time in the SDK (profiled);
@@ -124,7 +132,9 @@ def configure(node_id: str, *, endpoint: str | None = None) -> Telemetry | None:
         if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER")
         else AlwaysOffExemplarFilter(),
         metric_readers=[
-            PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint, insecure=insecure))
+            PeriodicExportingMetricReader(metric_exporter)
+            if counted is None
+            else DurationsReader(metric_exporter, counted, SCOPE)
         ],
     )
     metrics.set_meter_provider(meter_provider)
@@ -132,5 +142,7 @@ def configure(node_id: str, *, endpoint: str | None = None) -> Telemetry | None:
     tracing._direct(DirectSpans(tracer_provider, processor))
     # One interceptor does both: a hook per message instead of two (measured
     # in docs/performance.md, "Where the time goes").
+    if counted is not None:
+        _count_durations(meter_provider, counted)
     tracing._count(MetricsInterceptor(meter_provider))
     return Telemetry(tracer_provider, meter_provider, [tracing])

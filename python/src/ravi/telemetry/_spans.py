@@ -33,7 +33,7 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags, T
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util import types
 
-from ravi.telemetry._otlp import EncodingSpanProcessor
+from ravi.telemetry._otlp import UNSET_STATUS, EncodingSpanProcessor
 from ravi.telemetry._w3c import TRACEPARENT, TRACESTATE, Passthrough
 
 SCOPE = "ravi"
@@ -41,7 +41,6 @@ SCOPE = "ravi"
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | TraceFlags.RANDOM_TRACE_ID)
-_UNSET = Status(StatusCode.UNSET)
 _NO_PARENT = trace.INVALID_SPAN_CONTEXT
 _MAX_ATTRIBUTES = 128
 """The SDK's default attribute count limit, kept for attributes user code adds."""
@@ -268,7 +267,7 @@ class RaviSpan(Span):
         self.links = links
         # No lists until something is added: fewer objects per span.
         self.events: list[Event] | tuple[()] = ()
-        self.status = _UNSET
+        self.status = UNSET_STATUS
         self.start_time = time.time_ns()
         self.end_time: int | None = None
 

@@ -61,6 +61,7 @@ from ravi._interceptors import (
 from ravi._mesh.codec import UNARY_RPCS
 from ravi._serialization import registry
 from ravi.errors import RaviError, code_of
+from ravi.telemetry import _durations as durations
 from ravi.telemetry._spans import SCOPE, SdkSpans, Spans
 from ravi.telemetry._w3c import (
     TRACEPARENT,
@@ -391,8 +392,6 @@ class TracingInterceptor(Interceptor):
                     ctx.failure_counter = metrics._count_failure
                     return next(input)
                 return metrics._counted(agent_type, next(input))
-        if metrics is not None:
-            return self._handled(input, metrics._measured(traceparent, next))
         return self._handled(input, next)
 
     async def _unsampled(
@@ -406,9 +405,6 @@ class TracingInterceptor(Interceptor):
         entered = self._entered.get(traceparent) if base is _EMPTY else None
         if entered is None or entered[1] != metadata.get(TRACESTATE):
             if not well_formed(traceparent):
-                metrics = self._metrics
-                if metrics is not None:
-                    next = metrics._measured(traceparent, next)
                 return await self._handled(input, next)
             carrier = {TRACEPARENT: traceparent}
             if TRACESTATE in metadata:
@@ -451,29 +447,59 @@ class TracingInterceptor(Interceptor):
                 [Link(published)] if published.is_valid else None,
             )
         if span.is_recording():
-            topic_type = topic.type if topic is not None else None
-            message_type = self._type_name(input.message)
-            shared = self._shared.get(("process", agent_type, message_type, topic_type))
-            if shared is None:
-                common = {
-                    "messaging.operation.type": "process",
-                    "ravi.agent.type": agent_type,
-                    "ravi.message.type": message_type,
-                }
-                if topic_type is not None:
-                    common["ravi.topic.type"] = topic_type
-                shared = self._share(("process", agent_type, message_type, topic_type), common)
-            self._spans.share(span, shared)
-            attributes = {
-                "ravi.agent.key": input.agent_id.key,
-                "messaging.message.id": ctx.message_id,
+            self._describe(span, input)
+        # What `_run` and the metrics' own timing would do, in this one
+        # coroutine: a traced message on the handling node is the mesh's
+        # busiest path (docs/performance.md, "The cost of tracing").
+        metrics = self._metrics
+        durations = None
+        if metrics is not None and not (
+            TRACEPARENT in metadata and _unsampled(metadata[TRACEPARENT])
+        ):
+            durations = metrics._durations
+        token = _enter(span)
+        started = time.perf_counter()
+        try:
+            return await next(input)
+        except Exception as error:
+            if span.is_recording():
+                _record_failure(span, error)
+            if metrics is not None:
+                metrics._failure(agent_type, error)
+            raise
+        finally:
+            if durations is not None:
+                durations.record(agent_type, time.perf_counter() - started)
+            _leave(token)
+            span.end()
+
+    def _describe(self, span: Span, input: HandleInput) -> None:
+        """Set the attributes of a recording `handle` or `deliver` span."""
+        ctx = input.ctx
+        agent_type = input.agent_id.type
+        topic = ctx.topic
+        topic_type = topic.type if topic is not None else None
+        message_type = self._type_name(input.message)
+        shared = self._shared.get(("process", agent_type, message_type, topic_type))
+        if shared is None:
+            common = {
+                "messaging.operation.type": "process",
+                "ravi.agent.type": agent_type,
+                "ravi.message.type": message_type,
             }
-            if ctx.sender is not None:
-                attributes["ravi.sender"] = str(ctx.sender)
-            if topic is not None:
-                attributes["ravi.topic.source"] = topic.source
-            span.set_attributes(attributes)
-        return await self._run(span, input, next)
+            if topic_type is not None:
+                common["ravi.topic.type"] = topic_type
+            shared = self._share(("process", agent_type, message_type, topic_type), common)
+        self._spans.share(span, shared)
+        attributes = {
+            "ravi.agent.key": input.agent_id.key,
+            "messaging.message.id": ctx.message_id,
+        }
+        if ctx.sender is not None:
+            attributes["ravi.sender"] = str(ctx.sender)
+        if topic is not None:
+            attributes["ravi.topic.source"] = topic.source
+        span.set_attributes(attributes)
 
     # --- a node passing a send on -----------------------------------------
 
@@ -554,11 +580,10 @@ class MetricsInterceptor(Interceptor):
         self._sent = counts.sent
         self._handled = counts.handled
         self._failed = counts.failed
-        self._duration = counts.duration
+        self._durations = counts.durations
         self._activated = counts.activated
         self._passivated = counts.passivated
         self._activation = counts.activation
-        self._attributes: dict[str, dict[str, str]] = {}
         self._count_failure = self._failure
 
     def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
@@ -578,18 +603,6 @@ class MetricsInterceptor(Interceptor):
             return self._counted(agent_type, next(input))
         return self._timed(agent_type, next(input))
 
-    def _measured(
-        self, traceparent: str | None, next: Callable[[HandleInput], Awaitable[Any]]
-    ) -> Callable[[HandleInput], Awaitable[Any]]:
-        """`next`, counting its failures and, unless `traceparent` is unsampled, timing it.
-
-        For a tracing interceptor that counts (`TracingInterceptor._count`):
-        the handled message is counted already.
-        """
-        if traceparent is not None and _unsampled(traceparent):
-            return lambda input: self._counted(input.agent_id.type, next(input))
-        return lambda input: self._timed(input.agent_id.type, next(input))
-
     async def _counted(self, agent_type: str, work: Awaitable[Any]) -> Any:
         try:
             return await work
@@ -605,10 +618,7 @@ class MetricsInterceptor(Interceptor):
             self._failure(agent_type, error)
             raise
         finally:
-            attributes = self._attributes.get(agent_type)
-            if attributes is None:
-                attributes = self._attributes[agent_type] = {"ravi.agent.type": agent_type}
-            self._duration.record(time.perf_counter() - started, attributes)
+            self._durations.record(agent_type, time.perf_counter() - started)
 
     def _failure(self, agent_type: str, error: Exception) -> None:
         key = (agent_type, code_of(error).name)
@@ -632,10 +642,34 @@ class MetricsInterceptor(Interceptor):
         )
 
 
+class _HistogramDurations:
+    """Handler durations recorded with the SDK's histogram instrument."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self._histogram = meter.create_histogram(
+            durations.NAME, unit=durations.UNIT, description=durations.DESCRIPTION
+        )
+        self._attributes: dict[str, dict[str, str]] = {}
+
+    def record(self, agent_type: str, seconds: float) -> None:
+        attributes = self._attributes.get(agent_type)
+        if attributes is None:
+            attributes = self._attributes[agent_type] = {"ravi.agent.type": agent_type}
+        self._histogram.record(seconds, attributes)
+
+
+def _count_durations(provider: metrics.MeterProvider, counted: durations.Durations) -> None:
+    """Count the handler durations of interceptors on `provider` in `counted`.
+
+    For `configure()`, whose metric reader reports them (ravi/telemetry/_durations.py).
+    """
+    _COUNTS[provider] = _Counts(provider.get_meter(SCOPE), counted)
+
+
 class _Counts:
     """The messages counted for one meter provider, and the instruments reporting them."""
 
-    def __init__(self, meter: metrics.Meter) -> None:
+    def __init__(self, meter: metrics.Meter, counted: durations.Durations | None = None) -> None:
         self.sent: dict[str, int] = {}
         self.handled: dict[str, int] = {}
         self.failed: dict[tuple[str, str], int] = {}
@@ -652,9 +686,7 @@ class _Counts:
             [self._observe_failed],
             description="handled messages whose handler failed",
         )
-        self.duration = meter.create_histogram(
-            "ravi.handler.duration", unit="s", description="how long handlers ran"
-        )
+        self.durations = _HistogramDurations(meter) if counted is None else counted
         # Activations and passivations are rare next to messages: the SDK's
         # synchronous instruments cost nothing that matters there.
         self.activated = meter.create_counter(
