@@ -167,3 +167,42 @@ def test_direct_spans_are_batched_and_a_full_queue_drops_as_the_sdk_does(
     assert all(isinstance(item, bytes) for item in exporter.exported)
     end_one()  # after shutdown: ignored, as the SDK ignores it
     assert len(exporter.exported) == 6
+
+
+def test_a_delivery_span_encodes_as_the_sdk_span_with_the_same_fields() -> None:
+    # The common span, written by the short paths: attributes shared with other
+    # spans and its own (a long unique one among them), a bare link, status unset.
+    resource = Resource.create({"service.name": "n"})
+    scope = InstrumentationScope("ravi")
+    context = SpanContext(0x1234, 0x5678, is_remote=False, trace_flags=TraceFlags(1))
+    local = SpanContext(0x1234, 0x9ABC, is_remote=False, trace_flags=TraceFlags(1))
+    shared = {"messaging.system": "ravi", "ravi.agent.type": "sub"}
+    own = {"messaging.message.id": "m" * 200, "ravi.agent.key": "k", "ravi.topic.source": ""}
+    span = RaviSpan(
+        None,  # type: ignore[arg-type]  # never ended through its spans here
+        "deliver sub",
+        context,
+        REMOTE,
+        SpanKind.CONSUMER,
+        {},
+        [Link(REMOTE), Link(local)],
+    )
+    span.shared = shared
+    span.attributes = dict(own)
+    span.end_time = span.start_time + 1000
+    sdk = ReadableSpan(
+        name="deliver sub",
+        context=context,
+        parent=REMOTE,
+        resource=resource,
+        attributes={**shared, **own},
+        links=[Link(REMOTE), Link(local)],
+        kind=SpanKind.CONSUMER,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=scope,
+    )
+    encoder = SpanEncoder()
+    for _ in range(2):  # written, then from what the encoder kept
+        ours = encoder.request([EncodedSpan(resource, scope, encoder.span(span))])  # type: ignore[arg-type]
+        assert ExportTraceServiceRequest.FromString(ours) == encode_spans([sdk])

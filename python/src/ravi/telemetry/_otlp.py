@@ -46,6 +46,10 @@ _NO_STATUS = b"\x7a\x00"
 """Field 15, status, unset and without a description."""
 UNSET_STATUS = Status(StatusCode.UNSET)
 """The status of every span that has not set one (ravi's spans share it)."""
+_BARE_LINK = struct.Struct(">4sQQ2sQ")
+"""Field 13, a link of 33 bytes: its trace_id and span_id, then its flags (below)."""
+_LOCAL_LINK = b"\x35" + struct.pack("<I", _HAS_IS_REMOTE)
+_REMOTE_LINK = b"\x35" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
 _LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE)
 _REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
 
@@ -207,10 +211,12 @@ class SpanEncoder:
         parts: list[bytes] = []
         if span.dropped_attributes:
             parts += (b"\x50", _varint(span.dropped_attributes))
-        parts += (self._event(event) for event in span.events)
+        for event in span.events:
+            parts.append(self._event(event))
         if span.dropped_events:
             parts += (b"\x60", _varint(span.dropped_events))
-        parts += (self._link(link) for link in span.links)
+        for link in span.links:
+            parts.append(self._link(link))
         if span.dropped_links:
             parts += (b"\x70", _varint(span.dropped_links))
         return b"".join(parts)
@@ -242,6 +248,20 @@ class SpanEncoder:
 
     def _link(self, link: Link) -> bytes:
         linked = link.context
+        if link.attributes is None:
+            # A link to a span and nothing more (a delivery's to its publish).
+            trace_id = linked.trace_id
+            flags = _REMOTE_LINK if linked.is_remote else _LOCAL_LINK
+            return (
+                _BARE_LINK.pack(
+                    b"\x6a\x21\x0a\x10",
+                    trace_id >> 64,
+                    trace_id & _LOW64,
+                    b"\x12\x08",
+                    linked.span_id,
+                )
+                + flags
+            )
         body = _IDS.pack(
             b"\x0a\x10",
             linked.trace_id >> 64,

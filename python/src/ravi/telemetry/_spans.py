@@ -29,7 +29,15 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util import types
 
@@ -58,13 +66,21 @@ class Spans(Protocol):
     ) -> Span:
         """A span, recording or not, child of `parent` (of the current context when None)."""
 
+    def child(
+        self, name: str, kind: SpanKind, parent: SpanContext, links: Sequence[Link] | None = None
+    ) -> Span:
+        """A span, recording or not, child of the span context a message came with.
+
+        A root when `parent` is invalid.
+        """
+
     def root(self, name: str, kind: SpanKind) -> Span:
         """A span of a new trace: the caller found no current span and no parent to extract."""
 
-    def share(self, span: Span, shared: Mapping[str, str]) -> None:
-        """Set attributes on a recording span from a mapping many spans share.
+    def describe(self, span: Span, shared: Mapping[str, str], own: dict[str, Any]) -> None:
+        """Set the attributes of a recording span: `shared` with other spans, then its `own`.
 
-        The caller keeps `shared` and never changes it.
+        The caller keeps `shared` and never changes it, and hands `own` over.
         """
 
 
@@ -83,11 +99,24 @@ class SdkSpans:
     ) -> Span:
         return self._tracer.start_span(name, context=parent, kind=kind, links=links)
 
+    def child(
+        self, name: str, kind: SpanKind, parent: SpanContext, links: Sequence[Link] | None = None
+    ) -> Span:
+        return self._tracer.start_span(name, context=_context_of(parent), kind=kind, links=links)
+
     def root(self, name: str, kind: SpanKind) -> Span:
         return self._tracer.start_span(name, kind=kind)
 
-    def share(self, span: Span, shared: Mapping[str, str]) -> None:
+    def describe(self, span: Span, shared: Mapping[str, str], own: dict[str, Any]) -> None:
         span.set_attributes(shared)
+        span.set_attributes(own)
+
+
+def _context_of(parent: SpanContext) -> otel_context.Context:
+    """The context whose span is `parent`; empty (a root's) when it is invalid."""
+    if not parent.is_valid:
+        return otel_context.Context()
+    return trace.set_span_in_context(NonRecordingSpan(parent), otel_context.Context())
 
 
 def _root_ratio_bound(sampler: Sampler) -> int | None:
@@ -139,15 +168,30 @@ class DirectSpans:
         parent: otel_context.Context | None,
         links: Sequence[Link] | None = None,
     ) -> Span:
+        found = trace.get_current_span(parent).get_span_context()
+        return self._started(name, kind, links, found, parent)
+
+    def child(
+        self, name: str, kind: SpanKind, parent: SpanContext, links: Sequence[Link] | None = None
+    ) -> Span:
+        return self._started(name, kind, links, parent, parent)
+
+    def _started(
+        self,
+        name: str,
+        kind: SpanKind,
+        links: Sequence[Link] | None,
+        parent_context: SpanContext,
+        asked: otel_context.Context | SpanContext | None,
+    ) -> Span:
         # What the SDK's Tracer.start_span decides, in the same order.
-        parent_context = trace.get_current_span(parent).get_span_context()
         if parent_context.is_valid:
             trace_id = parent_context.trace_id
             random = parent_context.trace_flags.random_trace_id
         else:
             trace_id = self._ids.generate_trace_id()
             random = self._random
-        return self._sampled(name, kind, parent, links, parent_context, trace_id, random)
+        return self._sampled(name, kind, links, parent_context, trace_id, random, asked)
 
     def root(self, name: str, kind: SpanKind) -> Span:
         trace_id = self._ids.generate_trace_id()
@@ -158,18 +202,24 @@ class DirectSpans:
             flags = _UNSAMPLED_RANDOM if self._random else _UNSAMPLED
             span_id = self._ids.generate_span_id()
             return Passthrough({TRACEPARENT: f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"})
-        return self._sampled(name, kind, None, None, _NO_PARENT, trace_id, self._random)
+        return self._sampled(name, kind, None, _NO_PARENT, trace_id, self._random, None)
 
     def _sampled(  # noqa: PLR0917 - the two callers above, in order
         self,
         name: str,
         kind: SpanKind,
-        parent: otel_context.Context | None,
         links: Sequence[Link] | None,
         parent_context: SpanContext,
         trace_id: int,
         random: bool,
+        asked: otel_context.Context | SpanContext | None,
     ) -> Span:
+        """The span, as the sampler decides for a parent given as `asked`.
+
+        `asked` is what the SDK's tracer would hand the sampler: the caller's
+        context (None: the current one), or a span context that came with a
+        message, made into a context only if the sampler is asked.
+        """
         if parent_context.is_valid:
             always = self._keeps_children and parent_context.trace_flags.sampled
         else:
@@ -182,7 +232,9 @@ class DirectSpans:
             )
             attributes: dict[str, Any] = {}
         else:
-            result = self._sampler.should_sample(parent, trace_id, name, kind, None, links)
+            if isinstance(asked, SpanContext):
+                asked = _context_of(asked)
+            result = self._sampler.should_sample(asked, trace_id, name, kind, None, links)
             decision, trace_state = result.decision, result.trace_state
             attributes = dict(result.attributes) if result.attributes else {}
         flags = _SAMPLED if decision is Decision.RECORD_AND_SAMPLE else _UNSAMPLED
@@ -208,12 +260,16 @@ class DirectSpans:
             list(links) if links else (),
         )
 
-    def share(self, span: Span, shared: Mapping[str, str]) -> None:
+    def describe(self, span: Span, shared: Mapping[str, str], own: dict[str, Any]) -> None:
         if type(span) is RaviSpan and span.shared is None and not span.attributes:
-            # Encoded once for every span that shares them.
+            # `shared` is encoded once for every span that shares it; `own`
+            # becomes the span's, as set_attributes would leave it (both are
+            # well under the attribute limit).
             span.shared = shared
+            span.attributes = own
         else:
             span.set_attributes(shared)
+            span.set_attributes(own)
 
     def ended(self, span: RaviSpan) -> None:
         self._queue(span)

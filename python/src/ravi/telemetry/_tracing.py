@@ -70,6 +70,7 @@ from ravi.telemetry._w3c import (
     carrier_of,
     extract,
     put,
+    remote_parent,
     well_formed,
 )
 
@@ -283,9 +284,10 @@ class TracingInterceptor(Interceptor):
                     "ravi.message.type": message_type,
                 },
             )
-        self._spans.share(span, shared)
-        span.set_attributes(
-            {"ravi.agent.key": recipient.key, "messaging.message.id": input.message_id}
+        self._spans.describe(
+            span,
+            shared,
+            {"ravi.agent.key": recipient.key, "messaging.message.id": input.message_id},
         )
         return self._run(span, input, next)
 
@@ -307,9 +309,10 @@ class TracingInterceptor(Interceptor):
                     "ravi.message.type": message_type,
                 },
             )
-        self._spans.share(span, shared)
-        span.set_attributes(
-            {"ravi.topic.source": topic.source, "messaging.message.id": input.message_id}
+        self._spans.describe(
+            span,
+            shared,
+            {"ravi.topic.source": topic.source, "messaging.message.id": input.message_id},
         )
         return self._run(span, input, next)
 
@@ -433,17 +436,28 @@ class TracingInterceptor(Interceptor):
     ) -> Any:
         ctx = input.ctx
         metadata = ctx.metadata
-        parent = extract(metadata) if TRACEPARENT in metadata else None
         agent_type = input.agent_id.type
         topic = ctx.topic
-        if topic is None:
-            span = self._spans.start(f"handle {agent_type}", SpanKind.SERVER, parent)
+        spans = self._spans
+        if TRACEPARENT in metadata:
+            parent = remote_parent(metadata)
+            if topic is None:
+                span = spans.child(f"handle {agent_type}", SpanKind.SERVER, parent)
+            else:
+                span = spans.child(
+                    f"deliver {agent_type}",
+                    SpanKind.CONSUMER,
+                    parent,
+                    [Link(parent)] if parent.is_valid else None,
+                )
+        elif topic is None:
+            span = spans.start(f"handle {agent_type}", SpanKind.SERVER, None)
         else:
-            published = trace.get_current_span(parent).get_span_context()
-            span = self._spans.start(
+            published = trace.get_current_span().get_span_context()
+            span = spans.start(
                 f"deliver {agent_type}",
                 SpanKind.CONSUMER,
-                parent,
+                None,
                 [Link(published)] if published.is_valid else None,
             )
         if span.is_recording():
@@ -490,7 +504,6 @@ class TracingInterceptor(Interceptor):
             if topic_type is not None:
                 common["ravi.topic.type"] = topic_type
             shared = self._share(("process", agent_type, message_type, topic_type), common)
-        self._spans.share(span, shared)
         attributes = {
             "ravi.agent.key": input.agent_id.key,
             "messaging.message.id": ctx.message_id,
@@ -499,7 +512,7 @@ class TracingInterceptor(Interceptor):
             attributes["ravi.sender"] = str(ctx.sender)
         if topic is not None:
             attributes["ravi.topic.source"] = topic.source
-        span.set_attributes(attributes)
+        self._spans.describe(span, shared, attributes)
 
     # --- a node passing a send on -----------------------------------------
 
@@ -522,9 +535,10 @@ class TracingInterceptor(Interceptor):
         shared = self._shared.get(("forward", agent_type))
         if shared is None:
             shared = self._share(("forward", agent_type), {"ravi.agent.type": agent_type})
-        self._spans.share(span, shared)
-        span.set_attributes(
-            {"ravi.agent.key": input.recipient.key, "ravi.route.hop_count": input.hop_count}
+        self._spans.describe(
+            span,
+            shared,
+            {"ravi.agent.key": input.recipient.key, "ravi.route.hop_count": input.hop_count},
         )
         result = await self._run(span, input, next)
         if input.next_node:

@@ -42,21 +42,32 @@ def well_formed(traceparent: str) -> bool:
 
 def extract(metadata: Mapping[str, str]) -> otel_context.Context:
     """The context a message's W3C headers carry (the propagator's, for less common forms)."""
+    found = remote_parent(metadata)
+    if not found.is_valid:
+        return otel_context.Context()
+    return trace.set_span_in_context(NonRecordingSpan(found), otel_context.Context())
+
+
+def remote_parent(metadata: Mapping[str, str]) -> SpanContext:
+    """The span context a message's W3C headers carry; invalid when they carry none.
+
+    What `extract` finds, without the context object around it: the parent of
+    a span made for the message.
+    """
     found = VERSION_00.fullmatch(metadata.get(TRACEPARENT, ""))
     if found is None:
-        return _W3C.extract(metadata)
+        return trace.get_current_span(_W3C.extract(metadata)).get_span_context()
     trace_id, span_id = int(found[1], 16), int(found[2], 16)
     if not trace_id or not span_id:
-        return otel_context.Context()
+        return trace.INVALID_SPAN_CONTEXT
     tracestate = metadata.get(TRACESTATE)
-    span_context = SpanContext(
+    return SpanContext(
         trace_id,
         span_id,
         is_remote=True,
         trace_flags=TraceFlags(int(found[3], 16)),
         trace_state=TraceState.from_header([tracestate]) if tracestate else None,
     )
-    return trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
 
 
 def carrier_of(span_context: SpanContext) -> dict[str, str]:
