@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
@@ -206,3 +212,31 @@ def test_a_delivery_span_encodes_as_the_sdk_span_with_the_same_fields() -> None:
     for _ in range(2):  # written, then from what the encoder kept
         ours = encoder.request([EncodedSpan(resource, scope, encoder.span(span))])  # type: ignore[arg-type]
         assert ExportTraceServiceRequest.FromString(ours) == encode_spans([sdk])
+
+
+def test_the_exporter_sends_the_requests_it_wrote_to_a_trace_service() -> None:
+    received: list[ExportTraceServiceRequest] = []
+
+    class Service(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: ExportTraceServiceRequest, context: object) -> object:
+            received.append(request)
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        exporter = OtlpSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True, timeout=10)
+        spans = sdk_spans()
+        resource, scope = spans[0].resource, spans[0].instrumentation_scope
+        direct = [s for s in spans if (s.resource, s.instrumentation_scope) == (resource, scope)]
+        exporter.direct = (resource, scope)
+        # Spans queued as bytes by the direct path, then SDK spans of two resources.
+        queued = [exporter.encoder.span(span) for span in direct]
+        assert exporter.export(queued) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+    finally:
+        server.stop(None)
+    assert received == [encode_spans(direct), encode_spans(spans)]
