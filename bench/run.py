@@ -17,7 +17,10 @@ the same run, and checks the ratios DESIGN.md section 8 sets as targets.
 `local --baseline DIR` also runs LocalRuntime's workloads with the ravi of
 another checkout (`git worktree add DIR main`), interleaved with this one, so a
 change's cost shows as two ratios to the same floor measured in the same run;
-`--only floor,ravi,baseline` leaves the other commands out.
+`--only floor,ravi,baseline` leaves the other commands out. With `--baseline`,
+both suites also have `baseline+tracing`, the other checkout's ravi traced at
+100% (in the gRPC one, on both nodes): `--only ravi,ravi+tracing,baseline+tracing`
+shows a change to tracing as two ratios to the same untraced runs.
 """
 
 from __future__ import annotations
@@ -263,7 +266,9 @@ def local_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     if args.baseline:
         # The other checkout's ravi first on the path: its python/src and gen/python.
         source = Path(args.baseline).resolve() / "python" / "src"
-        commands["baseline"] = ["env", f"PYTHONPATH={source}", python, str(BENCH / "local_ravi.py")]
+        baseline = ["env", f"PYTHONPATH={source}", python, str(BENCH / "local_ravi.py")]
+        commands["baseline"] = baseline
+        commands["baseline+tracing"] = [*baseline, "--tracing", *TRACED_COUNTS]
     script = Path(args.anchors) / "bench_local.py" if args.anchors else None
     if args.autogen_python and script and script.exists():
         commands["autogen"] = [args.autogen_python, str(script)]
@@ -291,6 +296,12 @@ def grpc_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         "ravi+tracing": [python, str(BENCH / "grpc_ravi.py"), "--tracing"],
         "ravi+tracing1%": [*SAMPLED_1PCT, python, str(BENCH / "grpc_ravi.py"), "--tracing"],
     }
+    if args.baseline:
+        # Both nodes run the other checkout's ravi: node B is started with this
+        # interpreter and inherits the path.
+        source = Path(args.baseline).resolve() / "python" / "src"
+        script = str(BENCH / "grpc_ravi.py")
+        commands["baseline+tracing"] = ["env", f"PYTHONPATH={source}", python, script, "--tracing"]
     script = Path(args.anchors) / "bench_grpc.py" if args.anchors else None
     if args.autogen_python and script and script.exists():
         commands["autogen"] = [args.autogen_python, str(script)]
@@ -346,7 +357,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--autogen-python")
     parser.add_argument("--anchors")
-    parser.add_argument("--baseline", help="another checkout whose LocalRuntime to measure too")
+    parser.add_argument(
+        "--baseline",
+        help="another checkout to measure too: its LocalRuntime (local), its traced nodes (grpc)",
+    )
     parser.add_argument(
         "--only", help="comma-separated commands to run (default all), e.g. ravi,ravi+tracing"
     )
@@ -421,7 +435,7 @@ def report_ratios(
             before = medians["baseline"][metric] / medians["floor"][metric]
             print(f"| {metric} | {now:.3f} | {before:.3f} | {now / before - 1:+.1%} |")
 
-    variants = [n for n in names if n.startswith("ravi+")]
+    variants = [n for n in names if n.startswith(("ravi+", "baseline+"))]
     if variants:
         # Also the median of each run's own ratio: runs are interleaved, so a
         # run's variant and untraced figures share the machine's phase.

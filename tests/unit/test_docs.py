@@ -63,6 +63,7 @@ NOT_RUN = {
         "--only floor,ravi,baseline",
     ): "benchmark",
     ("docs/performance.md", "make bench-restate   # bench/results/restate.json"): "benchmark",
+    ("docs/performance.md", "git worktree add ../ravi-before 41c7a1c"): "benchmark",
     (
         "docs/performance.md",
         "make bench-tracing      # medians of 5 interleaved runs "
