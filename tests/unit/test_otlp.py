@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import pytest
@@ -92,15 +93,41 @@ def test_an_encoder_reused_across_batches_keeps_encoding_the_same() -> None:
         assert ExportTraceServiceRequest.FromString(encoder.encode(spans)) == encode_spans(spans)
 
 
+RESOURCE = Resource.create({"service.name": "n"})
+RAVI = InstrumentationScope("ravi")
+CONTEXT = SpanContext(0x1234, 0x5678, is_remote=False, trace_flags=TraceFlags(1))
+
+
+def ravi_span(
+    name: str, kind: SpanKind, attributes: dict[str, object], links: list[Link]
+) -> RaviSpan:
+    """A span of `CONTEXT`, child of `REMOTE`, never ended through its spans here."""
+    return RaviSpan(None, name, CONTEXT, REMOTE, kind, attributes, links)  # type: ignore[arg-type]
+
+
+def assert_encodes_as_sdk(span: RaviSpan, **fields: Any) -> None:
+    """`span`, ended, encodes as the SDK's span of the same name, ids, kind, times and `fields`."""
+    span.end_time = span.start_time + 1000
+    sdk = ReadableSpan(
+        name=span.name,
+        context=CONTEXT,
+        parent=REMOTE,
+        resource=RESOURCE,
+        kind=span.kind,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=RAVI,
+        **fields,
+    )
+    encoder = SpanEncoder()
+    for _ in range(2):  # written, then from what the encoder kept
+        ours = encoder.request([EncodedSpan(RESOURCE, RAVI, encoder.span(span))])  # type: ignore[arg-type]
+        assert ExportTraceServiceRequest.FromString(ours) == encode_spans([sdk])
+
+
 def test_a_ravi_span_encodes_as_the_sdk_span_with_the_same_fields() -> None:
-    resource = Resource.create({"service.name": "n"})
-    scope = InstrumentationScope("ravi")
-    context = SpanContext(0x1234, 0x5678, is_remote=False, trace_flags=TraceFlags(1))
-    span = RaviSpan(
-        None,  # type: ignore[arg-type]  # never ended through its spans here
+    span = ravi_span(
         "send echo",
-        context,
-        REMOTE,
         SpanKind.CLIENT,
         {"messaging.system": "ravi", "ravi.agent.type": "echo"},
         [Link(REMOTE)],
@@ -108,12 +135,8 @@ def test_a_ravi_span_encodes_as_the_sdk_span_with_the_same_fields() -> None:
     span.set_attribute("ravi.route.hop_count", 2)
     span.add_event("note", {"k": "v"}, timestamp=5)
     span.set_status(StatusCode.ERROR, "bad")
-    span.end_time = span.start_time + 1000
-    sdk = ReadableSpan(
-        name="send echo",
-        context=context,
-        parent=REMOTE,
-        resource=resource,
+    assert_encodes_as_sdk(
+        span,
         attributes={
             "messaging.system": "ravi",
             "ravi.agent.type": "echo",
@@ -121,15 +144,8 @@ def test_a_ravi_span_encodes_as_the_sdk_span_with_the_same_fields() -> None:
         },
         events=[Event("note", {"k": "v"}, 5)],
         links=[Link(REMOTE)],
-        kind=SpanKind.CLIENT,
         status=Status(StatusCode.ERROR, "bad"),
-        start_time=span.start_time,
-        end_time=span.end_time,
-        instrumentation_scope=scope,
     )
-    encoder = SpanEncoder()
-    ours = encoder.request([EncodedSpan(resource, scope, encoder.span(span))])  # type: ignore[arg-type]
-    assert ExportTraceServiceRequest.FromString(ours) == encode_spans([sdk])
 
 
 class _Held(OtlpSpanExporter):
@@ -178,40 +194,13 @@ def test_direct_spans_are_batched_and_a_full_queue_drops_as_the_sdk_does(
 def test_a_delivery_span_encodes_as_the_sdk_span_with_the_same_fields() -> None:
     # The common span, written by the short paths: attributes shared with other
     # spans and its own (a long unique one among them), a bare link, status unset.
-    resource = Resource.create({"service.name": "n"})
-    scope = InstrumentationScope("ravi")
-    context = SpanContext(0x1234, 0x5678, is_remote=False, trace_flags=TraceFlags(1))
     local = SpanContext(0x1234, 0x9ABC, is_remote=False, trace_flags=TraceFlags(1))
     shared = {"messaging.system": "ravi", "ravi.agent.type": "sub"}
     own = {"messaging.message.id": "m" * 200, "ravi.agent.key": "k", "ravi.topic.source": ""}
-    span = RaviSpan(
-        None,  # type: ignore[arg-type]  # never ended through its spans here
-        "deliver sub",
-        context,
-        REMOTE,
-        SpanKind.CONSUMER,
-        {},
-        [Link(REMOTE), Link(local)],
-    )
+    span = ravi_span("deliver sub", SpanKind.CONSUMER, {}, [Link(REMOTE), Link(local)])
     span.shared = shared
     span.attributes = dict(own)
-    span.end_time = span.start_time + 1000
-    sdk = ReadableSpan(
-        name="deliver sub",
-        context=context,
-        parent=REMOTE,
-        resource=resource,
-        attributes={**shared, **own},
-        links=[Link(REMOTE), Link(local)],
-        kind=SpanKind.CONSUMER,
-        start_time=span.start_time,
-        end_time=span.end_time,
-        instrumentation_scope=scope,
-    )
-    encoder = SpanEncoder()
-    for _ in range(2):  # written, then from what the encoder kept
-        ours = encoder.request([EncodedSpan(resource, scope, encoder.span(span))])  # type: ignore[arg-type]
-        assert ExportTraceServiceRequest.FromString(ours) == encode_spans([sdk])
+    assert_encodes_as_sdk(span, attributes={**shared, **own}, links=[Link(REMOTE), Link(local)])
 
 
 def test_the_exporter_sends_the_requests_it_wrote_to_a_trace_service() -> None:
