@@ -61,7 +61,7 @@ from ravi._interceptors import (
 from ravi._mesh.codec import UNARY_RPCS
 from ravi._serialization import registry
 from ravi.errors import RaviError, code_of
-from ravi.telemetry import _durations as durations
+from ravi.telemetry import _durations
 from ravi.telemetry._spans import SCOPE, SdkSpans, Spans
 from ravi.telemetry._w3c import (
     TRACEPARENT,
@@ -661,7 +661,7 @@ class _HistogramDurations:
 
     def __init__(self, meter: metrics.Meter) -> None:
         self._histogram = meter.create_histogram(
-            durations.NAME, unit=durations.UNIT, description=durations.DESCRIPTION
+            _durations.NAME, unit=_durations.UNIT, description=_durations.DESCRIPTION
         )
         self._attributes: dict[str, dict[str, str]] = {}
 
@@ -672,7 +672,7 @@ class _HistogramDurations:
         self._histogram.record(seconds, attributes)
 
 
-def _count_durations(provider: metrics.MeterProvider, counted: durations.Durations) -> None:
+def _count_durations(provider: metrics.MeterProvider, counted: _durations.Durations) -> None:
     """Count the handler durations of interceptors on `provider` in `counted`.
 
     For `configure()`, whose metric reader reports them (ravi/telemetry/_durations.py).
@@ -683,7 +683,7 @@ def _count_durations(provider: metrics.MeterProvider, counted: durations.Duratio
 class _Counts:
     """The messages counted for one meter provider, and the instruments reporting them."""
 
-    def __init__(self, meter: metrics.Meter, counted: durations.Durations | None = None) -> None:
+    def __init__(self, meter: metrics.Meter, counted: _durations.Durations | None = None) -> None:
         self.sent: dict[str, int] = {}
         self.handled: dict[str, int] = {}
         self.failed: dict[tuple[str, str], int] = {}
