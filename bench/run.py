@@ -245,6 +245,12 @@ def run_once(command: list[str]) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if isinstance(v, int | float)}
 
 
+def with_baseline(checkout: str) -> list[str]:
+    """This interpreter, with the other checkout's ravi (its python/src) first on the path."""
+    source = Path(checkout).resolve() / "python" / "src"
+    return ["env", f"PYTHONPATH={source}", sys.executable]
+
+
 def local_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     python = sys.executable
     commands = {
@@ -264,9 +270,7 @@ def local_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         ],
     }
     if args.baseline:
-        # The other checkout's ravi first on the path: its python/src and gen/python.
-        source = Path(args.baseline).resolve() / "python" / "src"
-        baseline = ["env", f"PYTHONPATH={source}", python, str(BENCH / "local_ravi.py")]
+        baseline = [*with_baseline(args.baseline), str(BENCH / "local_ravi.py")]
         commands["baseline"] = baseline
         commands["baseline+tracing"] = [*baseline, "--tracing", *TRACED_COUNTS]
     script = Path(args.anchors) / "bench_local.py" if args.anchors else None
@@ -299,9 +303,8 @@ def grpc_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     if args.baseline:
         # Both nodes run the other checkout's ravi: node B is started with this
         # interpreter and inherits the path.
-        source = Path(args.baseline).resolve() / "python" / "src"
         script = str(BENCH / "grpc_ravi.py")
-        commands["baseline+tracing"] = ["env", f"PYTHONPATH={source}", python, script, "--tracing"]
+        commands["baseline+tracing"] = [*with_baseline(args.baseline), script, "--tracing"]
     script = Path(args.anchors) / "bench_grpc.py" if args.anchors else None
     if args.autogen_python and script and script.exists():
         commands["autogen"] = [args.autogen_python, str(script)]

@@ -25,7 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 _pack_q = struct.Struct("<Q").pack
@@ -34,7 +34,6 @@ _IDS = struct.Struct(">2sQQ2sQ")
 _PARENT = struct.Struct(">2sQ")
 _TIMES = struct.Struct("<1sQ1sQ")
 _LOW64 = (1 << 64) - 1
-_pack_i = struct.Struct("<I").pack
 _pack_d = struct.Struct("<d").pack
 
 # SpanFlags: the parent's is-remote bit is known (0x100), and set (0x200).
@@ -47,8 +46,7 @@ _NO_STATUS = b"\x7a\x00"
 """Field 15, status, unset and without a description."""
 UNSET_STATUS = Status(StatusCode.UNSET)
 """The status of every span that has not set one (ravi's spans share it)."""
-_BARE_LINK = struct.Struct(">4sQQ2sQ")
-"""Field 13, a link of 33 bytes: its trace_id and span_id, then its flags (below)."""
+# A link's flags (field 7 of a Link), and a span's parent's (field 16 of a Span).
 _LOCAL_LINK = b"\x35" + struct.pack("<I", _HAS_IS_REMOTE)
 _REMOTE_LINK = b"\x35" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
 _LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE)
@@ -204,10 +202,14 @@ class SpanEncoder:
         attributes = span.attributes
         if attributes:
             parts.append(self._attributes_of(9, attributes))
-        if span.events or span.links or span.dropped_attributes or span.dropped_events:
+        if (
+            span.events
+            or span.links
+            or span.dropped_attributes
+            or span.dropped_events
+            or span.dropped_links
+        ):
             parts.append(self._rare(span))
-        elif span.dropped_links:
-            parts += (b"\x70", _varint(span.dropped_links))
         status = span.status
         parts.append(_NO_STATUS if status is UNSET_STATUS else _status(status))
         parts.append(flags)
@@ -257,33 +259,19 @@ class SpanEncoder:
 
     def _link(self, link: Link) -> bytes:
         linked = link.context
+        trace_id = linked.trace_id
+        ids = _IDS.pack(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", linked.span_id)
+        flags = _REMOTE_LINK if linked.is_remote else _LOCAL_LINK
         if link.attributes is None:
-            # A link to a span and nothing more (a delivery's to its publish).
-            trace_id = linked.trace_id
-            flags = _REMOTE_LINK if linked.is_remote else _LOCAL_LINK
-            return (
-                _BARE_LINK.pack(
-                    b"\x6a\x21\x0a\x10",
-                    trace_id >> 64,
-                    trace_id & _LOW64,
-                    b"\x12\x08",
-                    linked.span_id,
-                )
-                + flags
-            )
-        body = _IDS.pack(
-            b"\x0a\x10",
-            linked.trace_id >> 64,
-            linked.trace_id & _LOW64,
-            b"\x12\x08",
-            linked.span_id,
-        )
+            # A link to a span and nothing more (a delivery's to its publish):
+            # 33 bytes, its length one byte.
+            return b"\x6a\x21" + ids + flags
+        body = ids
         if link.attributes:
             body += self._attributes_of(4, link.attributes)
         if link.dropped_attributes:
             body += b"\x28" + _varint(link.dropped_attributes)
-        body += b"\x35" + _pack_i(_flags(linked))
-        return _field(13, body)
+        return _field(13, body + flags)
 
     def _attributes_of(self, number: int, attributes: Mapping[str, Any]) -> bytes:
         cache = self._attributes
@@ -358,12 +346,6 @@ def _status(status: Status) -> bytes:
     if status.status_code.value:
         body += b"\x18" + _varint(status.status_code.value)
     return _field(15, body)
-
-
-def _flags(context: SpanContext | None) -> int:
-    if context is not None and context.is_remote:
-        return _HAS_IS_REMOTE | _IS_REMOTE
-    return _HAS_IS_REMOTE
 
 
 class OtlpSpanExporter(OTLPSpanExporter):
