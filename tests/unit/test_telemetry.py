@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,12 +33,16 @@ from opentelemetry.trace import (
 from ravi import (
     AgentId,
     BaseAgent,
+    HandleInput,
+    Interceptor,
     MessageContext,
+    SendInput,
     TopicId,
     TypeSubscription,
     message_handler,
     message_type,
 )
+from ravi._interceptors import quick
 from ravi.errors import HandlerFailed
 from ravi.runtime import LocalRuntime
 from ravi.telemetry import MetricsInterceptor, TracingInterceptor, configure
@@ -267,15 +271,60 @@ async def test_a_failure_inside_an_unsampled_trace_is_counted_once() -> None:
     async with runtime:
         assert await runtime.send_message(Ask("fail"), AgentId("relay", "r")) == "back failed"
         assert await runtime.send_message(Ask("fine"), AgentId("relay", "r")) == "back saw fine"
-    failed = {
-        tuple(sorted(point.attributes.items())): point.value
+    counted = {
+        (metric.name, tuple(sorted(point.attributes.items()))): point.value
         for resource in reader.get_metrics_data().resource_metrics
         for scope in resource.scope_metrics
         for metric in scope.metrics
-        if metric.name == "ravi.messages.failed"
+        if metric.name.startswith("ravi.messages.")
         for point in metric.data.data_points
     }
-    assert failed == {(("ravi.agent.type", "back"), ("ravi.error.code", "UNKNOWN")): 1}
+    back = (("ravi.agent.type", "back"),)
+    failed = (("ravi.agent.type", "back"), ("ravi.error.code", "UNKNOWN"))
+    # The relay's own sends come from outside any trace; the nested ones take
+    # the quick checks of ravi._interceptors, and are counted all the same.
+    assert counted[("ravi.messages.sent", back)] == 2
+    assert counted[("ravi.messages.handled", back)] == 2
+    assert counted[("ravi.messages.failed", failed)] == 1
+    assert [key for key in counted if key[0] == "ravi.messages.failed"] == [
+        ("ravi.messages.failed", failed)
+    ]
+
+
+class Watching(TracingInterceptor):
+    """A user's subclass that overrides the hooks: the quick checks must not bypass them."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        super().__init__("node-w", provider)
+        self.seen: list[str] = []
+
+    def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
+        self.seen.append(f"send {input.recipient.type}")
+        return super().send(input, next)
+
+    def handle(
+        self, input: HandleInput, next: Callable[[HandleInput], Awaitable[Any]]
+    ) -> Awaitable[Any]:
+        self.seen.append(f"handle {input.agent_id.type}")
+        return super().handle(input, next)
+
+
+async def test_a_subclass_that_overrides_the_hooks_sees_every_message_of_an_unsampled_trace() -> (
+    None
+):
+    watching = Watching(TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0))))
+    assert quick([watching], "send") is None
+    assert quick([watching], "handle") is None
+    plain = TracingInterceptor("node-p")
+    assert quick([plain], "send") is not None
+    assert quick([plain, Interceptor()], "send") is None
+    runtime = LocalRuntime(interceptors=[watching])
+    await Relay.register(runtime, "relay")
+    await Back.register(runtime, "back")
+    async with runtime:
+        assert await runtime.send_message(Ask("hi"), AgentId("relay", "r")) == "back saw hi"
+    # The nested send is handled in the relay's task, inside its unsampled trace.
+    assert watching.seen == ["send relay", "handle relay", "send back", "handle back"]
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,15 @@ from ravi._context import MessageContext
 from ravi._deadlines import Deadlines
 from ravi._hints import not_registered
 from ravi._ids import AgentId, TopicId, new_message_id
-from ravi._interceptors import ActivateInput, HandleInput, Interceptor, PassivateInput, chain
+from ravi._interceptors import (
+    ActivateInput,
+    HandleInput,
+    Interceptor,
+    PassivateInput,
+    QuickHandle,
+    chain,
+    quick,
+)
 from ravi._subscriptions import Subscription, TypeSubscription
 from ravi.errors import (
     AgentTypeNotFound,
@@ -471,7 +479,10 @@ class _Mailbox:
                 call.state = _RUNNING
                 token = current_call.set(call)
                 try:
-                    if intercepted is None:
+                    if intercepted is None or (
+                        (quick_handle := host.quick_handle) is not None
+                        and quick_handle(self.agent_id, call)
+                    ):
                         handler = handlers.get(type(message)) or dispatch(type(message))
                         result = await handler(agent, message, call)
                     else:
@@ -501,8 +512,12 @@ class _Mailbox:
         call.state = _RUNNING
         token = current_call.set(call)
         try:
-            intercepted = self.host.handle_chain
-            if intercepted is None:
+            host = self.host
+            intercepted = host.handle_chain
+            if intercepted is None or (
+                (quick_handle := host.quick_handle) is not None
+                and quick_handle(self.agent_id, call)
+            ):
                 result = await self.dispatch(type(call.message))(self.agent, call.message, call)
             else:
                 result = await intercepted.first(
@@ -702,6 +717,7 @@ class AgentHost:
         self.handle_chain = (
             chain(interceptors, lambda i: i.handle, self._handle_input) if interceptors else None
         )
+        self.quick_handle: QuickHandle | None = quick(interceptors, "handle")
         self._activate_chain = (
             chain(interceptors, lambda i: i.activate, self._activate_input)
             if interceptors

@@ -8,6 +8,15 @@ itself when it has nothing to do after it, which saves a coroutine per hook
 (the pass-through `Interceptor` does that). A runtime without interceptors takes
 a path that never builds the inputs, so hooks cost nothing until one is
 installed.
+
+An interceptor of ravi's own may also offer a quick check for the messages it
+has nothing to wrap: `_quick_send(recipient, metadata)` and
+`_quick_handle(agent_id, ctx)` do the whole of their hook's work (counting,
+adding trace context to `metadata`) and return True, or do nothing and return
+False. A runtime whose only interceptor offers one calls it first and, on
+True, passes the message on without building its input or entering the chain:
+that is most of what an unsampled trace costs (docs/performance.md, "The cost
+of tracing").
 """
 
 from __future__ import annotations
@@ -21,6 +30,9 @@ from ravi._context import MessageContext
 from ravi._ids import AgentId, TopicId, new_message_id
 
 T = TypeVar("T")
+
+QuickSend = Callable[[AgentId, dict[str, str]], bool]
+QuickHandle = Callable[[AgentId, MessageContext], bool]
 
 
 class SendInput:
@@ -244,3 +256,22 @@ def _link(
         return method(input, next_call)
 
     return call
+
+
+def quick(interceptors: Sequence[Interceptor], hook: str) -> Callable[..., bool] | None:
+    """The quick check for `hook` ("send", "handle") of a runtime's only interceptor, if any.
+
+    None when there are several interceptors, or when a subclass overrides the
+    hook the check stands for (its override must run).
+    """
+    if len(interceptors) != 1:
+        return None
+    interceptor_class = type(interceptors[0])
+    name = f"_quick_{hook}"
+    for owner in interceptor_class.__mro__:
+        if name in vars(owner):
+            if getattr(interceptor_class, hook) is not vars(owner).get(hook):
+                return None
+            check: Callable[..., bool] = getattr(interceptors[0], name)
+            return check
+    return None

@@ -24,7 +24,15 @@ from ravi._cancellation import CancellationToken
 from ravi._hints import did_you_mean
 from ravi._host import AgentHost, Lifecycle, _Publication, nested_call
 from ravi._ids import AgentId, AgentType, new_message_id
-from ravi._interceptors import ForwardInput, Interceptor, PublishInput, SendInput, chain
+from ravi._interceptors import (
+    ForwardInput,
+    Interceptor,
+    PublishInput,
+    QuickSend,
+    SendInput,
+    chain,
+    quick,
+)
 from ravi._mesh import codec
 from ravi._mesh.discovery import PeerDiscovery, dns_target
 from ravi._mesh.peers import Peer, Peers
@@ -112,6 +120,7 @@ class MeshNode:
         self._forward_chain = (
             chain(interceptors, lambda i: i.forward, self._forward_input) if interceptors else None
         )
+        self._quick_send: QuickSend | None = quick(interceptors, "send")
         self.peers = Peers(self, dial=dial, discovery=discovery)
         for name, address in remote_peers.items():
             target = dns_target(address)
@@ -396,19 +405,17 @@ class MeshNode:
         """Send from this node: the coroutine itself is returned, one await layer less."""
         hooked = self._send_chain
         if hooked is not None:
-            first, rest = hooked
-            return first(
-                SendInput(
-                    message,
-                    recipient,
-                    sender,
-                    message_id,
-                    dict(metadata) if metadata else {},
-                    timeout,
-                    cancellation,
-                ),
-                rest,
-            )
+            carried = dict(metadata) if metadata else {}
+            quick_send = self._quick_send
+            if quick_send is None or not quick_send(recipient, carried):
+                first, rest = hooked
+                return first(
+                    SendInput(
+                        message, recipient, sender, message_id, carried, timeout, cancellation
+                    ),
+                    rest,
+                )
+            metadata = carried
         return self._send(message, recipient, sender, timeout, cancellation, message_id, metadata)
 
     def _send_input(self, input: SendInput) -> Awaitable[Any]:

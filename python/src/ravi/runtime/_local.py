@@ -10,7 +10,7 @@ from typing import Any
 from ravi._cancellation import CancellationToken
 from ravi._host import AgentHost, Lifecycle
 from ravi._ids import AgentId, AgentType, TopicId, new_message_id
-from ravi._interceptors import Interceptor, PublishInput, SendInput, chain
+from ravi._interceptors import Interceptor, PublishInput, QuickSend, SendInput, chain, quick
 from ravi._subscriptions import Subscription
 from ravi.mesh.v1 import contract
 from ravi.runtime._base import Agent, BaseRuntime
@@ -96,6 +96,7 @@ class LocalRuntime(BaseRuntime):
         self._publish_chain = (
             chain(interceptors, lambda i: i.publish, self._publish_input) if interceptors else None
         )
+        self._quick_send: QuickSend | None = quick(interceptors, "send")
 
     async def start(self) -> None:
         if self._host.running:
@@ -142,19 +143,17 @@ class LocalRuntime(BaseRuntime):
     ) -> Awaitable[Any]:
         hooked = self._send_chain
         if hooked is not None:
-            first, rest = hooked
-            return first(
-                SendInput(
-                    message,
-                    recipient,
-                    sender,
-                    message_id,
-                    dict(metadata) if metadata else {},
-                    timeout,
-                    cancellation,
-                ),
-                rest,
-            )
+            carried = dict(metadata) if metadata else {}
+            quick_send = self._quick_send
+            if quick_send is None or not quick_send(recipient, carried):
+                first, rest = hooked
+                return first(
+                    SendInput(
+                        message, recipient, sender, message_id, carried, timeout, cancellation
+                    ),
+                    rest,
+                )
+            metadata = carried
         return self._host.send(
             message,
             recipient,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextvars
 import time
 import weakref
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -48,7 +49,9 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation import _SPAN_KEY
 
+from ravi._context import MessageContext
 from ravi._host import _Call
+from ravi._ids import AgentId
 from ravi._interceptors import (
     ActivateInput,
     ForwardInput,
@@ -252,23 +255,32 @@ class TracingInterceptor(Interceptor):
 
     # --- the caller's side ------------------------------------------------
 
-    def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
+    def _quick_send(self, recipient: AgentId, metadata: dict[str, str]) -> bool:
+        """All `send` does for a send from an unsampled handler: count it, carry its context on.
+
+        False, with nothing done, for any other send (see ravi._interceptors).
+        """
+        if not self._fast:
+            return False
+        current = _get_current().get(_SPAN_KEY, _NO_SPAN)
+        if type(current) is not Passthrough:
+            return False
         metrics = self._metrics
         if metrics is not None:
-            sent = metrics._sent
-            agent_type = input.recipient.type
-            sent[agent_type] = sent.get(agent_type, 0) + 1
-        if self._fast:
-            current = _get_current().get(_SPAN_KEY, _NO_SPAN)
-            if type(current) is Passthrough:
-                # A send from an unsampled handler: its trace context, as it came.
-                metadata = input.metadata
-                if metadata:
-                    put(current.carrier, metadata)
-                else:
-                    metadata.update(current.carrier)
-                return next(input)
+            metrics._sent[recipient.type] += 1
+        if metadata:
+            put(current.carrier, metadata)
+        else:
+            metadata.update(current.carrier)
+        return True
+
+    def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
         recipient = input.recipient
+        if self._quick_send(recipient, input.metadata):
+            return next(input)
+        metrics = self._metrics
+        if metrics is not None:
+            metrics._sent[recipient.type] += 1
         span = self._start(f"send {recipient.type}", SpanKind.CLIENT, input.metadata)
         if span is None:
             return next(input)
@@ -363,38 +375,52 @@ class TracingInterceptor(Interceptor):
 
     # --- the handler's side -----------------------------------------------
 
+    def _within(self, traceparent: str | None) -> bool:
+        """Whether a message runs in the unsampled trace current here already: nothing to attach."""
+        current = _get_current().get(_SPAN_KEY, _NO_SPAN)
+        if type(current) is Passthrough and current.carrier[TRACEPARENT] == traceparent:
+            return True
+        if traceparent is None:
+            found = current.get_span_context()
+            return found.is_valid and not found.trace_flags.sampled
+        return False
+
+    def _quick_handle(self, agent_id: AgentId, ctx: MessageContext) -> bool:
+        """All `handle` does for a call handled within its unsampled trace: count it.
+
+        The host counts the call's failure with the counter it is handed, so
+        nothing wraps the handler. False, with nothing done, for any other
+        message: a publication's failure needs `handle`'s wrapper to be counted
+        (see ravi._interceptors).
+        """
+        if not self._fast:
+            return False
+        metrics = self._metrics
+        if metrics is None:
+            return self._within(ctx.metadata.get(TRACEPARENT))
+        if type(ctx) is not _Call or not self._within(ctx.metadata.get(TRACEPARENT)):
+            return False
+        metrics._handled[agent_id.type] += 1
+        ctx.failure_counter = metrics._count_failure
+        return True
+
     def handle(
         self, input: HandleInput, next: Callable[[HandleInput], Awaitable[Any]]
     ) -> Awaitable[Any]:
-        metadata = input.ctx.metadata
+        ctx = input.ctx
+        if self._quick_handle(input.agent_id, ctx):
+            return next(input)
+        metadata = ctx.metadata
         traceparent = metadata.get(TRACEPARENT)
         metrics = self._metrics
         if metrics is not None:
-            handled = metrics._handled
-            agent_type = input.agent_id.type
-            handled[agent_type] = handled.get(agent_type, 0) + 1
+            metrics._handled[input.agent_id.type] += 1
         if self._fast:
-            current = _get_current().get(_SPAN_KEY, _NO_SPAN)
-            if traceparent is None:
-                found = current.get_span_context()
-                within = found.is_valid and not found.trace_flags.sampled
-            elif len(traceparent) == 55 and traceparent[54] in _UNSAMPLED_FLAGS:
-                if type(current) is not Passthrough or current.carrier[TRACEPARENT] != traceparent:
-                    return self._unsampled(metadata, input, next)
-                # The caller's own trace, in the caller's task: nothing to attach.
-                within = True
-            else:
-                within = False
-            if within:
-                if metrics is None:
-                    return next(input)
-                ctx = input.ctx
-                if type(ctx) is _Call:
-                    # The host counts the failure of a call it hands the
-                    # counter: no coroutine around the handler for it.
-                    ctx.failure_counter = metrics._count_failure
-                    return next(input)
-                return metrics._counted(agent_type, next(input))
+            # Not within its trace, unless a publication `_quick_handle` left to us.
+            if metrics is not None and type(ctx) is not _Call and self._within(traceparent):
+                return metrics._counted(input.agent_id.type, next(input))
+            if traceparent is not None and _unsampled(traceparent):
+                return self._unsampled(metadata, input, next)
         return self._handled(input, next)
 
     async def _unsampled(
@@ -601,17 +627,14 @@ class MetricsInterceptor(Interceptor):
         self._count_failure = self._failure
 
     def send(self, input: SendInput, next: Callable[[SendInput], Awaitable[Any]]) -> Awaitable[Any]:
-        sent = self._sent
-        agent_type = input.recipient.type
-        sent[agent_type] = sent.get(agent_type, 0) + 1
+        self._sent[input.recipient.type] += 1
         return next(input)
 
     def handle(
         self, input: HandleInput, next: Callable[[HandleInput], Awaitable[Any]]
     ) -> Awaitable[Any]:
         agent_type = input.agent_id.type
-        handled = self._handled
-        handled[agent_type] = handled.get(agent_type, 0) + 1
+        self._handled[agent_type] += 1
         traceparent = input.ctx.metadata.get(TRACEPARENT)
         if traceparent is not None and _unsampled(traceparent):
             return self._counted(agent_type, next(input))
@@ -684,8 +707,9 @@ class _Counts:
     """The messages counted for one meter provider, and the instruments reporting them."""
 
     def __init__(self, meter: metrics.Meter, counted: _durations.Durations | None = None) -> None:
-        self.sent: dict[str, int] = {}
-        self.handled: dict[str, int] = {}
+        # Counted with `+= 1`: a defaultdict's missing key costs no method call on a hit.
+        self.sent: defaultdict[str, int] = defaultdict(int)
+        self.handled: defaultdict[str, int] = defaultdict(int)
         self.failed: dict[tuple[str, str], int] = {}
         meter.create_observable_counter(
             "ravi.messages.sent", [self._observe_sent], description="sends made here"
