@@ -19,8 +19,9 @@ another checkout (`git worktree add DIR main`), interleaved with this one, so a
 change's cost shows as two ratios to the same floor measured in the same run;
 `--only floor,ravi,baseline` leaves the other commands out. With `--baseline`,
 both suites also have `baseline+tracing`, the other checkout's ravi traced at
-100% (in the gRPC one, on both nodes): `--only ravi,ravi+tracing,baseline+tracing`
-shows a change to tracing as two ratios to the same untraced runs.
+100% (in the gRPC one, on both nodes), and the local one `baseline+tracing1%`:
+`--only ravi,ravi+tracing,baseline+tracing` shows a change to tracing as two
+ratios to the same untraced runs.
 """
 
 from __future__ import annotations
@@ -273,6 +274,7 @@ def local_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         baseline = [*with_baseline(args.baseline), str(BENCH / "local_ravi.py")]
         commands["baseline"] = baseline
         commands["baseline+tracing"] = [*baseline, "--tracing", *TRACED_COUNTS]
+        commands["baseline+tracing1%"] = [*SAMPLED_1PCT, *baseline, "--tracing", "--paired"]
     script = Path(args.anchors) / "bench_local.py" if args.anchors else None
     if args.autogen_python and script and script.exists():
         commands["autogen"] = [args.autogen_python, str(script)]

@@ -48,6 +48,7 @@ from ravi.runtime import LocalRuntime
 from ravi.telemetry import MetricsInterceptor, TracingInterceptor, configure
 from ravi.telemetry._otlp import EncodingSpanProcessor, OtlpSpanExporter
 from ravi.telemetry._spans import DirectSpans
+from ravi.telemetry._w3c import well_formed
 
 
 @message_type("telemetry.Ask")
@@ -205,6 +206,67 @@ async def test_an_unsampled_trace_makes_no_span_and_its_context_reaches_every_ho
     assert outer_trace == inner_trace == int(outer[3:35], 16)
     assert not outer_recorded
     assert not inner_recorded
+
+
+class Listener(BaseAgent):
+    """Records the span current in its handler and the traceparent it was delivered with."""
+
+    seen: ClassVar[list[tuple[str, trace.Span]]] = []
+
+    @message_handler
+    async def on_news(self, message: News, ctx: MessageContext) -> None:
+        Listener.seen.append((ctx.metadata["traceparent"], trace.get_current_span()))
+
+
+async def test_the_deliveries_of_an_unsampled_publication_run_in_its_trace(
+    spans: InMemorySpanExporter,
+) -> None:
+    Listener.seen.clear()
+    runtime = LocalRuntime(interceptors=[TracingInterceptor("node-u", unsampled_provider(spans))])
+    for name in ("l1", "l2", "l3"):
+        await Listener.register(runtime, name)
+        await runtime.add_subscription(TypeSubscription("news", name))
+    async with runtime:
+        for _ in range(2):
+            await runtime.publish_message(News("hi"), TopicId("news", "t"))
+        await runtime.stop_when_idle(timeout=5)
+    assert spans.get_finished_spans() == ()
+    assert len(Listener.seen) == 6
+    by_trace: dict[str, list[trace.Span]] = {}
+    for traceparent, span in Listener.seen:
+        by_trace.setdefault(traceparent, []).append(span)
+    assert len(by_trace) == 2
+    for traceparent, current in by_trace.items():
+        # Each mailbox worker runs its delivery under the publication's context,
+        # entered once and shared by the publication's three deliveries.
+        assert len({id(span) for span in current}) == 1
+        context = current[0].get_span_context()
+        assert not current[0].is_recording()
+        assert (context.trace_id, context.span_id) == (
+            int(traceparent[3:35], 16),
+            int(traceparent[36:52], 16),
+        )
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "expected"),
+    [
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", True),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-02", True),
+        ("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-00", False),
+        ("00-00000000000000000000000000000000-b7ad6b7169203331-00", False),
+        ("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-00", False),
+        ("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", False),
+        ("00-0af7651916cd43dd8448eb211c80319c_b7ad6b7169203331-00", False),
+        ("00-0af7651916cd43dd8448eb211c80319g-b7ad6b7169203331-00", False),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00-", False),
+        ("", False),
+    ],
+)
+def test_only_a_valid_version_00_traceparent_is_passed_on_unparsed(
+    traceparent: str, expected: bool
+) -> None:
+    assert well_formed(traceparent) is expected
 
 
 def traced_and_counted(fused: bool, provider: TracerProvider, meters: MeterProvider) -> list[Any]:

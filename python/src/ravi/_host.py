@@ -173,7 +173,7 @@ class _Context(MessageContext):
 class _Publication(_Context):
     """A published message: one object shared by every subscriber's delivery."""
 
-    __slots__ = ("_topic",)
+    __slots__ = ("_topic", "trace_context")
 
     def __init__(  # noqa: PLR0917 - positional on the hot path, built in one place
         self,
@@ -186,6 +186,9 @@ class _Publication(_Context):
     ) -> None:
         super().__init__(host, message, sender, message_id, metadata)
         self._topic = topic
+        # Telemetry's hook keeps here the trace context it entered for one
+        # delivery of an unsampled publication, for the others to reuse.
+        self.trace_context: Any = None
 
     @property
     def topic(self) -> TopicId | None:

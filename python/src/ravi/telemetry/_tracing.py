@@ -50,7 +50,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation import _SPAN_KEY
 
 from ravi._context import MessageContext
-from ravi._host import _Call
+from ravi._host import _Call, _Publication
 from ravi._ids import AgentId
 from ravi._interceptors import (
     ActivateInput,
@@ -103,8 +103,6 @@ _get_current: Callable[[], Mapping[str, Any]] = (
 )
 _EMPTY = contextvars.Context().run(_get_current)
 """The context of a task that has none of its own (a new task, a mailbox worker)."""
-_ENTERED_LIMIT = 256
-"""Contexts of unsampled messages kept for the next delivery of the same publication."""
 
 
 def _set_current(context: otel_context.Context) -> object:
@@ -195,7 +193,6 @@ class TracingInterceptor(Interceptor):
         }
         self._shared: dict[tuple[str | None, ...], dict[str, str]] = {}
         self._metrics: MetricsInterceptor | None = None
-        self._entered: dict[str, tuple[otel_context.Context, str | None]] = {}
         self._type_names: dict[type, str] = {}
 
     # --- RPC spans (GrpcRuntime installs these) -----------------------------
@@ -347,21 +344,25 @@ class TracingInterceptor(Interceptor):
         Either way the metadata carries the context the message travels in.
         """
         current = _get_current().get(_SPAN_KEY, _NO_SPAN)
-        if self._fast:
-            if type(current) is Passthrough:
-                put(current.carrier, metadata)
-                return None
-            found = current.get_span_context()
-            if found.is_valid and not found.trace_flags.sampled:
-                put(carrier_of(found), metadata)
-                return None
-        if current.get_span_context().is_valid:
-            span = self._spans.start(name, kind, None)
-        elif TRACEPARENT in metadata:
-            # No current span: a traceparent the caller put in the metadata parents it.
-            span = self._spans.start(name, kind, extract(metadata))
-        else:
+        if current is _NO_SPAN and TRACEPARENT not in metadata:
+            # From outside any trace (a client's loop of sends or publishes): a root.
             span = self._spans.root(name, kind)
+        else:
+            if self._fast:
+                if type(current) is Passthrough:
+                    put(current.carrier, metadata)
+                    return None
+                found = current.get_span_context()
+                if found.is_valid and not found.trace_flags.sampled:
+                    put(carrier_of(found), metadata)
+                    return None
+            if current.get_span_context().is_valid:
+                span = self._spans.start(name, kind, None)
+            elif TRACEPARENT in metadata:
+                # No current span: a traceparent the caller put in the metadata parents it.
+                span = self._spans.start(name, kind, extract(metadata))
+            else:
+                span = self._spans.root(name, kind)
         if type(span) is Passthrough:
             put(span.carrier, metadata)
             return None
@@ -429,24 +430,23 @@ class TracingInterceptor(Interceptor):
         input: HandleInput,
         next: Callable[[HandleInput], Awaitable[Any]],
     ) -> Any:
-        traceparent = metadata[TRACEPARENT]
+        ctx = input.ctx
         base = _get_current()
-        entered = self._entered.get(traceparent) if base is _EMPTY else None
-        if entered is None or entered[1] != metadata.get(TRACESTATE):
+        # The deliveries of one publication to mailbox workers (tasks with no
+        # context of their own) share the context the first one entered.
+        publication = ctx if type(ctx) is _Publication and base is _EMPTY else None
+        context = publication.trace_context if publication is not None else None
+        if context is None:
+            traceparent = metadata[TRACEPARENT]
             if not well_formed(traceparent):
                 return await self._handled(input, next)
             carrier = {TRACEPARENT: traceparent}
-            if TRACESTATE in metadata:
-                carrier[TRACESTATE] = metadata[TRACESTATE]
+            tracestate = metadata.get(TRACESTATE)
+            if tracestate is not None:
+                carrier[TRACESTATE] = tracestate
             context = otel_context.Context({**base, _SPAN_KEY: Passthrough(carrier)})
-            if base is _EMPTY:
-                # The deliveries of one publication share it (a mailbox worker,
-                # a call from another node: tasks with no context of their own).
-                if len(self._entered) >= _ENTERED_LIMIT:
-                    self._entered.clear()
-                self._entered[traceparent] = (context, carrier.get(TRACESTATE))
-        else:
-            context = entered[0]
+            if publication is not None:
+                publication.trace_context = context
         token = _set_current(context)
         try:
             return await next(input)
