@@ -12,7 +12,7 @@ import grpc.aio
 import pytest
 
 from ravi import AgentId
-from ravi._mesh.codec import rendezvous_score
+from ravi._mesh.codec import metadata_of, rendezvous_score
 from ravi.conformance.v1 import conformance_pb2 as conf
 from ravi.errors import AgentTypeNotFound, Code, RaviError, from_grpc_error
 from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
@@ -269,3 +269,16 @@ async def test_killing_a_node_fails_its_calls_fast_and_spares_the_others() -> No
         async with client(survivor) as runtime:
             await runtime.wait_until_ready("survivor")
             assert (await echo(runtime, AgentId("survivor", "k"))).node_id == "survivor"
+
+
+def test_an_envelopes_metadata_is_read_into_a_dict_of_its_own() -> None:
+    entries = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "k": "v"}
+    envelope = types_pb2.Envelope(metadata=entries)
+    read = metadata_of(envelope.metadata)
+    assert type(read) is dict
+    assert read == entries
+    read["k"] = "changed"
+    assert envelope.metadata["k"] == "v"
+    empty = types_pb2.Envelope().metadata
+    assert metadata_of(empty) == {}
+    assert metadata_of(empty) is not metadata_of(empty)

@@ -87,6 +87,16 @@ def envelope(
     )
 
 
+def metadata_of(entries: Mapping[str, str]) -> dict[str, str]:
+    """An envelope's metadata map as a dict.
+
+    `dict(entries)` and `{**entries}` read protobuf's map through
+    `Mapping.keys()`, in Python: about 1 µs a message (0.5 µs when empty), a
+    tenth of a node's time delivering traced events. Iterating it is C.
+    """
+    return {key: entries[key] for key in entries} if entries else {}
+
+
 def sender_of(envelope: types_pb2.Envelope) -> AgentId | None:
     """The sender an envelope names, if any (BAD_ID when it names half of one)."""
     return agent_id_from_wire(envelope.sender, "sender") if envelope.HasField("sender") else None

@@ -617,7 +617,7 @@ class MeshNode:
             topic,
             sender=sender,
             message_id=event.envelope.message_id or None,
-            metadata=dict(event.envelope.metadata),
+            metadata=codec.metadata_of(event.envelope.metadata),
             timeout=None,
             remote=self._deliver_remote,
             elsewhere=self._placed_elsewhere if self._pooled else None,
@@ -689,7 +689,7 @@ class MeshNode:
         envelope = request.envelope
         message = self._decode_for(recipient.type, envelope.payload)
         sender = codec.sender_of(envelope)
-        metadata = {**trace, **envelope.metadata}
+        metadata = {**trace, **codec.metadata_of(envelope.metadata)}
         if request.HasField("topic"):
             await self.host.publish(
                 message,
@@ -771,7 +771,7 @@ class MeshNode:
             forwarded.route.hop_count,
             forwarded,
             timeout,
-            dict(request.envelope.metadata),
+            codec.metadata_of(request.envelope.metadata),
             next_node=to.node_id if to is not None else "",
         )
         response: agent_service_pb2.SendResponse = await self._forward_chain(hop)
@@ -799,7 +799,7 @@ class MeshNode:
         envelope = request.envelope
         message = codec.decode(self._registry, envelope.payload)
         sender = codec.sender_of(envelope)
-        metadata = {**trace, **envelope.metadata}
+        metadata = {**trace, **codec.metadata_of(envelope.metadata)}
         local = await self.host.publish(
             message,
             topic,
