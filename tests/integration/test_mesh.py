@@ -12,7 +12,7 @@ import grpc.aio
 import pytest
 
 from ravi import AgentId
-from ravi._mesh.codec import metadata_of, rendezvous_score
+from ravi._mesh.codec import metadata_of, put_metadata, rendezvous_score
 from ravi.conformance.v1 import conformance_pb2 as conf
 from ravi.errors import AgentTypeNotFound, Code, RaviError, from_grpc_error
 from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
@@ -271,10 +271,13 @@ async def test_killing_a_node_fails_its_calls_fast_and_spares_the_others() -> No
             assert (await echo(runtime, AgentId("survivor", "k"))).node_id == "survivor"
 
 
-def test_an_envelopes_metadata_is_read_into_a_dict_of_its_own() -> None:
+def test_an_envelopes_metadata_is_read_into_a_dict_of_its_own_and_written_back() -> None:
     entries = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "k": "v"}
     envelope = types_pb2.Envelope(metadata=entries)
     read = metadata_of(envelope.metadata)
+    written = types_pb2.Envelope()
+    put_metadata(written.metadata, read)
+    assert written == envelope
     assert type(read) is dict
     assert read == entries
     read["k"] = "changed"

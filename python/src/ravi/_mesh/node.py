@@ -817,7 +817,7 @@ class MeshNode:
                 event = agent_service_pb2.Event(
                     topic=request.topic, envelope=envelope, origin_node_id=self.node_id
                 )
-                event.envelope.metadata.update(metadata)
+                codec.put_metadata(event.envelope.metadata, metadata)
                 streamed = self.streams.push(subscribers, event)
         return agent_service_pb2.PublishResponse(local_deliveries=local, stream_deliveries=streamed)
 
