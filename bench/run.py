@@ -18,10 +18,10 @@ the same run, and checks the ratios DESIGN.md section 8 sets as targets.
 another checkout (`git worktree add DIR main`), interleaved with this one, so a
 change's cost shows as two ratios to the same floor measured in the same run;
 `--only floor,ravi,baseline` leaves the other commands out. With `--baseline`,
-both suites also have `baseline+tracing`, the other checkout's ravi traced at
-100% (in the gRPC one, on both nodes), and the local one `baseline+tracing1%`:
-`--only ravi,ravi+tracing,baseline+tracing` shows a change to tracing as two
-ratios to the same untraced runs.
+both suites have `baseline`, `baseline+tracing` and `baseline+tracing1%`: the
+other checkout's ravi untraced, traced at 100% and at 1% (in the gRPC suite, on
+both nodes). `--only ravi,ravi+tracing,baseline+tracing` shows a change to
+tracing as two ratios to the same untraced runs.
 """
 
 from __future__ import annotations
@@ -305,8 +305,10 @@ def grpc_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     if args.baseline:
         # Both nodes run the other checkout's ravi: node B is started with this
         # interpreter and inherits the path.
-        script = str(BENCH / "grpc_ravi.py")
-        commands["baseline+tracing"] = [*with_baseline(args.baseline), script, "--tracing"]
+        baseline = [*with_baseline(args.baseline), str(BENCH / "grpc_ravi.py")]
+        commands["baseline"] = baseline
+        commands["baseline+tracing"] = [*baseline, "--tracing"]
+        commands["baseline+tracing1%"] = [*SAMPLED_1PCT, *baseline, "--tracing"]
     script = Path(args.anchors) / "bench_grpc.py" if args.anchors else None
     if args.autogen_python and script and script.exists():
         commands["autogen"] = [args.autogen_python, str(script)]
