@@ -434,7 +434,7 @@ def report_ratios(
         ]
         print(f"| {metric} | " + " | ".join(cells + ratios) + " |")
 
-    if "baseline" in medians:
+    if "baseline" in medians and "floor" in medians:
         print("\n| metric | ravi / floor | baseline / floor | change |")
         print("|---|---|---|---|")
         for metric in sorted(set(medians["ravi"]) & set(medians["floor"])):
@@ -442,7 +442,7 @@ def report_ratios(
             before = medians["baseline"][metric] / medians["floor"][metric]
             print(f"| {metric} | {now:.3f} | {before:.3f} | {now / before - 1:+.1%} |")
 
-    variants = [n for n in names if n.startswith(("ravi+", "baseline+"))]
+    variants = [n for n in names if n == "baseline" or n.startswith(("ravi+", "baseline+"))]
     if variants:
         # Also the median of each run's own ratio: runs are interleaved, so a
         # run's variant and untraced figures share the machine's phase.

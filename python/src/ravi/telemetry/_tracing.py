@@ -7,7 +7,9 @@ Both are built to be left on (docs/performance.md, "The cost of tracing"):
   where that trace is current already (a send handled in the caller's task)
   attaches nothing. Only where the trace enters a task (a message from another
   node, a mailbox worker) is a non-recording span attached, so that user code
-  and nested sends see it.
+  and nested sends see it. Inside such a trace, a send and a call handled in
+  its caller's task take `_quick_send` and `_quick_handle` (see
+  ravi._interceptors): no hook input is built for them.
 - A sampled message makes its spans through the SDK, with their attributes set
   once the span is known to record.
 - Metrics count in the process and report on collection (observable counters);
