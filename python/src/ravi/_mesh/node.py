@@ -405,6 +405,8 @@ class MeshNode:
         """Send from this node: the coroutine itself is returned, one await layer less."""
         hooked = self._send_chain
         if hooked is not None:
+            # LocalRuntime.send_message's steps, repeated: a shared helper
+            # would cost a call on every hooked send.
             carried = dict(metadata) if metadata else {}
             quick_send = self._quick_send
             if quick_send is None or not quick_send(recipient, carried):
