@@ -19,8 +19,8 @@ TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 _W3C = TraceContextTextMapPropagator()
 
-VERSION_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_WELL_FORMED = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}").fullmatch
+_VERSION_00 = re.compile(r"00-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-([0-9a-f]{2})")
+"""A valid version-00 traceparent: lowercase hex, non-zero ids; its ids and flags."""
 
 
 def well_formed(traceparent: str) -> bool:
@@ -28,7 +28,7 @@ def well_formed(traceparent: str) -> bool:
 
     Enough to pass an unsampled context on unchanged, without parsing it.
     """
-    return _WELL_FORMED(traceparent) is not None
+    return _VERSION_00.fullmatch(traceparent) is not None
 
 
 def extract(metadata: Mapping[str, str]) -> otel_context.Context:
@@ -45,16 +45,14 @@ def remote_parent(metadata: Mapping[str, str]) -> SpanContext:
     What `extract` finds, without the context object around it: the parent of
     a span made for the message.
     """
-    found = VERSION_00.fullmatch(metadata.get(TRACEPARENT, ""))
+    found = _VERSION_00.fullmatch(metadata.get(TRACEPARENT, ""))
     if found is None:
+        # Other versions, and invalid headers: the propagator's answer.
         return trace.get_current_span(_W3C.extract(metadata)).get_span_context()
-    trace_id, span_id = int(found[1], 16), int(found[2], 16)
-    if not trace_id or not span_id:
-        return trace.INVALID_SPAN_CONTEXT
     tracestate = metadata.get(TRACESTATE)
     return SpanContext(
-        trace_id,
-        span_id,
+        int(found[1], 16),
+        int(found[2], 16),
         is_remote=True,
         trace_flags=TraceFlags(int(found[3], 16)),
         trace_state=TraceState.from_header([tracestate]) if tracestate else None,
