@@ -366,7 +366,7 @@ def main() -> None:
     parser.add_argument("--anchors")
     parser.add_argument(
         "--baseline",
-        help="another checkout to measure too: its LocalRuntime (local), its traced nodes (grpc)",
+        help="another checkout to measure too: baseline, baseline+tracing, baseline+tracing1%%",
     )
     parser.add_argument(
         "--only", help="comma-separated commands to run (default all), e.g. ravi,ravi+tracing"
