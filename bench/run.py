@@ -443,7 +443,7 @@ def report_ratios(
             print(f"| {metric} | {now:.3f} | {before:.3f} | {now / before - 1:+.1%} |")
 
     variants = [n for n in names if n == "baseline" or n.startswith(("ravi+", "baseline+"))]
-    if variants:
+    if variants and "ravi" in medians:
         # Also the median of each run's own ratio: runs are interleaved, so a
         # run's variant and untraced figures share the machine's phase.
         print(

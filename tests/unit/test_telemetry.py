@@ -353,6 +353,49 @@ async def test_a_failure_inside_an_unsampled_trace_is_counted_once() -> None:
     ]
 
 
+class Fragile(BaseAgent):
+    """Fails on the news "fail", in a mailbox worker's task."""
+
+    @message_handler
+    async def on_news(self, message: News, ctx: MessageContext) -> None:
+        if message.text == "fail":
+            raise ValueError("fragile failed")
+        Listener.seen.append((ctx.metadata["traceparent"], trace.get_current_span()))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["two interceptors", "fused"])
+async def test_a_failed_delivery_of_an_unsampled_publication_is_counted_once(fused: bool) -> None:
+    # Fused, the mailbox worker takes the quick check: it enters the trace,
+    # and the host counts the failure with the counter the check set. With
+    # two interceptors the hook's wrapper counts it. Either way, once.
+    Listener.seen.clear()
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    runtime = LocalRuntime(interceptors=traced_and_counted(fused, provider, meters))
+    await Fragile.register(runtime, "fragile")
+    await runtime.add_subscription(TypeSubscription("news", "fragile"))
+    async with runtime:
+        for text in ("fail", "fine", "fail"):
+            await runtime.publish_message(News(text), TopicId("news", "t"))
+        await runtime.stop_when_idle(timeout=5)
+    counted = {
+        (metric.name, tuple(sorted(point.attributes.items()))): point.value
+        for resource in reader.get_metrics_data().resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name.startswith("ravi.messages.")
+        for point in metric.data.data_points
+    }
+    fragile = (("ravi.agent.type", "fragile"),)
+    failed = (("ravi.agent.type", "fragile"), ("ravi.error.code", "UNKNOWN"))
+    assert counted[("ravi.messages.handled", fragile)] == 3
+    assert counted[("ravi.messages.failed", failed)] == 2
+    ((traceparent, current),) = Listener.seen
+    assert current.get_span_context().span_id == int(traceparent[36:52], 16)
+    assert not current.is_recording()
+
+
 class Watching(TracingInterceptor):
     """A user's subclass that overrides the hooks: the quick checks must not bypass them."""
 

@@ -113,14 +113,20 @@ def _closes(cls: type[BaseAgent]) -> bool:
 class _Context(MessageContext):
     """What every handler's context holds: the message and where it comes from."""
 
+    # `failure_counter` is left unset (read with getattr on the failure path
+    # only, so a message pays nothing for it): telemetry's quick check sets it
+    # on a message it lets through unwrapped, so the failure is still counted
+    # without a coroutine of its own around every handler.
     __slots__ = (
         "_cancellation",
         "_message_id",
         "_metadata",
         "_sender",
+        "failure_counter",
         "host",
         "message",
     )
+    failure_counter: Callable[[str, Exception], None]
 
     def __init__(
         self,
@@ -201,21 +207,15 @@ class _Publication(_Context):
 class _Call(_Context):
     """One direct send to one agent; also the handler's `MessageContext`."""
 
-    # `failure_counter` is left unset (read with getattr on the failure path
-    # only, so a send pays nothing for it): telemetry's hook sets it on a call
-    # it lets through unwrapped, so the failure is still counted without a
-    # coroutine of its own around every handler.
     __slots__ = (
         "chain",
         "deadline",
-        "failure_counter",
         "future",
         "key",
         "mailbox",
         "state",
         "task",
     )
-    failure_counter: Callable[[str, Exception], None]
 
     def __init__(  # noqa: PLR0917 - positional on the hot path, built in one place
         self,
@@ -445,6 +445,9 @@ class _Mailbox:
         agent = self.agent
         handlers = self.handlers
         dispatch = self.dispatch
+        intercepted = host.handle_chain
+        quick_handle = host.quick_handle
+        quick: bool | contextvars.Token[Any]
         while not host.stopping:
             if not queue or self.busy is not None:
                 if self.retired and not queue:
@@ -455,12 +458,14 @@ class _Mailbox:
                 continue
             entry = queue.popleft()
             message = entry.message
-            intercepted = host.handle_chain
             if type(entry) is _Publication:
                 self.busy = entry
                 token = current_call.set((self, entry))
+                quick = False
                 try:
-                    if intercepted is None:
+                    if intercepted is None or (
+                        quick_handle is not None and (quick := quick_handle(self.agent_id, entry))
+                    ):
                         handler = handlers.get(type(message)) or dispatch(type(message))
                         await handler(agent, message, entry)
                     else:
@@ -470,8 +475,10 @@ class _Mailbox:
                     if self.checkpoint:
                         await host.checkpoint(self)
                 except Exception as exc:
-                    self._log_failure(entry, exc)
+                    self._log_failure(entry, exc, quick is not False)
                 finally:
+                    if type(quick) is contextvars.Token:
+                        quick.var.reset(quick)
                     current_call.reset(token)
                     self.busy = None
             elif isinstance(entry, _Call) and entry.state == _QUEUED:
@@ -481,10 +488,10 @@ class _Mailbox:
                 call.task = self.task
                 call.state = _RUNNING
                 token = current_call.set(call)
+                quick = False
                 try:
                     if intercepted is None or (
-                        (quick_handle := host.quick_handle) is not None
-                        and quick_handle(self.agent_id, call)
+                        quick_handle is not None and (quick := quick_handle(self.agent_id, call))
                     ):
                         handler = handlers.get(type(message)) or dispatch(type(message))
                         result = await handler(agent, message, call)
@@ -502,6 +509,8 @@ class _Mailbox:
                 else:
                     self._succeeded(call, result)
                 finally:
+                    if type(quick) is contextvars.Token:
+                        quick.var.reset(quick)
                     call.state = _DONE
                     current_call.reset(token)
                     self.busy = None
@@ -514,12 +523,13 @@ class _Mailbox:
         """Handle a send in the current task (a reentrant agent's task, or inline)."""
         call.state = _RUNNING
         token = current_call.set(call)
+        quick: bool | contextvars.Token[Any] = False
         try:
             host = self.host
             intercepted = host.handle_chain
             if intercepted is None or (
                 (quick_handle := host.quick_handle) is not None
-                and quick_handle(self.agent_id, call)
+                and (quick := quick_handle(self.agent_id, call))
             ):
                 result = await self.dispatch(type(call.message))(self.agent, call.message, call)
             else:
@@ -536,6 +546,8 @@ class _Mailbox:
         else:
             self._succeeded(call, result)
         finally:
+            if type(quick) is contextvars.Token:
+                quick.var.reset(quick)
             call.state = _DONE
             current_call.reset(token)
             self.pending -= 1
@@ -544,20 +556,27 @@ class _Mailbox:
     async def _deliver_alone(self, publication: _Publication) -> None:
         """Deliver a publication to a reentrant agent, in its own task."""
         token = current_call.set((self, publication))
+        quick: bool | contextvars.Token[Any] = False
         try:
-            intercepted = self.host.handle_chain
+            host = self.host
+            intercepted = host.handle_chain
             message = publication.message
-            if intercepted is None:
+            if intercepted is None or (
+                (quick_handle := host.quick_handle) is not None
+                and (quick := quick_handle(self.agent_id, publication))
+            ):
                 await self.dispatch(type(message))(self.agent, message, publication)
             else:
                 await intercepted.first(
                     HandleInput(self.agent_id, message, publication), intercepted.rest
                 )
             if self.checkpoint:
-                await self.host.checkpoint(self)
+                await host.checkpoint(self)
         except Exception as exc:
-            self._log_failure(publication, exc)
+            self._log_failure(publication, exc, quick is not False)
         finally:
+            if type(quick) is contextvars.Token:
+                quick.var.reset(quick)
             current_call.reset(token)
             self.pending -= 1
             self.host.call_done()
@@ -588,7 +607,11 @@ class _Mailbox:
             self.pending -= 1
             host.call_done()
 
-    def _log_failure(self, publication: _Publication, exc: Exception) -> None:
+    def _log_failure(self, publication: _Publication, exc: Exception, quick: bool = False) -> None:
+        # The counter a quick check set counts for the deliveries it let
+        # through; another delivery of the publication may have been wrapped.
+        if quick and (counter := getattr(publication, "failure_counter", None)) is not None:
+            counter(self.agent_id.type, exc)
         logger.error(
             "handler of %s failed on %s published on %s",
             self.agent_id,

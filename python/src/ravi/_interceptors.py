@@ -12,16 +12,19 @@ installed.
 An interceptor of ravi's own may also offer a quick check for the messages it
 has nothing to wrap: `_quick_send(recipient, metadata)` and
 `_quick_handle(agent_id, ctx)` do the whole of their hook's work (counting,
-adding trace context to `metadata`) and return True, or do nothing and return
-False. A runtime whose only interceptor offers one calls it first and, on
-True, passes the message on without building its input or entering the chain:
-that is most of what an unsampled trace costs (docs/performance.md, "The cost
-of tracing").
+adding trace context to `metadata`, entering the message's trace) and return
+True, or do nothing and return False. `_quick_handle` may instead return the
+`contextvars.Token` of the context variable it set: the host resets it once
+the handler is done, in the same task. A runtime whose only interceptor offers
+one calls it first and, on a true answer, passes the message on without
+building its input or entering the chain: that is most of what an unsampled
+trace costs (docs/performance.md, "The cost of tracing").
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import Token
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -32,7 +35,7 @@ from ravi._ids import AgentId, TopicId, new_message_id
 T = TypeVar("T")
 
 QuickSend = Callable[[AgentId, dict[str, str]], bool]
-QuickHandle = Callable[[AgentId, MessageContext], bool]
+QuickHandle = Callable[[AgentId, MessageContext], "bool | Token[Any]"]
 
 
 class SendInput:

@@ -29,7 +29,7 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 import grpc.aio
@@ -388,68 +388,82 @@ class TracingInterceptor(Interceptor):
             return found.is_valid and not found.trace_flags.sampled
         return False
 
-    def _quick_handle(self, agent_id: AgentId, ctx: MessageContext) -> bool:
-        """All `handle` does for a call handled within its unsampled trace: count it.
+    def _quick_handle(self, agent_id: AgentId, ctx: MessageContext) -> bool | Token[Any]:
+        """All `handle` does for a message of an unsampled trace: enter the trace, count it.
 
-        The host counts the call's failure with the counter it is handed, so
-        nothing wraps the handler. False, with nothing done, for any other
-        message: a publication's failure needs `handle`'s wrapper to be counted
-        (see ravi._interceptors).
+        True when the message runs within its trace already (a send handled in
+        its caller's task); a token for the host to reset after the handler
+        when this entered the trace (a message from another node, a mailbox
+        worker's). The host counts a failure with the counter set on the
+        message, so nothing wraps the handler. False, with nothing done, for
+        any other message (see ravi._interceptors).
         """
-        if not self._fast:
+        if not self._fast or (type(ctx) is not _Call and type(ctx) is not _Publication):
             return False
+        traceparent = ctx.metadata.get(TRACEPARENT)
+        entered: bool | Token[Any] = True
+        if not self._within(traceparent):
+            if (
+                _VARIABLE is None
+                or traceparent is None
+                or not _unsampled(traceparent)
+                or not well_formed(traceparent)
+            ):
+                return False
+            entered = _VARIABLE.set(self._unsampled_context(ctx, traceparent))
         metrics = self._metrics
-        if metrics is None:
-            return self._within(ctx.metadata.get(TRACEPARENT))
-        if type(ctx) is not _Call or not self._within(ctx.metadata.get(TRACEPARENT)):
-            return False
-        metrics._handled[agent_id.type] += 1
-        ctx.failure_counter = metrics._count_failure
-        return True
+        if metrics is not None:
+            metrics._handled[agent_id.type] += 1
+            ctx.failure_counter = metrics._count_failure
+        return entered
 
     def handle(
         self, input: HandleInput, next: Callable[[HandleInput], Awaitable[Any]]
     ) -> Awaitable[Any]:
         ctx = input.ctx
-        if self._quick_handle(input.agent_id, ctx):
-            return next(input)
         metadata = ctx.metadata
         traceparent = metadata.get(TRACEPARENT)
         metrics = self._metrics
         if metrics is not None:
             metrics._handled[input.agent_id.type] += 1
         if self._fast:
-            # Not within its trace, unless a publication `_quick_handle` left to us.
-            if metrics is not None and type(ctx) is not _Call and self._within(traceparent):
+            if self._within(traceparent):
+                if metrics is None:
+                    return next(input)
+                if type(ctx) is _Call:
+                    # Counted by the host, as on the quick path: no wrapper.
+                    ctx.failure_counter = metrics._count_failure
+                    return next(input)
                 return metrics._counted(input.agent_id.type, next(input))
-            if traceparent is not None and _unsampled(traceparent):
-                return self._unsampled(metadata, input, next)
+            if traceparent is not None and _unsampled(traceparent) and well_formed(traceparent):
+                return self._unsampled(traceparent, input, next)
         return self._handled(input, next)
 
-    async def _unsampled(
-        self,
-        metadata: Mapping[str, str],
-        input: HandleInput,
-        next: Callable[[HandleInput], Awaitable[Any]],
-    ) -> Any:
-        ctx = input.ctx
+    def _unsampled_context(self, ctx: MessageContext, traceparent: str) -> otel_context.Context:
+        """The context a message of an unsampled trace runs in: its trace, no span made."""
         base = _get_current()
         # The deliveries of one publication to mailbox workers (tasks with no
         # context of their own) share the context the first one entered.
         publication = ctx if type(ctx) is _Publication and base is _EMPTY else None
-        context = publication.trace_context if publication is not None else None
-        if context is None:
-            traceparent = metadata[TRACEPARENT]
-            if not well_formed(traceparent):
-                return await self._handled(input, next)
-            carrier = {TRACEPARENT: traceparent}
-            tracestate = metadata.get(TRACESTATE)
-            if tracestate is not None:
-                carrier[TRACESTATE] = tracestate
-            context = otel_context.Context({**base, _SPAN_KEY: Passthrough(carrier)})
-            if publication is not None:
-                publication.trace_context = context
-        token = _set_current(context)
+        if publication is not None and publication.trace_context is not None:
+            shared: otel_context.Context = publication.trace_context
+            return shared
+        carrier = {TRACEPARENT: traceparent}
+        tracestate = ctx.metadata.get(TRACESTATE)
+        if tracestate is not None:
+            carrier[TRACESTATE] = tracestate
+        context = otel_context.Context({**base, _SPAN_KEY: Passthrough(carrier)})
+        if publication is not None:
+            publication.trace_context = context
+        return context
+
+    async def _unsampled(
+        self,
+        traceparent: str,
+        input: HandleInput,
+        next: Callable[[HandleInput], Awaitable[Any]],
+    ) -> Any:
+        token = _set_current(self._unsampled_context(input.ctx, traceparent))
         try:
             return await next(input)
         except Exception as error:
