@@ -14,6 +14,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -48,7 +49,7 @@ from ravi.runtime import LocalRuntime
 from ravi.telemetry import MetricsInterceptor, TracingInterceptor, configure
 from ravi.telemetry._otlp import EncodingSpanProcessor, OtlpSpanExporter
 from ravi.telemetry._spans import DirectSpans
-from ravi.telemetry._w3c import well_formed
+from ravi.telemetry._w3c import Passthrough, well_formed
 
 
 @message_type("telemetry.Ask")
@@ -445,12 +446,43 @@ def test_a_root_is_sampled_as_the_ratio_sampler_decides(sampler: Any) -> None:
     spans = DirectSpans(provider, processor)
     try:
         decided = [spans.root("send x", SpanKind.CLIENT) for _ in range(400)]
-        for span in decided:
+        for decision in decided:
+            # A dropped root is only its traceparent, a valid one.
+            if isinstance(decision, str):
+                assert well_formed(decision)
+            span = Passthrough({"traceparent": decision}) if isinstance(decision, str) else decision
             found = span.get_span_context()
             asked = sampler.should_sample(None, found.trace_id, "send x", SpanKind.CLIENT)
             assert span.is_recording() == (asked.decision is Decision.RECORD_AND_SAMPLE)
             assert found.trace_flags.sampled == span.is_recording()
-        assert 0 < sum(span.is_recording() for span in decided) < len(decided)
+            assert found.trace_flags.random_trace_id
+        assert 0 < sum(not isinstance(span, str) for span in decided) < len(decided)
+    finally:
+        processor.shutdown()
+
+
+class Counting(IdGenerator):
+    """Ids from a counter: not random, so a dropped root's flags say so."""
+
+    def __init__(self) -> None:
+        self.next = 0
+
+    def generate_span_id(self) -> int:
+        self.next += 1
+        return self.next
+
+    def generate_trace_id(self) -> int:
+        self.next += 1
+        return self.next
+
+
+def test_a_dropped_root_takes_its_ids_from_the_providers_generator() -> None:
+    provider = TracerProvider(sampler=TraceIdRatioBased(0.0), id_generator=Counting())
+    processor = EncodingSpanProcessor(OtlpSpanExporter(endpoint="http://127.0.0.1:1"))
+    spans = DirectSpans(provider, processor)
+    try:
+        assert spans.root("send x", SpanKind.CLIENT) == f"00-{1:032x}-{2:016x}-00"
+        assert spans.root("send x", SpanKind.CLIENT) == f"00-{3:032x}-{4:016x}-00"
     finally:
         processor.shutdown()
 

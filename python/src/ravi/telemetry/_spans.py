@@ -12,6 +12,7 @@ and of user code still go through the SDK to the same exporter.
 
 from __future__ import annotations
 
+import random
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Event, TracerProvider
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
     Decision,
@@ -74,8 +76,12 @@ class Spans(Protocol):
         A root when `parent` is invalid.
         """
 
-    def root(self, name: str, kind: SpanKind) -> Span:
-        """A span of a new trace: the caller found no current span and no parent to extract."""
+    def root(self, name: str, kind: SpanKind) -> Span | str:
+        """A span of a new trace: the caller found no current span and no parent to extract.
+
+        Or only the traceparent of that trace, when the sampler drops it: no
+        span is needed where nothing enters the trace (a client's send).
+        """
 
     def describe(self, span: Span, shared: Mapping[str, str], own: dict[str, Any]) -> None:
         """Set the attributes of a recording span: `shared` with other spans, then its `own`.
@@ -156,6 +162,11 @@ class DirectSpans:
         self._sampler = provider.sampler
         self._ids = provider.id_generator
         self._random = self._ids.is_trace_id_random()
+        # The SDK's default generator draws its ids with random.getrandbits
+        # (again while one is zero): drawn here directly, two Python calls
+        # less per root.
+        self._bits = random.getrandbits if type(self._ids) is RandomIdGenerator else None
+        self._dropped_flags = f"{_UNSAMPLED_RANDOM if self._random else _UNSAMPLED:02x}"
         self._root_bound = _root_ratio_bound(self._sampler)
         self._keeps_children = _keeps_sampled_children(self._sampler)
         self._roots_always = _root_of(self._sampler) is ALWAYS_ON
@@ -193,15 +204,19 @@ class DirectSpans:
             random = self._random
         return self._sampled(name, kind, links, parent_context, trace_id, random, asked)
 
-    def root(self, name: str, kind: SpanKind) -> Span:
-        trace_id = self._ids.generate_trace_id()
+    def root(self, name: str, kind: SpanKind) -> Span | str:
+        bits = self._bits
+        trace_id = bits(128) if bits is not None else 0
+        if not trace_id:
+            trace_id = self._ids.generate_trace_id()
         bound = self._root_bound
         if bound is not None and trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= bound:
             # The ratio sampler's DROP, decided as it would (no attributes, no
             # trace state for a root) without its call and result objects.
-            flags = _UNSAMPLED_RANDOM if self._random else _UNSAMPLED
-            span_id = self._ids.generate_span_id()
-            return Passthrough({TRACEPARENT: f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"})
+            span_id = bits(64) if bits is not None else 0
+            if not span_id:
+                span_id = self._ids.generate_span_id()
+            return f"00-{trace_id:032x}-{span_id:016x}-{self._dropped_flags}"
         return self._sampled(name, kind, None, _NO_PARENT, trace_id, self._random, None)
 
     def _sampled(  # noqa: PLR0917 - the two callers above, in order

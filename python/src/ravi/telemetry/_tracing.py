@@ -346,6 +346,7 @@ class TracingInterceptor(Interceptor):
         Either way the metadata carries the context the message travels in.
         """
         current = _get_current().get(_SPAN_KEY, _NO_SPAN)
+        span: Span | str
         if current is _NO_SPAN and TRACEPARENT not in metadata:
             # From outside any trace (a client's loop of sends or publishes): a root.
             span = self._spans.root(name, kind)
@@ -365,6 +366,11 @@ class TracingInterceptor(Interceptor):
                 span = self._spans.start(name, kind, extract(metadata))
             else:
                 span = self._spans.root(name, kind)
+        if isinstance(span, str):
+            # A root the sampler drops: only its traceparent travels.
+            metadata.pop(TRACESTATE, None)
+            metadata[TRACEPARENT] = span
+            return None
         if type(span) is Passthrough:
             put(span.carrier, metadata)
             return None
@@ -400,17 +406,27 @@ class TracingInterceptor(Interceptor):
         """
         if not self._fast or (type(ctx) is not _Call and type(ctx) is not _Publication):
             return False
-        traceparent = ctx.metadata.get(TRACEPARENT)
+        # `_within`, `_unsampled` and `handle`'s checks, inline: this runs for
+        # every message of an unsampled trace (docs/performance.md).
+        metadata = ctx._metadata
+        traceparent = metadata.get(TRACEPARENT) if metadata else None
+        base = _get_current()
+        current = base.get(_SPAN_KEY, _NO_SPAN)
         entered: bool | Token[Any] = True
-        if not self._within(traceparent):
-            if (
-                _VARIABLE is None
-                or traceparent is None
-                or not _unsampled(traceparent)
-                or not well_formed(traceparent)
-            ):
+        if type(current) is Passthrough and current.carrier[TRACEPARENT] == traceparent:
+            pass
+        elif traceparent is None:
+            if not self._within(None):
                 return False
-            entered = _VARIABLE.set(self._unsampled_context(ctx, traceparent))
+        elif (
+            _VARIABLE is not None
+            and len(traceparent) == 55
+            and traceparent[54] in _UNSAMPLED_FLAGS
+            and well_formed(traceparent)
+        ):
+            entered = _VARIABLE.set(self._unsampled_context(ctx, traceparent, base))
+        else:
+            return False
         metrics = self._metrics
         if metrics is not None:
             metrics._handled[agent_id.type] += 1
@@ -439,9 +455,13 @@ class TracingInterceptor(Interceptor):
                 return self._unsampled(traceparent, input, next)
         return self._handled(input, next)
 
-    def _unsampled_context(self, ctx: MessageContext, traceparent: str) -> otel_context.Context:
-        """The context a message of an unsampled trace runs in: its trace, no span made."""
-        base = _get_current()
+    def _unsampled_context(
+        self, ctx: MessageContext, traceparent: str, base: Mapping[str, Any]
+    ) -> otel_context.Context:
+        """The context a message of an unsampled trace runs in: its trace, no span made.
+
+        `base` is the context current where it runs.
+        """
         # The deliveries of one publication to mailbox workers (tasks with no
         # context of their own) share the context the first one entered.
         publication = ctx if type(ctx) is _Publication and base is _EMPTY else None
@@ -463,7 +483,7 @@ class TracingInterceptor(Interceptor):
         input: HandleInput,
         next: Callable[[HandleInput], Awaitable[Any]],
     ) -> Any:
-        token = _set_current(self._unsampled_context(input.ctx, traceparent))
+        token = _set_current(self._unsampled_context(input.ctx, traceparent, _get_current()))
         try:
             return await next(input)
         except Exception as error:
