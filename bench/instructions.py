@@ -1,11 +1,18 @@
-"""Instructions per in-process round trip, counted by valgrind: a figure load cannot move.
+"""Instructions per message, counted by valgrind: figures load cannot move.
 
-Two agents on a LocalRuntime, one asking the other in a loop (`local_ravi.py`'s
-round trip, its agents), with no interceptor, one pass-through interceptor, or what
-`ravi.telemetry.configure()` installs, its trace unsampled (the path of 99% of
-messages at 1% sampling; the endpoint is never reached). Each variant runs
-under callgrind twice, with two loop lengths; the difference of the two totals
-over the difference of the round trips leaves out start-up and imports.
+Two workloads, each with no interceptor, one pass-through interceptor, or what
+`ravi.telemetry.configure()` installs, its traces unsampled (the path of 99%
+of messages at 1% sampling; the endpoint is never reached):
+
+- round trip: two agents on a LocalRuntime, one asking the other in a loop
+  (`local_ravi.py`'s round trip, its agents);
+- remote publish: two GrpcRuntime nodes in one process on loopback, as
+  `grpc_ravi.py` runs them; node A publishes in a loop, node B's subscriber
+  counts. The count is of both nodes and every thread (gRPC's own too).
+
+Each variant runs under callgrind twice, with two loop lengths; the difference
+of the two totals over the difference of the messages leaves out start-up and
+imports.
 
     .venv/bin/python bench/instructions.py              # needs valgrind on PATH
 """
@@ -25,28 +32,34 @@ from pathlib import Path
 
 from local_ravi import Caller, Echo, Start
 
-from ravi import AgentId, Interceptor
+from ravi import AgentId, Interceptor, TopicId
 from ravi.runtime import LocalRuntime
 
 VARIANTS = ("none", "hook", "tracing-unsampled")
 UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
 
 
-async def child(variant: str, n: int) -> None:
-    interceptors: list[Interceptor] = []
+def installed(variant: str) -> list[Interceptor]:
     if variant == "hook":
-        interceptors = [Interceptor()]
-    elif variant == "tracing-unsampled":
+        return [Interceptor()]
+    if variant == "tracing-unsampled":
         from ravi.telemetry import configure
 
         # No export attempt during the run: the exporters' threads would add
-        # instructions that grow with the (valgrind-slowed) wall time.
+        # instructions that grow with the (valgrind-slowed) wall time. Roots
+        # (a client's publishes) are never sampled.
         os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = "3600000"
         os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "3600000"
+        os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        os.environ["OTEL_TRACES_SAMPLER_ARG"] = "0"
         telemetry = configure("bench", endpoint="http://127.0.0.1:9")
         assert telemetry is not None
-        interceptors = telemetry.interceptors
-    runtime = LocalRuntime(interceptors=interceptors)
+        return telemetry.interceptors
+    return []
+
+
+async def round_trips(variant: str, n: int) -> None:
+    runtime = LocalRuntime(interceptors=installed(variant))
     await Echo.register(runtime, "echo")
     await Caller.register(runtime, "caller")
     async with runtime:
@@ -59,13 +72,52 @@ async def child(variant: str, n: int) -> None:
     os._exit(0)
 
 
-def counted(variant: str, n: int) -> int:
+async def remote_publishes(variant: str, n: int) -> None:
+    # Imported here: more modules make a larger heap for the collector to
+    # scan, which the round trips would count too.
+    import grpc_agents
+    from _workload import TEXT
+    from grpc_agents import Arm, Ping, Wait
+
+    from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
+
+    interceptors = installed(variant)
+    b = GrpcRuntime(port=0, options=GrpcRuntimeOptions(node_id="b"), interceptors=interceptors)
+    await grpc_agents.setup(b)
+    async with b:
+        a = GrpcRuntime(
+            port=0,
+            remote_peers={"b": b.address},
+            options=GrpcRuntimeOptions(node_id="a"),
+            interceptors=interceptors,
+        )
+        async with a:
+            await a.wait_until_ready("echo")
+            # B follows A (its Subscribe stream) once A has connected to it.
+            for _ in range(1000):
+                if any(peer.connected for peer in b.peers()):
+                    break
+                await asyncio.sleep(0.01)
+            ctl, topic = AgentId("ctl", "default"), TopicId("fan", "default")
+            for count in (100, n):
+                await a.send_message(Arm(count), ctl)
+                for s in range(count):
+                    await a.publish_message(Ping(TEXT, s), topic)
+                done = await a.send_message(Wait(), ctl, timeout=600)
+                assert done.count == count
+    os._exit(0)
+
+
+WORKLOADS = {"round_trip": round_trips, "remote_publish": remote_publishes}
+
+
+def counted(workload: str, variant: str, n: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         subprocess.run(
             [
                 *("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"),
-                *(sys.executable, __file__, "--child", variant, str(n)),
+                *(sys.executable, __file__, "--child", workload, variant, str(n)),
             ],
             check=True,
             capture_output=True,
@@ -78,21 +130,24 @@ def counted(variant: str, n: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "N"))
+    parser.add_argument("--child", nargs=3, metavar=("WORKLOAD", "VARIANT", "N"))
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), action="append")
     parser.add_argument("--short", type=int, default=2000)
     parser.add_argument("--long", type=int, default=8000)
     args = parser.parse_args()
     if args.child:
-        asyncio.run(child(args.child[0], int(args.child[1])))
+        workload, variant, n = args.child
+        asyncio.run(WORKLOADS[workload](variant, int(n)))
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not on PATH (apt-get install valgrind)")
-    row = {}
-    for variant in VARIANTS:
-        spent = counted(variant, args.long) - counted(variant, args.short)
-        row[variant] = round(spent / (args.long - args.short))
-    row["tracing-unsampled / none"] = round(row["none"] / row["tracing-unsampled"], 3)
-    print(json.dumps({"bench": "instructions_per_round_trip", **row}))
+    for workload in args.workload or list(WORKLOADS):
+        row = {}
+        for variant in VARIANTS:
+            spent = counted(workload, variant, args.long) - counted(workload, variant, args.short)
+            row[variant] = round(spent / (args.long - args.short))
+        row["tracing-unsampled / none"] = round(row["none"] / row["tracing-unsampled"], 3)
+        print(json.dumps({"bench": f"instructions_per_{workload}", **row}), flush=True)
 
 
 if __name__ == "__main__":

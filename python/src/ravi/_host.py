@@ -477,7 +477,7 @@ class _Mailbox:
                 except Exception as exc:
                     self._log_failure(entry, exc, quick is not False)
                 finally:
-                    if type(quick) is contextvars.Token:
+                    if quick and quick is not True:
                         quick.var.reset(quick)
                     current_call.reset(token)
                     self.busy = None
@@ -509,7 +509,7 @@ class _Mailbox:
                 else:
                     self._succeeded(call, result)
                 finally:
-                    if type(quick) is contextvars.Token:
+                    if quick and quick is not True:
                         quick.var.reset(quick)
                     call.state = _DONE
                     current_call.reset(token)
@@ -546,7 +546,7 @@ class _Mailbox:
         else:
             self._succeeded(call, result)
         finally:
-            if type(quick) is contextvars.Token:
+            if quick and quick is not True:
                 quick.var.reset(quick)
             call.state = _DONE
             current_call.reset(token)
@@ -575,7 +575,7 @@ class _Mailbox:
         except Exception as exc:
             self._log_failure(publication, exc, quick is not False)
         finally:
-            if type(quick) is contextvars.Token:
+            if quick and quick is not True:
                 quick.var.reset(quick)
             current_call.reset(token)
             self.pending -= 1

@@ -52,6 +52,7 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | TraceFlags.RANDOM_TRACE_ID)
 _NO_PARENT = trace.INVALID_SPAN_CONTEXT
+_SPAN_ID_BITS = (1 << 64) - 1
 _MAX_ATTRIBUTES = 128
 """The SDK's default attribute count limit, kept for attributes user code adds."""
 
@@ -163,8 +164,7 @@ class DirectSpans:
         self._ids = provider.id_generator
         self._random = self._ids.is_trace_id_random()
         # The SDK's default generator draws its ids with random.getrandbits
-        # (again while one is zero): drawn here directly, two Python calls
-        # less per root.
+        # (again while one is zero): drawn here directly, without its calls.
         self._bits = random.getrandbits if type(self._ids) is RandomIdGenerator else None
         self._dropped_flags = f"{_UNSAMPLED_RANDOM if self._random else _UNSAMPLED:02x}"
         self._root_bound = _root_ratio_bound(self._sampler)
@@ -205,18 +205,23 @@ class DirectSpans:
         return self._sampled(name, kind, links, parent_context, trace_id, random, asked)
 
     def root(self, name: str, kind: SpanKind) -> Span | str:
+        # Both ids in one draw: the trace id's 128 bits, then the span id's 64.
         bits = self._bits
-        trace_id = bits(128) if bits is not None else 0
-        if not trace_id:
+        drawn = bits(192) if bits is not None else 0
+        trace_id = drawn >> 64
+        if not trace_id or not drawn & _SPAN_ID_BITS:
+            # Another generator; or a zero id, which the SDK's draws again.
             trace_id = self._ids.generate_trace_id()
+            drawn = 0
         bound = self._root_bound
         if bound is not None and trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= bound:
             # The ratio sampler's DROP, decided as it would (no attributes, no
             # trace state for a root) without its call and result objects.
-            span_id = bits(64) if bits is not None else 0
-            if not span_id:
-                span_id = self._ids.generate_span_id()
-            return f"00-{trace_id:032x}-{span_id:016x}-{self._dropped_flags}"
+            if not drawn:
+                drawn = trace_id << 64 | self._ids.generate_span_id()
+            # Hex from bytes: half the cost of formatting the two ints.
+            ids = drawn.to_bytes(24).hex()
+            return f"00-{ids[:32]}-{ids[32:]}-{self._dropped_flags}"
         return self._sampled(name, kind, None, _NO_PARENT, trace_id, self._random, None)
 
     def _sampled(  # noqa: PLR0917 - the two callers above, in order
