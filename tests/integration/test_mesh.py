@@ -11,7 +11,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from ravi import AgentId
+from ravi import AgentId, TopicId
 from ravi._mesh.codec import metadata_of, put_metadata, rendezvous_score
 from ravi.conformance.v1 import conformance_pb2 as conf
 from ravi.errors import AgentTypeNotFound, Code, RaviError, from_grpc_error
@@ -285,3 +285,38 @@ def test_an_envelopes_metadata_is_read_into_a_dict_of_its_own_and_written_back()
     empty = types_pb2.Envelope().metadata
     assert metadata_of(empty) == {}
     assert metadata_of(empty) is not metadata_of(empty)
+
+
+async def test_a_loop_of_publishes_streams_its_events_while_it_runs() -> None:
+    # A publisher that awaits nothing but its publishes still lets the
+    # Subscribe stream's writer send: the subscriber gets the first events
+    # while the loop runs, not all of them once it ends.
+    count = 5000
+    node = GrpcRuntime(port=0, options=GrpcRuntimeOptions(node_id="publisher"))
+    async with node, grpc.aio.insecure_channel(node.address) as channel:
+        stream = agent_service_pb2_grpc.AgentServiceStub(channel).Subscribe(
+            svc.SubscribeRequest(
+                filters=[types_pb2.TopicFilter(topic_type="fan")],
+                subscriber_id="watcher",
+                accept_batches=True,
+            )
+        )
+        first = await stream.read()
+        assert first.HasField("node")
+        published = 0
+        received_after: list[int] = []
+
+        async def watch() -> None:
+            received = 0
+            while received < count:
+                response = await stream.read()
+                if not received:
+                    received_after.append(published)
+                received += len(response.events.events) or int(response.HasField("event"))
+
+        watcher = asyncio.create_task(watch())
+        for i in range(count):
+            await node.publish_message(conf.Echo(text=str(i)), TopicId("fan", "s"))
+            published += 1
+        await asyncio.wait_for(watcher, 30)
+        assert received_after[0] < count

@@ -535,6 +535,8 @@ class MeshNode:
             subscribers = self.streams.matching(input.topic.type, origin=None)
             if subscribers:
                 self.streams.push(subscribers, self._event(input))
+                if self.streams.batch_pushed():
+                    await asyncio.sleep(0)
             return
         await self._publish_to_peers(input)
 

@@ -90,6 +90,7 @@ class Streams:
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
         self._ended = False
+        self._pushed = 0
 
     def start(self) -> None:
         """Take streams again (a node that stopped and starts anew)."""
@@ -114,6 +115,19 @@ class Streams:
 
     def push(self, subscribers: list[Subscriber], event: agent_service_pb2.Event) -> int:
         return sum(subscriber.offer(event) for subscriber in subscribers)
+
+    def batch_pushed(self) -> bool:
+        """Count a publish pushed here: True once every full batch's worth of them.
+
+        Then the publisher should let the streams' writers run: a loop of
+        publishes that never waits would otherwise hold every event back until
+        it ends, and the subscribers would only start when it does.
+        """
+        self._pushed += 1
+        if self._pushed < _MAX_BATCH:
+            return False
+        self._pushed = 0
+        return True
 
     def node_changed(self, info: types_pb2.NodeInfo) -> None:
         for subscriber in self._subscribers:
