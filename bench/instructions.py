@@ -82,13 +82,18 @@ async def remote_publishes(variant: str, n: int) -> None:
     from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 
     interceptors = installed(variant)
-    b = GrpcRuntime(port=0, options=GrpcRuntimeOptions(node_id="b"), interceptors=interceptors)
+    # Under valgrind the process runs tens of times slower, one thread at a
+    # time: pings would go unanswered, and their count would grow with time.
+    slow = {"keepalive_time": 3600.0, "keepalive_timeout": 600.0}
+    b = GrpcRuntime(
+        port=0, options=GrpcRuntimeOptions(node_id="b", **slow), interceptors=interceptors
+    )
     await grpc_agents.setup(b)
     async with b:
         a = GrpcRuntime(
             port=0,
             remote_peers={"b": b.address},
-            options=GrpcRuntimeOptions(node_id="a"),
+            options=GrpcRuntimeOptions(node_id="a", **slow),
             interceptors=interceptors,
         )
         async with a:
