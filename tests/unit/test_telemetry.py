@@ -311,6 +311,18 @@ async def test_metrics_count_every_message_and_time_the_sampled_ones(fused: bool
         assert (timed.count if timed else 0) == (3 if sampled else 0)
 
 
+def message_counts(reader: InMemoryMetricReader) -> dict[tuple[str, Any], Any]:
+    """The `ravi.messages.*` points read now, by metric name and attributes."""
+    return {
+        (metric.name, tuple(sorted(point.attributes.items()))): point.value
+        for resource in reader.get_metrics_data().resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name.startswith("ravi.messages.")
+        for point in metric.data.data_points
+    }
+
+
 class Relay(BaseAgent):
     """Asks `back` from its own handler: a send handled in the caller's task."""
 
@@ -334,14 +346,7 @@ async def test_a_failure_inside_an_unsampled_trace_is_counted_once() -> None:
     async with runtime:
         assert await runtime.send_message(Ask("fail"), AgentId("relay", "r")) == "back failed"
         assert await runtime.send_message(Ask("fine"), AgentId("relay", "r")) == "back saw fine"
-    counted = {
-        (metric.name, tuple(sorted(point.attributes.items()))): point.value
-        for resource in reader.get_metrics_data().resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if metric.name.startswith("ravi.messages.")
-        for point in metric.data.data_points
-    }
+    counted = message_counts(reader)
     back = (("ravi.agent.type", "back"),)
     failed = (("ravi.agent.type", "back"), ("ravi.error.code", "UNKNOWN"))
     # The relay's own sends come from outside any trace; the nested ones take
@@ -380,14 +385,7 @@ async def test_a_failed_delivery_of_an_unsampled_publication_is_counted_once(fus
         for text in ("fail", "fine", "fail"):
             await runtime.publish_message(News(text), TopicId("news", "t"))
         await runtime.stop_when_idle(timeout=5)
-    counted = {
-        (metric.name, tuple(sorted(point.attributes.items()))): point.value
-        for resource in reader.get_metrics_data().resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if metric.name.startswith("ravi.messages.")
-        for point in metric.data.data_points
-    }
+    counted = message_counts(reader)
     fragile = (("ravi.agent.type", "fragile"),)
     failed = (("ravi.agent.type", "fragile"), ("ravi.error.code", "UNKNOWN"))
     assert counted[("ravi.messages.handled", fragile)] == 3
