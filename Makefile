@@ -298,9 +298,9 @@ bench-tracing: $(VENV_STAMP) $(JAEGER) build
 	$(PY) bench/run.py grpc --runs $(TRACING_RUNS) --only ravi,ravi+tracing,ravi+tracing1% \
 	  --save bench/results/tracing-grpc.json
 
-# Instructions per in-process round trip and per remote publish (two nodes in one
-# process), untraced, hooked and traced (unsampled): counted by valgrind, so the
-# machine's load does not move them.
+# Instructions per in-process round trip, and per remote publish and round trip
+# (two nodes in one process), untraced, hooked and traced (unsampled): counted by
+# valgrind, so the machine's load does not move them.
 .PHONY: bench-instructions
 bench-instructions: $(VENV_STAMP) $(VALGRIND)
 	$(PY) bench/instructions.py

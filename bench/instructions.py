@@ -1,18 +1,19 @@
 """Instructions per message, counted by valgrind: figures load cannot move.
 
-Two workloads, each with no interceptor, one pass-through interceptor, or what
+Three workloads, each with no interceptor, one pass-through interceptor, or what
 `ravi.telemetry.configure()` installs, its traces unsampled (the path of 99%
 of messages at 1% sampling; the endpoint is never reached):
 
 - round trip: two agents on a LocalRuntime, one asking the other in a loop
   (`local_ravi.py`'s round trip, its agents);
-- remote publish: two GrpcRuntime nodes in one process on loopback, as
-  `grpc_ravi.py` runs them; node A publishes in a loop, node B's subscriber
-  counts. The count is of both nodes and every thread (gRPC's own too).
+- remote publish, remote round trip: two GrpcRuntime nodes in one process on
+  loopback, as `grpc_ravi.py` runs them; node A publishes in a loop and node
+  B's subscriber counts, or node A asks B's echo agent in a loop. The count is
+  of both nodes and every thread (gRPC's own too).
 
-Each variant runs under callgrind twice, with two loop lengths; the difference
-of the two totals over the difference of the messages leaves out start-up and
-imports.
+Each variant runs under callgrind twice, with two loop lengths (per workload);
+the difference of the two totals over the difference of the messages leaves
+out start-up and imports.
 
     .venv/bin/python bench/instructions.py              # needs valgrind on PATH
 """
@@ -72,9 +73,10 @@ async def round_trips(variant: str, n: int) -> None:
     os._exit(0)
 
 
-async def remote_publishes(variant: str, n: int) -> None:
+async def two_nodes(variant: str, n: int, publish: bool) -> None:
+    """Node A sends to (or publishes for) node B's agents n times, after a warm-up."""
     # Imported here: more modules make a larger heap for the collector to
-    # scan, which the round trips would count too.
+    # scan, which the local round trips would count too.
     import grpc_agents
     from _workload import TEXT
     from grpc_agents import Arm, Ping, Wait
@@ -104,7 +106,12 @@ async def remote_publishes(variant: str, n: int) -> None:
                     break
                 await asyncio.sleep(0.01)
             ctl, topic = AgentId("ctl", "default"), TopicId("fan", "default")
+            echo = AgentId("echo", "default")
             for count in (100, n):
+                if not publish:
+                    for s in range(count):
+                        await a.send_message(Ping(TEXT, s), echo)
+                    continue
                 await a.send_message(Arm(count), ctl)
                 for s in range(count):
                     await a.publish_message(Ping(TEXT, s), topic)
@@ -113,7 +120,21 @@ async def remote_publishes(variant: str, n: int) -> None:
     os._exit(0)
 
 
-WORKLOADS = {"round_trip": round_trips, "remote_publish": remote_publishes}
+async def remote_publishes(variant: str, n: int) -> None:
+    await two_nodes(variant, n, publish=True)
+
+
+async def remote_round_trips(variant: str, n: int) -> None:
+    await two_nodes(variant, n, publish=False)
+
+
+# Each workload with its two lengths: a remote round trip waits on loopback,
+# which valgrind slows most.
+WORKLOADS = {
+    "round_trip": (round_trips, 2000, 8000),
+    "remote_publish": (remote_publishes, 2000, 8000),
+    "remote_round_trip": (remote_round_trips, 500, 1500),
+}
 
 
 def counted(workload: str, variant: str, n: int) -> int:
@@ -137,20 +158,22 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", nargs=3, metavar=("WORKLOAD", "VARIANT", "N"))
     parser.add_argument("--workload", choices=sorted(WORKLOADS), action="append")
-    parser.add_argument("--short", type=int, default=2000)
-    parser.add_argument("--long", type=int, default=8000)
+    parser.add_argument("--short", type=int, help="fewer messages (default per workload)")
+    parser.add_argument("--long", type=int, help="more messages (default per workload)")
     args = parser.parse_args()
     if args.child:
         workload, variant, n = args.child
-        asyncio.run(WORKLOADS[workload](variant, int(n)))
+        asyncio.run(WORKLOADS[workload][0](variant, int(n)))
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not on PATH (apt-get install valgrind)")
     for workload in args.workload or list(WORKLOADS):
+        _, short, long = WORKLOADS[workload]
+        short, long = args.short or short, args.long or long
         row = {}
         for variant in VARIANTS:
-            spent = counted(workload, variant, args.long) - counted(workload, variant, args.short)
-            row[variant] = round(spent / (args.long - args.short))
+            spent = counted(workload, variant, long) - counted(workload, variant, short)
+            row[variant] = round(spent / (long - short))
         row["tracing-unsampled / none"] = round(row["none"] / row["tracing-unsampled"], 3)
         print(json.dumps({"bench": f"instructions_per_{workload}", **row}), flush=True)
 
