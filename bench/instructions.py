@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -29,7 +30,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from local_ravi import Caller, Echo, Start
 
@@ -73,13 +76,12 @@ async def round_trips(variant: str, n: int) -> None:
     os._exit(0)
 
 
-async def two_nodes(variant: str, n: int, publish: bool) -> None:
-    """Node A sends to (or publishes for) node B's agents n times, after a warm-up."""
+@contextlib.asynccontextmanager
+async def two_nodes(variant: str) -> AsyncIterator[Any]:
+    """Node A, a GrpcRuntime peered with node B (`grpc_agents`' agents), both here."""
     # Imported here: more modules make a larger heap for the collector to
     # scan, which the local round trips would count too.
     import grpc_agents
-    from _workload import TEXT
-    from grpc_agents import Arm, Ping, Wait
 
     from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
 
@@ -105,27 +107,34 @@ async def two_nodes(variant: str, n: int, publish: bool) -> None:
                 if any(peer.connected for peer in b.peers()):
                     break
                 await asyncio.sleep(0.01)
-            ctl, topic = AgentId("ctl", "default"), TopicId("fan", "default")
-            echo = AgentId("echo", "default")
-            for count in (100, n):
-                if not publish:
-                    for s in range(count):
-                        await a.send_message(Ping(TEXT, s), echo)
-                    continue
-                await a.send_message(Arm(count), ctl)
-                for s in range(count):
-                    await a.publish_message(Ping(TEXT, s), topic)
-                done = await a.send_message(Wait(), ctl, timeout=600)
-                assert done.count == count
-    os._exit(0)
+            yield a
 
 
 async def remote_publishes(variant: str, n: int) -> None:
-    await two_nodes(variant, n, publish=True)
+    from _workload import TEXT
+    from grpc_agents import Arm, Ping, Wait
+
+    async with two_nodes(variant) as a:
+        ctl, topic = AgentId("ctl", "default"), TopicId("fan", "default")
+        for count in (100, n):  # a warm-up, then the counted publishes
+            await a.send_message(Arm(count), ctl)
+            for s in range(count):
+                await a.publish_message(Ping(TEXT, s), topic)
+            done = await a.send_message(Wait(), ctl, timeout=600)
+            assert done.count == count
+    os._exit(0)
 
 
 async def remote_round_trips(variant: str, n: int) -> None:
-    await two_nodes(variant, n, publish=False)
+    from _workload import TEXT
+    from grpc_agents import Ping
+
+    async with two_nodes(variant) as a:
+        echo = AgentId("echo", "default")
+        for count in (100, n):  # a warm-up, then the counted round trips
+            for s in range(count):
+                await a.send_message(Ping(TEXT, s), echo)
+    os._exit(0)
 
 
 # Each workload with its two lengths: a remote round trip waits on loopback,
