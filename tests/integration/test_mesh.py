@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -13,6 +14,7 @@ import pytest
 
 from ravi import AgentId, TopicId
 from ravi._mesh.codec import metadata_of, put_metadata, rendezvous_score
+from ravi._mesh.streams import STREAM_QUEUE, Subscriber, backed_up, catch_up
 from ravi.conformance.v1 import conformance_pb2 as conf
 from ravi.errors import AgentTypeNotFound, Code, RaviError, from_grpc_error
 from ravi.integrations.runtime.grpc import GrpcRuntime, GrpcRuntimeOptions
@@ -287,18 +289,21 @@ def test_an_envelopes_metadata_is_read_into_a_dict_of_its_own_and_written_back()
     assert metadata_of(empty) is not metadata_of(empty)
 
 
-async def test_a_loop_of_publishes_streams_its_events_while_it_runs() -> None:
+@pytest.mark.parametrize("batches", [True, False], ids=["batches", "one-event-per-message"])
+async def test_a_loop_of_publishes_streams_its_events_while_it_runs(batches: bool) -> None:
     # A publisher that awaits nothing but its publishes still lets the
     # Subscribe stream's writer send: the subscriber gets the first events
-    # while the loop runs, not all of them once it ends.
-    count = 5000
+    # while the loop runs, not all of them once it ends, and a loop longer
+    # than the stream's queue does not end a subscriber that keeps up. Go's
+    # and Node's nodes subscribe without batches: one event per message.
+    count = 3 * STREAM_QUEUE
     node = GrpcRuntime(port=0, options=GrpcRuntimeOptions(node_id="publisher"))
     async with node, grpc.aio.insecure_channel(node.address) as channel:
         stream = agent_service_pb2_grpc.AgentServiceStub(channel).Subscribe(
             svc.SubscribeRequest(
                 filters=[types_pb2.TopicFilter(topic_type="fan")],
                 subscriber_id="watcher",
-                accept_batches=True,
+                accept_batches=batches,
             )
         )
         first = await stream.read()
@@ -306,17 +311,78 @@ async def test_a_loop_of_publishes_streams_its_events_while_it_runs() -> None:
         published = 0
         received_after: list[int] = []
 
-        async def watch() -> None:
+        async def watch() -> int:
             received = 0
             while received < count:
                 response = await stream.read()
+                if response is grpc.aio.EOF:
+                    break
                 if not received:
                     received_after.append(published)
                 received += len(response.events.events) or int(response.HasField("event"))
+            return received
 
         watcher = asyncio.create_task(watch())
         for i in range(count):
             await node.publish_message(conf.Echo(text=str(i)), TopicId("fan", "s"))
             published += 1
-        await asyncio.wait_for(watcher, 30)
+        assert await asyncio.wait_for(watcher, 60) == count, await stream.details()
         assert received_after[0] < count
+
+
+async def test_a_subscriber_that_reads_nothing_loses_its_stream_not_the_publisher() -> None:
+    # Large events fill the connection's flow-control window: the stream's
+    # queue grows until it ends the stream with RESOURCE_EXHAUSTED, while the
+    # publisher, a loop that awaits nothing else, goes on.
+    count = STREAM_QUEUE + 2000
+    big = conf.Echo(text="x" * (8 << 10))
+    node = GrpcRuntime(port=0, options=GrpcRuntimeOptions(node_id="publisher"))
+    async with node, grpc.aio.insecure_channel(node.address) as channel:
+        stream = agent_service_pb2_grpc.AgentServiceStub(channel).Subscribe(
+            svc.SubscribeRequest(
+                filters=[types_pb2.TopicFilter(topic_type="fan")], subscriber_id="stuck"
+            )
+        )
+        assert (await stream.read()).HasField("node")
+        async with asyncio.timeout(60):
+            for _ in range(count):
+                await node.publish_message(big, TopicId("fan", "s"))
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await read_to_end(stream)
+        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "subscriber stuck fell more than 10000 events behind" in str(ended.value.details())
+        await node.publish_message(conf.Echo(text="after"), TopicId("fan", "s"))
+
+
+async def read_to_end(stream: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
+    while await stream.read() is not grpc.aio.EOF:
+        pass
+
+
+async def test_a_stuck_stream_holds_a_publisher_for_a_few_event_loop_turns_only() -> None:
+    # Its subscriber takes nothing: the publisher gives it a bounded number of
+    # turns per publish and goes on, so the stream fills up and ends.
+    subscriber = Subscriber([types_pb2.TopicFilter(topic_type="fan")], "stuck", batches=True)
+    for _ in range(STREAM_QUEUE // 2):
+        subscriber.offer(svc.Event())
+    assert backed_up([subscriber])
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_turns())
+    await asyncio.sleep(0)
+    before = turns
+    async with asyncio.timeout(1):
+        await catch_up([subscriber])
+    counter.cancel()
+    assert 1 <= turns - before <= 9, f"the publisher waited {turns - before} turns"
+    assert backed_up([subscriber])
+    for _ in range(STREAM_QUEUE // 2):
+        subscriber.offer(svc.Event())
+    assert not subscriber.offer(svc.Event())
+    assert subscriber.overflowed

@@ -26,6 +26,7 @@ import {
 import { CONTRACT_VERSION } from "@ravi-mesh/contract/ravi/mesh/v1/contract";
 import type { Payload } from "@ravi-mesh/contract/ravi/mesh/v1/types_pb";
 
+import { defineAgent } from "../src/agent.js";
 import { conformanceAgent, registerConformance } from "../src/agents/conformance.js";
 import { encodePayload } from "../src/codec.js";
 import { rendezvousPick, rendezvousScore } from "../src/rendezvous.js";
@@ -197,6 +198,42 @@ describe("publishing across nodes", T, () => {
     assert.equal(result.localDeliveries, 1);
     const onB = fx.client(b.address);
     await eventually(async () => (await onB.call({ type: "remote-sub", key: "r1" }, ReportSchema, {}, ObservedSchema)).events.length === 1, 3_000, "delivery on b");
+  });
+
+  test("a loop of publishes streams its events while it runs, beyond the stream's queue", async () => {
+    // A publisher that awaits nothing but its publishes still lets the stream
+    // send: the subscriber gets events while the loop runs, and a loop three
+    // times the stream's queue does not end a subscriber that keeps up.
+    const capacity = 1_000;
+    const count = 3 * capacity;
+    let published = 0;
+    let received = 0;
+    let firstAfter: number | undefined;
+    const b = await fx.started({ nodeId: "lb" }, (n) => {
+      n.register(
+        "counter",
+        defineAgent<null>({ state: () => null }).on(EchoSchema, EchoSchema, (echo) => {
+          firstAfter ??= published;
+          received += 1;
+          return echo;
+        }),
+      );
+      n.subscribe("counter", { topicType: "loop.events" });
+    });
+    const a = await fx.started({ nodeId: "la", peers: { b: b.address }, streamQueueCapacity: capacity });
+    await eventually(
+      async () => (await a.publish({ type: "loop.events", source: "warmup" }, EchoSchema, { text: "w" })).streamDeliveries === 1,
+      3_000,
+      "b's stream on a",
+    );
+    await eventually(() => received > 0, 3_000, "the warm-up event on b");
+    [received, firstAfter] = [0, undefined];
+    for (; published < count; published++) {
+      const result = await a.publish({ type: "loop.events", source: "s" }, EchoSchema, { text: String(published) });
+      assert.equal(result.streamDeliveries, 1, `publish ${published} found no stream`);
+    }
+    await eventually(() => received === count, 10_000, "every event on b");
+    assert.ok(firstAfter !== undefined && firstAfter < count, `the first event arrived after ${firstAfter} of ${count} publishes`);
   });
 });
 

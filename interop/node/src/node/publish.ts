@@ -28,7 +28,7 @@ import { NodeCore, handlerMetadata, traceOf } from "./core.js";
 import { deliverEvent, withRoom } from "./deliver.js";
 import { route } from "./routing.js";
 import { forward } from "./send.js";
-import { matchesFilter, offerToStreams } from "./streams.js";
+import { catchUp, matchesFilter, offerToStreams } from "./streams.js";
 
 // --- Publish and Subscribe --------------------------------------------------
 export function handlePublish(node: NodeCore, request: PublishRequest, ctx: HandlerContext): Promise<PublishResult> {
@@ -48,7 +48,7 @@ export function handlePublish(node: NodeCore, request: PublishRequest, ctx: Hand
 }
 
 /** Publishes as an agent (or as the node): local subscribers and every matching stream. */
-export function publishFrom(
+export async function publishFrom(
   node: NodeCore,
   sender: AgentAddress | undefined,
   parent: Context | undefined,
@@ -68,11 +68,15 @@ export function publishFrom(
   // Full local mailboxes are waited for until the default deadline, or the
   // publishing handler's own deadline when that comes first.
   const deadline = Math.min(Date.now() + node.defaultTimeoutMs, within?.deadline ?? Number.POSITIVE_INFINITY);
-  return traced(publishing.span, () => {
+  const result = await traced(publishing.span, () => {
     // Every event and delivery carries the publish span's W3C context.
     injectContext(publishing.context, envelope.metadata);
     return withRoom(node, deadline, within?.signal, (room) => publishEnvelope(node, topic, envelope, false, true, room));
   });
+  if (result.streamDeliveries > 0) {
+    await catchUp(node, topic);
+  }
+  return result;
 }
 
 /**

@@ -130,6 +130,35 @@ export function offerToStreams(node: NodeCore, topic: TopicAddress, envelope: En
   return streamDeliveries;
 }
 
+/** Events queued on a stream from which its writer counts as behind (Python's batch size). */
+const BACKED_UP = 256;
+/** Event-loop turns an in-process publish gives backed-up streams, at most. */
+const CATCH_UP_TURNS = 8;
+
+/**
+ * Gives the writers of backed-up streams on the topic event-loop turns, a
+ * bounded number. A loop of in-process publishes awaits only promises that
+ * are already settled, which never lets the HTTP/2 session write: every
+ * event would wait for the loop's end, and a loop longer than the stream
+ * queue would end a subscriber that keeps up. The bound keeps a stuck
+ * subscriber from holding the publisher: its stream still fills up and ends
+ * (as the Python node does).
+ */
+export async function catchUp(node: NodeCore, topic: TopicAddress): Promise<void> {
+  for (let turn = 0; turn < CATCH_UP_TURNS && backedUp(node, topic); turn++) {
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+function backedUp(node: NodeCore, topic: TopicAddress): boolean {
+  for (const stream of node.streams) {
+    if (stream.queued >= BACKED_UP && stream.matches(topic.type)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 export async function* handleSubscribe(node: NodeCore, request: SubscribeRequest, ctx: HandlerContext): AsyncGenerator<StreamItem> {
   node.refuseWhenStopping();
   // At most DEFAULT_MAX_STREAMS_PER_CALLER open streams per caller (agent_service.proto).

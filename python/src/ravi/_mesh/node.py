@@ -36,7 +36,7 @@ from ravi._interceptors import (
 from ravi._mesh import codec
 from ravi._mesh.discovery import PeerDiscovery, dns_target
 from ravi._mesh.peers import Peer, Peers
-from ravi._mesh.streams import STREAM_QUEUE, Streams
+from ravi._mesh.streams import STREAM_QUEUE, Streams, backed_up, catch_up
 from ravi._mesh.transport import Dialer
 from ravi._serialization import MessageRegistry
 from ravi._subscriptions import Subscription
@@ -535,8 +535,8 @@ class MeshNode:
             subscribers = self.streams.matching(input.topic.type, origin=None)
             if subscribers:
                 self.streams.push(subscribers, self._event(input))
-                if self.streams.batch_pushed():
-                    await asyncio.sleep(0)
+                if backed_up(subscribers):
+                    await catch_up(subscribers)
             return
         await self._publish_to_peers(input)
 

@@ -15,6 +15,7 @@ STREAM_QUEUE = 10_000
 
 _Item = agent_service_pb2.Event | types_pb2.NodeInfo | None
 _MAX_BATCH = 256
+_CATCH_UP_TURNS = 8
 
 
 class Subscriber:
@@ -84,13 +85,34 @@ class Subscriber:
                 return
 
 
+def backed_up(subscribers: list[Subscriber]) -> bool:
+    """Whether a stream holds a full batch or more: its writer is behind."""
+    return any(len(subscriber.items) >= _MAX_BATCH for subscriber in subscribers)
+
+
+async def catch_up(subscribers: list[Subscriber]) -> None:
+    """Give the writers of backed-up streams event-loop turns, a bounded number.
+
+    A loop of publishes that awaits nothing else never lets a writer run: every
+    event would wait for the loop's end, and a loop longer than STREAM_QUEUE
+    would end a stream whose subscriber keeps up. One turn lets a batching
+    writer send its whole backlog, but a writer that sends one event per
+    message (Go's and Node's nodes ask for no batches) needs a few turns per
+    event. The bound keeps a stuck subscriber from holding the publisher: its
+    stream still fills up and ends.
+    """
+    for _ in range(_CATCH_UP_TURNS):
+        await asyncio.sleep(0)
+        if not backed_up(subscribers):
+            return
+
+
 class Streams:
     """The Subscribe streams open on this node."""
 
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
         self._ended = False
-        self._pushed = 0
 
     def start(self) -> None:
         """Take streams again (a node that stopped and starts anew)."""
@@ -115,19 +137,6 @@ class Streams:
 
     def push(self, subscribers: list[Subscriber], event: agent_service_pb2.Event) -> int:
         return sum(subscriber.offer(event) for subscriber in subscribers)
-
-    def batch_pushed(self) -> bool:
-        """Count a publish pushed here: True once every full batch's worth of them.
-
-        Then the publisher should let the streams' writers run: a loop of
-        publishes that never waits would otherwise hold every event back until
-        it ends, and the subscribers would only start when it does.
-        """
-        self._pushed += 1
-        if self._pushed < _MAX_BATCH:
-            return False
-        self._pushed = 0
-        return True
 
     def node_changed(self, info: types_pb2.NodeInfo) -> None:
         for subscriber in self._subscribers:
