@@ -20,6 +20,13 @@ import (
 // it ends with RESOURCE_EXHAUSTED (the subscriber then knows it missed some).
 const streamBuffer = 1024
 
+// An in-process publish that leaves a stream backedUp events or more behind
+// waits for its writer to take some, up to catchUpWait (see catchUp).
+const (
+	backedUp    = 256
+	catchUpWait = 2 * time.Millisecond
+)
+
 // outStream is one Subscribe stream open on this node.
 type outStream struct {
 	subscriberID string
@@ -28,6 +35,11 @@ type outStream struct {
 	info         chan struct{}
 	overflow     chan struct{}
 	overflowed   atomic.Bool
+	// taken is signalled each time the writer takes an event; stalled is set
+	// when a publisher waited catchUpWait for that in vain, so that the next
+	// ones do not wait for a writer that is stuck.
+	taken   chan struct{}
+	stalled atomic.Bool
 }
 
 func newOutStream(subscriberID string, filters []Filter) *outStream {
@@ -37,6 +49,16 @@ func newOutStream(subscriberID string, filters []Filter) *outStream {
 		events:       make(chan *meshv1.Event, streamBuffer),
 		info:         make(chan struct{}, 1),
 		overflow:     make(chan struct{}, 1),
+		taken:        make(chan struct{}, 1),
+	}
+}
+
+// tookOne tells a publisher waiting in catchUp that the writer took an event.
+func (s *outStream) tookOne() {
+	s.stalled.Store(false)
+	select {
+	case s.taken <- struct{}{}:
+	default:
 	}
 }
 
@@ -109,7 +131,46 @@ func (n *Node) publishFrom(ctx context.Context, from *Call, topic TopicID, msg p
 		fail(span, e)
 		return nil, e
 	}
+	if resp.GetStreamDeliveries() > 0 {
+		n.catchUp(topic.Type)
+	}
 	return resp, nil
+}
+
+// catchUp waits while a stream on topicType is backed up, until its writer
+// has taken enough events or catchUpWait has passed. A loop of publishes
+// queues events faster than a writer sends them, one per message: without
+// the wait the loop would end a stream whose subscriber keeps up. A stuck
+// subscriber holds a publisher once, for catchUpWait: its stream is then
+// stalled, not waited for, until its writer takes an event again, and it
+// fills up and ends (as on the Python and Node nodes).
+func (n *Node) catchUp(topicType string) {
+	behind := n.backedUpStream(topicType)
+	if behind == nil {
+		return
+	}
+	timer := time.NewTimer(catchUpWait)
+	defer timer.Stop()
+	for behind != nil {
+		select {
+		case <-behind.taken:
+		case <-timer.C:
+			behind.stalled.Store(true)
+			return
+		}
+		behind = n.backedUpStream(topicType)
+	}
+}
+
+func (n *Node) backedUpStream(topicType string) *outStream {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for s := range n.streams {
+		if len(s.events) >= backedUp && !s.stalled.Load() && !s.overflowed.Load() && anyMatches(s.filters, topicType) {
+			return s
+		}
+	}
+	return nil
 }
 
 // publish delivers a published message to the node's matching subscribers

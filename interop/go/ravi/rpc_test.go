@@ -251,6 +251,40 @@ func TestStateAndPromises(t *testing.T) {
 	wantStatus(t, err, codes.InvalidArgument, ravi.ReasonBadPayload)
 }
 
+// A loop of publishes queues events faster than the stream's writer sends
+// them, one per message: the publisher waits for the writer, so a subscriber
+// that keeps up gets every event however long the loop.
+func TestAPublishLoopDoesNotEndAStreamThatKeepsUp(t *testing.T) {
+	ctx := testContext(t)
+	n := startNode(t, ravi.Options{NodeID: "loop"})
+	c := dial(t, n.Addr())
+	sub, err := c.Subscribe(ctx, "reader", ravi.TopicType("burst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	const count = 30000
+	received := make(chan int, 1)
+	go func() {
+		got := 0
+		for ; got < count; got++ {
+			if _, err := sub.Next(); err != nil {
+				t.Errorf("the stream ended after %d events: %v", got, err)
+				break
+			}
+		}
+		received <- got
+	}()
+	for i := range count {
+		if _, err := n.Publish(ctx, ravi.TopicID{Type: "burst", Source: "s"}, &conformancev1.Echo{Text: "x"}); err != nil {
+			t.Fatal(i, err)
+		}
+	}
+	if got := <-received; got != count {
+		t.Fatalf("received %d of %d events", got, count)
+	}
+}
+
 func TestSlowSubscriberStreamEnds(t *testing.T) {
 	ctx := testContext(t)
 	n := startNode(t, ravi.Options{NodeID: "slow"})

@@ -152,6 +152,7 @@ func (s *service) Subscribe(req *meshv1.SubscribeRequest, stream meshv1.AgentSer
 				return err
 			}
 		case ev := <-out.events:
+			out.tookOne()
 			if err := stream.Send(&meshv1.SubscribeResponse{Kind: &meshv1.SubscribeResponse_Event{Event: ev}}); err != nil {
 				return err
 			}
