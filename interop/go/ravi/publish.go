@@ -24,7 +24,7 @@ const streamBuffer = 1024
 // waits for its writer to take some, up to catchUpWait (see catchUp).
 const (
 	backedUp    = 256
-	catchUpWait = 2 * time.Millisecond
+	catchUpWait = 100 * time.Millisecond
 )
 
 // outStream is one Subscribe stream open on this node.
