@@ -24,7 +24,7 @@ const streamBuffer = 1024
 // waits for its writer to take some, up to catchUpWait (see catchUp).
 const (
 	backedUp    = 256
-	catchUpWait = 100 * time.Millisecond
+	catchUpWait = 2 * time.Millisecond
 )
 
 // outStream is one Subscribe stream open on this node.
@@ -35,11 +35,8 @@ type outStream struct {
 	info         chan struct{}
 	overflow     chan struct{}
 	overflowed   atomic.Bool
-	// taken is signalled each time the writer takes an event; stalled is set
-	// when a publisher waited catchUpWait for that in vain, so that the next
-	// ones do not wait for a writer that is stuck.
-	taken   chan struct{}
-	stalled atomic.Bool
+	// taken is signalled each time the writer takes an event.
+	taken chan struct{}
 }
 
 func newOutStream(subscriberID string, filters []Filter) *outStream {
@@ -55,7 +52,6 @@ func newOutStream(subscriberID string, filters []Filter) *outStream {
 
 // tookOne tells a publisher waiting in catchUp that the writer took an event.
 func (s *outStream) tookOne() {
-	s.stalled.Store(false)
 	select {
 	case s.taken <- struct{}{}:
 	default:
@@ -140,10 +136,11 @@ func (n *Node) publishFrom(ctx context.Context, from *Call, topic TopicID, msg p
 // catchUp waits while a stream on topicType is backed up, until its writer
 // has taken enough events or catchUpWait has passed. A loop of publishes
 // queues events faster than a writer sends them, one per message: without
-// the wait the loop would end a stream whose subscriber keeps up. A stuck
-// subscriber holds a publisher once, for catchUpWait: its stream is then
-// stalled, not waited for, until its writer takes an event again, and it
-// fills up and ends (as on the Python and Node nodes).
+// the wait the loop would end a stream whose subscriber keeps up. The bound
+// is per publish, as on the Python and Node nodes: a writer that is only
+// descheduled falls one event further behind per publish that gives up on
+// it, and a subscriber that cannot take 500 events a second still falls
+// behind and is ended, holding each publish up to catchUpWait until then.
 func (n *Node) catchUp(topicType string) {
 	behind := n.backedUpStream(topicType)
 	if behind == nil {
@@ -155,7 +152,6 @@ func (n *Node) catchUp(topicType string) {
 		select {
 		case <-behind.taken:
 		case <-timer.C:
-			behind.stalled.Store(true)
 			return
 		}
 		behind = n.backedUpStream(topicType)
@@ -166,7 +162,7 @@ func (n *Node) backedUpStream(topicType string) *outStream {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for s := range n.streams {
-		if len(s.events) >= backedUp && !s.stalled.Load() && !s.overflowed.Load() && anyMatches(s.filters, topicType) {
+		if len(s.events) >= backedUp && !s.overflowed.Load() && anyMatches(s.filters, topicType) {
 			return s
 		}
 	}
