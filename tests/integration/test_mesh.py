@@ -330,6 +330,11 @@ async def test_a_loop_of_publishes_streams_its_events_while_it_runs(batches: boo
         assert received_after[0] < count
 
 
+async def read_to_end(stream: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
+    while await stream.read() is not grpc.aio.EOF:
+        pass
+
+
 async def test_a_subscriber_that_reads_nothing_loses_its_stream_not_the_publisher() -> None:
     # Large events fill the connection's flow-control window: the stream's
     # queue grows until it ends the stream with RESOURCE_EXHAUSTED, while the
@@ -352,11 +357,6 @@ async def test_a_subscriber_that_reads_nothing_loses_its_stream_not_the_publishe
         assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "subscriber stuck fell more than 10000 events behind" in str(ended.value.details())
         await node.publish_message(conf.Echo(text="after"), TopicId("fan", "s"))
-
-
-async def read_to_end(stream: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
-    while await stream.read() is not grpc.aio.EOF:
-        pass
 
 
 async def test_a_stuck_stream_holds_a_publisher_for_a_few_event_loop_turns_only() -> None:

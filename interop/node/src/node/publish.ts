@@ -28,7 +28,7 @@ import { NodeCore, handlerMetadata, traceOf } from "./core.js";
 import { deliverEvent, withRoom } from "./deliver.js";
 import { route } from "./routing.js";
 import { forward } from "./send.js";
-import { catchUp, matchesFilter, offerToStreams } from "./streams.js";
+import { backedUp, catchUp, matchesFilter, offerToStreams } from "./streams.js";
 
 // --- Publish and Subscribe --------------------------------------------------
 export function handlePublish(node: NodeCore, request: PublishRequest, ctx: HandlerContext): Promise<PublishResult> {
@@ -73,7 +73,7 @@ export async function publishFrom(
     injectContext(publishing.context, envelope.metadata);
     return withRoom(node, deadline, within?.signal, (room) => publishEnvelope(node, topic, envelope, false, true, room));
   });
-  if (result.streamDeliveries > 0) {
+  if (result.streamDeliveries > 0 && backedUp(node, topic)) {
     await catchUp(node, topic);
   }
   return result;

@@ -150,7 +150,8 @@ export async function catchUp(node: NodeCore, topic: TopicAddress): Promise<void
   }
 }
 
-function backedUp(node: NodeCore, topic: TopicAddress): boolean {
+/** Whether a stream on the topic holds BACKED_UP events or more: its writer is behind. */
+export function backedUp(node: NodeCore, topic: TopicAddress): boolean {
   for (const stream of node.streams) {
     if (stream.queued >= BACKED_UP && stream.matches(topic.type)) {
       return true;
