@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import hypercorn.config
 from _workload import TEXT
 from restate_raw import RESTATE_SERVER, concurrent, emit, inc, inc_sync, parser, per_step
 
@@ -92,19 +91,7 @@ async def drive(rt: RestateRuntime, server_pid: int, args: argparse.Namespace) -
 
 
 async def main() -> None:
-    cli = parser()
-    cli.add_argument(
-        "--hypercorn-default",
-        action="store_true",
-        help="keep hypercorn's 1,000-request limit per HTTP/2 connection (stalls; see below)",
-    )
-    args = cli.parse_args()
-    if not args.hypercorn_default:
-        # RestateRuntime serves with hypercorn's default Config, which closes an
-        # HTTP/2 connection after 1,000 requests and fails the invocations in
-        # flight on it; Restate retries them after 0.5 s and more. The floor
-        # lifts the limit, so this does too, until RestateRuntime sets it.
-        hypercorn.config.Config.keep_alive_max_requests = sys.maxsize
+    args = parser().parse_args()
     with tempfile.TemporaryDirectory(prefix="ravi-bench-restate-") as base:
         async with running_restate(RESTATE_SERVER, Path(base) / "restate") as server:
             rt = RestateRuntime(server.ingress_url, server.admin_url, listen="127.0.0.1:0")
@@ -112,7 +99,7 @@ async def main() -> None:
             async with rt:
                 assert server.process is not None
                 row = await drive(rt, server.process.pid, args)
-    emit("ravi_restate_hypercorn_default" if args.hypercorn_default else "ravi_restate", row)
+    emit("ravi_restate", row)
 
 
 if __name__ == "__main__":

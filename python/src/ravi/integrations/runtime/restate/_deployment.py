@@ -19,12 +19,14 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config, Sockets
+from hypercorn.utils import wrap_app
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -76,13 +78,19 @@ class Deployment:
 
     Args:
         app: restate-sdk's app.
-        listener: a bound, listening, non-blocking socket.
+        listener: a bound, listening, non-blocking socket, which the deployment
+            takes over (the object passed is left detached).
         grace_period: seconds the streams in progress get on `stop()`.
     """
 
     def __init__(self, app: ASGIApp, listener: socket.socket, grace_period: float) -> None:
         self._app = app
-        self._listener = listener
+        # The deployment owns the descriptor from here, in an object made from
+        # it, whose protocol is read from the kernel: asyncio sets TCP_NODELAY
+        # only on connections accepted from a listener whose protocol is
+        # IPPROTO_TCP, and one made by `socket.socket()` says 0. Without it a
+        # response written in two parts waits for a delayed ACK: 40 ms a step.
+        self._listener = socket.socket(fileno=listener.detach())
         self._grace_period = grace_period
         self._shutdown = asyncio.Event()
         self._draining = asyncio.Event()
@@ -90,13 +98,28 @@ class Deployment:
         self._quiet = asyncio.Event()
         self._quiet.set()
         config = Config()
-        config.bind = [f"fd://{listener.fileno()}"]
         config.accesslog = None
         config.errorlog = logger
         config.graceful_timeout = 1.0
+        # Restate keeps its HTTP/2 connections to a deployment open and opens a
+        # stream per invocation. Hypercorn's default ends a connection after
+        # 1,000 requests, failing the invocations in flight on it: Restate
+        # retries them after half a second or more (seen as 0.7 s stalls with
+        # 32 callers in bench/restate_ravi.py).
+        config.keep_alive_max_requests = sys.maxsize
         served: Callable[..., Awaitable[None]] = self._asgi  # hypercorn's ASGI types are narrower
+        # Hypercorn serves this very socket object. An "fd://" bind would wrap
+        # its descriptor in a second object: hypercorn closed the descriptor,
+        # and the listener's own close later closed whichever socket had been
+        # given the same number meanwhile (another connection of the process).
+        sockets = Sockets(secure_sockets=[], insecure_sockets=[self._listener], quic_sockets=[])
         self._task = asyncio.get_running_loop().create_task(
-            serve(served, config, shutdown_trigger=self._shutdown.wait),
+            worker_serve(
+                wrap_app(served, config.wsgi_max_body_size, "asgi"),
+                config,
+                sockets=sockets,
+                shutdown_trigger=self._shutdown.wait,
+            ),
             name="ravi-restate-deployment",
         )
 
@@ -125,8 +148,7 @@ class Deployment:
             self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):  # stopping either way
             await self._task
-        with contextlib.suppress(OSError):  # hypercorn may have closed it
-            self._listener.close()
+        self._listener.close()  # closed already if hypercorn got to serve it: a no-op then
 
     async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
