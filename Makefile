@@ -183,8 +183,12 @@ $(TOOLS_BIN)/ravi-go: $(GO_SOURCES)
 $(TOOLS_BIN)/otelgrpc-client: $(GO_SOURCES)
 	cd interop/go && go build -o $(TOOLS_BIN)/otelgrpc-client ./cmd/otelgrpc-client
 
+# An OTLP endpoint that keeps nothing (bench/grpc_ravi.py --tracing-sink).
+$(TOOLS_BIN)/otlp-sink: $(GO_SOURCES)
+	cd interop/go && go build -o $(TOOLS_BIN)/otlp-sink ./cmd/otlp-sink
+
 .PHONY: build-go
-build-go: $(TOOLS_BIN)/ravi-go $(TOOLS_BIN)/otelgrpc-client
+build-go: $(TOOLS_BIN)/ravi-go $(TOOLS_BIN)/otelgrpc-client $(TOOLS_BIN)/otlp-sink
 
 # The Rust client of interop/rust: tonic + prost generated from proto/ by its build.rs, crates
 # pinned by Cargo.lock, built into interop/rust/target (ignored). A cold build takes about a
@@ -295,8 +299,8 @@ TRACING_RUNS := $(if $(filter-out 1 2 3 4,$(BENCH_RUNS)),$(BENCH_RUNS),5)
 bench-tracing: $(VENV_STAMP) $(JAEGER) build
 	$(PY) bench/run.py local --runs $(TRACING_RUNS) --only ravi,ravi+tracing,ravi+tracing1% \
 	  --save bench/results/tracing-local.json
-	$(PY) bench/run.py grpc --runs $(TRACING_RUNS) --only ravi,ravi+tracing,ravi+tracing1% \
-	  --save bench/results/tracing-grpc.json
+	$(PY) bench/run.py grpc --runs $(TRACING_RUNS) \
+	  --only ravi,ravi+tracing,ravi+tracing1%,ravi+tracing-sink --save bench/results/tracing-grpc.json
 
 # Instructions per in-process round trip, and per remote publish and round trip
 # (two nodes in one process), untraced, hooked and traced (unsampled): counted by

@@ -6,6 +6,7 @@ returns it. Every benchmark script prints one JSON object on its last line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -48,25 +49,57 @@ def emit(bench: str, row: dict[str, float]) -> None:
 
 
 @asynccontextmanager
-async def tracing(node_id: str, enabled: bool) -> AsyncIterator[tuple[Any, str | None]]:
+async def tracing(
+    node_id: str, enabled: bool, *, sink: bool = False
+) -> AsyncIterator[tuple[Any, str | None]]:
     """With `enabled`, a real Jaeger on loopback and telemetry exporting to it, sampled 100%.
 
     Yields the installed telemetry (None when disabled) and Jaeger's OTLP
     endpoint, for other nodes of the benchmark to export to. The spans are
-    flushed before Jaeger stops, outside the measured part.
+    flushed before Jaeger stops, outside the measured part. With `sink`, the
+    endpoint is `otlp-sink` (interop/go/cmd/otlp-sink) instead, which keeps
+    nothing: what tracing costs the nodes when the collector runs elsewhere.
     """
     if not enabled:
         yield None, None
         return
     # Imported here: the floor scripts share this module and need no ravi.
     from ravi.telemetry import configure
-    from ravi.testing import running_jaeger
 
-    jaeger_bin, config = REPO / ".tools/bin/jaeger", REPO / "tools/jaeger.yaml"
-    async with running_jaeger(jaeger_bin, config) as jaeger:
-        telemetry = configure(node_id, endpoint=jaeger.otlp_endpoint)
+    async with running_sink() if sink else running_jaeger() as endpoint:
+        telemetry = configure(node_id, endpoint=endpoint)
         try:
-            yield telemetry, jaeger.otlp_endpoint
+            yield telemetry, endpoint
         finally:
             assert telemetry is not None
             telemetry.shutdown()
+
+
+@asynccontextmanager
+async def running_jaeger() -> AsyncIterator[str]:
+    """Jaeger (tools/jaeger.yaml) on free loopback ports; yields its OTLP endpoint."""
+    from ravi.testing import running_jaeger as jaeger_on
+
+    async with jaeger_on(REPO / ".tools/bin/jaeger", REPO / "tools/jaeger.yaml") as jaeger:
+        yield jaeger.otlp_endpoint
+
+
+@asynccontextmanager
+async def running_sink() -> AsyncIterator[str]:
+    """`otlp-sink` on a free loopback port (`make build` builds it); yields its OTLP endpoint."""
+    process = await asyncio.create_subprocess_exec(
+        str(REPO / ".tools/bin/otlp-sink"),
+        "--listen",
+        "127.0.0.1:0",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        line = await asyncio.wait_for(process.stderr.readline(), 10)
+        if not line.startswith(b"listening on "):
+            raise RuntimeError(f"otlp-sink did not start: {line.decode(errors='replace')}")
+        yield f"http://{line.split()[-1].decode()}"
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        await process.wait()

@@ -83,10 +83,16 @@ async def main() -> None:
     variant = parser.add_mutually_exclusive_group()
     variant.add_argument("--hooks", action="store_true", help="one pass-through interceptor")
     variant.add_argument("--tracing", action="store_true", help="both nodes trace to a Jaeger")
+    variant.add_argument(
+        "--tracing-sink",
+        action="store_true",
+        help="both nodes trace to an OTLP endpoint that keeps nothing (no Jaeger on the cores)",
+    )
     args = parser.parse_args()
     command = [*ravi_command(), "node", "--node-id", "b", "--listen", "127.0.0.1:0"]
     command += ["--app-dir", str(BENCH), "--setup", "grpc_agents:setup"]
-    async with tracing("a", args.tracing) as (telemetry, endpoint):
+    traced = args.tracing or args.tracing_sink
+    async with tracing("a", traced, sink=args.tracing_sink) as (telemetry, endpoint):
         interceptors = telemetry.interceptors if telemetry else []
         if args.hooks:
             interceptors = [Interceptor()]
@@ -103,10 +109,8 @@ async def main() -> None:
                 await a.wait_until_ready("echo")
                 await asyncio.sleep(0.5)  # b subscribes to a's stream once a described it
                 row = await drive(a, b.process.pid, args)
-    emit(
-        "ravi_grpc_hooks" if args.hooks else "ravi_grpc_tracing" if args.tracing else "ravi_grpc",
-        row,
-    )
+    name = "ravi_grpc_hooks" if args.hooks else "ravi_grpc_tracing" if traced else "ravi_grpc"
+    emit(name + ("_sink" if args.tracing_sink else ""), row)
 
 
 if __name__ == "__main__":

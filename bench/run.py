@@ -301,6 +301,8 @@ def grpc_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         "ravi+hook": [python, str(BENCH / "grpc_ravi.py"), "--hooks"],
         "ravi+tracing": [python, str(BENCH / "grpc_ravi.py"), "--tracing"],
         "ravi+tracing1%": [*SAMPLED_1PCT, python, str(BENCH / "grpc_ravi.py"), "--tracing"],
+        # 100%, exporting to an endpoint that keeps nothing: the nodes' own cost.
+        "ravi+tracing-sink": [python, str(BENCH / "grpc_ravi.py"), "--tracing-sink"],
     }
     if args.baseline:
         # Both nodes run the other checkout's ravi: node B is started with this
