@@ -104,8 +104,8 @@ class Deployment:
         # Restate keeps its HTTP/2 connections to a deployment open and opens a
         # stream per invocation. Hypercorn's default ends a connection after
         # 1,000 requests, failing the invocations in flight on it: Restate
-        # retries them after half a second or more (seen as 0.7 s stalls with
-        # 32 callers in bench/restate_ravi.py).
+        # retries them after half a second or more (with 32 callers, a longest
+        # call of 0.7 s against 0.1 s: docs/performance.md, "Restate").
         config.keep_alive_max_requests = sys.maxsize
         served: Callable[..., Awaitable[None]] = self._asgi  # hypercorn's ASGI types are narrower
         # Hypercorn serves this very socket object. An "fd://" bind would wrap
