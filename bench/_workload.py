@@ -87,6 +87,8 @@ async def running_jaeger() -> AsyncIterator[str]:
 @asynccontextmanager
 async def running_sink() -> AsyncIterator[str]:
     """`otlp-sink` on a free loopback port (`make build` builds it); yields its OTLP endpoint."""
+    from ravi.testing import NodeProcess
+
     process = await asyncio.create_subprocess_exec(
         str(REPO / ".tools/bin/otlp-sink"),
         "--listen",
@@ -100,6 +102,4 @@ async def running_sink() -> AsyncIterator[str]:
             raise RuntimeError(f"otlp-sink did not start: {line.decode(errors='replace')}")
         yield f"http://{line.split()[-1].decode()}"
     finally:
-        if process.returncode is None:
-            process.terminate()
-        await process.wait()
+        await NodeProcess(process, "otlp-sink", "").stop()

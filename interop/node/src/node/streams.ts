@@ -145,8 +145,12 @@ const CATCH_UP_TURNS = 8;
  * (as the Python node does).
  */
 export async function catchUp(node: NodeCore, topic: TopicAddress): Promise<void> {
-  for (let turn = 0; turn < CATCH_UP_TURNS && backedUp(node, topic); turn++) {
+  // The caller found a stream backed up: a turn first, then the check.
+  for (let turn = 0; turn < CATCH_UP_TURNS; turn++) {
     await new Promise((resolve) => setImmediate(resolve));
+    if (!backedUp(node, topic)) {
+      return;
+    }
   }
 }
 

@@ -86,8 +86,15 @@ class Subscriber:
 
 
 def backed_up(subscribers: list[Subscriber]) -> bool:
-    """Whether a stream holds a full batch or more: its writer is behind."""
-    return any(len(subscriber.items) >= _MAX_BATCH for subscriber in subscribers)
+    """Whether a stream holds a full batch or more: its writer is behind.
+
+    A stream that overflowed takes no more events and is ending: no publisher
+    waits for it (as on the Go and Node nodes, which drop it at once).
+    """
+    return any(
+        len(subscriber.items) >= _MAX_BATCH and not subscriber.overflowed
+        for subscriber in subscribers
+    )
 
 
 async def catch_up(subscribers: list[Subscriber]) -> None:
