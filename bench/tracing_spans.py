@@ -76,8 +76,7 @@ def direct_us() -> float:
 
     def span() -> None:
         made = spans.start("handle echo", SpanKind.SERVER, None)
-        spans.share(made, SHARED)
-        made.set_attributes(OWN)
+        spans.describe(made, SHARED, dict(OWN))
         made.end()
 
     return timeit.timeit(span, number=N) / N * 1e6

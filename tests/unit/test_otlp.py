@@ -32,6 +32,7 @@ from opentelemetry.trace import (
 )
 
 from ravi.telemetry._otlp import (
+    ENCODE_BATCH,
     EncodedSpan,
     EncodingSpanProcessor,
     OtlpSpanExporter,
@@ -178,9 +179,9 @@ def test_direct_spans_are_batched_and_a_full_queue_drops_as_the_sdk_does(
         spans.root("handle echo", SpanKind.SERVER).end()
 
     end_one()
-    end_one()  # a batch: the export thread takes both and waits in export
+    end_one()  # a batch: encoded, and the export thread takes both and waits in export
     assert exporter.exporting.wait(10)
-    for _ in range(5):  # the queue holds 4: one is dropped, with the SDK's warning
+    for _ in range(6):  # the queue holds 4: two are dropped, with the SDK's warning
         end_one()
     assert "Queue full" in caplog.text
     exporter.release.set()
@@ -189,6 +190,66 @@ def test_direct_spans_are_batched_and_a_full_queue_drops_as_the_sdk_does(
     assert all(isinstance(item, bytes) for item in exporter.exported)
     end_one()  # after shutdown: ignored, as the SDK ignores it
     assert len(exporter.exported) == 6
+
+
+class _Kept(OtlpSpanExporter):
+    """Keeps what it is asked to export."""
+
+    def __init__(self) -> None:
+        super().__init__(endpoint="http://127.0.0.1:1", insecure=True)
+        self.exported: list[object] = []
+        self.exports = threading.Event()
+
+    def export(self, spans: Sequence[object]) -> SpanExportResult:  # type: ignore[override]
+        self.exported += spans
+        self.exports.set()
+        return SpanExportResult.SUCCESS
+
+
+def test_direct_spans_are_encoded_a_batch_at_a_time_on_the_thread_that_ends_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
+    exporter = _Kept()
+    encoding = threading.get_ident()
+    threads: set[int] = set()
+    encode = exporter.encoder.span
+
+    def noted(span: Any) -> bytes:
+        threads.add(threading.get_ident())
+        return encode(span)
+
+    monkeypatch.setattr(exporter.encoder, "span", noted)
+    processor = EncodingSpanProcessor(exporter)
+    spans = DirectSpans(TracerProvider(), processor)
+    for _ in range(ENCODE_BATCH - 1):
+        spans.root("handle echo", SpanKind.SERVER).end()
+    assert not threads, "a span was encoded before a batch of them had ended"
+    spans.root("handle echo", SpanKind.SERVER).end()
+    assert threads == {encoding}
+    assert len(processor._batch_processor._queue) == ENCODE_BATCH
+    processor.shutdown()
+    assert len(exporter.exported) == ENCODE_BATCH
+
+
+@pytest.mark.parametrize("how", ["timer", "force_flush", "shutdown"])
+def test_direct_spans_short_of_a_batch_are_exported_all_the_same(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # A trickle of spans: fewer than ENCODE_BATCH ever end.
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50" if how == "timer" else "60000")
+    exporter = _Kept()
+    processor = EncodingSpanProcessor(exporter)
+    spans = DirectSpans(TracerProvider(), processor)
+    for _ in range(3):
+        spans.root("handle echo", SpanKind.SERVER).end()
+    if how == "timer":
+        assert exporter.exports.wait(10), "the schedule delay passed and nothing was exported"
+    elif how == "force_flush":
+        assert processor.force_flush()
+    processor.shutdown()
+    assert len(exporter.exported) == 3
+    assert all(isinstance(item, bytes) for item in exporter.exported)
 
 
 def test_a_delivery_span_encodes_as_the_sdk_span_with_the_same_fields() -> None:

@@ -14,13 +14,16 @@ setting) with only the encoding replaced; the bytes are the same
 
 from __future__ import annotations
 
+import os
 import struct
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import grpc
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.sdk._shared_internal import BatchExportStrategy
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -51,6 +54,9 @@ _LOCAL_LINK = b"\x35" + struct.pack("<I", _HAS_IS_REMOTE)
 _REMOTE_LINK = b"\x35" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
 _LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE)
 _REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
+
+ENCODE_BATCH = 64
+"""Spans of the direct path that wait for their thread to encode them all at once."""
 
 _CACHE_LIMIT = 8192
 """Encoded attributes kept; past it the cache starts over (unique values churn it)."""
@@ -398,15 +404,20 @@ class _EncodedStub:
 
 
 class EncodingSpanProcessor(BatchSpanProcessor):
-    """EncodingSpanProcessor is the SDK's batch processor, encoding each span as it ends.
+    """EncodingSpanProcessor is the SDK's batch processor, encoding spans where they end.
 
     The SDK's processor hands span objects to its export thread, which encodes
     them there; on a loaded event loop that thread and the loop then pass the
     GIL back and forth, which cost more than the encoding itself (measured in
-    docs/performance.md, "The cost of tracing"). Encoding a span as it ends
-    (a few µs, on the thread that ended it) leaves the export thread only the
-    batching and the gRPC call, which runs without the GIL. Batch size, queue
-    size and delays are the SDK's, from the standard OTEL_BSP_* settings.
+    docs/performance.md, "The cost of tracing"). Spans of the direct path are
+    encoded on the thread that ended them, `ENCODE_BATCH` at a time: one
+    after another in a tight loop the encoder's code and caches stay warm,
+    and on a busy node that costs a third of encoding each span as it ends.
+    The export thread is left the batching and the gRPC call, which runs
+    without the GIL; it encodes only what waits when its timer fires or on a
+    flush or shutdown, so a trickle of spans is exported as the SDK's would
+    be. Batch size, queue size and delays are the SDK's, from the standard
+    OTEL_BSP_* settings.
     """
 
     def __init__(self, exporter: OtlpSpanExporter, *, max_queue_size: int | None = None) -> None:
@@ -427,19 +438,53 @@ class EncodingSpanProcessor(BatchSpanProcessor):
         emit = batches.emit
         encode = self._encoder.span
         full, batch_size = batches._max_queue_size, batches._max_export_batch_size
+        # No more than an export batch waits unencoded: a small OTEL_BSP_MAX_EXPORT_BATCH_SIZE
+        # still exports as soon as that many spans ended.
+        encode_batch = min(ENCODE_BATCH, batch_size)
+        ended: deque[Any] = deque()
+        if hasattr(os, "register_at_fork"):
+            # As the SDK's processor drops its queue in a forked child.
+            os.register_at_fork(after_in_child=ended.clear)
+
+        def encode_ended() -> None:
+            # Any thread may end spans and encode them, so each takes one span
+            # at a time from the deque, which is thread safe.
+            waiting = batches._queue
+            while True:
+                try:
+                    span = ended.popleft()
+                except IndexError:
+                    break
+                data = encode(span)
+                if len(waiting) >= full:
+                    # The SDK's emit logs and counts the drop. Spans that ended
+                    # before a shutdown are still exported by it.
+                    emit(data)  # type: ignore[arg-type]
+                else:
+                    waiting.appendleft(data)
+            if len(waiting) >= batch_size and not batches._worker_awaken.is_set():
+                batches._worker_awaken.set()
+
+        export = batches._export
+
+        def export_ended(strategy: BatchExportStrategy) -> None:
+            # A wake-up for a full batch finds the ended spans encoded already;
+            # the timer, a flush and shutdown encode those still waiting.
+            if strategy is not BatchExportStrategy.EXPORT_WHILE_BATCH_EXCEEDS_THRESHOLD:
+                encode_ended()
+            export(strategy)
+
+        batches._export = export_ended  # type: ignore[assignment]
 
         def queue(span: Any) -> None:
             # The SDK's emit, less what costs a microsecond a span on a busy
-            # node (a getpid system call, for a fork that the processor's
-            # at-fork handler takes care of); it still handles a full queue
-            # and a shut down processor, which it logs and counts.
-            data = encode(span)
-            waiting = batches._queue
-            if batches._shutdown or len(waiting) >= full:
-                emit(data)  # type: ignore[arg-type]
+            # node (a getpid system call, for a fork that the at-fork handlers
+            # take care of).
+            if batches._shutdown:
+                emit(span)  # logged and counted as the SDK does, then dropped
                 return
-            waiting.appendleft(data)
-            if len(waiting) >= batch_size and not batches._worker_awaken.is_set():
-                batches._worker_awaken.set()
+            ended.append(span)
+            if len(ended) >= encode_batch:
+                encode_ended()
 
         return queue
