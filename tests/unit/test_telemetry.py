@@ -12,7 +12,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
@@ -49,7 +49,7 @@ from ravi.runtime import LocalRuntime
 from ravi.telemetry import MetricsInterceptor, TracingInterceptor, configure
 from ravi.telemetry._otlp import EncodingSpanProcessor, OtlpSpanExporter
 from ravi.telemetry._spans import DirectSpans
-from ravi.telemetry._w3c import Passthrough, well_formed
+from ravi.telemetry._w3c import Passthrough, remote_parent, well_formed
 
 
 @message_type("telemetry.Ask")
@@ -431,6 +431,61 @@ async def test_a_subclass_that_overrides_the_hooks_sees_every_message_of_an_unsa
     assert watching.seen == ["send relay", "handle relay", "send back", "handle back"]
 
 
+class Unsent(OtlpSpanExporter):
+    """Sends nothing: spans are not what the test looks at."""
+
+    def export(self, spans: Any) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+class Relayed(BaseAgent):
+    """Asks `back` and keeps the metadata its message carried there."""
+
+    carried: ClassVar[list[dict[str, str]]] = []
+
+    @message_handler
+    async def on_ask(self, message: Ask, ctx: MessageContext) -> str:
+        return str(await self.send_message(Ask(message.text), AgentId("keeper", "k")))
+
+
+class Keeper(BaseAgent):
+    @message_handler
+    async def on_ask(self, message: Ask, ctx: MessageContext) -> str:
+        Relayed.carried.append(dict(ctx.metadata))
+        return "kept"
+
+
+async def test_a_recording_span_carries_the_trace_state_it_came_with() -> None:
+    # configure()'s span path: the send span of a handler in a sampled trace
+    # with a trace state passes both on (the W3C rule for a child).
+    processor = EncodingSpanProcessor(Unsent(endpoint="http://127.0.0.1:1"))
+    provider = TracerProvider()
+    tracing = TracingInterceptor("node-t", provider)
+    tracing._direct(DirectSpans(provider, processor))
+    runtime = LocalRuntime(interceptors=[tracing])
+    await Relayed.register(runtime, "relay")
+    await Keeper.register(runtime, "keeper")
+    Relayed.carried.clear()
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    try:
+        async with runtime:
+            for state in ("vendor=v1", None):
+                metadata = {"traceparent": parent}
+                if state:
+                    metadata["tracestate"] = state
+                await runtime.send_message(Ask("x"), AgentId("relay", "r"), metadata=metadata)
+    finally:
+        processor.shutdown()
+    with_state, without = Relayed.carried
+    for carried in (with_state, without):
+        found = remote_parent(carried)
+        assert found.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+        assert found.span_id != 0xB7AD6B7169203331  # the relay's send span, a child
+        assert found.trace_flags.sampled
+    assert with_state["tracestate"] == "vendor=v1"
+    assert "tracestate" not in without
+
+
 @pytest.mark.parametrize(
     "sampler",
     [ParentBased(TraceIdRatioBased(0.5)), TraceIdRatioBased(0.25)],
@@ -496,8 +551,13 @@ def test_a_dropped_root_takes_its_ids_from_the_providers_generator() -> None:
     ids=["default delegates", "remote sampled dropped", "local sampled by ratio", "no parent"],
 )
 @pytest.mark.parametrize("remote", [True, False], ids=["remote parent", "local parent"])
+@pytest.mark.parametrize(
+    "flags",
+    [TraceFlags.SAMPLED, TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID],
+    ids=["sampled", "sampled, random trace id"],
+)
 def test_a_child_of_a_sampled_parent_is_sampled_as_the_sampler_decides(
-    sampler: Any, remote: bool
+    sampler: Any, remote: bool, flags: int
 ) -> None:
     # configure()'s span path decides ALWAYS_ON's answer under ParentBased
     # itself; with any other delegate it asks the sampler, as the SDK would.
@@ -508,7 +568,7 @@ def test_a_child_of_a_sampled_parent_is_sampled_as_the_sampler_decides(
         0x1234,
         0x5678,
         is_remote=remote,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_flags=TraceFlags(flags),
         trace_state=TraceState([("vendor", "v1")]),
     )
     context = trace.set_span_in_context(NonRecordingSpan(parent))
@@ -520,6 +580,11 @@ def test_a_child_of_a_sampled_parent_is_sampled_as_the_sampler_decides(
         assert found.trace_id == parent.trace_id
         assert found.trace_flags.sampled == span.is_recording()
         assert found.trace_state == asked.trace_state
+        # The SDK's own span under the same provider: the same flags.
+        sdk = provider.get_tracer("sdk").start_span("handle x", context, SpanKind.SERVER)
+        assert found.trace_flags == sdk.get_span_context().trace_flags
+        if span.is_recording():
+            assert span.parent == parent  # type: ignore[attr-defined]
     finally:
         processor.shutdown()
 
@@ -543,5 +608,9 @@ def test_a_root_is_sampled_as_an_always_sampler_decides(sampler: Any) -> None:
             assert span.is_recording() == (asked.decision is Decision.RECORD_AND_SAMPLE)
             assert found.trace_flags.sampled == span.is_recording()
             assert not found.trace_state
+            sdk = provider.get_tracer("sdk").start_span("send x", kind=SpanKind.CLIENT)
+            assert found.trace_flags == sdk.get_span_context().trace_flags
+            if span.is_recording():
+                assert span.parent is None  # type: ignore[attr-defined]
     finally:
         processor.shutdown()

@@ -58,6 +58,9 @@ _REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
 ENCODE_BATCH = 64
 """Spans of the direct path that wait for their thread to encode them all at once."""
 
+MESSAGE_ID = "messaging.message.id"
+"""The attribute whose value no two spans share: never kept in the encoder's cache."""
+
 _CACHE_LIMIT = 8192
 """Encoded attributes kept; past it the cache starts over (unique values churn it)."""
 
@@ -75,6 +78,11 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def _length2(size: int) -> bytes:
+    """Field 2 (a ScopeSpans' span) and a length of 0x80 to 0x3FFF, as two varint bytes."""
+    return bytes((0x12, (size & 0x7F) | 0x80, size >> 7))
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -221,7 +229,10 @@ class SpanEncoder:
         parts.append(flags)
         body = b"".join(parts)
         size = len(body)
-        return b"\x12" + (_SMALL[size] if size < 0x80 else _varint(size)) + body
+        if size < 0x4000:
+            # Most spans: a two-byte length, written without _varint's loop.
+            return _length2(size) + body if size >= 0x80 else b"\x12" + _SMALL[size] + body
+        return b"\x12" + _varint(size) + body
 
     def _rare(self, span: ReadableSpan) -> bytes:
         """Fields 10 to 14 of a span: dropped attributes, events, links and their drop counts."""
@@ -292,6 +303,10 @@ class SpanEncoder:
             # True == 1 == 1.0 would share an entry.
             if type(value) is not str:
                 out.append(_field(number, _key_value(key, value)))
+                continue
+            if key == MESSAGE_ID:
+                # Unique to each span: keeping it would only churn the cache.
+                out.append(self._text(number, key, value))
                 continue
             entry = (number, key, value)
             encoded = cache.get(entry)

@@ -44,12 +44,18 @@ from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util import types
 
 from ravi.telemetry._otlp import UNSET_STATUS, EncodingSpanProcessor
-from ravi.telemetry._w3c import TRACEPARENT, TRACESTATE, Passthrough
+from ravi.telemetry._w3c import (
+    TRACE_FLAGS,
+    TRACEPARENT,
+    TRACESTATE,
+    Passthrough,
+    format_traceparent,
+)
 
 SCOPE = "ravi"
 
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_SAMPLED_RANDOM = TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID
 _UNSAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | TraceFlags.RANDOM_TRACE_ID)
 _NO_PARENT = trace.INVALID_SPAN_CONTEXT
 _SPAN_ID_BITS = (1 << 64) - 1
@@ -170,6 +176,8 @@ class DirectSpans:
         self._root_bound = _root_ratio_bound(self._sampler)
         self._keeps_children = _keeps_sampled_children(self._sampler)
         self._roots_always = _root_of(self._sampler) is ALWAYS_ON
+        random_flag = TraceFlags.RANDOM_TRACE_ID if self._random else TraceFlags.DEFAULT
+        self._root_flags = TRACE_FLAGS[TraceFlags.SAMPLED | random_flag]
         self._queue = processor.direct(provider.resource, InstrumentationScope(SCOPE))
 
     def start(
@@ -198,7 +206,24 @@ class DirectSpans:
         # What the SDK's Tracer.start_span decides, in the same order.
         if parent_context.is_valid:
             trace_id = parent_context.trace_id
-            random = parent_context.trace_flags.random_trace_id
+            flags = parent_context.trace_flags
+            if flags & TraceFlags.SAMPLED and self._keeps_children:
+                # A sampled parent under a parent-based sampler, the common
+                # traced message: ALWAYS_ON's decision, the parent's trace
+                # state, its random-trace-id flag, in one step.
+                bits = self._bits
+                span_id = (bits(64) if bits is not None else 0) or self._ids.generate_span_id()
+                context = SpanContext(
+                    trace_id,
+                    span_id,
+                    is_remote=False,
+                    trace_flags=TRACE_FLAGS[flags & _SAMPLED_RANDOM],
+                    trace_state=parent_context.trace_state,
+                )
+                return RaviSpan(
+                    self, name, context, parent_context, kind, {}, list(links) if links else ()
+                )
+            random = flags.random_trace_id
         else:
             trace_id = self._ids.generate_trace_id()
             random = self._random
@@ -214,6 +239,21 @@ class DirectSpans:
             trace_id = self._ids.generate_trace_id()
             drawn = 0
         bound = self._root_bound
+        if drawn and (
+            self._roots_always
+            if bound is None
+            else trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < bound
+        ):
+            # A sampled root: ALWAYS_ON's decision, or the ratio sampler's
+            # RECORD_AND_SAMPLE (no attributes, no trace state for a root).
+            context = SpanContext(
+                trace_id,
+                drawn & _SPAN_ID_BITS,
+                is_remote=False,
+                trace_flags=self._root_flags,
+                trace_state=None,
+            )
+            return RaviSpan(self, name, context, None, kind, {}, ())
         if bound is not None and trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= bound:
             # The ratio sampler's DROP, decided as it would (no attributes, no
             # trace state for a root) without its call and result objects.
@@ -222,7 +262,9 @@ class DirectSpans:
             # Hex from bytes: half the cost of formatting the two ints.
             ids = drawn.to_bytes(24).hex()
             return f"00-{ids[:32]}-{ids[32:]}-{self._dropped_flags}"
-        return self._sampled(name, kind, None, _NO_PARENT, trace_id, self._random, None)
+        return self._sampled(
+            name, kind, None, _NO_PARENT, trace_id, self._random, None, drawn & _SPAN_ID_BITS
+        )
 
     def _sampled(  # noqa: PLR0917 - the two callers above, in order
         self,
@@ -233,12 +275,14 @@ class DirectSpans:
         trace_id: int,
         random: bool,
         asked: otel_context.Context | SpanContext | None,
+        span_id: int = 0,
     ) -> Span:
         """The span, as the sampler decides for a parent given as `asked`.
 
         `asked` is what the SDK's tracer would hand the sampler: the caller's
         context (None: the current one), or a span context that came with a
-        message, made into a context only if the sampler is asked.
+        message, made into a context only if the sampler is asked. `span_id`
+        is the span's id when drawn already (a root's, with its trace id).
         """
         if parent_context.is_valid:
             always = self._keeps_children and parent_context.trace_flags.sampled
@@ -257,13 +301,17 @@ class DirectSpans:
             result = self._sampler.should_sample(asked, trace_id, name, kind, None, links)
             decision, trace_state = result.decision, result.trace_state
             attributes = dict(result.attributes) if result.attributes else {}
-        flags = _SAMPLED if decision is Decision.RECORD_AND_SAMPLE else _UNSAMPLED
-        if random:
-            flags = TraceFlags(flags | TraceFlags.RANDOM_TRACE_ID)
-        span_id = self._ids.generate_span_id()
+        flags = TRACE_FLAGS[
+            (TraceFlags.SAMPLED if decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT)
+            | (TraceFlags.RANDOM_TRACE_ID if random else TraceFlags.DEFAULT)
+        ]
+        if not span_id:
+            bits = self._bits
+            # The default generator's draw, without its calls; it draws again on a zero.
+            span_id = (bits(64) if bits is not None else 0) or self._ids.generate_span_id()
         if decision is Decision.DROP:
             # Unsampled: what travels on is the headers; a span context only if asked.
-            carrier = {TRACEPARENT: f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+            carrier = {TRACEPARENT: format_traceparent(trace_id, span_id, flags)}
             if trace_state:
                 carrier[TRACESTATE] = trace_state.to_header()
             return Passthrough(carrier)

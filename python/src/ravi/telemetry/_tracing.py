@@ -67,13 +67,14 @@ from ravi._mesh.codec import UNARY_RPCS
 from ravi._serialization import registry
 from ravi.errors import RaviError, code_of
 from ravi.telemetry import _durations
-from ravi.telemetry._spans import SCOPE, SdkSpans, Spans
+from ravi.telemetry._spans import SCOPE, RaviSpan, SdkSpans, Spans
 from ravi.telemetry._w3c import (
     TRACEPARENT,
     TRACESTATE,
     Passthrough,
     carrier_of,
     extract,
+    format_traceparent,
     put,
     remote_parent,
     well_formed,
@@ -128,6 +129,34 @@ def _leave(token: Any) -> None:
 
 
 _NO_SPAN = trace.INVALID_SPAN
+
+
+def _carry(span: Span | str, metadata: dict[str, str]) -> Span | None:
+    """Put the context a message travels in into its metadata; the span, if it records."""
+    if type(span) is RaviSpan:
+        found = span.get_span_context()
+        if not found.trace_state:
+            # The common recording span: its context formatted without a carrier dict.
+            metadata.pop(TRACESTATE, None)
+            metadata[TRACEPARENT] = format_traceparent(
+                found.trace_id, found.span_id, found.trace_flags
+            )
+            return span
+    if isinstance(span, str):
+        # A root the sampler drops: only its traceparent travels.
+        metadata.pop(TRACESTATE, None)
+        metadata[TRACEPARENT] = span
+        return None
+    if type(span) is Passthrough:
+        put(span.carrier, metadata)
+        return None
+    found = span.get_span_context()
+    if not span.is_recording():
+        if found.is_valid:
+            put(carrier_of(found), metadata)
+        return None
+    put(carrier_of(found), metadata)
+    return span
 
 
 def _message_type(message: Any) -> str:
@@ -366,21 +395,7 @@ class TracingInterceptor(Interceptor):
                 span = self._spans.start(name, kind, extract(metadata))
             else:
                 span = self._spans.root(name, kind)
-        if isinstance(span, str):
-            # A root the sampler drops: only its traceparent travels.
-            metadata.pop(TRACESTATE, None)
-            metadata[TRACEPARENT] = span
-            return None
-        if type(span) is Passthrough:
-            put(span.carrier, metadata)
-            return None
-        found = span.get_span_context()
-        if not span.is_recording():
-            if found.is_valid:
-                put(carrier_of(found), metadata)
-            return None
-        put(carrier_of(found), metadata)
-        return span
+        return _carry(span, metadata)
 
     # --- the handler's side -----------------------------------------------
 
@@ -501,7 +516,8 @@ class TracingInterceptor(Interceptor):
         agent_type = input.agent_id.type
         topic = ctx.topic
         spans = self._spans
-        if TRACEPARENT in metadata:
+        traceparent = metadata.get(TRACEPARENT)
+        if traceparent is not None:
             parent = remote_parent(metadata)
             if topic is None:
                 span = spans.child(f"handle {agent_type}", SpanKind.SERVER, parent)
@@ -529,9 +545,7 @@ class TracingInterceptor(Interceptor):
         # busiest path (docs/performance.md, "The cost of tracing").
         metrics = self._metrics
         durations = None
-        if metrics is not None and not (
-            TRACEPARENT in metadata and _unsampled(metadata[TRACEPARENT])
-        ):
+        if metrics is not None and not (traceparent is not None and _unsampled(traceparent)):
             durations = metrics._durations
         token = _enter(span)
         started = time.perf_counter()

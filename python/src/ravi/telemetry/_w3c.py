@@ -19,6 +19,9 @@ TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 _W3C = TraceContextTextMapPropagator()
 
+TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
+"""Every TraceFlags value, made once: the SDK makes one per span context."""
+_FLAGS_HEX = tuple(f"{flags:02x}" for flags in range(256))
 _VERSION_00 = re.compile(r"00-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-([0-9a-f]{2})")
 """A valid version-00 traceparent: lowercase hex, non-zero ids; its ids and flags."""
 
@@ -54,17 +57,23 @@ def remote_parent(metadata: Mapping[str, str]) -> SpanContext:
         int(found[1], 16),
         int(found[2], 16),
         is_remote=True,
-        trace_flags=TraceFlags(int(found[3], 16)),
+        trace_flags=TRACE_FLAGS[int(found[3], 16)],
         trace_state=TraceState.from_header([tracestate]) if tracestate else None,
     )
+
+
+def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    """A version-00 traceparent."""
+    # Hex from bytes: a quarter of the cost of formatting the two ints.
+    ids = (trace_id << 64 | span_id).to_bytes(24).hex()
+    return f"00-{ids[:32]}-{ids[32:]}-{_FLAGS_HEX[flags]}"
 
 
 def carrier_of(span_context: SpanContext) -> dict[str, str]:
     """The W3C headers of a span context."""
     carrier = {
-        TRACEPARENT: (
-            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-            f"{span_context.trace_flags:02x}"
+        TRACEPARENT: format_traceparent(
+            span_context.trace_id, span_context.span_id, span_context.trace_flags
         )
     }
     if span_context.trace_state:
