@@ -215,7 +215,7 @@ class SpanEncoder:
             parts.append(self._shared(shared))
         attributes = span.attributes
         if attributes:
-            parts.append(self._attributes_of(9, attributes))
+            self._attributes_into(parts, 9, attributes)
         if (
             span.events
             or span.links
@@ -291,8 +291,15 @@ class SpanEncoder:
         return _field(13, body + flags)
 
     def _attributes_of(self, number: int, attributes: Mapping[str, Any]) -> bytes:
+        out: list[bytes] = []
+        self._attributes_into(out, number, attributes)
+        return b"".join(out)
+
+    def _attributes_into(
+        self, out: list[bytes], number: int, attributes: Mapping[str, Any]
+    ) -> None:
+        """Append the attributes, each as field `number`, to `out`."""
         cache = self._attributes
-        out = []
         # BoundedAttributes iterates through the Mapping ABC, one Python call
         # per key; the dict inside it does not.
         plain: Mapping[str, Any] = (
@@ -315,7 +322,6 @@ class SpanEncoder:
                     cache.clear()
                 encoded = cache[entry] = self._text(number, key, value)
             out.append(encoded)
-        return b"".join(out)
 
     def _text(self, number: int, key: str, value: str) -> bytes:
         """A string attribute as field `number`: what `_key_value` writes, its key kept encoded.

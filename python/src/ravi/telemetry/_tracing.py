@@ -83,6 +83,8 @@ from ravi.telemetry._w3c import (
 LANGUAGE = "python"
 _UNSAMPLED_FLAGS = frozenset("02468ace")
 """The last hex digit of a traceparent whose sampled bit is clear."""
+_SAMPLED_FLAGS = frozenset("13579bdf")
+"""The last hex digit of a traceparent whose sampled bit is set."""
 _SHARED_LIMIT = 4096
 """Sets of shared span attributes kept (one per operation, agent type, message type)."""
 
@@ -425,6 +427,10 @@ class TracingInterceptor(Interceptor):
         # every message of an unsampled trace (docs/performance.md).
         metadata = ctx._metadata
         traceparent = metadata.get(TRACEPARENT) if metadata else None
+        if traceparent is not None and traceparent[-1:] in _SAMPLED_FLAGS:
+            # A sampled message makes its span (no trace entered here is
+            # ever sampled: it would have its span current, not its headers).
+            return False
         base = _get_current()
         current = base.get(_SPAN_KEY, _NO_SPAN)
         entered: bool | Token[Any] = True
@@ -457,7 +463,7 @@ class TracingInterceptor(Interceptor):
         metrics = self._metrics
         if metrics is not None:
             metrics._handled[input.agent_id.type] += 1
-        if self._fast:
+        if self._fast and (traceparent is None or traceparent[-1:] not in _SAMPLED_FLAGS):
             if self._within(traceparent):
                 if metrics is None:
                     return next(input)
