@@ -83,8 +83,6 @@ from ravi.telemetry._w3c import (
 LANGUAGE = "python"
 _UNSAMPLED_FLAGS = frozenset("02468ace")
 """The last hex digit of a traceparent whose sampled bit is clear."""
-_SAMPLED_FLAGS = frozenset("13579bdf")
-"""The last hex digit of a traceparent whose sampled bit is set."""
 _SHARED_LIMIT = 4096
 """Sets of shared span attributes kept (one per operation, agent type, message type)."""
 
@@ -427,9 +425,12 @@ class TracingInterceptor(Interceptor):
         # every message of an unsampled trace (docs/performance.md).
         metadata = ctx._metadata
         traceparent = metadata.get(TRACEPARENT) if metadata else None
-        if traceparent is not None and traceparent[-1:] in _SAMPLED_FLAGS:
-            # A sampled message makes its span (no trace entered here is
-            # ever sampled: it would have its span current, not its headers).
+        if traceparent is not None and (
+            len(traceparent) != 55 or traceparent[54] not in _UNSAMPLED_FLAGS
+        ):
+            # `_unsampled`, inline. A sampled message makes its span, and other
+            # forms take the full path (the trace a task entered is never
+            # sampled: a sampled one has its span current, not its headers).
             return False
         base = _get_current()
         current = base.get(_SPAN_KEY, _NO_SPAN)
@@ -439,12 +440,7 @@ class TracingInterceptor(Interceptor):
         elif traceparent is None:
             if not self._within(None):
                 return False
-        elif (
-            _VARIABLE is not None
-            and len(traceparent) == 55
-            and traceparent[54] in _UNSAMPLED_FLAGS
-            and well_formed(traceparent)
-        ):
+        elif _VARIABLE is not None and well_formed(traceparent):
             entered = _VARIABLE.set(self._unsampled_context(ctx, traceparent, base))
         else:
             return False
@@ -463,7 +459,7 @@ class TracingInterceptor(Interceptor):
         metrics = self._metrics
         if metrics is not None:
             metrics._handled[input.agent_id.type] += 1
-        if self._fast and (traceparent is None or traceparent[-1:] not in _SAMPLED_FLAGS):
+        if self._fast and (traceparent is None or _unsampled(traceparent)):
             if self._within(traceparent):
                 if metrics is None:
                     return next(input)
@@ -472,7 +468,7 @@ class TracingInterceptor(Interceptor):
                     ctx.failure_counter = metrics._count_failure
                     return next(input)
                 return metrics._counted(input.agent_id.type, next(input))
-            if traceparent is not None and _unsampled(traceparent) and well_formed(traceparent):
+            if traceparent is not None and well_formed(traceparent):
                 return self._unsampled(traceparent, input, next)
         return self._handled(input, next)
 
