@@ -7,11 +7,12 @@ a readable copy when it ends) and its OTLP encoder. The direct path is what
 shared attributes encoded once. Both make the attributes of a `handle` span.
 Nothing is sent: the figure is the CPU a span costs the process.
 
-    .venv/bin/python bench/tracing_spans.py
+    .venv/bin/python bench/tracing_spans.py [--n SPANS]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import timeit
@@ -34,7 +35,6 @@ SHARED = {
     "ravi.message.type": "bench.Ping",
 }
 OWN = {"ravi.agent.key": "k", "messaging.message.id": "m-1"}
-N = 20_000
 BATCH = 512
 
 
@@ -47,7 +47,7 @@ class Keep(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def sdk_us() -> tuple[float, float]:
+def sdk_us(n: int) -> tuple[float, float]:
     provider = TracerProvider()
     kept = Keep()
     provider.add_span_processor(SimpleSpanProcessor(kept))
@@ -58,16 +58,18 @@ def sdk_us() -> tuple[float, float]:
         made.set_attributes({**SHARED, **OWN})
         made.end()
 
-    make = timeit.timeit(span, number=N) / N * 1e6
+    make = timeit.timeit(span, number=n) / n * 1e6
     batch = kept.spans[:BATCH]
     encode = timeit.timeit(lambda: encode_spans(batch).SerializeToString(), number=10)
     return make, encode / 10 / BATCH * 1e6
 
 
-def direct_us() -> float:
-    provider = TracerProvider()
-    # An endpoint nothing listens on: spans are encoded as they end and then
-    # wait in the queue; nothing reaches the network during the measurement.
+def direct_us(n: int) -> float:
+    # Not shut down at exit: its spans would be exported to nowhere, with retries.
+    provider = TracerProvider(shutdown_on_exit=False)
+    # An endpoint nothing listens on: spans are encoded as they end (a batch
+    # at a time) and then wait in the queue; nothing reaches the network
+    # during the measurement.
     processor = EncodingSpanProcessor(
         OtlpSpanExporter(endpoint="http://127.0.0.1:9", insecure=True), max_queue_size=1 << 22
     )
@@ -79,13 +81,16 @@ def direct_us() -> float:
         spans.describe(made, SHARED, dict(OWN))
         made.end()
 
-    return timeit.timeit(span, number=N) / N * 1e6
+    return timeit.timeit(span, number=n) / n * 1e6
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=20_000, help="spans made by each path")
+    args = parser.parse_args()
     logging.disable(logging.CRITICAL)  # the exporter's failed retries, after the measurement
-    make, encode = sdk_us()
-    direct = direct_us()
+    make, encode = sdk_us(args.n)
+    direct = direct_us(args.n)
     print(
         json.dumps(
             {
