@@ -239,13 +239,20 @@ class DirectSpans:
             trace_id = self._ids.generate_trace_id()
             drawn = 0
         bound = self._root_bound
-        if drawn and (
-            self._roots_always
-            if bound is None
-            else trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < bound
-        ):
-            # A sampled root: ALWAYS_ON's decision, or the ratio sampler's
-            # RECORD_AND_SAMPLE (no attributes, no trace state for a root).
+        if bound is not None:
+            if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= bound:
+                # The ratio sampler's DROP, decided as it would (no attributes,
+                # no trace state for a root) without its call and result objects.
+                if not drawn:
+                    drawn = trace_id << 64 | self._ids.generate_span_id()
+                # Hex from bytes: half the cost of formatting the two ints.
+                ids = drawn.to_bytes(24).hex()
+                return f"00-{ids[:32]}-{ids[32:]}-{self._dropped_flags}"
+        elif not self._roots_always:
+            return self._sampled(name, kind, None, _NO_PARENT, trace_id, self._random, None)
+        if drawn:
+            # A sampled root: the ratio sampler's RECORD_AND_SAMPLE or
+            # ALWAYS_ON's (no attributes, no trace state for a root), in one step.
             context = SpanContext(
                 trace_id,
                 drawn & _SPAN_ID_BITS,
@@ -254,17 +261,7 @@ class DirectSpans:
                 trace_state=None,
             )
             return RaviSpan(self, name, context, None, kind, {}, ())
-        if bound is not None and trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= bound:
-            # The ratio sampler's DROP, decided as it would (no attributes, no
-            # trace state for a root) without its call and result objects.
-            if not drawn:
-                drawn = trace_id << 64 | self._ids.generate_span_id()
-            # Hex from bytes: half the cost of formatting the two ints.
-            ids = drawn.to_bytes(24).hex()
-            return f"00-{ids[:32]}-{ids[32:]}-{self._dropped_flags}"
-        return self._sampled(
-            name, kind, None, _NO_PARENT, trace_id, self._random, None, drawn & _SPAN_ID_BITS
-        )
+        return self._sampled(name, kind, None, _NO_PARENT, trace_id, self._random, None)
 
     def _sampled(  # noqa: PLR0917 - the two callers above, in order
         self,
@@ -275,14 +272,12 @@ class DirectSpans:
         trace_id: int,
         random: bool,
         asked: otel_context.Context | SpanContext | None,
-        span_id: int = 0,
     ) -> Span:
         """The span, as the sampler decides for a parent given as `asked`.
 
         `asked` is what the SDK's tracer would hand the sampler: the caller's
         context (None: the current one), or a span context that came with a
-        message, made into a context only if the sampler is asked. `span_id`
-        is the span's id when drawn already (a root's, with its trace id).
+        message, made into a context only if the sampler is asked.
         """
         if parent_context.is_valid:
             always = self._keeps_children and parent_context.trace_flags.sampled
@@ -305,10 +300,9 @@ class DirectSpans:
             (TraceFlags.SAMPLED if decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT)
             | (TraceFlags.RANDOM_TRACE_ID if random else TraceFlags.DEFAULT)
         ]
-        if not span_id:
-            bits = self._bits
-            # The default generator's draw, without its calls; it draws again on a zero.
-            span_id = (bits(64) if bits is not None else 0) or self._ids.generate_span_id()
+        bits = self._bits
+        # The default generator's draw, without its calls; it draws again on a zero.
+        span_id = (bits(64) if bits is not None else 0) or self._ids.generate_span_id()
         if decision is Decision.DROP:
             # Unsampled: what travels on is the headers; a span context only if asked.
             carrier = {TRACEPARENT: format_traceparent(trace_id, span_id, flags)}
