@@ -433,7 +433,7 @@ class EncodingSpanProcessor(BatchSpanProcessor):
     docs/performance.md, "The cost of tracing"). Spans of the direct path are
     encoded on the thread that ended them, `ENCODE_BATCH` at a time: one
     after another in a tight loop the encoder's code and caches stay warm,
-    and on a busy node that costs a third of encoding each span as it ends.
+    and on a busy node that costs about half of encoding each span as it ends.
     The export thread is left the batching and the gRPC call, which runs
     without the GIL; it encodes only what waits when its timer fires or on a
     flush or shutdown, so a trickle of spans is exported as the SDK's would
