@@ -50,13 +50,12 @@ from ravi.telemetry._w3c import (
     TRACESTATE,
     Passthrough,
     format_traceparent,
+    traceparent_of_ids,
 )
 
 SCOPE = "ravi"
 
-_UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _SAMPLED_RANDOM = TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID
-_UNSAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | TraceFlags.RANDOM_TRACE_ID)
 _NO_PARENT = trace.INVALID_SPAN_CONTEXT
 _SPAN_ID_BITS = (1 << 64) - 1
 _MAX_ATTRIBUTES = 128
@@ -172,7 +171,7 @@ class DirectSpans:
         # The SDK's default generator draws its ids with random.getrandbits
         # (again while one is zero): drawn here directly, without its calls.
         self._bits = random.getrandbits if type(self._ids) is RandomIdGenerator else None
-        self._dropped_flags = f"{_UNSAMPLED_RANDOM if self._random else _UNSAMPLED:02x}"
+        self._dropped_flags = TraceFlags.RANDOM_TRACE_ID if self._random else TraceFlags.DEFAULT
         self._root_bound = _root_ratio_bound(self._sampler)
         self._keeps_children = _keeps_sampled_children(self._sampler)
         self._roots_always = _root_of(self._sampler) is ALWAYS_ON
@@ -245,9 +244,7 @@ class DirectSpans:
                 # no trace state for a root) without its call and result objects.
                 if not drawn:
                     drawn = trace_id << 64 | self._ids.generate_span_id()
-                # Hex from bytes: half the cost of formatting the two ints.
-                ids = drawn.to_bytes(24).hex()
-                return f"00-{ids[:32]}-{ids[32:]}-{self._dropped_flags}"
+                return traceparent_of_ids(drawn, self._dropped_flags)
         elif not self._roots_always:
             return self._sampled(name, kind, None, _NO_PARENT, trace_id, self._random, None)
         if drawn:

@@ -67,14 +67,13 @@ from ravi._mesh.codec import UNARY_RPCS
 from ravi._serialization import registry
 from ravi.errors import RaviError, code_of
 from ravi.telemetry import _durations
-from ravi.telemetry._spans import SCOPE, RaviSpan, SdkSpans, Spans
+from ravi.telemetry._spans import SCOPE, SdkSpans, Spans
 from ravi.telemetry._w3c import (
     TRACEPARENT,
     TRACESTATE,
     Passthrough,
     carrier_of,
     extract,
-    format_traceparent,
     put,
     remote_parent,
     well_formed,
@@ -133,15 +132,6 @@ _NO_SPAN = trace.INVALID_SPAN
 
 def _carry(span: Span | str, metadata: dict[str, str]) -> Span | None:
     """Put the context a message travels in into its metadata; the span, if it records."""
-    if type(span) is RaviSpan:
-        found = span.get_span_context()
-        if not found.trace_state:
-            # The common recording span: its context formatted without a carrier dict.
-            metadata.pop(TRACESTATE, None)
-            metadata[TRACEPARENT] = format_traceparent(
-                found.trace_id, found.span_id, found.trace_flags
-            )
-            return span
     if isinstance(span, str):
         # A root the sampler drops: only its traceparent travels.
         metadata.pop(TRACESTATE, None)

@@ -64,9 +64,14 @@ def remote_parent(metadata: Mapping[str, str]) -> SpanContext:
 
 def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
     """A version-00 traceparent."""
+    return traceparent_of_ids(trace_id << 64 | span_id, flags)
+
+
+def traceparent_of_ids(ids: int, flags: int) -> str:
+    """A version-00 traceparent of both ids in one int: the trace id's bits, then the span id's."""
     # Hex from bytes: a quarter of the cost of formatting the two ints.
-    ids = (trace_id << 64 | span_id).to_bytes(24).hex()
-    return f"00-{ids[:32]}-{ids[32:]}-{_FLAGS_HEX[flags]}"
+    text = ids.to_bytes(24).hex()
+    return f"00-{text[:32]}-{text[32:]}-{_FLAGS_HEX[flags]}"
 
 
 def carrier_of(span_context: SpanContext) -> dict[str, str]:
