@@ -49,7 +49,7 @@ from ravi.runtime import LocalRuntime
 from ravi.telemetry import MetricsInterceptor, TracingInterceptor, configure
 from ravi.telemetry._otlp import EncodingSpanProcessor, OtlpSpanExporter
 from ravi.telemetry._spans import DirectSpans
-from ravi.telemetry._w3c import Passthrough, remote_parent, well_formed
+from ravi.telemetry._w3c import Passthrough, remote_parent, span_context, well_formed
 
 
 @message_type("telemetry.Ask")
@@ -268,6 +268,29 @@ def test_only_a_valid_version_00_traceparent_is_passed_on_unparsed(
     traceparent: str, expected: bool
 ) -> None:
     assert well_formed(traceparent) is expected
+
+
+@pytest.mark.parametrize(
+    ("trace_id", "span_id"),
+    [(0x1234, 0x5678), (0, 0x5678), (0x1234, 0), (1 << 128, 1), (1, 1 << 64), (-1, 1)],
+)
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_span_context_built_as_a_tuple_is_the_apis(
+    trace_id: int, span_id: int, remote: bool
+) -> None:
+    # ravi builds span contexts, and reads them (carriers, the OTLP encoder),
+    # as the API's tuple (trace_id, span_id, is_remote, trace_flags,
+    # trace_state, is_valid): an API that changed the layout fails here.
+    state = TraceState([("k", "v")])
+    made = SpanContext(
+        trace_id, span_id, is_remote=remote, trace_flags=TraceFlags(1), trace_state=state
+    )
+    built = span_context(trace_id, span_id, remote, TraceFlags(1), state)
+    assert type(built) is SpanContext
+    assert tuple(built) == tuple(made)
+    assert tuple(made) == (trace_id, span_id, remote, TraceFlags(1), state, made.is_valid)
+    fields = ("trace_id", "span_id", "is_remote", "trace_flags", "trace_state", "is_valid")
+    assert [getattr(built, name) for name in fields] == [getattr(made, name) for name in fields]
 
 
 def traced_and_counted(fused: bool, provider: TracerProvider, meters: MeterProvider) -> list[Any]:

@@ -28,14 +28,16 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Status, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 _pack_q = struct.Struct("<Q").pack
 _IDS = struct.Struct(">2sQQ2sQ")
 """trace_id (field 1, 16 bytes) and span_id (field 2, 8 bytes), big-endian as OTLP has them."""
-_PARENT = struct.Struct(">2sQ")
-_TIMES = struct.Struct("<1sQ1sQ")
+_CHILD_IDS = struct.Struct(">2sQQ2sQ2sQ")
+"""trace_id, span_id and parent_span_id (field 4, 8 bytes)."""
+_KIND_TIMES = struct.Struct("<BBBQBQ")
+"""kind (field 6, a one-byte varint) and the start and end times (fields 7 and 8, fixed64)."""
 _LOW64 = (1 << 64) - 1
 _pack_d = struct.Struct("<d").pack
 
@@ -43,8 +45,6 @@ _pack_d = struct.Struct("<d").pack
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
 
-_KINDS = [bytes((0x30, value + 1)) for value in range(max(kind.value for kind in SpanKind) + 1)]
-"""Field 6, kind, by the API's SpanKind value: OTLP's SpanKind counts UNSPECIFIED as 0."""
 _NO_STATUS = b"\x7a\x00"
 """Field 15, status, unset and without a description."""
 UNSET_STATUS = Status(StatusCode.UNSET)
@@ -78,11 +78,6 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
-
-
-def _length2(size: int) -> bytes:
-    """Field 2 (a ScopeSpans' span) and a length of 0x80 to 0x3FFF, as two varint bytes."""
-    return bytes((0x12, (size & 0x7F) | 0x80, size >> 7))
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -189,30 +184,47 @@ class SpanEncoder:
         """
         context = span.get_span_context()
         assert context is not None
-        trace_id = context.trace_id
-        head = _IDS.pack(
-            b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", context.span_id
-        )
-        state = context.trace_state
-        if state is not DEFAULT_TRACE_STATE and state:
-            head += _field(3, state.to_header().encode())
+        # A SpanContext is the tuple (trace_id, span_id, is_remote, trace_flags,
+        # trace_state, is_valid): read by position, without a Python-level
+        # property call per field (test_otlp pins the layout).
+        trace_id, span_id, _, _, state, _ = context
         parent = span.parent
         if parent is None:
+            parts = [
+                _IDS.pack(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", span_id)
+            ]
             flags = _LOCAL_PARENT
         else:
-            head += _PARENT.pack(b"\x22\x08", parent.span_id)
-            flags = _REMOTE_PARENT if parent.is_remote else _LOCAL_PARENT
+            parts = [
+                _CHILD_IDS.pack(
+                    b"\x0a\x10",
+                    trace_id >> 64,
+                    trace_id & _LOW64,
+                    b"\x12\x08",
+                    span_id,
+                    b"\x22\x08",
+                    parent[1],
+                )
+            ]
+            flags = _REMOTE_PARENT if parent[2] else _LOCAL_PARENT
+        if state is not DEFAULT_TRACE_STATE and state:
+            # Field 3 after field 4: a parser takes fields in any order.
+            parts.append(_field(3, state.to_header().encode()))
         name = span.name
-        parts = [
-            head,
-            self._names.get(name) or self._name(name),
-            # An enum's value without Enum's Python-level hash.
-            _KINDS[span.kind._value_],
-            _TIMES.pack(b"\x39", span.start_time or 0, b"\x41", span.end_time or 0),
-        ]
+        parts.append(self._names.get(name) or self._name(name))
+        # The kind's value without Enum's Python-level hash, plus one: OTLP's
+        # SpanKind counts UNSPECIFIED as 0.
+        parts.append(
+            _KIND_TIMES.pack(
+                0x30, span.kind._value_ + 1, 0x39, span.start_time or 0, 0x41, span.end_time or 0
+            )
+        )
         shared = getattr(span, "shared", None)
         if shared:
-            parts.append(self._shared(shared))
+            known = self._blocks.get(id(shared))
+            parts.append(
+                known[1] if known is not None and known[0] is shared else self._shared(shared)
+            )
         attributes = span.attributes
         if attributes:
             self._attributes_into(parts, 9, attributes)
@@ -229,9 +241,11 @@ class SpanEncoder:
         parts.append(flags)
         body = b"".join(parts)
         size = len(body)
+        if size < 0x80:
+            return b"\x12" + _SMALL[size] + body
         if size < 0x4000:
             # Most spans: a two-byte length, written without _varint's loop.
-            return _length2(size) + body if size >= 0x80 else b"\x12" + _SMALL[size] + body
+            return bytes((0x12, (size & 0x7F) | 0x80, size >> 7)) + body
         return b"\x12" + _varint(size) + body
 
     def _rare(self, span: ReadableSpan) -> bytes:
@@ -275,10 +289,9 @@ class SpanEncoder:
         return _field(11, body)
 
     def _link(self, link: Link) -> bytes:
-        linked = link.context
-        trace_id = linked.trace_id
-        ids = _IDS.pack(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", linked.span_id)
-        flags = _REMOTE_LINK if linked.is_remote else _LOCAL_LINK
+        trace_id, span_id, is_remote, _, _, _ = link.context
+        ids = _IDS.pack(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", span_id)
+        flags = _REMOTE_LINK if is_remote else _LOCAL_LINK
         if link.attributes is None:
             # A link to a span and nothing more (a delivery's to its publish):
             # 33 bytes, its length one byte.

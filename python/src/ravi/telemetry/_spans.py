@@ -40,6 +40,7 @@ from opentelemetry.trace import (
     TraceFlags,
     TraceState,
 )
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util import types
 
@@ -50,6 +51,7 @@ from ravi.telemetry._w3c import (
     TRACESTATE,
     Passthrough,
     format_traceparent,
+    span_context,
     traceparent_of_ids,
 )
 
@@ -202,22 +204,22 @@ class DirectSpans:
         parent_context: SpanContext,
         asked: otel_context.Context | SpanContext | None,
     ) -> Span:
-        # What the SDK's Tracer.start_span decides, in the same order.
-        if parent_context.is_valid:
-            trace_id = parent_context.trace_id
-            flags = parent_context.trace_flags
+        # What the SDK's Tracer.start_span decides, in the same order. The
+        # parent is read as the tuple it is (see `span_context`).
+        trace_id, _, _, flags, state, valid = parent_context
+        if valid:
             if flags & TraceFlags.SAMPLED and self._keeps_children:
                 # A sampled parent under a parent-based sampler, the common
                 # traced message: ALWAYS_ON's decision, the parent's trace
                 # state, its random-trace-id flag, in one step.
                 bits = self._bits
                 span_id = (bits(64) if bits is not None else 0) or self._ids.generate_span_id()
-                context = SpanContext(
+                context = span_context(
                     trace_id,
                     span_id,
-                    is_remote=False,
-                    trace_flags=TRACE_FLAGS[flags & _SAMPLED_RANDOM],
-                    trace_state=parent_context.trace_state,
+                    False,
+                    TRACE_FLAGS[flags & _SAMPLED_RANDOM],
+                    state,
                 )
                 return RaviSpan(
                     self, name, context, parent_context, kind, {}, list(links) if links else ()
@@ -250,12 +252,8 @@ class DirectSpans:
         if drawn:
             # A sampled root: the ratio sampler's RECORD_AND_SAMPLE or
             # ALWAYS_ON's (no attributes, no trace state for a root), in one step.
-            context = SpanContext(
-                trace_id,
-                drawn & _SPAN_ID_BITS,
-                is_remote=False,
-                trace_flags=self._root_flags,
-                trace_state=None,
+            context = span_context(
+                trace_id, drawn & _SPAN_ID_BITS, False, self._root_flags, DEFAULT_TRACE_STATE
             )
             return RaviSpan(self, name, context, None, kind, {}, ())
         return self._sampled(name, kind, None, _NO_PARENT, trace_id, self._random, None)

@@ -14,6 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -22,8 +23,25 @@ _W3C = TraceContextTextMapPropagator()
 TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
 """Every TraceFlags value, made once: the SDK makes one per span context."""
 _FLAGS_HEX = tuple(f"{flags:02x}" for flags in range(256))
+_TRACE_ID_MAX = (1 << 128) - 1
+_SPAN_ID_MAX = (1 << 64) - 1
+_new_tuple = tuple.__new__
 _VERSION_00 = re.compile(r"00-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-([0-9a-f]{2})")
 """A valid version-00 traceparent: lowercase hex, non-zero ids; its ids and flags."""
+
+
+def span_context(
+    trace_id: int, span_id: int, is_remote: bool, flags: TraceFlags, state: TraceState
+) -> SpanContext:
+    """The SpanContext that `SpanContext(...)` makes, without its Python-level constructor.
+
+    A SpanContext is the tuple (trace_id, span_id, is_remote, trace_flags,
+    trace_state, is_valid), and every traced message makes two or three:
+    built as that tuple, one costs a third as much (tests/unit/test_telemetry.py
+    pins the layout against the API's constructor).
+    """
+    valid = 0 < trace_id <= _TRACE_ID_MAX and 0 < span_id <= _SPAN_ID_MAX
+    return _new_tuple(SpanContext, (trace_id, span_id, is_remote, flags, state, valid))
 
 
 def well_formed(traceparent: str) -> bool:
@@ -53,12 +71,12 @@ def remote_parent(metadata: Mapping[str, str]) -> SpanContext:
         # Other versions, and invalid headers: the propagator's answer.
         return trace.get_current_span(_W3C.extract(metadata)).get_span_context()
     tracestate = metadata.get(TRACESTATE)
-    return SpanContext(
+    return span_context(
         int(found[1], 16),
         int(found[2], 16),
-        is_remote=True,
-        trace_flags=TRACE_FLAGS[int(found[3], 16)],
-        trace_state=TraceState.from_header([tracestate]) if tracestate else None,
+        True,
+        TRACE_FLAGS[int(found[3], 16)],
+        TraceState.from_header([tracestate]) if tracestate else DEFAULT_TRACE_STATE,
     )
 
 
@@ -76,13 +94,11 @@ def traceparent_of_ids(ids: int, flags: int) -> str:
 
 def carrier_of(span_context: SpanContext) -> dict[str, str]:
     """The W3C headers of a span context."""
-    carrier = {
-        TRACEPARENT: format_traceparent(
-            span_context.trace_id, span_context.span_id, span_context.trace_flags
-        )
-    }
-    if span_context.trace_state:
-        carrier[TRACESTATE] = span_context.trace_state.to_header()
+    # Read as the tuple it is (see `span_context`), without a property call per field.
+    trace_id, span_id, _, flags, state, _ = span_context
+    carrier = {TRACEPARENT: traceparent_of_ids(trace_id << 64 | span_id, flags)}
+    if state is not DEFAULT_TRACE_STATE and state:
+        carrier[TRACESTATE] = state.to_header()
     return carrier
 
 
