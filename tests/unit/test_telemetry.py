@@ -522,7 +522,11 @@ def test_a_root_is_sampled_as_the_ratio_sampler_decides(sampler: Any) -> None:
     spans = DirectSpans(provider, processor)
     try:
         decided = [spans.root("send x", SpanKind.CLIENT) for _ in range(400)]
-        for decision in decided:
+        # A handler's span for a message that came without a traceparent is a
+        # root too, decided the same way.
+        handled = [spans.start("send x", SpanKind.CLIENT, None) for _ in range(400)]
+        assert all(type(span) is Passthrough for span in handled if not span.is_recording())
+        for decision in [*decided, *handled]:
             # A dropped root is only its traceparent, a valid one.
             if isinstance(decision, str):
                 assert well_formed(decision)
@@ -533,6 +537,7 @@ def test_a_root_is_sampled_as_the_ratio_sampler_decides(sampler: Any) -> None:
             assert found.trace_flags.sampled == span.is_recording()
             assert found.trace_flags.random_trace_id
         assert 0 < sum(not isinstance(span, str) for span in decided) < len(decided)
+        assert 0 < sum(span.is_recording() for span in handled) < len(handled)
     finally:
         processor.shutdown()
 
