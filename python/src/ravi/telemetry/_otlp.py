@@ -186,7 +186,7 @@ class SpanEncoder:
         assert context is not None
         # A SpanContext is the tuple (trace_id, span_id, is_remote, trace_flags,
         # trace_state, is_valid): read by position, without a Python-level
-        # property call per field (test_otlp pins the layout).
+        # property call per field (tests/unit/test_telemetry.py pins the layout).
         trace_id, span_id, _, _, state, _ = context
         parent = span.parent
         if parent is None:

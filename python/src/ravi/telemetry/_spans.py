@@ -189,9 +189,10 @@ class DirectSpans:
         links: Sequence[Link] | None = None,
     ) -> Span:
         found = trace.get_current_span(parent).get_span_context()
-        if not found.is_valid and not links:
-            # A root: a message from a client that does not trace, handled here.
-            # Decided in one step, as a send from outside any trace is.
+        if parent is None and not links and not found.is_valid:
+            # A root with no context to ask the sampler about but the current one
+            # (a message from a client that does not trace, handled here):
+            # decided in one step, as a send from outside any trace is.
             made = self.root(name, kind)
             return Passthrough({TRACEPARENT: made}) if isinstance(made, str) else made
         return self._started(name, kind, links, found, parent)

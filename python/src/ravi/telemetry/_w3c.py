@@ -92,10 +92,10 @@ def traceparent_of_ids(ids: int, flags: int) -> str:
     return f"00-{text[:32]}-{text[32:]}-{_FLAGS_HEX[flags]}"
 
 
-def carrier_of(span_context: SpanContext) -> dict[str, str]:
+def carrier_of(context: SpanContext) -> dict[str, str]:
     """The W3C headers of a span context."""
     # Read as the tuple it is (see `span_context`), without a property call per field.
-    trace_id, span_id, _, flags, state, _ = span_context
+    trace_id, span_id, _, flags, state, _ = context
     carrier = {TRACEPARENT: traceparent_of_ids(trace_id << 64 | span_id, flags)}
     if state is not DEFAULT_TRACE_STATE and state:
         carrier[TRACESTATE] = state.to_header()
