@@ -1,7 +1,7 @@
 // Agents that come and go: passivation when idle or beyond maxActiveAgents,
 // state stores, checkpoints, stale copies refused.
 import { strict as assert } from "node:assert";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
@@ -46,7 +46,17 @@ async function count(node: RaviNode, key: string, id: string): Promise<bigint> {
 
 describe("agent lifecycle", T, () => {
   const fx = new Fixture();
-  after(() => fx.close());
+  // Folders of the stores, removed once the nodes using them have stopped.
+  const folders: string[] = [];
+  const folder = () => {
+    const made = mkdtempSync(join(tmpdir(), "ravi-node-"));
+    folders.push(made);
+    return made;
+  };
+  after(async () => {
+    await fx.close();
+    for (const made of folders) rmSync(made, { recursive: true, force: true });
+  });
 
   test("an idle agent is passivated and comes back with its state", async () => {
     const store = new MemoryStore();
@@ -87,7 +97,7 @@ describe("agent lifecycle", T, () => {
   });
 
   test("each_message checkpoints, and a stale copy is refused and reloaded", async () => {
-    const path = join(mkdtempSync(join(tmpdir(), "ravi-node-")), "state.sqlite3");
+    const path = join(folder(), "state.sqlite3");
     const options = { checkpoint: "each_message", idleTimeoutMs: 0 } as const;
     const first = await fx.started({ nodeId: "first", ...options, stateStore: new SqliteStore(path) }, (n) => registerCounter(n));
     const second = await fx.started({ nodeId: "second", ...options, stateStore: new SqliteStore(path) }, (n) => registerCounter(n));
@@ -100,7 +110,7 @@ describe("agent lifecycle", T, () => {
   });
 
   test("a stopped node saves every agent and a new one loads them", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "ravi-node-"));
+    const dir = folder();
     const node = await fx.started({ nodeId: "saver", dataDir: dir }, (n) => registerCounter(n));
     await count(node, "k", "1");
     await count(node, "k", "2");
