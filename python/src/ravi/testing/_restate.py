@@ -107,9 +107,12 @@ class RestateServer:
             "RESTATE_DEFAULT_NUM_PARTITIONS": "1",
             "RESTATE_DISABLE_TELEMETRY": "true",
             "RESTATE_LOG_FILTER": os.environ.get("RESTATE_LOG_FILTER", "warn"),
+            # Its invoker makes a folder per run in the temporary directory
+            # and leaves it there: kept with the rest of its data instead.
+            "TMPDIR": str(self.base_dir / "tmp"),
             **self.settings,
         }
-        self.base_dir.mkdir(parents=True, exist_ok=True)
+        (self.base_dir / "tmp").mkdir(parents=True, exist_ok=True)
         self.log = self.base_dir / "restate-server.log"
         with self.log.open("ab") as log:
             written = log.tell()
