@@ -212,7 +212,10 @@ async def start_upstream(
     else:
         # The image keeps its journal in /restate-data (a volume here).
         command += ["--base-dir", str(data / "restate-data"), "--no-logo"]
+        # Its invoker leaves a folder per partition in the temporary directory.
+        (data / "restate-tmp").mkdir(exist_ok=True)
         env |= {
+            "TMPDIR": str(data / "restate-tmp"),
             "RESTATE_BIND_IP": "127.0.0.1",
             "RESTATE_INGRESS__BIND_PORT": str(localize.port("restate", 8080)),
             "RESTATE_ADMIN__BIND_PORT": str(localize.port("restate", 9070)),
