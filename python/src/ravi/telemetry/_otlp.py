@@ -264,13 +264,15 @@ class SpanEncoder:
         return b"".join(parts)
 
     def _shared(self, shared: Mapping[str, Any]) -> bytes:
-        """The span attributes of a mapping many spans share, encoded once."""
-        known = self._blocks.get(id(shared))
-        if known is None or known[0] is not shared:
-            if len(self._blocks) >= _CACHE_LIMIT:
-                self._blocks.clear()
-            known = self._blocks[id(shared)] = (shared, self._attributes_of(9, shared))
-        return known[1]
+        """The span attributes of a mapping many spans share, encoded and kept.
+
+        `span` looks them up in `_blocks` itself; this encodes those it did not find.
+        """
+        if len(self._blocks) >= _CACHE_LIMIT:
+            self._blocks.clear()
+        encoded = self._attributes_of(9, shared)
+        self._blocks[id(shared)] = (shared, encoded)
+        return encoded
 
     def _name(self, name: str) -> bytes:
         encoded = self._names.get(name)

@@ -189,12 +189,6 @@ class DirectSpans:
         links: Sequence[Link] | None = None,
     ) -> Span:
         found = trace.get_current_span(parent).get_span_context()
-        if parent is None and not links and not found.is_valid:
-            # A root with no context to ask the sampler about but the current one
-            # (a message from a client that does not trace, handled here):
-            # decided in one step, as a send from outside any trace is.
-            made = self.root(name, kind)
-            return Passthrough({TRACEPARENT: made}) if isinstance(made, str) else made
         return self._started(name, kind, links, found, parent)
 
     def child(
@@ -231,6 +225,12 @@ class DirectSpans:
                     self, name, context, parent_context, kind, {}, list(links) if links else ()
                 )
             random = flags.random_trace_id
+        elif asked is None and not links:
+            # A root with no context to ask the sampler about but the current one
+            # (a message from a client that does not trace, handled here):
+            # decided in one step, as a send from outside any trace is.
+            made = self.root(name, kind)
+            return Passthrough({TRACEPARENT: made}) if isinstance(made, str) else made
         else:
             trace_id = self._ids.generate_trace_id()
             random = self._random
